@@ -77,7 +77,8 @@ class RecurrentLayer(nn.Module):
             xproj = flip_sequences(xproj, lengths)
         scan = nn.scan(RecurrentStep, variable_broadcast="params",
                        split_rngs={"params": False}, in_axes=1, out_axes=1)
-        zeros = jnp.zeros((x.shape[0], self.hidden), jnp.float32)
+        # zeros_like keeps the input's device-varying type under shard_map
+        zeros = jnp.zeros_like(xproj[:, 0, : self.hidden], jnp.float32)
         carry = (zeros, zeros) if self.cell == "lstm" else (zeros,)
         _, ys = scan(self.cell, self.hidden, name="recurrent")(carry, xproj)
         if self.reverse:
