@@ -97,11 +97,14 @@ class Decoder(nn.Module):
 
     def __call__(self, tokens, memory, memory_mask, train: bool = False):
         """Teacher forcing: (B, T) tokens -> (B, T, V) logits under a causal mask."""
+        return self.from_embeddings(self._embed(tokens, 0, not train), memory, memory_mask, train)
+
+    def from_embeddings(self, x, memory, memory_mask, train: bool = False):
+        """The causal stack on already embedded inputs (B, T, D), positions included."""
         det = not train
-        t = tokens.shape[1]
+        t = x.shape[1]
         causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
         cross_mask = memory_mask[:, None, None, :]
-        x = self._embed(tokens, 0, det)
         for layer in self.layers:
             ck, cv = layer.cross_kv(memory)
             x, _ = layer(x, causal, ck, cv, cross_mask, deterministic=det)

@@ -86,6 +86,37 @@ class RecurrentLayer(nn.Module):
         return ys.astype(self.dtype)
 
 
+class RecurrentStack(nn.Module):
+    """Stacked (bi)directional RNN, dropout between layers (not after the last).
+
+    With ``lengths`` the backward direction is length-aware (packed-sequence
+    semantics); with None it reverses the whole padded sequence (NETY).
+    Returns (outputs (B, S, H or 2H), last layer's forward outputs (B, S, H)).
+    """
+
+    cell: str
+    hidden: int
+    layers: int
+    bidirectional: bool
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, lengths: Optional[jax.Array] = None, train: bool = False):
+        fwd = x
+        for layer in range(self.layers):
+            if layer > 0:
+                x = nn.Dropout(self.dropout)(x, deterministic=not train)
+            fwd = RecurrentLayer(self.cell, self.hidden, dtype=self.dtype, name=f"l{layer}")(x)
+            if self.bidirectional:
+                bwd = RecurrentLayer(self.cell, self.hidden, reverse=True, dtype=self.dtype,
+                                     name=f"l{layer}_reverse")(x, lengths)
+                x = jnp.concatenate([fwd, bwd], axis=-1)
+            else:
+                x = fwd
+        return x, fwd
+
+
 class Encoder(nn.Module):
     """Embedded source (B, S, D) -> (memory (B, M, D), memory mask (B, M))."""
 
@@ -103,18 +134,9 @@ class Encoder(nn.Module):
         x = emb + a if cfg.enc_attention_residual else a
 
         packed = cfg.pooling == "last_real"
-        fwd = x
-        for layer in range(cfg.enc_layers):
-            if layer > 0:
-                x = nn.Dropout(cfg.dropout)(x, deterministic=det)
-            fwd = RecurrentLayer(cfg.cell, cfg.enc_hidden, dtype=dtype, name=f"rnn_l{layer}")(x)
-            if cfg.bidirectional:
-                bwd = RecurrentLayer(cfg.cell, cfg.enc_hidden, reverse=True, dtype=dtype,
-                                     name=f"rnn_l{layer}_reverse")(x, lengths if packed else None)
-                x = jnp.concatenate([fwd, bwd], axis=-1)
-            else:
-                x = fwd
-        outputs = x  # (B, S, enc_out_dim)
+        outputs, fwd = RecurrentStack(cfg.cell, cfg.enc_hidden, cfg.enc_layers, cfg.bidirectional,
+                                      cfg.dropout, dtype, name="rnn")(
+            x, lengths if packed else None, train)
 
         if packed:
             last = jnp.maximum(lengths, 1) - 1

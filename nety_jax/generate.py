@@ -145,12 +145,3 @@ def generate_uncached(variables, src_ids, src_lengths, *, cfg: ModelConfig, dcfg
             if done.all():
                 break
     return np.asarray(buffer[:, 1:])
-
-
-def bucket(n: int, multiple: int = 8) -> int:
-    """Shapes given to the compiled function: batch to a power of two, lengths to a multiple."""
-    return ((n + multiple - 1) // multiple) * multiple
-
-
-def batch_bucket(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()

@@ -10,38 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from nety_jax import checkpoint as ckpt
-from nety_jax.config import EOS_ID, PAD_ID, Config, DataConfig, DecodeConfig
-from nety_jax.errors import CheckpointError, NetyError
-from nety_jax.generate import batch_bucket, bucket, generate_jit
+from nety_jax.config import PAD_ID, Config, DecodeConfig
+from nety_jax.errors import CheckpointError
+from nety_jax.generate import generate_jit
+from nety_jax.prompts import decode_replies, encode_sources
 from nety_jax.model import HybridSeq2Seq, abstract_variables
 from nety_jax.tokenizer import Tokenizer, load_tokenizer
-
-
-def encode_sources(tokenizer: Tokenizer, texts: Sequence[str], cfg: DataConfig,
-                   pad_batch: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Texts -> padded (B', S) ids and (B',) lengths, B' and S bucketed so that the
-    compiled generate function is reused across calls."""
-    if not texts:
-        raise NetyError("no prompt given")
-    rows = []
-    for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise NetyError(f"prompt {i + 1} is empty")
-        ids = tokenizer.encode(text.strip()) + ([EOS_ID] if cfg.src_eos else [])
-        rows.append(ids[: cfg.max_src_len] or [EOS_ID])
-    b = batch_bucket(len(rows)) if pad_batch else len(rows)
-    s = min(bucket(max(map(len, rows)), cfg.bucket_multiple), max(cfg.max_src_len, 1))
-    src = np.full((b, s), PAD_ID, np.int32)
-    lengths = np.ones((b,), np.int32)
-    for i, ids in enumerate(rows):
-        src[i, : len(ids)] = ids
-        lengths[i] = len(ids)
-    return src, lengths
-
-
-def decode_replies(tokenizer: Tokenizer, tokens, n: int) -> list[str]:
-    tokens = np.asarray(tokens)
-    return [tokenizer.decode(tokens[i].tolist()) for i in range(n)]
 
 
 class Pretrained:
@@ -86,11 +60,14 @@ def load_variables(workdir: str, cfg: Config, step: Optional[int] = None) -> tup
     step = ckpt.latest_step(workdir) if step is None else step
     if step is None:
         raise CheckpointError(f"{workdir}: no checkpoint found in {ckpt.checkpoint_dir(workdir)}")
-    abstract = abstract_variables(cfg.model)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        abstract_variables(cfg.model))
+    target = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
     manager = ckpt.make_manager(workdir, cfg, read_only=True)
     try:
         import orbax.checkpoint as ocp
-        target = {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})}
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(item=target, partial_restore=True)))
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
@@ -99,6 +76,12 @@ def load_variables(workdir: str, cfg: Config, step: Optional[int] = None) -> tup
     finally:
         manager.close()
     state = restored.state
+    # a partial restore leaves the abstract leaf where the checkpoint lacks a parameter
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            raise CheckpointError(f"{workdir}: checkpoint {step} has no "
+                                  f"{jax.tree_util.keystr(path)}: it was written by another "
+                                  "model config or version")
     return {"params": state["params"], "batch_stats": state.get("batch_stats", {})}, step
 
 

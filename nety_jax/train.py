@@ -26,7 +26,7 @@ from nety_jax.generate import generate_jit
 from nety_jax.metrics import MetricsWriter, plot_losses
 from nety_jax.optim import make_schedule
 from nety_jax.parallel import Runner, maybe_initialize_distributed
-from nety_jax.pretrained import decode_replies
+from nety_jax.prompts import decode_replies
 from nety_jax.steps import create_train_state
 from nety_jax.tokenizer import SentencePieceTokenizer, WordTokenizer, load_tokenizer
 
