@@ -1,0 +1,105 @@
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nety_jax.cli import main
+from nety_jax.config import replace_model
+from nety_jax.decoder import Decoder
+from nety_jax.model import HybridSeq2Seq, init_variables
+from conftest import PARITY
+
+
+def _inputs(vocab=64, b=3, s=7, t=9, seed=1):
+    rs = np.random.default_rng(seed)
+    lengths = np.array([s, s - 2, 3][:b], np.int32)
+    src = rs.integers(4, vocab, (b, s)).astype(np.int32)
+    for i, n in enumerate(lengths):
+        src[i, n:] = 0
+    tgt = rs.integers(4, vocab, (b, t)).astype(np.int32)
+    return jnp.asarray(src), jnp.asarray(lengths), jnp.asarray(tgt)
+
+
+def test_info_matches_nety_parameter_count(capsys):
+    assert main(["info", "--config", PARITY, "--set", "model.vocab_size=1000"]) == 0
+    out = capsys.readouterr().out
+    assert "32,775,784" in out
+    lines = {line.rsplit(None, 1)[0].strip(): line.rsplit(None, 1)[1] for line in out.splitlines()
+             if line and line[0] != "-" and line.rsplit(None, 1)[-1].replace(",", "").isdigit()}
+    assert lines["encoder embedding (rnn_embedding)"] == "512,000"
+    assert lines["encoder body (rnn_encoder)"] == "6,014,592"
+    assert lines["decoder (transformer_decoder)"] == "26,249,192"
+    assert "MB" in out
+
+
+@pytest.mark.parametrize("memory", ["pooled", "sequence"])
+def test_cached_decoding_equals_teacher_forcing(tiny_cfg, memory):
+    cfg = replace_model(tiny_cfg, memory=memory).model
+    variables = init_variables(cfg, jax.random.PRNGKey(0))
+    model = HybridSeq2Seq(cfg)
+    src, lengths, tgt = _inputs()
+    full = model.apply(variables, src, lengths, tgt)
+    memory_, mask = model.apply(variables, src, lengths, method=model.encode)
+    for prompt in (1, 4):  # one token at a time, and a 4-token prompt first
+        cache = model.apply(variables, memory_, mask, 16, method=model.init_cache)
+        logits, cache = model.apply(variables, tgt[:, :prompt], cache, method=model.decode_step)
+        chunks = [logits]
+        for t in range(prompt, tgt.shape[1]):
+            logits, cache = model.apply(variables, tgt[:, t:t + 1], cache, method=model.decode_step)
+            chunks.append(logits)
+        cached = jnp.concatenate(chunks, axis=1)
+        assert float(jnp.max(jnp.abs(cached - full))) < 1e-4
+        assert int(cache["index"]) == tgt.shape[1]
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_decoder_is_causal(tiny_cfg, norm):
+    cfg = replace_model(tiny_cfg, norm=norm).model
+    variables = init_variables(cfg, jax.random.PRNGKey(0))
+    model = HybridSeq2Seq(cfg)
+    src, lengths, tgt = _inputs()
+    memory, mask = model.apply(variables, src, lengths, method=model.encode)
+    x = jax.random.normal(jax.random.PRNGKey(3), (3, tgt.shape[1], cfg.d_model))
+    dec = {"params": variables["params"]["decoder"]}
+    t_len = tgt.shape[1]
+    for t in range(t_len):
+        def loss_at_t(x):
+            logits = Decoder(cfg).apply(dec, x, memory, mask, method=Decoder.from_embeddings)
+            return jnp.sum(jax.nn.log_softmax(logits[:, t]) * jnp.arange(cfg.vocab_size))
+        g = jax.grad(loss_at_t)(x)
+        assert np.all(np.asarray(g[:, t + 1:]) == 0.0), f"position {t} sees the future"
+        assert np.any(np.asarray(g[:, : t + 1]) != 0.0)
+
+
+VARIANTS = list(itertools.product(["lstm", "gru", "rnn"], [True, False], ["post", "pre"],
+                                  [False, True], ["pooled", "sequence"]))
+
+
+@pytest.mark.parametrize("cell, bidirectional, norm, tie, memory",
+                         [v for i, v in enumerate(VARIANTS) if i % 3 == 0 or v[0] == "lstm"])
+def test_variants_build_and_run(tiny_cfg, cell, bidirectional, norm, tie, memory):
+    cfg = replace_model(tiny_cfg, cell=cell, bidirectional=bidirectional, norm=norm, tie_output=tie,
+                        output_bias=not tie, memory=memory,
+                        head_norm="layer" if cell == "gru" else "batch").model
+    variables = init_variables(cfg, jax.random.PRNGKey(0))
+    src, lengths, tgt = _inputs()
+    logits, updates = HybridSeq2Seq(cfg).apply(variables, src, lengths, tgt, train=True,
+                                               rngs={"dropout": jax.random.PRNGKey(1)},
+                                               mutable=["batch_stats"])
+    assert logits.shape == (3, tgt.shape[1], cfg.vocab_size)
+    assert bool(jnp.all(jnp.isfinite(logits)))
+    assert ("fc_out" in variables["params"]["decoder"]) == (not tie)
+
+
+def test_bfloat16_compute_keeps_float32_params(tiny_cfg):
+    cfg = replace_model(tiny_cfg, dtype="bfloat16").model
+    variables = init_variables(cfg, jax.random.PRNGKey(0))
+    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables["params"]))
+    src, lengths, tgt = _inputs()
+    logits = HybridSeq2Seq(cfg).apply(variables, src, lengths, tgt)
+    assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+    ref = HybridSeq2Seq(dataclasses.replace(cfg, dtype="float32")).apply(variables, src, lengths, tgt)
+    assert float(jnp.max(jnp.abs(ref - logits))) < 0.5
