@@ -94,7 +94,7 @@ def train_step(state: TrainState, batch: dict, *, cfg: Config, axis_name: Option
         grads, sums = jax.lax.psum((grads, sums), axis_name)
     denom = jnp.maximum(sums["tokens"], 1.0)
     grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
-    metrics = {**sums, "grad_norm": optax.global_norm(grads)}
+    metrics = {**sums, "grad_norm": optax.tree.norm(grads)}
     return state.apply_gradients(grads, batch_stats), metrics
 
 

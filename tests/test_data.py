@@ -1,0 +1,123 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nety_jax.config import DataConfig, EOS_ID, PAD_ID, SOS_ID
+from nety_jax.data import (BatchIterator, default_corpus_path, encode_pairs, eval_batches, read_pairs,
+                           split_pairs)
+from nety_jax.errors import DataError
+from nety_jax.tokenizer import SentencePieceTokenizer, WordTokenizer, load_tokenizer
+from conftest import ROOT
+
+
+def test_embedded_corpus_is_large_varied_and_up_to_date():
+    report = read_pairs(default_corpus_path(), DataConfig())
+    pairs = report.pairs
+    assert len(pairs) >= 2000 and len(set(pairs)) == len(pairs)
+    text = " ".join(a + " " + b for a, b in pairs)
+    for word in ("Bonjour", "météo", "fatigué", "cuisiner", "métier", "NETY", "heures", "plus"):
+        assert word in text
+    assert any(c in text for c in "éèàçô") and "?" in text and "!" in text
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_corpus.py"), "--check"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout
+
+
+def test_tsv_and_custom_keys(tmp_path):
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("salut\tbonjour\nça va ?\toui\n", encoding="utf-8")
+    assert read_pairs(str(tsv), DataConfig()).pairs == [("salut", "bonjour"), ("ça va ?", "oui")]
+    jl = tmp_path / "pairs.jsonl"
+    jl.write_text(json.dumps({"q": "a", "r": "b"}) + "\n", encoding="utf-8")
+    assert read_pairs(str(jl), DataConfig(input_key="q", target_key="r")).pairs == [("a", "b")]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "no (input, target) pairs found"),
+    (b'{"input": "a", "target": "b"}\n{"question": "a", "target": "b"}\n', ":2: missing key 'input'"),
+    (b'{"input": "a", "target": 3}\n', ":1: 'target' must be a string, got int"),
+    (b'{"input": "a", "target": "b"}\n{"input": "\xff\xfe", "target": "b"}\n', ":2: invalid UTF-8"),
+    (b'{"input": "  ", "target": "b"}\n', ":1: 'input' is empty"),
+    (b'{"input": "a", "target": "b"\n', ":1: invalid JSON"),
+    (b'["a", "b"]\n', ":1: expected a JSON object"),
+])
+def test_bad_lines_are_named(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        read_pairs(str(path), DataConfig())
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_skip_bad_counts(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"input": "a", "target": "b"}\nnot json\n{"input": "c", "target": ""}\n'
+                    '{"input": "d", "target": "e"}\n', encoding="utf-8")
+    report = read_pairs(str(path), DataConfig(), skip_bad=True)
+    assert report.pairs == [("a", "b"), ("d", "e")] and report.skipped == 2
+    assert ":2: invalid JSON" in report.first_error
+
+
+def test_sentencepiece_ids_and_round_trip(tmp_path):
+    pairs = read_pairs(default_corpus_path(), DataConfig()).pairs[:400]
+    tok = SentencePieceTokenizer.train([t for p in pairs for t in p], 300)
+    assert tok.sp.pad_id() == PAD_ID and tok.sp.bos_id() == SOS_ID and tok.sp.eos_id() == EOS_ID
+    text = "Bonjour, ça va très bien !"
+    assert tok.decode([SOS_ID] + tok.encode(text) + [EOS_ID, PAD_ID, 7]) == text
+    tok.save(str(tmp_path))
+    again = load_tokenizer(str(tmp_path))
+    assert again.encode(text) == tok.encode(text)
+
+
+def test_word_tokenizer_is_netys(tmp_path):
+    vocab = {"<pad>": 0, "<sos>": 1, "<eos>": 2, "<unk>": 3, "bonjour": 4, "toi": 5}
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps({"word_to_idx": vocab, "idx_to_word": {str(v): k for k, v in vocab.items()}}))
+    tok = WordTokenizer.load_vocab(str(path))
+    assert tok.encode("Bonjour   TOI inconnu") == [4, 5, 3]
+    assert tok.decode([1, 4, 5, 2, 4]) == "bonjour toi"
+    path.write_text(json.dumps({"word_to_idx": {"a": 0, "b": 5}}))
+    with pytest.raises(DataError, match="without gaps"):
+        WordTokenizer.load_vocab(str(path))
+
+
+def _encoded(n=300):
+    pairs = read_pairs(default_corpus_path(), DataConfig()).pairs[:n]
+    tok = WordTokenizer.build([t for p in pairs for t in p], 500)
+    return encode_pairs(pairs, tok, DataConfig(max_src_len=16, max_tgt_len=16)), tok
+
+
+def test_targets_are_framed_and_cut():
+    data, _ = _encoded()
+    assert all(t[0] == SOS_ID for t in data.tgt)
+    assert all(len(s) <= 16 and len(t) <= 17 for s, t in zip(data.src, data.tgt))
+    assert all(t[-1] == EOS_ID for t in data.tgt if len(t) < 17)
+    assert data.truncated > 0
+
+
+def test_iterator_is_deterministic_resumable_and_bucketed():
+    data, _ = _encoded()
+    cfg = DataConfig(max_src_len=16, max_tgt_len=16)
+    it = BatchIterator(data, 8, cfg, seed=3)
+    first = [next(it) for _ in range(50)]  # crosses an epoch boundary (37 batches an epoch)
+    resumed = BatchIterator(data, 8, cfg, seed=3, **{"epoch": 0, "index": 20})
+    for a, b in zip(first[20:], [next(resumed) for _ in range(30)]):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert it.state() == {"epoch": 1, "index": 50 - it.batches_per_epoch}
+    other = BatchIterator(data, 8, cfg, seed=4)
+    assert not np.array_equal(next(other)["src"], first[0]["src"])
+    assert all(b["src"].shape[1] % 8 == 0 or b["src"].shape[1] == 16 for b in first)
+    assert it.padding_fraction() < 0.5
+
+
+def test_split_and_eval_batches():
+    pairs = [(str(i), str(i)) for i in range(101)]
+    train, val = split_pairs(pairs, 0.1, seed=0)
+    assert len(val) == 10 and len(train) == 91 and not set(train) & set(val)
+    data, _ = _encoded(21)
+    batches = eval_batches(data, 8, DataConfig(max_src_len=16, max_tgt_len=16))
+    assert len(batches) == 3 and batches[-1]["weight"].tolist() == [1] * 5 + [0] * 3
