@@ -105,6 +105,7 @@ def cmd_generate(args) -> int:
             prompts, seed=args.seed, num_samples=args.num_samples, **_decode_overrides(args))
     for prompt, outs in zip(prompts, replies):
         for out in outs:
+            out = out or "(empty reply)"
             print(f"> {prompt}\n{out}" if len(prompts) > 1 or args.num_samples > 1 else out)
     return 0
 

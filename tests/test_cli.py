@@ -1,0 +1,130 @@
+"""The `nety-jax` command end to end: generate, chat, export, and one-line errors."""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nety_jax.chat import chat
+from nety_jax.cli import main
+from nety_jax.pretrained import load_pretrained
+from conftest import ROOT, TINY
+
+
+def run_cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "nety_jax.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, input=stdin, timeout=300)
+
+
+def test_generate_prompts_file_samples_and_beam(trained_run, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Bonjour !\n\nQuel temps fait-il à Lyon en hiver ?\n", encoding="utf-8")
+    assert main(["generate", "--checkpoint", trained_run, "--file", str(prompts), "--prompt", "Salut",
+                 "--num-samples", "2", "--temperature", "0.9", "--top-k", "20", "--top-p", "0.9",
+                 "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("> Bonjour !") == 2 and out.count("> Salut") == 2
+    assert main(["generate", "--checkpoint", trained_run, "--prompt", "Bonjour !", "--beam", "3"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_chat_loop_handles_commands_empty_lines_and_eof(trained_run):
+    model = load_pretrained(trained_run)
+    stdin = io.StringIO("\n/temp 0\n/topk abc\nBonjour !\n/settings\n/nope\n")
+    stdout = io.StringIO()
+    assert chat(model, stdin=stdin, stdout=stdout) == 0
+    text = stdout.getvalue()
+    assert "temperature=0.0" in text and "invalid value" in text and "nety> " in text
+    assert "unknown command" in text and "au revoir" in text
+
+
+def test_chat_command_in_a_subprocess(trained_run):
+    done = run_cli("chat", "--checkpoint", trained_run, "--temperature", "0", stdin="Salut !\n/quit\n")
+    assert done.returncode == 0, done.stderr
+    assert "nety> " in done.stdout and "au revoir" in done.stdout
+
+
+def test_export_reloads_in_a_fresh_process_with_the_same_tokens(trained_run, tmp_path):
+    out = tmp_path / "exported"
+    assert main(["export", "--checkpoint", trained_run, "--out", str(out),
+                 "--set", "decode.temperature=0"]) == 0
+    info = json.loads((out / "export.json").read_text())
+    assert info["jax_version"] == jax.__version__ and info["platforms"] == ["cpu", "cuda"]
+    model = load_pretrained(trained_run)
+    from nety_jax.prompts import encode_sources
+    prompts = ["Bonjour !", "Combien font 2 plus 3 ?", "J'aime nager."]
+    src, lengths = encode_sources(model.tokenizer, prompts, model.config.data)
+    from nety_jax.generate import generate_jit
+    import dataclasses
+    dcfg = dataclasses.replace(model.config.decode, temperature=0.0)
+    expected = np.asarray(generate_jit(model.variables, jnp.asarray(src), jnp.asarray(lengths),
+                                       jax.random.PRNGKey(0), cfg=model.config.model, dcfg=dcfg)["tokens"])
+    script = (
+        "import json, sys, numpy as np\n"
+        "from nety_jax.export import load_exported\n"
+        f"m = load_exported({str(out)!r})\n"
+        f"src = np.asarray({src.tolist()}, np.int32); lengths = np.asarray({lengths.tolist()}, np.int32)\n"
+        "tokens, _, _ = m.generate_ids(src, lengths)\n"
+        "assert 'nety_jax.model' not in sys.modules and 'flax' not in sys.modules, 'model code loaded'\n"
+        "print(json.dumps(tokens.tolist()))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(np.asarray(json.loads(done.stdout)), expected)
+    # a different batch size reuses the same artifact (symbolic batch dimension)
+    cli = run_cli("generate", "--exported", str(out), "--prompt", "Bonjour !", "--prompt", "Salut",
+                  "--prompt", "Merci beaucoup !")
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.count("> ") == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "--checkpoint", "{run}", "--prompt", "   "], "prompt 1 is empty"),
+    (["generate", "--checkpoint", "{run}"], "no prompt: give --prompt TEXT or --file FILE"),
+    (["generate", "--checkpoint", "/nonexistent/run", "--prompt", "x"], "/nonexistent/run: no such run directory"),
+    (["generate", "--checkpoint", "{run}", "--prompt", "x", "--top-p", "1.5"], "decode.top_p=1.5 must be in (0, 1]"),
+    (["generate", "--exported", "{run}", "--prompt", "x", "--temperature", "0"], "decode settings fixed at export time"),
+    (["info", "--config", TINY, "--set", "model.d_model=30"], "model.d_model=30 is not divisible by model.dec_heads=4"),
+    (["train", "--config", TINY, "--workdir", "{tmp}/w", "--data", "{tmp}/missing.jsonl"], "missing.jsonl: data file not found"),
+    (["train", "--config", TINY, "--workdir", "{run}", "--set", "model.d_model=64"], "checkpoint from another config: model.d_model: saved 32, requested 64"),
+    (["export-torch", "--checkpoint", "{run}", "--out", "{tmp}/x.pt"], "only NETY-parity models can be exported"),
+])
+def test_errors_are_one_line_with_exit_code_2(trained_run, tmp_path, args, message):
+    args = [a.replace("{run}", trained_run).replace("{tmp}", str(tmp_path)) for a in args]
+    done = run_cli(*args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "no (input, target) pairs found"),
+    (b'{"input": "salut", "target": "bonjour"}\n{"inp": "a", "target": "b"}\n', "bad.jsonl:2: missing key 'input'"),
+    (b'{"input": "salut", "target": ["bonjour"]}\n', "bad.jsonl:1: 'target' must be a string, got list"),
+    (b'{"input": "\xe9t\xe9", "target": "x"}\n', "bad.jsonl:1: invalid UTF-8"),
+    (b'{"input": "", "target": "x"}\n', "bad.jsonl:1: 'input' is empty"),
+])
+def test_train_rejects_bad_data_files(tmp_path, content, message):
+    data = tmp_path / "bad.jsonl"
+    data.write_bytes(content)
+    done = run_cli("train", "--config", TINY, "--workdir", str(tmp_path / "w"), "--data", str(data))
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_skip_bad_trains_and_logs_the_count(tmp_path):
+    lines = [json.dumps({"input": f"question {i} ?", "target": f"réponse {i} ."}) for i in range(40)]
+    lines[3] = "{broken"
+    lines[7] = json.dumps({"input": "x", "target": 5})
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    done = run_cli("train", "--config", TINY, "--workdir", str(tmp_path / "w"), "--data", str(data),
+                   "--skip-bad", "--steps", "12", "--no-progress", "--set", "data.vocab_size=60",
+                   "--set", "train.batch_size=8")
+    assert done.returncode == 0, done.stderr
+    assert "skipped 2 bad lines" in done.stdout and "pairs.jsonl:4: invalid JSON" in done.stdout
