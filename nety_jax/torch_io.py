@@ -24,6 +24,7 @@ from nety_jax.config import Config
 from nety_jax.errors import CheckpointError, ConfigError, DataError, NetyError
 
 TORCH_META = "torch_meta.json"
+TORCH_PE = "torch_pe.npy"  # NETY's own position buffer, written back unchanged by export-torch
 # fields a NETY model must have; export-torch refuses other models
 PARITY_FIELDS = {"cell": "lstm", "enc_attention_mask": False, "enc_attention_residual": False,
                  "pooling": "last_padded", "head_norm": "batch", "memory": "pooled",
@@ -183,7 +184,7 @@ def check_layout(sd: dict, layout: list[Entry], expected: dict, where: str) -> N
 
 
 def to_torch_arrays(variables: dict, cfg: Config, pe_shape: Optional[Sequence[int]] = None,
-                    batches_tracked: int = 0) -> dict[str, np.ndarray]:
+                    batches_tracked: int = 0, pe: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
     """Our variables -> NETY's state-dict arrays (float32 numpy)."""
     from nety_jax.layers import sinusoidal_table
     m = cfg.model
@@ -198,6 +199,8 @@ def to_torch_arrays(variables: dict, cfg: Config, pe_shape: Optional[Sequence[in
             out[e.name] = np.concatenate([v.T for v in vals], axis=0)
         elif e.kind == "qkv_bias":
             out[e.name] = np.concatenate(vals, axis=0)
+        elif e.kind == "pe" and pe is not None:
+            out[e.name] = pe
         elif e.kind == "pe":
             out[e.name] = sinusoidal_table(m.max_len, m.d_model).reshape(
                 tuple(pe_shape) if pe_shape else (1, m.max_len, m.d_model))
@@ -263,6 +266,7 @@ def import_torch(state_dict_path: str, vocab_path: str, out: str, config_path: O
     with open(os.path.join(out, TORCH_META), "w", encoding="utf-8") as f:
         json.dump({"source": os.path.abspath(state_dict_path), "pe_shape": list(pe_shape),
                    "num_batches_tracked": tracked}, f)
+    np.save(os.path.join(out, TORCH_PE), sd["transformer_decoder.pos_encoding.pe"])
     state = create_train_state(cfg, jax.random.PRNGKey(cfg.train.seed), variables)
     manager = ckpt.make_manager(out, cfg)
     ckpt.save(manager, 0, state, {"data": {"epoch": 0, "index": 0}, "config": cfg.to_dict(),
@@ -287,10 +291,12 @@ def export_torch(checkpoint: str, out_file: str) -> str:
     if os.path.isfile(meta_path):
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
+    pe_path = os.path.join(checkpoint, TORCH_PE)
+    pe = np.load(pe_path) if os.path.isfile(pe_path) else None
     arrays = to_torch_arrays(jax.device_get(model.variables), cfg, meta.get("pe_shape"),
-                             meta.get("num_batches_tracked", 0))
+                             meta.get("num_batches_tracked", 0), pe)
     from collections import OrderedDict
-    state = OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in arrays.items())
+    state = OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in arrays.items())
     os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
     torch.save(state, out_file)
     return out_file
