@@ -5,6 +5,7 @@ callback, so tests can drive them with fake logits; ``generate`` wires in the mo
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import jax
@@ -113,31 +114,33 @@ def generate(variables, src_ids, src_lengths, rng, *, cfg: ModelConfig, dcfg: De
 generate_jit = jax.jit(generate, static_argnames=("cfg", "dcfg"))
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "dcfg"))
+def _uncached_step(variables, src_ids, src_lengths, buffer, t, key, *, cfg, dcfg):
+    model = HybridSeq2Seq(cfg)
+    memory, mask = model.apply(variables, src_ids, src_lengths, method=model.encode)
+    logits = model.apply(variables, buffer, memory, mask, method=model.decode)
+    logits = jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False)
+    return sample_next(logits, key, temperature=dcfg.temperature, top_k=dcfg.top_k, top_p=dcfg.top_p)
+
+
 def generate_uncached(variables, src_ids, src_lengths, *, cfg: ModelConfig, dcfg: DecodeConfig,
-                      rng=None) -> np.ndarray:
-    """NETY's way, as a reference: a Python loop that reruns the whole prefix every step.
+                      rng=None, steps: int | None = None) -> np.ndarray:
+    """NETY's way, as a reference: a Python loop that reruns encoder and decoder on the whole
+    prefix every step (no cache).
 
     The prefix lives in a fixed (B, N + 1) buffer so one compiled forward serves all
-    steps (the causal mask hides the unwritten tail). Returns (B, N) generated ids.
+    steps (the causal mask hides the unwritten tail). Returns (B, N) generated ids;
+    ``steps`` stops early (to compile without running the whole loop).
     """
-    model = HybridSeq2Seq(cfg)
     n = dcfg.max_new_tokens
-
-    @jax.jit
-    def step(buffer, t, key):
-        memory, mask = model.apply(variables, src_ids, src_lengths, method=model.encode)
-        logits = model.apply(variables, buffer, memory, mask, method=model.decode)
-        logits = jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False)
-        return sample_next(logits, key, temperature=dcfg.temperature, top_k=dcfg.top_k,
-                           top_p=dcfg.top_p)
-
     b = src_ids.shape[0]
     buffer = jnp.full((b, n + 1), PAD_ID, jnp.int32).at[:, 0].set(SOS_ID)
     rng = jax.random.PRNGKey(0) if rng is None else rng
     done = np.zeros(b, bool)
-    for t in range(n):
+    for t in range(n if steps is None else min(steps, n)):
         rng, key = jax.random.split(rng)
-        nxt = np.asarray(step(buffer, t, key))
+        nxt = np.asarray(_uncached_step(variables, src_ids, src_lengths, buffer, t, key,
+                                        cfg=cfg, dcfg=dcfg))
         nxt = np.where(done, PAD_ID, nxt)
         buffer = buffer.at[:, t + 1].set(nxt)
         if not dcfg.ignore_eos:

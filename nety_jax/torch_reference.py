@@ -94,3 +94,25 @@ class HybridRNNTransformer(nn.Module):
     def forward(self, src, tgt):
         memory = self.rnn_encoder(self.rnn_embedding(src)).unsqueeze(1)
         return self.transformer_decoder(tgt, memory)
+
+
+@torch.no_grad()
+def nety_generate(model, src, max_length=50, temperature=0.8, top_k=50, top_p=0.9, force_length=False):
+    """NETY's generation: batch 1, the whole prefix rerun every step, top-k then top-p sampling."""
+    model.eval()
+    tgt = torch.tensor([[1]], dtype=torch.long)
+    for _ in range(max_length):
+        logits = model(src, tgt)[:, -1, :] / temperature
+        values, indices = torch.topk(logits, top_k)
+        probs = torch.softmax(values, dim=-1)
+        cumulative = torch.cumsum(probs, dim=-1)
+        remove = cumulative > top_p
+        remove[..., 1:] = remove[..., :-1].clone()
+        remove[..., 0] = False
+        probs = probs.masked_fill(remove, 0.0)
+        choice = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1)
+        token = indices.gather(-1, choice)
+        tgt = torch.cat([tgt, token], dim=1)
+        if token.item() == 2 and not force_length:
+            break
+    return tgt[0, 1:].tolist()
