@@ -73,19 +73,25 @@ def train_step(state: TrainState, batch: dict, *, cfg: Config, axis_name: Option
         return sums["loss_sum"], (sums, updates.get("batch_stats", {}))
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
+    params = state.params
+    if axis_name is not None:
+        # Replicated parameters are device-invariant; differentiating through them inside
+        # shard_map (which pmap is built on) would already sum the gradient over devices.
+        # Marking them varying keeps per-device gradients, reduced once by the psum below.
+        params = jax.lax.pcast(params, axis_name, to="varying")
     k = cfg.train.grad_accum
     if k == 1:
-        grads, (sums, batch_stats) = grad_fn(state.params, state.batch_stats, batch, rng)
+        grads, (sums, batch_stats) = grad_fn(params, state.batch_stats, batch, rng)
     else:
         micro = jax.tree_util.tree_map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
 
         def accumulate(carry, xs):
             g_acc, s_acc, stats = carry
             mb, i = xs
-            g, (s, stats) = grad_fn(state.params, stats, mb, jax.random.fold_in(rng, i))
+            g, (s, stats) = grad_fn(params, stats, mb, jax.random.fold_in(rng, i))
             return (_tree_add(g_acc, g), _tree_add(s_acc, s), stats), None
 
-        zeros_g = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+        zeros_g = jax.tree_util.tree_map(jnp.zeros_like, params)
         zeros_s = {k_: jnp.zeros((), jnp.float32) for k_ in ("loss_sum", "nll_sum", "correct", "tokens")}
         (grads, sums, batch_stats), _ = jax.lax.scan(
             accumulate, (zeros_g, zeros_s, state.batch_stats), (micro, jnp.arange(k)))
