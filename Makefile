@@ -24,7 +24,7 @@ demo: install
 	  --prompt "Je me sens fatigué ce soir." \
 	  --prompt "Quel temps fait-il à Lyon en hiver ?" \
 	  --prompt "Qu'est-ce que je peux cuisiner avec des œufs ?" \
-	  --prompt "Combien font 2 plus 3 ?"
+	  --prompt "J'aime jouer de la guitare."
 	@echo "loss curves: $(DEMO_DIR)/loss.png   chat: $(BIN)/nety-jax chat --checkpoint $(DEMO_DIR)"
 
 test: install

@@ -40,7 +40,9 @@ def read_metrics(workdir: str) -> list[dict]:
 def plot_losses(workdir: str) -> str | None:
     """Writes loss.png with the train and validation loss curves; returns its path."""
     rows = read_metrics(workdir)
-    train = {r["step"]: r["loss"] for r in rows if r["split"] == "train" and r.get("loss") is not None}
+    # the plain cross-entropy on both sides (the training loss may include label smoothing)
+    train = {r["step"]: r.get("nll", r.get("loss")) for r in rows
+             if r["split"] == "train" and r.get("nll", r.get("loss")) is not None}
     val = {r["step"]: r["loss"] for r in rows if r["split"] == "val" and r.get("loss") is not None}
     if not train and not val:
         return None
@@ -49,9 +51,9 @@ def plot_losses(workdir: str) -> str | None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
-        ax.plot(sorted(train), [train[s] for s in sorted(train)], label="train (smoothed CE)")
+        ax.plot(sorted(train), [train[s] for s in sorted(train)], label="train (cross-entropy)")
     if val:
-        ax.plot(sorted(val), [val[s] for s in sorted(val)], "o-", label="validation (CE)")
+        ax.plot(sorted(val), [val[s] for s in sorted(val)], "o-", label="validation (cross-entropy)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss per token")
     ax.set_title(os.path.basename(os.path.abspath(workdir)))

@@ -259,10 +259,20 @@ def _arithmetic():
                        f"{NUMBERS[a].capitalize()} fois {NUMBERS[b]} font {NUMBERS[a * b]}.")
 
 
+def _variants(text):
+    """The ways people type the same short message: with or without NETY's name, in lower
+    case, without the final punctuation."""
+    bare = text.rstrip(" !?.")
+    end = text[len(bare):].strip()
+    lowered = text[0].lower() + text[1:]
+    return dict.fromkeys([text, text.lower(), bare, f"NETY, {lowered}", f"{bare} NETY {end}".strip(),
+                          f"Dis, {lowered}"])
+
+
 def _fixed():
-    yield from GREETINGS
-    yield from ABOUT
-    yield from SMALL_TALK
+    for inp, tgt in GREETINGS + ABOUT + SMALL_TALK:
+        for variant in _variants(inp):
+            yield variant, tgt
 
 
 def build_pairs(seed: int = 2026) -> list[dict]:
