@@ -21,7 +21,7 @@ from nety_jax import checkpoint as ckpt
 from nety_jax.config import Config, save_config, replace_model
 from nety_jax.data import BatchIterator, encode_pairs, eval_batches, read_pairs, split_pairs, \
     default_corpus_path
-from nety_jax.errors import CheckpointError, DataError, TrainingDiverged
+from nety_jax.errors import CheckpointError, TrainingDiverged
 from nety_jax.generate import generate_jit
 from nety_jax.metrics import MetricsWriter, plot_losses
 from nety_jax.optim import make_schedule

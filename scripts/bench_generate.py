@@ -10,14 +10,12 @@ installed, NETY's own PyTorch generate() re-creation (batch 1, as NETY).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from nety_jax.config import DecodeConfig, load_config
 from nety_jax.generate import generate_jit, generate_uncached

@@ -1,7 +1,6 @@
 """The `nety-jax` command end to end: generate, chat, export, and one-line errors."""
 import io
 import json
-import os
 import subprocess
 import sys
 

@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import subprocess
@@ -9,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from nety_jax.config import load_config, replace_model
+from nety_jax.config import load_config
 from nety_jax.metrics import read_metrics
 from nety_jax.parallel import Runner
 from nety_jax.steps import create_train_state
