@@ -127,3 +127,26 @@ def test_skip_bad_trains_and_logs_the_count(tmp_path):
                    "--set", "train.batch_size=8")
     assert done.returncode == 0, done.stderr
     assert "skipped 2 bad lines" in done.stdout and "pairs.jsonl:4: invalid JSON" in done.stdout
+
+
+def test_beam_search_exports_too(trained_run, tmp_path):
+    from nety_jax.export import load_exported
+    out = tmp_path / "beam"
+    assert main(["export", "--checkpoint", trained_run, "--out", str(out), "--set", "decode.beam_size=2",
+                 "--set", "decode.max_new_tokens=8"]) == 0
+    prompts = ["Bonjour !", "J'aime nager.", "Il pleut encore."]
+    expected = load_pretrained(trained_run).generate(prompts, beam_size=2, max_new_tokens=8)
+    assert load_exported(str(out)).generate(prompts) == expected
+
+
+@pytest.mark.parametrize("script, args", [
+    ("bench_generate.py", ["--tiny", "--batches", "2", "--new-tokens", "4", "--repeats", "1", "--vocab", "64"]),
+    ("bench_train.py", ["--tiny", "--steps", "1", "--vocab", "64", "--batch", "4", "--len", "8"]),
+])
+def test_benchmark_scripts_print_their_table(script, args):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) >= 3 and "nety-jax" in rows[1]
+    assert any("PyTorch" in r or "uncached" in r for r in rows[1:])
