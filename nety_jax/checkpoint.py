@@ -12,6 +12,8 @@ newest checkpoint is never deleted in favour of the best one).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Optional
 
@@ -30,17 +32,30 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+@contextlib.contextmanager
+def quiet_orbax():
+    """Orbax logs routine notices (read-only managers, ...) as absl warnings: hide them."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def make_manager(workdir: str, cfg: Config, read_only: bool = False) -> ocp.CheckpointManager:
     t = cfg.train
     policies = [cm.LatestN(n=t.keep_latest)]
     if t.keep_best > 0:
         policies.append(cm.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=t.keep_best,
                                  keep_checkpoints_without_metrics=False))
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=cm.AnyPreservationPolicy(policies), create=not read_only,
-        read_only=read_only, enable_async_checkpointing=True)
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
-                                 item_names=("state", "meta"))
+    with quiet_orbax():
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=cm.AnyPreservationPolicy(policies), create=not read_only,
+            read_only=read_only, enable_async_checkpointing=True)
+        return ocp.CheckpointManager(checkpoint_dir(workdir), options=options,
+                                     item_names=("state", "meta"))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict,

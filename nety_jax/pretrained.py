@@ -68,10 +68,11 @@ def load_variables(workdir: str, cfg: Config, step: Optional[int] = None) -> tup
     manager = ckpt.make_manager(workdir, cfg, read_only=True)
     try:
         import orbax.checkpoint as ocp
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(
-                item=target, partial_restore=True,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
+        with ckpt.quiet_orbax():
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=target, partial_restore=True,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise CheckpointError(f"{workdir}: checkpoint {step} does not fit its config ({msg})") from None
