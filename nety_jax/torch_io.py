@@ -230,10 +230,26 @@ def from_torch_arrays(sd: dict[str, np.ndarray], cfg: Config) -> dict:
 
 
 def expected_shapes(cfg: Config, pe_shape) -> dict:
+    """NETY state-dict shapes for ``cfg``, read off the abstract variables (nothing allocated)."""
     from nety_jax.model import abstract_variables
     abstract = abstract_variables(cfg.model)
-    zeros = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, np.float32), abstract)
-    return {k: tuple(v.shape) for k, v in to_torch_arrays(zeros, cfg, pe_shape).items()}
+    m = cfg.model
+    shapes = {}
+    for e in state_dict_layout(cfg):
+        dims = [tuple(_get(abstract, p).shape) for p in e.paths]
+        if e.kind == "copy":
+            shapes[e.name] = dims[0]
+        elif e.kind == "linear":
+            shapes[e.name] = dims[0][::-1]
+        elif e.kind == "qkv_weight":
+            shapes[e.name] = (sum(d[1] for d in dims), dims[0][0])
+        elif e.kind == "qkv_bias":
+            shapes[e.name] = (sum(d[0] for d in dims),)
+        elif e.kind == "pe":
+            shapes[e.name] = tuple(pe_shape) if pe_shape else (1, m.max_len, m.d_model)
+        else:  # count
+            shapes[e.name] = ()
+    return shapes
 
 
 # -- commands --------------------------------------------------------------------------------------
