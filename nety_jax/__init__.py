@@ -1,19 +1,41 @@
-"""nety-jax: NETY's hybrid BiLSTM-encoder / Transformer-decoder seq2seq model in JAX/Flax."""
+"""nety-jax: NETY's model family in JAX/Flax, for accelerator training and jitted serving.
+
+Three architectures on one protocol (``model.arch``): NETY's hybrid BiLSTM-encoder /
+Transformer-decoder seq2seq model, a GPT-style decoder-only language model and a
+recurrent language model.
+
+Public API (imported lazily, so ``load_exported`` runs without the Flax model code):
+
+- ``load_config(path=None, overrides=None) -> Config``: a validated config.
+- ``train(cfg, workdir, data=None) -> dict``: train or resume a run directory.
+- ``load_pretrained(workdir) -> Pretrained``: ``.generate(texts, ...)``,
+  ``.stream(texts, ...)``, ``.logits(batch)``, ``.predict_next(text, top_k)``.
+- ``load_exported(directory) -> ExportedModel``: ``.generate(texts, ...)``.
+- ``export_run(workdir, out)``: a ``jax.export`` artifact.
+- ``get_model(cfg.model) -> Model``: the architecture adapter (init, loss_sums,
+  start_decoding, decode_step).
+- ``generate(variables, tokens, lengths, params, *, model, spec)``: the pure decoding
+  function; ``generate_jit`` is it compiled; ``SamplingParams``, ``LoopSpec``.
+- ``enable_compilation_cache(path=None)``: JAX's persistent compilation cache.
+"""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from nety_jax._lazy import lazy_getattr
 
-# Imported lazily: `nety_jax.export.load_exported` must work without the Flax model code.
-_API = {"load_pretrained": "nety_jax.pretrained", "Pretrained": "nety_jax.pretrained",
-        "load_config": "nety_jax.config", "Config": "nety_jax.config", "train": "nety_jax.train",
-        "load_exported": "nety_jax.export", "HybridSeq2Seq": "nety_jax.model",
-        "init_variables": "nety_jax.model", "generate": "nety_jax.generate"}
+__version__ = "0.2.0"
 
-__all__ = sorted(_API)
+_API = {"load_config": "nety_jax.config", "Config": "nety_jax.config",
+        "train": "nety_jax.training.loop",
+        "load_pretrained": "nety_jax.serving.pretrained", "Pretrained": "nety_jax.serving.pretrained",
+        "load_exported": "nety_jax.serving.export", "ExportedModel": "nety_jax.serving.export",
+        "export_run": "nety_jax.serving.export", "get_model": "nety_jax.models.registry",
+        "generate": "nety_jax.decoding.generate", "generate_jit": "nety_jax.decoding.generate",
+        "SamplingParams": "nety_jax.decoding.sampling", "LoopSpec": "nety_jax.decoding.spec",
+        "enable_compilation_cache": "nety_jax.runtime"}
+
+__all__ = sorted(_API) + ["__version__"]
+__getattr__ = lazy_getattr(__name__, _API)
 
 
-def __getattr__(name):
-    if name in _API:
-        import importlib
-        return getattr(importlib.import_module(_API[name]), name)
-    raise AttributeError(f"module 'nety_jax' has no attribute {name!r}")
+def __dir__():
+    return __all__

@@ -4,13 +4,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nety_jax import __version__
 from nety_jax.errors import NetyError
 
 EXIT_ERROR = 2
+DECODE_FLAGS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "beam": "beam_size",
+                "length_penalty": "length_penalty", "max_new_tokens": "max_new_tokens",
+                "min_new_tokens": "min_new_tokens", "no_repeat_ngram": "no_repeat_ngram"}
 
 
-def _config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
-    p.add_argument("--config", required=required, help="YAML config (see configs/)")
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value (repeatable), e.g. --set model.d_model=256")
 
@@ -27,19 +31,34 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 
-def _decode_overrides(args) -> dict:
-    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-            "beam_size": args.beam, "length_penalty": args.length_penalty,
-            "max_new_tokens": args.max_new_tokens, "min_new_tokens": args.min_new_tokens,
-            "no_repeat_ngram": args.no_repeat_ngram}
+def _decode_settings(args) -> dict:
+    return {name: getattr(args, flag) for flag, name in DECODE_FLAGS.items()
+            if getattr(args, flag) is not None}
+
+
+def _text_arg(value: str, what: str) -> str:
+    if any("\udc80" <= c <= "\udcff" for c in value):
+        raise NetyError(f"{what}: not valid UTF-8")
+    return value
 
 
 def cmd_info(args) -> int:
     from nety_jax.config import load_config
-    from nety_jax.model import parameter_table
-    cfg = load_config(args.config, args.overrides)
-    rows = parameter_table(cfg.model)
+    from nety_jax.models import get_model
+    if args.checkpoint:
+        from nety_jax.training.checkpoint import read_run_config
+        if args.config:
+            raise NetyError("give --config or --checkpoint, not both")
+        cfg = read_run_config(args.checkpoint)
+        if args.overrides:
+            from nety_jax.config import apply_overrides, from_dict
+            cfg = from_dict(apply_overrides(cfg.to_dict(), args.overrides), where="--set")
+    else:
+        cfg = load_config(args.config, args.overrides)
+    rows = get_model(cfg.model).parameter_rows()
     width = max(len(name) for name, _ in rows)
+    print(f"model.arch: {cfg.model.arch}, vocabulary {cfg.model.vocab_size:,}"
+          + (f" (the run's tokenizer)" if args.checkpoint else ""))
     print(f"{'module':<{width}}  {'parameters':>12}")
     print("-" * (width + 14))
     for name, count in rows:
@@ -52,16 +71,23 @@ def cmd_info(args) -> int:
 
 def cmd_train(args) -> int:
     from nety_jax.config import load_config
-    from nety_jax.train import train
+    from nety_jax.training.loop import train
     overrides = list(args.overrides)
-    if args.steps is not None:
-        overrides.append(f"train.steps={args.steps}")
-    if args.seed is not None:
-        overrides.append(f"train.seed={args.seed}")
-    if args.parallel is not None:
-        overrides.append(f"train.parallel={args.parallel}")
+    for flag, key in (("steps", "train.steps"), ("seed", "train.seed"), ("parallel", "train.parallel")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    if args.data and args.text:
+        raise NetyError("give --data (pairs, seq2seq models) or --text (language models), not both")
     cfg = load_config(args.config, overrides)
-    summary = train(cfg, args.workdir, args.data, skip_bad=args.skip_bad,
+    from nety_jax.models import get_model
+    task = get_model(cfg.model).task
+    if args.text and task != "lm":
+        raise NetyError(f"--text is for language models (model.arch gpt or rnn_lm); "
+                        f"model.arch={cfg.model.arch} trains on pairs: use --data")
+    if args.data and task == "lm":
+        raise NetyError(f"--data takes pairs for seq2seq models; model.arch={cfg.model.arch} is a "
+                        "language model: use --text FILE [FILE ...]")
+    summary = train(cfg, args.workdir, args.text or args.data, skip_bad=args.skip_bad,
                     progress=not args.no_progress)
     val = summary.get("val") or {}
     extra = f"; validation loss {val['loss']:.3f}" if "loss" in val else ""
@@ -70,15 +96,14 @@ def cmd_train(args) -> int:
 
 
 def _read_prompts(args) -> list[str]:
-    prompts = list(args.prompt or [])
+    prompts = [_text_arg(p, "--prompt") for p in (args.prompt or [])]
     if args.file:
-        try:
-            with open(args.file, encoding="utf-8") as f:
-                prompts += [line.strip() for line in f if line.strip()]
-        except FileNotFoundError:
-            raise NetyError(f"{args.file}: prompt file not found") from None
-        except UnicodeDecodeError:
-            raise NetyError(f"{args.file}: not UTF-8 text") from None
+        from nety_jax.data.readers import read_lines
+        for _, line, error in read_lines(args.file, "prompts file"):
+            if error:
+                raise NetyError(error)
+            if line.strip():
+                prompts.append(line.strip())
     if not prompts:
         raise NetyError("no prompt: give --prompt TEXT or --file FILE")
     for i, p in enumerate(prompts):
@@ -87,83 +112,114 @@ def _read_prompts(args) -> list[str]:
     return prompts
 
 
-def cmd_generate(args) -> int:
-    prompts = _read_prompts(args)
-    if bool(args.checkpoint) == bool(args.exported):
+def _load(args):
+    if bool(getattr(args, "checkpoint", None)) == bool(getattr(args, "exported", None)):
         raise NetyError("give exactly one of --checkpoint DIR or --exported DIR")
     if args.exported:
-        from nety_jax.export import load_exported
-        if any(v is not None for v in _decode_overrides(args).values()):
-            raise NetyError("--exported runs with the decode settings fixed at export time; "
-                            "re-export with --set decode.KEY=VALUE to change them")
-        replies = load_exported(args.exported).generate(prompts, seed=args.seed,
-                                                        num_samples=args.num_samples)
-    else:
-        from nety_jax.pretrained import load_pretrained
-        replies = load_pretrained(args.checkpoint).generate(
-            prompts, seed=args.seed, num_samples=args.num_samples, **_decode_overrides(args))
+        from nety_jax.serving.export import load_exported
+        return load_exported(args.exported)
+    from nety_jax.serving.pretrained import load_pretrained
+    return load_pretrained(args.checkpoint)
+
+
+def _generate(args, show_prompt: bool) -> int:
+    if args.num_samples < 1:
+        raise NetyError(f"--num-samples={args.num_samples} must be >= 1")
+    prompts = _read_prompts(args)
+    model = _load(args)
+    replies = model.generate(prompts, seed=args.seed, num_samples=args.num_samples, **_decode_settings(args))
+    many = len(prompts) > 1 or args.num_samples > 1
     for prompt, outs in zip(prompts, replies):
         for out in outs:
-            out = out or "(empty reply)"
-            print(f"> {prompt}\n{out}" if len(prompts) > 1 or args.num_samples > 1 else out)
+            if show_prompt:
+                print(f"{prompt} {out}".rstrip())
+            else:
+                out = out or "(empty reply)"
+                print(f"> {prompt}\n{out}" if many else out)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    return _generate(args, show_prompt=False)
+
+
+def cmd_complete(args) -> int:
+    return _generate(args, show_prompt=True)
+
+
+def cmd_predict_next(args) -> int:
+    from nety_jax.serving.pretrained import load_pretrained
+    text = _text_arg(args.text, "TEXT")
+    if not text.strip():
+        raise NetyError("TEXT is empty")
+    for word, prob in load_pretrained(args.checkpoint).predict_next(text, args.top_k):
+        print(f"{word}\t{prob:.4f}")
     return 0
 
 
 def cmd_chat(args) -> int:
-    from nety_jax.chat import chat
-    from nety_jax.pretrained import load_pretrained
-    return chat(load_pretrained(args.checkpoint), seed=args.seed, **_decode_overrides(args))
+    from nety_jax.serving.chat import chat
+    from nety_jax.serving.pretrained import load_pretrained
+    return chat(load_pretrained(args.checkpoint), seed=args.seed, **_decode_settings(args))
 
 
 def cmd_export(args) -> int:
-    from nety_jax.export import export_run
-    path = export_run(args.checkpoint, args.out, batch_size=args.batch_size, overrides=args.overrides)
+    from nety_jax.serving.export import export_run
+    path = export_run(args.checkpoint, args.out, batch_size=args.batch_size, overrides=args.overrides,
+                      overwrite=args.overwrite)
     print(f"exported to {path}")
     return 0
 
 
 def cmd_import_torch(args) -> int:
-    from nety_jax.torch_io import import_torch
-    out = import_torch(args.state_dict, args.vocab, args.out, args.config, args.overrides)
+    from nety_jax.models.hybrid.torch_io import import_torch
+    out = import_torch(args.state_dict, args.vocab, args.out, args.config, args.overrides,
+                       warn=lambda m: print(m, file=sys.stderr))
     print(f"imported {args.state_dict} into {out}")
     return 0
 
 
 def cmd_export_torch(args) -> int:
-    from nety_jax.torch_io import export_torch
-    export_torch(args.checkpoint, args.out)
+    from nety_jax.models.hybrid.torch_io import export_torch
+    export_torch(args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nety-jax", description=(
-        "NETY's hybrid BiLSTM/Transformer seq2seq model in JAX: train, generate, chat, export."))
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_commands(sub) -> None:
     p = sub.add_parser("info", help="parameter count per module and memory footprint")
     _config_args(p)
+    p.add_argument("--checkpoint", help="a run directory: its config and trained vocabulary")
     p.set_defaults(fn=cmd_info)
 
     p = sub.add_parser("train", help="train (or resume) a model")
     _config_args(p)
-    p.add_argument("--data", help="JSONL or TSV pairs (default: the embedded French corpus)")
+    p.add_argument("--data", help="JSONL or TSV pairs, seq2seq models (default: the embedded corpus)")
+    p.add_argument("--text", nargs="+", help="plain text file(s), language models (default: the shipped text)")
     p.add_argument("--workdir", default="runs/default", help="run directory (resumes if it has checkpoints)")
     p.add_argument("--steps", type=int, help="total training steps (train.steps)")
-    p.add_argument("--seed", type=int, help="seed for init, shuffling and dropout (train.seed)")
+    p.add_argument("--seed", type=int, help="seed for init, split, shuffling and dropout (train.seed)")
     p.add_argument("--parallel", choices=("none", "pmap", "shard_map"), help="train.parallel")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (counted in the log)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("generate", help="replies to prompts, batched")
-    p.add_argument("--checkpoint", help="run directory")
-    p.add_argument("--exported", help="directory written by `nety-jax export`")
-    p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    p.add_argument("--file", help="a file with one prompt per line")
-    p.add_argument("--num-samples", type=int, default=1, help="replies per prompt")
-    _decode_args(p)
-    p.set_defaults(fn=cmd_generate)
+    for name, fn, text in (("generate", cmd_generate, "replies (or continuations) to prompts, batched"),
+                           ("complete", cmd_complete, "language models: prompt + continuation")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--checkpoint", help="run directory")
+        p.add_argument("--exported", help="directory written by `nety-jax export`")
+        p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+        p.add_argument("--file", help="a file with one prompt per line")
+        p.add_argument("--num-samples", type=int, default=1, help="replies per prompt")
+        _decode_args(p)
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("predict-next", help="language models: the k most likely next words")
+    p.add_argument("--checkpoint", required=True, help="run directory")
+    p.add_argument("text", help="the text so far")
+    p.add_argument("--top-k", type=int, default=5, help="how many words")
+    p.set_defaults(fn=cmd_predict_next)
 
     p = sub.add_parser("chat", help="talk with a model at the terminal")
     p.add_argument("--checkpoint", required=True, help="run directory")
@@ -174,21 +230,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="run directory")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--batch-size", type=int, default=0, help="fixed batch size (0: symbolic)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="decode.KEY=VALUE", help="decode settings baked into the artifact")
+                   metavar="decode.KEY=VALUE", help="decode defaults and static settings baked in")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("import-torch", help="NETY PyTorch state dict -> run directory")
     p.add_argument("--state-dict", required=True, help="NETY's state_dict (.pt)")
     p.add_argument("--vocab", required=True, help="NETY's vocab.json")
-    p.add_argument("--out", required=True, help="output run directory")
+    p.add_argument("--out", required=True, help="output run directory (new or empty)")
     _config_args(p)
     p.set_defaults(fn=cmd_import_torch)
 
     p = sub.add_parser("export-torch", help="parity-mode run directory -> NETY state dict")
     p.add_argument("--checkpoint", required=True, help="run directory")
     p.add_argument("--out", required=True, help="output .pt file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(fn=cmd_export_torch)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nety-jax", description=(
+        "NETY's model family in JAX (the hybrid BiLSTM/Transformer seq2seq model, a GPT and a "
+        "recurrent LM): train, generate, chat, export, serve."))
+    parser.add_argument("--version", action="version", version=f"nety-jax {__version__}")
+    parser.add_argument("--compile-cache", metavar="DIR",
+                        help="persistent compilation cache (default: ~/.cache/nety-jax/jax)")
+    parser.add_argument("--no-compile-cache", action="store_true", help="do not cache compiled programs")
+    _add_commands(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
@@ -209,10 +278,9 @@ def _quiet_libraries() -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    if getattr(args, "num_samples", 1) is not None and getattr(args, "num_samples", 1) < 1:
-        print("nety-jax: error: --num-samples must be >= 1", file=sys.stderr)
-        return EXIT_ERROR
     try:
+        from nety_jax.runtime import enable_compilation_cache
+        enable_compilation_cache("off" if args.no_compile_cache else args.compile_cache)
         return args.fn(args)
     except NetyError as e:
         print(f"nety-jax: error: {e}", file=sys.stderr)

@@ -14,7 +14,7 @@ import sys
 import time
 
 from nety_jax.config import load_config
-from nety_jax.train import train
+from nety_jax.training.loop import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARITY = ["model.enc_attention_mask=false", "model.enc_attention_residual=false",

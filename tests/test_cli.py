@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nety_jax.chat import chat
 from nety_jax.cli import main
-from nety_jax.pretrained import load_pretrained
+from nety_jax.serving.chat import chat
+from nety_jax.serving.pretrained import load_pretrained
 from conftest import ROOT, TINY
 
 
@@ -54,30 +54,26 @@ def test_export_reloads_in_a_fresh_process_with_the_same_tokens(trained_run, tmp
                  "--set", "decode.temperature=0"]) == 0
     info = json.loads((out / "export.json").read_text())
     assert info["jax_version"] == jax.__version__ and info["platforms"] == ["cpu", "cuda"]
+    assert info["options"] == ["temperature", "top_k", "top_p", "max_new_tokens", "seed"]
     model = load_pretrained(trained_run)
-    from nety_jax.prompts import encode_sources
     prompts = ["Bonjour !", "Combien font 2 plus 3 ?", "J'aime nager."]
-    src, lengths = encode_sources(model.tokenizer, prompts, model.config.data)
-    from nety_jax.generate import generate_jit
-    import dataclasses
-    dcfg = dataclasses.replace(model.config.decode, temperature=0.0)
-    expected = np.asarray(generate_jit(model.variables, jnp.asarray(src), jnp.asarray(lengths),
-                                       jax.random.PRNGKey(0), cfg=model.config.model, dcfg=dcfg)["tokens"])
+    expected = model.generate(prompts, temperature=0.0)
+    sampled = model.generate(prompts, temperature=0.9, top_k=10, seed=[3, 4, 5])
     script = (
-        "import json, sys, numpy as np\n"
-        "from nety_jax.export import load_exported\n"
+        "import json, sys\n"
+        "from nety_jax.serving.export import load_exported\n"
         f"m = load_exported({str(out)!r})\n"
-        f"src = np.asarray({src.tolist()}, np.int32); lengths = np.asarray({lengths.tolist()}, np.int32)\n"
-        "tokens, _, _ = m.generate_ids(src, lengths)\n"
-        "assert 'nety_jax.model' not in sys.modules and 'flax' not in sys.modules, 'model code loaded'\n"
-        "print(json.dumps(tokens.tolist()))\n")
+        f"a = m.generate({prompts!r})\n"
+        f"b = m.generate({prompts!r}, temperature=0.9, top_k=10, seed=[3, 4, 5])\n"
+        "assert 'flax' not in sys.modules, 'model code loaded'\n"
+        "print(json.dumps([a, b]))\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
-    np.testing.assert_array_equal(np.asarray(json.loads(done.stdout)), expected)
-    # a different batch size reuses the same artifact (symbolic batch dimension)
+    assert json.loads(done.stdout) == [expected, sampled]
+    # a different batch size reuses the same artifact (symbolic batch dimension), with runtime options
     cli = run_cli("generate", "--exported", str(out), "--prompt", "Bonjour !", "--prompt", "Salut",
-                  "--prompt", "Merci beaucoup !")
+                  "--prompt", "Merci beaucoup !", "--temperature", "0.7", "--max-new-tokens", "5")
     assert cli.returncode == 0, cli.stderr
     assert cli.stdout.count("> ") == 3
 
@@ -87,10 +83,11 @@ def test_export_reloads_in_a_fresh_process_with_the_same_tokens(trained_run, tmp
     (["generate", "--checkpoint", "{run}"], "no prompt: give --prompt TEXT or --file FILE"),
     (["generate", "--checkpoint", "/nonexistent/run", "--prompt", "x"], "/nonexistent/run: no such run directory"),
     (["generate", "--checkpoint", "{run}", "--prompt", "x", "--top-p", "1.5"], "decode.top_p=1.5 must be in (0, 1]"),
-    (["generate", "--exported", "{run}", "--prompt", "x", "--temperature", "0"], "decode settings fixed at export time"),
+    (["generate", "--checkpoint", "{run}", "--prompt", "x", "--max-new-tokens", "5000"], "max_new_tokens=5000 is more than this model can produce"),
+    (["generate", "--checkpoint", "{run}", "--prompt", "x", "--temperature", "nan"], "decode.temperature=nan must be a finite number"),
     (["info", "--config", TINY, "--set", "model.d_model=30"], "model.d_model=30 is not divisible by model.dec_heads=4"),
     (["train", "--config", TINY, "--workdir", "{tmp}/w", "--data", "{tmp}/missing.jsonl"], "missing.jsonl: data file not found"),
-    (["train", "--config", TINY, "--workdir", "{run}", "--set", "model.d_model=64"], "checkpoint from another config: model.d_model: saved 32, requested 64"),
+    (["train", "--config", TINY, "--workdir", "{run}", "--set", "model.d_model=64"], "another config: model.d_model: checkpoint 32, requested 64"),
     (["export-torch", "--checkpoint", "{run}", "--out", "{tmp}/x.pt"], "only NETY-parity models can be exported"),
 ])
 def test_errors_are_one_line_with_exit_code_2(trained_run, tmp_path, args, message):
@@ -130,7 +127,7 @@ def test_skip_bad_trains_and_logs_the_count(tmp_path):
 
 
 def test_beam_search_exports_too(trained_run, tmp_path):
-    from nety_jax.export import load_exported
+    from nety_jax.serving.export import load_exported
     out = tmp_path / "beam"
     assert main(["export", "--checkpoint", trained_run, "--out", str(out), "--set", "decode.beam_size=2",
                  "--set", "decode.max_new_tokens=8"]) == 0
@@ -139,14 +136,3 @@ def test_beam_search_exports_too(trained_run, tmp_path):
     assert load_exported(str(out)).generate(prompts) == expected
 
 
-@pytest.mark.parametrize("script, args", [
-    ("bench_generate.py", ["--tiny", "--batches", "2", "--new-tokens", "4", "--repeats", "1", "--vocab", "64"]),
-    ("bench_train.py", ["--tiny", "--steps", "1", "--vocab", "64", "--batch", "4", "--len", "8"]),
-])
-def test_benchmark_scripts_print_their_table(script, args):
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) >= 3 and "nety-jax" in rows[1]
-    assert any("PyTorch" in r or "uncached" in r for r in rows[1:])

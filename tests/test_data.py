@@ -8,8 +8,8 @@ import pytest
 from nety_jax.config import DataConfig, EOS_ID, PAD_ID, SOS_ID
 from nety_jax.data import (BatchIterator, default_corpus_path, encode_pairs, eval_batches, read_pairs,
                            split_pairs)
+from nety_jax.data.tokenizer import SentencePieceTokenizer, WordTokenizer, load_tokenizer
 from nety_jax.errors import DataError
-from nety_jax.tokenizer import SentencePieceTokenizer, WordTokenizer, load_tokenizer
 from conftest import ROOT
 
 
@@ -21,9 +21,10 @@ def test_embedded_corpus_is_large_varied_and_up_to_date():
     for word in ("Bonjour", "météo", "fatigué", "cuisiner", "métier", "NETY", "heures", "plus"):
         assert word in text
     assert any(c in text for c in "éèàçô") and "?" in text and "!" in text
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_corpus.py"), "--check"],
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout
+    for script in ("build_corpus.py", "build_text.py"):
+        done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--check"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout
 
 
 def test_tsv_and_custom_keys(tmp_path):
@@ -101,14 +102,14 @@ def test_targets_are_framed_and_cut():
 def test_iterator_is_deterministic_resumable_and_bucketed():
     data, _ = _encoded()
     cfg = DataConfig(max_src_len=16, max_tgt_len=16)
-    it = BatchIterator(data, 8, cfg, seed=3)
+    it = BatchIterator(data, 8, seed=3)
     first = [next(it) for _ in range(50)]  # crosses an epoch boundary (37 batches an epoch)
-    resumed = BatchIterator(data, 8, cfg, seed=3, **{"epoch": 0, "index": 20})
+    resumed = BatchIterator(data, 8, seed=3, **{"epoch": 0, "index": 20})
     for a, b in zip(first[20:], [next(resumed) for _ in range(30)]):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
     assert it.state() == {"epoch": 1, "index": 50 - it.batches_per_epoch}
-    other = BatchIterator(data, 8, cfg, seed=4)
+    other = BatchIterator(data, 8, seed=4)
     assert not np.array_equal(next(other)["src"], first[0]["src"])
     assert all(b["src"].shape[1] % 8 == 0 or b["src"].shape[1] == 16 for b in first)
     assert it.padding_fraction() < 0.5
@@ -119,5 +120,5 @@ def test_split_and_eval_batches():
     train, val = split_pairs(pairs, 0.1, seed=0)
     assert len(val) == 10 and len(train) == 91 and not set(train) & set(val)
     data, _ = _encoded(21)
-    batches = eval_batches(data, 8, DataConfig(max_src_len=16, max_tgt_len=16))
+    batches = eval_batches(data, 8)
     assert len(batches) == 3 and batches[-1]["weight"].tolist() == [1] * 5 + [0] * 3

@@ -5,18 +5,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nety_jax.config import replace_model
-from nety_jax.encoder import RecurrentStack, flip_sequences
-from nety_jax.model import HybridSeq2Seq, init_variables
+from nety_jax.layers import RecurrentStack, flip_sequences
+from nety_jax.models import get_model
+from nety_jax.models.hybrid.network import HybridSeq2Seq
 
 B, S, D, H = 4, 9, 12, 8
 LENGTHS = jnp.asarray([9, 6, 3, 1], jnp.int32)
 
 
-def _flax_cell_params(ours, cell):
-    """Our fused (in, G*H) kernels -> flax's per-gate cells (biases summed where flax has one)."""
-    wi, bi = ours["input"]["kernel"], ours["input"]["bias"]
-    wh, bh = ours["recurrent"]["hidden"]["kernel"], ours["recurrent"]["hidden"]["bias"]
+def _flax_cell_params(ours, cell, d):
+    """Direction ``d`` of our fused layer -> flax's per-gate cells (biases summed where flax has
+    one). Our input kernel holds both directions' (in, G*H) blocks side by side; the recurrent
+    kernel stacks them on a leading axis."""
+    g = {"lstm": 4, "gru": 3}[cell] * H
+    wi, bi = ours["input"]["kernel"][:, d * g:(d + 1) * g], ours["input"]["bias"][d * g:(d + 1) * g]
+    wh, bh = ours["recurrent"]["kernel"][d], ours["recurrent"]["bias"][d]
     split = lambda w: jnp.split(w, {"lstm": 4, "gru": 3}[cell], axis=-1)
     if cell == "lstm":
         out = {}
@@ -49,13 +52,13 @@ def test_bilstm_equals_flax_bidirectional(cell, layers):
     x = jax.random.normal(jax.random.PRNGKey(0), (B, S, D))
     ours = RecurrentStack(cell, H, layers, bidirectional=True)
     params = ours.init(jax.random.PRNGKey(1), x, LENGTHS)["params"]
-    out, fwd = ours.apply({"params": params}, x, LENGTHS)
+    out, fwd, _ = ours.apply({"params": params}, x, LENGTHS)
     # flax names the cells by creation order: forward, backward, forward, ...
     name = {"lstm": "LSTMCell", "gru": "GRUCell"}[cell]
     ref_params = {}
     for k in range(layers):
-        ref_params[f"{name}_{2 * k}"] = _flax_cell_params(params[f"l{k}"], cell)
-        ref_params[f"{name}_{2 * k + 1}"] = _flax_cell_params(params[f"l{k}_reverse"], cell)
+        ref_params[f"{name}_{2 * k}"] = _flax_cell_params(params[f"l{k}"], cell, 0)
+        ref_params[f"{name}_{2 * k + 1}"] = _flax_cell_params(params[f"l{k}"], cell, 1)
     ref = FlaxReference(cell, layers).apply({"params": ref_params}, x, LENGTHS)
     real = np.arange(S)[None, :] < np.asarray(LENGTHS)[:, None]
     diff = np.abs(np.asarray(out) - np.asarray(ref))[real]
@@ -72,9 +75,9 @@ def test_flip_sequences_keeps_padding_in_place():
 
 @pytest.mark.parametrize("memory", ["sequence", "pooled"])
 def test_default_mode_ignores_padding_content(tiny_cfg, memory):
-    cfg = replace_model(tiny_cfg, memory=memory).model
+    cfg = tiny_cfg.model.replace(memory=memory)
     assert cfg.enc_attention_mask and cfg.pooling == "last_real"
-    variables = init_variables(cfg, jax.random.PRNGKey(0))
+    variables = get_model(cfg).init(jax.random.PRNGKey(0))
     model = HybridSeq2Seq(cfg)
     rs = np.random.default_rng(0)
     src = rs.integers(4, 64, (B, S)).astype(np.int32)
@@ -91,9 +94,9 @@ def test_default_mode_ignores_padding_content(tiny_cfg, memory):
 
 def test_parity_mode_is_sensitive_to_padding(tiny_cfg):
     """NETY pools at the last padded position: the padding content changes its memory."""
-    cfg = replace_model(tiny_cfg, memory="pooled", pooling="last_padded", enc_attention_mask=False,
-                        enc_attention_residual=False).model
-    variables = init_variables(cfg, jax.random.PRNGKey(0))
+    cfg = tiny_cfg.model.replace(memory="pooled", pooling="last_padded", enc_attention_mask=False,
+                                 enc_attention_residual=False)
+    variables = get_model(cfg).init(jax.random.PRNGKey(0))
     model = HybridSeq2Seq(cfg)
     src = np.full((B, S), 5, np.int32)
     other = src.copy()

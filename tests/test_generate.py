@@ -1,4 +1,4 @@
-"""Generation on a real (tiny, random) model, and beam search."""
+"""Generation on a real (tiny, random) hybrid, beam search, and the Pretrained API."""
 import dataclasses
 
 import jax
@@ -6,57 +6,65 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nety_jax.beam import beam_search
-from nety_jax.config import EOS_ID, DecodeConfig, replace_model
-from nety_jax.generate import generate_jit, generate_uncached
-from nety_jax.model import init_variables
-from nety_jax.pretrained import load_pretrained
+from nety_jax.config import EOS_ID, SOS_ID
+from nety_jax.decoding import LoopSpec, SamplingParams, beam_search, generate_jit, sample_loop
+from nety_jax.models import get_model
+from nety_jax.serving.pretrained import load_pretrained
 
 SRC = jnp.asarray([[5, 9, 12, 7, 2, 0, 0], [8, 8, 3, 2, 0, 0, 0], [4, 5, 6, 7, 8, 9, 2]], jnp.int32)
 LEN = jnp.asarray([5, 4, 7], jnp.int32)
+GREEDY = SamplingParams.create(3, temperature=0.0)
+
+
+def recompute_greedy(model, variables, n):
+    """NETY's way, as a reference: rerun encoder and decoder on the whole prefix every step."""
+    logits_fn = jax.jit(lambda tgt: model.logits(variables, {"src": SRC, "src_len": LEN, "tgt_in": tgt})[0])
+    tgt = np.full((3, 1), SOS_ID, np.int32)
+    for _ in range(n):
+        nxt = np.asarray(logits_fn(jnp.asarray(tgt)))[:, -1].argmax(-1)
+        tgt = np.concatenate([tgt, nxt[:, None].astype(np.int32)], axis=1)
+    return tgt[:, 1:]
 
 
 @pytest.mark.parametrize("memory", ["pooled", "sequence"])
 def test_cached_greedy_equals_full_prefix_recompute(tiny_cfg, memory):
-    cfg = replace_model(tiny_cfg, memory=memory).model
-    variables = init_variables(cfg, jax.random.PRNGKey(0))
-    dcfg = DecodeConfig(max_new_tokens=10, temperature=0.0, ignore_eos=True)
-    cached = generate_jit(variables, SRC, LEN, jax.random.PRNGKey(0), cfg=cfg, dcfg=dcfg)
-    full = generate_uncached(variables, SRC, LEN, cfg=cfg, dcfg=dcfg)
+    model = get_model(tiny_cfg.model.replace(memory=memory))
+    variables = model.init(jax.random.PRNGKey(0))
+    spec = LoopSpec(max_new_tokens=10, ignore_eos=True)
+    cached = generate_jit(variables, SRC, LEN, GREEDY, model=model, spec=spec)
+    full = recompute_greedy(model, variables, 10)
     np.testing.assert_array_equal(np.asarray(cached["tokens"]), full)
     assert len(set(map(tuple, full.tolist()))) > 1  # not a degenerate constant output
 
 
 def test_beam_one_equals_greedy(tiny_cfg):
-    cfg = tiny_cfg.model
-    variables = init_variables(cfg, jax.random.PRNGKey(0))
-    greedy = DecodeConfig(max_new_tokens=10, temperature=0.0)
-    beam = dataclasses.replace(greedy, beam_size=1 + 0, length_penalty=0.0)
-    a = generate_jit(variables, SRC, LEN, jax.random.PRNGKey(0), cfg=cfg, dcfg=greedy)
-    # beam_size=1 goes through the sampler; call the beam loop itself with one beam
-    from nety_jax.generate import _model_callbacks
-    fn, cache = _model_callbacks(variables, SRC, LEN, cfg, 11)
-    b = jax.jit(lambda c: beam_search(fn, c, 3, beam))(cache)
-    np.testing.assert_array_equal(np.asarray(a["tokens"]), np.asarray(b["tokens"]))
+    model = get_model(tiny_cfg.model)
+    variables = model.init(jax.random.PRNGKey(0))
+    spec = LoopSpec(max_new_tokens=10, length_penalty=0.0)
+    greedy = generate_jit(variables, SRC, LEN, GREEDY, model=model, spec=spec)
+
+    def one_beam(v):  # beam_size=1 goes through the sampler; call the beam loop itself
+        first, cache = model.start_decoding(v, SRC, LEN, 10)
+        return beam_search(lambda t, c: model.decode_step(v, t, c), first, cache,
+                           dataclasses.replace(spec, beam_size=1))
+    beam = jax.jit(one_beam)(variables)
+    np.testing.assert_array_equal(np.asarray(greedy["tokens"]), np.asarray(beam["tokens"]))
 
 
 def test_beam_two_finds_the_better_sequence():
     """Greedy takes A (0.6) then <eos> (0.4): 0.24. Beam 2 finds B (0.4) then <eos> (0.9): 0.36."""
     A, B, V = 3, 4, 5
     table = np.full((V, V), 1e-6)
-    table[1, [A, B]] = [0.6, 0.4]  # after <sos>
+    table[SOS_ID, [A, B]] = [0.6, 0.4]
     table[A, [EOS_ID, A, B]] = [0.4, 0.3, 0.3]
     table[B, [EOS_ID, A]] = [0.9, 0.1]
     logp = jnp.log(jnp.asarray(table / table.sum(1, keepdims=True), jnp.float32))
-
-    def fn(tokens, cache):
-        return logp[tokens[:, 0]], cache
-
-    dcfg = DecodeConfig(max_new_tokens=4, temperature=0.0, length_penalty=0.0)
-    from nety_jax.generate import sample_loop
-    greedy = sample_loop(fn, jnp.zeros(()), 1, jax.random.PRNGKey(0), dcfg)
+    step = lambda tokens, cache: (logp[tokens], cache)
+    first = logp[jnp.asarray([SOS_ID])]
+    spec = LoopSpec(max_new_tokens=4, length_penalty=0.0)
+    greedy = sample_loop(step, first, jnp.zeros(()), SamplingParams.create(1, temperature=0.0), spec)
     assert np.asarray(greedy["tokens"][0, :2]).tolist() == [A, EOS_ID]
-    beam = beam_search(fn, jnp.zeros(()), 1, dataclasses.replace(dcfg, beam_size=2))
+    beam = beam_search(step, first, jnp.zeros(()), dataclasses.replace(spec, beam_size=2))
     assert np.asarray(beam["tokens"][0, :2]).tolist() == [B, EOS_ID]
     assert int(beam["lengths"][0]) == 2
     np.testing.assert_allclose(float(beam["scores"][0]), np.log(0.4 * 0.9), rtol=1e-4)
@@ -73,7 +81,16 @@ def test_trained_model_rows_equal_rows_alone(trained_run):
     assert len(beams) == 4 and all(isinstance(r[0], str) for r in beams)
 
 
+def test_stream_gives_the_tokens_of_one_uninterrupted_call(trained_run):
+    model = load_pretrained(trained_run)
+    settings = dict(temperature=0.9, top_k=20, top_p=0.95, max_new_tokens=12)
+    whole = model.generate_ids(["Bonjour !", "J'aime nager."], seed=[4, 5], **settings)["tokens"]
+    chunks = list(model.stream(["Bonjour !", "J'aime nager."], seed=[4, 5], chunk=3, **settings))
+    assert len(chunks) >= 2
+    np.testing.assert_array_equal(chunks[-1], whole)
+
+
 def test_logits_api_is_teacher_forced_numpy(trained_run):
     model = load_pretrained(trained_run)
-    logits = model.logits(SRC, jnp.asarray([[1, 5, 6], [1, 7, 8], [1, 9, 9]]))
+    logits = model.logits({"src": SRC, "src_len": LEN, "tgt_in": [[1, 5, 6], [1, 7, 8], [1, 9, 9]]})
     assert isinstance(logits, np.ndarray) and logits.shape == (3, 3, model.config.model.vocab_size)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from nety_jax.cli import main
-from nety_jax.config import replace_model
-from nety_jax.decoder import Decoder
-from nety_jax.model import HybridSeq2Seq, init_variables
+from nety_jax.layers import TransformerDecoder
+from nety_jax.models import get_model
+from nety_jax.models.hybrid.network import HybridSeq2Seq, decoder_spec
 from conftest import PARITY
 
 
@@ -36,8 +36,8 @@ def test_info_matches_nety_parameter_count(capsys):
 
 @pytest.mark.parametrize("memory", ["pooled", "sequence"])
 def test_cached_decoding_equals_teacher_forcing(tiny_cfg, memory):
-    cfg = replace_model(tiny_cfg, memory=memory).model
-    variables = init_variables(cfg, jax.random.PRNGKey(0))
+    cfg = tiny_cfg.model.replace(memory=memory)
+    variables = get_model(cfg).init(jax.random.PRNGKey(0))
     model = HybridSeq2Seq(cfg)
     src, lengths, tgt = _inputs()
     full = model.apply(variables, src, lengths, tgt)
@@ -52,24 +52,26 @@ def test_cached_decoding_equals_teacher_forcing(tiny_cfg, memory):
             chunks.append(logits)
         cached = jnp.concatenate(chunks, axis=1)
         assert float(jnp.max(jnp.abs(cached - full))) < 1e-4
-        assert int(cache["index"]) == tgt.shape[1]
+        assert np.asarray(cache["pos"]).tolist() == [tgt.shape[1]] * 3
 
 
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_decoder_is_causal(tiny_cfg, norm):
-    cfg = replace_model(tiny_cfg, norm=norm).model
-    variables = init_variables(cfg, jax.random.PRNGKey(0))
+    cfg = tiny_cfg.model.replace(norm=norm)
+    variables = get_model(cfg).init(jax.random.PRNGKey(0))
     model = HybridSeq2Seq(cfg)
     src, lengths, tgt = _inputs()
     memory, mask = model.apply(variables, src, lengths, method=model.encode)
     x = jax.random.normal(jax.random.PRNGKey(3), (3, tgt.shape[1], cfg.d_model))
     dec = {"params": variables["params"]["decoder"]}
     t_len = tgt.shape[1]
+    decoder = TransformerDecoder(decoder_spec(cfg))
 
     @jax.jit
     def grad_of_loss_at(x, t):
         def loss_at_t(x):
-            logits = Decoder(cfg).apply(dec, x, memory, mask, method=Decoder.from_embeddings)
+            logits = decoder.apply(dec, decoder.apply(dec, x, memory, mask, method=decoder.hidden),
+                                   method=decoder.logits)
             row = jax.lax.dynamic_index_in_dim(logits, t, axis=1, keepdims=False)
             return jnp.sum(jax.nn.log_softmax(row) * jnp.arange(cfg.vocab_size))
         return jax.grad(loss_at_t)(x)
@@ -89,10 +91,10 @@ VARIANTS = [("lstm", True, "post", False, "pooled"), ("lstm", True, "pre", True,
 
 @pytest.mark.parametrize("cell, bidirectional, norm, tie, memory", VARIANTS)
 def test_variants_build_and_run(tiny_cfg, cell, bidirectional, norm, tie, memory):
-    cfg = replace_model(tiny_cfg, cell=cell, bidirectional=bidirectional, norm=norm, tie_output=tie,
-                        output_bias=not tie, memory=memory,
-                        head_norm="layer" if cell == "gru" else "batch").model
-    variables = init_variables(cfg, jax.random.PRNGKey(0))
+    cfg = tiny_cfg.model.replace(cell=cell, bidirectional=bidirectional, norm=norm, tie_output=tie,
+                                 output_bias=not tie, memory=memory,
+                                 head_norm="layer" if cell == "gru" else "batch")
+    variables = get_model(cfg).init(jax.random.PRNGKey(0))
     src, lengths, tgt = _inputs()
     logits, updates = jax.jit(lambda v: HybridSeq2Seq(cfg).apply(
         v, src, lengths, tgt, train=True, rngs={"dropout": jax.random.PRNGKey(1)},
@@ -103,8 +105,8 @@ def test_variants_build_and_run(tiny_cfg, cell, bidirectional, norm, tie, memory
 
 
 def test_bfloat16_compute_keeps_float32_params(tiny_cfg):
-    cfg = replace_model(tiny_cfg, dtype="bfloat16").model
-    variables = init_variables(cfg, jax.random.PRNGKey(0))
+    cfg = tiny_cfg.model.replace(dtype="bfloat16")
+    variables = get_model(cfg).init(jax.random.PRNGKey(0))
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables["params"]))
     src, lengths, tgt = _inputs()
     logits = HybridSeq2Seq(cfg).apply(variables, src, lengths, tgt)

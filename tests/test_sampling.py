@@ -4,72 +4,73 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nety_jax.config import EOS_ID, PAD_ID, SOS_ID, DecodeConfig
-from nety_jax.generate import sample_loop
-from nety_jax.sampling import ban_repeated_ngrams, sample_next
+from nety_jax.config import EOS_ID, PAD_ID
+from nety_jax.decoding import LoopSpec, SamplingParams, sample_loop, sample_rows
+from nety_jax.decoding.sampling import ban_repeated_ngrams
 
-V, N = 12, 6
-TABLE = np.random.default_rng(0).normal(size=(N, 3, V)).astype(np.float32) * 2.0  # (step, row, vocab)
-
-
-def fake_logits(tokens, step):
-    """Logits depend on the step (kept in the 'cache') and the row; eos is never likely."""
-    logits = jnp.asarray(TABLE)[step, : tokens.shape[0]].at[:, EOS_ID].set(-50.0)
-    return logits, step + 1
+V, N, B = 12, 6, 3
+TABLE = np.random.default_rng(0).normal(size=(N, B, V)).astype(np.float32) * 2.0  # (step, row, vocab)
+TABLE[..., EOS_ID] = -50.0  # eos is never likely
 
 
-def run(dcfg, seed=0):
-    out = jax.jit(lambda r: sample_loop(fake_logits, jnp.zeros((), jnp.int32), 3, r, dcfg))(
-        jax.random.PRNGKey(seed))
-    return np.asarray(out["tokens"])
+def fake_step(tokens, step):
+    """Logits depend on the step (kept in the 'cache') and the row."""
+    return jnp.asarray(TABLE)[step][: tokens.shape[0]], step + 1
 
 
-def reference(dcfg, seed=0):
-    """The same draws computed another way: numpy sorting / cumulative sums per step."""
-    rng = jax.random.PRNGKey(seed)
-    out = np.zeros((3, N), np.int32)
+def run(params: SamplingParams, spec=LoopSpec(max_new_tokens=N)):
+    fn = jax.jit(lambda p: sample_loop(fake_step, jnp.asarray(TABLE[0]), jnp.asarray(1), p, spec))
+    return np.asarray(fn(params)["tokens"])
+
+
+def reference(params: SamplingParams):
+    """The same draws computed another way: numpy sorting and cumulative sums per row and step."""
+    out = np.zeros((B, N), np.int32)
     for t in range(N):
-        rng, key = jax.random.split(rng)
-        logits = TABLE[t].copy()
-        logits[:, EOS_ID] = -50.0
-        if dcfg.greedy:
-            out[:, t] = logits.argmax(-1)
-            continue
-        logits = logits / dcfg.temperature
-        order = np.argsort(-logits, axis=-1, kind="stable")[:, : dcfg.top_k or V]
-        vals = np.take_along_axis(logits, order, -1)
-        probs = np.exp(vals - vals.max(-1, keepdims=True))
-        probs /= probs.sum(-1, keepdims=True)
-        keep = np.zeros_like(vals, bool)
-        for r in range(3):
-            mass = 0.0
-            for j in range(vals.shape[1]):
-                keep[r, j] = mass < dcfg.top_p
-                mass += probs[r, j]
-        vals = np.where(keep, vals, -1e9)
-        choice = np.asarray(jax.random.categorical(key, jnp.asarray(vals), axis=-1))
-        out[:, t] = order[np.arange(3), choice]
+        for r in range(B):
+            logits = TABLE[t, r].astype(np.float64)
+            temp, k, p = float(params.temperature[r]), int(params.top_k[r]), float(params.top_p[r])
+            if temp == 0.0 or k == 1:
+                out[r, t] = logits.argmax()
+                continue
+            order = np.argsort(-logits, kind="stable")[: k or V]
+            vals = logits[order] / temp
+            probs = np.exp(vals - vals.max())
+            probs /= probs.sum()
+            keep = (np.cumsum(probs) - probs) < p if p < 1 else np.ones_like(probs, bool)
+            probs = np.where(keep, probs, 0.0)
+            cum = np.cumsum(probs / probs.sum())
+            u = float(jax.random.uniform(jax.random.fold_in(jnp.asarray(params.key[r]), t)))
+            out[r, t] = order[min(int(np.sum(cum < u)), int(keep.sum()) - 1)]
     return out
 
 
-@pytest.mark.parametrize("dcfg", [
-    DecodeConfig(max_new_tokens=N, temperature=0.0),
-    DecodeConfig(max_new_tokens=N, temperature=0.8, top_k=3, top_p=1.0),
-    DecodeConfig(max_new_tokens=N, temperature=1.0, top_k=0, top_p=0.7),
-    DecodeConfig(max_new_tokens=N, temperature=0.8, top_k=5, top_p=0.9),
-])
-def test_fake_logits_give_exact_sequences(dcfg):
-    np.testing.assert_array_equal(run(dcfg, seed=7), reference(dcfg, seed=7))
+SETTINGS = [dict(temperature=0.0), dict(temperature=0.8, top_k=3), dict(temperature=1.0, top_p=0.7),
+            dict(temperature=0.8, top_k=5, top_p=0.9),
+            dict(temperature=[0.0, 0.7, 1.3], top_k=[0, 4, 2], top_p=[1.0, 0.8, 0.5])]
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_fake_logits_give_exact_sequences(settings):
+    params = SamplingParams.create(B, seed=[7, 8, 9], **settings)
+    np.testing.assert_array_equal(run(params), reference(params))
+
+
+def test_each_row_equals_that_row_alone_and_a_wide_top_k_is_the_same_program():
+    params = SamplingParams.create(B, seed=[1, 2, 3], temperature=[0.9, 0.0, 1.2], top_k=[3, 0, 500],
+                                   top_p=[0.9, 1.0, 0.95])
+    together = run(params)
+    for r in range(B):
+        alone = SamplingParams.create(B, seed=[[1, 2, 3][r]] * B, temperature=float(params.temperature[r]),
+                                      top_k=int(params.top_k[r]), top_p=float(params.top_p[r]))
+        np.testing.assert_array_equal(run(alone)[r], together[r])
 
 
 def test_top_k_one_and_tiny_p_are_greedy():
-    greedy = run(DecodeConfig(max_new_tokens=N, temperature=0.0))
-    table = TABLE.copy()
-    table[..., EOS_ID] = -50.0
-    np.testing.assert_array_equal(greedy, table.argmax(-1).T)
-    np.testing.assert_array_equal(run(DecodeConfig(max_new_tokens=N, temperature=1.0, top_k=1)), greedy)
-    np.testing.assert_array_equal(
-        run(DecodeConfig(max_new_tokens=N, temperature=1.0, top_k=0, top_p=1e-6), seed=3), greedy)
+    greedy = run(SamplingParams.create(B, temperature=0.0))
+    np.testing.assert_array_equal(greedy, TABLE.argmax(-1).T)
+    np.testing.assert_array_equal(run(SamplingParams.create(B, temperature=1.0, top_k=1)), greedy)
+    np.testing.assert_array_equal(run(SamplingParams.create(B, temperature=1.0, top_p=1e-6, seed=3)), greedy)
 
 
 CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46}
@@ -80,9 +81,8 @@ def test_draws_stay_in_the_sets_and_follow_the_distribution(top_k, top_p):
     probs = np.asarray([0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.03, 0.02], np.float64)
     logits = np.log(probs).astype(np.float32)
     n = 40_000
-    draws = np.asarray(jax.jit(lambda k: sample_next(jnp.tile(jnp.asarray(logits), (n, 1)), k,
-                                                     temperature=1.0, top_k=top_k, top_p=top_p))(
-        jax.random.PRNGKey(123)))
+    params = SamplingParams.create(n, temperature=1.0, top_k=top_k, top_p=top_p, seed=123)
+    draws = np.asarray(jax.jit(lambda p: sample_rows(jnp.tile(jnp.asarray(logits), (n, 1)), p, 0, 64))(params))
     allowed = np.arange(top_k or len(probs))
     within_k = probs[allowed] / probs[allowed].sum()  # top-p acts on the top-k renormalised mass
     cum_before = np.cumsum(within_k) - within_k
@@ -96,44 +96,51 @@ def test_draws_stay_in_the_sets_and_follow_the_distribution(top_k, top_p):
 
 def test_temperature_sharpens():
     logits = jnp.tile(jnp.log(jnp.asarray([0.5, 0.3, 0.2])), (20_000, 1))
-    hot = np.asarray(sample_next(logits, jax.random.PRNGKey(0), temperature=2.0, top_k=0, top_p=1.0))
-    cold = np.asarray(sample_next(logits, jax.random.PRNGKey(0), temperature=0.3, top_k=0, top_p=1.0))
-    assert (cold == 0).mean() > 0.75 > (hot == 0).mean()
+    draw = lambda t: np.asarray(sample_rows(logits, SamplingParams.create(20_000, temperature=t), 0, 64))
+    assert (draw(0.3) == 0).mean() > 0.75 > (draw(2.0) == 0).mean()
 
 
 def test_no_repeat_ngram_bans_exactly_the_repeats():
-    tokens = jnp.asarray([[SOS_ID, 5, 6, 7, 5, 6, 0, 0]])
+    tokens = jnp.asarray([[5, 6, 7, 5, 6, 0, 0]])  # 5 written
     banned = ban_repeated_ngrams(jnp.zeros((1, 10)), tokens, jnp.asarray(5), 3)  # tail (5, 6) -> 7
     assert np.flatnonzero(np.asarray(banned[0]) < -1e8).tolist() == [7]
     banned = ban_repeated_ngrams(jnp.zeros((1, 10)), tokens, jnp.asarray(5), 2)  # tail (6,) -> 7
     assert np.flatnonzero(np.asarray(banned[0]) < -1e8).tolist() == [7]
 
 
-def markov_logits(tokens, cache):
+def markov_step(tokens, cache):
     """Row r's next token is a function of its last token and its own offset; row r says
     <eos> after 1 + r tokens (so rows stop at different lengths)."""
     offset, count = cache
-    last = tokens[:, 0]
-    nxt = 4 + (last + offset) % 7
+    nxt = 4 + (tokens + offset) % 7
     nxt = jnp.where(count >= 1 + offset, EOS_ID, nxt)
     return jax.nn.one_hot(nxt, V) * 10.0, (offset, count + 1)
 
 
+def _markov(offsets, spec, params=None):
+    first = jax.nn.one_hot(4 + offsets % 7, V) * 10.0
+    params = params or SamplingParams.create(len(offsets), temperature=0.0)
+    return sample_loop(markov_step, first, (offsets, jnp.ones_like(offsets)), params, spec)
+
+
 def test_rows_finish_independently():
-    dcfg = DecodeConfig(max_new_tokens=8, temperature=0.0)
+    spec = LoopSpec(max_new_tokens=8)
     offsets = jnp.asarray([0, 3, 1, 5])
-    loop = jax.jit(lambda c, r: sample_loop(markov_logits, c, c[0].shape[0], r, dcfg))
-    batch = loop((offsets, jnp.zeros(4, jnp.int32)), jax.random.PRNGKey(0))
+    loop = jax.jit(lambda o, p: _markov(o, spec, p))
+    batch = loop(offsets, SamplingParams.create(4, temperature=0.0))
     for r in range(4):
-        alone = loop((offsets[r:r + 1], jnp.zeros(1, jnp.int32)), jax.random.PRNGKey(0))
+        alone = loop(offsets[r:r + 1], SamplingParams.create(1, temperature=0.0))
         np.testing.assert_array_equal(np.asarray(batch["tokens"][r]), np.asarray(alone["tokens"][0]))
         assert int(batch["lengths"][r]) == int(offsets[r]) + 2
         row = np.asarray(batch["tokens"][r])
         assert row[int(offsets[r]) + 1] == EOS_ID and (row[int(offsets[r]) + 2:] == PAD_ID).all()
 
 
-def test_min_new_tokens_delays_eos():
-    dcfg = DecodeConfig(max_new_tokens=8, temperature=0.0, min_new_tokens=4)
-    out = sample_loop(markov_logits, (jnp.asarray([0]), jnp.zeros(1, jnp.int32)), 1,
-                      jax.random.PRNGKey(0), dcfg)
-    assert int(out["lengths"][0]) >= 5
+def test_per_row_max_new_tokens_and_min_new_tokens():
+    offsets = jnp.asarray([5, 5, 5])
+    params = SamplingParams.create(3, temperature=0.0, max_new_tokens=[2, 4, 8])
+    out = _markov(offsets, LoopSpec(max_new_tokens=8), params)
+    assert np.asarray(out["lengths"]).tolist() == [2, 4, 7]
+    assert (np.asarray(out["tokens"])[0, 2:] == PAD_ID).all()
+    delayed = _markov(jnp.asarray([0]), LoopSpec(max_new_tokens=8, min_new_tokens=4))
+    assert int(delayed["lengths"][0]) >= 5

@@ -9,12 +9,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nety_jax import torch_io  # noqa: E402
 from nety_jax.cli import main  # noqa: E402
-from nety_jax.model import HybridSeq2Seq  # noqa: E402
-from nety_jax.pretrained import load_pretrained  # noqa: E402
-from conftest import ROOT  # noqa: E402
-from nety_jax.torch_reference import HybridRNNTransformer  # noqa: E402
+from nety_jax.models.hybrid import torch_io  # noqa: E402
+from nety_jax.models.hybrid.network import HybridSeq2Seq  # noqa: E402
+from nety_jax.models.hybrid.torch_reference import HybridRNNTransformer  # noqa: E402
+from nety_jax.serving.pretrained import load_pretrained  # noqa: E402
+from conftest import PARITY, ROOT  # noqa: E402
 
 V = 40
 DIMS = dict(d_model=64, hidden=32, layers=2, enc_heads=4, dec_heads=8, dec_layers=2, d_ff=96, max_len=64)
@@ -74,7 +74,8 @@ def test_state_dict_has_netys_168_names_at_full_size():
     assert len(full.state_dict()) == 168
     assert sum(p.numel() for p in full.parameters()) == 32_775_784
     from nety_jax.config import load_config
-    cfg = load_config(str(ROOT / "configs" / "nety_parity.yaml"), ["model.vocab_size=1000"])
+    cfg = load_config(PARITY, ["model.vocab_size=1000"])
+    assert cfg == torch_io.parity_config()  # configs/nety_parity.yaml says what import-torch assumes
     layout = torch_io.state_dict_layout(cfg)
     assert {e.name for e in layout} == set(full.state_dict())
     expected = torch_io.expected_shapes(cfg, (1, 512, 512))
@@ -98,7 +99,7 @@ def test_imported_logits_equal_pytorch_in_eval_mode(tmp_path, train_steps):
     src, tgt = _batch(seed=7)
     with torch.no_grad():
         ref = model(src, tgt).numpy()
-    got = ours.logits(src.numpy(), tgt.numpy(), src_lengths=np.full(len(src), src.shape[1]))
+    got = ours.logits({"src": src.numpy(), "src_len": np.full(len(src), src.shape[1]), "tgt_in": tgt.numpy()})
     assert _max_rel(got, ref) < 1e-4
 
 
@@ -111,9 +112,7 @@ def test_train_mode_outputs_and_batch_statistics_match(trained_nety, tmp_path):
     src, tgt = _batch(seed=11)
     ref = nodrop(src, tgt).detach().numpy()
     ours = load_pretrained(trained_nety[3])
-    cfg = ours.config.model
-    import dataclasses
-    cfg0 = dataclasses.replace(cfg, dropout=0.0, attention_dropout=0.0)
+    cfg0 = ours.config.model.replace(dropout=0.0, attention_dropout=0.0)
     lengths = jnp.full((len(src),), src.shape[1])
     got, updates = HybridSeq2Seq(cfg0).apply(ours.variables, jnp.asarray(src.numpy()), lengths,
                                              jnp.asarray(tgt.numpy()), train=True,

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from nety_jax.config import load_config
-from nety_jax.metrics import read_metrics
-from nety_jax.parallel import Runner
-from nety_jax.steps import create_train_state
-from nety_jax.train import train
+from nety_jax.models import get_model
+from nety_jax.training.metrics import read_metrics
+from nety_jax.training.parallel import Runner
+from nety_jax.training.steps import create_train_state
+from nety_jax.training.loop import train
 from conftest import ROOT, TINY
 
 
@@ -25,12 +26,13 @@ def _batch(b=8, s=10, t=9, seed=0):
     tgt = rs.integers(4, 64, (b, t)).astype(np.int32)
     for i, n in enumerate(rs.integers(3, t, b)):
         tgt[i, n:] = 0
-    return {"src": src, "src_len": lengths, "tgt_in": tgt[:, :-1], "tgt_out": tgt[:, 1:]}
+    return {"src": src, "src_len": lengths, "tgt_in": tgt[:, :-1], "targets": tgt[:, 1:]}
 
 
 def _run(cfg, backend, batches):
-    runner = Runner(cfg, backend)
-    state = runner.place_state(create_train_state(cfg, jax.random.PRNGKey(0)))
+    model = get_model(cfg.model)
+    runner = Runner(cfg, model, backend)
+    state = runner.place_state(create_train_state(model, cfg.train, jax.random.PRNGKey(0)))
     losses, grad_norms = [], []
     for batch in batches:
         state, metrics = runner.train(state, batch)
@@ -60,7 +62,7 @@ def test_pmap_and_shard_map_equal_single_device(head_norm):
         np.testing.assert_allclose(norms, ref_norms, rtol=1e-5)
         assert _max_diff(state.params, ref_state.params) < 1e-5
         if head_norm == "batch":  # BatchNorm statistics averaged across devices
-            assert _max_diff(state.batch_stats, ref_state.batch_stats) < 1e-5
+            assert _max_diff(state.mutables, ref_state.mutables) < 1e-5
 
 
 def test_gradient_accumulation_equals_one_big_step():
@@ -102,7 +104,7 @@ def _cli(workdir, steps, extra=()):
 
 
 def _params(workdir):
-    from nety_jax.pretrained import load_pretrained
+    from nety_jax.serving.pretrained import load_pretrained
     return jax.device_get(load_pretrained(str(workdir)).variables)
 
 

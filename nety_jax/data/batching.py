@@ -1,0 +1,90 @@
+"""A deterministic, resumable, length-bucketed batcher over any dataset.
+
+A dataset has ``len()``, ``length(i)`` (for bucketing) and ``collate(indices) ->
+batch``. The batch for a given step is a pure function of (seed, epoch, index):
+the checkpoint stores ``{"epoch", "index"}`` and resuming continues exactly.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from nety_jax.config.sections import PAD_ID
+from nety_jax.errors import DataError
+
+
+class BatchIterator:
+    """Shuffle, sort by length within windows of 50 batches, shuffle the batches.
+
+    ``batches_per_epoch`` is fixed (the remainder is dropped), so the position
+    ``(epoch, index)`` identifies a batch exactly.
+    """
+
+    WINDOW = 50
+
+    def __init__(self, data, batch_size: int, seed: int, epoch: int = 0, index: int = 0):
+        if len(data) < batch_size:
+            raise DataError(f"only {len(data)} training examples for train.batch_size={batch_size}; "
+                            "use more data or a smaller batch")
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.batches_per_epoch = len(data) // batch_size
+        self.epoch, self.index = epoch + index // self.batches_per_epoch, index % self.batches_per_epoch
+        self._plan_epoch = None
+
+    def _plan(self, epoch: int) -> list[np.ndarray]:
+        if self._plan_epoch != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(len(self.data))[: self.batches_per_epoch * self.batch_size]
+            size = self.WINDOW * self.batch_size
+            batches = []
+            for start in range(0, len(order), size):
+                window = order[start: start + size]
+                lengths = np.asarray([self.data.length(i) for i in window])
+                window = window[np.argsort(lengths, kind="stable")]
+                batches += [window[j: j + self.batch_size] for j in range(0, len(window), self.batch_size)]
+            self._batches = [batches[i] for i in rng.permutation(len(batches))]
+            self._plan_epoch = epoch
+        return self._batches
+
+    def state(self) -> dict:
+        return {"epoch": int(self.epoch), "index": int(self.index)}
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        idx = self._plan(self.epoch)[self.index]
+        self.index += 1
+        if self.index == self.batches_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+        return self.data.collate(idx)
+
+    def padding_fraction(self) -> float:
+        """Fraction of pad tokens over one epoch of batches (all integer arrays of the batch)."""
+        pads = total = 0
+        for idx in self._plan(self.epoch):
+            batch = self.data.collate(idx)
+            for key, value in batch.items():
+                if value.ndim == 2:
+                    total += value.size
+                    pads += int(np.sum(value == PAD_ID))
+        return pads / max(total, 1)
+
+
+def eval_batches(data, batch_size: int, limit: int = 0) -> list[dict]:
+    """Fixed validation batches, sorted by length; the last one is padded with copies
+    of its first row and a ``weight`` of 0 so every batch has the same size."""
+    order = np.argsort([data.length(i) for i in range(len(data))], kind="stable")
+    out = []
+    for start in range(0, len(order), batch_size):
+        idx = list(order[start: start + batch_size])
+        weight = np.ones(batch_size, np.float32)
+        weight[len(idx):] = 0.0
+        idx += [idx[0]] * (batch_size - len(idx))
+        batch = data.collate(idx)
+        batch["weight"] = weight
+        out.append(batch)
+        if limit and len(out) >= limit:
+            break
+    return out

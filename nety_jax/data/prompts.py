@@ -1,0 +1,81 @@
+"""Texts <-> padded id batches for any model, shared by in-process, exported and served
+generation (no Flax here).
+
+Batches are bucketed (batch size to a power of two, length to a multiple of
+``data.bucket_multiple``) so compiled functions are reused; a prompt longer than
+the model takes is cut (sources keep their start, LM prefixes their end) and
+reported.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from nety_jax.config.sections import PAD_ID
+from nety_jax.errors import NetyError
+
+
+def bucket(n: int, multiple: int = 8) -> int:
+    return ((n + multiple - 1) // multiple) * multiple
+
+
+def batch_bucket(n: int) -> int:
+    """Batch sizes are rounded up to a power of two."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+@dataclasses.dataclass
+class PromptBatch:
+    tokens: np.ndarray  # (B', S) int32, right-padded; B' >= the number of prompts
+    lengths: np.ndarray  # (B',) int32
+    count: int  # real prompts (the first rows)
+    cut: list[int]  # indices of prompts that were cut to fit
+
+
+def check_prompt(i: int, text) -> str:
+    if not isinstance(text, str):
+        raise NetyError(f"prompt {i + 1} must be text, got {type(text).__name__}")
+    if not text.strip():
+        raise NetyError(f"prompt {i + 1} is empty")
+    return text.strip()
+
+
+def encode_prompts(policy, tokenizer, texts: Sequence[str], data_cfg, max_new_tokens: int,
+                   pad_batch: bool = True, fixed_batch: int = 0) -> PromptBatch:
+    """Prompt texts -> a bucketed, right-padded id batch for ``start_decoding``.
+
+    ``policy``: the model's ``prompts`` (``nety_jax.models.prompting``)."""
+    if not texts:
+        raise NetyError("no prompt given")
+    limit = policy.limit(data_cfg, max_new_tokens)
+    if limit < 1:
+        raise NetyError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt "
+                        f"(model.max_len={policy.model_cfg.max_len})")
+    rows, cut = [], []
+    for i, text in enumerate(texts):
+        ids = policy.ids(tokenizer, check_prompt(i, text), data_cfg)
+        if not ids:
+            raise NetyError(f"prompt {i + 1} has no tokens the model knows")
+        if len(ids) > limit:
+            ids = policy.cut(ids, limit)
+            cut.append(i)
+        rows.append(ids)
+    b = fixed_batch or (batch_bucket(len(rows)) if pad_batch else len(rows))
+    if b < len(rows):
+        raise NetyError(f"this export takes batches of {b}; got {len(rows)} prompts")
+    s = min(bucket(max(map(len, rows)), data_cfg.bucket_multiple), limit)
+    tokens = np.full((b, s), PAD_ID, np.int32)
+    lengths = np.ones((b,), np.int32)
+    for i, ids in enumerate(rows):
+        tokens[i, : len(ids)] = ids
+        lengths[i] = len(ids)
+    if b > len(rows):
+        tokens[len(rows):, 0] = rows[0][0]  # filler rows: a valid one-token prompt
+    return PromptBatch(tokens, lengths, len(rows), cut)
+
+
+def decode_replies(tokenizer, tokens, n: int) -> list[str]:
+    tokens = np.asarray(tokens)
+    return [tokenizer.decode(tokens[i].tolist()) for i in range(n)]

@@ -1,0 +1,119 @@
+"""Choosing the next token from logits, with every row's own settings (runtime arrays).
+
+Order, per row: logits / temperature -> top-k -> top-p inside those k (keep the
+smallest prefix of the sorted tokens whose probability reaches p; the most
+likely token is always kept) -> sample -> map back to vocabulary ids. A row with
+temperature 0 takes the argmax of its raw logits: greedy stays exact.
+
+Top-k is ``lax.top_k`` with a static width ``top_k_max``; a row asking for more
+(or for 0: no cut) sends the batch through a full sort of the vocabulary, the
+slow path, selected with ``lax.cond`` inside the same compiled program. A row's
+draw is an inverse-CDF lookup of ONE uniform number from its own key folded with
+the step, so it does not depend on the path, the batch, or the other rows.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from nety_jax.decoding.keys import row_keys
+
+NEG_INF = -1e9
+Number = Union[int, float]
+
+
+@struct.dataclass
+class SamplingParams:
+    """Per-row runtime settings, every field shaped (B,) (keys (B, 2))."""
+
+    temperature: jax.Array  # float32; 0 = greedy
+    top_k: jax.Array  # int32; 0 = no cut
+    top_p: jax.Array  # float32; 1 = no cut
+    max_new_tokens: jax.Array  # int32, <= the compiled maximum
+    key: jax.Array  # uint32 (B, 2): each row's own PRNG key
+
+    @classmethod
+    def create(cls, batch: int, *, temperature: Union[Number, Sequence[Number]] = 1.0,
+               top_k: Union[int, Sequence[int]] = 0, top_p: Union[Number, Sequence[Number]] = 1.0,
+               max_new_tokens: Union[int, Sequence[int]] = 1 << 30,
+               seed: Union[int, Sequence[int]] = 0, keys: Optional[np.ndarray] = None) -> "SamplingParams":
+        """Scalars apply to every row, sequences give one value per row. With one seed, row i
+        draws from fold_in(PRNGKey(seed), i); with a sequence, row i from PRNGKey(seed[i])."""
+        def rows(value, dtype):
+            out = np.broadcast_to(np.asarray(value, dtype), (batch,))
+            return np.ascontiguousarray(out)
+        if keys is None:
+            keys = row_keys(seed, batch)
+        return cls(temperature=rows(temperature, np.float32), top_k=rows(top_k, np.int32),
+                   top_p=rows(top_p, np.float32),
+                   max_new_tokens=rows(np.minimum(max_new_tokens, np.iinfo(np.int32).max), np.int32),
+                   key=np.asarray(keys, np.uint32).reshape(batch, 2))
+
+
+def nucleus_mask(sorted_logits: jax.Array, top_p: jax.Array) -> jax.Array:
+    """True for the tokens kept by top-p, given rows sorted in descending order."""
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # probability mass strictly before each token
+    return (before < top_p[:, None]) | (top_p[:, None] >= 1.0)
+
+
+def _choose(values, indices, top_k, top_p, uniform):
+    """Sorted candidates (B, C) -> one vocabulary id per row."""
+    rank = jnp.arange(values.shape[-1])[None, :]
+    values = jnp.where((top_k[:, None] <= 0) | (rank < top_k[:, None]), values, NEG_INF)
+    values = jnp.where(nucleus_mask(values, top_p), values, NEG_INF)
+    probs = jax.nn.softmax(values, axis=-1)
+    cum = jnp.cumsum(probs, axis=-1)
+    kept = jnp.sum(values > NEG_INF / 2, axis=-1)
+    choice = jnp.minimum(jnp.sum(cum < uniform[:, None] * cum[:, -1:], axis=-1), kept - 1)
+    return jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0]
+
+
+def sample_rows(logits: jax.Array, params: SamplingParams, step: jax.Array, top_k_max: int) -> jax.Array:
+    """(B, V) logits -> (B,) int32 ids, each row with its own settings and key."""
+    vocab = logits.shape[-1]
+    logits = logits.astype(jnp.float32)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    temperature = jnp.where(params.temperature > 0, params.temperature, 1.0)
+    scaled = logits / temperature[:, None]
+    uniform = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step)))(params.key)
+    width = min(top_k_max, vocab)
+
+    def path(k):
+        def draw(x):
+            values, indices = jax.lax.top_k(x, k)
+            return _choose(values, indices, params.top_k, params.top_p, uniform)
+        return draw
+
+    needs_full = (params.top_k <= 0) | (params.top_k > width)
+    if width == vocab:
+        sampled = path(vocab)(scaled)
+    else:
+        sampled = jax.lax.cond(jnp.any(needs_full & (params.temperature > 0)), path(vocab),
+                               path(width), scaled)
+    return jnp.where((params.temperature > 0) & (params.top_k != 1), sampled.astype(jnp.int32), greedy)
+
+
+def ban_repeated_ngrams(logits: jax.Array, tokens: jax.Array, pos: jax.Array, n: int) -> jax.Array:
+    """Forbids any token that would repeat an n-gram already in ``tokens[:, :pos]``.
+
+    tokens: (B, L) generated so far, ``pos`` of them written (the next goes at ``pos``).
+    """
+    b, length = tokens.shape
+    if n <= 0 or length < n:
+        return logits
+    starts = jnp.arange(length - n + 1)  # candidate n-gram starts j: tokens[j .. j+n-1]
+    tail = jax.lax.dynamic_slice_in_dim(tokens, jnp.maximum(pos - (n - 1), 0), n - 1, axis=1) \
+        if n > 1 else tokens[:, :0]
+    match = jnp.ones((b, starts.shape[0]), bool)
+    for i in range(n - 1):
+        match &= tokens[:, starts + i] == tail[:, i:i + 1]
+    # the n-gram must lie entirely in the written prefix and the tail must be complete
+    match &= (starts + n - 1 < pos)[None, :] & (pos >= n - 1)
+    banned_tokens = tokens[:, starts + n - 1]
+    banned = jnp.zeros(logits.shape, bool).at[jnp.arange(b)[:, None], banned_tokens].max(match)
+    return jnp.where(banned, NEG_INF, logits)

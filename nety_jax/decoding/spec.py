@@ -1,0 +1,23 @@
+"""The static part of decoding: what shapes the compiled program (no JAX here)."""
+from __future__ import annotations
+
+import dataclasses
+
+from nety_jax.config.sections import DecodeConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSpec:
+    """The static part of decoding (it shapes the compiled program)."""
+
+    max_new_tokens: int = 50
+    top_k_max: int = 64
+    beam_size: int = 1
+    length_penalty: float = 0.6
+    min_new_tokens: int = 0
+    no_repeat_ngram: int = 0
+    ignore_eos: bool = False
+
+    @classmethod
+    def from_config(cls, dcfg: DecodeConfig) -> "LoopSpec":
+        return cls(**{f.name: getattr(dcfg, f.name) for f in dataclasses.fields(cls)})

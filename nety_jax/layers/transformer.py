@@ -1,0 +1,188 @@
+"""The Transformer decoder shared by the hybrid (with cross-attention) and the GPT (without).
+
+Layers are PyTorch's ``TransformerDecoderLayer`` (post-norm) or pre-norm blocks:
+self-attention, optional cross-attention, feed-forward, each with its norm
+(``norm1``, ``norm2``, ``norm3``) and dropout. The decoder adds token embeddings
+(optionally scaled by sqrt(d_model), as NETY), sinusoidal or learned positions,
+a final norm (pre-norm) and an output head (its own ``fc_out`` or the tied
+embedding).
+
+The KV cache is an explicit pytree, not a flax collection, so it lives in a
+``lax.while_loop`` state and beam search reorders it (every leaf has the batch
+first)::
+
+    {"pos": (B,) int32,        # positions written so far, per row
+     "layers": ({"k", "v": (B, H, L, Dh),
+                 "cross": {"k", "v", "mask"} or {"out"} (memory of length 1)}, ...)}
+
+A ``decode`` call writes T tokens per row at that row's position; prompts of
+different lengths are right-padded and ``lengths`` says where each row stops.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from nety_jax.layers.attention import CrossAttention, SelfAttention
+from nety_jax.layers.feedforward import FeedForward
+from nety_jax.layers.positions import Positions
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderSpec:
+    vocab_size: int
+    d_model: int
+    heads: int
+    layers: int
+    d_ff: int
+    max_len: int
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation: str = "relu"
+    norm: str = "post"  # post (PyTorch's default) | pre
+    positions: str = "sinusoidal"  # sinusoidal | learned
+    embed_scale: bool = True  # token embeddings times sqrt(d_model) (NETY)
+    qkv_bias: bool = True
+    cross_attention: bool = True
+    tie_output: bool = False
+    output_bias: bool = True
+    dtype: str = "float32"
+    eps: float = 1e-5
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+
+class DecoderLayer(nn.Module):
+    spec: DecoderSpec
+
+    def setup(self):
+        s = self.spec
+        dtype = s.compute_dtype
+        self.self_attn = SelfAttention(s.d_model, s.heads, s.attention_dropout, s.qkv_bias, dtype)
+        if s.cross_attention:
+            self.cross_attn = CrossAttention(s.d_model, s.heads, s.attention_dropout, dtype)
+            self.norm2 = nn.LayerNorm(epsilon=s.eps)
+        self.ffn = FeedForward(s.d_model, s.d_ff, s.dropout, s.activation, dtype)
+        self.norm1 = nn.LayerNorm(epsilon=s.eps)
+        self.norm3 = nn.LayerNorm(epsilon=s.eps)
+        self.drop = nn.Dropout(s.dropout)
+
+    def _block(self, x, norm, fn, det):
+        if self.spec.norm == "pre":
+            return x + self.drop(fn(norm(x)), deterministic=det).astype(x.dtype)
+        return norm(x + self.drop(fn(x), deterministic=det).astype(x.dtype)).astype(x.dtype)
+
+    def __call__(self, x, causal_mask, memory=None, memory_mask=None, deterministic=True):
+        """Teacher forcing over the whole (B, T, D) sequence."""
+        x = self._block(x, self.norm1, lambda h: self.self_attn(h, causal_mask, deterministic),
+                        deterministic)
+        if self.spec.cross_attention:
+            x = self._block(x, self.norm2, lambda h: self.cross_attn(
+                h, memory, memory_mask[:, None, None, :], deterministic), deterministic)
+        return self._block(x, self.norm3, lambda h: self.ffn(h, deterministic), deterministic)
+
+    def precompute(self, memory, memory_mask) -> dict:
+        return self.cross_attn.precompute(memory, memory_mask)
+
+    def cached(self, x, cache: dict, pos: jax.Array):
+        """Decoding: x (B, T, D) at per-row positions ``pos``; returns (x, updated cache)."""
+        new = {}
+
+        def self_attention(h):
+            out, kv = self.self_attn.cached(h, cache, pos)
+            new.update(kv)
+            return out
+
+        x = self._block(x, self.norm1, self_attention, True)
+        if self.spec.cross_attention:
+            x = self._block(x, self.norm2, lambda h: self.cross_attn.cached(h, cache["cross"]), True)
+            new["cross"] = cache["cross"]
+        return self._block(x, self.norm3, lambda h: self.ffn(h, True), True), new
+
+
+class TransformerDecoder(nn.Module):
+    spec: DecoderSpec
+
+    def setup(self):
+        s = self.spec
+        self.embed = nn.Embed(s.vocab_size, s.d_model)
+        self.pos_embed = Positions(s.positions, s.max_len, s.d_model)
+        self.layers = [DecoderLayer(s) for _ in range(s.layers)]
+        self.drop = nn.Dropout(s.dropout)
+        if s.norm == "pre":
+            self.final_norm = nn.LayerNorm(epsilon=s.eps)
+        if not s.tie_output:
+            self.fc_out = nn.Dense(s.vocab_size, use_bias=s.output_bias, dtype=s.compute_dtype)
+        elif s.output_bias:
+            self.out_bias = self.param("out_bias", nn.initializers.zeros, (s.vocab_size,))
+
+    def embed_tokens(self, tokens, positions, deterministic: bool):
+        s = self.spec
+        x = self.embed(tokens)
+        if s.embed_scale:
+            x = x * math.sqrt(s.d_model)
+        x = x + self.pos_embed(positions)
+        return self.drop(x, deterministic=deterministic).astype(s.compute_dtype)
+
+    def logits(self, x):
+        s = self.spec
+        if s.norm == "pre":
+            x = self.final_norm(x)
+        if s.tie_output:
+            logits = self.embed.attend(x.astype(jnp.float32))
+            return logits + self.out_bias if s.output_bias else logits
+        return self.fc_out(x).astype(jnp.float32)
+
+    def hidden(self, x, memory=None, memory_mask=None, train: bool = False):
+        """The causal stack on already embedded inputs (B, T, D), positions included."""
+        t = x.shape[1]
+        causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
+        for layer in self.layers:
+            x = layer(x, causal, memory, memory_mask, deterministic=not train)
+        return x
+
+    def __call__(self, tokens, memory=None, memory_mask=None, train: bool = False):
+        """Teacher forcing: (B, T) tokens -> (B, T, V) float32 logits under a causal mask."""
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        x = self.embed_tokens(tokens, positions, not train)
+        return self.logits(self.hidden(x, memory, memory_mask, train))
+
+    def init_cache(self, batch: int, max_len: int, memory=None, memory_mask=None) -> dict:
+        s = self.spec
+        shape = (batch, s.heads, max_len, s.d_model // s.heads)
+        layers = []
+        for layer in self.layers:
+            entry = {"k": jnp.zeros(shape, s.compute_dtype), "v": jnp.zeros(shape, s.compute_dtype)}
+            if s.cross_attention:
+                entry["cross"] = layer.precompute(memory, memory_mask)
+            layers.append(entry)
+        return {"pos": jnp.zeros((batch,), jnp.int32), "layers": tuple(layers)}
+
+    def decode(self, tokens, cache: dict, lengths: Optional[jax.Array] = None,
+               last_only: bool = False):
+        """(B, T) tokens at each row's next positions -> (logits, cache).
+
+        ``lengths`` (B,): how many of the T tokens are real per row (right padding);
+        the positions advance by that much, and ``last_only`` returns the logits of each
+        row's last real token only, (B, 1, V), instead of (B, T, V). The cache must have
+        room for the tokens.
+        """
+        pos = cache["pos"]
+        t = tokens.shape[1]
+        positions = pos[:, None] + jnp.arange(t)[None, :]
+        x = self.embed_tokens(tokens, positions, True)
+        layers = []
+        for layer, entry in zip(self.layers, cache["layers"]):
+            x, entry = layer.cached(x, entry, pos)
+            layers.append(entry)
+        advance = jnp.full_like(pos, t) if lengths is None else lengths.astype(pos.dtype)
+        if last_only:
+            x = jnp.take_along_axis(x, jnp.maximum(advance, 1)[:, None, None] - 1, axis=1)
+        return self.logits(x), {"pos": pos + advance, "layers": tuple(layers)}

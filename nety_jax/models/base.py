@@ -1,0 +1,130 @@
+"""The protocol every architecture implements (T5X's BaseModel, Gemma's TransformerLike).
+
+An adapter is a small frozen dataclass around its model config: hashable, so it is
+a static argument of jitted functions. Training, decoding, checkpoints, serving
+and the CLI talk to an adapter and never to a network directly:
+
+- variables: ``init(rng)``, ``abstract_variables()``, ``parameter_rows()``;
+- training: ``loss_sums(variables, batch, ...)`` -> (metric sums, updated mutable
+  collections such as BatchNorm statistics); the batch format is the task's;
+- decoding: ``start_decoding(variables, tokens, lengths, max_new_tokens)`` prefills a
+  batch of right-padded prompts into the cache and returns the first logits (B, V)
+  and the cache (per-row positions inside); ``decode_step(variables, tokens (B,),
+  cache)`` returns the next logits and cache;
+- serving: ``prompts`` (how texts become prompt ids, how long they may be) and
+  ``serving_signature()`` describe what the generate function takes.
+
+Two task families share all of that: ``seq2seq`` (pairs in, replies to a source
+out; batches ``src``, ``src_len``, ``tgt_in``, ``targets``) and ``lm`` (text in,
+continuations of a prompt out; batches ``tokens``, ``targets``).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nety_jax.config.sections import ModelConfig
+
+Variables = dict
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Model(abc.ABC):
+    cfg: ModelConfig
+
+    task: ClassVar[str] = ""  # "seq2seq" | "lm"
+
+    # -- the network -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def network(self, axis_name: Optional[str] = None):
+        """The flax module (``axis_name``: the device axis its batch statistics average over)."""
+
+    @abc.abstractmethod
+    def example_batch(self, batch: int = 2, length: int = 8) -> dict:
+        """A training batch of the task's format (shapes for initialisation)."""
+
+    # -- variables ---------------------------------------------------------------------------
+    def init(self, rng: jax.Array) -> Variables:
+        net = self.network()
+        batch = self.example_batch()
+        init = jax.jit(lambda r: net.init({"params": r}, **self._call_args(batch), train=False))
+        return dict(init(rng))
+
+    def abstract_variables(self) -> Variables:
+        net = self.network()
+        batch = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                       self.example_batch())
+        return dict(jax.eval_shape(lambda r, b: net.init({"params": r}, **self._call_args(b),
+                                                          train=False), jax.random.PRNGKey(0), batch))
+
+    def parameter_rows(self) -> list[tuple[str, int]]:
+        """(module, parameter count) rows for ``nety-jax info``, the total last."""
+        params = self.abstract_variables()["params"]
+        rows = [(name, count_params(params[name])) for name in sorted(params)]
+        return rows + [("total", count_params(params))]
+
+    @abc.abstractmethod
+    def _call_args(self, batch: dict) -> dict:
+        """Keyword arguments of the network's ``__call__`` for a batch."""
+
+    # -- training ----------------------------------------------------------------------------
+    def logits(self, variables: Variables, batch: dict, *, train: bool = False,
+               rng: Optional[jax.Array] = None, axis_name: Optional[str] = None):
+        """Teacher-forced (B, T, V) float32 logits and the updated mutable collections."""
+        net = self.network(axis_name)
+        mutable = [k for k in variables if k != "params"] if train else False
+        rngs = {"dropout": rng} if rng is not None else {}
+        out = net.apply(variables, **self._call_args(batch), train=train, rngs=rngs, mutable=mutable)
+        if mutable is False:
+            return out, {}
+        logits, updates = out
+        return logits, dict(updates)
+
+    def loss_sums(self, variables: Variables, batch: dict, *, train: bool = False,
+                  rng: Optional[jax.Array] = None, axis_name: Optional[str] = None,
+                  label_smoothing: float = 0.0):
+        from nety_jax.training.losses import cross_entropy_sums, token_mask
+        logits, updates = self.logits(variables, batch, train=train, rng=rng, axis_name=axis_name)
+        sums = cross_entropy_sums(logits, batch["targets"], token_mask(batch), label_smoothing)
+        return sums, updates
+
+    # -- decoding ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def start_decoding(self, variables: Variables, tokens: jax.Array, lengths: jax.Array,
+                       max_new_tokens: int) -> tuple[jax.Array, Any]:
+        """Right-padded prompts (B, S) with lengths (B,) -> (first logits (B, V), cache)."""
+
+    @abc.abstractmethod
+    def decode_step(self, variables: Variables, tokens: jax.Array, cache) -> tuple[jax.Array, Any]:
+        """(B,) last tokens -> (next logits (B, V) float32, cache)."""
+
+    # -- serving -----------------------------------------------------------------------------
+    @property
+    def prompts(self):
+        """How prompt texts become ids for ``start_decoding`` (``models.prompting``)."""
+        from nety_jax.models.prompting import prompt_policy
+        return prompt_policy(self.task, self.cfg)
+
+    def serving_signature(self) -> dict:
+        """What the exported / served generate function takes and returns."""
+        return {"task": self.task, "arch": self.cfg.arch,
+                "inputs": {"tokens": "int32[batch, length], right-padded with 0",
+                           "lengths": "int32[batch]"},
+                "prompt": self.prompts.kind,
+                "outputs": {"tokens": "int32[batch, max_new_tokens], 0 after <eos>",
+                            "lengths": "int32[batch]", "scores": "float32[batch]"}}
+
+
+def last_real(x: jax.Array, lengths: jax.Array) -> jax.Array:
+    """(B, T, ...) -> (B, ...) at each row's last real position."""
+    idx = jnp.maximum(lengths, 1) - 1
+    return jnp.take_along_axis(x, idx.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]

@@ -1,0 +1,1 @@
+"""The decoder-only language model (GPT-2 style), from the shared Transformer layers."""

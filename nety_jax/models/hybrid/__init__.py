@@ -1,0 +1,1 @@
+"""NETY's hybrid: a (Bi)RNN encoder with self-attention and BatchNorm feeding a Transformer decoder."""

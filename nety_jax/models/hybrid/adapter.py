@@ -1,0 +1,56 @@
+"""The hybrid behind the model protocol: a seq2seq model (source in, reply out)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from nety_jax.config.sections import SOS_ID
+from nety_jax.models.base import Model, count_params
+from nety_jax.models.hybrid.config import HybridConfig
+from nety_jax.models.hybrid.network import HybridSeq2Seq
+
+
+@dataclasses.dataclass(frozen=True)
+class HybridModel(Model):
+    cfg: HybridConfig
+    task: ClassVar[str] = "seq2seq"
+
+    def network(self, axis_name: Optional[str] = None) -> HybridSeq2Seq:
+        return HybridSeq2Seq(self.cfg, axis_name)
+
+    def example_batch(self, batch: int = 2, length: int = 8) -> dict:
+        ones = np.ones((batch, length), np.int32)
+        return {"src": ones, "src_len": np.full((batch,), length, np.int32), "tgt_in": ones,
+                "targets": ones}
+
+    def _call_args(self, batch: dict) -> dict:
+        return {"src": batch["src"], "src_len": batch["src_len"], "tgt_in": batch["tgt_in"]}
+
+    def parameter_rows(self) -> list[tuple[str, int]]:
+        """NETY's grouping: encoder embedding, encoder body, decoder (with their parts)."""
+        params = self.abstract_variables()["params"]
+        enc, dec = params["encoder"], params["decoder"]
+        rows = [("encoder embedding (rnn_embedding)", count_params(params["enc_embed"])),
+                ("encoder body (rnn_encoder)", count_params(enc))]
+        rows += [(f"  encoder.{name}", count_params(enc[name])) for name in sorted(enc)]
+        rows.append(("decoder (transformer_decoder)", count_params(dec)))
+        rows += [(f"  decoder.{name}", count_params(dec[name]))
+                 for name in sorted(dec, key=lambda n: (n.startswith("layers_"), n))]
+        return rows + [("total", count_params(params))]
+
+    def start_decoding(self, variables, tokens, lengths, max_new_tokens: int):
+        """Encodes the sources, keeps the cross-attention memory in the cache, feeds <sos>."""
+        net = self.network()
+        memory, mask = net.apply(variables, tokens, lengths, method=net.encode)
+        cache = net.apply(variables, memory, mask, max(max_new_tokens, 1), method=net.init_cache)
+        sos = jnp.full((tokens.shape[0], 1), SOS_ID, jnp.int32)
+        logits, cache = net.apply(variables, sos, cache, method=net.decode_step)
+        return logits[:, 0], cache
+
+    def decode_step(self, variables, tokens, cache):
+        net = self.network()
+        logits, cache = net.apply(variables, tokens[:, None], cache, method=net.decode_step)
+        return logits[:, 0], cache

@@ -1,0 +1,34 @@
+"""What every language model shares: the batch format and the prefill cache size.
+
+A language-model batch is ``{"tokens": (B, T), "targets": (B, T)}`` (targets are the
+tokens shifted by one; 0 marks padding). A prompt is a text prefix (cut from the
+left when too long, see ``models.prompting``); the continuation is what decoding
+returns.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from nety_jax.errors import NetyError
+from nety_jax.models.base import Model
+
+
+class LanguageModel(Model):
+    task: ClassVar[str] = "lm"
+
+    def example_batch(self, batch: int = 2, length: int = 8) -> dict:
+        ones = np.ones((batch, length), np.int32)
+        return {"tokens": ones, "targets": ones}
+
+    def _call_args(self, batch: dict) -> dict:
+        return {"tokens": batch["tokens"]}
+
+    def check_room(self, prompt_len: int, max_new_tokens: int) -> int:
+        """Positions a decode of ``max_new_tokens`` after a ``prompt_len`` prompt writes."""
+        needed = prompt_len + max_new_tokens - 1
+        if needed > self.cfg.max_len:
+            raise NetyError(f"a prompt of {prompt_len} tokens plus max_new_tokens={max_new_tokens} "
+                            f"needs {needed} positions; model.max_len={self.cfg.max_len}")
+        return needed

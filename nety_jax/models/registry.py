@@ -1,0 +1,27 @@
+"""The one place an architecture plugs in: ``model.arch`` -> its config class and its adapter.
+
+Entries are import paths, so loading a config (or an exported artifact) imports no Flax code.
+"""
+from __future__ import annotations
+
+import importlib
+
+ARCHITECTURES = {
+    "hybrid": ("nety_jax.models.hybrid.config:HybridConfig", "nety_jax.models.hybrid.adapter:HybridModel"),
+    "gpt": ("nety_jax.models.gpt.config:GPTConfig", "nety_jax.models.gpt.model:GPTModel"),
+    "rnn_lm": ("nety_jax.models.rnn_lm.config:RNNLMConfig", "nety_jax.models.rnn_lm.model:RNNLMModel"),
+}
+
+
+def _load(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def config_class(arch: str):
+    return _load(ARCHITECTURES[arch][0])
+
+
+def get_model(model_cfg):
+    """The architecture adapter (a frozen, hashable ``Model``) for a model config section."""
+    return _load(ARCHITECTURES[model_cfg.arch][1])(model_cfg)

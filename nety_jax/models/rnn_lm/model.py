@@ -1,0 +1,85 @@
+"""The recurrent language model: embeddings -> the shared scanned cells -> next-token logits.
+
+Decoding keeps each layer's carry in the cache; a prefill freezes each row's carry
+after its last real prompt token, so prompts of different lengths share a batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from nety_jax.layers import RecurrentStack
+from nety_jax.layers.attention import length_mask
+from nety_jax.models.base import last_real
+from nety_jax.models.lm import LanguageModel
+from nety_jax.models.rnn_lm.config import RNNLMConfig
+
+
+class RNNLM(nn.Module):
+    cfg: RNNLMConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.embed = nn.Embed(cfg.vocab_size, cfg.d_model)
+        self.rnn = RecurrentStack(cfg.cell, cfg.hidden, cfg.layers, bidirectional=False,
+                                  dropout=cfg.dropout, dtype=jnp.dtype(cfg.dtype))
+        self.drop = nn.Dropout(cfg.dropout)
+        if not cfg.tie_output:
+            self.fc_out = nn.Dense(cfg.vocab_size, use_bias=cfg.output_bias, dtype=jnp.dtype(cfg.dtype))
+        elif cfg.output_bias:
+            self.out_bias = self.param("out_bias", nn.initializers.zeros, (cfg.vocab_size,))
+
+    def _logits(self, h):
+        if self.cfg.tie_output:
+            logits = self.embed.attend(h.astype(jnp.float32))
+            return logits + self.out_bias if self.cfg.output_bias else logits
+        return self.fc_out(h).astype(jnp.float32)
+
+    def _embed(self, tokens, train: bool):
+        x = self.drop(self.embed(tokens), deterministic=not train)
+        return x.astype(jnp.dtype(self.cfg.dtype))
+
+    def __call__(self, tokens, train: bool = False):
+        """Teacher forcing: (B, T) -> (B, T, V) logits."""
+        h, _, _ = self.rnn(self._embed(tokens, train), None, train)
+        return self._logits(self.drop(h, deterministic=not train))
+
+    def prefill(self, tokens, lengths):
+        live = length_mask(lengths, tokens.shape[1])
+        h, _, carries = self.rnn(self._embed(tokens, False), live=live)
+        return self._logits(last_real(h, lengths)), {"pos": lengths, "state": _to_cache(carries)}
+
+    def step(self, tokens, cache):
+        """(B,) tokens -> (B, V) logits and the advanced carries."""
+        h, _, carries = self.rnn(self._embed(tokens[:, None], False),
+                                 carries=_from_cache(cache["state"]))
+        return self._logits(h[:, 0]), {"pos": cache["pos"] + 1, "state": _to_cache(carries)}
+
+
+def _to_cache(carries):
+    """(1, B, H) per carry part -> (B, H): every cache leaf has the batch first."""
+    return tuple(tuple(part[0] for part in carry) for carry in carries)
+
+
+def _from_cache(state):
+    return tuple(tuple(part[None] for part in carry) for carry in state)
+
+
+@dataclasses.dataclass(frozen=True)
+class RNNLMModel(LanguageModel):
+    cfg: RNNLMConfig
+
+    def network(self, axis_name: Optional[str] = None) -> RNNLM:
+        return RNNLM(self.cfg)
+
+    def start_decoding(self, variables, tokens, lengths, max_new_tokens: int):
+        self.check_room(tokens.shape[1], max_new_tokens)
+        net = self.network()
+        return net.apply(variables, tokens, lengths, method=net.prefill)
+
+    def decode_step(self, variables, tokens, cache):
+        net = self.network()
+        return net.apply(variables, tokens, cache, method=net.step)

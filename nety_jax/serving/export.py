@@ -1,0 +1,272 @@
+"""Serving artifacts: the whole jitted generate function through ``jax.export``.
+
+An export directory holds::
+
+    generate.bin     serialized jax.export.Exported (platforms cpu and cuda,
+                     symbolic batch and prompt length unless --batch-size is given)
+    variables.npz    the model variables, flattened with '/'-joined paths
+    config.yaml, tokenizer.json (+ model file)
+    export.json      jax version, the signature, the runtime options it accepts, the
+                     static decode settings baked in, sha256 of the two binaries
+
+Temperature, top-k, top-p, max_new_tokens (up to the compiled maximum) and the seed
+are runtime inputs (per-row arrays); beam settings are baked in. Loading it
+(``load_exported``) needs jax, numpy and the tokenizer, not the Flax model code.
+Serialized artifacts are readable within JAX's compatibility window (about 6
+months backward); export.json records the jax version that wrote it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nety_jax import config as config_lib
+from nety_jax.data.prompts import decode_replies, encode_prompts
+from nety_jax.data.tokenizer import load_tokenizer
+from nety_jax.decoding.keys import row_keys
+from nety_jax.errors import CheckpointError, NetyError
+from nety_jax.models.prompting import prompt_policy
+from nety_jax.serving.settings import RUNTIME, resolve, seeds_per_row
+
+ARTIFACT = "generate.bin"
+VARIABLES = "variables.npz"
+INFO = "export.json"
+CONFIG = "config.yaml"
+PLATFORMS = ("cpu", "cuda")
+FORMAT = 2
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            if not value:
+                out[path + "/"] = np.zeros((0,), np.float32)  # keeps empty collections
+            out.update(_flatten(value, path))
+        else:
+            out[path] = np.asarray(value)
+    return out
+
+
+def _unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        parts = path.split("/")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if parts[-1]:
+            node[parts[-1]] = value
+    return tree
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_output_dir(out: str, overwrite: bool, what: str = "export") -> None:
+    """Refuses to clobber anything an export did not create."""
+    if os.path.isfile(out):
+        raise NetyError(f"--out {out}: is an existing file; give a directory for the {what}")
+    if os.path.isdir(out) and os.listdir(out):
+        if os.path.isdir(os.path.join(out, "checkpoints")) or os.path.isfile(os.path.join(out, ".lock")):
+            raise NetyError(f"--out {out}: is a training run directory; choose another --out")
+        if not os.path.isfile(os.path.join(out, INFO)):
+            raise NetyError(f"--out {out}: is a non-empty directory that is not an export; "
+                            "choose another --out")
+        if not overwrite:
+            raise NetyError(f"--out {out}: already holds an export; add --overwrite to replace it")
+
+
+def _serve_fn(model, spec):
+    from nety_jax.decoding.generate import generate
+    from nety_jax.decoding.sampling import SamplingParams
+
+    def serve(variables, tokens, lengths, temperature, top_k, top_p, max_new_tokens, key):
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
+                                max_new_tokens=max_new_tokens, key=key)
+        out = generate(variables, tokens, lengths, params, model=model, spec=spec)
+        return out["tokens"], out["lengths"], out["scores"]
+    return serve
+
+
+def export_run(checkpoint: str, out: str, batch_size: int = 0, overrides: Sequence[str] = (),
+               overwrite: bool = False) -> str:
+    """Exports the newest checkpoint of a run directory's generate function to ``out``."""
+    from nety_jax.serving.pretrained import load_pretrained
+    from nety_jax.serving.settings import STATIC
+
+    check_output_dir(out, overwrite)
+    if batch_size < 0:
+        raise NetyError(f"--batch-size={batch_size} must be >= 0 (0: any batch size)")
+    model = load_pretrained(checkpoint)
+    cfg = model.config
+    for item in overrides:
+        if not item.startswith("decode."):
+            raise NetyError(f"--set {item!r}: only decode.* settings can be baked into an export")
+    if overrides:
+        cfg = config_lib.from_dict(config_lib.apply_overrides(cfg.to_dict(), list(overrides)), where="--set")
+    req = resolve(cfg.decode, model.model.prompts, 1, {}, compiled_max=cfg.decode.max_new_tokens)
+    spec = req.spec
+    limit = model.model.prompts.limit(cfg.data, spec.max_new_tokens)  # the longest prompt
+    b, s = jax.export.symbolic_shape("b, s", constraints=[f"s <= {limit}"])
+    if batch_size > 0:
+        b = batch_size
+    row = lambda dtype: jax.ShapeDtypeStruct((b,), dtype)
+    args = (jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), model.variables),
+            jax.ShapeDtypeStruct((b, s), jnp.int32), row(jnp.int32), row(jnp.float32), row(jnp.int32),
+            row(jnp.float32), row(jnp.int32), jax.ShapeDtypeStruct((b, 2), jnp.uint32))
+    exported = jax.export.export(jax.jit(_serve_fn(model.model, spec)), platforms=PLATFORMS)(*args)
+
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        with open(os.path.join(tmp, ARTIFACT), "wb") as f:
+            f.write(exported.serialize())
+        np.savez(os.path.join(tmp, VARIABLES), **_flatten(jax.device_get(model.variables)))
+        config_lib.save_config(cfg, os.path.join(tmp, CONFIG))
+        model.tokenizer.save(tmp)
+        info = {"format": FORMAT, "jax_version": jax.__version__, "platforms": list(PLATFORMS),
+                "batch": batch_size or "symbolic", "prompt_length": "symbolic",
+                "signature": model.model.serving_signature(),
+                "options": [] if spec.beam_size > 1 else list(RUNTIME) + ["seed"],
+                "max_new_tokens": spec.max_new_tokens,
+                "static": {k: getattr(spec, k) for k in STATIC},
+                "defaults": {k: getattr(cfg.decode, k) for k in RUNTIME},
+                "checkpoint": os.path.abspath(checkpoint), "step": model.step,
+                "sha256": {name: _sha256(os.path.join(tmp, name)) for name in (ARTIFACT, VARIABLES)}}
+        with open(os.path.join(tmp, INFO), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2)
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _read_info(directory: str) -> dict:
+    path = os.path.join(directory, INFO)
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: malformed ({e})") from None
+    need = {"jax_version": str, "signature": dict, "options": list, "max_new_tokens": int,
+            "static": dict, "sha256": dict}
+    if not isinstance(info, dict) or any(not isinstance(info.get(k), t) for k, t in need.items()):
+        raise CheckpointError(f"{path}: not a nety-jax export description (written by an older "
+                              "version? re-export)")
+    return info
+
+
+class ExportedModel:
+    """Generation from an export directory: tokenizer + deserialized function + weights."""
+
+    def __init__(self, directory: str):
+        for name in (ARTIFACT, VARIABLES, INFO):
+            if not os.path.isfile(os.path.join(directory, name)):
+                raise CheckpointError(f"{os.path.join(directory, name)}: missing; is {directory} a "
+                                      "`nety-jax export` output?")
+        self.info = info = _read_info(directory)
+        for name, digest in info["sha256"].items():
+            if _sha256(os.path.join(directory, name)) != digest:
+                raise CheckpointError(f"{os.path.join(directory, name)}: damaged (its checksum does "
+                                      "not match export.json); re-export")
+        self.exported = self._deserialize(os.path.join(directory, ARTIFACT))
+        self.variables = self._load_variables(os.path.join(directory, VARIABLES))
+        self.config = config_lib.load_config(os.path.join(directory, CONFIG))
+        self.tokenizer = load_tokenizer(directory)
+        self.prompts = prompt_policy(info["signature"].get("task", "seq2seq"), self.config.model)
+        self.step = info.get("step", 0)
+
+    def _deserialize(self, path: str):
+        try:
+            with open(path, "rb") as f:
+                return jax.export.deserialize(bytearray(f.read()))
+        except Exception as e:  # the deserializer raises several types for foreign files
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"{path}: cannot deserialize (written by jax "
+                                  f"{self.info.get('jax_version')}, this is jax {jax.__version__}): "
+                                  f"{first[:200]}") from None
+
+    def _load_variables(self, path: str) -> dict:
+        try:
+            with np.load(path) as data:
+                flat = {k: data[k] for k in data.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+            raise CheckpointError(f"{path}: unreadable ({type(e).__name__}: "
+                                  f"{str(e)[:160]}); re-export") from None
+        variables = _unflatten(flat)
+        args = jax.tree_util.tree_unflatten(self.exported.in_tree, self.exported.in_avals)[0]
+        expected = {jax.tree_util.keystr(p): a for p, a in jax.tree_util.tree_leaves_with_path(args[0])}
+        got = {jax.tree_util.keystr(p): a for p, a in jax.tree_util.tree_leaves_with_path(variables)}
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        if missing or extra:
+            raise CheckpointError(f"{path}: does not fit {ARTIFACT} (missing {missing[:3]}, "
+                                  f"unexpected {extra[:3]})")
+        for key, aval in expected.items():
+            if tuple(got[key].shape) != tuple(aval.shape) or got[key].dtype != aval.dtype:
+                raise CheckpointError(f"{path}: {key} is {got[key].dtype}{list(got[key].shape)}, "
+                                      f"{ARTIFACT} expects {aval.dtype}{list(aval.shape)}")
+        return jax.tree_util.tree_map(jnp.asarray, variables)
+
+    def generate_ids(self, tokens: np.ndarray, lengths: np.ndarray, seed=0, **settings):
+        """Runs the artifact on an id batch; settings are per-row values or scalars."""
+        b = tokens.shape[0]
+        defaults = self.info.get("defaults", {})
+        value = lambda k, dtype: np.broadcast_to(np.asarray(settings.get(k, defaults.get(k, 0)), dtype), (b,))
+        keys = row_keys(seed, b)
+        out = self.exported.call(self.variables, jnp.asarray(tokens, jnp.int32), jnp.asarray(lengths, jnp.int32),
+                                 value("temperature", np.float32), value("top_k", np.int32),
+                                 value("top_p", np.float32), value("max_new_tokens", np.int32),
+                                 jnp.asarray(keys, jnp.uint32))
+        return tuple(np.asarray(x) for x in out)
+
+    def generate(self, texts: Sequence[str], seed=0, num_samples: int = 1, **settings) -> list[list[str]]:
+        if isinstance(texts, str):
+            texts = [texts]
+        unsupported = sorted(k for k, v in settings.items() if v is not None and k not in self.info["options"])
+        if unsupported:
+            raise NetyError(f"this export does not take {unsupported[0]} at run time "
+                            f"(it takes: {', '.join(self.info['options']) or 'nothing'}); re-export "
+                            f"with --set decode.{unsupported[0]}=VALUE")
+        n = len(texts) * num_samples
+        base = self.config.decode
+        expand = lambda v: [x for x in v for _ in range(num_samples)] if isinstance(v, (list, tuple)) else v
+        req = resolve(base, self.prompts, n, {k: expand(v) for k, v in settings.items() if k in RUNTIME},
+                      compiled_max=self.info["max_new_tokens"], static_fixed=True)
+        fixed = self.info.get("batch")
+        repeated = [t for t in texts for _ in range(num_samples)]
+        batch = encode_prompts(self.prompts, self.tokenizer, repeated, self.config.data,
+                               self.info["max_new_tokens"], fixed_batch=fixed if isinstance(fixed, int) else 0)
+        b = batch.tokens.shape[0]
+        rows = {k: v + [v[0]] * (b - len(v)) for k, v in req.rows.items()}
+        seeds = seeds_per_row(seed, len(texts), num_samples)
+        seeds = seeds if isinstance(seeds, int) else seeds + [seeds[0]] * (b - len(seeds))
+        tokens, _, _ = self.generate_ids(batch.tokens, batch.lengths, seeds, **rows)
+        replies = decode_replies(self.tokenizer, tokens, n)
+        return [replies[i * num_samples: (i + 1) * num_samples] for i in range(len(texts))]
+
+
+def load_exported(directory: str) -> ExportedModel:
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{directory}: no such export directory")
+    return ExportedModel(directory)

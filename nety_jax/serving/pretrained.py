@@ -1,0 +1,170 @@
+"""Loading a run directory for inference: ``load_pretrained(path).generate(texts)``.
+
+Works for every architecture: a seq2seq model replies to its prompts, a language
+model continues them. Sampling settings are runtime arrays (a change never
+recompiles); a prompt too long for the model is cut with a warning.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nety_jax.config import Config
+from nety_jax.data.prompts import decode_replies, encode_prompts
+from nety_jax.data.tokenizer import Tokenizer, load_tokenizer
+from nety_jax.decoding import SamplingParams, generate_jit
+from nety_jax.errors import CheckpointError
+from nety_jax.models import get_model
+from nety_jax.serving.settings import resolve, seeds_per_row
+from nety_jax.training import checkpoint as ckpt
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+class Pretrained:
+    """A trained model with its config and tokenizer, ready for generation."""
+
+    def __init__(self, cfg: Config, tokenizer: Tokenizer, variables: dict, step: int = 0,
+                 warn: Callable[[str], None] = _stderr):
+        self.config, self.tokenizer, self.variables, self.step = cfg, tokenizer, variables, step
+        self.model = get_model(cfg.model)
+        self.warn = warn
+        self._logits = jax.jit(lambda v, batch: self.model.logits(v, batch)[0])
+
+    @property
+    def task(self) -> str:
+        return self.model.task
+
+    def generate(self, texts: Sequence[str], seed=0, num_samples: int = 1,
+                 **settings) -> list[list[str]]:
+        """Replies (seq2seq) or continuations (language models), ``num_samples`` per text.
+
+        Settings: temperature, top_k, top_p, max_new_tokens (each a value or one per text),
+        beam_size, length_penalty, min_new_tokens, no_repeat_ngram; ``seed``: one for the
+        batch or one per text."""
+        if isinstance(texts, str):
+            texts = [texts]
+        out = self.generate_ids(texts, seed, num_samples, **settings)
+        replies = decode_replies(self.tokenizer, out["tokens"], len(texts) * num_samples)
+        return [replies[i * num_samples: (i + 1) * num_samples] for i in range(len(texts))]
+
+    def _prepare(self, texts: Sequence[str], seed, num_samples: int, settings: dict):
+        """(request, prompt batch, sampling params) for ``num_samples`` rows per text."""
+        n = len(texts) * num_samples
+        expand = lambda v: [x for x in v for _ in range(num_samples)] \
+            if isinstance(v, (list, tuple, np.ndarray)) else v
+        req = resolve(self.config.decode, self.model.prompts, n,
+                      {k: expand(v) for k, v in settings.items()})
+        repeated = [t for t in texts for _ in range(num_samples)]
+        batch = encode_prompts(self.model.prompts, self.tokenizer, repeated, self.config.data,
+                               req.spec.max_new_tokens)
+        for i in sorted({i // num_samples for i in batch.cut}):
+            self.warn(f"warning: prompt {i + 1} was cut to {batch.tokens.shape[1]} tokens "
+                      "(the longest this model takes)")
+        b = batch.tokens.shape[0]
+        fill = lambda v: v + [v[0]] * (b - len(v))
+        params = SamplingParams.create(
+            b, **{k: fill(v) for k, v in req.rows.items()},
+            seed=_fill_seed(seeds_per_row(seed, len(texts), num_samples), b))
+        return req, batch, params
+
+    def generate_ids(self, texts: Sequence[str], seed=0, num_samples: int = 1, **settings) -> dict:
+        req, batch, params = self._prepare(texts, seed, num_samples, settings)
+        out = generate_jit(self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
+                           params, model=self.model, spec=req.spec)
+        return {k: np.asarray(v)[:batch.count] for k, v in out.items()}
+
+    def stream(self, texts: Sequence[str], seed=0, chunk: int = 8, **settings):
+        """Yields the generated ids so far, (rows, tokens) numpy, every ``chunk`` tokens: the
+        same loop as ``generate`` (same tokens for the same seed), paused between chunks so
+        the caller can show progress or stop. Beam search yields once, at the end."""
+        from nety_jax.decoding import continue_stream, start_stream
+        from nety_jax.decoding.loop import result
+        if isinstance(texts, str):
+            texts = [texts]
+        req, batch, params = self._prepare(texts, seed, 1, settings)
+        if req.spec.beam_size > 1:
+            yield self.generate_ids(texts, seed, **settings)["tokens"]
+            return
+        args = (self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths))
+        state = start_stream(*args, params, model=self.model, spec=req.spec)
+        while True:
+            out = result(state, req.spec)
+            yield np.asarray(out["tokens"])[:batch.count]
+            if bool(np.all(np.asarray(state.done))) or int(state.pos) >= req.spec.max_new_tokens:
+                return
+            state = continue_stream(self.variables, state, int(state.pos) + chunk, model=self.model,
+                                    spec=req.spec)
+
+    def logits(self, batch: dict) -> np.ndarray:
+        """Teacher-forced (B, T, V) logits in eval mode for a batch of the model's format:
+        seq2seq ``{"src", "src_len", "tgt_in"}``, language models ``{"tokens"}``."""
+        batch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
+        return np.asarray(self._logits(self.variables, batch))
+
+    def predict_next(self, text: str, top_k: int = 5) -> list[tuple[str, float]]:
+        from nety_jax.serving.next_word import predict_next
+        return predict_next(self, text, top_k)
+
+
+def _fill_seed(seed, b: int):
+    return seed if isinstance(seed, int) else seed + [seed[0]] * (b - len(seed))
+
+
+def restore_inference_variables(workdir: str, cfg: Config, step: Optional[int] = None,
+                                warn: Callable[[str], None] = _stderr) -> tuple[dict, int]:
+    """Model variables (params and mutable collections) of the newest intact checkpoint (or
+    ``step``), without the optimizer state; damaged steps are skipped with a warning."""
+    model = get_model(cfg.model)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                                      model.abstract_variables())
+    target = {"params": abstract["params"],
+              "mutables": {k: v for k, v in abstract.items() if k != "params"}}
+    requested = cfg.to_dict()
+    manager = ckpt.make_manager(workdir, cfg, read_only=True)
+
+    def restore_one(s):
+        state, meta = ckpt.restore_variables(manager, s, target)
+        diffs = ckpt.model_differences(meta.get("config", requested), requested)
+        if diffs:
+            raise CheckpointError(f"{ckpt.checkpoint_dir(workdir)}/{s} does not fit "
+                                  f"{os.path.join(workdir, ckpt.CONFIG_FILE)}: "
+                                  f"{ckpt.describe_differences(diffs)}")
+        return state
+
+    try:
+        if step is not None:
+            if step not in ckpt.steps_on_disk(workdir):
+                raise CheckpointError(f"{workdir}: no checkpoint of step {step}")
+            try:
+                with ckpt.quiet_orbax():
+                    state = restore_one(step)
+            except CheckpointError:
+                raise
+            except Exception as e:
+                raise CheckpointError(f"{ckpt.checkpoint_dir(workdir)}/{step} is damaged "
+                                      f"({ckpt._first_line(e)})") from None
+        else:
+            state, step = ckpt.restore_newest(workdir, restore_one, warn)
+    finally:
+        manager.close()
+    if state is None:
+        raise CheckpointError(f"{workdir}: no checkpoint found in {ckpt.checkpoint_dir(workdir)}")
+    return {"params": state["params"], **state.get("mutables", {})}, step
+
+
+def load_pretrained(workdir: str, step: Optional[int] = None,
+                    warn: Callable[[str], None] = _stderr) -> Pretrained:
+    """Loads ``workdir`` (a ``nety-jax train``, ``import-torch`` or ``quantize`` output)."""
+    cfg = ckpt.read_run_config(workdir)
+    tokenizer = load_tokenizer(workdir)
+    variables, step = restore_inference_variables(workdir, cfg, step, warn)
+    return Pretrained(cfg, tokenizer, variables, step, warn)

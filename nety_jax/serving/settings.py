@@ -1,0 +1,87 @@
+"""Decode settings of a request: which are runtime arrays, which shape the compiled program.
+
+Runtime (per row, never a recompile): temperature, top_k, top_p, max_new_tokens
+(up to the compiled maximum) and the seed. Static: the compiled maximum of new
+tokens, top_k_max, beam_size, length_penalty, min_new_tokens, no_repeat_ngram,
+ignore_eos. Every value is validated with the field's name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from nety_jax.config.sections import DecodeConfig
+from nety_jax.decoding.spec import LoopSpec
+from nety_jax.errors import ConfigError, NetyError
+
+RUNTIME = ("temperature", "top_k", "top_p", "max_new_tokens")
+STATIC = tuple(f.name for f in dataclasses.fields(LoopSpec) if f.name != "max_new_tokens")
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+@dataclasses.dataclass
+class Request:
+    """Resolved settings for a batch of rows: the static spec and per-row runtime values."""
+
+    spec: LoopSpec
+    rows: dict  # name -> list of per-row values (temperature, top_k, top_p, max_new_tokens)
+
+
+def _per_row(name: str, value, n: int) -> list:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        if len(value) != n:
+            raise NetyError(f"{name}: {len(value)} values for {n} prompts")
+        return list(value)
+    return [value] * n
+
+
+def resolve(base: DecodeConfig, policy, n: int, overrides: dict,
+            compiled_max: Optional[int] = None, static_fixed: bool = False) -> Request:
+    """Settings for ``n`` rows from the defaults ``base`` and ``overrides`` (None = default;
+    runtime values may be per-row sequences). ``compiled_max`` fixes the compiled maximum
+    (an exported artifact); otherwise it is the default or the next power of two that fits."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(overrides) - set(RUNTIME) - set(STATIC)
+    if unknown:
+        raise NetyError(f"unknown decode setting {sorted(unknown)[0]!r}")
+    static = {k: v for k, v in overrides.items() if k in STATIC}
+    if static_fixed and any(v != getattr(base, k) for k, v in static.items()):
+        name = sorted(static)[0]
+        raise NetyError(f"decode.{name} is fixed when this artifact was exported "
+                        f"({getattr(base, name)!r}); re-export to change it")
+    rows = {name: _per_row(name, overrides.get(name, getattr(base, name)), n) for name in RUNTIME}
+    try:
+        for i in range(n):
+            dcfg = dataclasses.replace(base, **static, **{k: v[i] for k, v in rows.items()})
+            dcfg.validate()
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid decode setting ({e})") from None
+    limit = policy.max_new_tokens()
+    longest = max(rows["max_new_tokens"])
+    if longest > limit:
+        raise NetyError(f"max_new_tokens={longest} is more than this model can produce "
+                        f"(model.max_len={policy.model_cfg.max_len} allows {limit})")
+    beam = static.get("beam_size", base.beam_size) > 1
+    if compiled_max is None:  # beam search has no per-row limit: its maximum is the request
+        compiled_max = longest if beam else min(max(base.max_new_tokens, _pow2(longest)), limit)
+    elif longest > compiled_max:
+        raise NetyError(f"max_new_tokens={longest} is more than the {compiled_max} this artifact "
+                        "was exported for")
+    spec = dataclasses.replace(LoopSpec.from_config(dataclasses.replace(base, **static)),
+                               max_new_tokens=compiled_max)
+    return Request(spec, rows)
+
+
+def seeds_per_row(seed: Union[int, Sequence[int]], n_texts: int, num_samples: int):
+    """One seed for the batch (row i draws from fold_in(seed, i)) or one per prompt (sample j of
+    prompt i from seed_i + j)."""
+    if isinstance(seed, (list, tuple, np.ndarray)):
+        if len(seed) != n_texts:
+            raise NetyError(f"seed: {len(seed)} values for {n_texts} prompts")
+        return [int(s) + j for s in seed for j in range(num_samples)]
+    return int(seed)

@@ -1,0 +1,158 @@
+"""The training loop: set up (setup.py), then steps, metrics, validation and checkpoints.
+
+Restarting the same command resumes from the newest intact checkpoint: the
+state, the rng and the data position come back, so the run continues exactly.
+SIGTERM and SIGINT save a checkpoint and exit cleanly; a non-finite loss stops
+the run and keeps the last good checkpoint; a checkpoint that cannot be written
+(a full disk) stops the run with the newest complete one named.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Optional, Sequence, Union
+
+from nety_jax.config import Config
+from nety_jax.errors import CheckpointError, TrainingDiverged
+from nety_jax.training import checkpoint as ckpt
+from nety_jax.training.control import MetricSums, RunLock, StopFlag
+from nety_jax.training.evaluation import evaluate, reply_scores
+from nety_jax.training.metrics import MetricsWriter, plot_losses
+from nety_jax.training.optim import make_schedule
+from nety_jax.training.parallel import maybe_initialize_distributed
+from nety_jax.training.setup import Run, data_meta, prepare
+
+
+class _Saver:
+    """Checkpoint writes, whose (async) failures surface as one clear error."""
+
+    def __init__(self, run: Run, workdir: str):
+        self.run, self.workdir = run, workdir
+        self.last = run.start if ckpt.steps_on_disk(workdir) else None
+
+    def save(self, step: int, state, val_loss: Optional[float]) -> None:
+        meta = {"data": data_meta(self.run.iterator, self.run.data, self.run.cfg),
+                "config": self.run.cfg.to_dict(), "step": step}
+        self._guard(step, lambda: ckpt.save(self.run.manager, step, state, meta, val_loss))
+        self.last = step
+
+    def wait(self, step: int) -> None:
+        self._guard(step, self.run.manager.wait_until_finished)
+
+    def _guard(self, step, fn):
+        try:
+            fn()
+        except Exception as e:  # Orbax reports I/O failures of async writes here
+            newest = ckpt.latest_step(self.workdir)
+            raise CheckpointError(f"could not write the checkpoint of step {step} in "
+                                  f"{ckpt.checkpoint_dir(self.workdir)} ({ckpt._first_line(e)}); "
+                                  f"the newest complete checkpoint is step {newest}") from None
+
+
+def _progress(total: int, start: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=0.5)
+
+
+def _validate(run: Run, state, step: int, writer, say) -> dict:
+    metrics = evaluate(run.runner, state, run.val_batches)
+    metrics.update(reply_scores(run.model, state.variables, run.cfg, run.tokenizer, run.data.val))
+    writer.write(step, "val", metrics)
+    say(f"step {step}: validation " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    return metrics
+
+
+def _loop(run: Run, workdir: str, writer, bar, say, stop: StopFlag, saver: _Saver) -> tuple:
+    cfg, t = run.cfg, run.cfg.train
+    schedule = make_schedule(t)
+    sums, state, val_metrics, pending = MetricSums(), run.state, {}, None
+    timer = time.perf_counter()
+    status = "finished"
+    for step in range(run.start, t.steps):
+        state, metrics = run.runner.train(state, next(run.iterator))
+        step_no, is_last = step + 1, step + 1 == t.steps
+        if pending is not None:  # read step N-1 after dispatching step N
+            sums.add(*pending)
+        pending = (step_no, metrics)
+        boundary = (is_last or stop.signal or not step_no % t.log_every or not step_no % t.eval_every
+                    or not step_no % t.checkpoint_every)
+        if bar is not None:
+            bar.update(1)
+        if not boundary:
+            continue
+        sums.add(*pending)
+        pending = None
+        values = sums.means() | {"learning_rate": float(schedule(step)),
+                                 "tokens_per_s": sums.sums["tokens"] / max(time.perf_counter() - timer, 1e-9)}
+        writer.write(step_no, "train", values)
+        if bar is not None:
+            bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['learning_rate']:.2e}",
+                            tok_s=f"{values['tokens_per_s']:.0f}", refresh=False)
+        sums.reset()
+        val_loss = None
+        if run.val_batches and (not step_no % t.eval_every or is_last):
+            val_metrics = _validate(run, state, step_no, writer, say)
+            val_loss = val_metrics["loss"]
+        if not step_no % t.checkpoint_every or is_last or stop.signal:
+            saver.save(step_no, state, val_loss)
+        timer = time.perf_counter()
+        if stop.signal:
+            saver.wait(step_no)
+            say(f"{stop.signal}: saved step {step_no} in {ckpt.checkpoint_dir(workdir)}; "
+                "run the same command to resume")
+            status = "interrupted"
+            break
+    if pending is not None:
+        sums.add(*pending)
+    return state, val_metrics, status
+
+
+def train(cfg: Config, workdir: str, data: Union[str, Sequence[str], None] = None,
+          skip_bad: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Trains (or resumes) a run in ``workdir``; returns a summary dict.
+
+    ``data``: a pairs file (seq2seq models) or one or many text files (language
+    models); by default the corpus or text shipped with the package.
+    """
+    maybe_initialize_distributed()
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"{workdir}: cannot create the run directory ({e.strerror})") from None
+    paths = [data] if isinstance(data, str) else data
+    with RunLock(workdir):
+        run = prepare(cfg, workdir, paths, skip_bad, log)
+        if run.start >= run.cfg.train.steps:
+            log(f"{workdir} is already at step {run.start} >= train.steps={run.cfg.train.steps}: "
+                "nothing to train (raise --steps to continue)")
+            run.manager.close()
+            return {"status": "finished", "start_step": run.start, "step": run.start, "val": {},
+                    "plot": None, "workdir": workdir}
+        log(f"data: {run.data.description}; padding {100 * run.iterator.padding_fraction():.1f}% of "
+            f"batch tokens; backend {run.runner.backend} on {run.runner.num_devices} device(s)")
+        resumed = run.start if ckpt.steps_on_disk(workdir) else None
+        writer = MetricsWriter(workdir, resume_step=resumed if resumed is not None else 0)
+        bar = _progress(run.cfg.train.steps, run.start, progress)
+        say = bar.write if bar is not None else log
+        saver = _Saver(run, workdir)
+        try:
+            with StopFlag() as stop:
+                state, val, status = _loop(run, workdir, writer, bar, say, stop, saver)
+            saver.wait(int(state.step))
+        except TrainingDiverged as e:
+            kept = f"the last good checkpoint (step {saver.last}) is kept" if saver.last is not None \
+                else "no checkpoint had been saved yet"
+            raise TrainingDiverged(f"{e}: training stopped; {kept} in {ckpt.checkpoint_dir(workdir)}. "
+                                   "Lower train.learning_rate or set train.clip_norm") from None
+        finally:
+            try:
+                run.manager.close()
+            except Exception:  # an earlier failure is the one to report
+                pass
+            if bar is not None:
+                bar.close()
+            writer.close()
+    return {"status": status, "start_step": run.start, "step": int(state.step), "val": val,
+            "plot": plot_losses(workdir), "workdir": workdir}

@@ -1,0 +1,211 @@
+"""Setting a run up: data, tokenizer, config reconciliation, compiled steps, state.
+
+Resuming is safe by construction. The requested config is compared with the run's
+saved one: changes that alter the parameters, the tokenizer, the seed (the
+validation split) or the optimizer state are refused with the fields named;
+other changes are honoured. The training data is fingerprinted (its encoded
+examples): when it changed, or the batch size did, the data position restarts
+at epoch 0 and the log says so.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Callable, Optional, Sequence
+
+import jax
+import numpy as np
+
+from nety_jax.config import Config, save_config
+from nety_jax.data import (BatchIterator, default_corpus_path, default_text_path, encode_pairs,
+                           encode_text, eval_batches, read_pairs, read_text, split_pairs, split_text)
+from nety_jax.data.text import window_sizes
+from nety_jax.data.tokenizer import SentencePieceTokenizer, WordTokenizer, load_tokenizer
+from nety_jax.errors import CheckpointError, DataError
+from nety_jax.models import get_model
+from nety_jax.training import checkpoint as ckpt
+from nety_jax.training.parallel import Runner
+from nety_jax.training.steps import create_train_state
+
+TOKENIZER_FIELDS = ("tokenizer", "vocab_size", "spm_model_type", "lowercase", "word_split")
+
+
+@dataclasses.dataclass
+class DataSplit:
+    train: object  # a dataset: len(), length(i), collate(indices)
+    val: object
+    fingerprint: str  # of the encoded training examples
+    description: str
+    truncated: int = 0
+
+
+@dataclasses.dataclass
+class Run:
+    cfg: Config
+    model: object
+    tokenizer: object
+    data: DataSplit
+    runner: Runner
+    state: object
+    manager: object
+    start: int
+    iterator: BatchIterator
+    val_batches: list
+
+
+def default_paths(task: str) -> list[str]:
+    return [default_corpus_path() if task == "seq2seq" else default_text_path()]
+
+
+def read_raw(cfg: Config, task: str, paths: Sequence[str], skip_bad: bool, log):
+    """(tokenizer training texts, train items, val items) of a pair file or text files."""
+    fraction = cfg.data.split_fraction(task)
+    if task == "seq2seq":
+        if len(paths) != 1:
+            raise DataError("a seq2seq model trains on one pairs file (--data FILE)")
+        report = read_pairs(paths[0], cfg.data, skip_bad=skip_bad)
+        train, val = split_pairs(report.pairs, fraction, cfg.train.seed)
+        texts = [t for pair in train for t in pair]
+    else:
+        report = read_text(paths, skip_bad=skip_bad)
+        train, val = split_text(report.lines, fraction)
+        texts = train
+    if report.skipped:
+        log(f"skipped {report.skipped} bad lines in {', '.join(paths)} (first: {report.first_error})")
+    return texts, train, val
+
+
+def build_tokenizer(cfg: Config, texts: list[str]):
+    d = cfg.data
+    if d.tokenizer == "word":
+        return WordTokenizer.build(texts, d.vocab_size, d.word_split)
+    return SentencePieceTokenizer.train(texts, d.vocab_size, d.spm_model_type, d.lowercase)
+
+
+def _fingerprint(dataset) -> str:
+    h = hashlib.sha256()
+    if hasattr(dataset, "stream"):
+        h.update(dataset.stream.tobytes())
+        h.update(dataset.starts.tobytes())
+    else:
+        for s, t in zip(dataset.src, dataset.tgt):
+            h.update(s.tobytes() + b"|" + t.tobytes() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def encode(cfg: Config, task: str, tokenizer, train, val, source: str) -> DataSplit:
+    if task == "seq2seq":
+        tr, va = encode_pairs(train, tokenizer, cfg.data), encode_pairs(val, tokenizer, cfg.data)
+        desc = f"{len(tr)} training / {len(va)} validation pairs from {source}"
+        return DataSplit(tr, va, _fingerprint(tr), desc, tr.truncated + va.truncated)
+    seq_len, stride = window_sizes(cfg.data, cfg.model.max_len)
+    tr, va = encode_text(train, tokenizer, seq_len, stride), encode_text(val, tokenizer, seq_len, seq_len)
+    desc = (f"{len(tr)} training / {len(va)} validation windows of {seq_len} tokens "
+            f"({len(tr.stream):,} / {len(va.stream):,} tokens) from {source}")
+    return DataSplit(tr, va, _fingerprint(tr), desc)
+
+
+def reconcile(saved: Config, requested: Config) -> list[str]:
+    """Refuses changes a resumed run cannot honour; returns notes on the ones it honours."""
+    s, r = saved.to_dict(), requested.to_dict()
+    refused = ckpt.model_differences(s, r)
+    refused += [f"data.{k}: saved {s['data'][k]!r}, requested {r['data'][k]!r} (the tokenizer is fixed)"
+                for k in TOKENIZER_FIELDS if s["data"][k] != r["data"][k] and k != "vocab_size"]
+    if saved.train.seed != requested.train.seed:
+        refused.append(f"train.seed: saved {saved.train.seed}, requested {requested.train.seed} "
+                       "(the validation split depends on it)")
+    if saved.train.optimizer != requested.train.optimizer or \
+            (saved.train.clip_norm > 0) != (requested.train.clip_norm > 0):
+        refused.append("train.optimizer / train.clip_norm: the optimizer state would not fit")
+    if refused:
+        raise CheckpointError(f"the run directory holds a run with another config: "
+                              f"{ckpt.describe_differences(refused)}; use another --workdir")
+    return [f"{sec}.{k}: {s[sec][k]!r} -> {r[sec][k]!r}" for sec in ("data", "train", "decode")
+            for k in r[sec] if s[sec][k] != r[sec][k]]
+
+
+def _restore(cfg: Config, model, workdir: str, state, manager, log):
+    """The newest intact checkpoint into ``state``'s structure: (state, meta, step) or None."""
+    abstract = ckpt.abstract_of(state)
+    requested = cfg.to_dict()
+
+    def restore_one(step):
+        meta = manager.restore(step, args=ckpt.ocp.args.Composite(meta=ckpt.ocp.args.JsonRestore())).meta
+        diffs = ckpt.model_differences(meta.get("config", requested), requested)
+        if diffs:
+            raise CheckpointError(f"{ckpt.checkpoint_dir(workdir)}/{step} was written by another model "
+                                  f"config: {ckpt.describe_differences(diffs)}")
+        return ckpt.restore_state(manager, step, abstract)
+
+    result, step = ckpt.restore_newest(workdir, restore_one, log, move_damaged=True)
+    return None if result is None else (*result, step)
+
+
+def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad: bool,
+            log: Callable[[str], None]) -> Run:
+    os.makedirs(workdir, exist_ok=True)
+    task = get_model(cfg.model).task
+    paths = list(paths) if paths else default_paths(task)
+    saved_cfg = ckpt.read_run_config(workdir) if os.path.isfile(os.path.join(workdir, ckpt.CONFIG_FILE)) \
+        else None
+    has_checkpoint = bool(ckpt.steps_on_disk(workdir))
+    if has_checkpoint and saved_cfg is None:
+        raise CheckpointError(f"{workdir}: holds checkpoints but no {ckpt.CONFIG_FILE}; "
+                              "restore it or use another --workdir")
+
+    texts, train_items, val_items = read_raw(cfg, task, paths, skip_bad, log)
+    if has_checkpoint:
+        tokenizer = load_tokenizer(workdir)
+    else:
+        if os.path.isfile(os.path.join(workdir, "tokenizer.json")):
+            log(f"retraining the tokenizer in {workdir}: no checkpoint was trained with it")
+        tokenizer = build_tokenizer(cfg, texts)
+    cfg = cfg.replace_model(vocab_size=tokenizer.vocab_size)
+    notes = reconcile(saved_cfg, cfg) if has_checkpoint else []
+    model = get_model(cfg.model)
+    data = encode(cfg, task, tokenizer, train_items, val_items, ", ".join(paths))
+    if data.truncated:
+        log(f"cut {data.truncated} pairs longer than data.max_src_len={cfg.data.max_src_len} / "
+            f"data.max_tgt_len={cfg.data.max_tgt_len}")
+    BatchIterator(data.train, cfg.train.batch_size, cfg.train.seed)  # enough data? (raises)
+    runner = Runner(cfg, model)
+    state = create_train_state(model, cfg.train, jax.random.PRNGKey(cfg.train.seed))
+    manager = ckpt.make_manager(workdir, cfg)
+    restored = _restore(cfg, model, workdir, state, manager, log) if has_checkpoint else None
+
+    start, position = 0, {"epoch": 0, "index": 0}
+    if restored is not None:
+        state, meta, step = restored
+        start = int(state.step)
+        log(f"resumed from {workdir} at step {start}" + (f"; honoured: {', '.join(notes)}" if notes else ""))
+        position = _data_position(meta.get("data", {}), data, cfg, log)
+    if not has_checkpoint:
+        tokenizer.save(workdir)
+    save_config(cfg, os.path.join(workdir, ckpt.CONFIG_FILE))
+    iterator = BatchIterator(data.train, cfg.train.batch_size, cfg.train.seed, **position)
+    val_batches = eval_batches(data.val, cfg.train.batch_size, cfg.train.eval_batches) if len(data.val) else []
+    return Run(cfg, model, tokenizer, data, runner, runner.place_state(state), manager, start, iterator,
+               val_batches)
+
+
+def _data_position(saved: dict, data: DataSplit, cfg: Config, log) -> dict:
+    position = {"epoch": int(saved.get("epoch", 0)), "index": int(saved.get("index", 0))}
+    changed = []
+    if saved.get("fingerprint", data.fingerprint) != data.fingerprint:
+        changed.append("the training data changed (another file, split or encoding)")
+    if saved.get("batch_size", cfg.train.batch_size) != cfg.train.batch_size:
+        changed.append(f"train.batch_size changed from {saved.get('batch_size')}")
+    if changed:
+        log(f"{'; '.join(changed)}: the data order starts again at epoch 0")
+        return {"epoch": 0, "index": 0}
+    return position
+
+
+def data_meta(iterator: BatchIterator, data: DataSplit, cfg: Config) -> dict:
+    return {**iterator.state(), "fingerprint": data.fingerprint, "batch_size": cfg.train.batch_size,
+            "seed": cfg.train.seed}
+
+
+def count_tokens(batch: dict) -> int:
+    return int(np.sum(batch["targets"] != 0))
