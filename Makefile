@@ -30,9 +30,12 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
-bench: install
-	$(BIN)/python scripts/bench_generate.py
-	$(BIN)/python scripts/bench_train.py
+$(VENV)/.bench: $(BIN)/nety-jax
+	$(BIN)/pip install -q -e ".[test,bench]"
+	@touch $@
+
+bench: $(VENV)/.bench
+	$(BIN)/python scripts/bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -29,7 +29,7 @@ _API = {"load_config": "nety_jax.config", "Config": "nety_jax.config",
         "load_pretrained": "nety_jax.serving.pretrained", "Pretrained": "nety_jax.serving.pretrained",
         "load_exported": "nety_jax.serving.export", "ExportedModel": "nety_jax.serving.export",
         "export_run": "nety_jax.serving.export", "get_model": "nety_jax.models.registry",
-        "generate": "nety_jax.decoding.generate", "generate_jit": "nety_jax.decoding.generate",
+        "generate": "nety_jax.decoding.generation", "generate_jit": "nety_jax.decoding.generation",
         "SamplingParams": "nety_jax.decoding.sampling", "LoopSpec": "nety_jax.decoding.spec",
         "enable_compilation_cache": "nety_jax.runtime"}
 

@@ -136,3 +136,18 @@ def test_beam_search_exports_too(trained_run, tmp_path):
     assert load_exported(str(out)).generate(prompts) == expected
 
 
+
+
+def test_bench_script_runs_end_to_end_at_tiny_size(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--repeats", "1",
+                           "--skip-hf", "--no-doc", "--json", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    for key in ("train_ratio_vs_torch", "train_mfu", "gen_b1_ratio_vs_nety", "gen_b1_fraction_of_bandwidth_bound",
+                "gen_b64_mfu", "compile_train_s", "compile_generate_s", "recompiles_steady_state",
+                "peak_rss_train_mb", "peak_rss_generate_mb", "gen_b1_ratio_vs_hf", "gen_b64_ratio_vs_hf"):
+        assert key in results, key
+    assert results["recompiles_steady_state"] == 0
+    assert "| train step, parity config" in done.stdout and "| generate 64 tokens, batch 1 |" in done.stdout

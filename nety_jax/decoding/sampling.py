@@ -61,8 +61,8 @@ def nucleus_mask(sorted_logits: jax.Array, top_p: jax.Array) -> jax.Array:
     return (before < top_p[:, None]) | (top_p[:, None] >= 1.0)
 
 
-def _choose(values, indices, top_k, top_p, uniform):
-    """Sorted candidates (B, C) -> one vocabulary id per row."""
+def _choose(values, indices, top_k, top_p, uniform, greedy):
+    """Sorted candidates (B, C) -> one vocabulary id per row (``greedy`` rows: the first)."""
     rank = jnp.arange(values.shape[-1])[None, :]
     values = jnp.where((top_k[:, None] <= 0) | (rank < top_k[:, None]), values, NEG_INF)
     values = jnp.where(nucleus_mask(values, top_p), values, NEG_INF)
@@ -70,32 +70,30 @@ def _choose(values, indices, top_k, top_p, uniform):
     cum = jnp.cumsum(probs, axis=-1)
     kept = jnp.sum(values > NEG_INF / 2, axis=-1)
     choice = jnp.minimum(jnp.sum(cum < uniform[:, None] * cum[:, -1:], axis=-1), kept - 1)
+    choice = jnp.where(greedy, 0, choice)
     return jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0]
 
 
 def sample_rows(logits: jax.Array, params: SamplingParams, step: jax.Array, top_k_max: int) -> jax.Array:
     """(B, V) logits -> (B,) int32 ids, each row with its own settings and key."""
     vocab = logits.shape[-1]
-    logits = logits.astype(jnp.float32)
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    temperature = jnp.where(params.temperature > 0, params.temperature, 1.0)
-    scaled = logits / temperature[:, None]
+    greedy = (params.temperature <= 0) | (params.top_k == 1)
+    # a greedy row keeps its raw logits: the first of its sorted candidates is the argmax
+    temperature = jnp.where(greedy, 1.0, params.temperature)
+    scaled = logits.astype(jnp.float32) / temperature[:, None]
     uniform = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step)))(params.key)
     width = min(top_k_max, vocab)
 
     def path(k):
         def draw(x):
             values, indices = jax.lax.top_k(x, k)
-            return _choose(values, indices, params.top_k, params.top_p, uniform)
+            return _choose(values, indices, params.top_k, params.top_p, uniform, greedy)
         return draw
 
     needs_full = (params.top_k <= 0) | (params.top_k > width)
     if width == vocab:
-        sampled = path(vocab)(scaled)
-    else:
-        sampled = jax.lax.cond(jnp.any(needs_full & (params.temperature > 0)), path(vocab),
-                               path(width), scaled)
-    return jnp.where((params.temperature > 0) & (params.top_k != 1), sampled.astype(jnp.int32), greedy)
+        return path(vocab)(scaled).astype(jnp.int32)
+    return jax.lax.cond(jnp.any(needs_full & ~greedy), path(vocab), path(width), scaled).astype(jnp.int32)
 
 
 def ban_repeated_ngrams(logits: jax.Array, tokens: jax.Array, pos: jax.Array, n: int) -> jax.Array:

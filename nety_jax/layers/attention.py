@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nety_jax.layers.dropout import Dropout
+
 NEG_INF = -1e9
 
 
@@ -46,6 +48,11 @@ def attention_weights(q, k, mask: Optional[jax.Array]) -> jax.Array:
     return jax.nn.softmax(scores, axis=-1)
 
 
+def weighted_values(probs, v) -> jax.Array:
+    """(B, H, T, S) weights, (B, H, S, Dh) values -> (B, H, T, Dh)."""
+    return jnp.einsum("bhts,bhsd->bhtd", probs.astype(v.dtype), v)
+
+
 def write_cache(cache: jax.Array, new: jax.Array, pos: jax.Array) -> jax.Array:
     """Writes ``new`` (B, H, T, Dh) into ``cache`` (B, H, L, Dh) at each row's own position."""
     return jax.vmap(lambda c, x, p: jax.lax.dynamic_update_slice(c, x, (0, p, 0)))(
@@ -64,7 +71,7 @@ class SelfAttention(nn.Module):
     def setup(self):
         self.qkv = nn.Dense(3 * self.d_model, use_bias=self.qkv_bias, dtype=self.dtype)
         self.out = nn.Dense(self.d_model, dtype=self.dtype)
-        self.drop = nn.Dropout(self.dropout)
+        self.drop = Dropout(self.dropout)
 
     def project(self, x):
         q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
@@ -72,8 +79,7 @@ class SelfAttention(nn.Module):
 
     def _attend(self, q, k, v, mask, deterministic):
         probs = self.drop(attention_weights(q, k, mask), deterministic=deterministic)
-        out = jnp.einsum("bhts,bhsd->bhtd", probs.astype(v.dtype), v)
-        return self.out(merge_heads(out))
+        return self.out(merge_heads(weighted_values(probs, v)))
 
     def __call__(self, x, mask: Optional[jax.Array] = None, deterministic: bool = True):
         q, k, v = self.project(x)
@@ -101,7 +107,7 @@ class CrossAttention(nn.Module):
         self.query = nn.Dense(self.d_model, dtype=self.dtype)
         self.kv = nn.Dense(2 * self.d_model, dtype=self.dtype)
         self.out = nn.Dense(self.d_model, dtype=self.dtype)
-        self.drop = nn.Dropout(self.dropout)
+        self.drop = Dropout(self.dropout)
 
     def memory_kv(self, memory):
         k, v = jnp.split(self.kv(memory), 2, axis=-1)
@@ -127,8 +133,7 @@ class CrossAttention(nn.Module):
             return self._single_key(x, v, deterministic)
         q = split_heads(self.query(x), self.heads)
         probs = self.drop(attention_weights(q, k, mask), deterministic=deterministic)
-        out = jnp.einsum("bhts,bhsd->bhtd", probs.astype(v.dtype), v)
-        return self.out(merge_heads(out))
+        return self.out(merge_heads(weighted_values(probs, v)))
 
     def __call__(self, x, memory, mask: Optional[jax.Array] = None, deterministic: bool = True):
         if self.is_initializing():

@@ -4,6 +4,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from nety_jax.layers.dropout import Dropout
+
 ACTIVATIONS = {
     "relu": nn.relu,
     "gelu": lambda x: nn.gelu(x, approximate=True),  # GPT-2's tanh approximation
@@ -25,5 +27,5 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
         h = ACTIVATIONS[self.activation](nn.Dense(self.d_ff, dtype=self.dtype, name="linear1")(x))
-        h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        h = Dropout(self.dropout)(h, deterministic=deterministic)
         return nn.Dense(self.d_model, dtype=self.dtype, name="linear2")(h)

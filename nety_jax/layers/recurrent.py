@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nety_jax.layers.dropout import Dropout
+
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
@@ -137,7 +139,7 @@ class RecurrentStack(nn.Module):
         new_carries = []
         for k in range(self.layers):
             if k > 0:
-                x = nn.Dropout(self.dropout)(x, deterministic=not train)
+                x = Dropout(self.dropout)(x, deterministic=not train)
             layer = RecurrentLayer(self.cell, self.hidden, self.bidirectional, self.length_aware,
                                    self.unroll, self.dtype, name=f"l{k}")
             x, carry = layer(x, lengths, None if carries is None else carries[k], live)

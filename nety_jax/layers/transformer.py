@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from nety_jax.layers.attention import CrossAttention, SelfAttention
+from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.feedforward import FeedForward
 from nety_jax.layers.positions import Positions
 
@@ -72,7 +73,7 @@ class DecoderLayer(nn.Module):
         self.ffn = FeedForward(s.d_model, s.d_ff, s.dropout, s.activation, dtype)
         self.norm1 = nn.LayerNorm(epsilon=s.eps)
         self.norm3 = nn.LayerNorm(epsilon=s.eps)
-        self.drop = nn.Dropout(s.dropout)
+        self.drop = Dropout(s.dropout)
 
     def _block(self, x, norm, fn, det):
         if self.spec.norm == "pre":
@@ -115,7 +116,7 @@ class TransformerDecoder(nn.Module):
         self.embed = nn.Embed(s.vocab_size, s.d_model)
         self.pos_embed = Positions(s.positions, s.max_len, s.d_model)
         self.layers = [DecoderLayer(s) for _ in range(s.layers)]
-        self.drop = nn.Dropout(s.dropout)
+        self.drop = Dropout(s.dropout)
         if s.norm == "pre":
             self.final_norm = nn.LayerNorm(epsilon=s.eps)
         if not s.tie_output:

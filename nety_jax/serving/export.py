@@ -94,7 +94,7 @@ def check_output_dir(out: str, overwrite: bool, what: str = "export") -> None:
 
 
 def _serve_fn(model, spec):
-    from nety_jax.decoding.generate import generate
+    from nety_jax.decoding.generation import generate
     from nety_jax.decoding.sampling import SamplingParams
 
     def serve(variables, tokens, lengths, temperature, top_k, top_p, max_new_tokens, key):

@@ -15,6 +15,7 @@ import optax
 from flax import struct
 
 from nety_jax.config.sections import TrainConfig
+from nety_jax.training.losses import token_mask
 from nety_jax.training.optim import make_optimizer
 
 
@@ -60,18 +61,23 @@ def train_step(state: TrainState, batch: dict, *, model, tcfg: TrainConfig,
                axis_name: Optional[str] = None):
     """One optimizer step on ``batch`` (split into ``tcfg.grad_accum`` micro-batches).
 
-    Gradients are of the summed loss, accumulated over micro-batches and devices,
-    then divided by the total number of real target tokens: micro-batches of
-    different sizes are weighted by their tokens.
+    Gradients are of the summed loss divided by the total number of real target
+    tokens of the step (over micro-batches and devices, counted before the
+    backward pass, so no extra pass over the gradients): micro-batches of different
+    sizes are weighted by their tokens.
     """
     rng = jax.random.fold_in(state.rng, state.step)
     if axis_name is not None:
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    tokens = jnp.sum(token_mask(batch))
+    if axis_name is not None:
+        tokens = jax.lax.psum(tokens, axis_name)
+    scale = 1.0 / jnp.maximum(tokens, 1.0)
 
     def loss_fn(params, mutables, micro, key):
         sums, updates = model.loss_sums({"params": params, **mutables}, micro, train=True, rng=key,
                                         axis_name=axis_name, label_smoothing=tcfg.label_smoothing)
-        return sums["loss_sum"], (sums, {**mutables, **updates})
+        return sums["loss_sum"] * scale, (sums, {**mutables, **updates})
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
     params = state.params
@@ -98,8 +104,6 @@ def train_step(state: TrainState, batch: dict, *, model, tcfg: TrainConfig,
 
     if axis_name is not None:
         grads, sums = jax.lax.psum((grads, sums), axis_name)
-    denom = jnp.maximum(sums["tokens"], 1.0)
-    grads = jax.tree_util.tree_map(lambda g: g / denom, grads)
     metrics = {**sums, "grad_norm": optax.tree.norm(grads)}
     return state.apply_gradients(grads, mutables), metrics
 

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from nety_jax.layers import BatchNorm, RecurrentStack, SelfAttention, gelu_exact, length_mask
+from nety_jax.layers.dropout import Dropout
 from nety_jax.models.hybrid.config import HybridConfig
 
 
@@ -76,5 +77,5 @@ class EncoderHead(nn.Module):
             x = nn.Dense(dim, dtype=dtype, name=f"fc{i + 1}")(x)
             if i < len(dims) - 1:
                 x = gelu_exact(x)
-                x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
+                x = Dropout(cfg.dropout)(x, deterministic=not train)
         return nn.LayerNorm(epsilon=1e-5, name="layer_norm")(x)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from nety_jax.layers import RecurrentStack
 from nety_jax.layers.attention import length_mask
+from nety_jax.layers.dropout import Dropout
 from nety_jax.models.base import last_real
 from nety_jax.models.lm import LanguageModel
 from nety_jax.models.rnn_lm.config import RNNLMConfig
@@ -26,7 +27,7 @@ class RNNLM(nn.Module):
         self.embed = nn.Embed(cfg.vocab_size, cfg.d_model)
         self.rnn = RecurrentStack(cfg.cell, cfg.hidden, cfg.layers, bidirectional=False,
                                   dropout=cfg.dropout, dtype=jnp.dtype(cfg.dtype))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         if not cfg.tie_output:
             self.fc_out = nn.Dense(cfg.vocab_size, use_bias=cfg.output_bias, dtype=jnp.dtype(cfg.dtype))
         elif cfg.output_bias:

@@ -1,0 +1,306 @@
+"""The parts of scripts/bench.py, one process each: ``python scripts/bench_parts.py PART``.
+
+Prints one JSON line (the part's results) last. See bench.py for what is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from flops import decode_weight_bytes, generate_flops, train_step_flops  # noqa: E402
+
+THREADS = os.cpu_count() or 1
+NEW_TOKENS, SRC_LEN = 64, 32
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def fresh_cache() -> str:
+    """A new persistent compilation cache: the first compile is cold, a later one loads it."""
+    path = tempfile.mkdtemp(prefix="bench-jax-cache-")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def config(args, name: str, extra=()):
+    from nety_jax.config import load_config
+    vocab = 64 if args.tiny else 8000
+    sets = [f"model.vocab_size={vocab}", f"model.dtype={args.dtype}", "train.optimizer=adam",
+            "train.learning_rate=1e-4", "train.schedule=constant", "train.warmup_steps=0",
+            "train.clip_norm=0", "train.label_smoothing=0", *extra]
+    if args.tiny:
+        sets += ["model.d_model=32", "model.enc_hidden=16", "model.dec_heads=4", "model.enc_heads=2",
+                 "model.d_ff=64", "model.head_dims=[16, 8]", "model.max_len=128"]
+    return load_config(os.path.join(ROOT, "configs", name), sets)
+
+
+# -- machine ---------------------------------------------------------------------------------------
+def part_machine(args) -> dict:
+    n = 512 if args.tiny else (8192 if jax.devices()[0].platform == "gpu" else 2048)
+    a = jnp.ones((n, n), jnp.dtype(args.dtype))
+    mm = jax.jit(lambda x: x @ x @ x @ x @ x)  # four products per call: less dispatch per FLOP
+    jax.block_until_ready(mm(a))
+    best = min(timed(lambda: jax.block_until_ready(mm(a))) for _ in range(max(args.repeats, 3)))
+    size = (16 if args.tiny else 256) << 20
+    src, dst = np.ones(size // 4, np.float32), np.empty(size // 4, np.float32)
+    np.copyto(dst, src)
+    copy = min(timed(lambda: np.copyto(dst, src)) for _ in range(max(args.repeats, 3)))
+    device = jax.devices()[0]
+    return {"device": f"{device.platform} {device.device_kind}", "cores": os.cpu_count(),
+            "dtype": args.dtype, "peak_gflops": 4 * 2 * n ** 3 / best / 1e9,
+            "copy_gbs": 2 * size / copy / 1e9}
+
+
+# -- training --------------------------------------------------------------------------------------
+def _train_batch(vocab: int, b: int, n: int) -> dict:
+    rs = np.random.default_rng(0)
+    src = rs.integers(4, vocab, (b, n)).astype(np.int32)
+    tgt = rs.integers(4, vocab, (b, n + 1)).astype(np.int32)
+    return {"src": src, "src_len": np.full(b, n, np.int32), "tgt_in": tgt[:, :-1], "targets": tgt[:, 1:]}
+
+
+class JaxTrainer:
+    def __init__(self, cfg, batch):
+        from nety_jax.models import get_model
+        from nety_jax.training.parallel import Runner
+        from nety_jax.training.steps import create_train_state
+        self.cfg, self.batch = cfg, batch
+        self.model = get_model(cfg.model)
+        self.state = create_train_state(self.model, cfg.train, jax.random.PRNGKey(0))
+        self.runner = Runner(cfg, self.model, "none")
+
+    def steps(self, k: int) -> None:
+        for _ in range(k):
+            self.state, metrics = self.runner.train(self.state, self.batch)
+        jax.block_until_ready(metrics)
+
+    def compile_times(self) -> tuple[float, float]:
+        from nety_jax.training.parallel import Runner
+        cold = timed(lambda: self.steps(1))
+        jax.clear_caches()
+        self.runner = Runner(self.cfg, self.model, "none")
+        return cold, timed(lambda: self.steps(1))
+
+
+class TorchTrainer:
+    def __init__(self, cfg, batch):
+        import torch
+        from nety_jax.models.hybrid.torch_reference import HybridRNNTransformer
+        torch.set_num_threads(THREADS)
+        m = cfg.model
+        self.torch, self.vocab = torch, m.vocab_size
+        self.model = HybridRNNTransformer(m.vocab_size, m.d_model, m.enc_hidden, m.enc_layers, m.enc_heads,
+                                          m.dec_heads, m.dec_layers, m.d_ff, m.dropout, m.max_len).train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.src = torch.from_numpy(batch["src"]).long()
+        self.tgt_in = torch.from_numpy(batch["tgt_in"]).long()
+        self.targets = torch.from_numpy(batch["targets"]).long()
+
+    def steps(self, k: int) -> None:
+        for _ in range(k):
+            logits = self.model(self.src, self.tgt_in)
+            loss = self.torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab),
+                                                          self.targets.reshape(-1), ignore_index=0)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+
+
+def part_train(args) -> dict:
+    b, n = (4, 8) if args.tiny else (32, 32)
+    parity, base = config(args, "nety_parity.yaml"), config(args, "base.yaml")
+    batch = _train_batch(parity.model.vocab_size, b, n)
+    fresh_cache()
+    jp = JaxTrainer(parity, batch)
+    compile_s, compile_cached_s = jp.compile_times()
+    jb = JaxTrainer(base, batch)
+    jb.steps(1)
+    jp.steps(1)
+    rss = peak_rss_mb()
+    torch_ = None if args.tiny and args.skip_torch else TorchTrainer(parity, batch)
+    if torch_ is not None:
+        torch_.steps(1)
+    times = {"parity": [], "base": [], "torch": []}
+    for _ in range(args.repeats):
+        times["parity"].append(timed(lambda: jp.steps(2)) / 2)
+        if torch_ is not None:
+            times["torch"].append(timed(lambda: torch_.steps(2)) / 2)
+        times["base"].append(timed(lambda: jb.steps(2)) / 2)
+    flops = {k: train_step_flops(c.model, b, n, n)["total"] for k, c in (("parity", parity), ("base", base))}
+    out = {"vocab": parity.model.vocab_size, "batch": b, "len": n, "peak_rss_mb": rss,
+           "gflop_parity": flops["parity"] / 1e9, "gflop_base": flops["base"] / 1e9, "torch": None}
+    for key in ("parity", "base", "torch"):
+        if times[key]:
+            s = statistics.median(times[key])
+            out[key] = {"s_per_step": s, "tokens_per_s": b * n / s,
+                        "gflops": flops["parity" if key == "torch" else key] / s / 1e9}
+    out["parity"].update(compile_s=compile_s, compile_cached_s=compile_cached_s)
+    return out
+
+
+# -- generation ------------------------------------------------------------------------------------
+class JaxGenerator:
+    def __init__(self, cfg):
+        from nety_jax.models import get_model
+        self.model = get_model(cfg.model)
+        self.variables = self.model.init(jax.random.PRNGKey(0))
+
+    def call(self, b: int):
+        from nety_jax.decoding import LoopSpec, SamplingParams, generate_jit
+        src = jnp.asarray(np.random.default_rng(b).integers(4, self.model.cfg.vocab_size, (b, SRC_LEN)), jnp.int32)
+        params = SamplingParams.create(b, temperature=0.8, top_k=50, top_p=0.9, seed=b)
+        spec = LoopSpec(max_new_tokens=NEW_TOKENS, ignore_eos=True)
+        out = generate_jit(self.variables, src, jnp.full((b,), SRC_LEN, jnp.int32), params,
+                           model=self.model, spec=spec)
+        return jax.block_until_ready(out["tokens"])
+
+
+def _hf_model(m):
+    import torch
+    from transformers import BartConfig, BartForConditionalGeneration
+    cfg = BartConfig(vocab_size=m.vocab_size, d_model=m.d_model, encoder_layers=m.enc_layers,
+                     decoder_layers=m.dec_layers, encoder_attention_heads=m.dec_heads,
+                     decoder_attention_heads=m.dec_heads, encoder_ffn_dim=m.d_ff, decoder_ffn_dim=m.d_ff,
+                     max_position_embeddings=m.max_len, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                     decoder_start_token_id=1, forced_eos_token_id=None)
+    torch.set_num_threads(THREADS)
+    return BartForConditionalGeneration(cfg).eval()
+
+
+def _torch_refs(m, skip_hf: bool):
+    import torch
+    from nety_jax.models.hybrid.torch_reference import HybridRNNTransformer, nety_generate
+    torch.set_num_threads(THREADS)
+    nety = HybridRNNTransformer(m.vocab_size, m.d_model, m.enc_hidden, m.enc_layers, m.enc_heads,
+                                m.dec_heads, m.dec_layers, m.d_ff, m.dropout, m.max_len).eval()
+    src = {b: torch.randint(4, m.vocab_size, (b, SRC_LEN)) for b in (1, 64)}
+    refs = {"nety": lambda b: nety_generate(nety, src[b], NEW_TOKENS, force_length=True)}
+    if not skip_hf:
+        hf = _hf_model(m)
+        kw = dict(do_sample=True, top_k=50, top_p=0.9, temperature=0.8, max_new_tokens=NEW_TOKENS,
+                  min_new_tokens=NEW_TOKENS)
+
+        def hf_call(b):
+            with torch.no_grad():
+                hf.generate(src[b], **kw)
+        refs["hf"] = hf_call
+    return refs
+
+
+def part_generate(args) -> dict:
+    cfg = config(args, "nety_parity.yaml")
+    batches = (1, 4) if args.tiny else (1, 64)
+    fresh_cache()
+    gen = JaxGenerator(cfg)
+    compile_s = timed(lambda: gen.call(batches[0]))
+    jax.clear_caches()
+    compile_cached_s = timed(lambda: gen.call(batches[0]))
+    for b in batches:
+        gen.call(b)
+    rss = peak_rss_mb()
+    refs = _torch_refs(cfg.model, args.skip_hf or args.tiny)
+    for b in batches:  # warm-up
+        refs.get("hf", lambda b: None)(b)
+    refs["nety"](1)
+    times = {(name, b): [] for b in batches for name in ("jax", "hf", "nety")}
+    for _ in range(args.repeats):
+        for b in batches:
+            times[("jax", b)].append(timed(lambda: gen.call(b)))
+            if "hf" in refs:
+                times[("hf", b)].append(timed(lambda: refs["hf"](b)))
+            if b == 1:
+                times[("nety", b)].append(timed(lambda: refs["nety"](b)))
+    rows = {}
+    for i, b in enumerate(batches):
+        key = "1" if i == 0 else "64"
+        rows[key] = {"batch": b, "flops": generate_flops(cfg.model, b, SRC_LEN, NEW_TOKENS),
+                     "weight_mb": decode_weight_bytes(cfg.model) / 1e6}
+        for name in ("jax", "hf", "nety"):
+            if times[(name, b)]:
+                rows[key][name] = b * NEW_TOKENS / statistics.median(times[(name, b)])
+        rows[key]["seconds"] = statistics.median(times[("jax", b)])
+    return {"new_tokens": NEW_TOKENS, "batches": rows, "compile_s": compile_s,
+            "compile_cached_s": compile_cached_s, "peak_rss_mb": rss}
+
+
+# -- recompilation ---------------------------------------------------------------------------------
+def part_recompiles(args) -> dict:
+    """Trains over the bucketed embedded corpus: one epoch compiles every shape it meets, then
+    further epochs must compile nothing."""
+    from nety_jax.config import load_config
+    from nety_jax.data import BatchIterator
+    from nety_jax.models import get_model
+    from nety_jax.training.parallel import Runner
+    from nety_jax.training.setup import build_tokenizer, encode, read_raw
+    from nety_jax.training.steps import create_train_state
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, secs, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)
+    cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml" if args.tiny else "demo.yaml"))
+    texts, train_items, val_items = read_raw(cfg, "seq2seq", [os.path.join(ROOT, "nety_jax", "resources",
+                                                                           "dialogues_fr.jsonl")], False, print)
+    tok = build_tokenizer(cfg, texts)
+    cfg = cfg.replace_model(vocab_size=tok.vocab_size)
+    data = encode(cfg, "seq2seq", tok, train_items, val_items, "corpus")
+    model = get_model(cfg.model)
+    runner = Runner(cfg, model, "none")
+    state = create_train_state(model, cfg.train, jax.random.PRNGKey(0))
+    it = BatchIterator(data.train, cfg.train.batch_size, cfg.train.seed)
+    shapes = set()
+    for _ in range(it.batches_per_epoch):  # warm-up: the first epoch
+        batch = next(it)
+        shapes.add(tuple(v.shape for v in batch.values()))
+        state, m = runner.train(state, batch)
+    jax.block_until_ready(m)
+    before, steps = len(compiles), (1 if args.tiny else 2) * it.batches_per_epoch
+    new_shapes = set()
+    for _ in range(steps):
+        batch = next(it)
+        key = tuple(v.shape for v in batch.values())
+        if key not in shapes:
+            new_shapes.add(key)
+        state, m = runner.train(state, batch)
+    jax.block_until_ready(m)
+    return {"compilations": len(compiles) - before, "shapes": len(shapes), "new_shapes": len(new_shapes),
+            "steps": steps}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("part", choices=("machine", "train", "generate", "recompiles"))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--skip-torch", action="store_true")
+    args = p.parse_args()
+    result = globals()[f"part_{args.part}"](args)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
