@@ -127,12 +127,16 @@ def _generate(args, show_prompt: bool) -> int:
         raise NetyError(f"--num-samples={args.num_samples} must be >= 1")
     prompts = _read_prompts(args)
     model = _load(args)
-    replies = model.generate(prompts, seed=args.seed, num_samples=args.num_samples, **_decode_settings(args))
+    if show_prompt and _task(model) != "lm":
+        raise NetyError("complete continues a text with a language model (model.arch gpt or rnn_lm); "
+                        "this is a seq2seq model: use generate")
+    replies = model.generate(prompts, seed=args.seed, num_samples=args.num_samples, with_prompt=show_prompt,
+                             **_decode_settings(args))
     many = len(prompts) > 1 or args.num_samples > 1
     for prompt, outs in zip(prompts, replies):
         for out in outs:
             if show_prompt:
-                print(f"{prompt} {out}".rstrip())
+                print(out)
             else:
                 out = out or "(empty reply)"
                 print(f"> {prompt}\n{out}" if many else out)
@@ -145,6 +149,10 @@ def cmd_generate(args) -> int:
 
 def cmd_complete(args) -> int:
     return _generate(args, show_prompt=True)
+
+
+def _task(model) -> str:
+    return model.task if hasattr(model, "task") else model.info["signature"].get("task", "seq2seq")
 
 
 def cmd_predict_next(args) -> int:
@@ -183,6 +191,18 @@ def cmd_export_torch(args) -> int:
     from nety_jax.models.hybrid.torch_io import export_torch
     export_torch(args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from nety_jax.serving.server import serve
+    return serve(args.checkpoint, args.exported, args.host, args.port, args.max_batch, args.batch_window_ms,
+                 args.queue_size, args.max_tokens, args.chunk, args.name)
+
+
+def cmd_quantize(args) -> int:
+    from nety_jax.serving.quantize import quantize_run
+    quantize_run(args.checkpoint, args.out, args.activations)
     return 0
 
 
@@ -234,6 +254,26 @@ def _add_commands(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="decode.KEY=VALUE", help="decode defaults and static settings baked in")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with dynamic batching")
+    p.add_argument("--checkpoint", help="run directory")
+    p.add_argument("--exported", help="directory written by `nety-jax export`")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="rows per compiled batch")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long to gather a batch")
+    p.add_argument("--queue-size", type=int, default=64, help="waiting requests before 429")
+    p.add_argument("--max-tokens", type=int, help="the compiled maximum of max_tokens (default: the run's)")
+    p.add_argument("--chunk", type=int, default=8, help="tokens per streamed chunk")
+    p.add_argument("--name", help="the model id clients see (default: the directory name)")
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("quantize", help="int8 weight-only copy of a run, for inference")
+    p.add_argument("--checkpoint", required=True, help="run directory")
+    p.add_argument("--out", required=True, help="new run directory")
+    p.add_argument("--activations", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype of the quantized model")
+    p.set_defaults(fn=cmd_quantize)
 
     p = sub.add_parser("import-torch", help="NETY PyTorch state dict -> run directory")
     p.add_argument("--state-dict", required=True, help="NETY's state_dict (.pt)")

@@ -25,6 +25,7 @@ class ModelConfig:
     max_len: int = 512  # positions the model has (decoder positions, LM context)
     dropout: float = 0.1
     dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    quant: str = "none"  # none | int8 (weight-only, written by `nety-jax quantize`; inference only)
 
     def validate(self) -> None:
         s = "model"
@@ -35,6 +36,7 @@ class ModelConfig:
         F.at_most(s, self, "vocab_size", MAX_VOCAB, "embedding tables of that size do not fit")
         F.at_most(s, self, "max_len", MAX_POSITIONS, "position tables and caches of that length do not fit")
         F.choice(s, "dtype", self.dtype, ("float32", "bfloat16"))
+        F.choice(s, "quant", self.quant, ("none", "int8"))
         F.probability(s, self, "dropout")
 
     def replace(self, **changes) -> "ModelConfig":

@@ -76,6 +76,11 @@ def encode_prompts(policy, tokenizer, texts: Sequence[str], data_cfg, max_new_to
     return PromptBatch(tokens, lengths, len(rows), cut)
 
 
-def decode_replies(tokenizer, tokens, n: int) -> list[str]:
+def decode_replies(tokenizer, tokens, n: int, prompts: PromptBatch | None = None) -> list[str]:
+    """Generated ids -> texts; with ``prompts``, each text is its prompt continued (decoded as one
+    sequence, so a continuation that finishes the prompt's last word joins it)."""
     tokens = np.asarray(tokens)
-    return [tokenizer.decode(tokens[i].tolist()) for i in range(n)]
+    if prompts is None:
+        return [tokenizer.decode(tokens[i].tolist()) for i in range(n)]
+    return [tokenizer.decode(prompts.tokens[i, : prompts.lengths[i]].tolist() + tokens[i].tolist())
+            for i in range(n)]

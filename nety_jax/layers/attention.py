@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from nety_jax.layers.dropout import Dropout
+from nety_jax.layers.linear import Linear
 
 NEG_INF = -1e9
 
@@ -67,10 +68,11 @@ class SelfAttention(nn.Module):
     dropout: float = 0.0
     qkv_bias: bool = True
     dtype: jnp.dtype = jnp.float32
+    quant: str = "none"
 
     def setup(self):
-        self.qkv = nn.Dense(3 * self.d_model, use_bias=self.qkv_bias, dtype=self.dtype)
-        self.out = nn.Dense(self.d_model, dtype=self.dtype)
+        self.qkv = Linear(3 * self.d_model, use_bias=self.qkv_bias, dtype=self.dtype, quant=self.quant)
+        self.out = Linear(self.d_model, dtype=self.dtype, quant=self.quant)
         self.drop = Dropout(self.dropout)
 
     def project(self, x):
@@ -102,11 +104,12 @@ class CrossAttention(nn.Module):
     heads: int
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    quant: str = "none"
 
     def setup(self):
-        self.query = nn.Dense(self.d_model, dtype=self.dtype)
-        self.kv = nn.Dense(2 * self.d_model, dtype=self.dtype)
-        self.out = nn.Dense(self.d_model, dtype=self.dtype)
+        self.query = Linear(self.d_model, dtype=self.dtype, quant=self.quant)
+        self.kv = Linear(2 * self.d_model, dtype=self.dtype, quant=self.quant)
+        self.out = Linear(self.d_model, dtype=self.dtype, quant=self.quant)
         self.drop = Dropout(self.dropout)
 
     def memory_kv(self, memory):
@@ -116,7 +119,7 @@ class CrossAttention(nn.Module):
     def _single_key(self, x, v, deterministic):
         """Memory length 1: every query's weight on the one key is 1 (dropout aside)."""
         b, h, _, dh = v.shape
-        kernel = self.out.variables["params"]["kernel"].reshape(h, dh, self.d_model)
+        kernel = self.out.weight().reshape(h, dh, self.d_model)
         per_head = jnp.einsum("bhd,hde->bhe", v[:, :, 0].astype(self.dtype), kernel.astype(self.dtype))
         bias = self.out.variables["params"]["bias"].astype(self.dtype)
         ones = jnp.ones((b, h, x.shape[1], 1), jnp.float32)

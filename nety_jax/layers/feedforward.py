@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from nety_jax.layers.dropout import Dropout
+from nety_jax.layers.linear import Linear
 
 ACTIVATIONS = {
     "relu": nn.relu,
@@ -23,9 +24,10 @@ class FeedForward(nn.Module):
     dropout: float
     activation: str = "relu"
     dtype: jnp.dtype = jnp.float32
+    quant: str = "none"
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        h = ACTIVATIONS[self.activation](nn.Dense(self.d_ff, dtype=self.dtype, name="linear1")(x))
+        h = ACTIVATIONS[self.activation](Linear(self.d_ff, dtype=self.dtype, quant=self.quant, name="linear1")(x))
         h = Dropout(self.dropout)(h, deterministic=deterministic)
-        return nn.Dense(self.d_model, dtype=self.dtype, name="linear2")(h)
+        return Linear(self.d_model, dtype=self.dtype, quant=self.quant, name="linear2")(h)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from nety_jax.layers.dropout import Dropout
+from nety_jax.layers.linear import Linear
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -92,6 +93,7 @@ class RecurrentLayer(nn.Module):
     length_aware: bool = True  # backward direction over flipped real tokens (False: NETY)
     unroll: int = 1
     dtype: jnp.dtype = jnp.float32
+    quant: str = "none"
 
     @nn.compact
     def __call__(self, x, lengths: Optional[jax.Array] = None, carry: Optional[tuple] = None,
@@ -101,7 +103,7 @@ class RecurrentLayer(nn.Module):
         d = 2 if self.bidirectional else 1
         b, t, _ = x.shape
         g = GATES[self.cell] * self.hidden
-        xproj = nn.Dense(d * g, dtype=self.dtype, name="input")(x).reshape(b, t, d, g)
+        xproj = Linear(d * g, dtype=self.dtype, quant=self.quant, name="input")(x).reshape(b, t, d, g)
         if d == 2:
             backward = flip_sequences(xproj[:, :, 1], lengths if self.length_aware else None)
             xproj = jnp.stack([xproj[:, :, 0], backward], axis=2)
@@ -132,6 +134,7 @@ class RecurrentStack(nn.Module):
     length_aware: bool = True
     unroll: int = 1
     dtype: jnp.dtype = jnp.float32
+    quant: str = "none"
 
     @nn.compact
     def __call__(self, x, lengths: Optional[jax.Array] = None, train: bool = False,
@@ -141,7 +144,7 @@ class RecurrentStack(nn.Module):
             if k > 0:
                 x = Dropout(self.dropout)(x, deterministic=not train)
             layer = RecurrentLayer(self.cell, self.hidden, self.bidirectional, self.length_aware,
-                                   self.unroll, self.dtype, name=f"l{k}")
+                                   self.unroll, self.dtype, self.quant, name=f"l{k}")
             x, carry = layer(x, lengths, None if carries is None else carries[k], live)
             new_carries.append(carry)
         return x, x[..., : self.hidden], tuple(new_carries)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from nety_jax.layers.attention import CrossAttention, SelfAttention
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.feedforward import FeedForward
+from nety_jax.layers.linear import Linear
 from nety_jax.layers.positions import Positions
 
 
@@ -54,6 +55,7 @@ class DecoderSpec:
     output_bias: bool = True
     dtype: str = "float32"
     eps: float = 1e-5
+    quant: str = "none"  # none | int8 (weight-only)
 
     @property
     def compute_dtype(self):
@@ -66,11 +68,11 @@ class DecoderLayer(nn.Module):
     def setup(self):
         s = self.spec
         dtype = s.compute_dtype
-        self.self_attn = SelfAttention(s.d_model, s.heads, s.attention_dropout, s.qkv_bias, dtype)
+        self.self_attn = SelfAttention(s.d_model, s.heads, s.attention_dropout, s.qkv_bias, dtype, s.quant)
         if s.cross_attention:
-            self.cross_attn = CrossAttention(s.d_model, s.heads, s.attention_dropout, dtype)
+            self.cross_attn = CrossAttention(s.d_model, s.heads, s.attention_dropout, dtype, s.quant)
             self.norm2 = nn.LayerNorm(epsilon=s.eps)
-        self.ffn = FeedForward(s.d_model, s.d_ff, s.dropout, s.activation, dtype)
+        self.ffn = FeedForward(s.d_model, s.d_ff, s.dropout, s.activation, dtype, s.quant)
         self.norm1 = nn.LayerNorm(epsilon=s.eps)
         self.norm3 = nn.LayerNorm(epsilon=s.eps)
         self.drop = Dropout(s.dropout)
@@ -120,7 +122,7 @@ class TransformerDecoder(nn.Module):
         if s.norm == "pre":
             self.final_norm = nn.LayerNorm(epsilon=s.eps)
         if not s.tie_output:
-            self.fc_out = nn.Dense(s.vocab_size, use_bias=s.output_bias, dtype=s.compute_dtype)
+            self.fc_out = Linear(s.vocab_size, use_bias=s.output_bias, dtype=s.compute_dtype, quant=s.quant)
         elif s.output_bias:
             self.out_bias = self.param("out_bias", nn.initializers.zeros, (s.vocab_size,))
 

@@ -240,7 +240,8 @@ class ExportedModel:
                                  jnp.asarray(keys, jnp.uint32))
         return tuple(np.asarray(x) for x in out)
 
-    def generate(self, texts: Sequence[str], seed=0, num_samples: int = 1, **settings) -> list[list[str]]:
+    def generate(self, texts: Sequence[str], seed=0, num_samples: int = 1, with_prompt: bool = False,
+                 **settings) -> list[list[str]]:
         if isinstance(texts, str):
             texts = [texts]
         unsupported = sorted(k for k, v in settings.items() if v is not None and k not in self.info["options"])
@@ -262,7 +263,7 @@ class ExportedModel:
         seeds = seeds_per_row(seed, len(texts), num_samples)
         seeds = seeds if isinstance(seeds, int) else seeds + [seeds[0]] * (b - len(seeds))
         tokens, _, _ = self.generate_ids(batch.tokens, batch.lengths, seeds, **rows)
-        replies = decode_replies(self.tokenizer, tokens, n)
+        replies = decode_replies(self.tokenizer, tokens, n, batch if with_prompt else None)
         return [replies[i * num_samples: (i + 1) * num_samples] for i in range(len(texts))]
 
 

@@ -42,17 +42,20 @@ class Pretrained:
     def task(self) -> str:
         return self.model.task
 
-    def generate(self, texts: Sequence[str], seed=0, num_samples: int = 1,
+    def generate(self, texts: Sequence[str], seed=0, num_samples: int = 1, with_prompt: bool = False,
                  **settings) -> list[list[str]]:
-        """Replies (seq2seq) or continuations (language models), ``num_samples`` per text.
+        """Replies (seq2seq) or continuations (language models), ``num_samples`` per text;
+        ``with_prompt``: each continuation joined to its prompt (``nety-jax complete``).
 
         Settings: temperature, top_k, top_p, max_new_tokens (each a value or one per text),
         beam_size, length_penalty, min_new_tokens, no_repeat_ngram; ``seed``: one for the
         batch or one per text."""
         if isinstance(texts, str):
             texts = [texts]
-        out = self.generate_ids(texts, seed, num_samples, **settings)
-        replies = decode_replies(self.tokenizer, out["tokens"], len(texts) * num_samples)
+        req, batch, params = self._prepare(texts, seed, num_samples, settings)
+        out = generate_jit(self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
+                           params, model=self.model, spec=req.spec)
+        replies = decode_replies(self.tokenizer, out["tokens"], batch.count, batch if with_prompt else None)
         return [replies[i * num_samples: (i + 1) * num_samples] for i in range(len(texts))]
 
     def _prepare(self, texts: Sequence[str], seed, num_samples: int, settings: dict):

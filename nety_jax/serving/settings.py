@@ -70,8 +70,8 @@ def resolve(base: DecodeConfig, policy, n: int, overrides: dict,
     if compiled_max is None:  # beam search has no per-row limit: its maximum is the request
         compiled_max = longest if beam else min(max(base.max_new_tokens, _pow2(longest)), limit)
     elif longest > compiled_max:
-        raise NetyError(f"max_new_tokens={longest} is more than the {compiled_max} this artifact "
-                        "was exported for")
+        raise NetyError(f"max_new_tokens={longest} is more than the compiled maximum of {compiled_max} "
+                        "(an export fixes it: re-export with --set decode.max_new_tokens=N)")
     spec = dataclasses.replace(LoopSpec.from_config(dataclasses.replace(base, **static)),
                                max_new_tokens=compiled_max)
     return Request(spec, rows)

@@ -172,7 +172,8 @@ RUNTIME_MODEL_FIELDS = {"dropout", "attention_dropout", "dtype"}
 def model_differences(saved: dict, requested: dict) -> list[str]:
     """``model.*`` fields (those that shape the parameters) that differ between two config dicts."""
     a, b = saved.get("model", {}), requested.get("model", {})
-    keys = [k for k in {**a, **b} if k not in RUNTIME_MODEL_FIELDS]
+    # a field one side lacks was added later: its default is what the older side meant
+    keys = [k for k in a if k in b and k not in RUNTIME_MODEL_FIELDS]
     return [f"model.{k}: checkpoint {a.get(k)!r}, requested {b.get(k)!r}"
             for k in keys if a.get(k) != b.get(k)]
 

@@ -22,7 +22,7 @@ from nety_jax.data import (BatchIterator, default_corpus_path, default_text_path
                            encode_text, eval_batches, read_pairs, read_text, split_pairs, split_text)
 from nety_jax.data.text import window_sizes
 from nety_jax.data.tokenizer import SentencePieceTokenizer, WordTokenizer, load_tokenizer
-from nety_jax.errors import CheckpointError, DataError
+from nety_jax.errors import CheckpointError, ConfigError, DataError
 from nety_jax.models import get_model
 from nety_jax.training import checkpoint as ckpt
 from nety_jax.training.parallel import Runner
@@ -144,6 +144,9 @@ def _restore(cfg: Config, model, workdir: str, state, manager, log):
 
 def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad: bool,
             log: Callable[[str], None]) -> Run:
+    if cfg.model.quant != "none":
+        raise ConfigError(f"model.quant={cfg.model.quant} is for inference: train the float32 run and "
+                          "quantize it again")
     os.makedirs(workdir, exist_ok=True)
     task = get_model(cfg.model).task
     paths = list(paths) if paths else default_paths(task)

@@ -22,7 +22,7 @@ def decoder_spec(cfg: GPTConfig) -> DecoderSpec:
                        attention_dropout=cfg.attention_dropout, activation=cfg.activation,
                        norm=cfg.norm, positions=cfg.positions, embed_scale=False,
                        qkv_bias=cfg.qkv_bias, cross_attention=False, tie_output=cfg.tie_output,
-                       output_bias=cfg.output_bias, dtype=cfg.dtype)
+                       output_bias=cfg.output_bias, dtype=cfg.dtype, quant=cfg.quant)
 
 
 @dataclasses.dataclass(frozen=True)

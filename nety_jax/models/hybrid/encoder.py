@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from nety_jax.layers import BatchNorm, RecurrentStack, SelfAttention, gelu_exact, length_mask
 from nety_jax.layers.dropout import Dropout
+from nety_jax.layers.linear import Linear
 from nety_jax.models.hybrid.config import HybridConfig
 
 
@@ -30,13 +31,14 @@ class Encoder(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         mask = length_mask(lengths, emb.shape[1])
         attn_mask = mask[:, None, None, :] if cfg.enc_attention_mask else None
-        a = SelfAttention(cfg.d_model, cfg.enc_heads, dtype=dtype, name="attention")(
+        a = SelfAttention(cfg.d_model, cfg.enc_heads, dtype=dtype, quant=cfg.quant, name="attention")(
             emb, attn_mask, deterministic=not train)
         x = emb + a if cfg.enc_attention_residual else a
 
         packed = cfg.pooling == "last_real"
         outputs, fwd, _ = RecurrentStack(cfg.cell, cfg.enc_hidden, cfg.enc_layers, cfg.bidirectional,
-                                         cfg.dropout, length_aware=packed, dtype=dtype, name="rnn")(
+                                         cfg.dropout, length_aware=packed, dtype=dtype, quant=cfg.quant,
+                                         name="rnn")(
             x, lengths, train)
 
         if packed:
@@ -50,7 +52,7 @@ class Encoder(nn.Module):
         vector = EncoderHead(cfg, self.axis_name, name="head")(pooled, train)  # (B, D)
         if cfg.memory == "pooled":
             return vector[:, None, :], jnp.ones((emb.shape[0], 1), bool)
-        memory = nn.Dense(cfg.d_model, dtype=dtype, name="memory_proj")(outputs)
+        memory = Linear(cfg.d_model, dtype=dtype, quant=cfg.quant, name="memory_proj")(outputs)
         if cfg.memory_prepend_pooled:
             memory = jnp.concatenate([vector[:, None, :].astype(memory.dtype), memory], axis=1)
             mask = jnp.concatenate([jnp.ones((emb.shape[0], 1), bool), mask], axis=1)
@@ -74,7 +76,7 @@ class EncoderHead(nn.Module):
                     x, use_running_average=not train)
             else:
                 x = nn.LayerNorm(epsilon=1e-5, name=f"norm{i + 1}")(x)
-            x = nn.Dense(dim, dtype=dtype, name=f"fc{i + 1}")(x)
+            x = Linear(dim, dtype=dtype, quant=cfg.quant, name=f"fc{i + 1}")(x)
             if i < len(dims) - 1:
                 x = gelu_exact(x)
                 x = Dropout(cfg.dropout)(x, deterministic=not train)

@@ -20,7 +20,8 @@ def decoder_spec(cfg: HybridConfig) -> DecoderSpec:
                        layers=cfg.dec_layers, d_ff=cfg.d_ff, max_len=cfg.max_len, dropout=cfg.dropout,
                        attention_dropout=cfg.attention_dropout, activation="relu", norm=cfg.norm,
                        positions="sinusoidal", embed_scale=True, qkv_bias=True, cross_attention=True,
-                       tie_output=cfg.tie_output, output_bias=cfg.output_bias, dtype=cfg.dtype)
+                       tie_output=cfg.tie_output, output_bias=cfg.output_bias, dtype=cfg.dtype,
+                       quant=cfg.quant)
 
 
 class HybridSeq2Seq(nn.Module):

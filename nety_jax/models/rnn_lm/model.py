@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from nety_jax.layers import RecurrentStack
 from nety_jax.layers.attention import length_mask
 from nety_jax.layers.dropout import Dropout
+from nety_jax.layers.linear import Linear
 from nety_jax.models.base import last_real
 from nety_jax.models.lm import LanguageModel
 from nety_jax.models.rnn_lm.config import RNNLMConfig
@@ -26,10 +27,11 @@ class RNNLM(nn.Module):
         cfg = self.cfg
         self.embed = nn.Embed(cfg.vocab_size, cfg.d_model)
         self.rnn = RecurrentStack(cfg.cell, cfg.hidden, cfg.layers, bidirectional=False,
-                                  dropout=cfg.dropout, dtype=jnp.dtype(cfg.dtype))
+                                  dropout=cfg.dropout, dtype=jnp.dtype(cfg.dtype), quant=cfg.quant)
         self.drop = Dropout(cfg.dropout)
         if not cfg.tie_output:
-            self.fc_out = nn.Dense(cfg.vocab_size, use_bias=cfg.output_bias, dtype=jnp.dtype(cfg.dtype))
+            self.fc_out = Linear(cfg.vocab_size, use_bias=cfg.output_bias, dtype=jnp.dtype(cfg.dtype),
+                                 quant=cfg.quant)
         elif cfg.output_bias:
             self.out_bias = self.param("out_bias", nn.initializers.zeros, (cfg.vocab_size,))
 

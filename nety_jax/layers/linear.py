@@ -1,0 +1,56 @@
+"""``Linear``: flax's Dense (same parameter names), with an int8 weight-only form.
+
+Quantized (``quant="int8"``), the kernel is int8 with one float32 scale per output
+channel (``scale``: max |w| of the column / 127); activations stay in the compute
+dtype (float32 or bfloat16) and the kernel is widened on the fly. ``nety-jax
+quantize`` converts a trained run; nothing trains in int8.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+QUANT = ("none", "int8")
+
+
+class Linear(nn.Module):
+    features: int
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    quant: str = "none"
+
+    def _kernel(self, fan_in: int):
+        if self.quant == "int8":
+            q = self.param("kernel", nn.initializers.zeros, (fan_in, self.features), jnp.int8)
+            scale = self.param("scale", nn.initializers.ones, (self.features,), jnp.float32)
+            return q, scale
+        return self.param("kernel", nn.linear.default_kernel_init, (fan_in, self.features), jnp.float32), None
+
+    @nn.compact
+    def __call__(self, x):
+        dtype = jnp.dtype(self.dtype)
+        kernel, scale = self._kernel(x.shape[-1])
+        y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+        if scale is not None:
+            y = y * scale.astype(dtype)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(dtype)
+        return y
+
+    def weight(self) -> jax.Array:
+        """The (dequantized) float32 kernel, for callers that use it directly (after a call)."""
+        params = self.variables["params"]
+        kernel = params["kernel"].astype(jnp.float32)
+        return kernel * params["scale"] if "scale" in params else kernel
+
+
+def quantize_kernel(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float (in, out) -> (int8 kernel, float32 per-output-channel scale)."""
+    kernel = np.asarray(kernel, np.float32)
+    scale = np.max(np.abs(kernel), axis=0) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    return np.clip(np.round(kernel / scale), -127, 127).astype(np.int8), scale

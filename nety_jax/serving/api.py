@@ -1,0 +1,80 @@
+"""OpenAI-compatible request bodies, validated with pydantic (each error names its field)."""
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_PROMPT_CHARS = 100_000
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: Optional[str] = None
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0.0, le=100.0, allow_inf_nan=False)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
+    top_k: Optional[int] = Field(None, ge=0, le=1_000_000)  # an extension of OpenAI's API
+    n: int = Field(1, ge=1, le=64)
+    seed: Optional[int] = Field(None, ge=0, le=2 ** 63 - 1)
+    stop: Optional[Union[str, list[str]]] = None
+    stream: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value):
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return stops
+
+
+def _text(value: str, name: str) -> str:
+    if not value.strip():
+        raise ValueError(f"{name} is empty")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{name} is longer than {MAX_PROMPT_CHARS:,} characters")
+    return value
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str]]
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value):
+        prompts = [value] if isinstance(value, str) else value
+        if not prompts:
+            raise ValueError("prompt is empty")
+        if len(prompts) > 64:
+            raise ValueError("at most 64 prompts")
+        return [_text(p, "prompt") for p in prompts]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+
+    @field_validator("messages")
+    @classmethod
+    def _messages(cls, value):
+        if not any(m.role == "user" and m.content.strip() for m in value):
+            raise ValueError("needs a user message with text")
+        for m in value:
+            if len(m.content) > MAX_PROMPT_CHARS:
+                raise ValueError(f"a message is longer than {MAX_PROMPT_CHARS:,} characters")
+        return value
+
+    def prompt(self, task: str) -> str:
+        """A seq2seq model answers the last user message; a language model continues the
+        conversation's text."""
+        if task == "seq2seq":
+            return [m.content for m in self.messages if m.role == "user" and m.content.strip()][-1]
+        return "\n".join(m.content for m in self.messages if m.content.strip())

@@ -1,0 +1,259 @@
+"""The serving engine: a bounded request queue and dynamic batching onto one compiled function.
+
+Requests are split into rows (one per completion). A worker thread takes the
+first waiting request, keeps taking requests for ``window_ms`` (or until
+``max_batch`` rows), and runs them as ONE batch: the batch size is rounded up to
+a power of two and the prompt length to a multiple of ``data.bucket_multiple``,
+with every sampling setting a per-row array, so steady state never recompiles.
+The loop runs in chunks of ``chunk`` tokens: between chunks streamed rows get
+their new text, stop strings end rows, and rows of cancelled requests are
+stopped. A full queue refuses new requests (``QueueFull``: HTTP 429).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from nety_jax.config.sections import EOS_ID, PAD_ID
+from nety_jax.data.prompts import PromptBatch, batch_bucket, bucket
+
+
+class QueueFull(Exception):
+    """The request queue is at its bound."""
+
+
+@dataclasses.dataclass
+class Row:
+    ids: list[int]  # prompt ids, already cut and checked
+    temperature: float
+    top_k: int
+    top_p: float
+    max_new_tokens: int
+    seed: int
+    stop: tuple = ()
+
+
+@dataclasses.dataclass
+class Job:
+    rows: list[Row]
+    deliver: Callable[[str, object], None]  # (kind, payload): "delta" | "done" | "error"
+    stream: bool = False
+    cancelled: threading.Event = dataclasses.field(default_factory=threading.Event)
+    created: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+@dataclasses.dataclass
+class RowResult:
+    text: str
+    tokens: int
+    finish_reason: str  # stop | length
+
+
+class Engine:
+    def __init__(self, backend, max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64,
+                 chunk: int = 8, metrics=None):
+        fixed = getattr(backend, "fixed_batch", 0)
+        self.backend, self.max_batch, self.window = backend, min(max_batch, fixed or max_batch), window_ms / 1000.0
+        self.chunk, self.metrics = chunk, metrics
+        self.jobs: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, name="nety-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        try:
+            self.jobs.put_nowait(job)
+        except queue.Full:
+            raise QueueFull() from None
+        if self.metrics:
+            self.metrics.queue_depth.set(self.jobs.qsize())
+
+    def close(self) -> None:
+        self._stop.set()
+
+    # -- the worker -----------------------------------------------------------------------------
+    def _collect(self) -> list[Job]:
+        first = self.jobs.get()
+        jobs, rows = [first], len(first.rows)
+        deadline = time.perf_counter() + self.window
+        while rows < self.max_batch:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                break
+            try:
+                job = self.jobs.get(timeout=left)
+            except queue.Empty:
+                break
+            if rows + len(job.rows) > self.max_batch:
+                self._requeue(job)
+                break
+            jobs.append(job)
+            rows += len(job.rows)
+        return [j for j in jobs if not j.cancelled.is_set()]
+
+    def _requeue(self, job: Job) -> None:
+        """A request that does not fit this batch leads the next one."""
+        self._carry = job
+
+    def _work(self) -> None:
+        self._carry = None
+        while not self._stop.is_set():
+            if self._carry is not None:
+                jobs, self._carry = [self._carry], None
+            else:
+                jobs = self._collect()
+            if not jobs:
+                continue
+            try:
+                self._run(jobs)
+            except Exception as e:  # never let one batch take the server down
+                for job in jobs:
+                    job.deliver("error", f"{type(e).__name__}: {str(e)[:300]}")
+            if self.metrics:
+                self.metrics.queue_depth.set(self.jobs.qsize())
+
+    def _run(self, jobs: list[Job]) -> None:
+        rows = [(j, i, r) for j in jobs for i, r in enumerate(j.rows)]
+        batch = self._prompt_batch([r for _, _, r in rows])
+        state = _RowState(self.backend.tokenizer, rows)
+        if self.metrics:
+            self.metrics.batch_size.observe(len(rows))
+
+        def on_chunk(tokens: np.ndarray, done: np.ndarray) -> np.ndarray:
+            return state.update(tokens, done)
+
+        tokens, lengths = self.backend.run(batch, [r for _, _, r in rows], on_chunk, self.chunk)
+        state.update(tokens, np.ones(len(tokens), bool), final=True)
+        for job in jobs:
+            results = [state.result(job, i) for i in range(len(job.rows))]
+            if self.metrics:
+                self.metrics.tokens.inc(sum(r.tokens for r in results))
+            job.deliver("done", results)
+
+    def _prompt_batch(self, rows: list[Row]) -> PromptBatch:
+        b = getattr(self.backend, "fixed_batch", 0) or batch_bucket(len(rows))
+        s = bucket(max(len(r.ids) for r in rows), self.backend.data_cfg.bucket_multiple)
+        tokens = np.full((b, s), PAD_ID, np.int32)
+        lengths = np.ones((b,), np.int32)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r.ids)] = r.ids
+            lengths[i] = len(r.ids)
+        tokens[len(rows):, 0] = rows[0].ids[0]
+        return PromptBatch(tokens, lengths, len(rows), [])
+
+
+class _RowState:
+    """Per row: the text so far, what was streamed, whether a stop string or <eos> ended it."""
+
+    def __init__(self, tokenizer, rows):
+        self.tokenizer, self.rows = tokenizer, rows
+        self.index = {(id(j), i): k for k, (j, i, _) in enumerate(rows)}
+        self.text = [""] * len(rows)
+        self.sent = [""] * len(rows)  # text already streamed
+        self.ntok = [0] * len(rows)
+        self.finish = [None] * len(rows)
+
+    def update(self, tokens: np.ndarray, done: np.ndarray, final: bool = False) -> np.ndarray:
+        """Reads the tokens so far; returns the rows to stop now (stop string, cancelled)."""
+        stop_now = np.zeros(len(tokens), bool)
+        for k, (job, _, row) in enumerate(self.rows):
+            if self.finish[k] is not None:
+                stop_now[k] = True
+                continue
+            ids = [int(t) for t in tokens[k][: row.max_new_tokens]]
+            ended = EOS_ID in ids
+            ids = ids[: ids.index(EOS_ID)] if ended else [t for t in ids if t != PAD_ID]
+            text = self.tokenizer.decode(ids)
+            cut = min((text.find(s) for s in row.stop if s and s in text), default=-1)
+            self.ntok[k] = len(ids) + (1 if ended else 0)
+            if cut >= 0:
+                text, self.finish[k] = text[:cut], "stop"
+            elif ended:
+                self.finish[k] = "stop"
+            elif done[k] or final:
+                self.finish[k] = "length"
+            self.text[k] = text
+            if job.cancelled.is_set():
+                self.finish[k] = self.finish[k] or "cancelled"
+            if job.stream and len(text) > len(self.sent[k]) and text.startswith(self.sent[k]):
+                job.deliver("delta", (self.rows[k][1], text[len(self.sent[k]):]))
+                self.sent[k] = text
+            stop_now[k] = self.finish[k] is not None
+        return stop_now
+
+    def result(self, job: Job, i: int) -> RowResult:
+        k = self.index[(id(job), i)]
+        return RowResult(self.text[k], self.ntok[k], self.finish[k] or "length")
+
+
+def random_seed() -> int:
+    return int.from_bytes(os.urandom(4), "little")
+
+
+class PretrainedBackend:
+    """A run directory's model: the streaming loop (start + continue in chunks)."""
+
+    def __init__(self, pretrained, max_new_tokens: Optional[int] = None):
+        from nety_jax.serving.settings import resolve
+        self.model, self.tokenizer = pretrained, pretrained.tokenizer
+        self.data_cfg, self.decode = pretrained.config.data, pretrained.config.decode
+        self.prompts, self.task = pretrained.model.prompts, pretrained.model.task
+        limit = self.prompts.max_new_tokens()
+        self.max_new_tokens = min(max_new_tokens or self.decode.max_new_tokens, limit)
+        self.spec = resolve(self.decode, self.prompts, 1,
+                            {"beam_size": 1, "max_new_tokens": min(self.decode.max_new_tokens, self.max_new_tokens)},
+                            compiled_max=self.max_new_tokens).spec
+
+    def run(self, batch: PromptBatch, rows: list[Row], on_chunk, chunk: int):
+        import jax.numpy as jnp
+        from nety_jax.decoding import SamplingParams, continue_stream, start_stream
+        from nety_jax.decoding.loop import result
+        b = batch.tokens.shape[0]
+        fill = lambda values, pad: np.asarray(values + [pad] * (b - len(values)))
+        params = SamplingParams.create(
+            b, temperature=fill([r.temperature for r in rows], 0.0), top_k=fill([r.top_k for r in rows], 0),
+            top_p=fill([r.top_p for r in rows], 1.0), max_new_tokens=fill([r.max_new_tokens for r in rows], 0),
+            seed=list(fill([r.seed for r in rows], 0)))
+        variables, model, spec = self.model.variables, self.model.model, self.spec
+        state = start_stream(variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths), params,
+                             model=model, spec=spec)
+        while True:
+            tokens = np.asarray(state.tokens)
+            stop = on_chunk(tokens[: len(rows)], np.asarray(state.done)[: len(rows)])
+            if stop.any():
+                done = np.asarray(state.done).copy()
+                done[: len(rows)] |= stop
+                state = state.replace(done=jnp.asarray(done))
+            if bool(np.all(np.asarray(state.done))) or int(state.pos) >= spec.max_new_tokens:
+                break
+            state = continue_stream(variables, state, int(state.pos) + chunk, model=model, spec=spec)
+        out = result(state, spec)
+        return np.asarray(out["tokens"])[: len(rows)], np.asarray(out["lengths"])[: len(rows)]
+
+
+class ExportedBackend:
+    """An exported artifact: one call per batch (its while_loop cannot pause), so a stream gets
+    its text in one piece."""
+
+    def __init__(self, exported):
+        self.model, self.tokenizer = exported, exported.tokenizer
+        self.data_cfg, self.decode = exported.config.data, exported.config.decode
+        self.prompts = exported.prompts
+        self.task = exported.info["signature"].get("task", "seq2seq")
+        self.max_new_tokens = exported.info["max_new_tokens"]
+        self.fixed_batch = exported.info.get("batch") if isinstance(exported.info.get("batch"), int) else 0
+
+    def run(self, batch: PromptBatch, rows: list[Row], on_chunk, chunk: int):
+        b = batch.tokens.shape[0]
+        fill = lambda values, pad: values + [pad] * (b - len(values))
+        tokens, lengths, _ = self.model.generate_ids(
+            batch.tokens, batch.lengths, fill([r.seed for r in rows], 0),
+            temperature=fill([r.temperature for r in rows], 0.0), top_k=fill([r.top_k for r in rows], 0),
+            top_p=fill([r.top_p for r in rows], 1.0), max_new_tokens=fill([r.max_new_tokens for r in rows], 0))
+        return tokens[: len(rows)], lengths[: len(rows)]

@@ -1,0 +1,256 @@
+"""``nety-jax serve``: an OpenAI-compatible HTTP server (FastAPI + uvicorn) over the engine.
+
+Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions`` (OpenAI's request and
+response shapes; ``top_k`` as an extension; ``stream: true`` sends server-sent
+events), ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text).
+Every bad request gets a 4xx with an OpenAI-style error naming the field; a full
+queue gets 429; nothing a client sends stops the server.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+from nety_jax.serving.api import ChatRequest, CompletionRequest
+from nety_jax.serving.engine import Engine, Job, QueueFull, Row, random_seed
+
+log = logging.getLogger("nety_jax.serve")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: Optional[str] = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+def error_body(message: str, param: Optional[str] = None, kind: str = "invalid_request_error") -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+class Metrics:
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        self.registry = CollectorRegistry()
+        self.requests = Counter("nety_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
+        self.tokens = Counter("nety_generated_tokens", "tokens generated", registry=self.registry)
+        self.batch_size = Histogram("nety_batch_size", "rows per compiled batch", registry=self.registry,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+        self.latency = Histogram("nety_request_latency_seconds", "request latency", ["endpoint"],
+                                 registry=self.registry,
+                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+        self.queue_depth = Gauge("nety_queue_depth", "requests waiting", registry=self.registry)
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+        return generate_latest(self.registry)
+
+
+def _rows(backend, prompts: list[str], req) -> tuple[list[Row], int]:
+    """Per-row settings from a request: prompts checked against the model, defaults filled."""
+    d = backend.decode
+    max_new = req.max_tokens or min(d.max_new_tokens, backend.max_new_tokens)
+    if max_new > backend.max_new_tokens:
+        raise ApiError(400, f"max_tokens={max_new} is more than this server's maximum of "
+                            f"{backend.max_new_tokens} (nety-jax serve --max-tokens)", "max_tokens")
+    limit = backend.prompts.limit(backend.data_cfg, backend.max_new_tokens)
+    rows, prompt_tokens = [], 0
+    base_seed = req.seed if req.seed is not None else None
+    for p, text in enumerate(prompts):
+        ids = backend.prompts.ids(backend.tokenizer, text.strip(), backend.data_cfg)
+        if not ids:
+            raise ApiError(400, "the prompt has no tokens this model knows", "prompt")
+        if len(ids) > limit:
+            raise ApiError(400, f"the prompt is {len(ids)} tokens; this model takes at most {limit}", "prompt")
+        prompt_tokens += len(ids) * req.n
+        for j in range(req.n):
+            seed = (base_seed + p * req.n + j) % (1 << 32) if base_seed is not None else random_seed()
+            rows.append(Row(ids, d.temperature if req.temperature is None else req.temperature,
+                            d.top_k if req.top_k is None else req.top_k,
+                            d.top_p if req.top_p is None else req.top_p, max_new, seed, tuple(req.stop or ())))
+    return rows, prompt_tokens
+
+
+def _choice(kind: str, index: int, text: Optional[str], finish: Optional[str], delta: bool) -> dict:
+    if kind == "text_completion":
+        return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+    if delta:
+        return {"index": index, "delta": {} if text is None else {"content": text}, "finish_reason": finish}
+    return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+
+
+class Server:
+    def __init__(self, backend, name: str, engine: Engine, metrics: Metrics):
+        self.backend, self.name, self.engine, self.metrics = backend, name, engine, metrics
+
+    async def run(self, request: Request, prompts: list[str], req, kind: str, endpoint: str):
+        rows, prompt_tokens = _rows(self.backend, prompts, req)
+        if len(rows) > self.engine.max_batch:
+            raise ApiError(400, f"{len(rows)} completions in one request; this server batches at most "
+                                f"{self.engine.max_batch} (lower n or send fewer prompts)", "n")
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        job = Job(rows, lambda k, p: loop.call_soon_threadsafe(events.put_nowait, (k, p)), req.stream)
+        try:
+            self.engine.submit(job)
+        except QueueFull:
+            raise ApiError(429, "the server is busy (its request queue is full); retry later", None,
+                           "rate_limit_error") from None
+        meta = {"id": f"{'cmpl' if kind == 'text_completion' else 'chatcmpl'}-{uuid.uuid4().hex[:24]}",
+                "created": int(time.time()), "model": self.name}
+        if req.stream:
+            return StreamingResponse(self._stream(job, events, kind, meta), media_type="text/event-stream")
+        while True:
+            try:
+                event, payload = await asyncio.wait_for(events.get(), timeout=0.25)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    job.cancelled.set()
+                    return JSONResponse(error_body("client disconnected"), status_code=499)
+                continue
+            if event == "error":
+                raise ApiError(500, f"generation failed: {payload}", None, "server_error")
+            if event == "done":
+                break
+        choices = [_choice(kind, i, r.text, r.finish_reason, False) for i, r in enumerate(payload)]
+        completion = sum(r.tokens for r in payload)
+        return JSONResponse({**meta, "object": "chat.completion" if kind != "text_completion" else kind,
+                             "choices": choices, "usage": {"prompt_tokens": prompt_tokens,
+                                                           "completion_tokens": completion,
+                                                           "total_tokens": prompt_tokens + completion}})
+
+    async def _stream(self, job: Job, events: asyncio.Queue, kind: str, meta: dict):
+        obj = "text_completion" if kind == "text_completion" else "chat.completion.chunk"
+        sse = lambda body: f"data: {json.dumps({**meta, 'object': obj, **body})}\n\n"
+        try:
+            if kind != "text_completion":
+                for i in range(len(job.rows)):
+                    yield sse({"choices": [{"index": i, "delta": {"role": "assistant"}, "finish_reason": None}]})
+            while True:
+                event, payload = await events.get()
+                if event == "delta":
+                    index, text = payload
+                    yield sse({"choices": [_choice(kind, index, text, None, True)]})
+                elif event == "error":
+                    yield f"data: {json.dumps(error_body(f'generation failed: {payload}', None, 'server_error'))}\n\n"
+                    break
+                else:
+                    for i, r in enumerate(payload):
+                        yield sse({"choices": [_choice(kind, i, None if kind != "text_completion" else "",
+                                                       r.finish_reason, True)]})
+                    break
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away (or the stream ended): free its rows
+            job.cancelled.set()
+
+
+_FIELDS = set(CompletionRequest.model_fields) | set(ChatRequest.model_fields) | {"role", "content"}
+
+
+def _first_param(exc: RequestValidationError) -> tuple[Optional[str], str]:
+    errors = exc.errors()
+    if not errors:
+        return None, "invalid request"
+    err = errors[0]
+    if err.get("type") == "json_invalid":
+        return None, "malformed JSON body"
+    # pydantic adds union members ("str", "list[str]") to the location: they are not fields
+    loc = [str(x) for x in err.get("loc", ()) if x != "body" and not re.fullmatch(r"[a-z-]+(\[.*\])?", str(x))
+           or isinstance(x, str) and x in _FIELDS]
+    param = ".".join(loc) or None
+    return param, f"{param or 'body'}: {err.get('msg', 'invalid')}"
+
+
+def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64,
+               chunk: int = 8) -> FastAPI:
+    metrics = Metrics()
+    engine = Engine(backend, max_batch=max_batch, window_ms=window_ms, queue_size=queue_size, chunk=chunk,
+                    metrics=metrics)
+    server = Server(backend, name, engine, metrics)
+    app = FastAPI(title="nety-jax", version="1")
+    app.state.server = server
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        endpoint = request.url.path
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        param, message = _first_param(exc)
+        return JSONResponse(error_body(message, param), status_code=400)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        headers = {"Retry-After": "1"} if exc.status == 429 else None
+        return JSONResponse(error_body(exc.message, exc.param, exc.kind), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception):
+        log.exception("request failed")
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", None, "server_error"),
+                            status_code=500)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        return await server.run(request, req.prompt, req, "text_completion", "completions")
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest, request: Request):
+        return await server.run(request, [req.prompt(backend.task)], req, "chat", "chat")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                            "owned_by": "nety-jax"}]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": name, "queue": engine.jobs.qsize(),
+                "max_batch": engine.max_batch, "max_tokens": backend.max_new_tokens}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0.0.1", port: int = 8000,
+          max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64, max_tokens: Optional[int] = None,
+          chunk: int = 8, name: Optional[str] = None) -> int:
+    import os
+
+    import uvicorn
+    from nety_jax.errors import NetyError
+    from nety_jax.serving.engine import ExportedBackend, PretrainedBackend
+    if bool(checkpoint) == bool(exported):
+        raise NetyError("give exactly one of --checkpoint DIR or --exported DIR")
+    for flag, value, low in (("--max-batch", max_batch, 1), ("--queue-size", queue_size, 1), ("--chunk", chunk, 1)):
+        if value < low:
+            raise NetyError(f"{flag}={value} must be >= {low}")
+    if exported:
+        from nety_jax.serving.export import load_exported
+        backend = ExportedBackend(load_exported(exported))
+    else:
+        from nety_jax.serving.pretrained import load_pretrained
+        backend = PretrainedBackend(load_pretrained(checkpoint), max_tokens)
+    name = name or os.path.basename(os.path.abspath(checkpoint or exported))
+    app = create_app(backend, name, max_batch, window_ms, queue_size, chunk)
+    print(f"serving {name} ({backend.task}) on http://{host}:{port}/v1 (max batch {max_batch}, window "
+          f"{window_ms:g} ms, queue {queue_size}, max_tokens {backend.max_new_tokens})", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return 0
