@@ -22,9 +22,14 @@ def default_cache_dir() -> str:
 def enable_compilation_cache(path: Optional[str] = None, min_compile_seconds: float = 0.2) -> Optional[str]:
     """Turns JAX's persistent compilation cache on (``path``: a directory, ``"off"``, or None for
     $NETY_JAX_COMPILE_CACHE or the user cache dir). Returns the directory used, or None."""
+    import warnings
+
     import jax
+    # the cache only saves time: a full or read-only disk must not fill the terminal with warnings
+    warnings.filterwarnings("ignore", message=".*persistent compilation cache.*")
     path = path or os.environ.get(ENV) or default_cache_dir()
     if path.lower() in ("off", "0", "false", "none"):
+        jax.config.update("jax_compilation_cache_dir", None)
         return None
     try:
         os.makedirs(path, exist_ok=True)

@@ -131,17 +131,12 @@ def restore_inference_variables(workdir: str, cfg: Config, step: Optional[int] =
                                       model.abstract_variables())
     target = {"params": abstract["params"],
               "mutables": {k: v for k, v in abstract.items() if k != "params"}}
-    requested = cfg.to_dict()
     manager = ckpt.make_manager(workdir, cfg, read_only=True)
 
     def restore_one(s):
-        state, meta = ckpt.restore_variables(manager, s, target)
-        diffs = ckpt.model_differences(meta.get("config", requested), requested)
-        if diffs:
-            raise CheckpointError(f"{ckpt.checkpoint_dir(workdir)}/{s} does not fit "
-                                  f"{os.path.join(workdir, ckpt.CONFIG_FILE)}: "
-                                  f"{ckpt.describe_differences(diffs)}")
-        return state
+        ckpt.check_fits(ckpt.restore_meta(manager, s), cfg,
+                        f"{ckpt.checkpoint_dir(workdir)}/{s} (for {os.path.join(workdir, ckpt.CONFIG_FILE)})")
+        return ckpt.restore_variables(manager, s, target)
 
     try:
         if step is not None:

@@ -39,11 +39,42 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def _is_restore_noise(exc) -> bool:
+    """After a failed restore, TensorStore callbacks still reach Orbax's closed event loop."""
+    text = f"{type(exc).__name__}: {exc}"
+    return "Event loop is closed" in text or "_read_array_index" in text
+
+
+def _install_noise_filters() -> None:
+    """Drops the 'Event loop is closed' tracebacks a failed restore leaves behind (printed from
+    background threads, possibly after the restore returned); everything else is untouched."""
+    import sys
+    import threading
+    if getattr(sys, "_nety_noise_filters", False):
+        return
+    unraisable, thread_hook, except_hook = sys.unraisablehook, threading.excepthook, sys.excepthook
+
+    def on_unraisable(info):
+        if not (_is_restore_noise(info.exc_value) or "_read_array_index" in repr(info.object)):
+            unraisable(info)
+
+    def on_thread(args):
+        if not _is_restore_noise(args.exc_value):
+            thread_hook(args)
+
+    def on_except(kind, value, tb):
+        if not _is_restore_noise(value):
+            except_hook(kind, value, tb)
+    sys.unraisablehook, threading.excepthook, sys.excepthook = on_unraisable, on_thread, on_except
+    sys._nety_noise_filters = True
+
+
 @contextlib.contextmanager
 def quiet_orbax():
     """Orbax logs routine notices and the errors of a failed restore (with tracebacks) through
     absl; a failed restore is reported once, as one line, by the caller."""
-    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "jax._src.distributed")]
+    _install_noise_filters()
+    loggers = [logging.getLogger(n) for n in ("absl", "orbax", "jax._src.distributed", "asyncio")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL)
@@ -109,9 +140,10 @@ def move_aside(workdir: str, step: int) -> str:
 
 def restore_newest(workdir: str, restore_one: Callable[[int], object], warn: Callable[[str], None],
                    move_damaged: bool = False):
-    """``restore_one(step)`` on the newest step that restores; damaged ones are named in a
-    warning (and moved aside when training goes on from an older step). Returns (result,
-    step) or (None, None) when there is no checkpoint at all."""
+    """``restore_one(step)`` on the newest step that restores. Damaged steps are named in a warning;
+    with ``move_damaged`` (training goes on and will write those step numbers again) they are moved
+    to ``damaged/`` once an older intact step is found, never deleted. Returns (result, step), or
+    (None, None) when there is no checkpoint at all; no intact step is a ``CheckpointError``."""
     steps = steps_on_disk(workdir)
     if not steps:
         return None, None
@@ -123,14 +155,15 @@ def restore_newest(workdir: str, restore_one: Callable[[int], object], warn: Cal
         except CheckpointError:
             raise  # the checkpoint is fine, the request does not fit it
         except Exception as e:  # Orbax and TensorStore raise many types for damaged files
-            failures.append(f"{step} ({_first_line(e)})")
-            where = f"; moved to {move_aside(workdir, step)}" if move_damaged else ""
-            warn(f"warning: checkpoint {checkpoint_dir(workdir)}/{step} is damaged "
-                 f"({_first_line(e)}){where}")
+            failures.append((step, _first_line(e)))
             continue
+        for bad, why in failures:
+            where = f"; moved to {move_aside(workdir, bad)}" if move_damaged else ""
+            warn(f"warning: checkpoint {checkpoint_dir(workdir)}/{bad} is damaged ({why}){where}; "
+                 f"using step {step}")
         return result, step
     raise CheckpointError(f"{checkpoint_dir(workdir)}: no intact checkpoint (damaged: "
-                          f"{', '.join(failures)})")
+                          f"{', '.join(f'{s} ({why[:120]})' for s, why in failures)})")
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state):
@@ -140,16 +173,27 @@ def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state):
     return out.state, out.meta
 
 
+def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
 def restore_variables(manager: ocp.CheckpointManager, step: int, target: dict) -> dict:
     """Only the model variables of a TrainState checkpoint (no optimizer state)."""
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(item=target, partial_restore=True,
-                                     restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
-        meta=ocp.args.JsonRestore()))
+                                     restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
     for path, leaf in jax.tree_util.tree_leaves_with_path(restored.state):
         if isinstance(leaf, jax.ShapeDtypeStruct):  # a partial restore leaves missing leaves abstract
             raise ValueError(f"no {jax.tree_util.keystr(path)} in the checkpoint")
-    return restored.state, restored.meta
+    return restored.state
+
+
+def check_fits(meta: dict, cfg: Config, where: str) -> None:
+    """A checkpoint written by another model config is named field by field (before any array is
+    read, so a shape mismatch is never mistaken for damage)."""
+    diffs = model_differences(meta.get("config", {}), cfg.to_dict())
+    if diffs:
+        raise CheckpointError(f"{where} was written by another model config: {describe_differences(diffs)}")
 
 
 def abstract_of(tree):

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from nety_jax.errors import CheckpointError, TrainingDiverged
+from nety_jax.training.parallel import local
 
 LOCK_FILE = ".lock"
 
@@ -79,7 +80,7 @@ class MetricSums:
 
     def add(self, step: int, metrics) -> None:
         """Reads one step's (device) metrics; a non-finite loss raises ``TrainingDiverged``."""
-        m = jax.device_get(metrics)
+        m = jax.device_get(local(metrics))
         if not np.isfinite(m["loss_sum"]) or not np.isfinite(m["grad_norm"]):
             raise TrainingDiverged(f"non-finite loss at step {step}")
         for k in self.KEYS:

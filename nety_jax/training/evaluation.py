@@ -12,12 +12,13 @@ from nety_jax.config import Config
 from nety_jax.data.batching import eval_batches
 from nety_jax.data.prompts import decode_replies
 from nety_jax.decoding import LoopSpec, SamplingParams, generate_jit
+from nety_jax.training.parallel import local
 
 
 def evaluate(runner, state, batches: list[dict]) -> dict:
     total = None
     for batch in batches:
-        sums = jax.device_get(runner.evaluate(state, batch))
+        sums = jax.device_get(local(runner.evaluate(state, batch)))
         total = sums if total is None else {k: total[k] + sums[k] for k in total}
     tokens = max(float(total["tokens"]), 1.0)
     loss = float(total["nll_sum"]) / tokens
@@ -40,7 +41,7 @@ def reply_scores(model, variables, cfg: Config, tokenizer, val_data) -> dict:
     import sacrebleu
     batch = eval_batches(val_data, n, limit=1)[0]
     max_new = min(cfg.decode.max_new_tokens, cfg.data.max_tgt_len)
-    tokens = greedy_replies(model, variables, batch["src"], batch["src_len"], max_new)
+    tokens = greedy_replies(model, local(variables), batch["src"], batch["src_len"], max_new)
     hyps = decode_replies(tokenizer, tokens, n)
     refs = [tokenizer.decode(batch["targets"][i].tolist()) for i in range(n)]
     return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,

@@ -8,6 +8,7 @@ the run and keeps the last good checkpoint; a checkpoint that cannot be written
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Callable, Optional, Sequence, Union
@@ -17,10 +18,10 @@ from nety_jax.errors import CheckpointError, TrainingDiverged
 from nety_jax.training import checkpoint as ckpt
 from nety_jax.training.control import MetricSums, RunLock, StopFlag
 from nety_jax.training.evaluation import evaluate, reply_scores
-from nety_jax.training.metrics import MetricsWriter, plot_losses
+from nety_jax.training.metrics import MetricsWriter, NullWriter, plot_losses
 from nety_jax.training.optim import make_schedule
-from nety_jax.training.parallel import maybe_initialize_distributed
-from nety_jax.training.setup import Run, data_meta, prepare
+from nety_jax.training.parallel import is_primary, local, maybe_initialize_distributed
+from nety_jax.training.setup import Run, check_workdir, data_meta, prepare
 
 
 class _Saver:
@@ -43,10 +44,15 @@ class _Saver:
         try:
             fn()
         except Exception as e:  # Orbax reports I/O failures of async writes here
+            try:  # let earlier saves finish: they may be intact
+                self.run.manager.wait_until_finished()
+            except Exception:
+                pass
             newest = ckpt.latest_step(self.workdir)
+            kept = f"the newest complete checkpoint is step {newest}" if newest is not None else \
+                "no checkpoint had been written yet"
             raise CheckpointError(f"could not write the checkpoint of step {step} in "
-                                  f"{ckpt.checkpoint_dir(self.workdir)} ({ckpt._first_line(e)}); "
-                                  f"the newest complete checkpoint is step {newest}") from None
+                                  f"{ckpt.checkpoint_dir(self.workdir)} ({ckpt._first_line(e)}); {kept}") from None
 
 
 def _progress(total: int, start: int, enabled: bool):
@@ -116,13 +122,24 @@ def train(cfg: Config, workdir: str, data: Union[str, Sequence[str], None] = Non
     ``data``: a pairs file (seq2seq models) or one or many text files (language
     models); by default the corpus or text shipped with the package.
     """
+    try:
+        return _train(cfg, workdir, data, skip_bad, log, progress)
+    except OSError as e:  # a full disk, a read-only or vanished directory
+        where, newest = e.filename or workdir, ckpt.latest_step(workdir)
+        kept = f"the newest complete checkpoint is step {newest}" if newest is not None else \
+            "no checkpoint had been written yet"
+        raise CheckpointError(f"{where}: cannot write ({e.strerror or e}); {kept}") from None
+
+
+def _train(cfg: Config, workdir: str, data, skip_bad: bool, log, progress: bool) -> dict:
     maybe_initialize_distributed()
+    check_workdir(workdir)
     try:
         os.makedirs(workdir, exist_ok=True)
     except OSError as e:
         raise CheckpointError(f"{workdir}: cannot create the run directory ({e.strerror})") from None
     paths = [data] if isinstance(data, str) else data
-    with RunLock(workdir):
+    with RunLock(workdir) if is_primary() else contextlib.nullcontext():
         run = prepare(cfg, workdir, paths, skip_bad, log)
         if run.start >= run.cfg.train.steps:
             log(f"{workdir} is already at step {run.start} >= train.steps={run.cfg.train.steps}: "
@@ -133,14 +150,15 @@ def train(cfg: Config, workdir: str, data: Union[str, Sequence[str], None] = Non
         log(f"data: {run.data.description}; padding {100 * run.iterator.padding_fraction():.1f}% of "
             f"batch tokens; backend {run.runner.backend} on {run.runner.num_devices} device(s)")
         resumed = run.start if ckpt.steps_on_disk(workdir) else None
-        writer = MetricsWriter(workdir, resume_step=resumed if resumed is not None else 0)
+        writer = MetricsWriter(workdir, resume_step=resumed if resumed is not None else 0) if is_primary() \
+            else NullWriter()
         bar = _progress(run.cfg.train.steps, run.start, progress)
         say = bar.write if bar is not None else log
         saver = _Saver(run, workdir)
         try:
             with StopFlag() as stop:
                 state, val, status = _loop(run, workdir, writer, bar, say, stop, saver)
-            saver.wait(int(state.step))
+            saver.wait(int(local(state.step)))
         except TrainingDiverged as e:
             kept = f"the last good checkpoint (step {saver.last}) is kept" if saver.last is not None \
                 else "no checkpoint had been saved yet"
@@ -154,5 +172,5 @@ def train(cfg: Config, workdir: str, data: Union[str, Sequence[str], None] = Non
             if bar is not None:
                 bar.close()
             writer.close()
-    return {"status": status, "start_step": run.start, "step": int(state.step), "val": val,
-            "plot": plot_losses(workdir), "workdir": workdir}
+    return {"status": status, "start_step": run.start, "step": int(local(state.step)), "val": val,
+            "plot": plot_losses(workdir) if is_primary() else None, "workdir": workdir}

@@ -57,10 +57,21 @@ class MetricsWriter:
         for k, v in clean.items():
             if v is not None and math.isfinite(v):
                 self.tb.add_scalar(f"{split}/{k}", v, step)
+        self.tb.flush()  # on disk at every log line: a kill -9 loses nothing already logged
 
     def close(self) -> None:
         self.file.close()
         self.tb.close()
+
+
+class NullWriter:
+    """The metrics writer of processes other than the first in a multi-host job."""
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -8,8 +8,11 @@ Backends (``train.parallel``):
 - ``shard_map``: ``jax.jit(jax.shard_map(...))`` over a 1-D mesh named 'batch', the
   state replicated (``P()``), the batch split (``P('batch')``). pmap is in
   maintenance mode upstream; this is the same program on the newer API.
-Multi-host: ``jax.distributed.initialize()`` when JAX_COORDINATOR_ADDRESS is set;
-each process feeds its own contiguous slice of every global batch.
+Multi-host (``shard_map``): every process runs the same command with
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set;
+``jax.distributed.initialize`` joins them (gloo collectives on CPU), the mesh
+spans every process's devices and each process feeds its own contiguous slice of
+every global batch. Replicated results are read from the process's own copy.
 """
 from __future__ import annotations
 
@@ -28,9 +31,31 @@ AXIS = "batch"
 
 
 def maybe_initialize_distributed() -> None:
-    """Joins a multi-host job when the usual coordinator environment is set."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
-        jax.distributed.initialize()
+    """Joins a multi-host job when JAX_COORDINATOR_ADDRESS (and JAX_NUM_PROCESSES,
+    JAX_PROCESS_ID) are set. Must run before any JAX computation."""
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if not address or jax.distributed.is_initialized():
+        return
+    try:
+        count, index = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+    except (KeyError, ValueError):
+        raise ConfigError("JAX_COORDINATOR_ADDRESS is set: JAX_NUM_PROCESSES and JAX_PROCESS_ID must be "
+                          "integers too (one command per host, process ids 0..N-1)") from None
+    if os.environ.get("JAX_PLATFORMS", "cpu").startswith("cpu") or not os.environ.get("JAX_PLATFORMS"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=index)
+
+
+def is_primary() -> bool:
+    """Process 0 writes the run directory's shared files (config, tokenizer, metrics)."""
+    return jax.process_index() == 0
+
+
+def local(tree):
+    """This process's copy of replicated (possibly multi-process) arrays."""
+    return jax.tree_util.tree_map(
+        lambda x: x.addressable_data(0) if isinstance(x, jax.Array) and not x.is_fully_addressable else x,
+        tree)
 
 
 class Runner:
@@ -38,6 +63,9 @@ class Runner:
 
     def __init__(self, cfg: Config, model, backend: str | None = None):
         self.backend = backend or cfg.train.parallel
+        if jax.process_count() > 1 and self.backend != "shard_map":
+            raise ConfigError(f"train.parallel={self.backend} runs on one host; a job of "
+                              f"{jax.process_count()} processes needs --parallel shard_map")
         self.num_devices = 1 if self.backend == "none" else jax.local_device_count()
         per_process = cfg.train.batch_size // jax.process_count()
         if cfg.train.batch_size % jax.process_count() or \
@@ -66,9 +94,13 @@ class Runner:
 
     # -- placement -------------------------------------------------------------
     def place_state(self, state):
-        if self.backend == "shard_map":
-            return jax.device_put(state, NamedSharding(self.mesh, P()))
-        return state
+        if self.backend != "shard_map":
+            return state
+        sharding = NamedSharding(self.mesh, P())
+        # from each process's own (identical) host copy: works across processes too
+        return jax.tree_util.tree_map(
+            lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda idx, v=np.asarray(x): v[idx]),
+            jax.device_get(local(state)))
 
     def host_slice(self, batch: dict) -> dict:
         """This process's contiguous share of a global batch."""

@@ -25,10 +25,42 @@ from nety_jax.data.tokenizer import SentencePieceTokenizer, WordTokenizer, load_
 from nety_jax.errors import CheckpointError, ConfigError, DataError
 from nety_jax.models import get_model
 from nety_jax.training import checkpoint as ckpt
-from nety_jax.training.parallel import Runner
+from nety_jax.training.parallel import Runner, is_primary, local
 from nety_jax.training.steps import create_train_state
 
 TOKENIZER_FIELDS = ("tokenizer", "vocab_size", "spm_model_type", "lowercase", "word_split")
+RUN_FILES = {"config.yaml", "tokenizer.json", "tokenizer.model", "vocab.json", "metrics.jsonl", "loss.png",
+             ".lock", "checkpoints", "damaged", "torch_meta.json", "torch_pe.npy"}
+
+
+def check_workdir(workdir: str) -> None:
+    """Training writes only into a new or empty directory or a run directory: never over a
+    directory of someone else's files."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise CheckpointError(f"--workdir {workdir}: is a file, not a run directory")
+    if not os.path.isdir(workdir):
+        return
+    names = set(os.listdir(workdir))
+    foreign = sorted(n for n in names - RUN_FILES if not n.startswith(("events.out.tfevents", "metrics.jsonl")))
+    if foreign and "config.yaml" not in names:
+        raise CheckpointError(f"--workdir {workdir}: is not empty and not a nety-jax run directory "
+                              f"(it holds {foreign[0]!r}); choose a new or empty directory")
+
+
+def check_memory(model, cfg: Config) -> None:
+    """Parameters, gradients and Adam's two moments must fit in this machine's memory."""
+    from nety_jax.models.base import count_params
+    params = count_params(model.abstract_variables()["params"])
+    need = 16 * params
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > 0.9 * have:
+        sizes = ", ".join(f"model.{k}={getattr(cfg.model, k)}" for k in ("vocab_size", "d_model", "max_len")
+                          if hasattr(cfg.model, k))
+        raise ConfigError(f"model: {params:,} parameters need about {need / 2**30:.1f} GB with gradients and "
+                          f"Adam state; this machine has {have / 2**30:.1f} GB ({sizes})")
 
 
 @dataclasses.dataclass
@@ -111,7 +143,7 @@ def reconcile(saved: Config, requested: Config) -> list[str]:
     s, r = saved.to_dict(), requested.to_dict()
     refused = ckpt.model_differences(s, r)
     refused += [f"data.{k}: saved {s['data'][k]!r}, requested {r['data'][k]!r} (the tokenizer is fixed)"
-                for k in TOKENIZER_FIELDS if s["data"][k] != r["data"][k] and k != "vocab_size"]
+                for k in TOKENIZER_FIELDS if s["data"][k] != r["data"][k]]
     if saved.train.seed != requested.train.seed:
         refused.append(f"train.seed: saved {saved.train.seed}, requested {requested.train.seed} "
                        "(the validation split depends on it)")
@@ -128,17 +160,13 @@ def reconcile(saved: Config, requested: Config) -> list[str]:
 def _restore(cfg: Config, model, workdir: str, state, manager, log):
     """The newest intact checkpoint into ``state``'s structure: (state, meta, step) or None."""
     abstract = ckpt.abstract_of(state)
-    requested = cfg.to_dict()
 
     def restore_one(step):
-        meta = manager.restore(step, args=ckpt.ocp.args.Composite(meta=ckpt.ocp.args.JsonRestore())).meta
-        diffs = ckpt.model_differences(meta.get("config", requested), requested)
-        if diffs:
-            raise CheckpointError(f"{ckpt.checkpoint_dir(workdir)}/{step} was written by another model "
-                                  f"config: {ckpt.describe_differences(diffs)}")
+        ckpt.check_fits(ckpt.restore_meta(manager, step), cfg, f"{ckpt.checkpoint_dir(workdir)}/{step}")
         return ckpt.restore_state(manager, step, abstract)
 
-    result, step = ckpt.restore_newest(workdir, restore_one, log, move_damaged=True)
+    result, step = ckpt.restore_newest(workdir, restore_one, log, move_damaged=is_primary())
+    manager.reload()  # damaged steps may have moved out
     return None if result is None else (*result, step)
 
 
@@ -147,6 +175,7 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
     if cfg.model.quant != "none":
         raise ConfigError(f"model.quant={cfg.model.quant} is for inference: train the float32 run and "
                           "quantize it again")
+    check_workdir(workdir)
     os.makedirs(workdir, exist_ok=True)
     task = get_model(cfg.model).task
     paths = list(paths) if paths else default_paths(task)
@@ -164,9 +193,13 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
         if os.path.isfile(os.path.join(workdir, "tokenizer.json")):
             log(f"retraining the tokenizer in {workdir}: no checkpoint was trained with it")
         tokenizer = build_tokenizer(cfg, texts)
+    if not has_checkpoint and tokenizer.vocab_size < cfg.data.vocab_size:
+        log(f"tokenizer: {tokenizer.vocab_size} ids (data.vocab_size={cfg.data.vocab_size} is more than "
+            "this text supports)")
     cfg = cfg.replace_model(vocab_size=tokenizer.vocab_size)
     notes = reconcile(saved_cfg, cfg) if has_checkpoint else []
     model = get_model(cfg.model)
+    check_memory(model, cfg)
     data = encode(cfg, task, tokenizer, train_items, val_items, ", ".join(paths))
     if data.truncated:
         log(f"cut {data.truncated} pairs longer than data.max_src_len={cfg.data.max_src_len} / "
@@ -180,12 +213,13 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
     start, position = 0, {"epoch": 0, "index": 0}
     if restored is not None:
         state, meta, step = restored
-        start = int(state.step)
+        start = int(local(state.step))
         log(f"resumed from {workdir} at step {start}" + (f"; honoured: {', '.join(notes)}" if notes else ""))
         position = _data_position(meta.get("data", {}), data, cfg, log)
-    if not has_checkpoint:
-        tokenizer.save(workdir)
-    save_config(cfg, os.path.join(workdir, ckpt.CONFIG_FILE))
+    if is_primary() and start < cfg.train.steps:  # a run that has nothing to do changes nothing
+        if not has_checkpoint:
+            tokenizer.save(workdir)
+        save_config(cfg, os.path.join(workdir, ckpt.CONFIG_FILE))
     iterator = BatchIterator(data.train, cfg.train.batch_size, cfg.train.seed, **position)
     val_batches = eval_batches(data.val, cfg.train.batch_size, cfg.train.eval_batches) if len(data.val) else []
     return Run(cfg, model, tokenizer, data, runner, runner.place_state(state), manager, start, iterator,
