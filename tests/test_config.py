@@ -61,3 +61,51 @@ def test_defaults_are_valid_and_frozen():
         cfg.model.d_model = 3  # frozen
     assert from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
     assert apply_overrides({}, ["decode.top_k=5"]) == {"decode": {"top_k": 5}}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.max_len=100000000", "model.max_len=100000000 is too large"),
+    ("model.vocab_size=99999999999", "model.vocab_size=99999999999 is too large"),
+    ("model.d_model=1000000", "model.d_model=1000000 is too large"),
+    ("data.vocab_size=5", "data.vocab_size=5 must be > 8"),
+    ("train.learning_rate=.nan", "train.learning_rate=nan must be a finite number"),
+    ("train.learning_rate=.inf", "train.learning_rate=inf must be a finite number"),
+    ("decode.temperature=.nan", "decode.temperature=nan must be a finite number"),
+    ("decode.length_penalty=-1", "decode.length_penalty=-1.0 must be >= 0"),
+    ("decode.max_new_tokens=100000", "decode.max_new_tokens=100000 is too large"),
+    ("decode.top_k=-1", "decode.top_k=-1 must be >= 0"),
+    ("model.arch=transformer", "model.arch='transformer' must be one of hybrid, gpt, rnn_lm"),
+    ("model.quant=int4", "model.quant='int4' must be one of none, int8"),
+    ("data.word_split=chars", "data.word_split='chars' must be one of whitespace, punctuation"),
+    ("train.batch_size=true", "train.batch_size=True must be an integer"),
+    ("model.head_dims=[0, 8]", "model.head_dims=[0, 8] must be positive integers"),
+])
+def test_every_field_is_checked_by_name(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- a\n- b\n", "the top level must be a mapping of sections"),
+    ("42\n", "the top level must be a mapping of sections"),
+    ("model: [1, 2]\n", "section 'model' must be a mapping"),
+    ("train: 3\n", "section 'train' must be a mapping"),
+    ("model:\n  arch: gpt\n  enc_heads: 4\n", "unknown field model.enc_heads"),
+])
+def test_malformed_config_files_are_named(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert str(path) in str(err.value) and message in str(err.value)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(str(tmp_path))
+
+
+def test_the_gpt_and_rnn_configs_load_and_check_their_windows():
+    from conftest import CONFIGS
+    for name in ("gpt2_124m.yaml", "gpt_tiny.yaml", "rnn_lm.yaml"):
+        load_config(str(CONFIGS / name))
+    with pytest.raises(ConfigError, match="data.seq_len=2048 must be <= model.max_len=1024"):
+        load_config(str(CONFIGS / "gpt2_124m.yaml"), ["data.seq_len=2048"])

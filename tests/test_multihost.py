@@ -1,0 +1,90 @@
+"""Multi-host for real: 2 processes on localhost (JAX's distributed runtime, gloo CPU collectives,
+2 fake devices each) against 1 process over 4 devices."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from nety_jax.training.checkpoint import steps_on_disk
+from conftest import ROOT, TINY
+
+pytestmark = pytest.mark.slow
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _args(workdir, steps):
+    return [sys.executable, "-m", "nety_jax.cli", "train", "--config", TINY, "--workdir", str(workdir),
+            "--steps", str(steps), "--no-progress", "--parallel", "shard_map", "--set", "train.batch_size=16",
+            "--set", "train.log_every=1", "--set", "train.checkpoint_every=2", "--set", "train.eval_every=1000",
+            "--set", "data.vocab_size=120", "--set", "train.warmup_steps=1", "--set", "model.dropout=0.1",
+            "--set", "train.optimizer=adam", "--set", "train.eps=1e-6", "--set", "train.bleu_samples=0"]
+
+
+def _env(devices: int, process: int = None, port: int = None) -> dict:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(key, None)
+    if process is not None:
+        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(process))
+    return env
+
+
+def two_processes(workdir, steps, kill_after=None):
+    port = _port()
+    procs = [subprocess.Popen(_args(workdir, steps), cwd=ROOT, env=_env(2, i, port), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    if kill_after is not None:  # kill -9 both once a checkpoint after step kill_after exists
+        deadline = time.time() + 240
+        while time.time() < deadline and max(steps_on_disk(str(workdir)) or [0]) <= kill_after:
+            time.sleep(0.05)
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    return [p.returncode for p in procs], outs
+
+
+def one_process(workdir, steps):
+    done = subprocess.run(_args(workdir, steps), cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _params(workdir):
+    from nety_jax.serving.pretrained import load_pretrained
+    return jax.device_get(load_pretrained(str(workdir), warn=lambda *_: None).variables)
+
+
+def _max_diff(a, b):
+    return max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)))
+
+
+def test_two_processes_equal_one_process_resume_after_kill_and_across(tmp_path):
+    two, one = tmp_path / "two", tmp_path / "one"
+    # kill -9 both processes once a checkpoint exists; the same command resumes them
+    codes, _ = two_processes(two, 10, kill_after=2)  # the same --steps: the same schedule
+    assert codes == [-signal.SIGKILL] * 2
+    complete = steps_on_disk(str(two))
+    assert complete and complete[-1] < 10
+    codes, outs = two_processes(two, 10)
+    assert codes == [0, 0] and all(f"at step {complete[-1]}" in o for o in outs), (complete, outs)
+    one_process(one, 10)
+    # the same global batch, mesh and math (and the resumed run continues exactly); only the
+    # order of cross-process sums differs
+    assert _max_diff(_params(two), _params(one)) < 1e-5
+    # a 2-process checkpoint resumes in 1 process, and a 1-process one in 2 processes
+    assert "at step 10" in one_process(two, 12)
+    codes, outs = two_processes(one, 12)
+    assert codes == [0, 0] and all("at step 10" in o for o in outs), outs
+    assert steps_on_disk(str(two))[-1] == 12 and steps_on_disk(str(one))[-1] == 12
