@@ -32,6 +32,7 @@ class PromptBatch:
     lengths: np.ndarray  # (B',) int32
     count: int  # real prompts (the first rows)
     cut: list[int]  # indices of prompts that were cut to fit
+    texts: list[str] = dataclasses.field(default_factory=list)  # the prompts as given (stripped)
 
 
 def check_prompt(i: int, text) -> str:
@@ -53,9 +54,10 @@ def encode_prompts(policy, tokenizer, texts: Sequence[str], data_cfg, max_new_to
     if limit < 1:
         raise NetyError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt "
                         f"(model.max_len={policy.model_cfg.max_len})")
-    rows, cut = [], []
+    rows, cut, given = [], [], []
     for i, text in enumerate(texts):
-        ids = policy.ids(tokenizer, check_prompt(i, text), data_cfg)
+        given.append(check_prompt(i, text))
+        ids = policy.ids(tokenizer, given[-1], data_cfg)
         if not ids:
             raise NetyError(f"prompt {i + 1} has no tokens the model knows")
         if len(ids) > limit:
@@ -73,14 +75,22 @@ def encode_prompts(policy, tokenizer, texts: Sequence[str], data_cfg, max_new_to
         lengths[i] = len(ids)
     if b > len(rows):
         tokens[len(rows):, 0] = rows[0][0]  # filler rows: a valid one-token prompt
-    return PromptBatch(tokens, lengths, len(rows), cut)
+    return PromptBatch(tokens, lengths, len(rows), cut, given)
 
 
 def decode_replies(tokenizer, tokens, n: int, prompts: PromptBatch | None = None) -> list[str]:
     """Generated ids -> texts; with ``prompts``, each text is its prompt continued (decoded as one
-    sequence, so a continuation that finishes the prompt's last word joins it)."""
+    sequence, so a continuation that finishes the prompt's last word joins it). The prompt is
+    kept as the user wrote it (case, spacing) wherever its decoding is a prefix of the whole."""
     tokens = np.asarray(tokens)
     if prompts is None:
         return [tokenizer.decode(tokens[i].tolist()) for i in range(n)]
-    return [tokenizer.decode(prompts.tokens[i, : prompts.lengths[i]].tolist() + tokens[i].tolist())
-            for i in range(n)]
+    return [_with_prompt(tokenizer, prompts, i, tokens[i].tolist()) for i in range(n)]
+
+
+def _with_prompt(tokenizer, prompts: PromptBatch, i: int, new: list[int]) -> str:
+    ids = prompts.tokens[i, : prompts.lengths[i]].tolist()
+    whole, head = tokenizer.decode(ids + new), tokenizer.decode(ids)
+    if i < len(prompts.texts) and i not in prompts.cut and whole.startswith(head):
+        return prompts.texts[i] + whole[len(head):]
+    return whole
