@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-quality clean
 
 $(BIN)/nety-jax: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ demo: install
 	@echo "loss curves: $(DEMO_DIR)/loss.png   chat: $(BIN)/nety-jax chat --checkpoint $(DEMO_DIR)"
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope tests
 
 $(VENV)/.bench: $(BIN)/nety-jax
 	$(BIN)/pip install -q -e ".[test,bench]"
@@ -36,6 +36,9 @@ $(VENV)/.bench: $(BIN)/nety-jax
 
 bench: $(VENV)/.bench
 	$(BIN)/python scripts/bench.py
+
+bench-quality: $(VENV)/.bench
+	$(BIN)/python scripts/bench_quality.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

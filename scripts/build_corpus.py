@@ -2,7 +2,8 @@
 
 Written for this project: hand-written templates and vocabularies, expanded
 deterministically (a fixed seed picks the phrasings), duplicates dropped.
-Run: python scripts/build_corpus.py [--check]
+Each pair names its template ("template"), so a split can hold out whole templates
+(scripts/bench_quality.py). Run: python scripts/build_corpus.py [--check]
 """
 from __future__ import annotations
 
@@ -270,9 +271,22 @@ def _variants(text):
 
 
 def _fixed():
-    for inp, tgt in GREETINGS + ABOUT + SMALL_TALK:
+    for i, (inp, tgt) in enumerate(GREETINGS + ABOUT + SMALL_TALK):
         for variant in _variants(inp):
-            yield variant, tgt
+            yield variant, tgt, f"fixed:{i}"
+
+
+def _templated(gen):
+    """(input, target, template) for each pair of a generator. The template names what made
+    the pair: the fixed message and its variants, or the generator and its yield statement
+    (so every pair of one template shares its wording), for splits that hold out templates."""
+    it = gen()
+    for item in it:
+        if len(item) == 3:
+            yield item
+        else:
+            line = it.gi_frame.f_lineno - gen.__code__.co_firstlineno
+            yield (*item, f"{gen.__name__.strip('_')}:{line}")
 
 
 def build_pairs(seed: int = 2026) -> list[dict]:
@@ -280,10 +294,10 @@ def build_pairs(seed: int = 2026) -> list[dict]:
     pairs, seen = [], set()
     for gen in (_fixed, _greetings_named, _feelings, _weather, _food, _hobbies, _work, _tasks,
                 _plans, _time, _arithmetic):
-        for inp, tgt in gen():
+        for inp, tgt, template in _templated(gen):
             if (inp, tgt) not in seen:
                 seen.add((inp, tgt))
-                pairs.append({"input": inp, "target": tgt})
+                pairs.append({"input": inp, "target": tgt, "template": template})
     rng.shuffle(pairs)
     return pairs
 

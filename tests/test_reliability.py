@@ -149,6 +149,7 @@ def _damage(run, kind):
 
 DAMAGE = ["truncated file", "missing file", "truncated _METADATA", "deleted step folder",
           "empty newer step folder", "half-written step folder"]
+CLI_KINDS = ("truncated file", "empty newer step folder")
 
 
 @pytest.mark.parametrize("kind", DAMAGE)
@@ -162,10 +163,11 @@ def test_damaged_checkpoints_fall_back_to_the_newest_intact_step(two_checkpoints
     assert len(warnings) == (damaged is not None)
     if damaged:
         assert f"checkpoints/{damaged} is damaged" in warnings[0] and f"using step {intact}" in warnings[0]
-    gen = cli("generate", "--checkpoint", str(run), "--prompt", "Bonjour !")
-    assert gen.returncode == 0 and "Traceback" not in gen.stderr, gen.stderr
-    assert len(gen.stderr.strip().splitlines()) == (damaged is not None), gen.stderr
-    assert cli("export", "--checkpoint", str(run), "--out", str(tmp_path / "export")).returncode == 0
+    if kind in CLI_KINDS:  # the commands share load_pretrained's fallback: two kinds suffice
+        gen = cli("generate", "--checkpoint", str(run), "--prompt", "Bonjour !")
+        assert gen.returncode == 0 and "Traceback" not in gen.stderr, gen.stderr
+        assert len(gen.stderr.strip().splitlines()) == (damaged is not None), gen.stderr
+        assert cli("export", "--checkpoint", str(run), "--out", str(tmp_path / "export")).returncode == 0
     resumed = cli(*train_args(run, 24, "--set", "train.keep_latest=3"))
     assert resumed.returncode == 0, resumed.stderr
     assert f"at step {intact}" in resumed.stdout

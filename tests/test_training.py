@@ -109,7 +109,7 @@ def _params(workdir):
 
 
 def test_sigterm_saves_and_resume_is_exact(tmp_path):
-    steps = 400
+    steps = 150
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_cli(killed, steps), cwd=ROOT, env=env, stdout=subprocess.PIPE,
