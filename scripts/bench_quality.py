@@ -66,7 +66,7 @@ class Budget:
     def __init__(self, quick: bool):
         self.quick = quick
         self.synth_steps = 60 if quick else 400  # the variants table (three tasks side by side)
-        self.headline_steps = 60 if quick else 1500  # reverse: defaults and parity
+        self.headline_steps = 60 if quick else 2500  # reverse: defaults and parity
         self.synth_train = 4000 if quick else 40000
         self.synth_test = 64 if quick else 192
         self.dialogue_steps = 60 if quick else 400
@@ -319,7 +319,7 @@ def main() -> int:
                    "(never written by --only runs)")
     p.add_argument("--only", choices=("synthetic", "reverse", "dialogue", "ablation"),
                    help="one part only (reverse: the two long reverse runs)")
-    p.add_argument("--headline-steps", type=int, help="steps of the long reverse runs (default 1500)")
+    p.add_argument("--headline-steps", type=int, help="steps of the long reverse runs (default 2500)")
     args = p.parse_args()
     b, start = Budget(args.quick), time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
