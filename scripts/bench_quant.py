@@ -19,7 +19,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -55,15 +54,8 @@ def speed(repeats: int) -> list[tuple]:
 
 
 def trained(path: str) -> str:
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        return path
-    import subprocess
-    out = tempfile.mkdtemp(prefix="bench-quant-run-")
-    print(f"[bench_quant] no run in {path}: training the demo config for 400 steps in {out}", flush=True)
-    subprocess.run([sys.executable, "-m", "nety_jax.cli", "train", "--config", os.path.join(ROOT, "configs", "demo.yaml"),
-                    "--workdir", out, "--steps", "400", "--no-progress", "--set", "train.eval_every=400"],
-                   cwd=ROOT, check=True, capture_output=True)
-    return out
+    from demo_run import demo_run
+    return demo_run(path, 400, "bench_quant")
 
 
 def quality(checkpoint: str, limit: int = 200) -> dict:

@@ -31,14 +31,8 @@ PROMPTS = ["Bonjour !", "Comment tu t'appelles ?", "Je me sens fatigué ce soir.
 
 
 def ensure_checkpoint(path: str) -> str:
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        return path
-    out = tempfile.mkdtemp(prefix="bench-serve-run-")
-    print(f"[bench_serve] no run in {path}: training a demo-size model briefly in {out}", flush=True)
-    subprocess.run([sys.executable, "-m", "nety_jax.cli", "train", "--config", os.path.join(ROOT, "configs", "demo.yaml"),
-                    "--workdir", out, "--steps", "60", "--no-progress", "--set", "train.eval_every=60",
-                    "--set", "train.warmup_steps=10"], cwd=ROOT, check=True, capture_output=True)
-    return out
+    from demo_run import demo_run
+    return demo_run(path, 60, "bench_serve", warmup=10)
 
 
 def free_port() -> int:
