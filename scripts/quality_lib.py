@@ -121,6 +121,9 @@ def greedy(run: SeedRun, i: int, sources: list[str], batch: int = 128) -> list[s
 def nll_nats(run: SeedRun, i: int, pairs, batch: int = 64) -> float:
     """Summed negative log-likelihood (nats) of the targets (every token, <eos> included)."""
     data = encode_pairs(pairs, run.tokenizer, run.cfg.data)
+    if data.truncated:  # a cut reply would leave its tail's bits out of bits per character
+        raise ValueError(f"{data.truncated} scored pairs are longer than data.max_src_len / "
+                         f"data.max_tgt_len ({run.cfg.data.max_src_len} / {run.cfg.data.max_tgt_len})")
     variables, total = run.variables(i), 0.0
     fn = jax.jit(lambda v, b: run.model.loss_sums(v, b, train=False, label_smoothing=0.0)[0]["nll_sum"])
     for start in range(0, len(data), batch):
@@ -141,6 +144,28 @@ def text_scores(hyps: list[str], refs: list[str]) -> dict:
             "chrf": CHRF().corpus_score(hyps, [refs]).score}
 
 
+class SpellingModel:
+    """Characters of a word a closed-vocabulary model cannot name: a character bigram model
+    (add-k smoothing, start and end of word) fitted on the training words. A word model scores
+    an unknown word as p(<unk>) times this; it is what makes its bits per character comparable
+    with an open-vocabulary (SentencePiece) model's, which spells such words itself."""
+
+    def __init__(self, words, k: float = 0.1):
+        self.k, self.pairs, self.context, alphabet = k, {}, {}, set()
+        for w in set(words):
+            s = "^" + w + "$"
+            for a, b in zip(s, s[1:]):
+                self.pairs[a, b] = self.pairs.get((a, b), 0) + 1
+                self.context[a] = self.context.get(a, 0) + 1
+                alphabet.add(b)
+        self.symbols = len(alphabet) + 1  # + one for characters never seen
+
+    def nats(self, word: str) -> float:
+        s = "^" + word + "$"
+        return -sum(math.log((self.pairs.get((a, b), 0) + self.k) /
+                             (self.context.get(a, 0) + self.k * self.symbols)) for a, b in zip(s, s[1:]))
+
+
 # NETY's recipe, in the PyTorch re-creation ------------------------------------------------------
 
 NETY_PAD = 50
@@ -148,10 +173,11 @@ NETY_PAD = 50
 
 class NetyRecipe:
     """NETY's training as published: whitespace word vocabulary of the lowercased text (built,
-    as NETY does, on every text it is given), both sides padded or cut to 50, Adam lr 1e-4,
-    batch 4, cross-entropy ignoring padding. One change, in NETY's favour: targets get
-    <sos> ... <eos> (NETY adds neither, so its model could not be scored on a reply's first
-    word or its end, and its generation would start from a token it never saw)."""
+    as NETY does, on every text it is given: pass the training texts for a fair held-out
+    score), both sides padded or cut to 50, Adam lr 1e-4, batch 4, cross-entropy ignoring
+    padding. One change, in NETY's favour: targets get <sos> ... <eos> (NETY adds neither, so
+    its model could not be scored on a reply's first word or its end, and its generation would
+    start from a token it never saw)."""
 
     def __init__(self, all_texts: list[str], dims: dict, seed: int = 0):
         import torch
@@ -203,6 +229,18 @@ class NetyRecipe:
                     logits.reshape(-1, logits.shape[-1]), tgt[:, 1:].reshape(-1), ignore_index=0,
                     reduction="sum"))
         return total
+
+    def unknown_words(self, texts: list[str]) -> list[str]:
+        """The words of ``texts`` outside the vocabulary (scored as <unk>)."""
+        return [w for t in texts for w in self.tokenizer.words(t) if w not in self.tokenizer.word_to_idx]
+
+    def open_vocab_nats(self, pairs, spelling: SpellingModel) -> float:
+        """NLL of the targets with every unknown word's spelling charged: p(<unk>) * p(spelling)."""
+        too_long = [t for _, t in pairs if len(self.tokenizer.words(t)) + 2 > NETY_PAD]
+        if too_long:
+            raise ValueError(f"{len(too_long)} scored replies are longer than NETY's {NETY_PAD} words")
+        extra = sum(spelling.nats(w) for w in self.unknown_words([t for _, t in pairs]))
+        return self.nll_nats(pairs) + extra
 
     def greedy(self, sources: list[str], max_new: int = 40) -> list[str]:
         """NETY's loop (the whole prefix rerun each step), greedy and batched."""
