@@ -60,7 +60,8 @@ ABLATIONS = {"defaults": [],
              "constant schedule": ["train.schedule=constant"],
              "tokenizer 400 (default 1000)": ["data.vocab_size=400"]}
 BUCKETS = [(4, 13), (14, 22), (23, 31), (32, 40), (41, 48)]
-DIALOGUE = ["train.warmup_steps=30", "data.bucket_multiple=16", "train.eval_every=100000", "decode.max_new_tokens=64"]
+DIALOGUE = ["train.warmup_steps=30", "data.bucket_multiple=16", "train.eval_every=100000", "decode.max_new_tokens=64",
+            "data.max_src_len=48", "data.max_tgt_len=96"]  # nothing cut, with the 400-piece tokenizer too
 
 
 class Budget:

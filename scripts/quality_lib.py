@@ -42,9 +42,16 @@ class SeedRun:
     seeds: list[int]
     seconds: float = 0.0
     curve: list[tuple[int, list[float]]] = field(default_factory=list)
+    _nll: object = None
 
     def variables(self, i: int) -> dict:
         return jax.tree_util.tree_map(lambda x: x[i], self.states.variables)
+
+    def nll_sum(self, variables: dict, batch: dict):
+        """Summed NLL of a batch's targets (one jitted function per run, not one per call)."""
+        if self._nll is None:
+            self._nll = jax.jit(lambda v, b: self.model.loss_sums(v, b, train=False, label_smoothing=0.0)[0]["nll_sum"])
+        return self._nll(variables, batch)
 
 
 def train_seeds(cfg: Config, datasets, seeds: list[int], tokenizer=None, probe=None,
@@ -125,9 +132,8 @@ def nll_nats(run: SeedRun, i: int, pairs, batch: int = 64) -> float:
         raise ValueError(f"{data.truncated} scored pairs are longer than data.max_src_len / "
                          f"data.max_tgt_len ({run.cfg.data.max_src_len} / {run.cfg.data.max_tgt_len})")
     variables, total = run.variables(i), 0.0
-    fn = jax.jit(lambda v, b: run.model.loss_sums(v, b, train=False, label_smoothing=0.0)[0]["nll_sum"])
     for start in range(0, len(data), batch):
-        total += float(fn(variables, data.collate(np.arange(start, min(start + batch, len(data))))))
+        total += float(run.nll_sum(variables, data.collate(np.arange(start, min(start + batch, len(data))))))
     return total
 
 
