@@ -58,7 +58,7 @@ def cmd_info(args) -> int:
     rows = get_model(cfg.model).parameter_rows()
     width = max(len(name) for name, _ in rows)
     print(f"model.arch: {cfg.model.arch}, vocabulary {cfg.model.vocab_size:,}"
-          + (f" (the run's tokenizer)" if args.checkpoint else ""))
+          + (" (the run's tokenizer)" if args.checkpoint else ""))
     print(f"{'module':<{width}}  {'parameters':>12}")
     print("-" * (width + 14))
     for name, count in rows:

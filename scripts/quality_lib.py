@@ -67,7 +67,7 @@ def train_seeds(cfg: Config, datasets, seeds: list[int], tokenizer=None, probe=N
     tokenizer = tokenizer or build_tokenizer(cfg, [t for pairs in sets for p in pairs for t in p])
     cfg = cfg.replace_model(vocab_size=tokenizer.vocab_size)
     model = get_model(cfg.model)
-    data = [encode_pairs(pairs, tokenizer, cfg.data) for pairs in sets]
+    data = [encode_pairs(pairs, tokenizer, cfg.data, training=True) for pairs in sets]
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
     start = time.perf_counter()
     states = jax.jit(jax.vmap(lambda k: create_train_state(model, cfg.train, k)))(keys)

@@ -79,11 +79,17 @@ def test_defaults_are_valid_and_frozen():
     ("data.word_split=chars", "data.word_split='chars' must be one of whitespace, punctuation"),
     ("train.batch_size=true", "train.batch_size=True must be an integer"),
     ("model.head_dims=[0, 8]", "model.head_dims=[0, 8] must be positive integers"),
+    ("data.subword_alpha=1.5", "data.subword_alpha=1.5 must be in [0, 1]"),
 ])
 def test_every_field_is_checked_by_name(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert message in str(err.value)
+
+
+def test_subword_sampling_needs_sentencepiece():
+    with pytest.raises(ConfigError, match="data.subword_alpha=0.3 samples SentencePiece segmentations"):
+        load_config(None, ["data.subword_alpha=0.3", "data.tokenizer=word"])
 
 
 @pytest.mark.parametrize("text, message", [

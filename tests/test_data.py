@@ -101,7 +101,6 @@ def test_targets_are_framed_and_cut():
 
 def test_iterator_is_deterministic_resumable_and_bucketed():
     data, _ = _encoded()
-    cfg = DataConfig(max_src_len=16, max_tgt_len=16)
     it = BatchIterator(data, 8, seed=3)
     first = [next(it) for _ in range(50)]  # crosses an epoch boundary (37 batches an epoch)
     resumed = BatchIterator(data, 8, seed=3, **{"epoch": 0, "index": 20})
@@ -115,6 +114,27 @@ def test_iterator_is_deterministic_resumable_and_bucketed():
     assert it.padding_fraction() < 0.5
 
 
+def test_subword_sampling_resegments_batches_deterministically():
+    pairs = read_pairs(default_corpus_path(), DataConfig()).pairs[:200]
+    tok = SentencePieceTokenizer.train([t for p in pairs for t in p], 300)
+    cfg = DataConfig(max_src_len=48, max_tgt_len=96, subword_alpha=0.3)
+    fixed = encode_pairs(pairs, tok, cfg)  # not trained on: never sampled
+    data = encode_pairs(pairs, tok, cfg, training=True)
+    assert fixed.sampler is None and data.sampler is not None
+    idx = np.arange(16)
+    a, b, plain = data.collate(idx), data.collate(idx), fixed.collate(idx)
+    for k in a:  # the same batch position gives the same batch (exact resume)
+        np.testing.assert_array_equal(a[k], b[k])
+    assert fixed.truncated == 0 and plain["targets"].shape[0] == 16
+    changed = 0
+    for row, i in enumerate(idx):  # another segmentation of the same text, never cut
+        ids = [t for t in a["targets"][row] if t != PAD_ID]
+        assert ids[-1] == EOS_ID and tok.decode(ids) == pairs[i][1]
+        assert tok.decode(a["src"][row][: a["src_len"][row]]) == pairs[i][0]
+        changed += ids != fixed.reference(i)
+    assert changed >= 4  # most rows sampled another segmentation than the best one
+
+
 def test_split_and_eval_batches():
     pairs = [(str(i), str(i)) for i in range(101)]
     train, val = split_pairs(pairs, 0.1, seed=0)
@@ -122,3 +142,12 @@ def test_split_and_eval_batches():
     data, _ = _encoded(21)
     batches = eval_batches(data, 8)
     assert len(batches) == 3 and batches[-1]["weight"].tolist() == [1] * 5 + [0] * 3
+
+
+def test_subword_sampling_is_refused_for_token_streams():
+    from nety_jax.config import load_config
+    from nety_jax.errors import ConfigError
+    from nety_jax.training.setup import encode
+    cfg = load_config(None, ["data.subword_alpha=0.2"])
+    with pytest.raises(ConfigError, match="data.subword_alpha=0.2 re-segments"):
+        encode(cfg, "lm", None, ["a b"], ["a"], "x.txt")

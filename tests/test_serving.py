@@ -1,7 +1,5 @@
 """Per-row runtime sampling settings, the HTTP server, and int8 weights."""
 import concurrent.futures as futures
-import json
-import os
 import re
 import socket
 import subprocess

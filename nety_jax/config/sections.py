@@ -63,6 +63,9 @@ class DataConfig:
     spm_model_type: str = "unigram"  # unigram | bpe
     vocab_size: int = 8000
     lowercase: bool = False
+    # subword regularization (Kudo 2018): each training batch re-segments its pairs by sampling
+    # SentencePiece segmentations (unigram: smoothing alpha; bpe: BPE-dropout rate); 0: off
+    subword_alpha: float = 0.0
 
     def validate(self) -> None:
         s = "data"
@@ -80,6 +83,10 @@ class DataConfig:
         F.at_most(s, self, "vocab_size", MAX_VOCAB, "embedding tables of that size do not fit")
         if self.val_fraction is not None and not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in [0, 1)")
+        F.probability(s, self, "subword_alpha")
+        if self.subword_alpha > 0 and self.tokenizer != "sentencepiece":
+            raise ConfigError(f"data.subword_alpha={self.subword_alpha} samples SentencePiece "
+                              f"segmentations: it needs data.tokenizer=sentencepiece, not {self.tokenizer!r}")
         if not self.input_key or not self.target_key:
             raise ConfigError("data.input_key and data.target_key must be non-empty")
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zlib
 from importlib import resources
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -117,12 +118,20 @@ def _round_up(n: int, multiple: int) -> int:
 
 @dataclasses.dataclass
 class Encoded:
-    """Token ids of a split: sources without <sos>; targets as <sos> ... <eos>."""
+    """Token ids of a split: sources without <sos>; targets as <sos> ... <eos>.
+
+    With ``sampler`` (training pairs under ``data.subword_alpha``), every batch re-segments
+    its pairs by sampling: ``sampler(text, seed)`` returns the ids of one sampled segmentation,
+    seeded by the batch's indices, so a batch is still a pure function of its position (exact
+    resume). Bucketing uses the fixed segmentation; a sampled one too long for the limits
+    falls back to it (nothing is cut that the fixed encoding keeps)."""
 
     src: list[np.ndarray]
     tgt: list[np.ndarray]
     cfg: DataConfig
     truncated: int = 0
+    pairs: Optional[list] = None
+    sampler: Optional[Callable[[str, int], list[int]]] = None
 
     def __len__(self):
         return len(self.src)
@@ -132,12 +141,26 @@ class Encoded:
 
     def collate(self, idx) -> dict:
         """Pads a batch to lengths rounded up to ``bucket_multiple`` (few distinct shapes)."""
-        cfg = self.cfg
-        srcs = [self.src[i] for i in idx]
-        tgts = [self.tgt[i] for i in idx]
+        if self.sampler is not None:
+            return self._pad(*self._sampled(idx))
+        return self._pad([self.src[i] for i in idx], [self.tgt[i] for i in idx])
+
+    def _sampled(self, idx) -> tuple[list, list]:
+        cfg, seed = self.cfg, zlib.crc32(np.asarray(idx, np.int64).tobytes())
+        srcs, tgts = [], []
+        for k, i in enumerate(idx):
+            inp, out = self.pairs[i]
+            s = self.sampler(inp, seed + 2 * k) + ([EOS_ID] if cfg.src_eos else [])
+            t = [SOS_ID] + self.sampler(out, seed + 2 * k + 1) + [EOS_ID]
+            fits = len(s) <= cfg.max_src_len and len(t) <= cfg.max_tgt_len + 1
+            srcs.append(np.asarray(s, np.int32) if fits else self.src[i])
+            tgts.append(np.asarray(t, np.int32) if fits else self.tgt[i])
+        return srcs, tgts
+
+    def _pad(self, srcs: list, tgts: list) -> dict:
+        cfg, b = self.cfg, len(srcs)
         s_len = min(_round_up(max(len(s) for s in srcs), cfg.bucket_multiple), cfg.max_src_len)
         t_len = min(_round_up(max(len(t) - 1 for t in tgts), cfg.bucket_multiple), cfg.max_tgt_len)
-        b = len(idx)
         src = np.full((b, s_len), PAD_ID, np.int32)
         tgt = np.full((b, t_len + 1), PAD_ID, np.int32)
         for row, (s, t) in enumerate(zip(srcs, tgts)):
@@ -151,7 +174,9 @@ class Encoded:
         return self.tgt[i][1:].tolist()
 
 
-def encode_pairs(pairs, tokenizer, cfg: DataConfig) -> Encoded:
+def encode_pairs(pairs, tokenizer, cfg: DataConfig, training: bool = False) -> Encoded:
+    """``training``: the split is trained on, so ``data.subword_alpha`` > 0 samples its
+    segmentations batch by batch (validation and scoring always use the fixed one)."""
     src, tgt, truncated = [], [], 0
     for inp, out in pairs:
         s = tokenizer.encode(inp) + ([EOS_ID] if cfg.src_eos else [])
@@ -160,4 +185,8 @@ def encode_pairs(pairs, tokenizer, cfg: DataConfig) -> Encoded:
             truncated += 1
         src.append(np.asarray(s[: cfg.max_src_len] or [EOS_ID], np.int32))
         tgt.append(np.asarray(t[: cfg.max_tgt_len + 1], np.int32))
+    if training and cfg.subword_alpha > 0:
+        alpha = cfg.subword_alpha
+        return Encoded(src, tgt, cfg, truncated, list(pairs),
+                       lambda text, seed: tokenizer.sample(text, alpha, seed))
     return Encoded(src, tgt, cfg, truncated)

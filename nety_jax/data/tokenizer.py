@@ -101,6 +101,13 @@ class SentencePieceTokenizer(Tokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode(self.strip(ids))
 
+    def sample(self, text: str, alpha: float, seed: int) -> list[int]:
+        """One segmentation drawn from all of them (unigram: p(segmentation)^alpha; bpe:
+        BPE-dropout with rate alpha), deterministic in ``seed``."""
+        spm.set_random_generator_seed(seed % (2 ** 31))
+        return self.sp.encode(text.lower() if self.lowercase else text, enable_sampling=True,
+                              alpha=alpha, nbest_size=-1)
+
     def piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))
 

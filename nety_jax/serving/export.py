@@ -17,7 +17,6 @@ months backward); export.json records the jax version that wrote it.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os

@@ -71,7 +71,7 @@ def _validate(run: Run, state, step: int, writer, say) -> dict:
 
 
 def _loop(run: Run, workdir: str, writer, bar, say, stop: StopFlag, saver: _Saver) -> tuple:
-    cfg, t = run.cfg, run.cfg.train
+    t = run.cfg.train
     schedule = make_schedule(t)
     sums, state, val_metrics, pending = MetricSums(), run.state, {}, None
     timer = time.perf_counter()

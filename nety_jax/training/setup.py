@@ -128,9 +128,13 @@ def _fingerprint(dataset) -> str:
 
 def encode(cfg: Config, task: str, tokenizer, train, val, source: str) -> DataSplit:
     if task == "seq2seq":
-        tr, va = encode_pairs(train, tokenizer, cfg.data), encode_pairs(val, tokenizer, cfg.data)
+        tr = encode_pairs(train, tokenizer, cfg.data, training=True)
+        va = encode_pairs(val, tokenizer, cfg.data)
         desc = f"{len(tr)} training / {len(va)} validation pairs from {source}"
         return DataSplit(tr, va, _fingerprint(tr), desc, tr.truncated + va.truncated)
+    if cfg.data.subword_alpha > 0:
+        raise ConfigError(f"data.subword_alpha={cfg.data.subword_alpha} re-segments (input, target) "
+                          f"pairs; the {task} task trains on a token stream: set it to 0")
     seq_len, stride = window_sizes(cfg.data, cfg.model.max_len)
     tr, va = encode_text(train, tokenizer, seq_len, stride), encode_text(val, tokenizer, seq_len, seq_len)
     desc = (f"{len(tr)} training / {len(va)} validation windows of {seq_len} tokens "
