@@ -150,8 +150,7 @@ class Encoded:
         srcs, tgts = [], []
         for k, i in enumerate(idx):
             inp, out = self.pairs[i]
-            s = self.sampler(inp, seed + 2 * k) + ([EOS_ID] if cfg.src_eos else [])
-            t = [SOS_ID] + self.sampler(out, seed + 2 * k + 1) + [EOS_ID]
+            s, t = _framed(self.sampler(inp, seed + 2 * k), self.sampler(out, seed + 2 * k + 1), cfg)
             fits = len(s) <= cfg.max_src_len and len(t) <= cfg.max_tgt_len + 1
             srcs.append(np.asarray(s, np.int32) if fits else self.src[i])
             tgts.append(np.asarray(t, np.int32) if fits else self.tgt[i])
@@ -174,13 +173,17 @@ class Encoded:
         return self.tgt[i][1:].tolist()
 
 
+def _framed(src: list[int], tgt: list[int], cfg: DataConfig) -> tuple[list[int], list[int]]:
+    """A pair's ids as the model reads them: source (+ <eos>), <sos> target <eos>."""
+    return src + ([EOS_ID] if cfg.src_eos else []), [SOS_ID] + tgt + [EOS_ID]
+
+
 def encode_pairs(pairs, tokenizer, cfg: DataConfig, training: bool = False) -> Encoded:
     """``training``: the split is trained on, so ``data.subword_alpha`` > 0 samples its
     segmentations batch by batch (validation and scoring always use the fixed one)."""
     src, tgt, truncated = [], [], 0
     for inp, out in pairs:
-        s = tokenizer.encode(inp) + ([EOS_ID] if cfg.src_eos else [])
-        t = [SOS_ID] + tokenizer.encode(out) + [EOS_ID]
+        s, t = _framed(tokenizer.encode(inp), tokenizer.encode(out), cfg)
         if len(s) > cfg.max_src_len or len(t) > cfg.max_tgt_len + 1:
             truncated += 1
         src.append(np.asarray(s[: cfg.max_src_len] or [EOS_ID], np.int32))
