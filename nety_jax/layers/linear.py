@@ -2,7 +2,9 @@
 
 Quantized (``quant="int8"``), the kernel is int8 with one float32 scale per output
 channel (``scale``: max |w| of the column / 127); activations stay in the compute
-dtype (float32 or bfloat16) and the kernel is widened on the fly. ``nety-jax
+dtype (float32 or bfloat16). On the CPU, a product of a few float32 rows (a decode
+step) goes through our int8 kernel (``int8_matmul``: it reads one byte per weight);
+everywhere else the kernel is widened on the fly for XLA's dot. ``nety-jax
 quantize`` converts a trained run; nothing trains in int8.
 """
 from __future__ import annotations
@@ -13,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from nety_jax.layers import int8_matmul
 
 QUANT = ("none", "int8")
 
@@ -34,9 +38,12 @@ class Linear(nn.Module):
     def __call__(self, x):
         dtype = jnp.dtype(self.dtype)
         kernel, scale = self._kernel(x.shape[-1])
-        y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
-        if scale is not None:
-            y = y * scale.astype(dtype)
+        if scale is not None and int8_matmul.usable(x, dtype):
+            y = int8_matmul.int8_matmul(x, kernel, scale)
+        else:
+            y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
+            if scale is not None:
+                y = y * scale.astype(dtype)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(dtype)
         return y
