@@ -3,7 +3,7 @@
 Quantized (``quant="int8"``), the kernel is int8 with one float32 scale per output
 channel (``scale``: max |w| of the column / 127); activations stay in the compute
 dtype (float32 or bfloat16). On the CPU, a product of a few float32 rows (a decode
-step) goes through our int8 kernel (``int8_matmul``: it reads one byte per weight);
+step) goes through our int8 kernel (``nety_jax.kernels``: it reads one byte per weight);
 everywhere else the kernel is widened on the fly for XLA's dot. ``nety-jax
 quantize`` converts a trained run; nothing trains in int8.
 """
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nety_jax.layers import int8_matmul
+from nety_jax import kernels
 
 QUANT = ("none", "int8")
 
@@ -38,8 +38,8 @@ class Linear(nn.Module):
     def __call__(self, x):
         dtype = jnp.dtype(self.dtype)
         kernel, scale = self._kernel(x.shape[-1])
-        if scale is not None and int8_matmul.usable(x, dtype):
-            y = int8_matmul.int8_matmul(x, kernel, scale)
+        if scale is not None and kernels.int8_usable(x, dtype):
+            y = kernels.int8_matmul(x, kernel, scale)
         else:
             y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
             if scale is not None:

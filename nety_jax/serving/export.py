@@ -34,7 +34,7 @@ from nety_jax.data.prompts import decode_replies, encode_prompts
 from nety_jax.data.tokenizer import load_tokenizer
 from nety_jax.decoding.keys import row_keys
 from nety_jax.errors import CheckpointError, NetyError
-from nety_jax.layers import int8_matmul
+from nety_jax import kernels
 from nety_jax.models.prompting import prompt_policy
 from nety_jax.serving.settings import RUNTIME, resolve, seeds_per_row
 
@@ -131,7 +131,7 @@ def export_run(checkpoint: str, out: str, batch_size: int = 0, overrides: Sequen
     args = (jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), model.variables),
             jax.ShapeDtypeStruct((b, s), jnp.int32), row(jnp.int32), row(jnp.float32), row(jnp.int32),
             row(jnp.float32), row(jnp.int32), jax.ShapeDtypeStruct((b, 2), jnp.uint32))
-    with int8_matmul.portable():  # an artifact must not need our CPU kernel to load
+    with kernels.portable():  # an artifact must not need our CPU kernel to load
         exported = jax.export.export(jax.jit(_serve_fn(model.model, spec)), platforms=PLATFORMS)(*args)
 
     parent = os.path.dirname(os.path.abspath(out))

@@ -1,0 +1,167 @@
+"""Our CPU kernels for decoding, as ``jax.ffi`` custom calls (``cpu_kernels.cc``).
+
+- ``int8_matmul``: int8 weights x float32 rows. XLA's CPU backend widens int8
+  weights to float32 first, so int8 decoding was no faster than float32 there;
+  the kernel streams the int8 bytes. ``Linear`` uses it for a few rows (a decode
+  step's batch).
+- ``top_k``: each row's k largest values and indices, as ``lax.top_k`` (sorted,
+  ties to the lower index). XLA's CPU TopK was 9% of a decode step at batch 64.
+
+The kernels are compiled on first use with the machine's C++ compiler (``-O3
+-march=native``) into a cache directory keyed by the source, the flags and the
+CPU, then registered with XLA. They are used only on the CPU backend and outside
+``portable()`` (exports: an artifact must load anywhere); everywhere else the
+callers keep XLA's own operations. ``NETY_JAX_CPU_KERNELS=off`` turns them off;
+without a compiler (or if the build fails) they are off, with one warning.
+docs/PERFORMANCE.md has what each one measured.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+TARGET = "nety_int8_matmul"
+TOP_K_TARGET = "nety_top_k"
+ATTENTION_TARGET = "nety_decode_attention"
+MAX_ROWS = 4  # above this many rows XLA's GEMM path wins (compute, not bytes, bounds it)
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
+
+_lock = threading.Lock()
+_state: dict = {}
+_portable = threading.local()
+
+
+def cache_dir() -> str:
+    base = os.environ.get("NETY_JAX_KERNEL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nety-jax", "kernels")
+    return base
+
+
+def _cpu_key() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+def _build(out_dir: str) -> str:
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    digest = hashlib.sha256(source + " ".join(FLAGS).encode() + _cpu_key().encode()
+                            + jax.__version__.encode()).hexdigest()[:16]
+    path = os.path.join(out_dir, f"libnety_kernels_{digest}.so")
+    if os.path.exists(path):
+        return path
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set CXX)")
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    cmd = [compiler, *FLAGS, "-w", "-I", jax.ffi.include_dir(), SOURCE, "-o", tmp]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        errors = [line for line in proc.stderr.splitlines() if "error" in line] or [proc.stderr.strip()]
+        raise RuntimeError(f"{' '.join(cmd)} failed: {errors[0][-300:]}")
+    os.replace(tmp, path)  # atomic: concurrent builders never load a half-written library
+    return path
+
+
+def load() -> bool:
+    """Builds (once per machine) and registers the kernels; False, with one warning, if it cannot."""
+    with _lock:
+        if "ok" not in _state:
+            _state["ok"] = False
+            if os.environ.get("NETY_JAX_CPU_KERNELS", "auto").lower() in ("off", "0", "false", "no"):
+                return False
+            try:
+                lib = ctypes.cdll.LoadLibrary(_build(cache_dir()))
+                jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.NetyInt8Matmul), platform="cpu")
+                jax.ffi.register_ffi_target(TOP_K_TARGET, jax.ffi.pycapsule(lib.NetyTopK), platform="cpu")
+                jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(lib.NetyDecodeAttention),
+                                            platform="cpu")
+                _state["ok"] = True
+            except Exception as e:  # a missing compiler must not stop generation
+                print(f"nety-jax: CPU kernels unavailable ({e}); using XLA's operations",
+                      file=sys.stderr)
+        return _state["ok"]
+
+
+def enabled() -> bool:
+    """Whether a trace now may call the kernels (decided at trace time)."""
+    return not getattr(_portable, "on", False) and jax.default_backend() == "cpu" and load()
+
+
+@contextlib.contextmanager
+def portable():
+    """Traces inside this block use XLA's operations only (for ``jax.export``)."""
+    previous = getattr(_portable, "on", False)
+    _portable.on = True
+    try:
+        yield
+    finally:
+        _portable.on = previous
+
+
+def int8_usable(x: jax.Array, dtype) -> bool:
+    """Whether ``Linear`` should call the int8 kernel for input ``x``."""
+    if getattr(_portable, "on", False) or jnp.dtype(dtype) != jnp.float32:
+        return False
+    rows = 1
+    for d in x.shape[:-1]:
+        if not isinstance(d, int):  # a symbolic dimension (jax.export): keep XLA's path
+            return False
+        rows *= d
+    return rows <= MAX_ROWS and enabled()
+
+
+def int8_matmul(x: jax.Array, kernel: jax.Array, scale: jax.Array, out_dtype: Optional[jnp.dtype] = None
+                ) -> jax.Array:
+    """(..., K) float32 @ (K, N) int8, times (N,) scales -> (..., N) float32, through the kernel."""
+    k, n = kernel.shape
+    rows = x.reshape(-1, k).astype(jnp.float32)
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+                            vmap_method="sequential")
+    y = call(rows, kernel, scale.astype(jnp.float32))
+    return y.reshape(x.shape[:-1] + (n,)).astype(out_dtype or jnp.float32)
+
+
+def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``lax.top_k`` over the last axis: our kernel for float32 rows on the CPU, XLA's otherwise."""
+    static = all(isinstance(d, int) for d in x.shape)
+    if x.dtype != jnp.float32 or not static or x.ndim < 1 or not 1 <= k <= x.shape[-1] or not enabled():
+        return jax.lax.top_k(x, k)
+    rows = x.reshape(-1, x.shape[-1])
+    call = jax.ffi.ffi_call(TOP_K_TARGET, (jax.ShapeDtypeStruct((rows.shape[0], k), jnp.float32),
+                                           jax.ShapeDtypeStruct((rows.shape[0], k), jnp.int32)),
+                            vmap_method="sequential")
+    values, indices = call(rows)
+    return values.reshape(x.shape[:-1] + (k,)), indices.reshape(x.shape[:-1] + (k,))
+
+
+def decode_attention_usable(q: jax.Array, k: jax.Array) -> bool:
+    """Whether a cached step may use our one-query attention: float32, one query, static shapes."""
+    return (q.ndim == 4 and q.shape[2] == 1 and q.dtype == jnp.float32 and k.dtype == jnp.float32
+            and all(isinstance(d, int) for d in q.shape + k.shape) and enabled())
+
+
+def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array) -> jax.Array:
+    """q (B, H, 1, D), caches (B, H, L, D), lengths (B,) filled positions -> (B, H, 1, D):
+    softmax attention over each row's first ``lengths`` cache positions."""
+    b, h, _, d = q.shape
+    call = jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct((b, h, d), jnp.float32),
+                            vmap_method="sequential")
+    return call(q[:, :, 0], k, v, lengths.astype(jnp.int32))[:, :, None]
