@@ -289,7 +289,7 @@ ffi::Error TopKImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> values,
   float* vp = values->typed_data();
   int32_t* ip = indices->typed_data();
   const int64_t rows = xd[0], n = xd[1], k = vd[1];
-  const int64_t blocks = std::min(rows, 4 * Threads());
+  const int64_t blocks = rows * n < (1 << 16) ? 1 : std::min(rows, 4 * Threads());
   ParallelFor(blocks, [=](int64_t b) {
     for (int64_t r = b * rows / blocks; r < (b + 1) * rows / blocks; ++r) {
       TopKRow(xp + r * n, n, k, vp + r * k, ip + r * k);
@@ -400,7 +400,8 @@ ffi::Error DecodeAttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
   const int32_t* lp = lengths.typed_data();
   float* op = out->typed_data();
   const int64_t heads = qd[0] * qd[1], h = qd[1], len = kd[2], d = kd[3];
-  const int64_t blocks = std::min(heads, 8 * Threads());
+  // small steps (a batch of a few rows) stay on the calling thread: waking a helper costs more
+  const int64_t blocks = heads * len * d < (1 << 18) ? 1 : std::min(heads, 8 * Threads());
   ParallelFor(blocks, [=](int64_t b) {
     std::vector<float> scores;
     const int64_t end = (b + 1) * heads / blocks;
