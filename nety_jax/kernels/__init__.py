@@ -20,13 +20,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import threading
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -116,33 +116,31 @@ def portable():
         _portable.on = previous
 
 
+def _static(*shapes) -> bool:
+    """No symbolic dimension (``jax.export`` traces keep XLA's operations)."""
+    return all(isinstance(d, int) for shape in shapes for d in shape)
+
+
 def int8_usable(x: jax.Array, dtype) -> bool:
     """Whether ``Linear`` should call the int8 kernel for input ``x``."""
-    if getattr(_portable, "on", False) or jnp.dtype(dtype) != jnp.float32:
-        return False
-    rows = 1
-    for d in x.shape[:-1]:
-        if not isinstance(d, int):  # a symbolic dimension (jax.export): keep XLA's path
-            return False
-        rows *= d
-    return rows <= MAX_ROWS and enabled()
+    return (jnp.dtype(dtype) == jnp.float32 and _static(x.shape)
+            and math.prod(x.shape[:-1]) <= MAX_ROWS and enabled())
 
 
-def int8_matmul(x: jax.Array, kernel: jax.Array, scale: jax.Array, out_dtype: Optional[jnp.dtype] = None
-                ) -> jax.Array:
+def int8_matmul(x: jax.Array, kernel: jax.Array, scale: jax.Array) -> jax.Array:
     """(..., K) float32 @ (K, N) int8, times (N,) scales -> (..., N) float32, through the kernel."""
     k, n = kernel.shape
     rows = x.reshape(-1, k).astype(jnp.float32)
     call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
                             vmap_method="sequential")
     y = call(rows, kernel, scale.astype(jnp.float32))
-    return y.reshape(x.shape[:-1] + (n,)).astype(out_dtype or jnp.float32)
+    return y.reshape(x.shape[:-1] + (n,))
 
 
 def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """``lax.top_k`` over the last axis: our kernel for float32 rows on the CPU, XLA's otherwise."""
-    static = all(isinstance(d, int) for d in x.shape)
-    if x.dtype != jnp.float32 or not static or x.ndim < 1 or not 1 <= k <= x.shape[-1] or not enabled():
+    if x.dtype != jnp.float32 or not _static(x.shape) or x.ndim < 1 or not 1 <= k <= x.shape[-1] \
+            or not enabled():
         return jax.lax.top_k(x, k)
     rows = x.reshape(-1, x.shape[-1])
     call = jax.ffi.ffi_call(TOP_K_TARGET, (jax.ShapeDtypeStruct((rows.shape[0], k), jnp.float32),
@@ -155,7 +153,7 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 def decode_attention_usable(q: jax.Array, k: jax.Array) -> bool:
     """Whether a cached step may use our one-query attention: float32, one query, static shapes."""
     return (q.ndim == 4 and q.shape[2] == 1 and q.dtype == jnp.float32 and k.dtype == jnp.float32
-            and all(isinstance(d, int) for d in q.shape + k.shape) and enabled())
+            and _static(q.shape, k.shape) and enabled())
 
 
 def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array) -> jax.Array:
