@@ -16,7 +16,6 @@ and machine, and writes bench-results.json in the working directory.
 - generation (64 forced tokens, top-k 50 / top-p 0.9 / temperature 0.8) at batch 1 and 64:
   ours, NETY's own loop (PyTorch re-creation, batch 1) and HuggingFace BART with NETY's
   decoder dimensions; the fraction of the weight-bandwidth bound at batch 1, MFU at 64;
-  ours again with XLA's operations only (no CPU kernels: nety_jax.kernels), same rounds;
 - compilations during steady-state training over the bucketed corpus (must be 0).
 """
 from __future__ import annotations
@@ -71,8 +70,7 @@ def table(r: dict) -> str:
             (f", {_fmt(r['gen_b1_ratio_vs_nety'], '.1f')}x NETY" if b == "1" else "")
         note = (f"{100 * r['gen_b1_fraction_of_bandwidth_bound']:.0f}% of the {row['bound']:,.0f} tok/s "
                 f"bandwidth bound ({row['weight_mb']:.0f} MB/token)") if b == "1" else \
-            f"MFU {100 * r['gen_b64_mfu']:.0f}% (XLA only: {100 * r['gen_b64_mfu_xla_only']:.0f}%)"
-        note += f"; without our CPU kernels {_fmt(row.get('xla'))} tok/s"
+            f"MFU {100 * r['gen_b64_mfu']:.0f}%"
         lines.append(f"| generate {g['new_tokens']} tokens, batch {b} | {_fmt(row['jax'])} tok/s | "
                      f"{'; '.join(refs)} tok/s | **{ratio}** | {note} |")
     lines.append(f"| first train step (compilation) | {r['compile_train_s']:.1f} s cold, "
@@ -95,14 +93,12 @@ def summarize(parts: dict) -> dict:
             t[key]["mfu"] = t[key]["gflops"] / m["peak_gflops"]
     b1["bound"] = m["copy_gbs"] * 1e3 / b1["weight_mb"]  # tokens/s if only the weights were read
     b64["mfu"] = b64["flops"] / b64["seconds"] / 1e9 / m["peak_gflops"]
-    b64["mfu_xla"] = b64["flops"] / b64["seconds_xla"] / 1e9 / m["peak_gflops"]
     return {**parts,
             "train_ratio_vs_torch": ratio(t["torch"] and t["torch"]["s_per_step"], t["parity"]["s_per_step"]),
             "train_mfu": t["parity"]["mfu"], "train_mfu_torch": t["torch"] and t["torch"]["mfu"],
             "gen_b1_ratio_vs_hf": ratio(b1["jax"], b1.get("hf")), "gen_b64_ratio_vs_hf": ratio(b64["jax"], b64.get("hf")),
             "gen_b1_ratio_vs_nety": ratio(b1["jax"], b1.get("nety")),
             "gen_b1_fraction_of_bandwidth_bound": b1["jax"] / b1["bound"], "gen_b64_mfu": b64["mfu"],
-            "gen_b64_mfu_xla_only": b64["mfu_xla"],
             "compile_train_s": t["parity"]["compile_s"], "compile_generate_s": g["compile_s"],
             "recompiles_steady_state": rc["compilations"], "peak_rss_train_mb": t["peak_rss_mb"],
             "peak_rss_generate_mb": g["peak_rss_mb"]}

@@ -5,7 +5,6 @@ Prints one JSON line (the part's results) last. See bench.py for what is measure
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -164,26 +163,18 @@ def part_train(args) -> dict:
 
 # -- generation ------------------------------------------------------------------------------------
 class JaxGenerator:
-    """Our generate; ``xla_only``: traced under ``kernels.portable()`` (XLA's operations only,
-    no CPU kernels: what an exported artifact runs), compiled as a program of its own."""
-
-    def __init__(self, cfg, xla_only: bool = False):
-        from nety_jax.decoding import generate
+    def __init__(self, cfg):
         from nety_jax.models import get_model
         self.model = get_model(cfg.model)
         self.variables = self.model.init(jax.random.PRNGKey(0))
-        self.xla_only = xla_only
-        self.fn = jax.jit(generate, static_argnames=("model", "spec"))  # its own compilation cache
 
     def call(self, b: int):
-        from nety_jax import kernels
-        from nety_jax.decoding import LoopSpec, SamplingParams
+        from nety_jax.decoding import LoopSpec, SamplingParams, generate_jit
         src = jnp.asarray(np.random.default_rng(b).integers(4, self.model.cfg.vocab_size, (b, SRC_LEN)), jnp.int32)
         params = SamplingParams.create(b, temperature=0.8, top_k=50, top_p=0.9, seed=b)
         spec = LoopSpec(max_new_tokens=NEW_TOKENS, ignore_eos=True)
-        with kernels.portable() if self.xla_only else contextlib.nullcontext():
-            out = self.fn(self.variables, src, jnp.full((b,), SRC_LEN, jnp.int32), params,
-                          model=self.model, spec=spec)
+        out = generate_jit(self.variables, src, jnp.full((b,), SRC_LEN, jnp.int32), params,
+                           model=self.model, spec=spec)
         return jax.block_until_ready(out["tokens"])
 
 
@@ -230,18 +221,14 @@ def part_generate(args) -> dict:
     for b in batches:
         gen.call(b)
     rss = peak_rss_mb()
-    xla = JaxGenerator(cfg, xla_only=True)
-    xla.variables = gen.variables
     refs = _torch_refs(cfg.model, args.skip_hf or args.tiny)
     for b in batches:  # warm-up
         refs.get("hf", lambda b: None)(b)
-        xla.call(b)
     refs["nety"](1)
-    times = {(name, b): [] for b in batches for name in ("jax", "xla", "hf", "nety")}
+    times = {(name, b): [] for b in batches for name in ("jax", "hf", "nety")}
     for _ in range(args.repeats):
         for b in batches:
             times[("jax", b)].append(timed(lambda: gen.call(b)))
-            times[("xla", b)].append(timed(lambda: xla.call(b)))
             if "hf" in refs:
                 times[("hf", b)].append(timed(lambda: refs["hf"](b)))
             if b == 1:
@@ -251,11 +238,10 @@ def part_generate(args) -> dict:
         key = "1" if i == 0 else "64"
         rows[key] = {"batch": b, "flops": generate_flops(cfg.model, b, SRC_LEN, NEW_TOKENS),
                      "weight_mb": decode_weight_bytes(cfg.model) / 1e6}
-        for name in ("jax", "xla", "hf", "nety"):
+        for name in ("jax", "hf", "nety"):
             if times[(name, b)]:
                 rows[key][name] = b * NEW_TOKENS / statistics.median(times[(name, b)])
         rows[key]["seconds"] = statistics.median(times[("jax", b)])
-        rows[key]["seconds_xla"] = statistics.median(times[("xla", b)])
     return {"new_tokens": NEW_TOKENS, "batches": rows, "compile_s": compile_s,
             "compile_cached_s": compile_cached_s, "peak_rss_mb": rss}
 

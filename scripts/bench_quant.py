@@ -57,16 +57,16 @@ def speed(repeats: int) -> list[tuple]:
 def products(repeats: int) -> list[tuple]:
     """ms per decode step of NETY's decoder kernels and output head: float32, XLA int8, our kernel."""
     import numpy as np
-    from nety_jax.layers import int8_matmul
+    from nety_jax import kernels
     from nety_jax.layers.linear import quantize_kernel
-    if not int8_matmul.load():
+    if not kernels.load():
         return []
     rs = np.random.default_rng(0)
     shapes = [(512, 1536), (512, 512), (512, 2048), (2048, 512)] * 6 + [(512, 8000)]
     quant = [quantize_kernel(rs.standard_normal(s).astype(np.float32) * 0.05) for s in shapes]
     forms = {"float32": lambda x, q, s, f: x @ f,
              "XLA int8": lambda x, q, s, f: (x @ q.astype(jnp.float32)) * s,
-             "kernel": lambda x, q, s, f: int8_matmul.int8_matmul(x, q, s)}
+             "kernel": lambda x, q, s, f: kernels.int8_matmul(x, q, s)}
     weights = [(jnp.asarray(q), jnp.asarray(s), jnp.asarray(q * s)) for q, s in quant]
     out = []
     for rows in (1, 2, 4, 8):
