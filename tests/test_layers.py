@@ -25,4 +25,3 @@ def test_dropout_masks_are_independent_across_keys_and_neighbours():
     assert abs(corr(a[:-1], a[1:])) < 0.01  # neighbouring elements
     assert abs(corr(a[:-64], a[64:])) < 0.01
     assert not np.array_equal(a, b)
-

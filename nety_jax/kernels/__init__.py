@@ -40,9 +40,8 @@ _portable = threading.local()
 
 
 def cache_dir() -> str:
-    base = os.environ.get("NETY_JAX_KERNEL_CACHE") or os.path.join(
+    return os.environ.get("NETY_JAX_KERNEL_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "nety-jax", "kernels")
-    return base
 
 
 def _cpu_key() -> str:

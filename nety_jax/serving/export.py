@@ -30,11 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from nety_jax import config as config_lib
+from nety_jax import kernels
 from nety_jax.data.prompts import decode_replies, encode_prompts
 from nety_jax.data.tokenizer import load_tokenizer
 from nety_jax.decoding.keys import row_keys
 from nety_jax.errors import CheckpointError, NetyError
-from nety_jax import kernels
 from nety_jax.models.prompting import prompt_policy
 from nety_jax.serving.settings import RUNTIME, resolve, seeds_per_row
 
