@@ -34,9 +34,9 @@ def test_info_matches_nety_parameter_count(capsys):
     assert "MB" in out
 
 
-@pytest.mark.parametrize("memory", ["pooled", "sequence"])
-def test_cached_decoding_equals_teacher_forcing(tiny_cfg, memory):
-    cfg = tiny_cfg.model.replace(memory=memory)
+@pytest.mark.parametrize("memory,copy", [("pooled", False), ("sequence", False), ("sequence", True)])
+def test_cached_decoding_equals_teacher_forcing(tiny_cfg, memory, copy):
+    cfg = tiny_cfg.model.replace(memory=memory, copy=copy)
     variables = get_model(cfg).init(jax.random.PRNGKey(0))
     model = HybridSeq2Seq(cfg)
     src, lengths, tgt = _inputs()
@@ -44,7 +44,7 @@ def test_cached_decoding_equals_teacher_forcing(tiny_cfg, memory):
     memory_, mask = model.apply(variables, src, lengths, method=model.encode)
     step = jax.jit(lambda tokens, cache: model.apply(variables, tokens, cache, method=model.decode_step))
     for prompt in (1, 4):  # one token at a time, and a 4-token prompt first
-        cache = model.apply(variables, memory_, mask, 16, method=model.init_cache)
+        cache = model.apply(variables, memory_, mask, 16, src, method=model.init_cache)
         logits, cache = step(tgt[:, :prompt], cache)
         chunks = [logits]
         for t in range(prompt, tgt.shape[1]):
@@ -52,7 +52,7 @@ def test_cached_decoding_equals_teacher_forcing(tiny_cfg, memory):
             chunks.append(logits)
         cached = jnp.concatenate(chunks, axis=1)
         assert float(jnp.max(jnp.abs(cached - full))) < 1e-4
-        assert np.asarray(cache["pos"]).tolist() == [tgt.shape[1]] * 3
+        assert np.asarray((cache["decoder"] if copy else cache)["pos"]).tolist() == [tgt.shape[1]] * 3
 
 
 @pytest.mark.parametrize("norm", ["post", "pre"])

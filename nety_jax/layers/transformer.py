@@ -134,10 +134,13 @@ class TransformerDecoder(nn.Module):
         x = x + self.pos_embed(positions)
         return self.drop(x, deterministic=deterministic).astype(s.compute_dtype)
 
+    def head_input(self, x):
+        """The last hidden states as the output head sees them (the final norm of pre-norm)."""
+        return self.final_norm(x) if self.spec.norm == "pre" else x
+
     def logits(self, x):
         s = self.spec
-        if s.norm == "pre":
-            x = self.final_norm(x)
+        x = self.head_input(x)
         if s.tie_output:
             logits = self.embed.attend(x.astype(jnp.float32))
             return logits + self.out_bias if s.output_bias else logits
@@ -151,11 +154,14 @@ class TransformerDecoder(nn.Module):
             x = layer(x, causal, memory, memory_mask, deterministic=not train)
         return x
 
+    def features(self, tokens, memory=None, memory_mask=None, train: bool = False):
+        """Teacher forcing: (B, T) tokens -> (B, T, D) last hidden states under a causal mask."""
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        return self.hidden(self.embed_tokens(tokens, positions, not train), memory, memory_mask, train)
+
     def __call__(self, tokens, memory=None, memory_mask=None, train: bool = False):
         """Teacher forcing: (B, T) tokens -> (B, T, V) float32 logits under a causal mask."""
-        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        x = self.embed_tokens(tokens, positions, not train)
-        return self.logits(self.hidden(x, memory, memory_mask, train))
+        return self.logits(self.features(tokens, memory, memory_mask, train))
 
     def init_cache(self, batch: int, max_len: int, memory=None, memory_mask=None) -> dict:
         s = self.spec
@@ -170,11 +176,17 @@ class TransformerDecoder(nn.Module):
 
     def decode(self, tokens, cache: dict, lengths: Optional[jax.Array] = None,
                last_only: bool = False):
-        """(B, T) tokens at each row's next positions -> (logits, cache).
+        """(B, T) tokens at each row's next positions -> (logits, cache); see ``decode_features``."""
+        x, cache = self.decode_features(tokens, cache, lengths, last_only)
+        return self.logits(x), cache
+
+    def decode_features(self, tokens, cache: dict, lengths: Optional[jax.Array] = None,
+                        last_only: bool = False):
+        """(B, T) tokens at each row's next positions -> (last hidden states, cache).
 
         ``lengths`` (B,): how many of the T tokens are real per row (right padding);
-        the positions advance by that much, and ``last_only`` returns the logits of each
-        row's last real token only, (B, 1, V), instead of (B, T, V). The cache must have
+        the positions advance by that much, and ``last_only`` returns the states of each
+        row's last real token only, (B, 1, D), instead of (B, T, D). The cache must have
         room for the tokens.
         """
         pos = cache["pos"]
@@ -188,4 +200,4 @@ class TransformerDecoder(nn.Module):
         advance = jnp.full_like(pos, t) if lengths is None else lengths.astype(pos.dtype)
         if last_only:
             x = jnp.take_along_axis(x, jnp.maximum(advance, 1)[:, None, None] - 1, axis=1)
-        return self.logits(x), {"pos": pos + advance, "layers": tuple(layers)}
+        return x, {"pos": pos + advance, "layers": tuple(layers)}

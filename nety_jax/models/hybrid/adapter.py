@@ -45,7 +45,7 @@ class HybridModel(Model):
         """Encodes the sources, keeps the cross-attention memory in the cache, feeds <sos>."""
         net = self.network()
         memory, mask = net.apply(variables, tokens, lengths, method=net.encode)
-        cache = net.apply(variables, memory, mask, max(max_new_tokens, 1), method=net.init_cache)
+        cache = net.apply(variables, memory, mask, max(max_new_tokens, 1), tokens, method=net.init_cache)
         sos = jnp.full((tokens.shape[0], 1), SOS_ID, jnp.int32)
         logits, cache = net.apply(variables, sos, cache, method=net.decode_step)
         return logits[:, 0], cache

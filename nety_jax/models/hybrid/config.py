@@ -25,6 +25,7 @@ class HybridConfig(ModelConfig):
     head_norm: str = "batch"  # batch (NETY) | layer
     memory: str = "sequence"  # pooled (NETY: one vector) | sequence
     memory_prepend_pooled: bool = True  # sequence mode: put the pooled vector first
+    copy: bool = False  # pointer-generator output: replies may copy source tokens (sequence memory)
     # decoder
     dec_layers: int = 6
     dec_heads: int = 8
@@ -53,6 +54,9 @@ class HybridConfig(ModelConfig):
         F.choice(s, "memory", self.memory, ("pooled", "sequence"))
         F.choice(s, "norm", self.norm, ("post", "pre"))
         F.probability(s, self, "attention_dropout")
+        if self.copy and self.memory != "sequence":
+            raise ConfigError("model.copy=true points at source positions: it needs model.memory=sequence, "
+                              f"not {self.memory!r}")
         if any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 or d > 1 << 16
                for d in self.head_dims):
             raise ConfigError(f"model.head_dims={list(self.head_dims)} must be positive integers")

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from nety_jax.config.sections import PAD_ID
-from nety_jax.layers import DecoderSpec, TransformerDecoder
+from nety_jax.layers import CopyHead, DecoderSpec, TransformerDecoder
 from nety_jax.models.hybrid.config import HybridConfig
 from nety_jax.models.hybrid.encoder import Encoder
 
@@ -38,6 +38,8 @@ class HybridSeq2Seq(nn.Module):
         self.enc_embed = nn.Embed(self.cfg.vocab_size, self.cfg.d_model)
         self.encoder = Encoder(self.cfg, self.axis_name)
         self.decoder = TransformerDecoder(decoder_spec(self.cfg))
+        if self.cfg.copy:
+            self.pointer = CopyHead(self.cfg.d_model, self.cfg.vocab_size, jnp.dtype(self.cfg.dtype), self.cfg.quant)
 
     def encode(self, src, src_len: Optional[jax.Array] = None, train: bool = False):
         """(B, S) ids -> memory (B, M, D) and its mask (B, M)."""
@@ -46,17 +48,37 @@ class HybridSeq2Seq(nn.Module):
         emb = self.enc_embed(src).astype(jnp.dtype(self.cfg.dtype))
         return self.encoder(emb, src_len, train)
 
-    def decode(self, tgt_in, memory, memory_mask, train: bool = False):
-        """Teacher forcing: (B, T) target ids -> (B, T, V) float32 logits."""
-        return self.decoder(tgt_in, memory, memory_mask, train)
+    def _copy_source(self, memory, memory_mask, src) -> dict:
+        """The copy head's view of the memory: which source token each position carries (the
+        pooled vector, put first in sequence memory, carries none)."""
+        if src is None:
+            raise ValueError("model.copy=true: the decoder needs the source ids (src=...)")
+        ids = jnp.pad(src, ((0, 0), (memory.shape[1] - src.shape[1], 0)))
+        return self.pointer.prepare(memory, memory_mask, ids)
 
-    def init_cache(self, memory, memory_mask, max_len: int):
-        return self.decoder.init_cache(memory.shape[0], max_len, memory, memory_mask)
+    def decode(self, tgt_in, memory, memory_mask, train: bool = False, src=None):
+        """Teacher forcing: (B, T) target ids -> (B, T, V) float32 logits (log-probabilities
+        with ``model.copy``, whose pointer reads the source ids ``src``)."""
+        if not self.cfg.copy:
+            return self.decoder(tgt_in, memory, memory_mask, train)
+        h = self.decoder.features(tgt_in, memory, memory_mask, train)
+        pre = self._copy_source(memory, memory_mask, src)
+        return self.pointer(self.decoder.logits(h), self.decoder.head_input(h), pre)
+
+    def init_cache(self, memory, memory_mask, max_len: int, src=None):
+        cache = self.decoder.init_cache(memory.shape[0], max_len, memory, memory_mask)
+        if not self.cfg.copy:
+            return cache
+        return {"decoder": cache, "copy": self._copy_source(memory, memory_mask, src)}
 
     def decode_step(self, tokens, cache):
         """(B, T) tokens at each row's next positions -> ((B, T, V) logits, cache)."""
-        return self.decoder.decode(tokens, cache)
+        if not self.cfg.copy:
+            return self.decoder.decode(tokens, cache)
+        h, dec = self.decoder.decode_features(tokens, cache["decoder"])
+        logits = self.pointer(self.decoder.logits(h), self.decoder.head_input(h), cache["copy"])
+        return logits, {"decoder": dec, "copy": cache["copy"]}
 
     def __call__(self, src, src_len, tgt_in, train: bool = False):
         memory, mask = self.encode(src, src_len, train)
-        return self.decode(tgt_in, memory, mask, train)
+        return self.decode(tgt_in, memory, mask, train, src)

@@ -32,7 +32,8 @@ TORCH_PE = "torch_pe.npy"  # NETY's own position buffer, written back unchanged 
 # fields a NETY model must have; export-torch refuses other models
 PARITY_FIELDS = {"arch": "hybrid", "cell": "lstm", "enc_attention_mask": False,
                  "enc_attention_residual": False, "pooling": "last_padded", "head_norm": "batch",
-                 "memory": "pooled", "norm": "post", "output_bias": True, "tie_output": False}
+                 "memory": "pooled", "norm": "post", "output_bias": True, "tie_output": False,
+                 "copy": False}
 ALL = slice(None)
 
 
