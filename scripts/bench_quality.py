@@ -74,13 +74,13 @@ DIALOGUE = ["train.warmup_steps=30", "data.bucket_multiple=32", "train.eval_ever
 class Budget:
     def __init__(self, quick: bool):
         self.quick = quick
-        self.synth_steps = 60 if quick else 400  # the variants table (three tasks side by side)
+        self.synth_steps = 60 if quick else 300  # the variants table (three tasks side by side)
         self.headline_steps = 60 if quick else 2500  # reverse: defaults and parity
         self.synth_train = 4000 if quick else 40000
         self.synth_test = 64 if quick else 192
         self.dialogue_steps = 60 if quick else 400
         self.ablation_synth_steps = 60 if quick else 300
-        self.ablation_dialogue_steps = 40 if quick else 120
+        self.ablation_dialogue_steps = 40 if quick else 100
         self.ablation_lengths = (4, 12)  # ablation reverse: short strings, learnt in a few hundred steps
         self.seeds = [0, 1] if quick else [0, 1, 2]
 
@@ -174,18 +174,19 @@ def score_ours(run, test, i: int = 0) -> dict:
             "samples": list(zip([s for s, _ in test], hyps))}
 
 
-def dialogue_tables(b: Budget, log, leak: bool = False) -> dict:
+def dialogue_tables(b: Budget, log, leak: bool = False, earlier: bool = False) -> dict:
     train, test, templates = template_split()
     log(f"dialogue: {len(train)} training pairs, {len(test)} test pairs from {len(templates)} "
         f"held-out templates")
     out = {"train_pairs": len(train), "test_pairs": len(test), "held_out_templates": templates}
     steps = [f"train.steps={b.dialogue_steps}"]
-    for key, overrides in (("ours", DIALOGUE + steps), ("parity_our_training", DIALOGUE + steps + PARITY),
-                           ("ours_earlier", DIALOGUE + steps + EARLIER)):
+    recipes = [("ours", DIALOGUE + steps), ("parity_our_training", DIALOGUE + steps + PARITY)]
+    recipes += [("ours_earlier", DIALOGUE + steps + EARLIER)] if earlier else []
+    for key, overrides in recipes:
         run = Q.train_seeds(Q.config("demo.yaml", overrides), train, [0])
         out[key] = {**score_ours(run, test), "seconds": run.seconds, "steps": b.dialogue_steps}
         log(f"{key}: bpc {out[key]['bpc']:.3f} chrF {out[key]['chrf']:.1f} in {run.seconds:.0f} s")
-    budget = max(out[k]["seconds"] for k in ("ours", "parity_our_training", "ours_earlier"))
+    budget = max(out[k]["seconds"] for k, _ in recipes)
     # (a) the training texts make NETY's vocabulary, as NETY builds it from its corpus; (a')
     # the earlier protocol: test replies in the vocabulary too (a leak: it never meets an
     # unknown word), kept to show what it was worth
@@ -237,22 +238,25 @@ def ablation_table(b: Budget, log) -> dict:
     return out
 
 
-def sweep_table(b: Budget, setting: str, log) -> list[str]:
-    """Held-out bits per character for each value of one setting (``KEY=V1,V2,...``), the
-    dialogue budget of the main table, 3 seeds: how a default was chosen, reproducibly."""
+def sweep_table(b: Budget, setting: str, log, fixed: list[str] = ()) -> list[str]:
+    """Held-out bits per character and greedy chrF for each value of one setting
+    (``KEY=V1,V2,...``, on top of the ``fixed`` overrides), the dialogue budget of the main
+    table, 3 seeds: how a default was chosen, reproducibly."""
     key, _, values = setting.partition("=")
     if not key or not values:
         raise SystemExit(f"--sweep: expected KEY=V1,V2,... (e.g. train.label_smoothing=0.1,0.3), got {setting!r}")
     train, test, _ = template_split()
     refs = [t for _, t in test]
-    lines = [f"Held-out bits per character by `{key}` ({b.dialogue_steps} steps, seeds {b.seeds}):", "",
-             f"| {key} | held-out bits/char |", "|---|---|"]
+    lines = [f"Held-out bits per character by `{key}` ({b.dialogue_steps} steps, seeds {b.seeds}"
+             + (f", with {' '.join(fixed)}" if fixed else "") + "):", "",
+             f"| {key} | pieces | held-out bits/char | chrF |", "|---|---|---|---|"]
     for value in values.split(","):
-        cfg = Q.config("demo.yaml", DIALOGUE + [f"{key}={value}", f"train.steps={b.dialogue_steps}"])
+        cfg = Q.config("demo.yaml", DIALOGUE + list(fixed) + [f"{key}={value}", f"train.steps={b.dialogue_steps}"])
         run = Q.train_seeds(cfg, train, b.seeds)
         bpc = [Q.bits_per_char(Q.nll_nats(run, i, test), refs) for i in range(len(b.seeds))]
-        lines.append(f"| {value} | {mean_sd(bpc)} |")
-        log(f"{key}={value}: bits/char {mean_sd(bpc)}")
+        chrf = [Q.text_scores(Q.greedy(run, i, [s for s, _ in test]), refs)["chrf"] for i in range(len(b.seeds))]
+        lines.append(f"| {value} | {run.tokenizer.vocab_size} | {mean_sd(bpc)} | {mean_sd(chrf)} |")
+        log(f"{key}={value}: {run.tokenizer.vocab_size} pieces, bits/char {mean_sd(bpc)}, chrF {mean_sd(chrf)}")
     return lines + [""]
 
 
@@ -343,8 +347,9 @@ def summary(syn, dia) -> dict:
             "bpc_ratio_vs_nety": dia["ours"]["bpc"] / dia["nety"]["bpc"],
             "chrf_default": dia["ours"]["chrf"], "chrf_nety": dia["nety"]["chrf"],
             "chrf_parity": dia["parity_our_training"]["chrf"],
-            "bpc_earlier_defaults": dia["ours_earlier"]["bpc"], "chrf_earlier_defaults": dia["ours_earlier"]["chrf"],
-            "bpc_ratio_vs_nety_earlier_defaults": dia["ours_earlier"]["bpc"] / dia["nety"]["bpc"],
+            **({"bpc_earlier_defaults": dia["ours_earlier"]["bpc"], "chrf_earlier_defaults": dia["ours_earlier"]["chrf"],
+                "bpc_ratio_vs_nety_earlier_defaults": dia["ours_earlier"]["bpc"] / dia["nety"]["bpc"]}
+               if "ours_earlier" in dia else {}),
             **({"bpc_nety_test_words_in_vocab": dia["nety_test_words_in_vocab"]["bpc"],
                 "bpc_ratio_vs_nety_test_words_in_vocab": dia["ours"]["bpc"] / dia["nety_test_words_in_vocab"]["bpc"]}
                if "nety_test_words_in_vocab" in dia else {})}
@@ -372,18 +377,22 @@ def main() -> int:
     p.add_argument("--headline-steps", type=int, help="steps of the long reverse runs (default 2500)")
     p.add_argument("--nety-leak", action="store_true", help="also train NETY's recipe with the test "
                    "replies' words in its vocabulary (the earlier, leaky protocol; about a minute more)")
+    p.add_argument("--earlier", action="store_true", help="also train the earlier defaults (unigram "
+                   "tokenizer, no BPE-dropout, no pointer) in the dialogue table, as (c'); about a minute more")
     p.add_argument("--sweep", metavar="KEY=V1,V2,...", help="only: held-out dialogue bits per character "
                    "for each value of one setting, 3 seeds (e.g. train.label_smoothing=0.1,0.2,0.3,0.5)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --sweep: another setting fixed for every value (repeatable)")
     args = p.parse_args()
     b, start = Budget(args.quick), time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
     if args.sweep:
-        print("\n".join(sweep_table(b, args.sweep, log)))
+        print("\n".join(sweep_table(b, args.sweep, log, args.overrides)))
         return 0
     if args.headline_steps:
         b.headline_steps = args.headline_steps
     syn = synthetic_tables(b, log, args.only != "reverse") if args.only in (None, "synthetic", "reverse") else None
-    dia = dialogue_tables(b, log, args.nety_leak) if args.only in (None, "dialogue") else None
+    dia = dialogue_tables(b, log, args.nety_leak, args.earlier) if args.only in (None, "dialogue") else None
     abl = ablation_table(b, log) if args.only in (None, "ablation") else None
     when = datetime.date.today().isoformat()
     text = [f"Measured {when} on {platform.machine()} with {os.cpu_count()} CPU cores by "

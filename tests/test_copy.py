@@ -1,6 +1,5 @@
 """The pointer-generator head (``model.copy``) against the mixture computed by hand in numpy."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from nety_jax.cli import main

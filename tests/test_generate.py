@@ -26,9 +26,9 @@ def recompute_greedy(model, variables, n):
     return tgt[:, 1:]
 
 
-@pytest.mark.parametrize("memory", ["pooled", "sequence"])
-def test_cached_greedy_equals_full_prefix_recompute(tiny_cfg, memory):
-    model = get_model(tiny_cfg.model.replace(memory=memory))
+@pytest.mark.parametrize("memory,copy", [("pooled", False), ("sequence", False), ("sequence", True)])
+def test_cached_greedy_equals_full_prefix_recompute(tiny_cfg, memory, copy):
+    model = get_model(tiny_cfg.model.replace(memory=memory, copy=copy))
     variables = model.init(jax.random.PRNGKey(0))
     spec = LoopSpec(max_new_tokens=10, ignore_eos=True)
     cached = generate_jit(variables, SRC, LEN, GREEDY, model=model, spec=spec)
@@ -37,8 +37,9 @@ def test_cached_greedy_equals_full_prefix_recompute(tiny_cfg, memory):
     assert len(set(map(tuple, full.tolist()))) > 1  # not a degenerate constant output
 
 
-def test_beam_one_equals_greedy(tiny_cfg):
-    model = get_model(tiny_cfg.model)
+@pytest.mark.parametrize("copy", [False, True])
+def test_beam_one_equals_greedy(tiny_cfg, copy):
+    model = get_model(tiny_cfg.model.replace(copy=copy))
     variables = model.init(jax.random.PRNGKey(0))
     spec = LoopSpec(max_new_tokens=10, length_penalty=0.0)
     greedy = generate_jit(variables, SRC, LEN, GREEDY, model=model, spec=spec)

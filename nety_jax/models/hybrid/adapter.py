@@ -39,6 +39,8 @@ class HybridModel(Model):
         rows.append(("decoder (transformer_decoder)", count_params(dec)))
         rows += [(f"  decoder.{name}", count_params(dec[name]))
                  for name in sorted(dec, key=lambda n: (n.startswith("layers_"), n))]
+        if "pointer" in params:
+            rows.append(("copy head (pointer)", count_params(params["pointer"])))
         return rows + [("total", count_params(params))]
 
     def start_decoding(self, variables, tokens, lengths, max_new_tokens: int):
