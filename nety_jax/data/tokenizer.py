@@ -103,7 +103,8 @@ class SentencePieceTokenizer(Tokenizer):
 
     def sample(self, text: str, alpha: float, seed: int) -> list[int]:
         """One segmentation drawn from all of them (unigram: p(segmentation)^alpha; bpe:
-        BPE-dropout with rate alpha), deterministic in ``seed``."""
+        BPE-dropout with rate alpha), deterministic in ``seed`` within a process (not across
+        processes: SentencePiece 0.2.x draws differently in each)."""
         spm.set_random_generator_seed(seed % (2 ** 31))
         return self.sp.encode(text.lower() if self.lowercase else text, enable_sampling=True,
                               alpha=alpha, nbest_size=-1)
