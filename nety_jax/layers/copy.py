@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nety_jax.config.sections import PAD_ID
 from nety_jax.layers.linear import Linear
 
 # A source token's copy probability is added to this floor before the log: every word keeps a
@@ -50,7 +51,7 @@ class CopyHead(nn.Module):
         """What a decode step reuses: the memory's keys, the memory, the ids of its positions
         (B, M) and which of them can be copied (real source tokens)."""
         return {"keys": self.key(memory), "memory": memory, "ids": ids.astype(jnp.int32),
-                "mask": memory_mask & (ids > 0)}
+                "mask": memory_mask & (ids != PAD_ID)}
 
     def __call__(self, logits, hidden, pre: dict):
         """(B, T, V) vocabulary logits and the (B, T, D) states they came from -> (B, T, V) log p."""
