@@ -4,6 +4,7 @@ import numpy as np
 
 from nety_jax.cli import main
 from nety_jax.layers import CopyHead
+from conftest import TINY
 
 
 def _sigmoid(x):
@@ -56,7 +57,7 @@ def test_copy_head_is_the_pointer_generator_mixture():
 
 
 def test_copy_needs_sequence_memory(capsys):
-    assert main(["info", "--config", "configs/tiny.yaml", "--set", "model.copy=true",
+    assert main(["info", "--config", TINY, "--set", "model.copy=true",
                  "--set", "model.memory=pooled"]) != 0
     err = capsys.readouterr().err
     assert "model.copy=true" in err and "model.memory=sequence" in err
