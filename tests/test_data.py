@@ -135,6 +135,39 @@ def test_subword_sampling_resegments_batches_deterministically():
     assert changed >= 4  # most rows sampled another segmentation than the best one
 
 
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    pairs = read_pairs(default_corpus_path(), DataConfig()).pairs
+    return SentencePieceTokenizer.train([t for p in pairs for t in p], 600, "bpe"), pairs
+
+
+def test_bpe_dropout_at_rate_0_is_sentencepiece_encode(bpe_tokenizer):
+    """Our merge loop against SentencePiece's own encoder: every corpus text, unknown
+    characters, spaces, an empty string."""
+    tok, pairs = bpe_tokenizer
+    from nety_jax.data.bpe_dropout import BpeDropout
+    sampler = BpeDropout(tok.sp)
+    texts = [t for p in pairs for t in p] + ["Ωmega ünïcode 🙂 x  y", "", "  ", "L'ÉTÉ, à 10h30 ?!"]
+    assert [t for t in texts if sampler.sample(t, 0.0, 1) != tok.sp.encode(t)] == []
+
+
+def test_bpe_dropout_is_the_same_in_another_process(bpe_tokenizer, tmp_path):
+    tok, pairs = bpe_tokenizer
+    tok.save(str(tmp_path))
+    texts = [p[1] for p in pairs[:40]]
+    here = [tok.sample(t, 0.2, 7 + k) for k, t in enumerate(texts)]
+    code = ("import json, sys; from nety_jax.data.tokenizer import load_tokenizer; "
+            f"tok = load_tokenizer({str(tmp_path)!r}); texts = json.load(sys.stdin); "
+            "print(json.dumps([tok.sample(t, 0.2, 7 + k) for k, t in enumerate(texts)]))")
+    done = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), capture_output=True,
+                          text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == here
+    assert sum(ids != tok.encode(t) for ids, t in zip(here, texts)) >= 10  # merges were dropped
+    assert [tok.decode(ids) for ids in here] == texts  # ... and the text is the same
+    assert here != [tok.sample(t, 0.2, 8 + k) for k, t in enumerate(texts)]  # another seed, others
+
+
 def test_split_and_eval_batches():
     pairs = [(str(i), str(i)) for i in range(101)]
     train, val = split_pairs(pairs, 0.1, seed=0)

@@ -57,11 +57,11 @@ def tensorboard_steps(workdir, tag="train/loss"):
     return [e.step for e in acc.Scalars(tag)]
 
 
-def _start_and_kill(workdir, steps, rng):
+def _start_and_kill(workdir, steps, rng, extra=()):
     """Starts a training; kills it (-9) during start-up one time in five, else at a random moment
     of its training (steps, log writes and asynchronous checkpoint writes). Returns its output."""
     import threading
-    proc = subprocess.Popen([*CLI, *train_args(workdir, steps)], cwd=ROOT, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*CLI, *train_args(workdir, steps, *extra)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines, training = [], threading.Event()
 
@@ -91,19 +91,21 @@ def test_kill_minus_9_at_random_moments_resumes_exactly(tmp_path):
     equals an uninterrupted one bit for bit, and its logs hold every step once."""
     steps, rng = 200, random.Random(20261122)
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    assert cli(*train_args(straight, steps)).returncode == 0  # the reference (and a warm compile cache)
+    # with BPE-dropout, as in the shipped configs: every batch's segmentation is sampled too
+    bpe = ("--set", "data.spm_model_type=bpe", "--set", "data.subword_alpha=0.1")
+    assert cli(*train_args(straight, steps, *bpe)).returncode == 0  # the reference (and a warm compile cache)
     for _ in range(10):
         complete = steps_on_disk(str(killed))
-        out = _start_and_kill(killed, steps, rng)
+        out = _start_and_kill(killed, steps, rng, bpe)
         resumed = re.search(r"resumed from .* at step (\d+)", out)
         if resumed:  # a restart resumes from the newest complete checkpoint
             assert complete and int(resumed.group(1)) == complete[-1], (complete, out)
     complete = steps_on_disk(str(killed))
     assert complete, "no checkpoint survived 10 kills"
-    done = cli(*train_args(killed, steps))
+    done = cli(*train_args(killed, steps, *bpe))
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"resumed from {killed} at step {complete[-1]}" in done.stdout
-    # bit for bit: the data order, dropout keys and the state all come back exactly
+    # bit for bit: the data order, its sampled segmentations, dropout keys and the state all come back
     assert max_diff(params_of(killed), params_of(straight)) == 0.0
     rows = [r["step"] for r in read_metrics(str(killed)) if r["split"] == "train"]
     assert rows == list(range(2, steps + 1, 2))  # no duplicated, no missing step

@@ -122,11 +122,11 @@ class Encoded:
 
     With ``sampler`` (training pairs under ``data.subword_alpha``), every batch re-segments
     its pairs by sampling: ``sampler(text, seed)`` returns the ids of one sampled segmentation,
-    seeded by the batch's indices: within a process a batch is a pure function of its position,
-    and a resumed run draws the same pairs in the same order, but SentencePiece's sampler
-    (0.2.x) does not give the same segmentation for a seed in two processes, so a resumed
-    run's segmentations, and hence its weights, differ from an uninterrupted run's (with
-    ``subword_alpha`` 0, resume is exact). Bucketing uses the fixed segmentation; a sampled one too long for the limits
+    seeded by the batch's indices: a batch is a pure function of its position, so a resumed
+    run draws the same pairs in the same order and, with a BPE tokenizer (our own BPE-dropout,
+    ``bpe_dropout``), the same segmentations, bit for bit. A unigram tokenizer samples through
+    SentencePiece, which gives a seed another segmentation in each process: resume is then
+    equivalent, not identical. Bucketing uses the fixed segmentation; a sampled one too long for the limits
     falls back to it (nothing is cut that the fixed encoding keeps)."""
 
     src: list[np.ndarray]

@@ -16,6 +16,7 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 
 from nety_jax.config.sections import EOS_ID, PAD_ID, SOS_ID, UNK_ID
+from nety_jax.data.bpe_dropout import BpeDropout, is_bpe
 from nety_jax.errors import DataError
 
 SPECIALS = ("<pad>", "<sos>", "<eos>", "<unk>")
@@ -90,6 +91,7 @@ class SentencePieceTokenizer(Tokenizer):
         return tok
 
     lowercase = False
+    _bpe_dropout = None  # built on first use: BpeDropout, or False for unigram models
 
     @property
     def vocab_size(self) -> int:
@@ -102,12 +104,24 @@ class SentencePieceTokenizer(Tokenizer):
         return self.sp.decode(self.strip(ids))
 
     def sample(self, text: str, alpha: float, seed: int) -> list[int]:
-        """One segmentation drawn from all of them (unigram: p(segmentation)^alpha; bpe:
-        BPE-dropout with rate alpha), deterministic in ``seed`` within a process (not across
-        processes: SentencePiece 0.2.x draws differently in each)."""
+        """One segmentation drawn from all of them, a pure function of (text, alpha, seed).
+
+        BPE models: BPE-dropout with rate alpha by our own merge loop (``bpe_dropout``), the
+        same in every process, so a resumed run redraws an uninterrupted run's batches.
+        Unigram models: SentencePiece's sampler, p(segmentation)^alpha, deterministic in
+        ``seed`` within a process only (SentencePiece 0.2.x draws differently in each)."""
+        text = text.lower() if self.lowercase else text
+        if self._bpe_dropout is None:
+            self._bpe_dropout = BpeDropout(self.sp) if is_bpe(self.proto) else False
+        if self._bpe_dropout:
+            return self._bpe_dropout.sample(text, alpha, seed)
         spm.set_random_generator_seed(seed % (2 ** 31))
-        return self.sp.encode(text.lower() if self.lowercase else text, enable_sampling=True,
-                              alpha=alpha, nbest_size=-1)
+        return self.sp.encode(text, enable_sampling=True, alpha=alpha, nbest_size=-1)
+
+    @property
+    def exact_sampling(self) -> bool:
+        """True when ``sample`` draws the same ids for a seed in every process (BPE models)."""
+        return is_bpe(self.proto)
 
     def piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))
