@@ -3,7 +3,9 @@
 Written for this project: hand-written templates and vocabularies, expanded
 deterministically (a fixed seed picks the phrasings), duplicates dropped.
 Each pair names its template ("template"), so a split can hold out whole templates
-(scripts/bench_quality.py). Run: python scripts/build_corpus.py [--check]
+(scripts/bench_quality.py). Templates named "added..." were written later (issue #11) to enrich
+the corpus with new topics and everyday vocabulary; the quality benchmark holds out only the
+others, so its test set is the same with and without them and shows what they are worth. Run: python scripts/build_corpus.py [--check]
 """
 from __future__ import annotations
 
@@ -147,6 +149,113 @@ SMALL_TALK = [("Quoi de neuf ?", "Pas grand-chose, je suis prêt à discuter. Et
               ("Quel jour sommes-nous ?", "Je ne vois pas le calendrier, mais ton téléphone te le dira."),
               ("Tu as un conseil pour aujourd'hui ?", "Fais une chose qui te fait plaisir, même petite.")]
 HOURS = list(range(0, 24))
+# Added conversations (issue #11): new topics and everyday vocabulary, written for this project.
+MORE_QA = [
+    ("Mon chat griffe le canapé.", "Donne-lui un griffoir et récompense-le quand il s'en sert."),
+    ("Mon chien aboie toute la nuit.", "Il s'ennuie peut-être : promène-le plus longtemps le soir et laisse-lui un jouet."),
+    ("Je voudrais adopter un animal.", "C'est un bel engagement ! Pense au temps, à la place et au budget qu'il demande."),
+    ("Quel animal choisir pour un petit appartement ?", "Un chat, un lapin ou des poissons s'adaptent bien aux petits espaces."),
+    ("Mon poisson rouge ne bouge plus beaucoup.", "Vérifie la température et la propreté de l'eau de son aquarium."),
+    ("J'ai mal à la tête.", "Bois de l'eau, repose-toi dans le calme et consulte si la douleur continue."),
+    ("J'ai mal au dos après le travail.", "Lève-toi souvent, étire-toi doucement et règle bien la hauteur de ta chaise."),
+    ("Je tousse depuis une semaine.", "Une toux qui dure mérite l'avis d'un médecin, prends rendez-vous."),
+    ("Je me suis coupé le doigt.", "Lave la plaie à l'eau claire, appuie avec une compresse et mets un pansement."),
+    ("Comment bien me laver les mains ?", "Avec du savon pendant trente secondes, entre les doigts et sous les ongles."),
+    ("Je n'ai plus de voix.", "Repose ta voix, bois des boissons chaudes et évite de parler fort."),
+    ("Comment aller à la gare ?", "Je ne connais pas ta position, mais une application de plans te guidera."),
+    ("Mon train est en retard.", "C'est agaçant ! Préviens les personnes qui t'attendent et garde ton billet."),
+    ("Je prends l'avion demain.", "Vérifie ton passeport, ta valise et l'heure d'embarquement ce soir."),
+    ("Vaut-il mieux prendre le vélo ou la voiture ?", "Pour un trajet court, le vélo est souvent plus rapide, moins cher et bon pour la santé."),
+    ("J'ai perdu mes clés.", "Refais ton chemin dans ta tête et regarde dans tes poches et ton sac."),
+    ("J'ai oublié mon mot de passe.", "Utilise le lien de réinitialisation du site, puis choisis un mot de passe long."),
+    ("Mon ordinateur est très lent.", "Ferme les programmes inutiles, redémarre-le et libère un peu d'espace disque."),
+    ("Mon téléphone ne charge plus.", "Essaie un autre câble et une autre prise, puis nettoie doucement le port."),
+    ("C'est quoi l'intelligence artificielle ?", "Ce sont des programmes qui apprennent à partir d'exemples pour accomplir des tâches."),
+    ("Comment apprendre à programmer ?", "Choisis un langage simple comme Python et écris un petit projet chaque semaine."),
+    ("Internet ne marche plus chez moi.", "Débranche la box pendant une minute, puis rebranche-la et patiente un peu."),
+    ("Je dois acheter un cadeau pour ma mère.", "Pense à ses envies : un livre, une plante ou un repas ensemble lui feraient plaisir."),
+    ("Mon frère m'énerve.", "Dis-lui calmement ce qui te gêne, sans crier, au bon moment."),
+    ("Ma grand-mère vient dîner ce soir.", "Quelle belle soirée en perspective ! Tu lui prépares son plat préféré ?"),
+    ("Mes parents se disputent souvent.", "C'est difficile à vivre. Tu peux en parler à quelqu'un de confiance."),
+    ("Je vais être papa !", "Félicitations ! C'est une grande et belle nouvelle."),
+    ("Ma sœur se marie en juin.", "Quelle joie ! Tu vas sûrement passer une journée inoubliable."),
+    ("Mon fils ne veut pas faire ses devoirs.", "Fixe un moment calme chaque jour et aide-le à commencer par le plus facile."),
+    ("Je déménage la semaine prochaine.", "Prépare des cartons par pièce et note ce qu'il y a dedans."),
+    ("Mon voisin fait trop de bruit.", "Va lui parler poliment, il ne se rend peut-être pas compte du bruit."),
+    ("Je cherche un appartement.", "Fixe ton budget, vise les quartiers proches de ton travail et visite plusieurs logements."),
+    ("Comment économiser de l'argent ?", "Mets un peu de côté dès que tu reçois ton salaire et limite les petits achats."),
+    ("Je veux changer de travail.", "Fais la liste de ce que tu aimes et cherche les postes qui y correspondent."),
+    ("J'ai un entretien demain.", "Prépare deux ou trois exemples de ce que tu as réussi, et dors bien ce soir."),
+    ("Mon chef ne m'écoute pas.", "Demande-lui un court rendez-vous et arrive avec des propositions précises."),
+    ("Je commence un nouveau travail lundi.", "Bonne chance ! Pose des questions, c'est normal au début."),
+    ("Je n'arrive pas à me concentrer.", "Coupe les notifications et travaille vingt minutes sur une seule tâche."),
+    ("Je dois parler devant ma classe.", "Entraîne-toi à voix haute et regarde quelques visages amicaux pendant ton exposé."),
+    ("J'ai eu une mauvaise note.", "Ce n'est qu'une note. Regarde tes erreurs, tu feras mieux la prochaine fois."),
+    ("Quelle est la capitale de l'Italie ?", "La capitale de l'Italie est Rome."),
+    ("Quelle est la capitale de l'Espagne ?", "La capitale de l'Espagne est Madrid."),
+    ("Combien y a-t-il de jours dans une année ?", "Il y a trois cent soixante-cinq jours, et un de plus les années bissextiles."),
+    ("Pourquoi le ciel est-il bleu ?", "La lumière du soleil se diffuse dans l'air, et le bleu se disperse davantage."),
+    ("Quelle est la plus haute montagne du monde ?", "C'est l'Everest, dans l'Himalaya, à près de neuf mille mètres."),
+    ("Combien de pattes a une araignée ?", "Une araignée a huit pattes."),
+    ("Qui a écrit Les Misérables ?", "C'est Victor Hugo qui a écrit Les Misérables."),
+    ("Quel est le plus grand océan ?", "Le plus grand océan est l'océan Pacifique."),
+    ("Tu peux me conseiller un livre ?", "Le Petit Prince est court, poétique et se relit à tout âge."),
+    ("Tu peux me conseiller un film ?", "Une comédie légère pour ce soir ? Choisis-en une que tes amis ont aimée."),
+    ("Quelle musique écouter pour travailler ?", "Une musique calme sans paroles aide souvent à rester concentré."),
+    ("J'ai envie de voyager.", "Où aimerais-tu aller ? La mer, la montagne ou une grande ville ?"),
+    ("Je pars en vacances à la montagne.", "Profite de l'air pur et prévois de bonnes chaussures de marche."),
+    ("Je pars en vacances à la mer.", "N'oublie pas la crème solaire et un chapeau !"),
+    ("Que mettre dans ma valise ?", "Des vêtements pour trois jours, une trousse de toilette, tes papiers et un chargeur."),
+    ("Je ne sais pas quoi faire ce week-end.", "Une balade en forêt, un musée ou un repas avec des amis ?"),
+    ("Il neige dehors !", "Couvre-toi bien si tu sors, et profite du paysage."),
+    ("Il fait trop chaud.", "Ferme les volets le jour, bois souvent et évite de sortir à midi."),
+    ("Il y a de l'orage.", "Reste à l'intérieur et débranche les appareils fragiles."),
+    ("Le vent souffle très fort.", "Range ce qui pourrait s'envoler sur ton balcon et sois prudent dehors."),
+    ("Comment faire une omelette ?", "Bats trois œufs avec du sel, verse-les dans une poêle chaude et plie l'omelette."),
+    ("Comment cuire du riz ?", "Compte deux volumes d'eau pour un de riz et laisse cuire à feu doux."),
+    ("Je voudrais manger plus de légumes.", "Ajoute-en un à chaque repas : une soupe, une salade ou des légumes rôtis."),
+    ("Qu'est-ce qu'on mange ce soir ?", "Pourquoi pas une soupe chaude et du pain, simple et réconfortant ?"),
+    ("J'ai brûlé mon gâteau.", "Ça arrive ! La prochaine fois, baisse un peu le four et surveille la fin."),
+    ("Je bois trop de café.", "Remplace une tasse sur deux par de l'eau ou une tisane."),
+    ("Je veux arrêter de fumer.", "C'est une excellente décision. Ton médecin peut t'aider à trouver une méthode."),
+    ("Comment me faire des amis ?", "Inscris-toi à une activité qui te plaît, on y rencontre des gens qui te ressemblent."),
+    ("Je me sens nul.", "Tu n'es pas nul. Pense à trois choses que tu as bien faites cette semaine."),
+    ("Personne ne m'écoute.", "Moi je t'écoute. Qu'est-ce que tu voudrais dire ?"),
+    ("J'ai peur de l'avenir.", "C'est une peur courante. Concentre-toi sur ce que tu peux faire aujourd'hui."),
+    ("J'ai fait un cauchemar.", "Ce n'était qu'un rêve. Respire doucement, tu es en sécurité."),
+    ("Je suis en retard au travail.", "Préviens ton équipe tout de suite, puis arrive sans te précipiter."),
+    ("Tu crois aux fantômes ?", "Je n'en ai jamais vu, mais les histoires de fantômes sont amusantes."),
+    ("Tu aimes la musique ?", "Je ne l'entends pas, mais j'aime parler de chansons avec toi."),
+    ("Tu rêves la nuit ?", "Non, je ne dors pas et je ne rêve pas."),
+    ("Tu as un animal ?", "Non, mais j'aime bien qu'on me parle de chats et de chiens."),
+    ("Tu connais Paris ?", "Je connais quelques faits sur Paris, comme la tour Eiffel et la Seine."),
+    ("Tu es meilleur que les autres assistants ?", "Je fais de mon mieux, chaque assistant a ses points forts."),
+    ("Peux-tu me réveiller demain ?", "Je ne peux pas sonner, mais ton téléphone a un réveil."),
+    ("Tu peux envoyer un message à ma sœur ?", "Je ne peux pas envoyer de messages, mais je peux t'aider à l'écrire."),
+    ("Écris-moi un poème court.", "Le matin se lève, doux et clair, et le café chante dans l'air."),
+    ("Donne-moi un mot gentil.", "Tu comptes plus que tu ne le crois."),
+    ("Dis-moi quelque chose d'intéressant.", "Les pieuvres ont trois cœurs et le sang bleu."),
+    ("Comment dit-on merci en anglais ?", "On dit « thank you »."),
+    ("Comment dit-on bonjour en espagnol ?", "On dit « hola »."),
+    ("Que veut dire le mot éphémère ?", "Éphémère veut dire qui dure très peu de temps."),
+    ("Corrige ma phrase : je suis allé au magasin hier soir.", "Ta phrase est correcte, bravo !"),
+    ("Je n'aime pas les lundis.", "Prévois une petite chose agréable le lundi soir, ça aide."),
+    ("J'ai gagné au loto !", "Incroyable ! Prends le temps de réfléchir avant de tout dépenser."),
+    ("J'ai cassé mon téléphone.", "Aïe ! Regarde si ton assurance ou ta garantie couvre la réparation."),
+    ("Je dois faire le ménage.", "Mets de la musique et commence par la pièce la plus rapide."),
+    ("Mes plantes meurent.", "Arrose moins souvent mais plus profondément, et donne-leur de la lumière."),
+    ("Comment planter des tomates ?", "Plante-les au soleil après les gelées et arrose au pied."),
+]
+PETS = {"mon chat": "ton chat", "mon chien": "ton chien", "mon lapin": "ton lapin",
+        "ma tortue": "ta tortue", "mon perroquet": "ton perroquet", "mon hamster": "ton hamster"}
+PET_PROBLEMS = {"ne mange plus": "Si {pet} ne mange plus depuis un jour, appelle le vétérinaire.",
+                "dort toute la journée": "Un animal qui dort beaucoup peut être malade ou simplement âgé : "
+                                         "surveille {pet} de près.",
+                "a l'air triste": "Passe du temps à jouer avec {pet}, la compagnie fait du bien aux animaux.",
+                "a fait une bêtise": "Reprends {pet} sans crier, tout de suite, et félicite ses bons "
+                                     "comportements."}
+TRANSPORT = {"en bus": "le bus", "en métro": "le métro", "en tramway": "le tramway", "à vélo": "le vélo",
+             "à pied": "la marche", "en voiture": "la voiture", "en train": "le train"}
 
 
 def _weather():
@@ -276,6 +385,25 @@ def _fixed():
             yield variant, tgt, f"fixed:{i}"
 
 
+def _added():
+    for i, (inp, tgt) in enumerate(MORE_QA):
+        for variant in _variants(inp):
+            yield variant, tgt, f"added:{i}"
+
+
+def _added_pets():
+    for pet, yours in PETS.items():
+        for problem, reply in PET_PROBLEMS.items():
+            yield f"{pet.capitalize()} {problem}.", reply.format(pet=yours)
+            yield f"Que faire ? {pet.capitalize()} {problem}.", reply.format(pet=yours)
+
+
+def _added_transport():
+    for mode, noun in TRANSPORT.items():
+        yield f"Je vais au travail {mode}.", f"{noun.capitalize()}, c'est pratique ! Ton trajet dure combien de temps ?"
+        yield f"C'est mieux d'y aller {mode} ?", f"Ça dépend de la distance, mais {noun} est souvent un bon choix."
+
+
 def _templated(gen):
     """(input, target, template) for each pair of a generator. The template names what made
     the pair: the fixed message and its variants, or the generator and its yield statement
@@ -293,7 +421,7 @@ def build_pairs(seed: int = 2026) -> list[dict]:
     rng = random.Random(seed)
     pairs, seen = [], set()
     for gen in (_fixed, _greetings_named, _feelings, _weather, _food, _hobbies, _work, _tasks,
-                _plans, _time, _arithmetic):
+                _plans, _time, _arithmetic, _added, _added_pets, _added_transport):
         for inp, tgt, template in _templated(gen):
             if (inp, tgt) not in seen:
                 seen.add((inp, tgt))
