@@ -75,13 +75,13 @@ DIALOGUE = ["train.warmup_steps=30", "data.bucket_multiple=32", "train.eval_ever
 class Budget:
     def __init__(self, quick: bool):
         self.quick = quick
-        self.synth_steps = 60 if quick else 300  # the variants table (three tasks side by side)
+        self.synth_steps = 60 if quick else 250  # the variants table (three tasks side by side)
         self.headline_steps = 60 if quick else 2500  # reverse: defaults and parity
         self.synth_train = 4000 if quick else 40000
         self.synth_test = 64 if quick else 192
         self.dialogue_steps = 60 if quick else 400
-        self.ablation_synth_steps = 60 if quick else 300
-        self.ablation_dialogue_steps = 40 if quick else 100
+        self.ablation_synth_steps = 60 if quick else 250
+        self.ablation_dialogue_steps = 40 if quick else 80
         self.ablation_lengths = (4, 12)  # ablation reverse: short strings, learnt in a few hundred steps
         self.seeds = [0, 1] if quick else [0, 1, 2]
 
