@@ -111,9 +111,7 @@ class SentencePieceTokenizer(Tokenizer):
         Unigram models: SentencePiece's sampler, p(segmentation)^alpha, deterministic in
         ``seed`` within a process only (SentencePiece 0.2.x draws differently in each)."""
         text = text.lower() if self.lowercase else text
-        if self._bpe_dropout is None:
-            self._bpe_dropout = BpeDropout(self.sp) if is_bpe(self.proto) else False
-        if self._bpe_dropout:
+        if self.exact_sampling:
             return self._bpe_dropout.sample(text, alpha, seed)
         spm.set_random_generator_seed(seed % (2 ** 31))
         return self.sp.encode(text, enable_sampling=True, alpha=alpha, nbest_size=-1)
@@ -121,7 +119,9 @@ class SentencePieceTokenizer(Tokenizer):
     @property
     def exact_sampling(self) -> bool:
         """True when ``sample`` draws the same ids for a seed in every process (BPE models)."""
-        return is_bpe(self.proto)
+        if self._bpe_dropout is None:
+            self._bpe_dropout = BpeDropout(self.sp) if is_bpe(self.proto) else False
+        return bool(self._bpe_dropout)
 
     def piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))
