@@ -319,7 +319,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
-        from nety_jax.runtime import enable_compilation_cache
+        from nety_jax.runtime import enable_compilation_cache, keep_host_memory
+        if args.command == "train":  # before JAX starts its threads; not for decoding (see runtime.py)
+            keep_host_memory()
         enable_compilation_cache("off" if args.no_compile_cache else args.compile_cache)
         return args.fn(args)
     except NetyError as e:

@@ -1,17 +1,30 @@
-"""Process-wide JAX settings: the persistent compilation cache.
+"""Process-wide settings: JAX's persistent compilation cache and the host memory allocator.
 
 Compiled programs are written to a cache directory and loaded by the next process
 that compiles the same program, so a second ``nety-jax train`` / ``generate`` /
 ``make demo`` (and most of the test suite) skip XLA compilation. The CLI turns it
 on by default; ``--no-compile-cache`` or ``NETY_JAX_COMPILE_CACHE=off`` turns it off,
 ``--compile-cache DIR`` or ``NETY_JAX_COMPILE_CACHE=DIR`` moves it.
+
+``keep_host_memory()`` stops glibc's malloc from handing large freed blocks back to the
+kernel: XLA on the CPU allocates each execution's temporaries (hundreds of MB for a train
+step) and frees them after it, and by default glibc returns them (``munmap`` or a heap
+trim), so the next execution page-faults every page in again (136,000 faults, about 0.1 s,
+per NETY-size train step). ``nety-jax train`` turns it on before JAX starts its threads;
+``NETY_JAX_HOST_MALLOC=default`` leaves glibc alone. Decoding commands leave it off: its one
+malloc arena, shared by XLA's threads, makes generation at batch 1 5-8% slower. See
+docs/PERFORMANCE.md.
 """
 from __future__ import annotations
 
 import os
+import sys
 from typing import Optional
 
 ENV = "NETY_JAX_COMPILE_CACHE"
+MALLOC_ENV = "NETY_JAX_HOST_MALLOC"
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
 def default_cache_dir() -> str:
@@ -39,3 +52,29 @@ def enable_compilation_cache(path: Optional[str] = None, min_compile_seconds: fl
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+def keep_host_memory(mode: Optional[str] = None) -> bool:
+    """Makes glibc's malloc keep freed memory for reuse (``mode``: ``"keep"``, ``"default"``, or
+    None for $NETY_JAX_HOST_MALLOC, default ``"keep"``). Returns True when the setting was applied.
+
+    Three ``mallopt`` settings: one arena (a thread's own arena is capped at 64 MB, so its large
+    blocks are always mmapped and unmapped on free), no mmap for large blocks (they come from
+    the heap), and no trimming of the heap's top. The process's resident memory then stays at
+    its peak instead of shrinking between steps. Call it before JAX runs anything: a thread
+    keeps the arena it took at its first allocation. A no-op off Linux/glibc."""
+    mode = (mode or os.environ.get(MALLOC_ENV) or "keep").lower()
+    if mode not in ("keep", "default"):
+        from nety_jax.errors import ConfigError
+        raise ConfigError(f"{MALLOC_ENV} must be 'keep' or 'default', got {mode!r}")
+    if mode == "default" or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+    return all(mallopt(param, value) == 1 for param, value in settings)

@@ -16,6 +16,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from nety_jax.runtime import keep_host_memory  # noqa: E402
+
+# the training part runs as `nety-jax train` does (before JAX starts its threads); see runtime.py
+KEPT_HOST_MEMORY = len(sys.argv) > 1 and sys.argv[1] == "train" and keep_host_memory()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -129,6 +134,48 @@ class TorchTrainer:
             self.opt.step()
 
 
+class TorchProcess:
+    """NETY's PyTorch train step in a process of its own (``bench_parts.py torch-train``), timed in
+    turns with ours. Its own process, so glibc's malloc runs as PyTorch NETY's train.py gets it
+    (``host_malloc="default"``) while ours runs as ``nety-jax train`` sets it
+    (``runtime.keep_host_memory``); ``host_malloc="keep"`` gives PyTorch our setting too."""
+
+    def __init__(self, args, host_malloc: str):
+        import subprocess
+        cmd = [sys.executable, os.path.abspath(__file__), "torch-train", "--host-malloc", host_malloc] \
+            + (["--tiny"] if args.tiny else [])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._reply()  # ready: built and one step taken
+
+    def _reply(self) -> float:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"the PyTorch step process exited (code {self.proc.wait()})")
+        return float(line)
+
+    def seconds_per_step(self, k: int) -> float:
+        self.proc.stdin.write(f"{k}\n")
+        self.proc.stdin.flush()
+        return self._reply()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def part_torch_train(args) -> dict:
+    """Serves timed PyTorch steps: reads a step count per line, answers seconds per step."""
+    b, n = (4, 8) if args.tiny else (32, 32)
+    parity = config(args, "nety_parity.yaml")
+    trainer = TorchTrainer(parity, _train_batch(parity.model.vocab_size, b, n))
+    trainer.steps(1)
+    print(0.0, flush=True)
+    for line in sys.stdin:
+        k = int(line)
+        print(timed(lambda: trainer.steps(k)) / k, flush=True)
+    return {"peak_rss_mb": peak_rss_mb()}
+
+
 def part_train(args) -> dict:
     b, n = (4, 8) if args.tiny else (32, 32)
     parity, base = config(args, "nety_parity.yaml"), config(args, "base.yaml")
@@ -140,23 +187,24 @@ def part_train(args) -> dict:
     jb.steps(1)
     jp.steps(1)
     rss = peak_rss_mb()
-    torch_ = None if args.tiny and args.skip_torch else TorchTrainer(parity, batch)
-    if torch_ is not None:
-        torch_.steps(1)
-    times = {"parity": [], "base": [], "torch": []}
+    refs = {} if args.tiny and args.skip_torch else \
+        {"torch": TorchProcess(args, "default"), "torch_same_malloc": TorchProcess(args, "keep")}
+    times = {"parity": [], "base": [], **{key: [] for key in refs}}
     for _ in range(args.repeats):
         times["parity"].append(timed(lambda: jp.steps(2)) / 2)
-        if torch_ is not None:
-            times["torch"].append(timed(lambda: torch_.steps(2)) / 2)
+        for key, proc in refs.items():
+            times[key].append(proc.seconds_per_step(2))
         times["base"].append(timed(lambda: jb.steps(2)) / 2)
+    for proc in refs.values():
+        proc.close()
     flops = {k: train_step_flops(c.model, b, n, n)["total"] for k, c in (("parity", parity), ("base", base))}
     out = {"vocab": parity.model.vocab_size, "batch": b, "len": n, "peak_rss_mb": rss,
-           "gflop_parity": flops["parity"] / 1e9, "gflop_base": flops["base"] / 1e9, "torch": None}
-    for key in ("parity", "base", "torch"):
-        if times[key]:
-            s = statistics.median(times[key])
-            out[key] = {"s_per_step": s, "tokens_per_s": b * n / s,
-                        "gflops": flops["parity" if key == "torch" else key] / s / 1e9}
+           "gflop_parity": flops["parity"] / 1e9, "gflop_base": flops["base"] / 1e9, "torch": None,
+           "torch_same_malloc": None, "host_malloc": "keep" if KEPT_HOST_MEMORY else "default"}
+    for key, ts in times.items():
+        s = statistics.median(ts)
+        out[key] = {"s_per_step": s, "tokens_per_s": b * n / s,
+                    "gflops": flops["base" if key == "base" else "parity"] / s / 1e9}
     out["parity"].update(compile_s=compile_s, compile_cached_s=compile_cached_s)
     return out
 
@@ -290,14 +338,17 @@ def part_recompiles(args) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=("machine", "train", "generate", "recompiles"))
+    p.add_argument("part", choices=("machine", "train", "torch-train", "generate", "recompiles"))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-torch", action="store_true")
+    p.add_argument("--host-malloc", choices=("keep", "default"), help="torch-train: glibc's malloc setting")
     args = p.parse_args()
-    result = globals()[f"part_{args.part}"](args)
+    if args.part == "torch-train":
+        keep_host_memory(args.host_malloc)
+    result = globals()[f"part_{args.part.replace('-', '_')}"](args)
     print(json.dumps(result))
     return 0
 
