@@ -6,14 +6,14 @@ that compiles the same program, so a second ``nety-jax train`` / ``generate`` /
 on by default; ``--no-compile-cache`` or ``NETY_JAX_COMPILE_CACHE=off`` turns it off,
 ``--compile-cache DIR`` or ``NETY_JAX_COMPILE_CACHE=DIR`` moves it.
 
-``keep_host_memory()`` stops glibc's malloc from handing large freed blocks back to the
-kernel: XLA on the CPU allocates each execution's temporaries (hundreds of MB for a train
-step) and frees them after it, and by default glibc returns them (``munmap`` or a heap
-trim), so the next execution page-faults every page in again (136,000 faults, about 0.1 s,
-per NETY-size train step). ``nety-jax train`` turns it on before JAX starts its threads;
-``NETY_JAX_HOST_MALLOC=default`` leaves glibc alone. Decoding commands leave it off: its one
-malloc arena, shared by XLA's threads, makes generation at batch 1 5-8% slower. See
-docs/PERFORMANCE.md.
+The host allocator: on the CPU, XLA allocates each execution's temporaries (hundreds of MB for
+a NETY-size train step) and frees them after it; glibc's malloc hands such blocks back to the
+kernel, so the next step page-faults every 4 KB page in again (136,000 faults, about 0.1 s, a
+step). glibc's ``glibc.malloc.hugetlb=1`` tunable backs them with transparent huge pages (2 MB:
+a few hundred faults a step). glibc reads tunables only when a process starts, so the
+``nety-jax`` command re-executes itself once with ``GLIBC_TUNABLES`` extended
+(``restart_with_host_malloc``); ``NETY_JAX_HOST_MALLOC=default`` leaves glibc alone. Python API
+users start their process with ``host_malloc_env()``'s environment. See docs/PERFORMANCE.md.
 """
 from __future__ import annotations
 
@@ -23,8 +23,7 @@ from typing import Optional
 
 ENV = "NETY_JAX_COMPILE_CACHE"
 MALLOC_ENV = "NETY_JAX_HOST_MALLOC"
-# glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+HUGEPAGES = "glibc.malloc.hugetlb=1"
 
 
 def default_cache_dir() -> str:
@@ -54,27 +53,31 @@ def enable_compilation_cache(path: Optional[str] = None, min_compile_seconds: fl
     return path
 
 
-def keep_host_memory(mode: Optional[str] = None) -> bool:
-    """Makes glibc's malloc keep freed memory for reuse (``mode``: ``"keep"``, ``"default"``, or
-    None for $NETY_JAX_HOST_MALLOC, default ``"keep"``). Returns True when the setting was applied.
 
-    Three ``mallopt`` settings: one arena (a thread's own arena is capped at 64 MB, so its large
-    blocks are always mmapped and unmapped on free), no mmap for large blocks (they come from
-    the heap), and no trimming of the heap's top. The process's resident memory then stays at
-    its peak instead of shrinking between steps. Call it before JAX runs anything: a thread
-    keeps the arena it took at its first allocation. A no-op off Linux/glibc."""
-    mode = (mode or os.environ.get(MALLOC_ENV) or "keep").lower()
-    if mode not in ("keep", "default"):
+def host_malloc_env(environ: Optional[dict] = None) -> Optional[dict]:
+    """The environment to start a process with so that glibc's malloc backs large blocks with
+    transparent huge pages: ``environ`` (default ``os.environ``) with ``glibc.malloc.hugetlb=1``
+    added to ``GLIBC_TUNABLES``, or None when nothing is to change ($NETY_JAX_HOST_MALLOC is
+    ``default``, not Linux, or the tunable is already set). glibc older than 2.35 ignores it."""
+    env = dict(os.environ if environ is None else environ)
+    mode = (env.get(MALLOC_ENV) or "hugepages").lower()
+    if mode not in ("hugepages", "default"):
         from nety_jax.errors import ConfigError
-        raise ConfigError(f"{MALLOC_ENV} must be 'keep' or 'default', got {mode!r}")
-    if mode == "default" or not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
-    return all(mallopt(param, value) == 1 for param, value in settings)
+        raise ConfigError(f"{MALLOC_ENV} must be 'hugepages' or 'default', got {mode!r}")
+    tunables = env.get("GLIBC_TUNABLES", "")
+    if mode == "default" or not sys.platform.startswith("linux") or "glibc.malloc.hugetlb" in tunables:
+        return None
+    env["GLIBC_TUNABLES"] = f"{tunables}:{HUGEPAGES}" if tunables else HUGEPAGES
+    return env
+
+
+def restart_with_host_malloc(args: list) -> None:
+    """Re-executes this Python with ``args`` (e.g. ``["-m", "nety_jax.cli", ...]``) in
+    ``host_malloc_env()``'s environment when that changes anything; returns otherwise. The new
+    process keeps the PID, standard streams and signals; it finds the tunable set and goes on."""
+    env = host_malloc_env()
+    if env is None or not sys.executable:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *args], env)
