@@ -17,8 +17,8 @@ Public API (imported lazily, so ``load_exported`` runs without the Flax model co
 - ``generate(variables, tokens, lengths, params, *, model, spec)``: the pure decoding
   function; ``generate_jit`` is it compiled; ``SamplingParams``, ``LoopSpec``.
 - ``enable_compilation_cache(path=None)``: JAX's persistent compilation cache.
-- ``host_malloc_env()``: the environment to start a CPU training process with (glibc's
-  malloc backing XLA's temporaries with huge pages), as ``nety-jax`` does.
+- ``keep_host_memory()``: glibc's malloc keeps freed memory (faster CPU training; call it
+  first, before JAX runs anything).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ _API = {"load_config": "nety_jax.config", "Config": "nety_jax.config",
         "export_run": "nety_jax.serving.export", "get_model": "nety_jax.models.registry",
         "generate": "nety_jax.decoding.generation", "generate_jit": "nety_jax.decoding.generation",
         "SamplingParams": "nety_jax.decoding.sampling", "LoopSpec": "nety_jax.decoding.spec",
-        "enable_compilation_cache": "nety_jax.runtime", "host_malloc_env": "nety_jax.runtime"}
+        "enable_compilation_cache": "nety_jax.runtime", "keep_host_memory": "nety_jax.runtime"}
 
 __all__ = sorted(_API) + ["__version__"]
 __getattr__ = lazy_getattr(__name__, _API)

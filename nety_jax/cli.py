@@ -319,9 +319,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
-        from nety_jax.runtime import enable_compilation_cache, restart_with_host_malloc
-        if argv is None:  # run as a program (not called): huge pages for XLA's temporaries, see runtime.py
-            restart_with_host_malloc(["-m", "nety_jax.cli", *sys.argv[1:]])
+        from nety_jax.runtime import enable_compilation_cache, keep_host_memory
+        if args.command == "train":  # before JAX starts (see runtime.py)
+            keep_host_memory()
         enable_compilation_cache("off" if args.no_compile_cache else args.compile_cache)
         return args.fn(args)
     except NetyError as e:

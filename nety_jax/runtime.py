@@ -6,14 +6,12 @@ that compiles the same program, so a second ``nety-jax train`` / ``generate`` /
 on by default; ``--no-compile-cache`` or ``NETY_JAX_COMPILE_CACHE=off`` turns it off,
 ``--compile-cache DIR`` or ``NETY_JAX_COMPILE_CACHE=DIR`` moves it.
 
-The host allocator: on the CPU, XLA allocates each execution's temporaries (hundreds of MB for
-a NETY-size train step) and frees them after it; glibc's malloc hands such blocks back to the
-kernel, so the next step page-faults every 4 KB page in again (136,000 faults, about 0.1 s, a
-step). glibc's ``glibc.malloc.hugetlb=1`` tunable backs them with transparent huge pages (2 MB:
-a few hundred faults a step). glibc reads tunables only when a process starts, so the
-``nety-jax`` command re-executes itself once with ``GLIBC_TUNABLES`` extended
-(``restart_with_host_malloc``); ``NETY_JAX_HOST_MALLOC=default`` leaves glibc alone. Python API
-users start their process with ``host_malloc_env()``'s environment. See docs/PERFORMANCE.md.
+``keep_host_memory()`` stops glibc's malloc from handing large freed blocks back to the
+kernel: XLA on the CPU allocates each execution's temporaries (hundreds of MB for a train
+step) and frees them after it, and by default glibc returns them (``munmap`` or a heap
+trim), so the next execution page-faults every page in again (136,000 faults, about 0.1 s,
+per NETY-size train step). ``nety-jax train`` turns it on before JAX starts;
+``NETY_JAX_HOST_MALLOC=default`` leaves glibc alone. See docs/PERFORMANCE.md.
 """
 from __future__ import annotations
 
@@ -23,7 +21,8 @@ from typing import Optional
 
 ENV = "NETY_JAX_COMPILE_CACHE"
 MALLOC_ENV = "NETY_JAX_HOST_MALLOC"
-HUGEPAGES = "glibc.malloc.hugetlb=1"
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def default_cache_dir() -> str:
@@ -53,31 +52,33 @@ def enable_compilation_cache(path: Optional[str] = None, min_compile_seconds: fl
     return path
 
 
+def keep_host_memory(mode: Optional[str] = None) -> bool:
+    """Makes glibc's malloc keep XLA's freed temporaries for reuse (``mode``: ``"keep"``,
+    ``"default"``, or None for $NETY_JAX_HOST_MALLOC, default ``"keep"``). Returns True when
+    applied; a no-op off Linux/glibc.
 
-def host_malloc_env(environ: Optional[dict] = None) -> Optional[dict]:
-    """The environment to start a process with so that glibc's malloc backs large blocks with
-    transparent huge pages: ``environ`` (default ``os.environ``) with ``glibc.malloc.hugetlb=1``
-    added to ``GLIBC_TUNABLES``, or None when nothing is to change ($NETY_JAX_HOST_MALLOC is
-    ``default``, not Linux, or the tunable is already set). glibc older than 2.35 ignores it."""
-    env = dict(os.environ if environ is None else environ)
-    mode = (env.get(MALLOC_ENV) or "hugepages").lower()
-    if mode not in ("hugepages", "default"):
+    Single-device CPU programs then run in the thread that calls them (JAX's
+    ``jax_cpu_enable_async_dispatch`` off), so their temporaries come from malloc's main arena
+    (another thread's arena cannot hold a block over 64 MB and always maps it afresh), and two
+    ``mallopt`` settings keep them there: no mmap for large blocks, no trimming of the heap's top.
+    Resident memory stays at its peak instead of shrinking after each step. Call it before JAX
+    runs anything: the dispatch mode is fixed when JAX creates its CPU client. (One malloc arena
+    for every thread did the same but slowed XLA's parallel compilation by 1.3-3 s.)"""
+    mode = (mode or os.environ.get(MALLOC_ENV) or "keep").lower()
+    if mode not in ("keep", "default"):
         from nety_jax.errors import ConfigError
-        raise ConfigError(f"{MALLOC_ENV} must be 'hugepages' or 'default', got {mode!r}")
-    tunables = env.get("GLIBC_TUNABLES", "")
-    if mode == "default" or not sys.platform.startswith("linux") or "glibc.malloc.hugetlb" in tunables:
-        return None
-    env["GLIBC_TUNABLES"] = f"{tunables}:{HUGEPAGES}" if tunables else HUGEPAGES
-    return env
-
-
-def restart_with_host_malloc(args: list) -> None:
-    """Re-executes this Python with ``args`` (e.g. ``["-m", "nety_jax.cli", ...]``) in
-    ``host_malloc_env()``'s environment when that changes anything; returns otherwise. The new
-    process keeps the PID, standard streams and signals; it finds the tunable set and goes on."""
-    env = host_malloc_env()
-    if env is None or not sys.executable:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *args], env)
+        raise ConfigError(f"{MALLOC_ENV} must be 'keep' or 'default', got {mode!r}")
+    if mode == "default" or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    if not all(mallopt(param, value) == 1 for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))):
+        return False
+    import jax
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+    return True

@@ -12,9 +12,9 @@ and machine, and writes bench-results.json in the working directory.
 - training (NETY's dimensions, V=8000, batch 32, lengths 32, Adam): the jitted step of
   the parity config and of our base config, NETY's PyTorch step, tokens/s, MFU (an
   analytic FLOP count, scripts/flops.py), first-step compile time cold and from the
-  persistent cache, peak RSS. Every part runs with glibc's malloc set as `nety-jax` sets it
-  (runtime.host_malloc_env; NETY_JAX_HOST_MALLOC=default turns it off); NETY's PyTorch step
-  runs in a process of its own without it, as NETY runs, and in a third process with it;
+  persistent cache, peak RSS. Ours runs with glibc's malloc set as `nety-jax train` sets
+  it (runtime.keep_host_memory; NETY_JAX_HOST_MALLOC=default turns it off), PyTorch in a
+  process of its own as NETY runs it, and again in a third process with our setting;
 - generation (64 forced tokens, top-k 50 / top-p 0.9 / temperature 0.8) at batch 1 and 64:
   ours, NETY's own loop (PyTorch re-creation, batch 1) and HuggingFace BART with NETY's
   decoder dimensions; the fraction of the weight-bandwidth bound at batch 1, MFU at 64;
@@ -40,8 +40,7 @@ def run_part(name: str, args) -> dict:
            "--repeats", str(args.repeats), "--dtype", args.dtype] + (["--tiny"] if args.tiny else []) \
         + (["--skip-hf"] if args.skip_hf else [])
     print(f"[bench] {name} ...", flush=True)
-    from nety_jax.runtime import host_malloc_env  # every part runs as `nety-jax` runs
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=host_malloc_env())
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
         raise SystemExit(f"bench part {name!r} failed (exit {done.returncode})")
@@ -65,7 +64,7 @@ def table(r: dict) -> str:
                  f"{t['gflop_parity']:.0f} GFLOP/step; host malloc: ours {t['host_malloc']}, PyTorch default |")
     ts = t["torch_same_malloc"]
     lines.append(f"| the same, PyTorch with our malloc setting | - | NETY in PyTorch {_fmt(ts and ts['s_per_step'], '.3f')} "
-                 f"s/step | {_fmt(r['train_ratio_vs_torch_same_malloc'], '.2f')}x | glibc.malloc.hugetlb=1 in both |")
+                 f"s/step | {_fmt(r['train_ratio_vs_torch_same_malloc'], '.2f')}x | runtime.keep_host_memory in both |")
     lines.append(f"| train step, base config (our defaults) | {t['base']['s_per_step']:.3f} s/step "
                  f"({_fmt(t['base']['tokens_per_s'])} tok/s, MFU {100 * t['base']['mfu']:.0f}%) | - | - | "
                  f"{t['gflop_base']:.0f} GFLOP/step |")

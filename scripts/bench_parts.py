@@ -16,6 +16,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from nety_jax.runtime import keep_host_memory  # noqa: E402
+
+# the training part runs as `nety-jax train` does (before JAX starts its threads); see runtime.py
+KEPT_HOST_MEMORY = len(sys.argv) > 1 and sys.argv[1] == "train" and keep_host_memory()
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -129,31 +134,17 @@ class TorchTrainer:
             self.opt.step()
 
 
-def host_malloc_in_use() -> bool:
-    return "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
-
-
-def torch_env(host_malloc: str) -> dict:
-    """This environment without our malloc tunable (``"default"``: as PyTorch NETY's train.py
-    runs) or with it (``"hugepages"``: as ``nety-jax`` runs)."""
-    from nety_jax.runtime import MALLOC_ENV, host_malloc_env
-    env = dict(os.environ, **{MALLOC_ENV: host_malloc})
-    kept = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.hugetlb")]
-    env["GLIBC_TUNABLES"] = ":".join(kept)
-    return host_malloc_env(env) or env
-
-
 class TorchProcess:
     """NETY's PyTorch train step in a process of its own (``bench_parts.py torch-train``), timed in
     turns with ours. Its own process, so glibc's malloc runs as PyTorch NETY's train.py gets it
-    (``host_malloc="default"``) while ours runs as ``nety-jax`` sets it (runtime.host_malloc_env);
-    ``host_malloc="hugepages"`` gives PyTorch our setting too."""
+    (``host_malloc="default"``) while ours runs as ``nety-jax train`` sets it
+    (``runtime.keep_host_memory``); ``host_malloc="keep"`` gives PyTorch our setting too."""
 
     def __init__(self, args, host_malloc: str):
         import subprocess
-        cmd = [sys.executable, os.path.abspath(__file__), "torch-train"] + (["--tiny"] if args.tiny else [])
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env=torch_env(host_malloc))
+        cmd = [sys.executable, os.path.abspath(__file__), "torch-train", "--host-malloc", host_malloc] \
+            + (["--tiny"] if args.tiny else [])
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._reply()  # ready: built and one step taken
 
     def _reply(self) -> float:
@@ -197,7 +188,7 @@ def part_train(args) -> dict:
     jp.steps(1)
     rss = peak_rss_mb()
     refs = {} if args.tiny and args.skip_torch else \
-        {"torch": TorchProcess(args, "default"), "torch_same_malloc": TorchProcess(args, "hugepages")}
+        {"torch": TorchProcess(args, "default"), "torch_same_malloc": TorchProcess(args, "keep")}
     times = {"parity": [], "base": [], **{key: [] for key in refs}}
     for _ in range(args.repeats):
         times["parity"].append(timed(lambda: jp.steps(2)) / 2)
@@ -209,7 +200,7 @@ def part_train(args) -> dict:
     flops = {k: train_step_flops(c.model, b, n, n)["total"] for k, c in (("parity", parity), ("base", base))}
     out = {"vocab": parity.model.vocab_size, "batch": b, "len": n, "peak_rss_mb": rss,
            "gflop_parity": flops["parity"] / 1e9, "gflop_base": flops["base"] / 1e9, "torch": None,
-           "torch_same_malloc": None, "host_malloc": "hugepages" if host_malloc_in_use() else "default"}
+           "torch_same_malloc": None, "host_malloc": "keep" if KEPT_HOST_MEMORY else "default"}
     for key, ts in times.items():
         s = statistics.median(ts)
         out[key] = {"s_per_step": s, "tokens_per_s": b * n / s,
@@ -353,7 +344,10 @@ def main() -> int:
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-torch", action="store_true")
+    p.add_argument("--host-malloc", choices=("keep", "default"), help="torch-train: glibc's malloc setting")
     args = p.parse_args()
+    if args.part == "torch-train":
+        keep_host_memory(args.host_malloc)
     result = globals()[f"part_{args.part.replace('-', '_')}"](args)
     print(json.dumps(result))
     return 0
