@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from nety_jax.runtime import keep_host_memory  # noqa: E402
 
-# the training part runs as `nety-jax train` does (before JAX starts its threads); see runtime.py
+# the training part runs as `nety-jax train` does (set before JAX starts); see runtime.py
 KEPT_HOST_MEMORY = len(sys.argv) > 1 and sys.argv[1] == "train" and keep_host_memory()
 
 import jax  # noqa: E402
