@@ -320,8 +320,7 @@ def main(argv=None) -> int:
     _quiet_libraries()
     try:
         from nety_jax.runtime import enable_compilation_cache, keep_host_memory
-        if args.command == "train":  # before JAX starts (see runtime.py)
-            keep_host_memory()
+        keep_host_memory()  # before JAX starts (see runtime.py)
         enable_compilation_cache("off" if args.no_compile_cache else args.compile_cache)
         return args.fn(args)
     except NetyError as e:

@@ -10,7 +10,7 @@ on by default; ``--no-compile-cache`` or ``NETY_JAX_COMPILE_CACHE=off`` turns it
 kernel: XLA on the CPU allocates each execution's temporaries (hundreds of MB for a train
 step) and frees them after it, and by default glibc returns them (``munmap`` or a heap
 trim), so the next execution page-faults every page in again (136,000 faults, about 0.1 s,
-per NETY-size train step). ``nety-jax train`` turns it on before JAX starts;
+per NETY-size train step). Every ``nety-jax`` command turns it on before JAX starts;
 ``NETY_JAX_HOST_MALLOC=default`` leaves glibc alone. See docs/PERFORMANCE.md.
 """
 from __future__ import annotations

@@ -12,9 +12,10 @@ and machine, and writes bench-results.json in the working directory.
 - training (NETY's dimensions, V=8000, batch 32, lengths 32, Adam): the jitted step of
   the parity config and of our base config, NETY's PyTorch step, tokens/s, MFU (an
   analytic FLOP count, scripts/flops.py), first-step compile time cold and from the
-  persistent cache, peak RSS. Ours runs with glibc's malloc set as `nety-jax train` sets
-  it (runtime.keep_host_memory; NETY_JAX_HOST_MALLOC=default turns it off), PyTorch in a
-  process of its own as NETY runs it, and again in a third process with our setting;
+  persistent cache, peak RSS. Our parts run with glibc's malloc set as `nety-jax` sets it
+  (runtime.keep_host_memory; NETY_JAX_HOST_MALLOC=default turns it off); NETY's PyTorch
+  step runs in a process of its own as NETY runs it, and again in a third process with
+  our setting (the generation references share the generation part's process);
 - generation (64 forced tokens, top-k 50 / top-p 0.9 / temperature 0.8) at batch 1 and 64:
   ours, NETY's own loop (PyTorch re-creation, batch 1) and HuggingFace BART with NETY's
   decoder dimensions; the fraction of the weight-bandwidth bound at batch 1, MFU at 64;

@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from nety_jax.runtime import keep_host_memory  # noqa: E402
 
-# the training part runs as `nety-jax train` does (set before JAX starts); see runtime.py
-KEPT_HOST_MEMORY = len(sys.argv) > 1 and sys.argv[1] == "train" and keep_host_memory()
+# our parts run as the `nety-jax` command runs (set before JAX starts); see runtime.py
+KEPT_HOST_MEMORY = len(sys.argv) > 1 and sys.argv[1] != "torch-train" and keep_host_memory()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -137,7 +137,7 @@ class TorchTrainer:
 class TorchProcess:
     """NETY's PyTorch train step in a process of its own (``bench_parts.py torch-train``), timed in
     turns with ours. Its own process, so glibc's malloc runs as PyTorch NETY's train.py gets it
-    (``host_malloc="default"``) while ours runs as ``nety-jax train`` sets it
+    (``host_malloc="default"``) while ours runs as ``nety-jax`` sets it
     (``runtime.keep_host_memory``); ``host_malloc="keep"`` gives PyTorch our setting too."""
 
     def __init__(self, args, host_malloc: str):
