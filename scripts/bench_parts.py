@@ -211,19 +211,44 @@ def part_train(args) -> dict:
 
 # -- generation ------------------------------------------------------------------------------------
 class JaxGenerator:
-    def __init__(self, cfg):
+    """Our generate, as ``nety-jax`` runs it; ``xla_only``: XLA's operations only (no CPU kernels
+    of nety_jax.kernels: what an exported artifact runs), a program of its own."""
+
+    def __init__(self, cfg, xla_only: bool = False, variables=None):
+        from nety_jax.decoding import generate_jit
         from nety_jax.models import get_model
         self.model = get_model(cfg.model)
-        self.variables = self.model.init(jax.random.PRNGKey(0))
+        self.variables = self.model.init(jax.random.PRNGKey(0)) if variables is None else variables
+        self.xla_only = xla_only
+        self.fn = _portable_generate if xla_only else generate_jit
 
-    def call(self, b: int):
-        from nety_jax.decoding import LoopSpec, SamplingParams, generate_jit
+    def _args(self, b: int):
+        from nety_jax.decoding import LoopSpec, SamplingParams
         src = jnp.asarray(np.random.default_rng(b).integers(4, self.model.cfg.vocab_size, (b, SRC_LEN)), jnp.int32)
         params = SamplingParams.create(b, temperature=0.8, top_k=50, top_p=0.9, seed=b)
-        spec = LoopSpec(max_new_tokens=NEW_TOKENS, ignore_eos=True)
-        out = generate_jit(self.variables, src, jnp.full((b,), SRC_LEN, jnp.int32), params,
-                           model=self.model, spec=spec)
-        return jax.block_until_ready(out["tokens"])
+        return (self.variables, src, jnp.full((b,), SRC_LEN, jnp.int32), params), \
+            dict(model=self.model, spec=LoopSpec(max_new_tokens=NEW_TOKENS, ignore_eos=True))
+
+    def call(self, b: int):
+        args, static = self._args(b)
+        return jax.block_until_ready(self.fn(*args, **static)["tokens"])
+
+    def kernel_calls(self, b: int) -> list:
+        """Which of our kernels the program for batch ``b`` calls (checks the two programs differ)."""
+        from nety_jax import kernels
+        args, static = self._args(b)
+        text = self.fn.lower(*args, **static).as_text()
+        return [t for t in (kernels.TARGET, kernels.TOP_K_TARGET, kernels.ATTENTION_TARGET) if t in text]
+
+
+def _generate_xla_only(variables, tokens, lengths, params, *, model, spec):
+    from nety_jax import kernels
+    from nety_jax.decoding import generate
+    with kernels.portable():  # decided at trace time, and this function is only ever traced so
+        return generate(variables, tokens, lengths, params, model=model, spec=spec)
+
+
+_portable_generate = jax.jit(_generate_xla_only, static_argnames=("model", "spec"))
 
 
 def _hf_model(m):
@@ -269,14 +294,20 @@ def part_generate(args) -> dict:
     for b in batches:
         gen.call(b)
     rss = peak_rss_mb()
+    xla = JaxGenerator(cfg, xla_only=True, variables=gen.variables)
+    kernel_calls = {"ours": gen.kernel_calls(batches[-1]), "xla_only": xla.kernel_calls(batches[-1])}
+    if kernel_calls["xla_only"]:
+        raise SystemExit(f"the XLA-only program calls our kernels: {kernel_calls['xla_only']}")
     refs = _torch_refs(cfg.model, args.skip_hf or args.tiny)
     for b in batches:  # warm-up
         refs.get("hf", lambda b: None)(b)
+        xla.call(b)
     refs["nety"](1)
-    times = {(name, b): [] for b in batches for name in ("jax", "hf", "nety")}
+    times = {(name, b): [] for b in batches for name in ("jax", "xla", "hf", "nety")}
     for _ in range(args.repeats):
         for b in batches:
             times[("jax", b)].append(timed(lambda: gen.call(b)))
+            times[("xla", b)].append(timed(lambda: xla.call(b)))
             if "hf" in refs:
                 times[("hf", b)].append(timed(lambda: refs["hf"](b)))
             if b == 1:
@@ -286,11 +317,12 @@ def part_generate(args) -> dict:
         key = "1" if i == 0 else "64"
         rows[key] = {"batch": b, "flops": generate_flops(cfg.model, b, SRC_LEN, NEW_TOKENS),
                      "weight_mb": decode_weight_bytes(cfg.model) / 1e6}
-        for name in ("jax", "hf", "nety"):
+        for name in ("jax", "xla", "hf", "nety"):
             if times[(name, b)]:
                 rows[key][name] = b * NEW_TOKENS / statistics.median(times[(name, b)])
         rows[key]["seconds"] = statistics.median(times[("jax", b)])
-    return {"new_tokens": NEW_TOKENS, "batches": rows, "compile_s": compile_s,
+        rows[key]["seconds_xla"] = statistics.median(times[("xla", b)])
+    return {"new_tokens": NEW_TOKENS, "batches": rows, "compile_s": compile_s, "kernel_calls": kernel_calls,
             "compile_cached_s": compile_cached_s, "peak_rss_mb": rss}
 
 

@@ -1,4 +1,4 @@
-"""Our int8 CPU kernel (nety_jax.kernels) against XLA's widened product, computed the portable way."""
+"""Our CPU kernels (nety_jax.kernels) against XLA's own operations, computed the portable way."""
 import os
 import shutil
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from nety_jax import kernels
+from nety_jax.layers.attention import attention_weights, weighted_values
 
 needs_compiler = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++") or os.environ.get("CXX")),
-                                    reason="the kernel is built with the machine's C++ compiler")
+                                    reason="the kernels are built with the machine's C++ compiler")
 
 
 @needs_compiler
@@ -43,3 +44,62 @@ def test_int8_linear_uses_the_kernel_for_few_rows_and_never_in_exports():
             variables, jax.ShapeDtypeStruct((1, 16), jnp.float32))
     assert kernels.TARGET not in exported.mlir_module()
 
+
+@needs_compiler
+def test_top_k_kernel_equals_lax_top_k_exactly():
+    rs = np.random.default_rng(1)
+    cases = [((64, 8000), 64), ((3, 1000), 1), ((2, 37), 37), ((5, 20), 7), ((4, 4099), 50)]
+    for shape, k in cases:
+        x = rs.standard_normal(shape).astype(np.float32)
+        x[:, 7] = x[:, 3]  # ties go to the lower index
+        x[0, :5] = [-np.inf, np.inf, -0.0, 0.0, np.nan]  # IEEE total order, as XLA's TopK
+        x = jnp.asarray(x)
+        want = jax.lax.top_k(x, k)
+        got = jax.jit(kernels.top_k, static_argnums=1)(x, k)
+        np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+        np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+    coarse = jnp.asarray(np.round(rs.standard_normal((8, 600)) * 2), jnp.float32)  # many ties
+    np.testing.assert_array_equal(np.asarray(kernels.top_k(coarse, 64)[1]), np.asarray(jax.lax.top_k(coarse, 64)[1]))
+    lowered = jax.jit(lambda x: kernels.top_k(x, 4)).lower(x).as_text()
+    assert kernels.TOP_K_TARGET in lowered
+    with kernels.portable():
+        assert kernels.TOP_K_TARGET not in jax.jit(lambda x: kernels.top_k(x, 4)).lower(x).as_text()
+
+
+@needs_compiler
+def test_decode_attention_kernel_equals_masked_attention():
+    rs = np.random.default_rng(2)
+    for b, h, length, d in [(5, 4, 37, 64), (3, 2, 20, 24), (2, 8, 64, 64)]:
+        q, k, v = (jnp.asarray(rs.standard_normal(s), jnp.float32)
+                   for s in [(b, h, 1, d), (b, h, length, d), (b, h, length, d)])
+        filled = jnp.asarray(rs.integers(1, length + 1, b), jnp.int32).at[0].set(1).at[-1].set(length)
+        mask = (jnp.arange(length)[None, :] < filled[:, None])[:, None, None, :]
+        want = weighted_values(attention_weights(q, k, mask), v)
+        got = jax.jit(kernels.decode_attention)(q, k, v, filled)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-6)
+    assert kernels.decode_attention_usable(q, k)
+    assert not kernels.decode_attention_usable(jnp.zeros((b, h, 2, d)), k)  # a prompt of 2 tokens: XLA
+
+
+@needs_compiler
+def test_generation_calls_the_kernels_and_an_export_after_it_stays_portable(tiny_cfg):
+    """In-process generation uses the top-k and attention kernels; an export traced later in the
+    same process (under ``portable()``) has none, and draws the same tokens."""
+    import functools
+    from nety_jax.decoding import LoopSpec, SamplingParams, generate, generate_jit
+    from nety_jax.models import get_model
+    model = get_model(tiny_cfg.model)
+    variables = model.init(jax.random.PRNGKey(0))
+    rs = np.random.default_rng(3)
+    args = (variables, jnp.asarray(rs.integers(4, 64, (3, 7)), jnp.int32), jnp.asarray([7, 4, 1], jnp.int32),
+            SamplingParams.create(3, temperature=[0.0, 0.8, 1.0], top_k=[0, 5, 0], top_p=[1.0, 0.9, 0.8], seed=4))
+    spec = LoopSpec(max_new_tokens=6, ignore_eos=True)
+    targets = (kernels.TARGET, kernels.TOP_K_TARGET, kernels.ATTENTION_TARGET)
+    text = generate_jit.lower(*args, model=model, spec=spec).as_text()
+    assert kernels.TOP_K_TARGET in text and kernels.ATTENTION_TARGET in text
+    ours = generate_jit(*args, model=model, spec=spec)
+    with kernels.portable():
+        exported = jax.export.export(jax.jit(functools.partial(generate, model=model, spec=spec)),
+                                     platforms=("cpu",))(*args)
+    assert not [t for t in targets if t in exported.mlir_module()]
+    np.testing.assert_array_equal(np.asarray(exported.call(*args)["tokens"]), np.asarray(ours["tokens"]))

@@ -5,9 +5,9 @@ smallest prefix of the sorted tokens whose probability reaches p; the most
 likely token is always kept) -> sample -> map back to vocabulary ids. A row with
 temperature 0 takes the argmax of its raw logits: greedy stays exact.
 
-Top-k is ``lax.top_k`` with a static width ``top_k_max``; a row asking for more
-(or for 0: no cut) sends the batch through a full sort of the vocabulary, the
-slow path, selected with ``lax.cond`` inside the same compiled program. A row's
+Top-k is ``lax.top_k`` (our kernel on the CPU: ``nety_jax.kernels``) with a
+static width ``top_k_max``; a row asking for more (or for 0: no cut) sends the
+batch through a full sort of the vocabulary, the slow path, selected with ``lax.cond`` inside the same compiled program. A row's
 draw is an inverse-CDF lookup of ONE uniform number from its own key folded with
 the step, so it does not depend on the path, the batch, or the other rows.
 """
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from nety_jax import kernels
 from nety_jax.decoding.keys import row_keys
 
 NEG_INF = -1e9
@@ -86,7 +87,7 @@ def sample_rows(logits: jax.Array, params: SamplingParams, step: jax.Array, top_
 
     def path(k):
         def draw(x):
-            values, indices = jax.lax.top_k(x, k)
+            values, indices = kernels.top_k(x, k)
             return _choose(values, indices, params.top_k, params.top_p, uniform, greedy)
         return draw
 

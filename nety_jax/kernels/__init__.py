@@ -1,17 +1,19 @@
-"""Our CPU kernel for int8 decoding, a ``jax.ffi`` custom call (``cpu_kernels.cc``).
+"""Our CPU kernels for decoding, as ``jax.ffi`` custom calls (``cpu_kernels.cc``).
 
-``int8_matmul``: int8 weights x a few float32 rows. XLA's CPU backend widens int8
-weights to float32 first, so int8 decoding was no faster than float32 there; the
-kernel streams the int8 bytes. ``Linear`` uses it for a decode step's batch.
+- ``int8_matmul``: int8 weights x float32 rows. XLA's CPU backend widens int8
+  weights to float32 first, so int8 decoding was no faster than float32 there;
+  the kernel streams the int8 bytes. ``Linear`` uses it for a few rows (a decode
+  step's batch).
+- ``top_k``: each row's k largest values and indices, as ``lax.top_k`` (sorted,
+  ties to the lower index). XLA's CPU TopK was 9% of a decode step at batch 64.
 
-It is compiled on first use with the machine's C++ compiler (``-O3
+The kernels are compiled on first use with the machine's C++ compiler (``-O3
 -march=native``) into a cache directory keyed by the source, the flags and the
-CPU, then registered with XLA. It is used only on the CPU backend and outside
-``portable()`` (exports: an artifact must load anywhere); everywhere else
-``Linear`` keeps XLA's widened dot. ``NETY_JAX_CPU_KERNELS=off`` turns it off;
-without a compiler (or if the build fails) it is off, with one warning.
-docs/PERFORMANCE.md has what it measured, and the top-k and attention kernels
-that were built, measured and dropped.
+CPU, then registered with XLA. They are used only on the CPU backend and outside
+``portable()`` (exports: an artifact must load anywhere); everywhere else the
+callers keep XLA's own operations. ``NETY_JAX_CPU_KERNELS=off`` turns them off;
+without a compiler (or if the build fails) they are off, with one warning.
+docs/PERFORMANCE.md has what each one measured.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ import jax
 import jax.numpy as jnp
 
 TARGET = "nety_int8_matmul"
+TOP_K_TARGET = "nety_top_k"
+ATTENTION_TARGET = "nety_decode_attention"
 MAX_ROWS = 4  # above this many rows XLA's GEMM path wins (compute, not bytes, bounds it)
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
@@ -76,7 +80,7 @@ def _build(out_dir: str) -> str:
 
 
 def load() -> bool:
-    """Builds (once per machine) and registers the kernel; False, with one warning, if it cannot."""
+    """Builds (once per machine) and registers the kernels; False, with one warning, if it cannot."""
     with _lock:
         if "ok" not in _state:
             _state["ok"] = False
@@ -85,15 +89,18 @@ def load() -> bool:
             try:
                 lib = ctypes.cdll.LoadLibrary(_build(cache_dir()))
                 jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(lib.NetyInt8Matmul), platform="cpu")
+                jax.ffi.register_ffi_target(TOP_K_TARGET, jax.ffi.pycapsule(lib.NetyTopK), platform="cpu")
+                jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(lib.NetyDecodeAttention),
+                                            platform="cpu")
                 _state["ok"] = True
             except Exception as e:  # a missing compiler must not stop generation
-                print(f"nety-jax: int8 CPU kernel unavailable ({e}); using XLA's int8 path",
+                print(f"nety-jax: CPU kernels unavailable ({e}); using XLA's operations",
                       file=sys.stderr)
         return _state["ok"]
 
 
 def enabled() -> bool:
-    """Whether a trace now may call the kernel (decided at trace time)."""
+    """Whether a trace now may call the kernels (decided at trace time)."""
     return not getattr(_portable, "on", False) and jax.default_backend() == "cpu" and load()
 
 
@@ -128,3 +135,30 @@ def int8_matmul(x: jax.Array, kernel: jax.Array, scale: jax.Array) -> jax.Array:
     y = call(rows, kernel, scale.astype(jnp.float32))
     return y.reshape(x.shape[:-1] + (n,))
 
+
+def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``lax.top_k`` over the last axis: our kernel for float32 rows on the CPU, XLA's otherwise."""
+    if x.dtype != jnp.float32 or not _static(x.shape) or x.ndim < 1 or not 1 <= k <= x.shape[-1] \
+            or not enabled():
+        return jax.lax.top_k(x, k)
+    rows = x.reshape(-1, x.shape[-1])
+    call = jax.ffi.ffi_call(TOP_K_TARGET, (jax.ShapeDtypeStruct((rows.shape[0], k), jnp.float32),
+                                           jax.ShapeDtypeStruct((rows.shape[0], k), jnp.int32)),
+                            vmap_method="sequential")
+    values, indices = call(rows)
+    return values.reshape(x.shape[:-1] + (k,)), indices.reshape(x.shape[:-1] + (k,))
+
+
+def decode_attention_usable(q: jax.Array, k: jax.Array) -> bool:
+    """Whether a cached step may use our one-query attention: float32, one query, static shapes."""
+    return (q.ndim == 4 and q.shape[2] == 1 and q.dtype == jnp.float32 and k.dtype == jnp.float32
+            and _static(q.shape, k.shape) and enabled())
+
+
+def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array) -> jax.Array:
+    """q (B, H, 1, D), caches (B, H, L, D), lengths (B,) filled positions -> (B, H, 1, D):
+    softmax attention over each row's first ``lengths`` cache positions."""
+    b, h, _, d = q.shape
+    call = jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct((b, h, d), jnp.float32),
+                            vmap_method="sequential")
+    return call(q[:, :, 0], k, v, lengths.astype(jnp.int32))[:, :, None]

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nety_jax import kernels
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.linear import Linear
 
@@ -92,6 +93,9 @@ class SelfAttention(nn.Module):
         q, k, v = self.project(x)
         k = write_cache(cache["k"], k, pos)
         v = write_cache(cache["v"], v, pos)
+        if kernels.decode_attention_usable(q, k):  # one query a row: read only the filled positions
+            ctx = kernels.decode_attention(q, k, v, pos + 1)
+            return self.out(merge_heads(ctx)), {"k": k, "v": v}
         q_pos = pos[:, None] + jnp.arange(x.shape[1])[None, :]  # (B, T)
         mask = (jnp.arange(k.shape[2])[None, None, :] <= q_pos[:, :, None])[:, None]  # (B, 1, T, L)
         return self._attend(q, k, v, mask, True), {"k": k, "v": v}
