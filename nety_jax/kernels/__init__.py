@@ -6,6 +6,8 @@
   step's batch).
 - ``top_k``: each row's k largest values and indices, as ``lax.top_k`` (sorted,
   ties to the lower index). XLA's CPU TopK was 9% of a decode step at batch 64.
+- ``decode_attention``: one query a row over the filled positions of its KV cache
+  only (XLA's masked product reads every position of every cache every step).
 
 The kernels are compiled on first use with the machine's C++ compiler (``-O3
 -march=native``) into a cache directory keyed by the source, the flags and the
