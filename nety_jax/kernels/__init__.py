@@ -108,7 +108,11 @@ def enabled() -> bool:
 
 @contextlib.contextmanager
 def portable():
-    """Traces inside this block use XLA's operations only (for ``jax.export``)."""
+    """Traces inside this block use XLA's operations only (for ``jax.export``).
+
+    Decided at trace time: trace a function of its own here. A second ``jax.jit`` of a function
+    already traced outside the block reuses that trace, kernels included (the A/B that once
+    dropped the top-k and attention kernels ran them on both sides)."""
     previous = getattr(_portable, "on", False)
     _portable.on = True
     try:
