@@ -219,7 +219,6 @@ class JaxGenerator:
         from nety_jax.models import get_model
         self.model = get_model(cfg.model)
         self.variables = self.model.init(jax.random.PRNGKey(0)) if variables is None else variables
-        self.xla_only = xla_only
         self.fn = _portable_generate if xla_only else generate_jit
 
     def _args(self, b: int):
