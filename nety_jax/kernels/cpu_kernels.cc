@@ -16,24 +16,22 @@
 // nety_decode_attention: one query a (row, head) over the first n filled positions of its
 // KV cache. XLA's masked product reads all L positions of every cache every step.
 //
-// Work splits into blocks shared by the calling thread and our own helper threads (one
-// fewer than the cores). A call is only ~0.1 ms of work, so helpers spin briefly between
-// calls before sleeping: waking a sleeping thread (XLA's intra-op pool, tried first) takes
-// about as long as the call itself and left the caller doing most blocks. A helper that
-// arrives after all blocks are claimed does nothing, and the caller only waits for blocks
-// already claimed by running threads, so a late helper never blocks it.
+// Work splits into blocks shared by the calling thread and XLA's intra-op threads (the
+// handler's ThreadPool context). Our own helper threads did this until 2026-11-30: they
+// competed for the two cores with XLA's workers, which spin for a while after each of
+// XLA's products, so the attention read its caches at about 24 GB/s in a decode step
+// against 39 GB/s alone; handed to those spinning workers it reads at ~40 GB/s
+// (docs/PERFORMANCE.md). A task that starts after all blocks are claimed does nothing, and
+// the caller only waits for blocks already claimed, so a late task never blocks it.
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <climits>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -132,72 +130,23 @@ struct Job {
   }
 };
 
-class Helpers {
- public:
-  static Helpers& Get() {
-    static Helpers* helpers = new Helpers();  // never destroyed: the threads live as long as the process
-    return *helpers;
-  }
-  int64_t count() const { return count_; }
-
-  void Offer(std::shared_ptr<Job> job) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      job_ = std::move(job);
-      generation_.fetch_add(1, std::memory_order_release);
-    }
-    wake_.notify_all();
-  }
-
- private:
-  Helpers() : count_(std::max<int64_t>(1, std::thread::hardware_concurrency()) - 1) {
-    for (int64_t i = 0; i < count_; ++i) std::thread([this] { Loop(); }).detach();
-  }
-
-  void Loop() {
-    uint64_t seen = 0;
-    for (;;) {
-      const auto start = std::chrono::steady_clock::now();
-      while (generation_.load(std::memory_order_acquire) == seen) {
-        if (std::chrono::steady_clock::now() - start > std::chrono::microseconds(300)) {
-          std::unique_lock<std::mutex> lock(mu_);
-          wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
-          break;
-        }
-        std::this_thread::yield();
-      }
-      std::shared_ptr<Job> job;
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        job = job_;
-        seen = generation_.load(std::memory_order_acquire);
-      }
-      if (job) job->Work();
-    }
-  }
-
-  const int64_t count_;
-  std::mutex mu_;
-  std::condition_variable wake_;
-  std::atomic<uint64_t> generation_{0};
-  std::shared_ptr<Job> job_;
-};
-
-// Runs fn(0) .. fn(blocks - 1) on the calling thread and the helpers.
-void ParallelFor(int64_t blocks, std::function<void(int64_t)> fn) {
+// Runs fn(0) .. fn(blocks - 1) on the calling thread and XLA's intra-op threads. A task that
+// starts after every block is claimed does nothing (the job outlives the call through the
+// task's reference), and the caller waits only for blocks already claimed.
+void ParallelFor(ffi::ThreadPool& pool, int64_t blocks, std::function<void(int64_t)> fn) {
   auto job = std::make_shared<Job>();
   job->run = std::move(fn);
   job->blocks = blocks;
-  Helpers& helpers = Helpers::Get();
-  if (blocks > 1 && helpers.count() > 0) helpers.Offer(job);
+  const int64_t tasks = std::min<int64_t>(pool.num_threads(), blocks - 1);
+  for (int64_t i = 0; i < tasks; ++i) pool.Schedule([job] { job->Work(); });
   job->Work();
   while (job->done.load(std::memory_order_acquire) < blocks) std::this_thread::yield();
 }
 
-int64_t Threads() { return Helpers::Get().count() + 1; }
+int64_t Threads(ffi::ThreadPool& pool) { return std::max<int64_t>(1, pool.num_threads()); }
 
 ffi::Error Int8MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w, ffi::Buffer<ffi::F32> scale,
-                          ffi::ResultBuffer<ffi::F32> y) {
+                          ffi::ResultBuffer<ffi::F32> y, ffi::ThreadPool pool) {
   const auto xd = x.dimensions(), wd = w.dimensions();
   if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[0] || scale.element_count() != wd[1]) {
     return ffi::Error::InvalidArgument("nety_int8_matmul: expects x (M, K), w (K, N), scale (N,)");
@@ -206,11 +155,11 @@ ffi::Error Int8MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w, ffi::
   const int8_t* wp = w.typed_data();
   const float* sp = scale.typed_data();
   float* yp = y->typed_data();
-  const int64_t m = xd[0], k = xd[1], n = wd[1], threads = Threads();
+  const int64_t m = xd[0], k = xd[1], n = wd[1], threads = Threads(pool);
   // blocks of whole cache lines, about two per thread (eight per thread measured slower)
   const int64_t per = (n + 2 * threads - 1) / (2 * threads);
   const int64_t block = std::max<int64_t>(64, (per + 63) / 64 * 64);
-  ParallelFor((n + block - 1) / block, [=](int64_t b) {
+  ParallelFor(pool, (n + block - 1) / block, [=](int64_t b) {
     Block(xp, wp, sp, yp, m, k, n, b * block, std::min(n, (b + 1) * block));
   });
   return ffi::Error::Success();
@@ -283,7 +232,7 @@ void TopKRow(const float* row, int64_t n, int64_t k, float* values, int32_t* ind
 }
 
 ffi::Error TopKImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> values,
-                    ffi::ResultBuffer<ffi::S32> indices) {
+                    ffi::ResultBuffer<ffi::S32> indices, ffi::ThreadPool pool) {
   const auto xd = x.dimensions(), vd = values->dimensions();
   if (xd.size() != 2 || vd.size() != 2 || vd[0] != xd[0] || vd[1] > xd[1] || vd[1] < 1) {
     return ffi::Error::InvalidArgument("nety_top_k: expects x (B, N) and outputs (B, k), 1 <= k <= N");
@@ -292,8 +241,8 @@ ffi::Error TopKImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> values,
   float* vp = values->typed_data();
   int32_t* ip = indices->typed_data();
   const int64_t rows = xd[0], n = xd[1], k = vd[1];
-  const int64_t blocks = rows * n < (1 << 16) ? 1 : std::min(rows, 4 * Threads());
-  ParallelFor(blocks, [=](int64_t b) {
+  const int64_t blocks = rows * n < (1 << 16) ? 1 : std::min(rows, 4 * Threads(pool));
+  ParallelFor(pool, blocks, [=](int64_t b) {
     for (int64_t r = b * rows / blocks; r < (b + 1) * rows / blocks; ++r) {
       TopKRow(xp + r * n, n, k, vp + r * k, ip + r * k);
     }
@@ -390,7 +339,8 @@ void AttendOne(const float* q, const float* k, const float* v, int64_t n, int64_
 }
 
 ffi::Error DecodeAttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                               ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> out) {
+                               ffi::Buffer<ffi::S32> lengths, ffi::ResultBuffer<ffi::F32> out,
+                               ffi::ThreadPool pool) {
   const auto qd = q.dimensions(), kd = k.dimensions();
   if (qd.size() != 3 || kd.size() != 4 || kd[0] != qd[0] || kd[1] != qd[1] || kd[3] != qd[2] ||
       v.element_count() != k.element_count() || lengths.element_count() != qd[0]) {
@@ -404,8 +354,8 @@ ffi::Error DecodeAttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
   float* op = out->typed_data();
   const int64_t heads = qd[0] * qd[1], h = qd[1], len = kd[2], d = kd[3];
   // small steps (a batch of a few rows) stay on the calling thread: waking a helper costs more
-  const int64_t blocks = heads * len * d < (1 << 18) ? 1 : std::min(heads, 8 * Threads());
-  ParallelFor(blocks, [=](int64_t b) {
+  const int64_t blocks = heads * len * d < (1 << 18) ? 1 : std::min(heads, 8 * Threads(pool));
+  ParallelFor(pool, blocks, [=](int64_t b) {
     std::vector<float> scores;
     const int64_t end = (b + 1) * heads / blocks;
     for (int64_t r = b * heads / blocks; r < end; ++r) {
@@ -430,13 +380,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyInt8Matmul, Int8MatmulImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyTopK, TopKImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::S32>>());
+                                  .Ret<ffi::Buffer<ffi::S32>>()
+                                  .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyDecodeAttention, DecodeAttentionImpl,
                               ffi::Ffi::Bind()
@@ -444,4 +396,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyDecodeAttention, DecodeAttentionImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ctx<ffi::ThreadPool>());
