@@ -94,7 +94,7 @@ def test_generation_calls_the_kernels_and_an_export_after_it_stays_portable(tiny
     args = (variables, jnp.asarray(rs.integers(4, 64, (3, 7)), jnp.int32), jnp.asarray([7, 4, 1], jnp.int32),
             SamplingParams.create(3, temperature=[0.0, 0.8, 1.0], top_k=[0, 5, 0], top_p=[1.0, 0.9, 0.8], seed=4))
     spec = LoopSpec(max_new_tokens=6, ignore_eos=True)
-    targets = (kernels.TARGET, kernels.TOP_K_TARGET, kernels.ATTENTION_TARGET)
+    targets = (kernels.TARGET, kernels.TOP_K_TARGET, kernels.ATTENTION_TARGET, kernels.MATMUL_TARGET)
     text = generate_jit.lower(*args, model=model, spec=spec).as_text()
     assert kernels.TOP_K_TARGET in text and kernels.ATTENTION_TARGET in text
     ours = generate_jit(*args, model=model, spec=spec)
@@ -103,3 +103,47 @@ def test_generation_calls_the_kernels_and_an_export_after_it_stays_portable(tiny
                                      platforms=("cpu",))(*args)
     assert not [t for t in targets if t in exported.mlir_module()]
     np.testing.assert_array_equal(np.asarray(exported.call(*args)["tokens"]), np.asarray(ours["tokens"]))
+
+
+@needs_compiler
+def test_matmul_kernel_equals_xla_product_and_its_gradient():
+    assert kernels.load()
+    if not kernels._state["matmul"]:
+        pytest.skip("nety_matmul needs AVX-512 (Linear keeps XLA's product without it)")
+    rs = np.random.default_rng(5)
+    # full 8 x 48 blocks, row tails, a last partial panel, fewer columns than one panel, odd K,
+    # several 512-deep passes with and without row tails
+    for m, k, n in [(64, 512, 1536), (37, 64, 200), (50, 7, 17), (96, 300, 96), (48, 2048, 520), (53, 1100, 100)]:
+        x = jnp.asarray(rs.standard_normal((m, k)), jnp.float32)
+        w = jnp.asarray(rs.standard_normal((k, n)), jnp.float32)
+        want = jnp.dot(x, w, precision="highest")
+        got = jax.jit(kernels.matmul)(x, w)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-4, err_msg=str((m, k, n)))
+    x3 = x.reshape(1, m, k)  # leading axes flatten into rows
+    np.testing.assert_allclose(np.asarray(kernels.matmul(x3, w))[0], np.asarray(want), rtol=2e-5, atol=2e-4)
+    x, w = x[:, :64] / 8, w[:64, :] / 8  # gradients at a size where the forwards agree to ~1e-6
+    loss = lambda f: (lambda x, w: jnp.sum(jnp.tanh(f(x, w))))
+    got = jax.grad(loss(kernels.matmul), argnums=(0, 1))(x, w)
+    want = jax.grad(loss(lambda x, w: jnp.dot(x, w, precision="highest")), argnums=(0, 1))(x, w)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+@needs_compiler
+def test_linear_uses_the_matmul_kernel_for_a_decode_batch_only():
+    from nety_jax.layers import Linear
+    if not (kernels.load() and kernels._state["matmul"]):
+        pytest.skip("nety_matmul needs AVX-512 (Linear keeps XLA's product without it)")
+    layer = Linear(24)
+    variables = layer.init(jax.random.PRNGKey(0), jnp.ones((1, 16)))
+    text = lambda rows: jax.jit(layer.apply).lower(variables, jnp.ones((rows, 16))).as_text()
+    low, high = kernels.MATMUL_ROWS
+    assert kernels.MATMUL_TARGET in text(low) and kernels.MATMUL_TARGET in text(high)
+    assert kernels.MATMUL_TARGET not in text(low - 1) and kernels.MATMUL_TARGET not in text(high + 1)
+    with kernels.portable():
+        assert kernels.MATMUL_TARGET not in text(low)
+    x = jnp.asarray(np.random.default_rng(6).standard_normal((low, 16)), jnp.float32)
+    with kernels.portable():
+        want = layer.apply(variables, x)
+    np.testing.assert_allclose(np.asarray(jax.jit(layer.apply)(variables, x)), np.asarray(want),
+                               rtol=1e-5, atol=1e-5)

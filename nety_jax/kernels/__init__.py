@@ -8,6 +8,12 @@
   ties to the lower index). XLA's CPU TopK was 9% of a decode step at batch 64.
 - ``decode_attention``: one query a row over the filled positions of its KV cache
   only (XLA's masked product reads every position of every cache every step).
+- ``matmul``: float32 x @ w for a batched decode step (``MATMUL_ROWS`` rows), the next
+  weight panel prefetched while one is computed: XLA's GEMM stalls on weights that
+  stream from memory at every step. Differentiated as XLA's product.
+
+The kernels split their work over XLA's own intra-op threads (helper threads of our
+own competed with them for the cores: docs/PERFORMANCE.md).
 
 The kernels are compiled on first use with the machine's C++ compiler (``-O3
 -march=native``) into a cache directory keyed by the source, the flags and the
@@ -36,7 +42,11 @@ import jax.numpy as jnp
 TARGET = "nety_int8_matmul"
 TOP_K_TARGET = "nety_top_k"
 ATTENTION_TARGET = "nety_decode_attention"
+MATMUL_TARGET = "nety_matmul"
 MAX_ROWS = 4  # above this many rows XLA's GEMM path wins (compute, not bytes, bounds it)
+# rows where nety_matmul measured faster than XLA's GEMM inside generation (docs/PERFORMANCE.md,
+# 2026-11-30: 56 rows 1.19x, 64 1.17x, 96 1.10x, 128 1.05x, 160 1.03x; 48 0.99x, 32 0.92x, 256 0.99x)
+MATMUL_ROWS = (56, 160)
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")
 
@@ -94,6 +104,8 @@ def load() -> bool:
                 jax.ffi.register_ffi_target(TOP_K_TARGET, jax.ffi.pycapsule(lib.NetyTopK), platform="cpu")
                 jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(lib.NetyDecodeAttention),
                                             platform="cpu")
+                jax.ffi.register_ffi_target(MATMUL_TARGET, jax.ffi.pycapsule(lib.NetyMatmul), platform="cpu")
+                _state["matmul"] = bool(lib.NetyMatmulFast())
                 _state["ok"] = True
             except Exception as e:  # a missing compiler must not stop generation
                 print(f"nety-jax: CPU kernels unavailable ({e}); using XLA's operations",
@@ -168,3 +180,38 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Arra
     call = jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct((b, h, d), jnp.float32),
                             vmap_method="sequential")
     return call(q[:, :, 0], k, v, lengths.astype(jnp.int32))[:, :, None]
+
+
+def matmul_usable(x: jax.Array, dtype) -> bool:
+    """Whether ``Linear`` should compute its float32 product with ``matmul``."""
+    return (jnp.dtype(dtype) == jnp.float32 and x.dtype == jnp.float32 and _static(x.shape)
+            and MATMUL_ROWS[0] <= math.prod(x.shape[:-1]) <= MATMUL_ROWS[1] and enabled()
+            and _state.get("matmul", False))
+
+
+def _matmul_call(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    k, n = kernel.shape
+    rows = x.reshape(-1, k)
+    call = jax.ffi.ffi_call(MATMUL_TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+                            vmap_method="sequential")
+    return call(rows, kernel).reshape(x.shape[:-1] + (n,))
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """(..., K) float32 @ (K, N) float32 -> (..., N) through nety_matmul. Its gradient is XLA's
+    (the kernel has none of its own), so a training batch of that many rows may take it too."""
+    return _matmul_call(x, kernel)
+
+
+def _matmul_fwd(x, kernel):
+    return _matmul_call(x, kernel), (x, kernel)
+
+
+def _matmul_bwd(saved, g):
+    x, kernel = saved
+    rows, grads = x.reshape(-1, kernel.shape[0]), g.reshape(-1, kernel.shape[1])
+    return jnp.dot(g, kernel.T), jnp.dot(rows.T, grads)
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)

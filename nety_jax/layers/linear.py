@@ -4,7 +4,8 @@ Quantized (``quant="int8"``), the kernel is int8 with one float32 scale per outp
 channel (``scale``: max |w| of the column / 127); activations stay in the compute
 dtype (float32 or bfloat16). On the CPU, a product of a few float32 rows (a decode
 step) goes through our int8 kernel (``nety_jax.kernels``: it reads one byte per weight);
-everywhere else the kernel is widened on the fly for XLA's dot. ``nety-jax
+everywhere else the kernel is widened on the fly for XLA's dot. Float32 products of a
+batched decode step (``kernels.MATMUL_ROWS`` rows) go through our float32 kernel. ``nety-jax
 quantize`` converts a trained run; nothing trains in int8.
 """
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Linear(nn.Module):
         kernel, scale = self._kernel(x.shape[-1])
         if scale is not None and kernels.int8_usable(x, dtype):
             y = kernels.int8_matmul(x, kernel, scale)
+        elif scale is None and kernels.matmul_usable(x, dtype):
+            y = kernels.matmul(x, kernel)
         else:
             y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
             if scale is not None:
