@@ -130,10 +130,11 @@ def test_matmul_kernel_equals_xla_product_and_its_gradient():
 
 
 @needs_compiler
-def test_linear_uses_the_matmul_kernel_for_a_decode_batch_only():
+def test_linear_uses_the_matmul_kernel_for_a_decode_batch_only(monkeypatch):
     from nety_jax.layers import Linear
     if not (kernels.load() and kernels._state["matmul"]):
         pytest.skip("nety_matmul needs AVX-512 (Linear keeps XLA's product without it)")
+    monkeypatch.setattr(kernels, "_cores", lambda: 2)
     layer = Linear(24)
     variables = layer.init(jax.random.PRNGKey(0), jnp.ones((1, 16)))
     text = lambda rows: jax.jit(layer.apply).lower(variables, jnp.ones((rows, 16))).as_text()
@@ -142,6 +143,9 @@ def test_linear_uses_the_matmul_kernel_for_a_decode_batch_only():
     assert kernels.MATMUL_TARGET not in text(low - 1) and kernels.MATMUL_TARGET not in text(high + 1)
     with kernels.portable():
         assert kernels.MATMUL_TARGET not in text(low)
+    monkeypatch.setattr(kernels, "_cores", lambda: 16)  # more cores than 8-row blocks: XLA's GEMM
+    assert kernels.MATMUL_TARGET not in text(120) and kernels.MATMUL_TARGET in text(128)
+    monkeypatch.setattr(kernels, "_cores", lambda: 2)
     x = jnp.asarray(np.random.default_rng(6).standard_normal((low, 16)), jnp.float32)
     with kernels.portable():
         want = layer.apply(variables, x)

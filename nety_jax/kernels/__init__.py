@@ -182,10 +182,20 @@ def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Arra
     return call(q[:, :, 0], k, v, lengths.astype(jnp.int32))[:, :, None]
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def matmul_usable(x: jax.Array, dtype) -> bool:
-    """Whether ``Linear`` should compute its float32 product with ``matmul``."""
+    """Whether ``Linear`` should compute its float32 product with ``matmul``: ``MATMUL_ROWS`` rows,
+    and at least one block of 8 rows per core (the kernel splits rows over threads; on a machine
+    with more cores than that, XLA's GEMM, which can use them all, keeps the product)."""
+    rows = math.prod(x.shape[:-1])
     return (jnp.dtype(dtype) == jnp.float32 and x.dtype == jnp.float32 and _static(x.shape)
-            and MATMUL_ROWS[0] <= math.prod(x.shape[:-1]) <= MATMUL_ROWS[1] and enabled()
+            and MATMUL_ROWS[0] <= rows <= MATMUL_ROWS[1] and -(-rows // 8) >= _cores() and enabled()
             and _state.get("matmul", False))
 
 
