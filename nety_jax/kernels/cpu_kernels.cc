@@ -362,7 +362,7 @@ ffi::Error DecodeAttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
   const int32_t* lp = lengths.typed_data();
   float* op = out->typed_data();
   const int64_t heads = qd[0] * qd[1], h = qd[1], len = kd[2], d = kd[3];
-  // small steps (a batch of a few rows) stay on the calling thread: waking a helper costs more
+  // small steps (a batch of a few rows) stay on the calling thread: handing blocks to other threads costs more
   const int64_t blocks = heads * len * d < (1 << 18) ? 1 : std::min(heads, 8 * Threads(pool));
   ParallelFor(pool, blocks, [=](int64_t b) {
     std::vector<float> scores;
