@@ -237,7 +237,7 @@ class JaxGenerator:
         from nety_jax import kernels
         args, static = self._args(b)
         text = self.fn.lower(*args, **static).as_text()
-        return [t for t in (kernels.TARGET, kernels.TOP_K_TARGET, kernels.ATTENTION_TARGET) if t in text]
+        return [t for t in kernels.TARGETS if t in text]
 
 
 def _generate_xla_only(variables, tokens, lengths, params, *, model, spec):

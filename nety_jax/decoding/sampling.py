@@ -8,8 +8,9 @@ temperature 0 takes the argmax of its raw logits: greedy stays exact.
 Top-k is ``lax.top_k`` (our kernel on the CPU: ``nety_jax.kernels``) with a
 static width ``top_k_max``; a row asking for more (or for 0: no cut) sends the
 batch through a full sort of the vocabulary, the slow path, selected with
-``lax.cond`` inside the same compiled program. A row's draw is an inverse-CDF lookup of ONE uniform number from its own key folded with
-the step, so it does not depend on the path, the batch, or the other rows.
+``lax.cond`` inside the same compiled program. A row's draw is an inverse-CDF
+lookup of ONE uniform number from its own key folded with the step, so it does
+not depend on the path, the batch, or the other rows.
 """
 from __future__ import annotations
 

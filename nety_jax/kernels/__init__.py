@@ -43,6 +43,7 @@ TARGET = "nety_int8_matmul"
 TOP_K_TARGET = "nety_top_k"
 ATTENTION_TARGET = "nety_decode_attention"
 MATMUL_TARGET = "nety_matmul"
+TARGETS = (TARGET, TOP_K_TARGET, ATTENTION_TARGET, MATMUL_TARGET)  # every custom call we register
 MAX_ROWS = 4  # above this many rows XLA's GEMM path wins (compute, not bytes, bounds it)
 # rows where nety_matmul measured faster than XLA's GEMM inside generation (docs/PERFORMANCE.md,
 # 2026-11-30: 56 rows 1.19x, 64 1.17x, 96 1.10x, 128 1.05x, 160 1.03x; 48 0.99x, 32 0.92x, 256 0.99x)
