@@ -150,12 +150,15 @@ def synthetic_tables(b: Budget, log, variants: bool = True) -> dict:
 
 # 2. dialogue with held-out templates -------------------------------------------------------------
 
-def template_split(seed: int = 0, held_out: int = 16, per_template: int = 12, added: bool = True):
+def template_split(seed: int = 0, held_out: int = 16, per_template: int = 12, added: bool = True,
+                   fraction: float = 1.0):
     """Train pairs and test pairs with no template in common. Held-out templates are drawn from
     those with at most 100 pairs (the big ones stay: they are most of the corpus) and never
     from the templates added later to enrich the corpus ("added..."), so the test set is the
     same with them and without them (``added=False`` trains without them); each held-out
-    template gives at most ``per_template`` test pairs, the rest of its pairs are left out."""
+    template gives at most ``per_template`` test pairs, the rest of its pairs are left out.
+    ``fraction`` < 1 trains on that share of the training templates only (nested subsets: a
+    fixed shuffle of their names, cut), the test set unchanged."""
     with open(default_corpus_path(), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
     by_t: dict[str, list] = {}
@@ -164,8 +167,10 @@ def template_split(seed: int = 0, held_out: int = 16, per_template: int = 12, ad
     rng = random.Random(seed)
     small = sorted(t for t, p in by_t.items() if len(p) <= 100 and not t.startswith("added"))
     test_t = set(rng.sample(small, held_out))
-    train = [p for t, ps in by_t.items() if t not in test_t and (added or not t.startswith("added"))
-             for p in ps]
+    kept = sorted(t for t in by_t if t not in test_t and (added or not t.startswith("added")))
+    random.Random(seed + 1).shuffle(kept)
+    kept = set(kept[: max(1, round(fraction * len(kept)))])
+    train = [p for t, ps in by_t.items() if t in kept for p in ps]
     test = [p for t in sorted(test_t) for p in rng.sample(sorted(by_t[t]), min(per_template, len(by_t[t])))]
     rng.shuffle(train)
     return train, test, sorted(test_t)
@@ -277,6 +282,35 @@ def corpus_effect(b: Budget, log) -> list[str]:
         lines.append(f"| {'with' if added else 'without'} the added templates ({d['train_pairs']}) | "
                      f"{d['nety']['bpc']:.3f} | {d['ours']['bpc']:.3f} | {d['ours']['bpc'] / d['nety']['bpc']:.3f} | "
                      f"{d['nety']['chrf']:.1f} | {d['ours']['chrf']:.1f} | {d['nety']['unknown_words']} |")
+    return lines + [""]
+
+
+def data_scaling(b: Budget, log, fractions: str) -> list[str]:
+    """The dialogue table's (a) and (c) trained on nested shares of the training templates,
+    scored on the same held-out test set: how the ratio moves with the amount of text."""
+    try:
+        shares = [float(f) for f in fractions.split(",")]
+    except ValueError:
+        raise SystemExit(f"--data-fraction: expected fractions like 0.25,0.5,1, got {fractions!r}") from None
+    if not shares or any(not 0 < f <= 1 for f in shares):
+        raise SystemExit(f"--data-fraction: every fraction must be in (0, 1], got {fractions!r}")
+    lines = ["Held-out bits per character with a share of the training templates (the same "
+             f"held-out test pairs; {b.dialogue_steps} steps for ours, NETY's recipe for as long):", "",
+             "| share of templates | templates | training pairs | unknown test words (NETY) | "
+             "NETY bits/char | ours bits/char | ratio | NETY chrF | ours chrF |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    with open(default_corpus_path(), encoding="utf-8") as f:  # no two pairs of the corpus are equal
+        template_of = {(r["input"], r["target"]): r["template"] for r in map(json.loads, f)}
+    for share in shares:
+        train, test, _ = template_split(fraction=share)
+        run = Q.train_seeds(Q.config("demo.yaml", DIALOGUE + [f"train.steps={b.dialogue_steps}"]), train, [0])
+        ours = score_ours(run, test)
+        nety = nety_recipe(train, test, run.seconds, [t for p in train for t in p])
+        n_templates = len({template_of[p] for p in train})
+        lines.append(f"| {share:g} | {n_templates} | {len(train)} | {nety['unknown_words']} | {nety['bpc']:.3f} | "
+                     f"{ours['bpc']:.3f} | {ours['bpc'] / nety['bpc']:.3f} | {nety['chrf']:.1f} | {ours['chrf']:.1f} |")
+        log(f"share {share:g}: {len(train)} pairs from {n_templates} templates; ours {ours['bpc']:.3f}, "
+            f"NETY {nety['bpc']:.3f}, ratio {ours['bpc'] / nety['bpc']:.3f}")
     return lines + [""]
 
 
@@ -403,6 +437,9 @@ def main() -> int:
                    "for each value of one setting, 3 seeds (e.g. train.label_smoothing=0.1,0.2,0.3,0.5)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="with --sweep: another setting fixed for every value (repeatable)")
+    p.add_argument("--data-fraction", metavar="F1,F2,...", help="only: NETY's recipe and our defaults "
+                   "trained on nested shares of the training templates (e.g. 0.25,0.5,1), the same test "
+                   "set; about 2.5 minutes a share")
     p.add_argument("--corpus-effect", action="store_true", help="only: the dialogue table trained with "
                    "and without the templates added to enrich the corpus, on the same test set (about 6 min)")
     args = p.parse_args()
@@ -410,6 +447,9 @@ def main() -> int:
     log = lambda msg: print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
     if args.sweep:
         print("\n".join(sweep_table(b, args.sweep, log, args.overrides)))
+        return 0
+    if args.data_fraction:
+        print("\n".join(data_scaling(b, log, args.data_fraction)))
         return 0
     if args.corpus_effect:
         print("\n".join(corpus_effect(b, log)))

@@ -213,6 +213,8 @@ class NetyRecipe:
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
             for idx in torch.randperm(len(pairs), generator=gen).split(batch):
+                if len(idx) < 2:  # an epoch's last batch of one row: BatchNorm cannot train on it
+                    continue
                 logits = self.model(src[idx], tgt[idx, :-1])
                 loss = loss_fn(logits.reshape(-1, logits.shape[-1]), tgt[idx, 1:].reshape(-1))
                 opt.zero_grad()
