@@ -183,7 +183,8 @@ def score_ours(run, test, i: int = 0) -> dict:
             "samples": list(zip([s for s, _ in test], hyps))}
 
 
-def dialogue_tables(b: Budget, log, leak: bool = False, earlier: bool = False, added: bool = True) -> dict:
+def dialogue_tables(b: Budget, log, leak: bool = False, earlier: bool = False, added: bool = True,
+                    lowercase: bool = False) -> dict:
     train, test, templates = template_split(added=added)
     log(f"dialogue: {len(train)} training pairs, {len(test)} test pairs from {len(templates)} "
         f"held-out templates")
@@ -191,6 +192,8 @@ def dialogue_tables(b: Budget, log, leak: bool = False, earlier: bool = False, a
     steps = [f"train.steps={b.dialogue_steps}"]
     recipes = [("ours", DIALOGUE + steps), ("parity_our_training", DIALOGUE + steps + PARITY)]
     recipes += [("ours_earlier", DIALOGUE + steps + EARLIER)] if earlier else []
+    # (c'') NETY's recipe lowercases everything and is scored on lowercased replies: ours on the same text
+    recipes += [("ours_lowercase", DIALOGUE + steps + ["data.lowercase=true"])] if lowercase else []
     for key, overrides in recipes:
         run = Q.train_seeds(Q.config("demo.yaml", overrides), train, [0])
         out[key] = {**score_ours(run, test), "seconds": run.seconds, "steps": b.dialogue_steps}
@@ -341,14 +344,15 @@ def dialogue_markdown(dia: dict) -> list[str]:
              "nety_test_words_in_vocab": "(a') the same with the test replies' words in its vocabulary (leak)",
              "parity_our_training": "(b) parity architecture, our training",
              "ours": "(c) our defaults (configs/demo.yaml's model, base.yaml's BPE-dropout 0.1)",
-             "ours_earlier": "(c') the earlier defaults (unigram tokenizer, 728 pieces; no BPE-dropout, no pointer)"}
+             "ours_earlier": "(c') the earlier defaults (unigram tokenizer, 728 pieces; no BPE-dropout, no pointer)",
+             "ours_lowercase": "(c'') our defaults trained and scored on lowercased text, as NETY's recipe is"}
     lines = [f"{dia['train_pairs']} training pairs; {dia['test_pairs']} test pairs from "
              f"{len(dia['held_out_templates'])} templates never seen in training; "
              f"{dia['nety']['unknown_words']} of the {dia['nety']['test_words']} words of the test "
              "replies are not in NETY's training vocabulary (each charged p(<unk>) and its spelling "
              "under a character bigram model of the training words).", "",
              "| recipe | steps | seconds | bits/char | BLEU | chrF |", "|---|---|---|---|---|---|"]
-    for key in ("nety", "nety_test_words_in_vocab", "parity_our_training", "ours", "ours_earlier"):
+    for key in ("nety", "nety_test_words_in_vocab", "parity_our_training", "ours", "ours_earlier", "ours_lowercase"):
         if key not in dia:
             continue
         r = dia[key]
@@ -404,6 +408,9 @@ def summary(syn, dia) -> dict:
             **({"bpc_earlier_defaults": dia["ours_earlier"]["bpc"], "chrf_earlier_defaults": dia["ours_earlier"]["chrf"],
                 "bpc_ratio_vs_nety_earlier_defaults": dia["ours_earlier"]["bpc"] / dia["nety"]["bpc"]}
                if "ours_earlier" in dia else {}),
+            **({"bpc_lowercase": dia["ours_lowercase"]["bpc"],
+                "bpc_ratio_vs_nety_lowercase": dia["ours_lowercase"]["bpc"] / dia["nety"]["bpc"]}
+               if "ours_lowercase" in dia else {}),
             **({"bpc_nety_test_words_in_vocab": dia["nety_test_words_in_vocab"]["bpc"],
                 "bpc_ratio_vs_nety_test_words_in_vocab": dia["ours"]["bpc"] / dia["nety_test_words_in_vocab"]["bpc"]}
                if "nety_test_words_in_vocab" in dia else {})}
@@ -433,6 +440,8 @@ def main() -> int:
                    "replies' words in its vocabulary (the earlier, leaky protocol; about a minute more)")
     p.add_argument("--earlier", action="store_true", help="also train the earlier defaults (unigram "
                    "tokenizer, no BPE-dropout, no pointer) in the dialogue table, as (c'); about a minute more")
+    p.add_argument("--lowercase", action="store_true", help="also train our defaults on lowercased text "
+                   "and score them on the lowercased replies, as NETY's recipe is, as (c''); about a minute more")
     p.add_argument("--sweep", metavar="KEY=V1,V2,...", help="only: held-out dialogue bits per character "
                    "for each value of one setting, 3 seeds (e.g. train.label_smoothing=0.1,0.2,0.3,0.5)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -457,7 +466,7 @@ def main() -> int:
     if args.headline_steps:
         b.headline_steps = args.headline_steps
     syn = synthetic_tables(b, log, args.only != "reverse") if args.only in (None, "synthetic", "reverse") else None
-    dia = dialogue_tables(b, log, args.nety_leak, args.earlier) if args.only in (None, "dialogue") else None
+    dia = dialogue_tables(b, log, args.nety_leak, args.earlier, lowercase=args.lowercase) if args.only in (None, "dialogue") else None
     abl = ablation_table(b, log) if args.only in (None, "ablation") else None
     when = datetime.date.today().isoformat()
     text = [f"Measured {when} on {platform.machine()} with {os.cpu_count()} CPU cores by "
