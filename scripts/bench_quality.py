@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -150,6 +151,16 @@ def synthetic_tables(b: Budget, log, variants: bool = True) -> dict:
 
 # 2. dialogue with held-out templates -------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
+def pairs_by_template() -> dict[str, list]:
+    """The embedded corpus's pairs grouped by the template that made them (read once; do not mutate)."""
+    by_t: dict[str, list] = {}
+    with open(default_corpus_path(), encoding="utf-8") as f:
+        for r in map(json.loads, f):
+            by_t.setdefault(r["template"], []).append((r["input"], r["target"]))
+    return by_t
+
+
 def template_split(seed: int = 0, held_out: int = 16, per_template: int = 12, added: bool = True,
                    fraction: float = 1.0):
     """Train pairs and test pairs with no template in common. Held-out templates are drawn from
@@ -159,11 +170,7 @@ def template_split(seed: int = 0, held_out: int = 16, per_template: int = 12, ad
     template gives at most ``per_template`` test pairs, the rest of its pairs are left out.
     ``fraction`` < 1 trains on that share of the training templates only (nested subsets: a
     fixed shuffle of their names, cut), the test set unchanged."""
-    with open(default_corpus_path(), encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f]
-    by_t: dict[str, list] = {}
-    for r in rows:
-        by_t.setdefault(r["template"], []).append((r["input"], r["target"]))
+    by_t = pairs_by_template()
     rng = random.Random(seed)
     small = sorted(t for t, p in by_t.items() if len(p) <= 100 and not t.startswith("added"))
     test_t = set(rng.sample(small, held_out))
@@ -302,14 +309,13 @@ def data_scaling(b: Budget, log, fractions: str) -> list[str]:
              "| share of templates | templates | training pairs | unknown test words (NETY) | "
              "NETY bits/char | ours bits/char | ratio | NETY chrF | ours chrF |",
              "|---|---|---|---|---|---|---|---|---|"]
-    with open(default_corpus_path(), encoding="utf-8") as f:  # no two pairs of the corpus are equal
-        template_of = {(r["input"], r["target"]): r["template"] for r in map(json.loads, f)}
     for share in shares:
         train, test, _ = template_split(fraction=share)
         run = Q.train_seeds(Q.config("demo.yaml", DIALOGUE + [f"train.steps={b.dialogue_steps}"]), train, [0])
         ours = score_ours(run, test)
         nety = nety_recipe(train, test, run.seconds, [t for p in train for t in p])
-        n_templates = len({template_of[p] for p in train})
+        kept = set(train)
+        n_templates = sum(1 for ps in pairs_by_template().values() if kept.intersection(ps))
         lines.append(f"| {share:g} | {n_templates} | {len(train)} | {nety['unknown_words']} | {nety['bpc']:.3f} | "
                      f"{ours['bpc']:.3f} | {ours['bpc'] / nety['bpc']:.3f} | {nety['chrf']:.1f} | {ours['chrf']:.1f} |")
         log(f"share {share:g}: {len(train)} pairs from {n_templates} templates; ours {ours['bpc']:.3f}, "
