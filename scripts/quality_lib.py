@@ -203,7 +203,9 @@ class NetyRecipe:
     def _tensor(self, texts, target):
         return self.torch.tensor([self._ids(t, target) for t in texts], dtype=self.torch.long)
 
-    def train(self, pairs, seconds: float, batch: int = 4, lr: float = 1e-4) -> float:
+    def train(self, pairs, seconds: float, batch: int = 4, lr: float = 1e-4,
+              max_steps: int | None = None) -> float:
+        """Trains for `seconds` of wall-clock (or until `max_steps`, whichever comes first)."""
         torch = self.torch
         src, tgt = self._tensor([p[0] for p in pairs], False), self._tensor([p[1] for p in pairs], True)
         opt = torch.optim.Adam(self.model.parameters(), lr=lr)
@@ -211,7 +213,11 @@ class NetyRecipe:
         gen = torch.Generator().manual_seed(self.seed)
         self.model.train()
         start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
+
+        def done():
+            return time.perf_counter() - start >= seconds or (max_steps is not None and self.steps >= max_steps)
+
+        while not done():
             for idx in torch.randperm(len(pairs), generator=gen).split(batch):
                 if len(idx) < 2:  # an epoch's last batch of one row: BatchNorm cannot train on it
                     continue
@@ -221,7 +227,7 @@ class NetyRecipe:
                 loss.backward()
                 opt.step()
                 self.steps += 1
-                if time.perf_counter() - start >= seconds:
+                if done():
                     break
         return time.perf_counter() - start
 
