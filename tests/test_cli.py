@@ -8,6 +8,7 @@ import jax
 import pytest
 
 from nety_jax.cli import main
+from nety_jax.errors import NetyError
 from nety_jax.serving.chat import chat
 from nety_jax.serving.pretrained import load_pretrained
 from conftest import ROOT, TINY
@@ -28,6 +29,9 @@ def test_generate_prompts_file_samples_and_beam(trained_run, tmp_path, capsys):
     assert out.count("> Bonjour !") == 2 and out.count("> Salut") == 2
     assert main(["generate", "--checkpoint", trained_run, "--prompt", "Bonjour !", "--beam", "3"]) == 0
     assert capsys.readouterr().out.strip()
+    assert main(["generate", "--checkpoint", trained_run, "--prompt", "Bonjour !", "--beam", "3",
+                 "--num-samples", "2"]) == 0  # beam search's 2 best replies
+    assert capsys.readouterr().out.count("> Bonjour !") == 2
 
 
 def test_chat_loop_handles_commands_empty_lines_and_eof(trained_run):
@@ -132,6 +136,8 @@ def test_beam_search_exports_too(trained_run, tmp_path):
     prompts = ["Bonjour !", "J'aime nager.", "Il pleut encore."]
     expected = load_pretrained(trained_run).generate(prompts, beam_size=2, max_new_tokens=8)
     assert load_exported(str(out)).generate(prompts) == expected
+    with pytest.raises(NetyError, match="runs beam search and returns one reply per prompt"):
+        load_exported(str(out)).generate(prompts, num_samples=2)
 
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from nety_jax.config import EOS_ID, SOS_ID
 from nety_jax.decoding import LoopSpec, SamplingParams, beam_search, generate_jit, sample_loop
+from nety_jax.errors import NetyError
 from nety_jax.models import get_model
 from nety_jax.serving.pretrained import load_pretrained
 
@@ -74,6 +75,27 @@ def test_beam_two_finds_the_better_sequence():
     np.testing.assert_allclose(float(beam["scores"][0]), np.log(0.4 * 0.9), rtol=1e-4)
 
 
+def test_beam_n_best_is_ranked_finished_first_then_live():
+    """The table above: beam 2 keeps B <eos> (0.36) and A <eos> (0.24), best first; cut after one
+    token, the only finished hypothesis (<eos>) leads and the live ones fill the list by score."""
+    A, B, V = 3, 4, 5
+    table = np.full((V, V), 1e-6)
+    table[SOS_ID, [A, B]] = [0.6, 0.4]
+    table[A, [EOS_ID, A, B]] = [0.4, 0.3, 0.3]
+    table[B, [EOS_ID, A]] = [0.9, 0.1]
+    logp = jnp.log(jnp.asarray(table / table.sum(1, keepdims=True), jnp.float32))
+    step = lambda tokens, cache: (logp[tokens], cache)
+    first = logp[jnp.asarray([SOS_ID])]
+    out = beam_search(step, first, jnp.zeros(()), LoopSpec(max_new_tokens=4, length_penalty=0.0, beam_size=2))
+    assert np.asarray(out["beam_tokens"][0, :, :2]).tolist() == [[B, EOS_ID], [A, EOS_ID]]
+    np.testing.assert_allclose(np.asarray(out["beam_scores"][0]), np.log([0.36, 0.24]), rtol=1e-4)
+    assert np.asarray(out["beam_lengths"][0]).tolist() == [2, 2]
+    cut = beam_search(step, first, jnp.zeros(()), LoopSpec(max_new_tokens=1, length_penalty=0.0, beam_size=3))
+    assert np.asarray(cut["beam_tokens"][0, :, 0]).tolist() == [EOS_ID, A, B]
+    assert np.asarray(cut["beam_lengths"][0]).tolist() == [1, 1, 1]
+    assert np.asarray(cut["tokens"][0]).tolist() == [EOS_ID]
+
+
 def test_trained_model_rows_equal_rows_alone(trained_run):
     model = load_pretrained(trained_run)
     prompts = ["Bonjour !", "Combien font 2 plus 3 ?", "Je me sens triste aujourd'hui.",
@@ -83,6 +105,11 @@ def test_trained_model_rows_equal_rows_alone(trained_run):
     assert together == alone
     beams = model.generate(prompts, beam_size=3)
     assert len(beams) == 4 and all(isinstance(r[0], str) for r in beams)
+    n_best = model.generate(prompts, beam_size=3, num_samples=3)  # one search per prompt, its 3 best
+    assert [len(r) for r in n_best] == [3] * 4 and [r[0] for r in n_best] == [r[0] for r in beams]
+    assert any(len(set(r)) > 1 for r in n_best)
+    with pytest.raises(NetyError, match="num_samples=4 is more than beam_size=3"):
+        model.generate(prompts, beam_size=3, num_samples=4)
 
 
 def test_stream_gives_the_tokens_of_one_uninterrupted_call(trained_run):

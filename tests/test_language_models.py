@@ -118,6 +118,11 @@ def test_complete_and_predict_next_commands(trained_rnn_lm, trained_gpt, capsys)
                  "Le chat", "--temperature", "0", "--max-new-tokens", "6"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("Le lundi, Marie ") and lines[1].startswith("Le chat ")
+    assert main(["complete", "--checkpoint", trained_gpt[0], "--prompt", "Le chat", "--prompt", "Hier, Léa",
+                 "--beam", "3", "--num-samples", "2", "--max-new-tokens", "4"]) == 0  # 2 best beams each
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(" ")[0] for line in lines] == ["Le", "Le", "Hier,", "Hier,"], lines
+    assert lines[0] != lines[1] and lines[2] != lines[3] and lines[2].startswith("Hier, Léa")
     assert main(["predict-next", "--checkpoint", trained_gpt[0], "le chat mange du", "--top-k", "2"]) == 0
     rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
     assert len(rows) == 2 and all(0 < float(p) <= 1 for _, p in rows)

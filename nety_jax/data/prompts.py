@@ -78,6 +78,14 @@ def encode_prompts(policy, tokenizer, texts: Sequence[str], data_cfg, max_new_to
     return PromptBatch(tokens, lengths, len(rows), cut, given)
 
 
+def repeat_rows(batch: PromptBatch, n: int) -> PromptBatch:
+    """The real prompts of ``batch``, each ``n`` times in a row (an N-best list's prompts)."""
+    c = batch.count
+    return PromptBatch(np.repeat(batch.tokens[:c], n, axis=0), np.repeat(batch.lengths[:c], n), c * n,
+                       [i * n + j for i in batch.cut for j in range(n)],
+                       [t for t in batch.texts for _ in range(n)])
+
+
 def decode_replies(tokenizer, tokens, n: int, prompts: PromptBatch | None = None) -> list[str]:
     """Generated ids -> texts; with ``prompts``, each text is its prompt continued (decoded as one
     sequence, so a continuation that finishes the prompt's last word joins it). The prompt is

@@ -79,6 +79,8 @@ def _expand(s: BeamState, logits, cache, spec: LoopSpec, b: int, k: int) -> Beam
 
 
 def beam_search(step: Step, first_logits, cache, spec: LoopSpec) -> dict:
+    """``{"tokens" (B, N), "lengths" (B,), "scores" (B,)}`` of every row's best hypothesis, and
+    ``beam_tokens`` (B, K, N), ``beam_lengths`` and ``beam_scores`` (B, K): its K best, best first."""
     b, k, n = first_logits.shape[0], spec.beam_size, spec.max_new_tokens
     alpha = spec.length_penalty
     seqs = jnp.full((b, k, n), PAD_ID, jnp.int32)
@@ -103,10 +105,26 @@ def beam_search(step: Step, first_logits, cache, spec: LoopSpec) -> dict:
         return _expand(s, logits, cache, spec, b, k)
 
     final = jax.lax.while_loop(cond, body, state)
-    has_fin = final.fin_flags[:, 0]
-    live_norm = final.live_scores[:, 0] / length_penalty(final.pos, alpha)
-    best = jnp.where(has_fin[:, None], final.fin_seqs[:, 0], final.live_seqs[:, 0])
-    scores = jnp.where(has_fin, final.fin_scores[:, 0], live_norm)
-    is_eos = best == EOS_ID
-    lengths = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, final.pos)
-    return {"tokens": best, "lengths": lengths.astype(jnp.int32), "scores": scores}
+    beams, scores = _ranked(final, alpha)
+    lengths = _lengths(beams, final.pos)
+    return {"tokens": beams[:, 0], "lengths": lengths[:, 0], "scores": scores[:, 0],
+            "beam_tokens": beams, "beam_lengths": lengths, "beam_scores": scores}
+
+
+def _ranked(final: BeamState, alpha: float):
+    """The K best hypotheses of every row, best first: the finished ones by score, then (where
+    fewer than K finished) the live ones, scored as if they ended at the last position. The
+    first is what beam search returns; the rest are the N-best list (``num_samples``)."""
+    live_norm = final.live_scores / length_penalty(final.pos, alpha)
+    seqs = jnp.concatenate([final.fin_seqs, final.live_seqs], axis=1)
+    scores = jnp.concatenate([final.fin_scores, live_norm], axis=1)
+    k = final.fin_flags.shape[1]
+    group = jnp.concatenate([jnp.where(final.fin_flags, 0, 2), jnp.ones_like(final.fin_flags, jnp.int32)], axis=1)
+    order = jnp.lexsort((-scores, group), axis=-1)[:, :k]
+    return _gather_beams(seqs, order), jnp.take_along_axis(scores, order, axis=1)
+
+
+def _lengths(seqs, pos):
+    """(..., N) sequences -> tokens up to and including the first <eos>, else ``pos``."""
+    is_eos = seqs == EOS_ID
+    return jnp.where(jnp.any(is_eos, axis=-1), jnp.argmax(is_eos, axis=-1) + 1, pos).astype(jnp.int32)

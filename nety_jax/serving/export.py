@@ -250,6 +250,9 @@ class ExportedModel:
             raise NetyError(f"this export does not take {unsupported[0]} at run time "
                             f"(it takes: {', '.join(self.info['options']) or 'nothing'}); re-export "
                             f"with --set decode.{unsupported[0]}=VALUE")
+        if num_samples > 1 and self.config.decode.beam_size > 1:
+            raise NetyError(f"num_samples={num_samples}: this export runs beam search and returns one "
+                            "reply per prompt; the N best replies need the run directory (--checkpoint)")
         n = len(texts) * num_samples
         base = self.config.decode
         expand = lambda v: [x for x in v for _ in range(num_samples)] if isinstance(v, (list, tuple)) else v

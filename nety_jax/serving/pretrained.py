@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from nety_jax.config import Config
-from nety_jax.data.prompts import decode_replies, encode_prompts
+from nety_jax.data.prompts import decode_replies, encode_prompts, repeat_rows
 from nety_jax.data.tokenizer import Tokenizer, load_tokenizer
 from nety_jax.decoding import SamplingParams, generate_jit
-from nety_jax.errors import CheckpointError
+from nety_jax.errors import CheckpointError, NetyError
 from nety_jax.models import get_model
 from nety_jax.serving.settings import resolve, seeds_per_row
 from nety_jax.training import checkpoint as ckpt
@@ -52,11 +52,28 @@ class Pretrained:
         batch or one per text."""
         if isinstance(texts, str):
             texts = [texts]
+        if num_samples > 1 and _beam_size(settings, self.config) > 1:
+            return self._n_best(texts, num_samples, with_prompt, settings)
         req, batch, params = self._prepare(texts, seed, num_samples, settings)
         out = generate_jit(self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
                            params, model=self.model, spec=req.spec)
         replies = decode_replies(self.tokenizer, out["tokens"], batch.count, batch if with_prompt else None)
         return [replies[i * num_samples: (i + 1) * num_samples] for i in range(len(texts))]
+
+    def _n_best(self, texts: Sequence[str], n: int, with_prompt: bool, settings: dict) -> list[list[str]]:
+        """Beam search's ``n`` best distinct replies per text (``num_samples`` with a beam), as
+        HF's ``num_return_sequences``: one search per text, not ``n`` identical ones."""
+        beam = _beam_size(settings, self.config)
+        if n > beam:
+            raise NetyError(f"num_samples={n} is more than beam_size={beam}: beam search keeps its "
+                            f"{beam} best replies; raise the beam size or ask for fewer")
+        req, batch, params = self._prepare(texts, 0, 1, settings)
+        out = generate_jit(self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
+                           params, model=self.model, spec=req.spec)
+        tokens = np.asarray(out["beam_tokens"])[: batch.count, :n].reshape(batch.count * n, -1)
+        replies = decode_replies(self.tokenizer, tokens, batch.count * n,
+                                 repeat_rows(batch, n) if with_prompt else None)
+        return [replies[i * n: (i + 1) * n] for i in range(len(texts))]
 
     def _prepare(self, texts: Sequence[str], seed, num_samples: int, settings: dict):
         """(request, prompt batch, sampling params) for ``num_samples`` rows per text."""
@@ -115,6 +132,12 @@ class Pretrained:
     def predict_next(self, text: str, top_k: int = 5) -> list[tuple[str, float]]:
         from nety_jax.serving.next_word import predict_next
         return predict_next(self, text, top_k)
+
+
+def _beam_size(settings: dict, cfg: Config):
+    beam = settings.get("beam_size")
+    beam = cfg.decode.beam_size if beam is None else beam
+    return beam if isinstance(beam, int) else 1  # a wrong type is reported by resolve()
 
 
 def _fill_seed(seed, b: int):
