@@ -164,3 +164,18 @@ def test_int8_quantized_run_generates_and_agrees_with_float32(trained_gpt, tmp_p
     b = q8.generate(prompts, temperature=0.0, max_new_tokens=8)
     assert sum(x == y for x, y in zip(a, b)) >= 3, (a, b)
     assert main(["quantize", "--checkpoint", workdir, "--out", str(out)]) == 2  # never clobbers
+
+
+def test_serve_refuses_a_taken_or_invalid_port_before_loading_the_model(capsys):
+    """A one-line error at once (no model is loaded: the checkpoint does not even exist)."""
+    from nety_jax.cli import main
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--checkpoint", "no/such/run", "--port", str(port)]) == 2
+        assert f"--port={port}: cannot listen on 127.0.0.1" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", "no/such/run", "--port", "99999"]) == 2
+    assert "--port=99999 must be between 0 and 65535" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", "no/such/run", "--port", "0"]) == 2  # binds, then the run is missing
+    assert "no/such/run: no such run directory" in capsys.readouterr().err

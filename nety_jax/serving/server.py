@@ -242,6 +242,8 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
     for flag, value, low in (("--max-batch", max_batch, 1), ("--queue-size", queue_size, 1), ("--chunk", chunk, 1)):
         if value < low:
             raise NetyError(f"{flag}={value} must be >= {low}")
+    sock = listen_socket(host, port)  # before the model loads: a taken port fails at once
+    port = sock.getsockname()[1]
     if exported:
         from nety_jax.serving.export import load_exported
         backend = ExportedBackend(load_exported(exported))
@@ -252,5 +254,26 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
     app = create_app(backend, name, max_batch, window_ms, queue_size, chunk)
     print(f"serving {name} ({backend.task}) on http://{host}:{port}/v1 (max batch {max_batch}, window "
           f"{window_ms:g} ms, queue {queue_size}, max_tokens {backend.max_new_tokens})", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
     return 0
+
+
+def listen_socket(host: str, port: int):
+    """A socket bound to ``host:port`` (0: any free port), or a one-line error naming the flag."""
+    import socket
+    from nety_jax.errors import NetyError
+    if not 0 <= port <= 65535:
+        raise NetyError(f"--port={port} must be between 0 and 65535")
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise NetyError(f"--host={host!r}: not an address of this machine ({e})") from None
+    sock = socket.socket(family, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise NetyError(f"--port={port}: cannot listen on {host} ({e.strerror or e})") from None
+    return sock
