@@ -36,11 +36,12 @@ def test_generate_prompts_file_samples_and_beam(trained_run, tmp_path, capsys):
 
 def test_chat_loop_handles_commands_empty_lines_and_eof(trained_run):
     model = load_pretrained(trained_run)
-    stdin = io.StringIO("\n/temp 0\n/topk abc\nBonjour !\n/settings\n/nope\n")
+    stdin = io.StringIO("\n/temp 0\n/topk abc\n/seed -1\nBonjour !\n/settings\n/nope\n")
     stdout = io.StringIO()
     assert chat(model, stdin=stdin, stdout=stdout) == 0
     text = stdout.getvalue()
     assert "temperature=0.0" in text and "invalid value" in text and "nety> " in text
+    assert "invalid value: seed=-1 must be between 0 and 2**63 - 1" in text and "seed=0" in text
     assert "unknown command" in text and "au revoir" in text
 
 

@@ -43,6 +43,8 @@ def test_hostile_prompts_get_replies_and_long_ones_a_warning(trained_run, tmp_pa
     (["--prompt", "x", "--length-penalty", "nan", "--beam", "2"], "decode.length_penalty=nan must be a finite number"),
     (["--prompt", "x", "--top-k", "-3"], "decode.top_k=-3 must be >= 0"),
     (["--prompt", "x", "--num-samples", "0"], "--num-samples=0 must be >= 1"),
+    (["--prompt", "x", "--seed", str(2 ** 64)], f"seed={2 ** 64} must be between 0 and 2**63 - 1"),
+    (["--prompt", "x", "--beam", "2", "--num-samples", "3"], "num_samples=3 is more than beam_size=2"),
 ])
 def test_bad_generate_input_is_one_line(trained_run, tmp_path, args, message):
     (tmp_path / "latin1.txt").write_bytes(b"Bonjour\ncaf\xe9 cr\xe8me\n")

@@ -5,6 +5,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from nety_jax.serving.settings import MAX_SEED
+
 MAX_PROMPT_CHARS = 100_000
 
 
@@ -17,7 +19,7 @@ class _Sampling(BaseModel):
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     top_k: Optional[int] = Field(None, ge=0, le=1_000_000)  # an extension of OpenAI's API
     n: int = Field(1, ge=1, le=64)
-    seed: Optional[int] = Field(None, ge=0, le=2 ** 63 - 1)
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
     stop: Optional[Union[str, list[str]]] = None
     stream: bool = False
 

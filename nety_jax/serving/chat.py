@@ -78,8 +78,10 @@ def _command(line: str, settings: dict, model, stdout) -> bool:
         key, kind = _SETTINGS[cmd]
         try:
             value = kind(parts[1])
-            if key != "seed":  # validated the same way a generate call is
-                from nety_jax.serving.settings import resolve
+            from nety_jax.serving.settings import resolve, seeds_per_row
+            if key == "seed":  # validated the same way a generate call is
+                seeds_per_row(value, 1, 1)
+            else:
                 trial = {k: v for k, v in settings.items() if k != "seed"} | {key: value}
                 resolve(model.config.decode, model.model.prompts, 1, trial)
             settings[key] = value
@@ -104,7 +106,8 @@ def chat(model, seed: int = 0, stdin=None, stdout=None, **decode_overrides) -> i
     settings = {"temperature": model.config.decode.temperature, "top_k": model.config.decode.top_k,
                 "top_p": model.config.decode.top_p, "max_new_tokens": model.config.decode.max_new_tokens}
     settings |= {k: v for k, v in decode_overrides.items() if v is not None}
-    settings["seed"] = seed
+    from nety_jax.serving.settings import seeds_per_row
+    settings["seed"] = seeds_per_row(seed, 1, 1)
     read = _line_reader(stdin, stdout)
     turn = 0
     print(f"NETY (step {model.step}). {HELP}", file=stdout)

@@ -83,5 +83,14 @@ def seeds_per_row(seed: Union[int, Sequence[int]], n_texts: int, num_samples: in
     if isinstance(seed, (list, tuple, np.ndarray)):
         if len(seed) != n_texts:
             raise NetyError(f"seed: {len(seed)} values for {n_texts} prompts")
-        return [int(s) + j for s in seed for j in range(num_samples)]
-    return int(seed)
+        return [_check_seed(int(s) + j) for s in seed for j in range(num_samples)]
+    return _check_seed(int(seed))
+
+
+def _check_seed(seed: int) -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise NetyError(f"seed={seed} must be between 0 and 2**63 - 1")
+    return seed
+
+
+MAX_SEED = 2 ** 63 - 1  # a seed becomes an int64 (jax.random.PRNGKey), as the server's field says
