@@ -56,16 +56,22 @@ def test_beam_one_equals_greedy(tiny_cfg, copy):
     np.testing.assert_array_equal(np.asarray(greedy["tokens"]), np.asarray(beam["tokens"]))
 
 
-def test_beam_two_finds_the_better_sequence():
-    """Greedy takes A (0.6) then <eos> (0.4): 0.24. Beam 2 finds B (0.4) then <eos> (0.9): 0.36."""
-    A, B, V = 3, 4, 5
-    table = np.full((V, V), 1e-6)
+A, B = 3, 4
+
+
+def _bigram_lm():
+    """A fake bigram model (step, first logits) of exact probabilities over 5 tokens."""
+    table = np.full((5, 5), 1e-6)
     table[SOS_ID, [A, B]] = [0.6, 0.4]
     table[A, [EOS_ID, A, B]] = [0.4, 0.3, 0.3]
     table[B, [EOS_ID, A]] = [0.9, 0.1]
     logp = jnp.log(jnp.asarray(table / table.sum(1, keepdims=True), jnp.float32))
-    step = lambda tokens, cache: (logp[tokens], cache)
-    first = logp[jnp.asarray([SOS_ID])]
+    return (lambda tokens, cache: (logp[tokens], cache)), logp[jnp.asarray([SOS_ID])]
+
+
+def test_beam_two_finds_the_better_sequence():
+    """Greedy takes A (0.6) then <eos> (0.4): 0.24. Beam 2 finds B (0.4) then <eos> (0.9): 0.36."""
+    step, first = _bigram_lm()
     spec = LoopSpec(max_new_tokens=4, length_penalty=0.0)
     greedy = sample_loop(step, first, jnp.zeros(()), SamplingParams.create(1, temperature=0.0), spec)
     assert np.asarray(greedy["tokens"][0, :2]).tolist() == [A, EOS_ID]
@@ -76,16 +82,9 @@ def test_beam_two_finds_the_better_sequence():
 
 
 def test_beam_n_best_is_ranked_finished_first_then_live():
-    """The table above: beam 2 keeps B <eos> (0.36) and A <eos> (0.24), best first; cut after one
+    """The bigram model: beam 2 keeps B <eos> (0.36) and A <eos> (0.24), best first; cut after one
     token, the only finished hypothesis (<eos>) leads and the live ones fill the list by score."""
-    A, B, V = 3, 4, 5
-    table = np.full((V, V), 1e-6)
-    table[SOS_ID, [A, B]] = [0.6, 0.4]
-    table[A, [EOS_ID, A, B]] = [0.4, 0.3, 0.3]
-    table[B, [EOS_ID, A]] = [0.9, 0.1]
-    logp = jnp.log(jnp.asarray(table / table.sum(1, keepdims=True), jnp.float32))
-    step = lambda tokens, cache: (logp[tokens], cache)
-    first = logp[jnp.asarray([SOS_ID])]
+    step, first = _bigram_lm()
     out = beam_search(step, first, jnp.zeros(()), LoopSpec(max_new_tokens=4, length_penalty=0.0, beam_size=2))
     assert np.asarray(out["beam_tokens"][0, :, :2]).tolist() == [[B, EOS_ID], [A, EOS_ID]]
     np.testing.assert_allclose(np.asarray(out["beam_scores"][0]), np.log([0.36, 0.24]), rtol=1e-4)
