@@ -52,22 +52,23 @@ class Pretrained:
         batch or one per text."""
         if isinstance(texts, str):
             texts = [texts]
-        if num_samples > 1 and _beam_size(settings, self.config) > 1:
-            return self._n_best(texts, num_samples, with_prompt, settings)
+        beam = _beam_size(settings, self.config)
+        if num_samples > 1 and beam > 1:
+            return self._n_best(texts, seed, num_samples, beam, with_prompt, settings)
         req, batch, params = self._prepare(texts, seed, num_samples, settings)
         out = generate_jit(self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
                            params, model=self.model, spec=req.spec)
         replies = decode_replies(self.tokenizer, out["tokens"], batch.count, batch if with_prompt else None)
         return [replies[i * num_samples: (i + 1) * num_samples] for i in range(len(texts))]
 
-    def _n_best(self, texts: Sequence[str], n: int, with_prompt: bool, settings: dict) -> list[list[str]]:
+    def _n_best(self, texts: Sequence[str], seed, n: int, beam: int, with_prompt: bool,
+                settings: dict) -> list[list[str]]:
         """Beam search's ``n`` best distinct replies per text (``num_samples`` with a beam), as
         HF's ``num_return_sequences``: one search per text, not ``n`` identical ones."""
-        beam = _beam_size(settings, self.config)
         if n > beam:
             raise NetyError(f"num_samples={n} is more than beam_size={beam}: beam search keeps its "
                             f"{beam} best replies; raise the beam size or ask for fewer")
-        req, batch, params = self._prepare(texts, 0, 1, settings)
+        req, batch, params = self._prepare(texts, seed, 1, settings)  # the seed is checked, not used
         out = generate_jit(self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
                            params, model=self.model, spec=req.spec)
         tokens = np.asarray(out["beam_tokens"])[: batch.count, :n].reshape(batch.count * n, -1)
