@@ -100,6 +100,12 @@ def test_openai_client_and_streaming_equals_non_streaming(server):
         for choice in chunk.choices:
             texts[choice.index] += choice.delta.content or ""
     assert texts == [c.message.content for c in chat.choices]
+    ask = dict(model="m", messages=[{"role": "user", "content": "Salut !"}], temperature=0.9, seed=5)
+    limited = client.chat.completions.create(max_tokens=3, **ask)
+    newer = client.chat.completions.create(max_completion_tokens=3, **ask)  # OpenAI's newer name
+    assert limited.choices[0].finish_reason == "length" and limited.usage.completion_tokens == 3
+    assert newer.choices[0].message.content == limited.choices[0].message.content
+    assert newer.usage.completion_tokens == 3
     done = client.completions.create(model="m", prompt="Bonjour !", max_tokens=10, seed=2, temperature=1.0,
                                      extra_body={"top_k": 20})
     pieces = "".join(c.choices[0].text for c in client.completions.create(
@@ -119,6 +125,8 @@ def test_openai_client_and_streaming_equals_non_streaming(server):
     ({"prompt": "x", "max_tokens": 100000}, 400, "max_tokens"),
     ({"prompt": "mot " * 3000}, 400, "prompt"),
     ({"prompt": "x", "n": 500}, 400, "n"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 100000}, 400, "max_completion_tokens"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}, 400, "max_completion_tokens"),
     ({"messages": []}, 400, "messages"),
     ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role"),
 ])

@@ -63,6 +63,7 @@ class Message(BaseModel):
 
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)  # OpenAI's newer name; wins over max_tokens
 
     @field_validator("messages")
     @classmethod

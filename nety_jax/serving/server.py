@@ -58,10 +58,11 @@ class Metrics:
 def _rows(backend, prompts: list[str], req) -> tuple[list[Row], int]:
     """Per-row settings from a request: prompts checked against the model, defaults filled."""
     d = backend.decode
-    max_new = req.max_tokens or min(d.max_new_tokens, backend.max_new_tokens)
+    field = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+    max_new = getattr(req, field) or min(d.max_new_tokens, backend.max_new_tokens)
     if max_new > backend.max_new_tokens:
-        raise ApiError(400, f"max_tokens={max_new} is more than this server's maximum of "
-                            f"{backend.max_new_tokens} (nety-jax serve --max-tokens)", "max_tokens")
+        raise ApiError(400, f"{field}={max_new} is more than this server's maximum of "
+                            f"{backend.max_new_tokens} (nety-jax serve --max-tokens)", field)
     limit = backend.prompts.limit(backend.data_cfg, backend.max_new_tokens)
     rows, prompt_tokens = [], 0
     base_seed = req.seed if req.seed is not None else None
