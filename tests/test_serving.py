@@ -106,6 +106,10 @@ def test_openai_client_and_streaming_equals_non_streaming(server):
     assert limited.choices[0].finish_reason == "length" and limited.usage.completion_tokens == 3
     assert newer.choices[0].message.content == limited.choices[0].message.content
     assert newer.usage.completion_tokens == 3
+    chunks = list(client.chat.completions.create(max_tokens=3, stream=True, stream_options={"include_usage": True},
+                                                 **ask))
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == limited.usage.model_dump()
+    assert all(c.usage is None for c in chunks[:-1])
     done = client.completions.create(model="m", prompt="Bonjour !", max_tokens=10, seed=2, temperature=1.0,
                                      extra_body={"top_k": 20})
     pieces = "".join(c.choices[0].text for c in client.completions.create(
@@ -127,6 +131,7 @@ def test_openai_client_and_streaming_equals_non_streaming(server):
     ({"prompt": "x", "n": 500}, 400, "n"),
     ({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 100000}, 400, "max_completion_tokens"),
     ({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}, 400, "max_completion_tokens"),
+    ({"prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options"),
     ({"messages": []}, 400, "messages"),
     ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role"),
 ])

@@ -10,6 +10,12 @@ from nety_jax.serving.settings import MAX_SEED
 MAX_PROMPT_CHARS = 100_000
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False  # one more chunk before [DONE]: the whole request's usage
+
+
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -22,6 +28,14 @@ class _Sampling(BaseModel):
     seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
     stop: Optional[Union[str, list[str]]] = None
     stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(cls, value, info):
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("stream_options is only allowed when stream is true")
+        return value
 
     @field_validator("stop")
     @classmethod

@@ -109,7 +109,8 @@ class Server:
         meta = {"id": f"{'cmpl' if kind == 'text_completion' else 'chatcmpl'}-{uuid.uuid4().hex[:24]}",
                 "created": int(time.time()), "model": self.name}
         if req.stream:
-            return StreamingResponse(self._stream(job, events, kind, meta), media_type="text/event-stream")
+            usage = prompt_tokens if req.stream_options and req.stream_options.include_usage else None
+            return StreamingResponse(self._stream(job, events, kind, meta, usage), media_type="text/event-stream")
         while True:
             try:
                 event, payload = await asyncio.wait_for(events.get(), timeout=0.25)
@@ -123,15 +124,16 @@ class Server:
             if event == "done":
                 break
         choices = [_choice(kind, i, r.text, r.finish_reason, False) for i, r in enumerate(payload)]
-        completion = sum(r.tokens for r in payload)
         return JSONResponse({**meta, "object": "chat.completion" if kind != "text_completion" else kind,
-                             "choices": choices, "usage": {"prompt_tokens": prompt_tokens,
-                                                           "completion_tokens": completion,
-                                                           "total_tokens": prompt_tokens + completion}})
+                             "choices": choices, "usage": _usage(prompt_tokens, payload)})
 
-    async def _stream(self, job: Job, events: asyncio.Queue, kind: str, meta: dict):
+    async def _stream(self, job: Job, events: asyncio.Queue, kind: str, meta: dict,
+                      prompt_tokens: Optional[int]):
+        """Server-sent events; with ``prompt_tokens`` (stream_options.include_usage), every chunk
+        has ``usage: null`` and one more chunk, with no choices, has the request's usage."""
         obj = "text_completion" if kind == "text_completion" else "chat.completion.chunk"
-        sse = lambda body: f"data: {json.dumps({**meta, 'object': obj, **body})}\n\n"
+        extra = {} if prompt_tokens is None else {"usage": None}
+        sse = lambda body: f"data: {json.dumps({**meta, 'object': obj, **extra, **body})}\n\n"
         try:
             if kind != "text_completion":
                 for i in range(len(job.rows)):
@@ -148,10 +150,18 @@ class Server:
                     for i, r in enumerate(payload):
                         yield sse({"choices": [_choice(kind, i, None if kind != "text_completion" else "",
                                                        r.finish_reason, True)]})
+                    if prompt_tokens is not None:
+                        yield sse({"choices": [], "usage": _usage(prompt_tokens, payload)})
                     break
             yield "data: [DONE]\n\n"
         finally:  # the client went away (or the stream ended): free its rows
             job.cancelled.set()
+
+
+def _usage(prompt_tokens: int, results) -> dict:
+    completion = sum(r.tokens for r in results)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion}
 
 
 _FIELDS = set(CompletionRequest.model_fields) | set(ChatRequest.model_fields) | {"role", "content"}
