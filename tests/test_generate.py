@@ -111,6 +111,18 @@ def test_trained_model_rows_equal_rows_alone(trained_run):
         model.generate(prompts, beam_size=3, num_samples=4)
 
 
+def test_greedy_samples_are_flagged_and_num_samples_is_checked(trained_run):
+    warnings = []
+    model = load_pretrained(trained_run, warn=warnings.append)
+    assert model.generate(["Bonjour !"], num_samples=2, temperature=[0.0])[0][0] is not None
+    assert len(warnings) == 1 and warnings[0].startswith("warning: num_samples=2 with greedy decoding")
+    model.generate(["Bonjour !"], num_samples=2, temperature=0.9)
+    assert len(warnings) == 1
+    for bad in (0, -1, 2.0):
+        with pytest.raises(NetyError, match=f"num_samples={bad!r} must be an integer >= 1"):
+            model.generate(["Bonjour !"], num_samples=bad)
+
+
 def test_stream_gives_the_tokens_of_one_uninterrupted_call(trained_run):
     model = load_pretrained(trained_run)
     settings = dict(temperature=0.9, top_k=20, top_p=0.95, max_new_tokens=12)

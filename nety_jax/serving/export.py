@@ -36,7 +36,7 @@ from nety_jax.data.tokenizer import load_tokenizer
 from nety_jax.decoding.keys import row_keys
 from nety_jax.errors import CheckpointError, NetyError
 from nety_jax.models.prompting import prompt_policy
-from nety_jax.serving.settings import RUNTIME, resolve, seeds_per_row
+from nety_jax.serving.settings import RUNTIME, check_num_samples, resolve, seeds_per_row
 
 ARTIFACT = "generate.bin"
 VARIABLES = "variables.npz"
@@ -250,6 +250,7 @@ class ExportedModel:
             raise NetyError(f"this export does not take {unsupported[0]} at run time "
                             f"(it takes: {', '.join(self.info['options']) or 'nothing'}); re-export "
                             f"with --set decode.{unsupported[0]}=VALUE")
+        num_samples = check_num_samples(num_samples)
         if num_samples > 1 and self.config.decode.beam_size > 1:
             raise NetyError(f"num_samples={num_samples}: this export runs beam search and returns one "
                             "reply per prompt; the N best replies need the run directory (--checkpoint)")

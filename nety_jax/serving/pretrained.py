@@ -20,7 +20,7 @@ from nety_jax.data.tokenizer import Tokenizer, load_tokenizer
 from nety_jax.decoding import SamplingParams, generate_jit
 from nety_jax.errors import CheckpointError, NetyError
 from nety_jax.models import get_model
-from nety_jax.serving.settings import resolve, seeds_per_row
+from nety_jax.serving.settings import check_num_samples, resolve, seeds_per_row
 from nety_jax.training import checkpoint as ckpt
 
 
@@ -52,10 +52,14 @@ class Pretrained:
         batch or one per text."""
         if isinstance(texts, str):
             texts = [texts]
+        num_samples = check_num_samples(num_samples)
         beam = _beam_size(settings, self.config)
         if num_samples > 1 and beam > 1:
             return self._n_best(texts, seed, num_samples, beam, with_prompt, settings)
         req, batch, params = self._prepare(texts, seed, num_samples, settings)
+        if num_samples > 1 and all(t == 0 or k == 1 for t, k in zip(req.rows["temperature"], req.rows["top_k"])):
+            self.warn(f"warning: num_samples={num_samples} with greedy decoding (temperature 0) gives "
+                      f"{num_samples} identical replies; set a temperature > 0, or a beam size for its best")
         out = generate_jit(self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
                            params, model=self.model, spec=req.spec)
         replies = decode_replies(self.tokenizer, out["tokens"], batch.count, batch if with_prompt else None)

@@ -87,6 +87,12 @@ def seeds_per_row(seed: Union[int, Sequence[int]], n_texts: int, num_samples: in
     return _check_seed(int(seed))
 
 
+def check_num_samples(num_samples) -> int:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise NetyError(f"num_samples={num_samples!r} must be an integer >= 1")
+    return int(num_samples)
+
+
 def _check_seed(seed: int) -> int:
     if not 0 <= seed <= MAX_SEED:
         raise NetyError(f"seed={seed} must be between 0 and 2**63 - 1")
