@@ -322,13 +322,19 @@ def main(argv=None) -> int:
         from nety_jax.runtime import enable_compilation_cache, keep_host_memory
         keep_host_memory()  # before JAX starts (see runtime.py)
         enable_compilation_cache("off" if args.no_compile_cache else args.compile_cache)
-        return args.fn(args)
+        code = args.fn(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught below, not at the interpreter's exit
+        return code
     except NetyError as e:
         print(f"nety-jax: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("nety-jax: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as Unix tools do
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail
+        return 141
 
 
 if __name__ == "__main__":

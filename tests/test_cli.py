@@ -34,6 +34,15 @@ def test_generate_prompts_file_samples_and_beam(trained_run, tmp_path, capsys):
     assert capsys.readouterr().out.count("> Bonjour !") == 2
 
 
+def test_a_reader_that_goes_away_stops_the_command_quietly(trained_run):
+    """`nety-jax info ... | head -1`: no BrokenPipeError traceback, the shell's exit code 141."""
+    proc = subprocess.Popen([sys.executable, "-m", "nety_jax.cli", "info", "--checkpoint", trained_run], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and err == "", err
+
+
 def test_chat_loop_handles_commands_empty_lines_and_eof(trained_run):
     model = load_pretrained(trained_run)
     stdin = io.StringIO("\n/temp 0\n/topk abc\n/seed -1\nBonjour !\n/settings\n/nope\n")
