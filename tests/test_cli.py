@@ -99,6 +99,7 @@ def test_export_reloads_in_a_fresh_process_with_the_same_tokens(trained_run, tmp
     (["generate", "--checkpoint", "{run}", "--prompt", "x", "--temperature", "nan"], "decode.temperature=nan must be a finite number"),
     (["info", "--config", TINY, "--set", "model.d_model=30"], "model.d_model=30 is not divisible by model.dec_heads=4"),
     (["train", "--config", TINY, "--workdir", "{tmp}/w", "--data", "{tmp}/missing.jsonl"], "missing.jsonl: data file not found"),
+    (["train", "--config", TINY, "--workdir", "{tmp}/w", "--data", "{tmp}"], "is a directory, not a data file"),
     (["train", "--config", TINY, "--workdir", "{run}", "--set", "model.d_model=64"], "another config: model.d_model: checkpoint 32, requested 64"),
     (["export-torch", "--checkpoint", "{run}", "--out", "{tmp}/x.pt"], "only NETY-parity models can be exported"),
 ])

@@ -264,7 +264,7 @@ def test_a_failed_first_run_leaves_no_tokenizer_behind(tmp_path):
     few = tmp_path / "few.jsonl"
     few.write_text(json.dumps({"input": "a", "target": "b"}) + "\n", encoding="utf-8")
     run = tmp_path / "run"
-    one_line_error(cli(*train_args(run, 4, "--data", str(few))), "training examples for train.batch_size")
+    one_line_error(cli(*train_args(run, 4, "--data", str(few))), "training example for train.batch_size")
     assert not (run / "tokenizer.json").exists() and not (run / "config.yaml").exists()
     assert cli(*train_args(run, 4)).returncode == 0
 

@@ -25,7 +25,8 @@ class BatchIterator:
 
     def __init__(self, data, batch_size: int, seed: int, epoch: int = 0, index: int = 0):
         if len(data) < batch_size:
-            raise DataError(f"only {len(data)} training examples for train.batch_size={batch_size}; "
+            raise DataError(f"only {len(data)} training example{'s' * (len(data) != 1)} for "
+                            f"train.batch_size={batch_size}; "
                             "use more data or a smaller batch")
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.batches_per_epoch = len(data) // batch_size

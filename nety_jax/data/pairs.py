@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from nety_jax.config.sections import EOS_ID, PAD_ID, SOS_ID, DataConfig
-from nety_jax.data.readers import read_lines
+from nety_jax.data.readers import check_file, read_lines
 from nety_jax.errors import DataError
 
 DEFAULT_CORPUS = "dialogues_fr.jsonl"
@@ -80,6 +80,7 @@ def pairs_format(path: str, cfg: DataConfig) -> str:
 
 def read_pairs(path: str, cfg: DataConfig, skip_bad: bool = False) -> ReadReport:
     """Reads (input, target) pairs; a bad line raises (or, with skip_bad, is counted)."""
+    check_file(path)  # a missing file or a directory is named as such, before its format
     fmt = pairs_format(path, cfg)
     keys = (cfg.input_key, cfg.target_key)
     report = ReadReport(pairs=[])
