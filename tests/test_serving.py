@@ -89,7 +89,10 @@ def test_concurrent_clients_are_batched(server):
 def test_openai_client_and_streaming_equals_non_streaming(server):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
-    assert client.models.list().data[0].id
+    name = client.models.list().data[0].id
+    assert client.models.retrieve(name).id == name
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.models.retrieve("gpt-4")
     chat = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Salut !"}],
                                           max_tokens=8, temperature=0.9, seed=5, n=2)
     assert len(chat.choices) == 2 and chat.usage.completion_tokens > 0
@@ -142,6 +145,11 @@ def test_bad_requests_get_a_4xx_naming_the_field(server, body, status, param):
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["param"] == param and error["message"], error
+
+
+def test_unknown_paths_and_methods_get_openai_style_errors(server):
+    for r, status in ((httpx.get(f"{server}/v1/nope"), 404), (httpx.get(f"{server}/v1/completions"), 405)):
+        assert r.status_code == status and r.json()["error"]["message"].startswith("GET /v1/"), r.text
 
 
 def test_a_flood_past_the_queue_gets_429_and_the_server_still_answers(server):

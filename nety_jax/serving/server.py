@@ -19,6 +19,7 @@ from typing import Optional
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nety_jax.serving.api import ChatRequest, CompletionRequest
 from nety_jax.serving.engine import Engine, Job, QueueFull, Row, random_seed
@@ -204,6 +205,12 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
         param, message = _first_param(exc)
         return JSONResponse(error_body(message, param), status_code=400)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):  # unknown path, wrong method
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse(error_body(message, None, "not_found_error" if exc.status_code == 404 else
+                                       "invalid_request_error"), status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
         headers = {"Retry-After": "1"} if exc.status == 429 else None
@@ -223,10 +230,18 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
     async def chat(req: ChatRequest, request: Request):
         return await server.run(request, [req.prompt(backend.task)], req, "chat", "chat")
 
+    card = {"id": name, "object": "model", "created": 0, "owned_by": "nety-jax"}
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
-                                            "owned_by": "nety-jax"}]}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        if model_id != name:
+            raise ApiError(404, f"the model {model_id!r} does not exist; this server has {name!r}", "model",
+                           "not_found_error")
+        return card
 
     @app.get("/health")
     async def health():
