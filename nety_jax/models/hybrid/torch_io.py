@@ -168,6 +168,19 @@ def expected_shapes(cfg: Config, pe_shape) -> dict:
 
 
 # -- reading a state dict ------------------------------------------------------------------------
+def _load_error(e: Exception) -> str:
+    """torch.load's many-line error -> what is wrong with the file, in one line."""
+    text = str(e)
+    pickled = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if pickled:  # torch.save(model) rather than torch.save(model.state_dict())
+        return (f"holds a pickled Python object ({pickled[1]}), not only tensors; save and import the "
+                "model's state dict: torch.save(model.state_dict(), path)")
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    first = detail[1] if detail else (text.strip().splitlines() or [type(e).__name__])[0]
+    return f"not a PyTorch checkpoint ({first[:200]})"
+
+
+
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
     torch = _torch()
     if os.path.isdir(path) or not os.path.isfile(path):
@@ -175,8 +188,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for non-checkpoint files
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({first})") from None
+        raise CheckpointError(f"{path}: {_load_error(e)}") from None
     for wrapper in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
