@@ -130,8 +130,10 @@ def _generate(args, show_prompt: bool) -> int:
     if show_prompt and _task(model) != "lm":
         raise NetyError("complete continues a text with a language model (model.arch gpt or rnn_lm); "
                         "this is a seq2seq model: use generate")
+    if args.batch_size < 1:
+        raise NetyError(f"--batch-size={args.batch_size} must be >= 1")
     replies = model.generate(prompts, seed=args.seed, num_samples=args.num_samples, with_prompt=show_prompt,
-                             **_decode_settings(args))
+                             batch_size=args.batch_size, **_decode_settings(args))
     many = len(prompts) > 1 or args.num_samples > 1
     for prompt, outs in zip(prompts, replies):
         for out in outs:
@@ -232,6 +234,8 @@ def _add_commands(sub) -> None:
         p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
         p.add_argument("--file", help="a file with one prompt per line")
         p.add_argument("--num-samples", type=int, default=1, help="replies per prompt")
+        p.add_argument("--batch-size", type=int, default=256,
+                       help="at most this many rows (prompts x samples) through the model at once (default 256)")
         _decode_args(p)
         p.set_defaults(fn=fn)
 

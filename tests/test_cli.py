@@ -139,6 +139,17 @@ def test_skip_bad_trains_and_logs_the_count(tmp_path):
     assert "skipped 2 bad lines" in done.stdout and "pairs.jsonl:4: invalid JSON" in done.stdout
 
 
+def test_a_fixed_batch_export_takes_any_number_of_prompts(trained_run, tmp_path):
+    from nety_jax.serving.export import load_exported
+    out = tmp_path / "fixed"
+    assert main(["export", "--checkpoint", trained_run, "--out", str(out), "--batch-size", "2",
+                 "--set", "decode.max_new_tokens=8"]) == 0
+    prompts = ["Bonjour !", "J'aime nager.", "Il pleut encore."]  # more than its batch: two calls
+    settings = dict(temperature=0.9, top_k=10, seed=4)
+    expected = load_pretrained(trained_run).generate(prompts, max_new_tokens=8, **settings)
+    assert load_exported(str(out)).generate(prompts, **settings) == expected
+
+
 def test_beam_search_exports_too(trained_run, tmp_path):
     from nety_jax.serving.export import load_exported
     out = tmp_path / "beam"

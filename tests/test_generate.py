@@ -123,6 +123,37 @@ def test_greedy_samples_are_flagged_and_num_samples_is_checked(trained_run):
             model.generate(["Bonjour !"], num_samples=bad)
 
 
+def test_chunks_cut_texts_and_their_own_values_and_count_rows():
+    from nety_jax.serving.settings import chunks
+    parts = list(chunks(["a", "b", "c"], 7, 2, 4, {"temperature": [0.1, 0.2, 0.3], "top_k": 5}))
+    assert parts == [(0, ["a", "b"], 7, {"temperature": [0.1, 0.2], "top_k": 5}),
+                     (4, ["c"], 7, {"temperature": [0.3], "top_k": 5})]
+    assert [p[2] for p in chunks(["a", "b", "c"], [1, 2, 3], 1, 2, {})] == [[1, 2], [3]]
+    assert len(list(chunks(["a"] * 5, 0, 1, None, {}))) == 1
+    with pytest.raises(NetyError, match="temperature: 2 values for 3 prompts"):
+        list(chunks(["a", "b", "c"], 0, 1, 2, {"temperature": [0.1, 0.2]}))
+    with pytest.raises(NetyError, match="batch_size=0 must be an integer >= 1"):
+        list(chunks(["a"], 0, 1, 0, {}))
+
+
+def test_a_batch_cut_in_parts_gives_the_replies_of_one_call(trained_run):
+    warnings = []
+    model = load_pretrained(trained_run, warn=warnings.append)
+    prompts = ["Bonjour !", "J'aime nager.", "Il pleut encore.", "mot " * 200, "Salut"]
+    settings = dict(temperature=1.0, top_k=0, max_new_tokens=8, num_samples=2)
+    whole = model.generate(prompts, seed=11, **settings)
+    assert len({r for pair in whole[:3] for r in pair}) > 1  # sampled, not one reply repeated
+    assert warnings == ["warning: prompt 4 was cut to 24 tokens (the longest this model takes)"]
+    for batch_size in (1, 4, 6):
+        assert model.generate(prompts, seed=11, batch_size=batch_size, **settings) == whole
+    assert warnings[-1] == warnings[0] and len(warnings) == 4  # numbered as given, in every part
+    seeds = [5, 6, 7, 8, 9]
+    assert model.generate(prompts, seed=seeds, batch_size=3, **settings) == model.generate(prompts, seed=seeds,
+                                                                                           **settings)
+    with pytest.raises(NetyError, match="prompt 5 is empty"):
+        model.generate(prompts[:4] + [" "], batch_size=2)
+
+
 def test_stream_gives_the_tokens_of_one_uninterrupted_call(trained_run):
     model = load_pretrained(trained_run)
     settings = dict(temperature=0.9, top_k=20, top_p=0.95, max_new_tokens=12)

@@ -42,14 +42,15 @@ class SamplingParams:
     def create(cls, batch: int, *, temperature: Union[Number, Sequence[Number]] = 1.0,
                top_k: Union[int, Sequence[int]] = 0, top_p: Union[Number, Sequence[Number]] = 1.0,
                max_new_tokens: Union[int, Sequence[int]] = 1 << 30,
-               seed: Union[int, Sequence[int]] = 0, keys: Optional[np.ndarray] = None) -> "SamplingParams":
+               seed: Union[int, Sequence[int]] = 0, keys: Optional[np.ndarray] = None,
+               first_row: int = 0) -> "SamplingParams":
         """Scalars apply to every row, sequences give one value per row. With one seed, row i
-        draws from fold_in(PRNGKey(seed), i); with a sequence, row i from PRNGKey(seed[i])."""
+        draws from fold_in(PRNGKey(seed), first_row + i); with a sequence, row i from PRNGKey(seed[i])."""
         def rows(value, dtype):
             out = np.broadcast_to(np.asarray(value, dtype), (batch,))
             return np.ascontiguousarray(out)
         if keys is None:
-            keys = row_keys(seed, batch)
+            keys = row_keys(seed, batch, first_row)
         return cls(temperature=rows(temperature, np.float32), top_k=rows(top_k, np.int32),
                    top_p=rows(top_p, np.float32),
                    max_new_tokens=rows(np.minimum(max_new_tokens, np.iinfo(np.int32).max), np.int32),

@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +36,7 @@ from nety_jax.data.tokenizer import load_tokenizer
 from nety_jax.decoding.keys import row_keys
 from nety_jax.errors import CheckpointError, NetyError
 from nety_jax.models.prompting import prompt_policy
-from nety_jax.serving.settings import RUNTIME, check_num_samples, resolve, seeds_per_row
+from nety_jax.serving.settings import RUNTIME, check_num_samples, in_parts, resolve, seeds_per_row
 
 ARTIFACT = "generate.bin"
 VARIABLES = "variables.npz"
@@ -229,12 +229,13 @@ class ExportedModel:
                                       f"{ARTIFACT} expects {aval.dtype}{list(aval.shape)}")
         return jax.tree_util.tree_map(jnp.asarray, variables)
 
-    def generate_ids(self, tokens: np.ndarray, lengths: np.ndarray, seed=0, **settings):
-        """Runs the artifact on an id batch; settings are per-row values or scalars."""
+    def generate_ids(self, tokens: np.ndarray, lengths: np.ndarray, seed=0, first_row: int = 0, **settings):
+        """Runs the artifact on an id batch; settings are per-row values or scalars; with one
+        seed, row i draws from fold_in(PRNGKey(seed), first_row + i)."""
         b = tokens.shape[0]
         defaults = self.info.get("defaults", {})
         value = lambda k, dtype: np.broadcast_to(np.asarray(settings.get(k, defaults.get(k, 0)), dtype), (b,))
-        keys = row_keys(seed, b)
+        keys = row_keys(seed, b, first_row)
         out = self.exported.call(self.variables, jnp.asarray(tokens, jnp.int32), jnp.asarray(lengths, jnp.int32),
                                  value("temperature", np.float32), value("top_k", np.int32),
                                  value("top_p", np.float32), value("max_new_tokens", np.int32),
@@ -242,7 +243,8 @@ class ExportedModel:
         return tuple(np.asarray(x) for x in out)
 
     def generate(self, texts: Sequence[str], seed=0, num_samples: int = 1, with_prompt: bool = False,
-                 **settings) -> list[list[str]]:
+                 batch_size: Optional[int] = None, **settings) -> list[list[str]]:
+        """As ``Pretrained.generate``, with the settings the export takes at run time."""
         if isinstance(texts, str):
             texts = [texts]
         unsupported = sorted(k for k, v in settings.items() if v is not None and k not in self.info["options"])
@@ -254,6 +256,15 @@ class ExportedModel:
         if num_samples > 1 and self.config.decode.beam_size > 1:
             raise NetyError(f"num_samples={num_samples}: this export runs beam search and returns one "
                             "reply per prompt; the N best replies need the run directory (--checkpoint)")
+        fixed = self.info.get("batch")
+        if isinstance(fixed, int) and fixed > 0:  # a fixed-batch export: parts of at most its size
+            batch_size = fixed if batch_size is None else min(batch_size, fixed)
+        part = lambda texts, seed, settings, first_row: self._generate(texts, seed, num_samples, with_prompt,
+                                                                       settings, first_row)
+        return in_parts(part, texts, seed, num_samples, batch_size, settings)
+
+    def _generate(self, texts: Sequence[str], seed, num_samples: int, with_prompt: bool, settings: dict,
+                  first_row: int) -> list[list[str]]:
         n = len(texts) * num_samples
         base = self.config.decode
         expand = lambda v: [x for x in v for _ in range(num_samples)] if isinstance(v, (list, tuple)) else v
@@ -267,7 +278,7 @@ class ExportedModel:
         rows = {k: v + [v[0]] * (b - len(v)) for k, v in req.rows.items()}
         seeds = seeds_per_row(seed, len(texts), num_samples)
         seeds = seeds if isinstance(seeds, int) else seeds + [seeds[0]] * (b - len(seeds))
-        tokens, _, _ = self.generate_ids(batch.tokens, batch.lengths, seeds, **rows)
+        tokens, _, _ = self.generate_ids(batch.tokens, batch.lengths, seeds, first_row, **rows)
         replies = decode_replies(self.tokenizer, tokens, n, batch if with_prompt else None)
         return [replies[i * num_samples: (i + 1) * num_samples] for i in range(len(texts))]
 

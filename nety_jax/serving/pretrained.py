@@ -20,7 +20,7 @@ from nety_jax.data.tokenizer import Tokenizer, load_tokenizer
 from nety_jax.decoding import SamplingParams, generate_jit
 from nety_jax.errors import CheckpointError, NetyError
 from nety_jax.models import get_model
-from nety_jax.serving.settings import check_num_samples, resolve, seeds_per_row
+from nety_jax.serving.settings import check_num_samples, in_parts, resolve, seeds_per_row
 from nety_jax.training import checkpoint as ckpt
 
 
@@ -43,9 +43,11 @@ class Pretrained:
         return self.model.task
 
     def generate(self, texts: Sequence[str], seed=0, num_samples: int = 1, with_prompt: bool = False,
-                 **settings) -> list[list[str]]:
+                 batch_size: Optional[int] = None, **settings) -> list[list[str]]:
         """Replies (seq2seq) or continuations (language models), ``num_samples`` per text;
-        ``with_prompt``: each continuation joined to its prompt (``nety-jax complete``).
+        ``with_prompt``: each continuation joined to its prompt (``nety-jax complete``);
+        ``batch_size``: at most that many rows (texts times samples) through the model at once
+        (None: all), with the same replies as one call.
 
         Settings: temperature, top_k, top_p, max_new_tokens (each a value or one per text),
         beam_size, length_penalty, min_new_tokens, no_repeat_ngram; ``seed``: one for the
@@ -53,11 +55,17 @@ class Pretrained:
         if isinstance(texts, str):
             texts = [texts]
         num_samples = check_num_samples(num_samples)
+        part = lambda texts, seed, settings, first_row: self._generate(texts, seed, num_samples, with_prompt,
+                                                                       settings, first_row)
+        return in_parts(part, texts, seed, num_samples, batch_size, settings)
+
+    def _generate(self, texts: Sequence[str], seed, num_samples: int, with_prompt: bool, settings: dict,
+                  first_row: int) -> list[list[str]]:
         beam = _beam_size(settings, self.config)
         if num_samples > 1 and beam > 1:
             return self._n_best(texts, seed, num_samples, beam, with_prompt, settings)
-        req, batch, params = self._prepare(texts, seed, num_samples, settings)
-        if num_samples > 1 and all(t == 0 or k == 1 for t, k in zip(req.rows["temperature"], req.rows["top_k"])):
+        req, batch, params = self._prepare(texts, seed, num_samples, settings, first_row)
+        if first_row == 0 and num_samples > 1 and all(t == 0 or k == 1 for t, k in zip(req.rows["temperature"], req.rows["top_k"])):
             self.warn(f"warning: num_samples={num_samples} with greedy decoding (temperature 0) gives "
                       f"{num_samples} identical replies; set a temperature > 0, or a beam size for its best")
         out = generate_jit(self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
@@ -80,7 +88,7 @@ class Pretrained:
                                  repeat_rows(batch, n) if with_prompt else None)
         return [replies[i * n: (i + 1) * n] for i in range(len(texts))]
 
-    def _prepare(self, texts: Sequence[str], seed, num_samples: int, settings: dict):
+    def _prepare(self, texts: Sequence[str], seed, num_samples: int, settings: dict, first_row: int = 0):
         """(request, prompt batch, sampling params) for ``num_samples`` rows per text."""
         n = len(texts) * num_samples
         expand = lambda v: [x for x in v for _ in range(num_samples)] \
@@ -91,13 +99,13 @@ class Pretrained:
         batch = encode_prompts(self.model.prompts, self.tokenizer, repeated, self.config.data,
                                req.spec.max_new_tokens)
         for i in sorted({i // num_samples for i in batch.cut}):
-            self.warn(f"warning: prompt {i + 1} was cut to {batch.tokens.shape[1]} tokens "
+            self.warn(f"warning: prompt {first_row // num_samples + i + 1} was cut to {batch.tokens.shape[1]} tokens "
                       "(the longest this model takes)")
         b = batch.tokens.shape[0]
         fill = lambda v: v + [v[0]] * (b - len(v))
         params = SamplingParams.create(
             b, **{k: fill(v) for k, v in req.rows.items()},
-            seed=_fill_seed(seeds_per_row(seed, len(texts), num_samples), b))
+            seed=_fill_seed(seeds_per_row(seed, len(texts), num_samples), b), first_row=first_row)
         return req, batch, params
 
     def generate_ids(self, texts: Sequence[str], seed=0, num_samples: int = 1, **settings) -> dict:

@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from nety_jax.config.sections import DecodeConfig
+from nety_jax.data.prompts import check_prompt
 from nety_jax.decoding.spec import LoopSpec
 from nety_jax.errors import ConfigError, NetyError
 
@@ -85,6 +86,35 @@ def seeds_per_row(seed: Union[int, Sequence[int]], n_texts: int, num_samples: in
             raise NetyError(f"seed: {len(seed)} values for {n_texts} prompts")
         return [_check_seed(int(s) + j) for s in seed for j in range(num_samples)]
     return _check_seed(int(seed))
+
+
+def in_parts(generate_part, texts: Sequence[str], seed, num_samples: int, batch_size: Optional[int],
+             settings: dict) -> list:
+    """Replies of ``generate_part(texts, seed, settings, first_row)`` over the parts ``chunks``
+    cuts, joined; the prompts are checked first, numbered as given."""
+    for i, text in enumerate(texts):
+        check_prompt(i, text)
+    replies = []
+    for first_row, part, part_seed, part_settings in chunks(texts, seed, num_samples, batch_size, settings):
+        replies += generate_part(part, part_seed, part_settings, first_row)
+    return replies
+
+
+def chunks(texts: Sequence[str], seed, num_samples: int, batch_size: Optional[int], settings: dict):
+    """``(first row, texts, seed, settings)`` of each call when at most ``batch_size`` rows
+    (prompts times samples; None: all) go through the model at once. Per-text values are cut
+    with their texts, and the first row's index keeps a single seed's draws what they are whole."""
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                   or batch_size < 1):
+        raise NetyError(f"batch_size={batch_size!r} must be an integer >= 1")
+    per_text = lambda v: isinstance(v, (list, tuple, np.ndarray))
+    for name, value in list(settings.items()) + [("seed", seed)]:
+        if per_text(value) and len(value) != len(texts):
+            raise NetyError(f"{name}: {len(value)} values for {len(texts)} prompts")
+    step = max(1, len(texts) if batch_size is None else batch_size // num_samples)
+    for a in range(0, max(len(texts), 1), step):
+        cut = lambda v: v[a: a + step] if per_text(v) else v
+        yield a * num_samples, texts[a: a + step], cut(seed), {k: cut(v) for k, v in settings.items()}
 
 
 def check_num_samples(num_samples) -> int:
