@@ -18,6 +18,7 @@ from nety_jax.decoding.spec import LoopSpec
 from nety_jax.errors import ConfigError, NetyError
 
 RUNTIME = ("temperature", "top_k", "top_p", "max_new_tokens")
+MAX_SEED = 2 ** 63 - 1  # a seed becomes an int64 (jax.random.PRNGKey), as the server's field says
 STATIC = tuple(f.name for f in dataclasses.fields(LoopSpec) if f.name != "max_new_tokens")
 
 
@@ -128,5 +129,3 @@ def _check_seed(seed: int) -> int:
         raise NetyError(f"seed={seed} must be between 0 and 2**63 - 1")
     return seed
 
-
-MAX_SEED = 2 ** 63 - 1  # a seed becomes an int64 (jax.random.PRNGKey), as the server's field says
