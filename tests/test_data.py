@@ -151,8 +151,62 @@ def test_bpe_dropout_at_rate_0_is_sentencepiece_encode(bpe_tokenizer):
     assert [t for t in texts if sampler.sample(t, 0.0, 1) != tok.sp.encode(t)] == []
 
 
-def test_bpe_dropout_is_the_same_in_another_process(bpe_tokenizer, tmp_path):
-    tok, pairs = bpe_tokenizer
+@pytest.fixture(scope="module")
+def unigram_tokenizer():
+    pairs = read_pairs(default_corpus_path(), DataConfig()).pairs
+    return SentencePieceTokenizer.train([t for p in pairs for t in p], 600, "unigram"), pairs
+
+
+def test_unigram_sampling_at_high_alpha_is_sentencepiece_encode(unigram_tokenizer):
+    """Our lattice against SentencePiece's encoder: sharpened by alpha 10^4, the sampler draws the
+    most likely segmentation, which is encode's, on every corpus text and on unknown characters
+    (merged into one <unk>), NFKC-normalized ones, spaces and an empty string."""
+    tok, pairs = unigram_tokenizer
+    from nety_jax.data.unigram_sampling import UnigramSampler
+    sampler = UnigramSampler(tok.sp)
+    texts = [t for p in pairs for t in p] + ["Ωmega ünïcode 🙂漢字 x  y", "", "  ", "L'ÉTÉ, à 10h30 ?!", "ﬁ Ⅻ"]
+    assert [t for t in texts if sampler.sample(t, 1e4, 1) != tok.sp.encode(t)] == []
+
+
+def _segmentations(pieces: dict, text: str, alpha: float) -> dict:
+    """Every segmentation of ``text`` into ``pieces`` (piece -> (id, score)) with its probability,
+    proportional to exp(alpha x its summed scores), by plain recursion."""
+    weights = {}
+
+    def walk(start, ids, score):
+        if start == len(text):
+            weights[tuple(ids)] = np.exp(alpha * score)
+        for end in range(start + 1, len(text) + 1):
+            if text[start:end] in pieces:
+                i, s = pieces[text[start:end]]
+                walk(end, ids + [i], score + s)
+    walk(0, [], 0.0)
+    total = sum(weights.values())
+    return {k: w / total for k, w in weights.items()}
+
+
+@pytest.mark.parametrize("word,alpha", [("délicieux", 0.1), ("appétit", 0.3)])
+def test_unigram_sampling_draws_sentencepiece_distribution(unigram_tokenizer, word, alpha):
+    """20,000 draws of ours and of SentencePiece's sampler against the exact distribution of
+    the word's segmentations, enumerated."""
+    import sentencepiece as spm
+    tok, _ = unigram_tokenizer
+    exact = _segmentations({tok.piece(i): (i, tok.sp.get_score(i)) for i in range(tok.vocab_size)
+                            if not (tok.sp.is_control(i) or tok.sp.is_unknown(i))},
+                           tok.sp.normalize(word), alpha)
+    assert len(exact) >= 5 and max(exact.values()) < 0.9  # a real choice between segmentations
+    n = 20_000
+    spm.set_random_generator_seed(5)
+    for draws in ([tuple(tok.sample(word, alpha, k)) for k in range(n)],
+                  [tuple(tok.sp.encode(word, enable_sampling=True, alpha=alpha, nbest_size=-1)) for _ in range(n)]):
+        seen = {k: draws.count(k) / n for k in set(draws)}
+        assert set(seen) <= set(exact)
+        assert 0.5 * sum(abs(seen.get(k, 0.0) - p) for k, p in exact.items()) < 0.04
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_subword_sampling_is_the_same_in_another_process(kind, request, tmp_path):
+    tok, pairs = request.getfixturevalue(f"{kind}_tokenizer")
     tok.save(str(tmp_path))
     texts = [p[1] for p in pairs[:40]]
     here = [tok.sample(t, 0.2, 7 + k) for k, t in enumerate(texts)]
@@ -163,8 +217,8 @@ def test_bpe_dropout_is_the_same_in_another_process(bpe_tokenizer, tmp_path):
                           text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == here
-    assert sum(ids != tok.encode(t) for ids, t in zip(here, texts)) >= 10  # merges were dropped
-    assert [tok.decode(ids) for ids in here] == texts  # ... and the text is the same
+    assert sum(ids != tok.encode(t) for ids, t in zip(here, texts)) >= 10  # other segmentations
+    assert [tok.decode(ids) for ids in here] == texts  # ... of the same text
     assert here != [tok.sample(t, 0.2, 8 + k) for k, t in enumerate(texts)]  # another seed, others
 
 

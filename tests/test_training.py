@@ -109,10 +109,13 @@ def _params(workdir):
 
 
 def test_sigterm_saves_and_resume_is_exact(tmp_path):
+    """... with unigram subword sampling (tiny.yaml's tokenizer), which must redraw the same
+    segmentations in the resumed process (the kill -9 test covers BPE-dropout)."""
     steps = 150
+    sampled = ("--set", "data.subword_alpha=0.2")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(killed, steps), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_cli(killed, steps, sampled), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
     while time.time() < deadline:
@@ -127,12 +130,12 @@ def test_sigterm_saves_and_resume_is_exact(tmp_path):
     saved = sorted(int(n) for n in os.listdir(killed / "checkpoints") if n.isdigit())
     assert saved and 5 <= saved[-1] < steps, (saved, out)
 
-    done = subprocess.run(_cli(killed, steps), cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(_cli(killed, steps, sampled), cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"resumed from {killed} at step {saved[-1]}" in done.stdout
 
     straight = tmp_path / "straight"
-    ref = subprocess.run(_cli(straight, steps), cwd=ROOT, env=env, capture_output=True, text=True)
+    ref = subprocess.run(_cli(straight, steps, sampled), cwd=ROOT, env=env, capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     assert _max_diff(_params(killed), _params(straight)) <= 1e-6
 

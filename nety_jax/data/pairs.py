@@ -124,11 +124,9 @@ class Encoded:
     With ``sampler`` (training pairs under ``data.subword_alpha``), every batch re-segments
     its pairs by sampling: ``sampler(text, seed)`` returns the ids of one sampled segmentation,
     seeded by the batch's indices: a batch is a pure function of its position, so a resumed
-    run draws the same pairs in the same order and, with a BPE tokenizer (our own BPE-dropout,
-    ``bpe_dropout``), the same segmentations, bit for bit. A unigram tokenizer samples through
-    SentencePiece, which gives a seed another segmentation in each process: resume is then
-    equivalent, not identical. Bucketing uses the fixed segmentation; a sampled one too long for the limits
-    falls back to it (nothing is cut that the fixed encoding keeps)."""
+    run draws the same pairs in the same order and the same segmentations, bit for bit (our own
+    samplers, ``bpe_dropout`` and ``unigram_sampling``). Bucketing uses the fixed segmentation; a
+    sampled one too long for the limits falls back to it (nothing is cut that the fixed encoding keeps)."""
 
     src: list[np.ndarray]
     tgt: list[np.ndarray]

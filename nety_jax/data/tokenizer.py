@@ -17,6 +17,7 @@ import sentencepiece as spm
 
 from nety_jax.config.sections import EOS_ID, PAD_ID, SOS_ID, UNK_ID
 from nety_jax.data.bpe_dropout import BpeDropout, is_bpe
+from nety_jax.data.unigram_sampling import UnigramSampler
 from nety_jax.errors import DataError
 
 SPECIALS = ("<pad>", "<sos>", "<eos>", "<unk>")
@@ -91,7 +92,7 @@ class SentencePieceTokenizer(Tokenizer):
         return tok
 
     lowercase = False
-    _bpe_dropout = None  # built on first use: BpeDropout, or False for unigram models
+    _sampler = None  # built on first use: BpeDropout (BPE models) or UnigramSampler
 
     @property
     def vocab_size(self) -> int:
@@ -104,24 +105,15 @@ class SentencePieceTokenizer(Tokenizer):
         return self.sp.decode(self.strip(ids))
 
     def sample(self, text: str, alpha: float, seed: int) -> list[int]:
-        """One segmentation drawn from all of them, a pure function of (text, alpha, seed).
-
-        BPE models: BPE-dropout with rate alpha by our own merge loop (``bpe_dropout``), the
+        """One segmentation drawn from all of them, a pure function of (text, alpha, seed), the
         same in every process, so a resumed run redraws an uninterrupted run's batches.
-        Unigram models: SentencePiece's sampler, p(segmentation)^alpha, deterministic in
-        ``seed`` within a process only (SentencePiece 0.2.x draws differently in each)."""
-        text = text.lower() if self.lowercase else text
-        if self.exact_sampling:
-            return self._bpe_dropout.sample(text, alpha, seed)
-        spm.set_random_generator_seed(seed % (2 ** 31))
-        return self.sp.encode(text, enable_sampling=True, alpha=alpha, nbest_size=-1)
 
-    @property
-    def exact_sampling(self) -> bool:
-        """True when ``sample`` draws the same ids for a seed in every process (BPE models)."""
-        if self._bpe_dropout is None:
-            self._bpe_dropout = BpeDropout(self.sp) if is_bpe(self.proto) else False
-        return bool(self._bpe_dropout)
+        BPE models: BPE-dropout with rate alpha (``bpe_dropout``). Unigram models: a segmentation
+        drawn with probability proportional to p(segmentation)^alpha (``unigram_sampling``), the
+        distribution of SentencePiece's own sampler, which draws differently in each process."""
+        if self._sampler is None:
+            self._sampler = BpeDropout(self.sp) if is_bpe(self.proto) else UnigramSampler(self.sp)
+        return self._sampler.sample(text.lower() if self.lowercase else text, alpha, seed)
 
     def piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))

@@ -219,10 +219,6 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
         state, meta, step = restored
         start = int(local(state.step))
         log(f"resumed from {workdir} at step {start}" + (f"; honoured: {', '.join(notes)}" if notes else ""))
-        if cfg.data.subword_alpha > 0 and not getattr(tokenizer, "exact_sampling", True):
-            log(f"note: data.subword_alpha={cfg.data.subword_alpha} with a unigram tokenizer: the same "
-                "batches as an uninterrupted run, but SentencePiece's sampled segmentations differ from "
-                "one process to the next (BPE models resume exactly)")
         position = _data_position(meta.get("data", {}), data, cfg, log)
     if is_primary() and start < cfg.train.steps:  # a run that has nothing to do changes nothing
         if not has_checkpoint:
