@@ -364,9 +364,10 @@ def export_torch(checkpoint: str, out_file: str, overwrite: bool = False) -> str
     cfg = model.config
     wrong = [f"model.{k}={getattr(cfg.model, k, None)!r} (NETY: {v!r})" for k, v in PARITY_FIELDS.items()
              if getattr(cfg.model, k, None) != v]
-    if wrong:
-        raise ConfigError(f"{checkpoint}: only NETY-parity models can be exported to PyTorch; "
-                          f"this one has {', '.join(wrong[:3])}")
+    if wrong:  # another architecture: its arch alone (the hybrid's other fields mean nothing to it)
+        raise ConfigError(f"{checkpoint}: only NETY-parity models can be exported to PyTorch "
+                          f"(train with configs/nety_parity.yaml); this one has "
+                          f"{', '.join(wrong[:1] if cfg.model.arch != 'hybrid' else wrong[:3])}")
     meta = {}
     meta_path = os.path.join(checkpoint, TORCH_META)
     if os.path.isfile(meta_path):
