@@ -109,6 +109,12 @@ def test_openai_client_and_streaming_equals_non_streaming(server):
     assert limited.choices[0].finish_reason == "length" and limited.usage.completion_tokens == 3
     assert newer.choices[0].message.content == limited.choices[0].message.content
     assert newer.usage.completion_tokens == 3
+    parts = dict(ask, messages=[{"role": "user", "content": [{"type": "text", "text": "Salut !"}]}])
+    off = dict(logprobs=False, presence_penalty=0, frequency_penalty=0.0)  # what clients send by default
+    assert client.chat.completions.create(max_tokens=3, **parts, **off).choices[0].message.content == \
+        limited.choices[0].message.content
+    with pytest.raises(openai.BadRequestError, match="logprobs: not supported by this server"):
+        client.chat.completions.create(max_tokens=3, logprobs=True, **ask)
     chunks = list(client.chat.completions.create(max_tokens=3, stream=True, stream_options={"include_usage": True},
                                                  **ask))
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == limited.usage.model_dump()
@@ -137,6 +143,11 @@ def test_openai_client_and_streaming_equals_non_streaming(server):
     ({"prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options"),
     ({"messages": []}, 400, "messages"),
     ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages.0.role"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, 400,
+     "messages.0.content"),
+    ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}, 400,
+     "response_format"),
+    ({"prompt": "x", "echo": True}, 400, "echo"),  # not implemented: refused, not ignored
 ])
 def test_bad_requests_get_a_4xx_naming_the_field(server, body, status, param):
     path = "/v1/chat/completions" if isinstance(body, dict) and "messages" in body else "/v1/completions"

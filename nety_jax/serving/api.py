@@ -1,13 +1,22 @@
 """OpenAI-compatible request bodies, validated with pydantic (each error names its field)."""
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+import json
+
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nety_jax.serving.settings import MAX_SEED
 
 MAX_PROMPT_CHARS = 100_000
+
+# OpenAI fields this server does not implement. Clients send them at their "off" values, which are
+# accepted; any other value is refused rather than ignored, since the reply would lack what it asks.
+OFF_VALUES = {"logprobs": (False, 0), "top_logprobs": (0,), "echo": (False,), "suffix": ("",),
+              "best_of": (1,), "logit_bias": ({},), "presence_penalty": (0,), "frequency_penalty": (0,),
+              "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
+              "function_call": ("none", "auto"), "response_format": ({"type": "text"},)}
 
 
 class StreamOptions(BaseModel):
@@ -29,6 +38,29 @@ class _Sampling(BaseModel):
     stop: Optional[Union[str, list[str]]] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
+
+    logprobs: Any = None
+    top_logprobs: Any = None
+    echo: Any = None
+    suffix: Any = None
+    best_of: Any = None
+    logit_bias: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
+
+    @field_validator(*OFF_VALUES)
+    @classmethod
+    def _off_only(cls, value, info):
+        off = OFF_VALUES[info.field_name]
+        if value is not None and not any(isinstance(value, bool) == isinstance(v, bool) and value == v for v in off):
+            raise ValueError("not supported by this server; leave it out or send " +
+                             " or ".join(json.dumps(v) for v in off))
+        return value
 
     @field_validator("stream_options")
     @classmethod
@@ -73,6 +105,24 @@ class Message(BaseModel):
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, value):
+        """OpenAI's content parts ([{"type": "text", "text": ...}, ...]) joined by newlines, as
+        vLLM does; no content (an assistant's tool call) is empty text."""
+        if value is None:
+            return ""
+        if not isinstance(value, list):
+            return value
+        texts = []
+        for k, part in enumerate(value):
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise ValueError(f"part {k} is {kind!r}: this model reads only text parts "
+                                 '({"type": "text", "text": "..."})')
+            texts.append(part["text"])
+        return "\n".join(texts)
 
 
 class ChatRequest(_Sampling):

@@ -179,7 +179,7 @@ def _first_param(exc: RequestValidationError) -> tuple[Optional[str], str]:
     loc = [str(x) for x in err.get("loc", ()) if x != "body" and not re.fullmatch(r"[a-z-]+(\[.*\])?", str(x))
            or isinstance(x, str) and x in _FIELDS]
     param = ".".join(loc) or None
-    return param, f"{param or 'body'}: {err.get('msg', 'invalid')}"
+    return param, f"{param or 'body'}: {err.get('msg', 'invalid').removeprefix('Value error, ')}"
 
 
 def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64,
