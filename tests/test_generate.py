@@ -152,6 +152,9 @@ def test_a_batch_cut_in_parts_gives_the_replies_of_one_call(trained_run):
                                                                                            **settings)
     with pytest.raises(NetyError, match="prompt 5 is empty"):
         model.generate(prompts[:4] + [" "], batch_size=2)
+    assert model.generate([]) == [] and model.generate(iter(prompts[:2]), seed=11, **settings) == whole[:2]
+    with pytest.raises(NetyError, match="texts must be a list of prompts, got int"):
+        model.generate(5)
 
 
 def test_stream_gives_the_tokens_of_one_uninterrupted_call(trained_run):

@@ -92,7 +92,11 @@ def seeds_per_row(seed: Union[int, Sequence[int]], n_texts: int, num_samples: in
 def in_parts(generate_part, texts: Sequence[str], seed, num_samples: int, batch_size: Optional[int],
              settings: dict) -> list:
     """Replies of ``generate_part(texts, seed, settings, first_row)`` over the parts ``chunks``
-    cuts, joined; the prompts are checked first, numbered as given."""
+    cuts, joined; the prompts are checked first, numbered as given. No prompts, no replies."""
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise NetyError(f"texts must be a list of prompts, got {type(texts).__name__}") from None
     for i, text in enumerate(texts):
         check_prompt(i, text)
     replies = []
@@ -113,7 +117,7 @@ def chunks(texts: Sequence[str], seed, num_samples: int, batch_size: Optional[in
         if per_text(value) and len(value) != len(texts):
             raise NetyError(f"{name}: {len(value)} values for {len(texts)} prompts")
     step = max(1, len(texts) if batch_size is None else batch_size // num_samples)
-    for a in range(0, max(len(texts), 1), step):
+    for a in range(0, len(texts), step):
         cut = lambda v: v[a: a + step] if per_text(v) else v
         yield a * num_samples, texts[a: a + step], cut(seed), {k: cut(v) for k, v in settings.items()}
 
