@@ -159,9 +159,9 @@ def _task(model) -> str:
 
 def cmd_predict_next(args) -> int:
     from nety_jax.serving.pretrained import load_pretrained
-    text = _text_arg(args.text, "TEXT")
+    text = _text_arg(args.text, "text")
     if not text.strip():
-        raise NetyError("TEXT is empty")
+        raise NetyError("text is empty: give the words so far")
     for word, prob in load_pretrained(args.checkpoint).predict_next(text, args.top_k):
         print(f"{word}\t{prob:.4f}")
     return 0

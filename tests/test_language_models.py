@@ -126,6 +126,8 @@ def test_complete_and_predict_next_commands(trained_rnn_lm, trained_gpt, capsys)
     assert main(["predict-next", "--checkpoint", trained_gpt[0], "le chat mange du", "--top-k", "2"]) == 0
     rows = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
     assert len(rows) == 2 and all(0 < float(p) <= 1 for _, p in rows)
+    assert main(["predict-next", "--checkpoint", trained_gpt[0], "  "]) == 2
+    assert "nety-jax: error: text is empty" in capsys.readouterr().err
     assert main(["export-torch", "--checkpoint", trained_gpt[0], "--out", "never.pt"]) == 2
     err = capsys.readouterr().err  # its architecture, not the hybrid's fields it does not have
     assert "this one has model.arch='gpt' (NETY: 'hybrid')\n" in err and "model.cell" not in err, err
