@@ -5,7 +5,7 @@ import json
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from nety_jax.serving.settings import MAX_SEED
 
@@ -25,7 +25,10 @@ class StreamOptions(BaseModel):
     include_usage: bool = False  # one more chunk before [DONE]: the whole request's usage
 
 
-class _Sampling(BaseModel):
+_Unimplemented = create_model("_Unimplemented", **{name: (Any, None) for name in OFF_VALUES})
+
+
+class _Sampling(_Unimplemented):
     model_config = ConfigDict(extra="ignore")
 
     model: Optional[str] = None
@@ -38,20 +41,6 @@ class _Sampling(BaseModel):
     stop: Optional[Union[str, list[str]]] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
-
-    logprobs: Any = None
-    top_logprobs: Any = None
-    echo: Any = None
-    suffix: Any = None
-    best_of: Any = None
-    logit_bias: Any = None
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
-    tools: Any = None
-    tool_choice: Any = None
-    functions: Any = None
-    function_call: Any = None
-    response_format: Any = None
 
     @field_validator(*OFF_VALUES)
     @classmethod
