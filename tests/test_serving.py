@@ -148,6 +148,7 @@ def test_openai_client_and_streaming_equals_non_streaming(server):
     ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}, 400,
      "response_format"),
     ({"prompt": "x", "echo": True}, 400, "echo"),  # not implemented: refused, not ignored
+    ({"prompt": "x", "logprobs": 0}, 400, "logprobs"),  # 0 still asks for the chosen tokens' log-probabilities
 ])
 def test_bad_requests_get_a_4xx_naming_the_field(server, body, status, param):
     path = "/v1/chat/completions" if isinstance(body, dict) and "messages" in body else "/v1/completions"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
@@ -12,8 +11,9 @@ from nety_jax.serving.settings import MAX_SEED
 MAX_PROMPT_CHARS = 100_000
 
 # OpenAI fields this server does not implement. Clients send them at their "off" values, which are
-# accepted; any other value is refused rather than ignored, since the reply would lack what it asks.
-OFF_VALUES = {"logprobs": (False, 0), "top_logprobs": (0,), "echo": (False,), "suffix": ("",),
+# accepted; any other value is refused rather than ignored, since the reply would lack what it asks
+# (completions' logprobs=0 too: it asks for the chosen tokens' log-probabilities).
+OFF_VALUES = {"logprobs": (False,), "top_logprobs": (0,), "echo": (False,), "suffix": ("",),
               "best_of": (1,), "logit_bias": ({},), "presence_penalty": (0,), "frequency_penalty": (0,),
               "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
               "function_call": ("none", "auto"), "response_format": ({"type": "text"},)}
