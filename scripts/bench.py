@@ -21,7 +21,11 @@ and machine, and writes bench-results.json in the working directory.
   decoder dimensions; the fraction of the weight-bandwidth bound at batch 1, MFU at 64;
   ours again with XLA's operations only (no CPU kernels of nety_jax.kernels: what an
   exported artifact runs), a program of its own checked to call none, in the same rounds;
-- compilations during steady-state training over the bucketed corpus (must be 0).
+- compilations during steady-state training over the bucketed corpus (must be 0);
+- the GPT (configs/gpt2_124m.yaml) against HuggingFace GPT2LMHeadModel in PyTorch
+  (scripts/bench_gpt.py): an AdamW train step at batch 8 x 256, generation of 64 tokens at
+  batch 1 (greedy and top-k 50) and 64 (top-k 50) against HF generate with its KV cache;
+  MFU and the fraction of the weight-bandwidth bound; HF eager (--hf-compile: torch.compile).
 """
 from __future__ import annotations
 
@@ -35,13 +39,13 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("machine", "train", "generate", "recompiles")
+PARTS = ("machine", "train", "generate", "recompiles", "gpt")
 
 
 def run_part(name: str, args) -> dict:
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench_parts.py"), name,
            "--repeats", str(args.repeats), "--dtype", args.dtype] + (["--tiny"] if args.tiny else []) \
-        + (["--skip-hf"] if args.skip_hf else [])
+        + (["--skip-hf"] if args.skip_hf else []) + (["--hf-compile"] if args.hf_compile else [])
     print(f"[bench] {name} ...", flush=True)
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
@@ -91,9 +95,44 @@ def table(r: dict) -> str:
                  f"{g['compile_s']:.1f} s / {g['compile_cached_s']:.1f} s with the call |")
     lines.append(f"| compilations in steady-state training | {r['recompiles_steady_state']} | - | - | "
                  f"{r['recompiles']['shapes']} bucket shapes warmed up, then {r['recompiles']['steps']} steps |")
+    lines += gpt_rows(r)
     lines.append(f"| peak RSS | train {r['peak_rss_train_mb']:,.0f} MB, generate "
-                 f"{r['peak_rss_generate_mb']:,.0f} MB | - | - | one process each |")
+                 f"{r['peak_rss_generate_mb']:,.0f} MB, GPT part (ours and HF) {r['peak_rss_gpt_mb']:,.0f} MB | - | - | one process each |")
     return "\n".join(lines)
+
+
+def gpt_rows(r: dict) -> list[str]:
+    tr, gen = r["gpt_train"], r["gpt_generate"]
+    hf = "HF GPT-2 in PyTorch" + (" (torch.compile)" if tr["hf_compile"] else " (eager)")
+    s = tr["seconds"]
+    lines = [f"| GPT-2 124M train step (gpt2_124m), B={tr['batch']}, L={tr['len']}, AdamW | {s['ours']:.3f} s/step "
+             f"({_fmt(r['gpt_train_tokens_per_s'])} tok/s, MFU {100 * r['gpt_train_mfu']:.0f}%) | {hf} "
+             f"{_fmt(s.get('hf'), '.3f')} s/step (MFU {_fmt(r['gpt_train_mfu_hf'] and 100 * r['gpt_train_mfu_hf'], '.0f')}%)"
+             f" | **{_fmt(r['gpt_train_ratio_vs_hf'], '.2f')}x** | {tr['flops'] / 1e9:.0f} GFLOP/step |"]
+    for key, row in gen["rows"].items():
+        tps = row["tokens_per_s"]
+        note = (f"{100 * row['fraction_of_bandwidth_bound']:.0f}% of the {r['gpt_bandwidth_bound_tokens_per_s']:,.1f} "
+                f"tok/s bandwidth bound ({gen['weight_mb']:.0f} MB/token)") if row["batch"] == 1 else \
+            f"MFU {100 * row['mfu']:.0f}%"
+        mode = "greedy" if row["mode"] == "greedy" else "top-k 50"
+        lines.append(f"| GPT generate {gen['new_tokens']} tokens, batch {row['batch']}, {mode} | {_fmt(tps['ours'])} "
+                     f"tok/s | HF generate (KV cache) {_fmt(tps.get('hf'))} tok/s | "
+                     f"**{_fmt(r[f'gpt_gen_{key}_ratio_vs_hf'], '.2f')}x** | {note} |")
+    return lines
+
+
+def summarize_gpt(m: dict, g: dict) -> dict:
+    """bench_gpt's ratios and MFU against the machine part's peak; the issue's keys name the
+    batch-1 and large-batch top-k rows."""
+    import bench_gpt
+    out = bench_gpt.summarize(g["train"], g["generate"], m["peak_gflops"], m["copy_gbs"])
+    rows = list(g["generate"]["rows"])
+    b1, big = "b1_topk", [k for k in rows if k.endswith("_topk") and k != "b1_topk"][-1]
+    out.update(gpt_gen_b1_ratio_vs_hf=out[f"gpt_gen_{b1}_ratio_vs_hf"],
+               gpt_gen_b64_ratio_vs_hf=out[f"gpt_gen_{big}_ratio_vs_hf"],
+               gpt_gen_b1_fraction_of_bandwidth_bound=out[f"gpt_gen_{b1}_fraction_of_bandwidth_bound"],
+               gpt_gen_b64_mfu=out[f"gpt_gen_{big}_mfu"], peak_rss_gpt_mb=g["peak_rss_mb"])
+    return out
 
 
 def summarize(parts: dict) -> dict:
@@ -106,7 +145,7 @@ def summarize(parts: dict) -> dict:
     b1["bound"] = m["copy_gbs"] * 1e3 / b1["weight_mb"]  # tokens/s if only the weights were read
     b64["mfu"] = b64["flops"] / b64["seconds"] / 1e9 / m["peak_gflops"]
     b64["mfu_xla"] = b64["flops"] / b64["seconds_xla"] / 1e9 / m["peak_gflops"]
-    return {**parts,
+    return {**{k: v for k, v in parts.items() if k != "gpt"}, **summarize_gpt(m, parts["gpt"]),
             "train_ratio_vs_torch": ratio(t["torch"] and t["torch"]["s_per_step"], t["parity"]["s_per_step"]),
             "train_ratio_vs_torch_same_malloc": ratio(t["torch_same_malloc"] and t["torch_same_malloc"]["s_per_step"],
                                                       t["parity"]["s_per_step"]),
@@ -129,6 +168,7 @@ def main() -> int:
     p.add_argument("--dtype", default="float32", help="compute dtype (bfloat16 on GPU)")
     p.add_argument("--tiny", action="store_true", help="tiny dims: a smoke run, not a measurement")
     p.add_argument("--skip-hf", action="store_true", help="no HuggingFace BART (transformers missing)")
+    p.add_argument("--hf-compile", action="store_true", help="torch.compile HF's GPT-2 (default: eager)")
     p.add_argument("--no-doc", action="store_true", help="do not append to docs/PERFORMANCE.md")
     p.add_argument("--json", default="bench-results.json", help="results file (working directory)")
     args = p.parse_args()

@@ -367,14 +367,30 @@ def part_recompiles(args) -> dict:
             "steps": steps}
 
 
+# -- the GPT against HuggingFace GPT-2 -------------------------------------------------------------
+def part_gpt(args) -> dict:
+    """scripts/bench_gpt.py's measurements (MFU and bounds are redone by bench.py against the
+    machine part's peak); at most 3 rounds: a 124M step takes seconds on a small CPU."""
+    import bench_gpt
+    argv = ["--repeats", str(min(args.repeats, 3)), "--dtype", args.dtype, "--gen", "1:greedy", "1:topk",
+            "64:topk"] + ["--tiny"] * args.tiny + ["--skip-hf"] * args.skip_hf + ["--hf-compile"] * args.hf_compile
+    gargs = bench_gpt.arguments(argv)
+    cfg = bench_gpt.gpt_config(gargs.tiny, gargs.dtype)
+    train = bench_gpt.bench_train(cfg, gargs.batch, gargs.len, gargs.repeats, not gargs.skip_hf, gargs.hf_compile)
+    gen = bench_gpt.bench_generate(cfg, bench_gpt.parse_cases(gargs.gen), gargs.new_tokens, gargs.prompt_len,
+                                   gargs.repeats, not gargs.skip_hf, gargs.hf_compile)
+    return {"train": train, "generate": gen, "peak_rss_mb": peak_rss_mb()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=("machine", "train", "torch-train", "generate", "recompiles"))
+    p.add_argument("part", choices=("machine", "train", "torch-train", "generate", "recompiles", "gpt"))
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--skip-torch", action="store_true")
+    p.add_argument("--hf-compile", action="store_true", help="gpt: torch.compile HF's GPT-2")
     p.add_argument("--host-malloc", choices=("keep", "default"), help="torch-train: glibc's malloc setting")
     args = p.parse_args()
     if args.part == "torch-train":

@@ -84,3 +84,39 @@ def decode_weight_bytes(m, bytes_per_param: int = 4) -> float:
     if m.memory != "pooled":
         per_layer += 2 * d * d + 2 * d
     return bytes_per_param * (m.dec_layers * per_layer + d * m.vocab_size + m.vocab_size)
+
+
+# -- the decoder-only GPT --------------------------------------------------------------------------
+def gpt_forward_flops(m, batch: int, length: int) -> dict:
+    """Forward FLOPs of the GPT on ``batch`` sequences of ``length`` tokens: every layer's
+    attention (the full T x T scores, as computed) and feed-forward, and the output head."""
+    d = m.d_model
+    per_layer = batch * _attention_self(length, length, d) + 2.0 * batch * length * 2 * d * m.d_ff
+    return {"layers": m.layers * per_layer, "output projection": 2.0 * batch * length * d * m.vocab_size}
+
+
+def gpt_train_step_flops(m, batch: int, length: int) -> float:
+    """Forward + backward (3x forward) FLOPs of one GPT training step."""
+    return 3.0 * sum(gpt_forward_flops(m, batch, length).values())
+
+
+def gpt_generate_flops(m, batch: int, prompt_len: int, new_tokens: int) -> float:
+    """One generate call: the prompt's prefill (its last position's logits only), then
+    ``new_tokens - 1`` cached steps, each attending to the positions written so far."""
+    d = m.d_model
+    prefill = gpt_forward_flops(m, batch, prompt_len)
+    total = prefill["layers"] + 2.0 * batch * d * m.vocab_size
+    for t in range(prompt_len, prompt_len + new_tokens - 1):
+        per_layer = 2.0 * batch * (4 * d * d + 2 * (t + 1) * d + 2 * d * m.d_ff)
+        total += m.layers * per_layer + 2.0 * batch * d * m.vocab_size
+    return total
+
+
+def gpt_decode_weight_bytes(m, bytes_per_param: int = 4) -> float:
+    """Parameters one GPT decode step reads (batch 1): every layer's projections, biases and
+    norms, the final norm and the output head (the tied embedding when tied); one embedding
+    and one position row are negligible."""
+    d = m.d_model
+    per_layer = 4 * d * d + (3 * d if m.qkv_bias else 0) + d + 2 * d * m.d_ff + m.d_ff + d + 2 * 2 * d
+    head = d * m.vocab_size + (m.vocab_size if m.output_bias else 0)
+    return bytes_per_param * (m.layers * per_layer + 2 * d + head)

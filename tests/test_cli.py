@@ -173,7 +173,12 @@ def test_bench_script_runs_end_to_end_at_tiny_size(tmp_path):
     results = json.loads(out.read_text())
     for key in ("train_ratio_vs_torch", "train_mfu", "gen_b1_ratio_vs_nety", "gen_b1_fraction_of_bandwidth_bound",
                 "gen_b64_mfu", "compile_train_s", "compile_generate_s", "recompiles_steady_state",
-                "peak_rss_train_mb", "peak_rss_generate_mb", "gen_b1_ratio_vs_hf", "gen_b64_ratio_vs_hf"):
+                "peak_rss_train_mb", "peak_rss_generate_mb", "gen_b1_ratio_vs_hf", "gen_b64_ratio_vs_hf",
+                "gpt_train_ratio_vs_hf", "gpt_gen_b1_ratio_vs_hf", "gpt_gen_b64_ratio_vs_hf",
+                "gpt_gen_b1_fraction_of_bandwidth_bound", "gpt_gen_b64_mfu", "gpt_train_mfu"):
         assert key in results, key
+    assert results["gpt_train_mfu"] > 0 and results["gpt_gen_b64_mfu"] > 0
     assert results["recompiles_steady_state"] == 0
     assert "| train step, parity config" in done.stdout and "| generate 64 tokens, batch 1 |" in done.stdout
+    assert "| GPT-2 124M train step (gpt2_124m)" in done.stdout and "| GPT generate 8 tokens, batch 1, greedy |" \
+        in done.stdout

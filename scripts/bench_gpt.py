@@ -1,0 +1,339 @@
+"""Our `gpt` (configs/gpt2_124m.yaml) against HuggingFace `GPT2LMHeadModel` in PyTorch, in one process.
+
+    python scripts/bench_gpt.py [--tiny] [--batch 8] [--len 256] [--dtype float32] [--hf-compile]
+                                [--gen 1:greedy 1:topk 64:topk] [--new-tokens 64] [--repeats 3]
+
+- training: one AdamW step (clipping at train.clip_norm, the same learning rate, betas,
+  epsilon and weight decay; dropout as the config says, in both) on the same batch of
+  random token ids; HF eager or ``torch.compile``-d; the loss is the same mean cross-entropy;
+- generation: N new tokens after a prompt of random ids, at batch B, greedy or top-k 50
+  (temperature 1), every row forced to N tokens; HF ``generate`` with its KV cache
+  (dynamic cache eager; static cache under --hf-compile);
+- MFU from the analytic FLOPs of scripts/flops.py over a matmul peak measured in the same
+  process (or the peak given by the caller: scripts/bench.py passes its machine part's), and
+  the fraction of the weight-bandwidth bound (tokens/s if a step only read the weights once).
+
+HF's GPT-2 config is made to match ours where GPT-2 allows: the same sizes, vocabulary,
+context, dropout, tied or untied head, tanh GELU, LayerNorm epsilon; GPT-2 always has q/k/v
+biases (our gpt2_124m has none). Compute dtype: ours is model.dtype (float32 parameters);
+HF runs under ``torch.autocast`` for bfloat16 (float32 parameters too). The platform is
+whatever JAX and PyTorch find (PyTorch uses CUDA when it sees it).
+
+Frameworks alternate round by round (the machine is shared); medians over rounds, warm-up
+(compilation) excluded. Prints one JSON object (``--json FILE`` also writes it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from flops import gpt_decode_weight_bytes, gpt_generate_flops, gpt_train_step_flops  # noqa: E402
+
+THREADS = os.cpu_count() or 1
+TINY_SIZES = ["model.d_model=64", "model.heads=4", "model.layers=2", "model.d_ff=256", "model.max_len=128",
+              "model.vocab_size=256", "data.seq_len=16",
+              "decode.max_new_tokens=8"]
+MODES = ("greedy", "topk")  # top-k 50 at temperature 1, no nucleus cut
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def gpt_config(tiny: bool = False, dtype: str = "float32", extra=()):
+    """configs/gpt2_124m.yaml (or its tiny version) with the benchmark's compute dtype."""
+    from nety_jax.config import load_config
+    sets = [f"model.dtype={dtype}", "train.schedule=constant", "train.warmup_steps=0", *extra]
+    return load_config(os.path.join(ROOT, "configs", "gpt2_124m.yaml"), (TINY_SIZES if tiny else []) + sets)
+
+
+def token_batch(vocab: int, batch: int, length: int, seed: int = 0) -> np.ndarray:
+    """(batch, length + 1) random ids past our special ids: inputs [:, :-1], targets [:, 1:]."""
+    return np.random.default_rng(seed).integers(4, vocab, (batch, length + 1)).astype(np.int32)
+
+
+# -- PyTorch side ----------------------------------------------------------------------------------
+def torch_device() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_sync(device: str) -> None:
+    import torch
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def hf_model(m, device: str):
+    """A randomly initialised GPT2LMHeadModel of our config's sizes (float32 parameters)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=m.vocab_size, n_positions=m.max_len, n_embd=m.d_model, n_layer=m.layers,
+                     n_head=m.heads, n_inner=m.d_ff, activation_function="gelu_new",
+                     resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.attention_dropout,
+                     layer_norm_epsilon=1e-5, tie_word_embeddings=m.tie_output, bos_token_id=1,
+                     eos_token_id=2, pad_token_id=0)
+    return GPT2LMHeadModel(cfg).to(device)
+
+
+def _autocast(device: str, dtype: str):
+    import contextlib
+    import torch
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=getattr(torch, dtype))
+
+
+class HFTrainer:
+    """GPT2LMHeadModel's AdamW step as a PyTorch user writes it (eager, or torch.compile-d)."""
+
+    def __init__(self, cfg, tokens: np.ndarray, compile: bool = False, device: str = ""):
+        import torch
+        self.torch, self.device, self.dtype = torch, device or torch_device(), cfg.model.dtype
+        model = hf_model(cfg.model, self.device).train()
+        t = cfg.train
+        self.opt = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, betas=(t.b1, t.b2), eps=t.eps,
+                                     weight_decay=t.weight_decay)
+        self.params, self.clip = list(model.parameters()), t.clip_norm
+        self.model = torch.compile(model) if compile else model
+        seq = torch.from_numpy(tokens).long().to(self.device)
+        self.inputs, self.targets = seq[:, :-1], seq[:, 1:]
+
+    def _step(self) -> None:
+        with _autocast(self.device, self.dtype):
+            logits = self.model(input_ids=self.inputs).logits
+        loss = self.torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                                      self.targets.reshape(-1))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip > 0:
+            self.torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.opt.step()
+
+    def steps(self, k: int) -> None:
+        for _ in range(k):
+            self._step()
+        torch_sync(self.device)
+
+
+class HFGenerator:
+    """HF ``generate`` with its KV cache; every row forced to ``new_tokens`` tokens."""
+
+    def __init__(self, cfg, new_tokens: int, prompt_len: int, compile: bool = False, device: str = ""):
+        import torch
+        self.torch, self.device, self.dtype = torch, device or torch_device(), cfg.model.dtype
+        self.model = hf_model(cfg.model.replace(dropout=0.0, attention_dropout=0.0), self.device).eval()
+        self.kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+        if compile:  # HF's documented route: a static cache and a compiled forward
+            self.kw["cache_implementation"] = "static"
+            self.model.forward = torch.compile(self.model.forward)
+        self.vocab, self.prompt_len = cfg.model.vocab_size, prompt_len
+
+    def call(self, batch: int, mode: str):
+        prompt = self.torch.from_numpy(token_batch(self.vocab, batch, self.prompt_len - 1, seed=batch)).long()
+        sampling = dict(do_sample=False) if mode == "greedy" else dict(do_sample=True, top_k=50, top_p=1.0,
+                                                                       temperature=1.0)
+        with self.torch.no_grad(), _autocast(self.device, self.dtype):
+            out = self.model.generate(prompt.to(self.device), attention_mask=self.torch.ones_like(prompt).to(
+                self.device), **self.kw, **sampling)
+        torch_sync(self.device)
+        return out
+
+
+# -- our side --------------------------------------------------------------------------------------
+class OurTrainer:
+    """Our jitted train step, as `nety-jax train` runs it."""
+
+    def __init__(self, cfg, tokens: np.ndarray):
+        from nety_jax.models import get_model
+        from nety_jax.training.parallel import Runner
+        from nety_jax.training.steps import create_train_state
+        self.model = get_model(cfg.model)
+        self.state = create_train_state(self.model, cfg.train, jax.random.PRNGKey(0))
+        self.runner = Runner(cfg, self.model, "none")
+        self.batch = {"tokens": tokens[:, :-1], "targets": tokens[:, 1:]}
+
+    def steps(self, k: int) -> None:
+        for _ in range(k):
+            self.state, metrics = self.runner.train(self.state, self.batch)
+        jax.block_until_ready(metrics)
+
+
+class OurGenerator:
+    """Our generate (decoding.generate_jit, as `nety-jax complete` runs it), forced to N tokens."""
+
+    def __init__(self, cfg, new_tokens: int, prompt_len: int):
+        from nety_jax.decoding import LoopSpec
+        from nety_jax.models import get_model
+        self.model = get_model(cfg.model.replace(dropout=0.0, attention_dropout=0.0))
+        self.variables = self.model.init(jax.random.PRNGKey(0))
+        self.spec = LoopSpec(max_new_tokens=new_tokens, top_k_max=64, ignore_eos=True)
+        self.prompt_len = prompt_len
+
+    def call(self, batch: int, mode: str):
+        from nety_jax.decoding import SamplingParams, generate_jit
+        prompt = jnp.asarray(token_batch(self.model.cfg.vocab_size, batch, self.prompt_len - 1, seed=batch))
+        params = SamplingParams.create(batch, temperature=0.0 if mode == "greedy" else 1.0,
+                                       top_k=0 if mode == "greedy" else 50, top_p=1.0, seed=batch)
+        out = generate_jit(self.variables, prompt, jnp.full((batch,), self.prompt_len, jnp.int32), params,
+                           model=self.model, spec=self.spec)
+        return jax.block_until_ready(out["tokens"])
+
+
+# -- measuring -------------------------------------------------------------------------------------
+def alternate(fns: dict, repeats: int) -> dict:
+    """Median seconds of each function, called in turns round by round (after one warm-up call)."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def bench_train(cfg, batch: int, length: int, repeats: int, hf: bool = True, hf_compile: bool = False) -> dict:
+    """Seconds per AdamW step, ours and HF's, on the same (batch, length) token batch."""
+    tokens = token_batch(cfg.model.vocab_size, batch, length)
+    ours = OurTrainer(cfg, tokens)
+    compile_s = timed(lambda: ours.steps(1))
+    fns = {"ours": lambda: ours.steps(1)}
+    if hf:
+        theirs = HFTrainer(cfg, tokens, compile=hf_compile)
+        fns["hf"] = lambda: theirs.steps(1)
+    seconds = alternate(fns, repeats)
+    return {"batch": batch, "len": length, "flops": gpt_train_step_flops(cfg.model, batch, length),
+            "compile_s": compile_s, "hf_compile": hf_compile, "seconds": seconds}
+
+
+def bench_generate(cfg, cases, new_tokens: int, prompt_len: int, repeats: int, hf: bool = True,
+                   hf_compile: bool = False) -> dict:
+    """``cases``: (batch, mode) pairs; seconds per generate call of each, ours and HF's."""
+    ours = OurGenerator(cfg, new_tokens, prompt_len)
+    theirs = HFGenerator(cfg, new_tokens, prompt_len, compile=hf_compile) if hf else None
+    rows = {}
+    for b, mode in cases:
+        fns = {"ours": lambda b=b, mode=mode: ours.call(b, mode)}
+        if theirs is not None:
+            fns["hf"] = lambda b=b, mode=mode: theirs.call(b, mode)
+        rows[f"b{b}_{mode}"] = {"batch": b, "mode": mode, "seconds": alternate(fns, repeats),
+                                "flops": gpt_generate_flops(cfg.model, b, prompt_len, new_tokens)}
+    return {"new_tokens": new_tokens, "prompt_len": prompt_len, "hf_compile": hf_compile, "rows": rows,
+            "weight_mb": gpt_decode_weight_bytes(cfg.model) / 1e6}
+
+
+def summarize(train: dict, gen: dict, peak_gflops: float, copy_gbs: float) -> dict:
+    """Throughputs, ratios (ours / HF: > 1 is faster), MFU and the fraction of the bandwidth bound."""
+    ratio = lambda s: s["hf"] / s["ours"] if s.get("hf") else None
+    tr = train["seconds"]
+    out = {"gpt_train_ratio_vs_hf": ratio(tr), "gpt_train_mfu": train["flops"] / tr["ours"] / 1e9 / peak_gflops,
+           "gpt_train_mfu_hf": tr.get("hf") and train["flops"] / tr["hf"] / 1e9 / peak_gflops,
+           "gpt_train_tokens_per_s": train["batch"] * train["len"] / tr["ours"]}
+    bound = copy_gbs * 1e3 / gen["weight_mb"]  # tokens/s at batch 1 if a step only read the weights
+    for key, row in gen["rows"].items():
+        s, tokens = row["seconds"], row["batch"] * gen["new_tokens"]
+        row.update(tokens_per_s={k: tokens / v for k, v in s.items()},
+                   mfu=row["flops"] / s["ours"] / 1e9 / peak_gflops,
+                   fraction_of_bandwidth_bound=tokens / s["ours"] / (bound * row["batch"]))
+        out[f"gpt_gen_{key}_ratio_vs_hf"] = ratio(s)
+        out[f"gpt_gen_{key}_mfu"] = row["mfu"]
+        out[f"gpt_gen_{key}_fraction_of_bandwidth_bound"] = row["fraction_of_bandwidth_bound"]
+    return {**out, "gpt_bandwidth_bound_tokens_per_s": bound, "gpt_train": train, "gpt_generate": gen}
+
+
+def machine_peak(dtype: str, tiny: bool) -> tuple[float, float]:
+    """(matmul GFLOP/s through JAX, copy GB/s): the references of MFU and the bandwidth bound."""
+    n = 512 if tiny else (8192 if jax.default_backend() == "gpu" else 2048)
+    a = jnp.ones((n, n), jnp.dtype(dtype))
+    mm = jax.jit(lambda x: x @ x @ x @ x @ x)
+    jax.block_until_ready(mm(a))
+    best = min(timed(lambda: jax.block_until_ready(mm(a))) for _ in range(3))
+    size = (16 if tiny else 256) << 20
+    if jax.default_backend() == "cpu":
+        src, dst = np.ones(size // 4, np.float32), np.empty(size // 4, np.float32)
+        copy = min(timed(lambda: np.copyto(dst, src)) for _ in range(3))
+    else:
+        x = jnp.ones(size // 4, jnp.float32)
+        cp = jax.jit(lambda v: v + 1.0)
+        jax.block_until_ready(cp(x))
+        copy = min(timed(lambda: jax.block_until_ready(cp(x))) for _ in range(3))
+    return 4 * 2 * n ** 3 / best / 1e9, 2 * size / copy / 1e9
+
+
+def parse_cases(specs) -> list[tuple[int, str]]:
+    cases = []
+    for spec in specs:
+        b, _, mode = spec.partition(":")
+        if not b.isdigit() or int(b) < 1 or mode not in MODES:
+            raise SystemExit(f"--gen {spec!r}: expected BATCH:MODE with MODE one of {', '.join(MODES)}")
+        cases.append((int(b), mode))
+    return cases
+
+
+def run(args, peak_gflops: float = 0.0, copy_gbs: float = 0.0) -> dict:
+    cfg = gpt_config(args.tiny, args.dtype)
+    if not peak_gflops:
+        peak_gflops, copy_gbs = machine_peak(args.dtype, args.tiny)
+    hf = not args.skip_hf
+    train = bench_train(cfg, args.batch, args.len, args.repeats, hf, args.hf_compile)
+    gen = bench_generate(cfg, parse_cases(args.gen), args.new_tokens, args.prompt_len, args.repeats, hf,
+                         args.hf_compile)
+    return {"device": f"{jax.devices()[0].platform} {jax.devices()[0].device_kind}", "dtype": args.dtype,
+            "peak_gflops": peak_gflops, "copy_gbs": copy_gbs, **summarize(train, gen, peak_gflops, copy_gbs)}
+
+
+def arguments(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="tiny GPT sizes: a smoke run, not a measurement")
+    p.add_argument("--batch", type=int, help="training batch (default 8; 4 with --tiny)")
+    p.add_argument("--len", type=int, help="training length (default 256; 16 with --tiny)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+    p.add_argument("--hf-compile", action="store_true", help="torch.compile HF's model (default: eager)")
+    p.add_argument("--skip-hf", action="store_true", help="ours only")
+    p.add_argument("--gen", nargs="+", default=["1:greedy", "1:topk", "64:topk"], metavar="BATCH:MODE",
+                   help="generation cases (MODE: greedy | topk, top-k 50)")
+    p.add_argument("--new-tokens", type=int, help="tokens generated per row (default 64; 8 with --tiny)")
+    p.add_argument("--prompt-len", type=int, default=8, help="prompt tokens per row")
+    p.add_argument("--repeats", type=int, default=3, help="rounds per measurement (median)")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    args.batch = args.batch or (4 if args.tiny else 8)
+    args.len = args.len or (16 if args.tiny else 256)
+    args.new_tokens = args.new_tokens or (8 if args.tiny else 64)
+    if args.tiny:  # batches above 4 become 4
+        args.gen = [f"{min(int(b), 4) if b.isdigit() else b}:{m}" for b, _, m in
+                    (spec.partition(":") for spec in args.gen)]
+    return args
+
+
+def main(argv=None) -> int:
+    args = arguments(argv)
+    from nety_jax.runtime import keep_host_memory
+    keep_host_memory()  # ours runs as `nety-jax` runs it (before JAX starts; runtime.py)
+    results = run(args)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
