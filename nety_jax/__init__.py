@@ -13,7 +13,9 @@ Public API (imported lazily, so ``load_exported`` runs without the Flax model co
 - ``load_exported(directory) -> ExportedModel``: ``.generate(texts, ...)``.
 - ``export_run(workdir, out)``: a ``jax.export`` artifact.
 - ``get_model(cfg.model) -> Model``: the architecture adapter (init, loss_sums,
-  start_decoding, decode_step).
+  start_decoding, decode_step); its ``.task`` is the task object.
+- ``get_task(name) -> Task``: a task (read, encode, batches, extra_metrics, prompts,
+  chat_prompt).
 - ``generate(variables, tokens, lengths, params, *, model, spec)``: the pure decoding
   function; ``generate_jit`` is it compiled; ``SamplingParams``, ``LoopSpec``.
 - ``enable_compilation_cache(path=None)``: JAX's persistent compilation cache.
@@ -31,6 +33,7 @@ _API = {"load_config": "nety_jax.config", "Config": "nety_jax.config",
         "load_pretrained": "nety_jax.serving.pretrained", "Pretrained": "nety_jax.serving.pretrained",
         "load_exported": "nety_jax.serving.export", "ExportedModel": "nety_jax.serving.export",
         "export_run": "nety_jax.serving.export", "get_model": "nety_jax.models.registry",
+        "get_task": "nety_jax.tasks.registry", "Task": "nety_jax.tasks.base",
         "generate": "nety_jax.decoding.generation", "generate_jit": "nety_jax.decoding.generation",
         "SamplingParams": "nety_jax.decoding.sampling", "LoopSpec": "nety_jax.decoding.spec",
         "enable_compilation_cache": "nety_jax.runtime", "keep_host_memory": "nety_jax.runtime"}

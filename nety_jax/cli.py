@@ -80,13 +80,9 @@ def cmd_train(args) -> int:
         raise NetyError("give --data (pairs, seq2seq models) or --text (language models), not both")
     cfg = load_config(args.config, overrides)
     from nety_jax.models import get_model
-    task = get_model(cfg.model).task
-    if args.text and task != "lm":
-        raise NetyError(f"--text is for language models (model.arch gpt or rnn_lm); "
-                        f"model.arch={cfg.model.arch} trains on pairs: use --data")
-    if args.data and task == "lm":
-        raise NetyError(f"--data takes pairs for seq2seq models; model.arch={cfg.model.arch} is a "
-                        "language model: use --text FILE [FILE ...]")
+    from nety_jax.tasks import check_data_option
+    if args.text or args.data:
+        check_data_option(get_model(cfg.model).task, "--text" if args.text else "--data", cfg.model.arch)
     summary = train(cfg, args.workdir, args.text or args.data, skip_bad=args.skip_bad,
                     progress=not args.no_progress)
     val = summary.get("val") or {}
@@ -127,9 +123,9 @@ def _generate(args, show_prompt: bool) -> int:
         raise NetyError(f"--num-samples={args.num_samples} must be >= 1")
     prompts = _read_prompts(args)
     model = _load(args)
-    if show_prompt and _task(model) != "lm":
-        raise NetyError("complete continues a text with a language model (model.arch gpt or rnn_lm); "
-                        "this is a seq2seq model: use generate")
+    if show_prompt:
+        from nety_jax.tasks import require_continuation
+        require_continuation(model.task, "complete")
     if args.batch_size < 1:
         raise NetyError(f"--batch-size={args.batch_size} must be >= 1")
     replies = model.generate(prompts, seed=args.seed, num_samples=args.num_samples, with_prompt=show_prompt,
@@ -151,10 +147,6 @@ def cmd_generate(args) -> int:
 
 def cmd_complete(args) -> int:
     return _generate(args, show_prompt=True)
-
-
-def _task(model) -> str:
-    return model.task if hasattr(model, "task") else model.info["signature"].get("task", "seq2seq")
 
 
 def cmd_predict_next(args) -> int:

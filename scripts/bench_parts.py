@@ -333,17 +333,17 @@ def part_recompiles(args) -> dict:
     from nety_jax.data import BatchIterator
     from nety_jax.models import get_model
     from nety_jax.training.parallel import Runner
-    from nety_jax.training.setup import build_tokenizer, encode, read_raw
+    from nety_jax.training.setup import build_tokenizer
     from nety_jax.training.steps import create_train_state
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, secs, **kw: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)
     cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml" if args.tiny else "demo.yaml"))
-    texts, train_items, val_items = read_raw(cfg, "seq2seq", [os.path.join(ROOT, "nety_jax", "resources",
-                                                                           "dialogues_fr.jsonl")], False, print)
-    tok = build_tokenizer(cfg, texts)
+    task = get_model(cfg.model).task
+    corpus = task.read(cfg, task.default_paths(), False)
+    tok = build_tokenizer(cfg, corpus.texts)
     cfg = cfg.replace_model(vocab_size=tok.vocab_size)
-    data = encode(cfg, "seq2seq", tok, train_items, val_items, "corpus")
+    data = task.encode(cfg, tok, corpus, "corpus")
     model = get_model(cfg.model)
     runner = Runner(cfg, model, "none")
     state = create_train_state(model, cfg.train, jax.random.PRNGKey(0))

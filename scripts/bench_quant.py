@@ -100,17 +100,17 @@ def quality(checkpoint: str, limit: int = 200) -> dict:
     from nety_jax.data import eval_batches
     from nety_jax.serving.pretrained import load_pretrained
     from nety_jax.serving.quantize import quantize_run
-    from nety_jax.training.setup import default_paths, encode, read_raw
     f32 = load_pretrained(checkpoint)
     out = tempfile.mkdtemp(prefix="bench-quant-int8-")
     os.rmdir(out)
     q8 = load_pretrained(quantize_run(checkpoint, out, log=lambda *_: None))
     cfg = f32.config
-    _, train_items, val_items = read_raw(cfg, f32.model.task, default_paths(f32.model.task), False, lambda *_: None)
-    prompts = [inp for inp, _ in val_items][:limit] if f32.model.task == "seq2seq" else val_items[:limit]
+    task = f32.model.task
+    corpus = task.read(cfg, task.default_paths(), False)
+    prompts = [task.example_prompt(item) for item in corpus.val[:limit]]
     a = f32.generate(prompts, temperature=0.0)
     b = q8.generate(prompts, temperature=0.0)
-    data = encode(cfg, f32.model.task, f32.tokenizer, train_items, val_items, "")
+    data = task.encode(cfg, f32.tokenizer, corpus, "")
     losses = []
     for m in (f32, q8):
         total = tokens = 0.0

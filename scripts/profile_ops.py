@@ -114,7 +114,7 @@ def main() -> int:
                  "src_len": np.full(b, n, np.int32),
                  "tgt_in": rs.integers(4, args.vocab, (b, n)).astype(np.int32),
                  "targets": rs.integers(4, args.vocab, (b, n)).astype(np.int32)}
-        if model.task == "lm":
+        if "tokens" in model.example_batch():  # a language model's batch format
             batch = {"tokens": batch["tgt_in"], "targets": batch["targets"]}
         state = create_train_state(model, cfg.train, jax.random.PRNGKey(0))
         report(lambda s, x: train_step(s, x, model=model, tcfg=cfg.train), (state, batch),

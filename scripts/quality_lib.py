@@ -20,7 +20,7 @@ from nety_jax.data.batching import BatchIterator
 from nety_jax.data.pairs import encode_pairs
 from nety_jax.data.prompts import decode_replies
 from nety_jax.models import get_model
-from nety_jax.training.evaluation import greedy_replies
+from nety_jax.tasks.seq2seq import greedy_replies
 from nety_jax.training.setup import build_tokenizer
 from nety_jax.training.steps import create_train_state, train_step
 

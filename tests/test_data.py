@@ -10,7 +10,7 @@ from nety_jax.data import (BatchIterator, default_corpus_path, encode_pairs, eva
                            split_pairs)
 from nety_jax.data.tokenizer import SentencePieceTokenizer, WordTokenizer, load_tokenizer
 from nety_jax.errors import DataError
-from conftest import ROOT
+from conftest import RNN_LM, ROOT
 
 
 def test_embedded_corpus_is_large_varied_and_up_to_date():
@@ -234,7 +234,8 @@ def test_split_and_eval_batches():
 def test_subword_sampling_is_refused_for_token_streams():
     from nety_jax.config import load_config
     from nety_jax.errors import ConfigError
-    from nety_jax.training.setup import encode
-    cfg = load_config(None, ["data.subword_alpha=0.2"])
+    from nety_jax.models import get_model
+    from nety_jax.tasks import Corpus
+    cfg = load_config(RNN_LM, ["data.subword_alpha=0.2", "data.tokenizer=sentencepiece"])
     with pytest.raises(ConfigError, match="data.subword_alpha=0.2 re-segments"):
-        encode(cfg, "lm", None, ["a b"], ["a"], "x.txt")
+        get_model(cfg.model).task.encode(cfg, None, Corpus(["a b"], ["a"], ["a b"]), "x.txt")

@@ -56,7 +56,7 @@ class DataConfig:
     seq_len: int = 0  # 0: model.max_len
     stride: int = 0  # 0: seq_len (no overlap)
     # both
-    val_fraction: Optional[float] = None  # None: 0.05 of the pairs, 0.1 of a text
+    val_fraction: Optional[float] = None  # None: the task's default (0.05 of the pairs, 0.1 of a text)
     bucket_multiple: int = 8  # pad batch lengths up to a multiple of this (few shapes, few compiles)
     tokenizer: str = "sentencepiece"  # sentencepiece | word (NETY's vocabulary)
     word_split: str = "whitespace"  # word tokenizer: whitespace (NETY) | punctuation (split off)
@@ -89,11 +89,6 @@ class DataConfig:
                               f"segmentations: it needs data.tokenizer=sentencepiece, not {self.tokenizer!r}")
         if not self.input_key or not self.target_key:
             raise ConfigError("data.input_key and data.target_key must be non-empty")
-
-    def split_fraction(self, task: str) -> float:
-        if self.val_fraction is not None:
-            return self.val_fraction
-        return 0.1 if task == "lm" else 0.05
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,7 +47,7 @@ def encode_prompts(policy, tokenizer, texts: Sequence[str], data_cfg, max_new_to
                    pad_batch: bool = True, fixed_batch: int = 0) -> PromptBatch:
     """Prompt texts -> a bucketed, right-padded id batch for ``start_decoding``.
 
-    ``policy``: the model's ``prompts`` (``nety_jax.models.prompting``)."""
+    ``policy``: the model's ``prompts`` (``nety_jax.tasks.prompting``)."""
     if not texts:
         raise NetyError("no prompt given")
     limit = policy.limit(data_cfg, max_new_tokens)

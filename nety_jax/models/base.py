@@ -14,15 +14,16 @@ and the CLI talk to an adapter and never to a network directly:
 - serving: ``prompts`` (how texts become prompt ids, how long they may be) and
   ``serving_signature()`` describe what the generate function takes.
 
-Two task families share all of that: ``seq2seq`` (pairs in, replies to a source
-out; batches ``src``, ``src_len``, ``tgt_in``, ``targets``) and ``lm`` (text in,
-continuations of a prompt out; batches ``tokens``, ``targets``).
+``task`` is the task object (``nety_jax.tasks``: data, validation scores, prompts),
+named for each architecture in ``models/registry.py``. Two tasks share all of the
+above: replies to a source (batches ``src``, ``src_len``, ``tgt_in``, ``targets``)
+and continuations of a text (``models/lm.py``: batches ``tokens``, ``targets``).
 """
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, ClassVar, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +42,11 @@ def count_params(tree) -> int:
 class Model(abc.ABC):
     cfg: ModelConfig
 
-    task: ClassVar[str] = ""  # "seq2seq" | "lm"
+    @property
+    def task(self):
+        """The task this architecture trains for (``nety_jax.tasks.Task``)."""
+        from nety_jax.models.registry import task_of
+        return task_of(self.cfg.arch)
 
     # -- the network -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -110,13 +115,12 @@ class Model(abc.ABC):
     # -- serving -----------------------------------------------------------------------------
     @property
     def prompts(self):
-        """How prompt texts become ids for ``start_decoding`` (``models.prompting``)."""
-        from nety_jax.models.prompting import prompt_policy
-        return prompt_policy(self.task, self.cfg)
+        """How prompt texts become ids for ``start_decoding`` (the task's ``prompts``)."""
+        return self.task.prompts(self.cfg)
 
     def serving_signature(self) -> dict:
         """What the exported / served generate function takes and returns."""
-        return {"task": self.task, "arch": self.cfg.arch,
+        return {"task": self.task.name, "arch": self.cfg.arch,
                 "inputs": {"tokens": "int32[batch, length], right-padded with 0",
                            "lengths": "int32[batch]"},
                 "prompt": self.prompts.kind,

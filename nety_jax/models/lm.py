@@ -2,12 +2,10 @@
 
 A language-model batch is ``{"tokens": (B, T), "targets": (B, T)}`` (targets are the
 tokens shifted by one; 0 marks padding). A prompt is a text prefix (cut from the
-left when too long, see ``models.prompting``); the continuation is what decoding
+left when too long, see ``tasks.prompting``); the continuation is what decoding
 returns.
 """
 from __future__ import annotations
-
-from typing import ClassVar
 
 import numpy as np
 
@@ -16,8 +14,6 @@ from nety_jax.models.base import Model
 
 
 class LanguageModel(Model):
-    task: ClassVar[str] = "lm"
-
     def example_batch(self, batch: int = 2, length: int = 8) -> dict:
         ones = np.ones((batch, length), np.int32)
         return {"tokens": ones, "targets": ones}

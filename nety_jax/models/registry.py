@@ -1,4 +1,5 @@
-"""The one place an architecture plugs in: ``model.arch`` -> its config class and its adapter.
+"""The one place an architecture plugs in: ``model.arch`` -> its config class, its adapter
+and the name of its task (``nety_jax.tasks``).
 
 Entries are import paths, so loading a config (or an exported artifact) imports no Flax code.
 """
@@ -11,6 +12,7 @@ ARCHITECTURES = {
     "gpt": ("nety_jax.models.gpt.config:GPTConfig", "nety_jax.models.gpt.model:GPTModel"),
     "rnn_lm": ("nety_jax.models.rnn_lm.config:RNNLMConfig", "nety_jax.models.rnn_lm.model:RNNLMModel"),
 }
+TASK_OF = {"hybrid": "seq2seq", "gpt": "lm", "rnn_lm": "lm"}
 
 
 def _load(path: str):
@@ -25,3 +27,14 @@ def config_class(arch: str):
 def get_model(model_cfg):
     """The architecture adapter (a frozen, hashable ``Model``) for a model config section."""
     return _load(ARCHITECTURES[model_cfg.arch][1])(model_cfg)
+
+
+def task_of(arch: str):
+    """The task object of an architecture. The task package sits above this one and imports
+    nothing of it; it is reached here by name, at call time, as the adapters are."""
+    return importlib.import_module("nety_jax.tasks.registry").get_task(TASK_OF[arch])
+
+
+def architectures_of(task) -> list[str]:
+    """The architectures that train for ``task`` (for messages that say which to use)."""
+    return [arch for arch, name in TASK_OF.items() if name == task.name]

@@ -128,9 +128,7 @@ class ChatRequest(_Sampling):
                 raise ValueError(f"a message is longer than {MAX_PROMPT_CHARS:,} characters")
         return value
 
-    def prompt(self, task: str) -> str:
-        """A seq2seq model answers the last user message; a language model continues the
-        conversation's text."""
-        if task == "seq2seq":
-            return [m.content for m in self.messages if m.role == "user" and m.content.strip()][-1]
-        return "\n".join(m.content for m in self.messages if m.content.strip())
+    def prompt(self, task) -> str:
+        """The one prompt text the conversation becomes (``task.chat_prompt``: the last user
+        message, or the whole conversation continued)."""
+        return task.chat_prompt([(m.role, m.content) for m in self.messages])

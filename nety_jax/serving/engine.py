@@ -245,7 +245,7 @@ class ExportedBackend:
         self.model, self.tokenizer = exported, exported.tokenizer
         self.data_cfg, self.decode = exported.config.data, exported.config.decode
         self.prompts = exported.prompts
-        self.task = exported.info["signature"].get("task", "seq2seq")
+        self.task = exported.task
         self.max_new_tokens = exported.info["max_new_tokens"]
         self.fixed_batch = exported.info.get("batch") if isinstance(exported.info.get("batch"), int) else 0
 

@@ -35,7 +35,7 @@ from nety_jax.data.prompts import decode_replies, encode_prompts
 from nety_jax.data.tokenizer import load_tokenizer
 from nety_jax.decoding.keys import row_keys
 from nety_jax.errors import CheckpointError, NetyError
-from nety_jax.models.prompting import prompt_policy
+from nety_jax.tasks import task_of_signature
 from nety_jax.serving.settings import RUNTIME, check_num_samples, in_parts, resolve, seeds_per_row
 
 ARTIFACT = "generate.bin"
@@ -195,7 +195,8 @@ class ExportedModel:
         self.variables = self._load_variables(os.path.join(directory, VARIABLES))
         self.config = config_lib.load_config(os.path.join(directory, CONFIG))
         self.tokenizer = load_tokenizer(directory)
-        self.prompts = prompt_policy(info["signature"].get("task", "seq2seq"), self.config.model)
+        self.task = task_of_signature(info["signature"], os.path.join(directory, INFO))
+        self.prompts = self.task.prompts(self.config.model)
         self.step = info.get("step", 0)
 
     def _deserialize(self, path: str):

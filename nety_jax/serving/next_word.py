@@ -17,6 +17,7 @@ import numpy as np
 from nety_jax.config.sections import UNK_ID
 from nety_jax.data.prompts import encode_prompts
 from nety_jax.errors import NetyError
+from nety_jax.tasks import require_continuation
 
 MAX_PIECES = 8  # continuation pieces per word
 
@@ -40,9 +41,7 @@ def _is_word(tokenizer, i: int) -> bool:
 
 def predict_next(pretrained, text: str, top_k: int = 5) -> list[tuple[str, float]]:
     model, tok, variables = pretrained.model, pretrained.tokenizer, pretrained.variables
-    if model.task != "lm":
-        raise NetyError("predict-next needs a language model (model.arch gpt or rnn_lm); "
-                        "this run is a seq2seq model: use generate")
+    require_continuation(model.task, "predict-next")
     if top_k < 1:
         raise NetyError(f"--top-k={top_k} must be >= 1")
     vocab = model.cfg.vocab_size

@@ -278,7 +278,7 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
         backend = PretrainedBackend(load_pretrained(checkpoint), max_tokens)
     name = name or os.path.basename(os.path.abspath(checkpoint or exported))
     app = create_app(backend, name, max_batch, window_ms, queue_size, chunk)
-    print(f"serving {name} ({backend.task}) on http://{host}:{port}/v1 (max batch {max_batch}, window "
+    print(f"serving {name} ({backend.task.name}) on http://{host}:{port}/v1 (max batch {max_batch}, window "
           f"{window_ms:g} ms, queue {queue_size}, max_tokens {backend.max_new_tokens})", flush=True)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
     return 0

@@ -10,7 +10,6 @@ at epoch 0 and the log says so.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from typing import Callable, Optional, Sequence
 
@@ -18,12 +17,11 @@ import jax
 import numpy as np
 
 from nety_jax.config import Config, save_config
-from nety_jax.data import (BatchIterator, default_corpus_path, default_text_path, encode_pairs,
-                           encode_text, eval_batches, read_pairs, read_text, split_pairs, split_text)
-from nety_jax.data.text import window_sizes
+from nety_jax.data import BatchIterator
 from nety_jax.data.tokenizer import SentencePieceTokenizer, WordTokenizer, load_tokenizer
-from nety_jax.errors import CheckpointError, ConfigError, DataError
+from nety_jax.errors import CheckpointError, ConfigError
 from nety_jax.models import get_model
+from nety_jax.tasks import DataSplit
 from nety_jax.training import checkpoint as ckpt
 from nety_jax.training.parallel import Runner, is_primary, local
 from nety_jax.training.steps import create_train_state
@@ -64,15 +62,6 @@ def check_memory(model, cfg: Config) -> None:
 
 
 @dataclasses.dataclass
-class DataSplit:
-    train: object  # a dataset: len(), length(i), collate(indices)
-    val: object
-    fingerprint: str  # of the encoded training examples
-    description: str
-    truncated: int = 0
-
-
-@dataclasses.dataclass
 class Run:
     cfg: Config
     model: object
@@ -86,60 +75,11 @@ class Run:
     val_batches: list
 
 
-def default_paths(task: str) -> list[str]:
-    return [default_corpus_path() if task == "seq2seq" else default_text_path()]
-
-
-def read_raw(cfg: Config, task: str, paths: Sequence[str], skip_bad: bool, log):
-    """(tokenizer training texts, train items, val items) of a pair file or text files."""
-    fraction = cfg.data.split_fraction(task)
-    if task == "seq2seq":
-        if len(paths) != 1:
-            raise DataError("a seq2seq model trains on one pairs file (--data FILE)")
-        report = read_pairs(paths[0], cfg.data, skip_bad=skip_bad)
-        train, val = split_pairs(report.pairs, fraction, cfg.train.seed)
-        texts = [t for pair in train for t in pair]
-    else:
-        report = read_text(paths, skip_bad=skip_bad)
-        train, val = split_text(report.lines, fraction)
-        texts = train
-    if report.skipped:
-        log(f"skipped {report.skipped} bad lines in {', '.join(paths)} (first: {report.first_error})")
-    return texts, train, val
-
-
 def build_tokenizer(cfg: Config, texts: list[str]):
     d = cfg.data
     if d.tokenizer == "word":
         return WordTokenizer.build(texts, d.vocab_size, d.word_split)
     return SentencePieceTokenizer.train(texts, d.vocab_size, d.spm_model_type, d.lowercase)
-
-
-def _fingerprint(dataset) -> str:
-    h = hashlib.sha256()
-    if hasattr(dataset, "stream"):
-        h.update(dataset.stream.tobytes())
-        h.update(dataset.starts.tobytes())
-    else:
-        for s, t in zip(dataset.src, dataset.tgt):
-            h.update(s.tobytes() + b"|" + t.tobytes() + b"\n")
-    return h.hexdigest()[:16]
-
-
-def encode(cfg: Config, task: str, tokenizer, train, val, source: str) -> DataSplit:
-    if task == "seq2seq":
-        tr = encode_pairs(train, tokenizer, cfg.data, training=True)
-        va = encode_pairs(val, tokenizer, cfg.data)
-        desc = f"{len(tr)} training / {len(va)} validation pairs from {source}"
-        return DataSplit(tr, va, _fingerprint(tr), desc, tr.truncated + va.truncated)
-    if cfg.data.subword_alpha > 0:
-        raise ConfigError(f"data.subword_alpha={cfg.data.subword_alpha} re-segments (input, target) "
-                          f"pairs; the {task} task trains on a token stream: set it to 0")
-    seq_len, stride = window_sizes(cfg.data, cfg.model.max_len)
-    tr, va = encode_text(train, tokenizer, seq_len, stride), encode_text(val, tokenizer, seq_len, seq_len)
-    desc = (f"{len(tr)} training / {len(va)} validation windows of {seq_len} tokens "
-            f"({len(tr.stream):,} / {len(va.stream):,} tokens) from {source}")
-    return DataSplit(tr, va, _fingerprint(tr), desc)
 
 
 def reconcile(saved: Config, requested: Config) -> list[str]:
@@ -182,7 +122,7 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
     check_workdir(workdir)
     os.makedirs(workdir, exist_ok=True)
     task = get_model(cfg.model).task
-    paths = list(paths) if paths else default_paths(task)
+    paths = list(paths) if paths else task.default_paths()
     saved_cfg = ckpt.read_run_config(workdir) if os.path.isfile(os.path.join(workdir, ckpt.CONFIG_FILE)) \
         else None
     has_checkpoint = bool(ckpt.steps_on_disk(workdir))
@@ -190,13 +130,15 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
         raise CheckpointError(f"{workdir}: holds checkpoints but no {ckpt.CONFIG_FILE}; "
                               "restore it or use another --workdir")
 
-    texts, train_items, val_items = read_raw(cfg, task, paths, skip_bad, log)
+    corpus = task.read(cfg, paths, skip_bad)
+    if corpus.skipped:
+        log(f"skipped {corpus.skipped} bad lines in {', '.join(paths)} (first: {corpus.first_error})")
     if has_checkpoint:
         tokenizer = load_tokenizer(workdir)
     else:
         if os.path.isfile(os.path.join(workdir, "tokenizer.json")):
             log(f"retraining the tokenizer in {workdir}: no checkpoint was trained with it")
-        tokenizer = build_tokenizer(cfg, texts)
+        tokenizer = build_tokenizer(cfg, corpus.texts)
     if not has_checkpoint and tokenizer.vocab_size < cfg.data.vocab_size:
         log(f"tokenizer: {tokenizer.vocab_size} ids (data.vocab_size={cfg.data.vocab_size} is more than "
             "this text supports)")
@@ -204,11 +146,11 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
     notes = reconcile(saved_cfg, cfg) if has_checkpoint else []
     model = get_model(cfg.model)
     check_memory(model, cfg)
-    data = encode(cfg, task, tokenizer, train_items, val_items, ", ".join(paths))
+    data = task.encode(cfg, tokenizer, corpus, ", ".join(paths))
     if data.truncated:
         log(f"cut {data.truncated} pairs longer than data.max_src_len={cfg.data.max_src_len} / "
             f"data.max_tgt_len={cfg.data.max_tgt_len}")
-    BatchIterator(data.train, cfg.train.batch_size, cfg.train.seed)  # enough data? (raises)
+    task.batches(data.train, cfg)  # enough data? (raises)
     runner = Runner(cfg, model)
     state = create_train_state(model, cfg.train, jax.random.PRNGKey(cfg.train.seed))
     manager = ckpt.make_manager(workdir, cfg)
@@ -224,8 +166,8 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
         if not has_checkpoint:
             tokenizer.save(workdir)
         save_config(cfg, os.path.join(workdir, ckpt.CONFIG_FILE))
-    iterator = BatchIterator(data.train, cfg.train.batch_size, cfg.train.seed, **position)
-    val_batches = eval_batches(data.val, cfg.train.batch_size, cfg.train.eval_batches) if len(data.val) else []
+    iterator = task.batches(data.train, cfg, **position)
+    val_batches = task.eval_batches(data.val, cfg)
     return Run(cfg, model, tokenizer, data, runner, runner.place_state(state), manager, start, iterator,
                val_batches)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar, Optional
+from typing import Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +16,6 @@ from nety_jax.models.hybrid.network import HybridSeq2Seq
 @dataclasses.dataclass(frozen=True)
 class HybridModel(Model):
     cfg: HybridConfig
-    task: ClassVar[str] = "seq2seq"
 
     def network(self, axis_name: Optional[str] = None) -> HybridSeq2Seq:
         return HybridSeq2Seq(self.cfg, axis_name)

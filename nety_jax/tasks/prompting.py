@@ -1,9 +1,10 @@
-"""How each task turns a prompt text into ids, and how long a prompt may be.
+"""Prompt policies: how a prompt text becomes ids, and how long a prompt may be.
 
-Kept free of JAX and Flax: exported artifacts and servers use it without the
-model code. ``source``: a seq2seq source (ends with <eos> when ``data.src_eos``;
-too long -> keeps its start). ``prefix``: a language-model prefix (too long ->
-keeps its end; the cache must hold the prompt and the continuation).
+Kept free of JAX and Flax: exported artifacts and servers use them without the
+model code. Each task picks one (``Task.prompts``). ``source``: a source the model
+replies to (ends with <eos> when ``data.src_eos``; too long -> keeps its start).
+``prefix``: a text the model continues (too long -> keeps its end; the cache must
+hold the prompt and the continuation).
 """
 from __future__ import annotations
 
@@ -42,6 +43,3 @@ class PrefixPrompts(SourcePrompts):
     def cut(self, ids: list[int], limit: int) -> list[int]:
         return ids[-limit:] if limit > 0 else []
 
-
-def prompt_policy(task: str, model_cfg):
-    return PrefixPrompts(model_cfg) if task == "lm" else SourcePrompts(model_cfg)

@@ -1,0 +1,110 @@
+"""The task protocol: what a model is trained to do, apart from how its network computes.
+
+Like Gemma's ``gm.data.Seq2SeqTask`` (a transform that owns the formatting,
+tokenization and target masks of its examples), a task owns everything about its
+data and its prompts that does not depend on the architecture:
+
+- data: ``default_paths()``, ``read(cfg, paths, skip_bad)`` (reading, validation
+  and the validation split), ``encode(cfg, tokenizer, corpus, source)`` (datasets
+  with ``len()``, ``length(i)`` and ``collate(indices)``), ``batches`` and
+  ``eval_batches`` (how they are batched);
+- scores: ``extra_metrics`` beyond the loss (BLEU / chrF for replies);
+- prompts: ``prompts(model_cfg)`` (how a text becomes prompt ids) and
+  ``chat_prompt(messages)`` (how a conversation becomes one prompt text).
+
+A task is a stateless singleton (``tasks.get_task(name)``); an architecture names
+its task once, in ``models/registry.py``, and ``get_model(cfg).task`` is the object.
+Nothing outside this package branches on a task's name.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import ClassVar, Optional, Sequence
+
+from nety_jax.data.batching import BatchIterator, eval_batches
+
+
+@dataclasses.dataclass
+class Corpus:
+    """Read and split examples: pairs or text lines, as the task reads them."""
+
+    train: list
+    val: list
+    texts: list[str]  # what the tokenizer is trained on (the training split only)
+    skipped: int = 0
+    first_error: Optional[str] = None
+
+
+@dataclasses.dataclass
+class DataSplit:
+    """Encoded training and validation datasets (``len()``, ``length(i)``, ``collate(indices)``)."""
+
+    train: object
+    val: object
+    fingerprint: str  # of the encoded training examples: a resumed run checks its data is the same
+    description: str
+    truncated: int = 0  # examples cut to the configured lengths
+
+
+class Task(abc.ABC):
+    """One task's data, scores and prompts; subclasses set the class attributes."""
+
+    name: ClassVar[str]
+    noun: ClassVar[str]  # what a model of this task is called in messages ("a language model")
+    data_option: ClassVar[str]  # the `nety-jax train` option that gives its files
+    data_help: ClassVar[str]  # what that option takes, for messages
+    default_val_fraction: ClassVar[float]  # data.val_fraction when it is not set
+    continues_text: ClassVar[bool]  # prompts are prefixes the model continues (complete, predict-next)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+    # -- data ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def default_paths(self) -> list[str]:
+        """The embedded corpus trained on when no file is given."""
+
+    def val_fraction(self, data_cfg) -> float:
+        """The held-out fraction: ``data.val_fraction``, or the task's default when unset."""
+        return self.default_val_fraction if data_cfg.val_fraction is None else data_cfg.val_fraction
+
+    @abc.abstractmethod
+    def read(self, cfg, paths: Sequence[str], skip_bad: bool) -> Corpus:
+        """Reads and validates ``paths`` (``DataError`` naming ``file:line``; with
+        ``skip_bad`` bad lines are counted instead) and splits off the validation part."""
+
+    @abc.abstractmethod
+    def encode(self, cfg, tokenizer, corpus: Corpus, source: str) -> DataSplit:
+        """Token ids of both splits; ``source`` names the files in the description."""
+
+    def batches(self, dataset, cfg, epoch: int = 0, index: int = 0) -> BatchIterator:
+        """Training batches: shuffled, length-bucketed, resumable at ``(epoch, index)``."""
+        return BatchIterator(dataset, cfg.train.batch_size, cfg.train.seed, epoch, index)
+
+    def eval_batches(self, dataset, cfg) -> list[dict]:
+        """Fixed validation batches (``weight`` 0 on the rows that fill the last one)."""
+        if not len(dataset):
+            return []
+        return eval_batches(dataset, cfg.train.batch_size, cfg.train.eval_batches)
+
+    @abc.abstractmethod
+    def example_prompt(self, item) -> str:
+        """The prompt text of one read example (a pair's input, a text line), for scripts
+        that compare replies on held-out examples."""
+
+    # -- scores -------------------------------------------------------------------------------
+    def extra_metrics(self, model, variables, cfg, tokenizer, val_dataset) -> dict:
+        """Validation scores beyond the teacher-forced ones (``variables`` on this host)."""
+        return {}
+
+    # -- prompts ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def prompts(self, model_cfg):
+        """The prompt policy (``tasks.prompting``): how a prompt text becomes ids, how long
+        it may be and how it is cut."""
+
+    @abc.abstractmethod
+    def chat_prompt(self, messages: Sequence[tuple[str, str]]) -> str:
+        """A conversation of (role, content) messages -> the one prompt text answered."""
+

@@ -1,0 +1,89 @@
+"""Sequence to sequence: (input, target) pairs in, a reply to a source out.
+
+Pairs are read from one JSONL or TSV file (``data.pairs``), split at random with
+``train.seed``, and encoded as sources (+ <eos>) and ``<sos> target <eos>``; a
+batch is ``{"src", "src_len", "tgt_in", "targets"}``. Validation also answers the
+first ``train.bleu_samples`` sources greedily and scores the replies with
+sacreBLEU. A prompt is a source (its start kept when too long); in a chat the
+last user message is the source.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import ClassVar, Sequence
+
+import numpy as np
+
+from nety_jax.data.pairs import default_corpus_path, encode_pairs, read_pairs, split_pairs
+from nety_jax.errors import DataError
+from nety_jax.tasks.base import Corpus, DataSplit, Task
+from nety_jax.tasks.prompting import SourcePrompts
+
+
+class Seq2SeqTask(Task):
+    name: ClassVar[str] = "seq2seq"
+    noun: ClassVar[str] = "a seq2seq model"
+    data_option: ClassVar[str] = "--data"
+    data_help: ClassVar[str] = "pairs"
+    default_val_fraction: ClassVar[float] = 0.05
+    continues_text: ClassVar[bool] = False
+
+    def default_paths(self) -> list[str]:
+        return [default_corpus_path()]
+
+    def read(self, cfg, paths: Sequence[str], skip_bad: bool) -> Corpus:
+        if len(paths) != 1:
+            raise DataError("a seq2seq model trains on one pairs file (--data FILE)")
+        report = read_pairs(paths[0], cfg.data, skip_bad=skip_bad)
+        train, val = split_pairs(report.pairs, self.val_fraction(cfg.data), cfg.train.seed)
+        texts = [t for pair in train for t in pair]
+        return Corpus(train, val, texts, report.skipped, report.first_error)
+
+    def encode(self, cfg, tokenizer, corpus: Corpus, source: str) -> DataSplit:
+        tr = encode_pairs(corpus.train, tokenizer, cfg.data, training=True)
+        va = encode_pairs(corpus.val, tokenizer, cfg.data)
+        desc = f"{len(tr)} training / {len(va)} validation pairs from {source}"
+        return DataSplit(tr, va, _fingerprint(tr), desc, tr.truncated + va.truncated)
+
+    def example_prompt(self, item) -> str:
+        return item[0]
+
+    def extra_metrics(self, model, variables, cfg, tokenizer, val_dataset) -> dict:
+        """BLEU and chrF of greedy replies to the first ``train.bleu_samples`` validation sources."""
+        n = min(cfg.train.bleu_samples, len(val_dataset))
+        if n == 0:
+            return {}
+        import sacrebleu
+        from nety_jax.data.batching import eval_batches
+        from nety_jax.data.prompts import decode_replies
+        batch = eval_batches(val_dataset, n, limit=1)[0]
+        max_new = min(cfg.decode.max_new_tokens, cfg.data.max_tgt_len)
+        tokens = greedy_replies(model, variables, batch["src"], batch["src_len"], max_new)
+        hyps = decode_replies(tokenizer, tokens, n)
+        refs = [tokenizer.decode(batch["targets"][i].tolist()) for i in range(n)]
+        return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
+                "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score}
+
+    def prompts(self, model_cfg) -> SourcePrompts:
+        return SourcePrompts(model_cfg)
+
+    def chat_prompt(self, messages: Sequence[tuple[str, str]]) -> str:
+        """The last user message with text (the model answers one source, not a history)."""
+        return [content for role, content in messages if role == "user" and content.strip()][-1]
+
+
+def greedy_replies(model, variables, src, src_len, max_new_tokens: int) -> np.ndarray:
+    """(B, max_new_tokens) greedy reply ids to the sources ``src`` (B, S) of lengths ``src_len`` (B,)."""
+    import jax.numpy as jnp
+    from nety_jax.decoding import LoopSpec, SamplingParams, generate_jit
+    spec = LoopSpec(max_new_tokens=max_new_tokens)
+    params = SamplingParams.create(src.shape[0], temperature=0.0)
+    out = generate_jit(variables, jnp.asarray(src), jnp.asarray(src_len), params, model=model, spec=spec)
+    return np.asarray(out["tokens"])
+
+
+def _fingerprint(encoded) -> str:
+    h = hashlib.sha256()
+    for s, t in zip(encoded.src, encoded.tgt):
+        h.update(s.tobytes() + b"|" + t.tobytes() + b"\n")
+    return h.hexdigest()[:16]
