@@ -55,6 +55,7 @@ class DataConfig:
     # plain text (language models): windows of seq_len + 1 tokens every `stride` tokens
     seq_len: int = 0  # 0: model.max_len
     stride: int = 0  # 0: seq_len (no overlap)
+    packing: bool = False  # rows of whole lines kept apart (segments) instead of windows of the stream
     # both
     val_fraction: Optional[float] = None  # None: the task's default (0.05 of the pairs, 0.1 of a text)
     bucket_multiple: int = 8  # pad batch lengths up to a multiple of this (few shapes, few compiles)

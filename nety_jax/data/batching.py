@@ -62,12 +62,13 @@ class BatchIterator:
         return self.data.collate(idx)
 
     def padding_fraction(self) -> float:
-        """Fraction of pad tokens over one epoch of batches (all integer arrays of the batch)."""
+        """Fraction of pad tokens over one epoch of batches (the integer arrays of ids in the batch;
+        a packed row's ``positions`` start every segment at 0, which is no padding)."""
         pads = total = 0
         for idx in self._plan(self.epoch):
             batch = self.data.collate(idx)
             for key, value in batch.items():
-                if value.ndim == 2:
+                if value.ndim == 2 and key != "positions":
                     total += value.size
                     pads += int(np.sum(value == PAD_ID))
         return pads / max(total, 1)

@@ -66,7 +66,9 @@ class RecurrentStep(nn.Module):
 
     @nn.compact
     def __call__(self, carry, inputs):
-        xproj, live = inputs
+        xproj, live, reset = inputs
+        if reset is not None:  # a new segment of a packed row starts from a zero carry
+            carry = tuple(jnp.where(reset[None, :, None], 0.0, c) for c in carry)
         g = GATES[self.cell] * self.hidden
         init = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
         kernel = self.param("kernel", init, (self.directions, self.hidden, g))
@@ -97,10 +99,13 @@ class RecurrentLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, lengths: Optional[jax.Array] = None, carry: Optional[tuple] = None,
-                 live: Optional[jax.Array] = None):
+                 live: Optional[jax.Array] = None, reset: Optional[jax.Array] = None):
         """x: (B, T, in) -> (outputs (B, T, D * H), final carry). ``live`` (B, T) bool freezes
-        each row's carry after its last real step (language-model prefill)."""
+        each row's carry after its last real step (language-model prefill); ``reset`` (B, T)
+        bool zeroes it before a step (a segment's start in a packed row; forward only)."""
         d = 2 if self.bidirectional else 1
+        if reset is not None and d == 2:
+            raise ValueError("reset (packed rows) runs forward only; this layer is bidirectional")
         b, t, _ = x.shape
         g = GATES[self.cell] * self.hidden
         xproj = Linear(d * g, dtype=self.dtype, quant=self.quant, name="input")(x).reshape(b, t, d, g)
@@ -113,7 +118,7 @@ class RecurrentLayer(nn.Module):
         scan = nn.scan(RecurrentStep, variable_broadcast="params", split_rngs={"params": False},
                        in_axes=0, out_axes=0, unroll=self.unroll)
         carry, ys = scan(self.cell, self.hidden, d, name="recurrent")(
-            carry, (xs, None if live is None else live.T))
+            carry, (xs, None if live is None else live.T, None if reset is None else reset.T))
         ys = ys.transpose(2, 0, 1, 3)  # (B, T, D, H)
         outputs = ys[:, :, 0]
         if d == 2:
@@ -138,13 +143,14 @@ class RecurrentStack(nn.Module):
 
     @nn.compact
     def __call__(self, x, lengths: Optional[jax.Array] = None, train: bool = False,
-                 carries: Optional[tuple] = None, live: Optional[jax.Array] = None):
+                 carries: Optional[tuple] = None, live: Optional[jax.Array] = None,
+                 reset: Optional[jax.Array] = None):
         new_carries = []
         for k in range(self.layers):
             if k > 0:
                 x = Dropout(self.dropout)(x, deterministic=not train)
             layer = RecurrentLayer(self.cell, self.hidden, self.bidirectional, self.length_aware,
                                    self.unroll, self.dtype, self.quant, name=f"l{k}")
-            x, carry = layer(x, lengths, None if carries is None else carries[k], live)
+            x, carry = layer(x, lengths, None if carries is None else carries[k], live, reset)
             new_carries.append(carry)
         return x, x[..., : self.hidden], tuple(new_carries)

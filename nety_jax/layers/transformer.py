@@ -146,22 +146,31 @@ class TransformerDecoder(nn.Module):
             return logits + self.out_bias if s.output_bias else logits
         return self.fc_out(x).astype(jnp.float32)
 
-    def hidden(self, x, memory=None, memory_mask=None, train: bool = False):
-        """The causal stack on already embedded inputs (B, T, D), positions included."""
+    def hidden(self, x, memory=None, memory_mask=None, train: bool = False,
+               segments: Optional[jax.Array] = None):
+        """The causal stack on already embedded inputs (B, T, D), positions included;
+        ``segments`` (B, T): a token attends only within its own segment (packed rows)."""
         t = x.shape[1]
-        causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
+        mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
+        if segments is not None:
+            mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])
         for layer in self.layers:
-            x = layer(x, causal, memory, memory_mask, deterministic=not train)
+            x = layer(x, mask, memory, memory_mask, deterministic=not train)
         return x
 
-    def features(self, tokens, memory=None, memory_mask=None, train: bool = False):
-        """Teacher forcing: (B, T) tokens -> (B, T, D) last hidden states under a causal mask."""
-        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        return self.hidden(self.embed_tokens(tokens, positions, not train), memory, memory_mask, train)
+    def features(self, tokens, memory=None, memory_mask=None, train: bool = False,
+                 segments: Optional[jax.Array] = None, positions: Optional[jax.Array] = None):
+        """Teacher forcing: (B, T) tokens -> (B, T, D) last hidden states under a causal mask;
+        packed rows give ``segments`` and each token's ``positions`` in its segment (B, T)."""
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        x = self.embed_tokens(tokens, positions, not train)
+        return self.hidden(x, memory, memory_mask, train, segments)
 
-    def __call__(self, tokens, memory=None, memory_mask=None, train: bool = False):
+    def __call__(self, tokens, memory=None, memory_mask=None, train: bool = False,
+                 segments: Optional[jax.Array] = None, positions: Optional[jax.Array] = None):
         """Teacher forcing: (B, T) tokens -> (B, T, V) float32 logits under a causal mask."""
-        return self.logits(self.features(tokens, memory, memory_mask, train))
+        return self.logits(self.features(tokens, memory, memory_mask, train, segments, positions))
 
     def init_cache(self, batch: int, max_len: int, memory=None, memory_mask=None) -> dict:
         s = self.spec

@@ -1,7 +1,8 @@
 """What every language model shares: the batch format and the prefill cache size.
 
 A language-model batch is ``{"tokens": (B, T), "targets": (B, T)}`` (targets are the
-tokens shifted by one; 0 marks padding). A prompt is a text prefix (cut from the
+tokens shifted by one; 0 marks padding); packed rows (``data.packing``) add
+``segments`` and ``positions`` (B, T), and a network keeps the segments apart. A prompt is a text prefix (cut from the
 left when too long, see ``tasks.prompting``); the continuation is what decoding
 returns.
 """
@@ -19,6 +20,8 @@ class LanguageModel(Model):
         return {"tokens": ones, "targets": ones}
 
     def _call_args(self, batch: dict) -> dict:
+        if "segments" in batch:  # packed rows (data.packing): documents kept apart
+            return {"tokens": batch["tokens"], "segments": batch["segments"], "positions": batch["positions"]}
         return {"tokens": batch["tokens"]}
 
     def check_room(self, prompt_len: int, max_new_tokens: int) -> int:

@@ -15,7 +15,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from nety_jax.data.pairs import default_corpus_path, encode_pairs, read_pairs, split_pairs
-from nety_jax.errors import DataError
+from nety_jax.errors import ConfigError, DataError
 from nety_jax.tasks.base import Corpus, DataSplit, Task
 from nety_jax.tasks.prompting import SourcePrompts
 
@@ -40,6 +40,9 @@ class Seq2SeqTask(Task):
         return Corpus(train, val, texts, report.skipped, report.first_error)
 
     def encode(self, cfg, tokenizer, corpus: Corpus, source: str) -> DataSplit:
+        if cfg.data.packing:  # the encoder's recurrence reads a whole row: packed pairs would mix
+            raise ConfigError("data.packing packs the documents of a language model; a seq2seq model's "
+                              "pairs are batched by length: set it to false")
         tr = encode_pairs(corpus.train, tokenizer, cfg.data, training=True)
         va = encode_pairs(corpus.val, tokenizer, cfg.data)
         desc = f"{len(tr)} training / {len(va)} validation pairs from {source}"

@@ -45,9 +45,11 @@ class RNNLM(nn.Module):
         x = self.drop(self.embed(tokens), deterministic=not train)
         return x.astype(jnp.dtype(self.cfg.dtype))
 
-    def __call__(self, tokens, train: bool = False):
-        """Teacher forcing: (B, T) -> (B, T, V) logits."""
-        h, _, _ = self.rnn(self._embed(tokens, train), None, train)
+    def __call__(self, tokens, train: bool = False, segments=None, positions=None):
+        """Teacher forcing: (B, T) -> (B, T, V) logits. Packed rows (``segments`` (B, T)) start
+        each segment from a zero carry; ``positions`` add nothing to a recurrence."""
+        reset = None if segments is None else segments != jnp.pad(segments[:, :-1], ((0, 0), (1, 0)))
+        h, _, _ = self.rnn(self._embed(tokens, train), None, train, reset=reset)
         return self._logits(self.drop(h, deterministic=not train))
 
     def prefill(self, tokens, lengths):
