@@ -104,9 +104,11 @@ class RecurrentLayer(nn.Module):
         each row's carry after its last real step (language-model prefill); ``reset`` (B, T)
         bool zeroes it before a step (a segment's start in a packed row; forward only)."""
         d = 2 if self.bidirectional else 1
-        if reset is not None and d == 2:
-            raise ValueError("reset (packed rows) runs forward only; this layer is bidirectional")
         b, t, _ = x.shape
+        if reset is not None:  # resets run in the scan below: an explicit carry keeps fused kernels out
+            if d == 2:
+                raise ValueError("reset (packed rows) runs forward only; this layer is bidirectional")
+            carry = zero_carry(self.cell, d, b, self.hidden, x) if carry is None else carry
         g = GATES[self.cell] * self.hidden
         xproj = Linear(d * g, dtype=self.dtype, quant=self.quant, name="input")(x).reshape(b, t, d, g)
         if d == 2:
