@@ -2,7 +2,7 @@
 
 A document is one text line. Its example is ``<eos> ids <eos>``: the model reads
 ``<eos> ids`` and predicts ``ids <eos>``, the same predictions the token stream makes
-for that line (``data.text``), without the lines before it as context. A document
+for that line (``nety_jax.data.text``), without the lines before it as context. A document
 longer than ``seq_len + 1`` tokens is cut into pieces of at most ``seq_len + 1``
 tokens that overlap by one (as the stream's windows do), each piece a segment of its
 own. Pieces are placed in their order, each in the first of the last ``OPEN_ROWS``

@@ -1,10 +1,10 @@
 """Language modelling: plain text in, a continuation of a prefix out.
 
-Text files are read line by line (``data.text``); the validation split is the last
+Text files are read line by line (``nety_jax.data.text``); the validation split is the last
 lines, so no window crosses from training into validation text. The lines become
 one token stream cut into windows of ``data.seq_len + 1`` tokens every
 ``data.stride``; a batch is ``{"tokens", "targets"}``. With ``data.packing`` each
-line is a document instead, several to a row and kept apart (``data.packing``;
+line is a document instead, several to a row and kept apart (``nety_jax.data.packing``;
 batches add ``segments`` and ``positions``). A prompt is a prefix (its end kept
 when too long); a chat's whole conversation is the text continued.
 """

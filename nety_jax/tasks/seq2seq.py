@@ -1,6 +1,6 @@
 """Sequence to sequence: (input, target) pairs in, a reply to a source out.
 
-Pairs are read from one JSONL or TSV file (``data.pairs``), split at random with
+Pairs are read from one JSONL or TSV file (``nety_jax.data.pairs``), split at random with
 ``train.seed``, and encoded as sources (+ <eos>) and ``<sos> target <eos>``; a
 batch is ``{"src", "src_len", "tgt_in", "targets"}``. Validation also answers the
 first ``train.bleu_samples`` sources greedily and scores the replies with
