@@ -35,11 +35,23 @@ class PromptBatch:
     texts: list[str] = dataclasses.field(default_factory=list)  # the prompts as given (stripped)
 
 
+def unencodable(text: str) -> str:
+    """Why ``text`` cannot be tokenized ('' when it can): a lone surrogate (a JSON "\\ud800", a
+    Python "\\udc80") is not a character and has no UTF-8 form for the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"holds a lone surrogate (U+{ord(text[e.start]):04X}) at character {e.start}, not text"
+    return ""
+
+
 def check_prompt(i: int, text) -> str:
     if not isinstance(text, str):
         raise NetyError(f"prompt {i + 1} must be text, got {type(text).__name__}")
     if not text.strip():
         raise NetyError(f"prompt {i + 1} is empty")
+    if unencodable(text):
+        raise NetyError(f"prompt {i + 1} {unencodable(text)}")
     return text.strip()
 
 

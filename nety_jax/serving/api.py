@@ -6,6 +6,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from nety_jax.data.prompts import unencodable
 from nety_jax.serving.settings import MAX_SEED
 
 MAX_PROMPT_CHARS = 100_000
@@ -72,6 +73,8 @@ def _text(value: str, name: str) -> str:
         raise ValueError(f"{name} is empty")
     if len(value) > MAX_PROMPT_CHARS:
         raise ValueError(f"{name} is longer than {MAX_PROMPT_CHARS:,} characters")
+    if unencodable(value):
+        raise ValueError(f"{name} {unencodable(value)}")
     return value
 
 
@@ -112,6 +115,13 @@ class Message(BaseModel):
                                  '({"type": "text", "text": "..."})')
             texts.append(part["text"])
         return "\n".join(texts)
+
+    @field_validator("content")
+    @classmethod
+    def _encodable(cls, value):
+        if unencodable(value):
+            raise ValueError(f"content {unencodable(value)}")
+        return value
 
 
 class ChatRequest(_Sampling):

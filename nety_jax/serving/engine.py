@@ -138,7 +138,10 @@ class Engine:
 
     def _prompt_batch(self, rows: list[Row]) -> PromptBatch:
         b = getattr(self.backend, "fixed_batch", 0) or batch_bucket(len(rows))
-        s = bucket(max(len(r.ids) for r in rows), self.backend.data_cfg.bucket_multiple)
+        # the bucket never exceeds the longest prompt the model takes with the compiled maximum of
+        # new tokens: a padded prompt needs the positions of a real one
+        limit = self.backend.prompts.limit(self.backend.data_cfg, self.backend.max_new_tokens)
+        s = min(bucket(max(len(r.ids) for r in rows), self.backend.data_cfg.bucket_multiple), limit)
         tokens = np.full((b, s), PAD_ID, np.int32)
         lengths = np.ones((b,), np.int32)
         for i, r in enumerate(rows):
@@ -163,33 +166,75 @@ class _RowState:
         """Reads the tokens so far; returns the rows to stop now (stop string, cancelled)."""
         stop_now = np.zeros(len(tokens), bool)
         for k, (job, _, row) in enumerate(self.rows):
-            if self.finish[k] is not None:
-                stop_now[k] = True
-                continue
-            ids = [int(t) for t in tokens[k][: row.max_new_tokens]]
-            ended = EOS_ID in ids
-            ids = ids[: ids.index(EOS_ID)] if ended else [t for t in ids if t != PAD_ID]
-            text = self.tokenizer.decode(ids)
-            cut = min((text.find(s) for s in row.stop if s and s in text), default=-1)
-            self.ntok[k] = len(ids) + (1 if ended else 0)
-            if cut >= 0:
-                text, self.finish[k] = text[:cut], "stop"
-            elif ended:
-                self.finish[k] = "stop"
-            elif done[k] or final:
-                self.finish[k] = "length"
-            self.text[k] = text
-            if job.cancelled.is_set():
-                self.finish[k] = self.finish[k] or "cancelled"
-            if job.stream and len(text) > len(self.sent[k]) and text.startswith(self.sent[k]):
-                job.deliver("delta", (self.rows[k][1], text[len(self.sent[k]):]))
-                self.sent[k] = text
+            if self.finish[k] is None:
+                self._read(k, job, row, tokens[k], bool(done[k]) or final)
             stop_now[k] = self.finish[k] is not None
         return stop_now
+
+    def _read(self, k: int, job: Job, row: Row, tokens: np.ndarray, done: bool) -> None:
+        ids = [int(t) for t in tokens[: row.max_new_tokens]]
+        ended = EOS_ID in ids
+        ids = ids[: ids.index(EOS_ID)] if ended else [t for t in ids if t != PAD_ID]
+        text = self.tokenizer.decode(ids)
+        self.ntok[k] = len(ids) + (1 if ended else 0)
+        stopped = stop_at(self.tokenizer, ids, row.stop, text)
+        if stopped is not None:
+            text, self.ntok[k] = stopped
+            self.finish[k] = "stop"
+        elif ended:
+            self.finish[k] = "stop"
+        elif done:
+            self.finish[k] = "length"
+        self.text[k] = text
+        if job.cancelled.is_set():
+            self.finish[k] = self.finish[k] or "cancelled"
+        if job.stream:
+            self._send(k, job, row, text)
+
+    def _send(self, k: int, job: Job, row: Row, text: str) -> None:
+        """Streams the new text that can no longer change: while the row runs, a tail that may
+        still become a stop string (or an incomplete UTF-8 character) is held back, so the
+        streamed pieces join to exactly the non-streamed text."""
+        if self.finish[k] is None:
+            text = text[: len(text) - held_back(text, row.stop)]
+        if len(text) > len(self.sent[k]) and text.startswith(self.sent[k]):
+            job.deliver("delta", (self.rows[k][1], text[len(self.sent[k]):]))
+            self.sent[k] = text
 
     def result(self, job: Job, i: int) -> RowResult:
         k = self.index[(id(job), i)]
         return RowResult(self.text[k], self.ntok[k], self.finish[k] or "length")
+
+
+def first_stop(text: str, stops) -> int:
+    """Where the earliest stop string starts in ``text`` (-1: none)."""
+    return min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+
+
+def stop_at(tokenizer, ids: list, stops, text: str):
+    """``(text, tokens)`` of a row that a stop string ends, or None. A row stops after the first
+    token whose text holds a stop string (whatever the chunk size), its text cut where the
+    earliest stop string starts, as OpenAI's API and vLLM do."""
+    if first_stop(text, stops) < 0:
+        return None
+    for n in range(1, len(ids) + 1):  # only once per row: the token that completed the stop
+        part = tokenizer.decode(ids[:n])
+        cut = first_stop(part, stops)
+        if cut >= 0:
+            return part[:cut], n
+    return None  # not reached: the whole text holds a stop string
+
+
+def held_back(text: str, stops) -> int:
+    """How many characters at the end of ``text`` must wait: the longest tail that begins a stop
+    string, or a trailing replacement character (bytes of a character still to come)."""
+    hold = len(text) - len(text.rstrip("\ufffd"))
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:n]):
+                hold = n
+                break
+    return hold
 
 
 def random_seed() -> int:

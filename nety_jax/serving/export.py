@@ -36,7 +36,8 @@ from nety_jax.data.tokenizer import load_tokenizer
 from nety_jax.decoding.keys import row_keys
 from nety_jax.errors import CheckpointError, NetyError
 from nety_jax.tasks import task_of_signature
-from nety_jax.serving.settings import RUNTIME, check_num_samples, in_parts, resolve, seeds_per_row
+from nety_jax.serving.settings import (RUNTIME, check_bool, check_int, check_num_samples, in_parts, resolve,
+                                       seeds_per_row)
 
 ARTIFACT = "generate.bin"
 VARIABLES = "variables.npz"
@@ -233,6 +234,7 @@ class ExportedModel:
     def generate_ids(self, tokens: np.ndarray, lengths: np.ndarray, seed=0, first_row: int = 0, **settings):
         """Runs the artifact on an id batch; settings are per-row values or scalars; with one
         seed, row i draws from fold_in(PRNGKey(seed), first_row + i)."""
+        first_row = check_int("first_row", first_row, 0)
         b = tokens.shape[0]
         defaults = self.info.get("defaults", {})
         value = lambda k, dtype: np.broadcast_to(np.asarray(settings.get(k, defaults.get(k, 0)), dtype), (b,))
@@ -253,7 +255,7 @@ class ExportedModel:
             raise NetyError(f"this export does not take {unsupported[0]} at run time "
                             f"(it takes: {', '.join(self.info['options']) or 'nothing'}); re-export "
                             f"with --set decode.{unsupported[0]}=VALUE")
-        num_samples = check_num_samples(num_samples)
+        num_samples, with_prompt = check_num_samples(num_samples), check_bool("with_prompt", with_prompt)
         if num_samples > 1 and self.config.decode.beam_size > 1:
             raise NetyError(f"num_samples={num_samples}: this export runs beam search and returns one "
                             "reply per prompt; the N best replies need the run directory (--checkpoint)")

@@ -15,12 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from nety_jax.config import Config
-from nety_jax.data.prompts import decode_replies, encode_prompts, repeat_rows
+from nety_jax.data.prompts import unencodable, decode_replies, encode_prompts, repeat_rows
 from nety_jax.data.tokenizer import Tokenizer, load_tokenizer
 from nety_jax.decoding import SamplingParams, generate_jit
 from nety_jax.errors import CheckpointError, NetyError
 from nety_jax.models import get_model
-from nety_jax.serving.settings import check_num_samples, in_parts, resolve, seeds_per_row
+from nety_jax.serving.settings import (check_bool, check_int, check_num_samples, check_texts, in_parts,
+                                       resolve, seeds_per_row)
 from nety_jax.training import checkpoint as ckpt
 
 
@@ -52,9 +53,7 @@ class Pretrained:
         Settings: temperature, top_k, top_p, max_new_tokens (each a value or one per text),
         beam_size, length_penalty, min_new_tokens, no_repeat_ngram; ``seed``: one for the
         batch or one per text."""
-        if isinstance(texts, str):
-            texts = [texts]
-        num_samples = check_num_samples(num_samples)
+        num_samples, with_prompt = check_num_samples(num_samples), check_bool("with_prompt", with_prompt)
         part = lambda texts, seed, settings, first_row: self._generate(texts, seed, num_samples, with_prompt,
                                                                        settings, first_row)
         return in_parts(part, texts, seed, num_samples, batch_size, settings)
@@ -109,6 +108,9 @@ class Pretrained:
         return req, batch, params
 
     def generate_ids(self, texts: Sequence[str], seed=0, num_samples: int = 1, **settings) -> dict:
+        texts, num_samples = check_texts(texts), check_num_samples(num_samples)
+        if not texts:
+            raise NetyError("texts: no prompt given")
         req, batch, params = self._prepare(texts, seed, num_samples, settings)
         out = generate_jit(self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
                            params, model=self.model, spec=req.spec)
@@ -120,8 +122,9 @@ class Pretrained:
         the caller can show progress or stop. Beam search yields once, at the end."""
         from nety_jax.decoding import continue_stream, start_stream
         from nety_jax.decoding.loop import result
-        if isinstance(texts, str):
-            texts = [texts]
+        texts, chunk = check_texts(texts), check_int("chunk", chunk, 1)
+        if not texts:
+            return
         req, batch, params = self._prepare(texts, seed, 1, settings)
         if req.spec.beam_size > 1:
             yield self.generate_ids(texts, seed, **settings)["tokens"]
@@ -144,7 +147,11 @@ class Pretrained:
 
     def predict_next(self, text: str, top_k: int = 5) -> list[tuple[str, float]]:
         from nety_jax.serving.next_word import predict_next
-        return predict_next(self, text, top_k)
+        if not isinstance(text, str) or not text.strip() or unencodable(text):
+            why = f"a string, got {type(text).__name__}" if not isinstance(text, str) else \
+                unencodable(text) or "empty: give the start of a sentence"
+            raise NetyError(f"text is {why}" if "got" not in why else f"text must be {why}")
+        return predict_next(self, text, check_int("top_k", top_k, 1, self.model.cfg.vocab_size))
 
 
 def _beam_size(settings: dict, cfg: Config):

@@ -73,7 +73,7 @@ def _rows(backend, prompts: list[str], req) -> tuple[list[Row], int]:
             raise ApiError(400, "the prompt has no tokens this model knows", "prompt")
         if len(ids) > limit:
             raise ApiError(400, f"the prompt is {len(ids)} tokens; this model takes at most {limit}", "prompt")
-        prompt_tokens += len(ids) * req.n
+        prompt_tokens += len(ids)  # OpenAI counts a prompt once, whatever n
         for j in range(req.n):
             seed = (base_seed + p * req.n + j) % (1 << 32) if base_seed is not None else random_seed()
             rows.append(Row(ids, d.temperature if req.temperature is None else req.temperature,
@@ -182,6 +182,15 @@ def _first_param(exc: RequestValidationError) -> tuple[Optional[str], str]:
     return param, f"{param or 'body'}: {err.get('msg', 'invalid').removeprefix('Value error, ')}"
 
 
+def _observe(metrics: Metrics, request: Request, status: int, start: float) -> None:
+    """Counts a request under its route's template (``/v1/models/{model_id:path}``), never the raw
+    path: a client inventing paths must not grow /metrics; every unknown path is one label."""
+    route = request.scope.get("route")
+    endpoint = getattr(route, "path", None) or "(unknown)"
+    metrics.requests.labels(endpoint, str(status)).inc()
+    metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
 def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64,
                chunk: int = 8) -> FastAPI:
     metrics = Metrics()
@@ -194,10 +203,12 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
     @app.middleware("http")
     async def count(request: Request, call_next):
         start = time.perf_counter()
-        response = await call_next(request)
-        endpoint = request.url.path
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        try:
+            response = await call_next(request)
+        except Exception:  # answered 500 by the crash handler, outside this middleware
+            _observe(metrics, request, 500, start)
+            raise
+        _observe(metrics, request, response.status_code, start)
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -243,7 +254,7 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
                            "not_found_error")
         return card
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return {"status": "ok", "model": name, "queue": engine.jobs.qsize(),
                 "max_batch": engine.max_batch, "max_tokens": backend.max_new_tokens}
@@ -265,9 +276,7 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
     from nety_jax.serving.engine import ExportedBackend, PretrainedBackend
     if bool(checkpoint) == bool(exported):
         raise NetyError("give exactly one of --checkpoint DIR or --exported DIR")
-    for flag, value, low in (("--max-batch", max_batch, 1), ("--queue-size", queue_size, 1), ("--chunk", chunk, 1)):
-        if value < low:
-            raise NetyError(f"{flag}={value} must be >= {low}")
+    check_options(max_batch, window_ms, queue_size, max_tokens, chunk)
     sock = listen_socket(host, port)  # before the model loads: a taken port fails at once
     port = sock.getsockname()[1]
     if exported:
@@ -276,12 +285,42 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
     else:
         from nety_jax.serving.pretrained import load_pretrained
         backend = PretrainedBackend(load_pretrained(checkpoint), max_tokens)
+    check_room(backend, max_tokens)
     name = name or os.path.basename(os.path.abspath(checkpoint or exported))
     app = create_app(backend, name, max_batch, window_ms, queue_size, chunk)
     print(f"serving {name} ({backend.task.name}) on http://{host}:{port}/v1 (max batch {max_batch}, window "
-          f"{window_ms:g} ms, queue {queue_size}, max_tokens {backend.max_new_tokens})", flush=True)
+          f"{window_ms:g} ms, queue {queue_size}, max_tokens {backend.max_new_tokens}, prompts up to "
+          f"{backend.prompts.limit(backend.data_cfg, backend.max_new_tokens)} tokens)", flush=True)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
     return 0
+
+
+MAX_WINDOW_MS = 10_000.0  # a longer wait to fill a batch makes every client time out
+MAX_QUEUE = 100_000
+
+
+def check_options(max_batch, window_ms, queue_size, max_tokens, chunk) -> None:
+    """Every numeric option in its range, before anything loads: one line naming the flag."""
+    from nety_jax.config.sections import MAX_POSITIONS
+    from nety_jax.serving.settings import check_float, check_int
+    check_int("--max-batch", max_batch, 1, 4096)
+    check_float("--batch-window-ms", window_ms, 0.0, MAX_WINDOW_MS)
+    check_int("--queue-size", queue_size, 1, MAX_QUEUE)
+    check_int("--chunk", chunk, 1, MAX_POSITIONS)
+    if max_tokens is not None:
+        check_int("--max-tokens", max_tokens, 1, MAX_POSITIONS)
+
+
+def check_room(backend, max_tokens: Optional[int]) -> None:
+    """``--max-tokens`` within what the model can produce with a prompt of one token."""
+    from nety_jax.errors import NetyError
+    room = backend.prompts.max_new_tokens()
+    if max_tokens is not None and max_tokens > room:
+        raise NetyError(f"--max-tokens={max_tokens} is more than this model can produce: model.max_len="
+                        f"{backend.prompts.model_cfg.max_len} leaves room for at most {room} new tokens")
+    if max_tokens is not None and max_tokens > backend.max_new_tokens:  # an export's compiled maximum
+        raise NetyError(f"--max-tokens={max_tokens} is more than the export's compiled maximum of "
+                        f"{backend.max_new_tokens} (re-export with --set decode.max_new_tokens=N)")
 
 
 def listen_socket(host: str, port: int):

@@ -8,6 +8,7 @@ ignore_eos. Every value is validated with the field's name.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -38,8 +39,8 @@ def _per_row(name: str, value, n: int) -> list:
     if isinstance(value, (list, tuple, np.ndarray)):
         if len(value) != n:
             raise NetyError(f"{name}: {len(value)} values for {n} prompts")
-        return list(value)
-    return [value] * n
+        return [v.item() if isinstance(v, np.generic) else v for v in value]
+    return [value.item() if isinstance(value, np.generic) else value] * n
 
 
 def resolve(base: DecodeConfig, policy, n: int, overrides: dict,
@@ -85,20 +86,60 @@ def seeds_per_row(seed: Union[int, Sequence[int]], n_texts: int, num_samples: in
     if isinstance(seed, (list, tuple, np.ndarray)):
         if len(seed) != n_texts:
             raise NetyError(f"seed: {len(seed)} values for {n_texts} prompts")
-        return [_check_seed(int(s) + j) for s in seed for j in range(num_samples)]
-    return _check_seed(int(seed))
+        return [_check_seed(_check_seed(s) + j) for s in seed for j in range(num_samples)]
+    return _check_seed(seed)
 
 
-def in_parts(generate_part, texts: Sequence[str], seed, num_samples: int, batch_size: Optional[int],
-             settings: dict) -> list:
-    """Replies of ``generate_part(texts, seed, settings, first_row)`` over the parts ``chunks``
-    cuts, joined; the prompts are checked first, numbered as given. No prompts, no replies."""
+# -- arguments of the public API and the server's options: one check each, naming the argument --
+
+def _bounds(low, high) -> str:
+    if high is None:
+        return f">= {low}"
+    return f"between {low} and {high}"
+
+
+def check_int(name: str, value, low: int, high: Optional[int] = None) -> int:
+    """An integer in [low, high] (no bool, no float, no text), or a NetyError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise NetyError(f"{name}={value!r} must be an integer {_bounds(low, high)}")
+    if value < low or (high is not None and value > high):
+        raise NetyError(f"{name}={value} must be {_bounds(low, high)}")
+    return int(value)
+
+
+def check_float(name: str, value, low: float, high: float) -> float:
+    """A finite number in [low, high], or a NetyError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise NetyError(f"{name}={value!r} must be a number {_bounds(low, high)}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise NetyError(f"{name}={value} must be a finite number {_bounds(low, high)}")
+    return float(value)
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise NetyError(f"{name}={value!r} must be True or False")
+    return bool(value)
+
+
+def check_texts(texts) -> list:
+    """Prompts as a list: one text or an iterable of texts, each checked, numbered as given."""
+    if isinstance(texts, str):
+        texts = [texts]
     try:
         texts = list(texts)
     except TypeError:
         raise NetyError(f"texts must be a list of prompts, got {type(texts).__name__}") from None
     for i, text in enumerate(texts):
         check_prompt(i, text)
+    return texts
+
+
+def in_parts(generate_part, texts: Sequence[str], seed, num_samples: int, batch_size: Optional[int],
+             settings: dict) -> list:
+    """Replies of ``generate_part(texts, seed, settings, first_row)`` over the parts ``chunks``
+    cuts, joined; the prompts are checked first, numbered as given. No prompts, no replies."""
+    texts = check_texts(texts)
     replies = []
     for first_row, part, part_seed, part_settings in chunks(texts, seed, num_samples, batch_size, settings):
         replies += generate_part(part, part_seed, part_settings, first_row)
@@ -109,9 +150,8 @@ def chunks(texts: Sequence[str], seed, num_samples: int, batch_size: Optional[in
     """``(first row, texts, seed, settings)`` of each call when at most ``batch_size`` rows
     (prompts times samples; None: all) go through the model at once. Per-text values are cut
     with their texts, and the first row's index keeps a single seed's draws what they are whole."""
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                   or batch_size < 1):
-        raise NetyError(f"batch_size={batch_size!r} must be an integer >= 1")
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
     per_text = lambda v: isinstance(v, (list, tuple, np.ndarray))
     for name, value in list(settings.items()) + [("seed", seed)]:
         if per_text(value) and len(value) != len(texts):
@@ -123,13 +163,13 @@ def chunks(texts: Sequence[str], seed, num_samples: int, batch_size: Optional[in
 
 
 def check_num_samples(num_samples) -> int:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise NetyError(f"num_samples={num_samples!r} must be an integer >= 1")
-    return int(num_samples)
+    return check_int("num_samples", num_samples, 1)
 
 
-def _check_seed(seed: int) -> int:
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise NetyError(f"seed={seed!r} must be an integer between 0 and 2**63 - 1 (or one per prompt)")
     if not 0 <= seed <= MAX_SEED:
         raise NetyError(f"seed={seed} must be between 0 and 2**63 - 1")
-    return seed
+    return int(seed)
 
