@@ -139,6 +139,31 @@ def test_round_trip_gives_identical_tensors(trained_nety, tmp_path):
     fresh.load_state_dict(back, strict=True)
 
 
+def test_an_int8_run_exports_dequantized_float_weights(trained_nety, tmp_path):
+    """export-torch of a quantized run writes kernel * scale (not the raw int8 values): PyTorch's
+    NETY and the re-imported run answer as the int8 model does, within float rounding."""
+    model, _, vocab, imported = trained_nety
+    q8, back = tmp_path / "q8", tmp_path / "q8.pt"
+    assert main(["quantize", "--checkpoint", imported, "--out", str(q8)]) == 0
+    assert main(["export-torch", "--checkpoint", str(q8), "--out", str(back)]) == 0
+    weights = torch.load(back, weights_only=True)
+    original = model.state_dict()
+    for name, tensor in original.items():  # each within half an int8 step of the float weights
+        if not tensor.is_floating_point():
+            continue  # BatchNorm's batch counter: quantize does not carry it (PyTorch ignores it in eval)
+        step = tensor.abs().max().item() / 127
+        assert (weights[name].to(tensor.dtype) - tensor).abs().max().item() <= step / 2 + 1e-6, name
+    nety = HybridRNNTransformer(V, **DIMS).eval()
+    nety.load_state_dict(weights, strict=True)
+    src, tgt = _batch(seed=3)
+    batch = {"src": src.numpy(), "src_len": np.full(len(src), src.shape[1]), "tgt_in": tgt.numpy()}
+    int8 = load_pretrained(str(q8)).logits(batch)
+    with torch.no_grad():
+        assert _max_rel(nety(src, tgt).numpy(), int8) < 1e-4
+    again = torch_io.import_torch(str(back), str(vocab), str(tmp_path / "again"))
+    assert _max_rel(load_pretrained(again).logits(batch), int8) < 1e-4
+
+
 def test_imported_checkpoint_generates_with_the_word_vocabulary(trained_nety):
     imported = trained_nety[3]
     done = subprocess.run([sys.executable, "-m", "nety_jax.cli", "generate", "--checkpoint", imported,

@@ -64,3 +64,15 @@ def quantize_kernel(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.max(np.abs(kernel), axis=0) / 127.0
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
     return np.clip(np.round(kernel / scale), -127, 127).astype(np.int8), scale
+
+
+def dequantize_variables(tree):
+    """Variables with int8 kernels (and their per-channel scales) -> the same variables with
+    float32 kernels ``kernel * scale``, as the float model has them (other leaves unchanged)."""
+    if not isinstance(tree, dict):
+        return tree
+    quantized = "scale" in tree and getattr(tree.get("kernel"), "dtype", None) == np.int8
+    out = {k: dequantize_variables(v) for k, v in tree.items() if not (quantized and k == "scale")}
+    if quantized:
+        out["kernel"] = np.asarray(tree["kernel"], np.float32) * np.asarray(tree["scale"], np.float32)
+    return out

@@ -25,6 +25,7 @@ import numpy as np
 from nety_jax import config as config_lib
 from nety_jax.config import Config
 from nety_jax.errors import CheckpointError, ConfigError, DataError, NetyError
+from nety_jax.layers.linear import dequantize_variables
 from nety_jax.training import checkpoint as ckpt
 
 TORCH_META = "torch_meta.json"
@@ -375,7 +376,10 @@ def export_torch(checkpoint: str, out_file: str, overwrite: bool = False) -> str
             meta = json.load(f)
     pe_path = os.path.join(checkpoint, TORCH_PE)
     pe = np.load(pe_path) if os.path.isfile(pe_path) else None
-    arrays = to_torch_arrays(jax.device_get(model.variables), cfg, meta.get("pe_shape"),
+    variables = jax.device_get(model.variables)
+    if cfg.model.quant != "none":  # PyTorch's NETY has float weights: int8 kernels times their scales
+        variables = dequantize_variables(variables)
+    arrays = to_torch_arrays(variables, cfg, meta.get("pe_shape"),
                              meta.get("num_batches_tracked", 0), pe)
     state = OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in arrays.items())
     os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
