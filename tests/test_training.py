@@ -147,3 +147,38 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2
     assert "non-finite loss at step" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_validation_split_without_tokens_is_never_scored(tmp_path):
+    """One line of text: its validation window holds no token; a loss over 0 tokens read 0
+    (perplexity 1) and picked the best checkpoint. Now nothing is evaluated, and it says so."""
+    from conftest import GPT_TINY
+    text = tmp_path / "one.txt"
+    text.write_text("Le chat mange la souris dans la cuisine tous les jours.\n", encoding="utf-8")
+    cfg = load_config(GPT_TINY, ["train.steps=4", "train.eval_every=2", "train.warmup_steps=1",
+                                 "train.batch_size=1", "data.vocab_size=40"])
+    said = []
+    summary = train(cfg, str(tmp_path / "run"), data=[str(text)], progress=False, log=said.append)
+    assert any("has no tokens to score; nothing is evaluated" in line for line in said), said
+    assert not [r for r in read_metrics(str(tmp_path / "run")) if r["split"] == "val"]
+    assert summary["status"] == "finished" and not summary.get("val_loss")
+
+
+def test_resuming_on_text_the_saved_tokenizer_does_not_know_is_refused(trained_rnn_lm, tmp_path):
+    import shutil
+    from conftest import RNN_LM
+    from nety_jax.errors import DataError
+    run = tmp_path / "run"
+    shutil.copytree(trained_rnn_lm[0], run)
+    new = tmp_path / "new.txt"
+    new.write_text("\n".join(f"zorglub{i} quixotique{i} brontosaure{i}" for i in range(50)), encoding="utf-8")
+    cfg = load_config(RNN_LM, ["train.steps=210", "model.hidden=128"])
+    with pytest.raises(DataError, match=r"new\.txt: 100% of its [0-9]+ tokens are unknown \(<unk>\)"):
+        train(cfg, str(run), data=[str(new)], progress=False, log=lambda *_: None)
+    from nety_jax.data.coverage import check_coverage
+    from nety_jax.data.tokenizer import load_tokenizer
+    said = []  # a quarter unknown: trained on, with a warning
+    share = check_coverage(load_tokenizer(str(run)), [f"le chat zorglub{i} la" for i in range(50)], "mixed.txt",
+                           said.append)
+    assert share == 0.25 and said == ["warning: mixed.txt: 25% of its tokens are unknown (<unk>) to the run's "
+                                      "saved tokenizer"]

@@ -64,6 +64,8 @@ def _progress(total: int, start: int, enabled: bool):
 
 def _validate(run: Run, state, step: int, writer, say) -> dict:
     metrics = evaluate(run.runner, state, run.val_batches)
+    if not metrics:  # no token to score (setup.py said so): no numbers, no best checkpoint
+        return {}
     metrics.update(reply_scores(run.model, state.variables, run.cfg, run.tokenizer, run.data.val))
     writer.write(step, "val", metrics)
     say(f"step {step}: validation " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
@@ -100,7 +102,7 @@ def _loop(run: Run, workdir: str, writer, bar, say, stop: StopFlag, saver: _Save
         val_loss = None
         if run.val_batches and (not step_no % t.eval_every or is_last):
             val_metrics = _validate(run, state, step_no, writer, say)
-            val_loss = val_metrics["loss"]
+            val_loss = val_metrics.get("loss")
         if not step_no % t.checkpoint_every or is_last or stop.signal:
             saver.save(step_no, state, val_loss)
         timer = time.perf_counter()

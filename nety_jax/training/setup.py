@@ -18,11 +18,13 @@ import numpy as np
 
 from nety_jax.config import Config, save_config
 from nety_jax.data import BatchIterator
+from nety_jax.data.coverage import check_coverage
 from nety_jax.data.tokenizer import SentencePieceTokenizer, WordTokenizer, load_tokenizer
 from nety_jax.errors import CheckpointError, ConfigError
 from nety_jax.models import get_model
 from nety_jax.tasks import DataSplit
 from nety_jax.training import checkpoint as ckpt
+from nety_jax.training.evaluation import validation_batches
 from nety_jax.training.parallel import Runner, is_primary, local
 from nety_jax.training.steps import create_train_state
 
@@ -135,6 +137,7 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
         log(f"skipped {corpus.skipped} bad lines in {', '.join(paths)} (first: {corpus.first_error})")
     if has_checkpoint:
         tokenizer = load_tokenizer(workdir)
+        check_coverage(tokenizer, corpus.texts, ", ".join(paths), log)
     else:
         if os.path.isfile(os.path.join(workdir, "tokenizer.json")):
             log(f"retraining the tokenizer in {workdir}: no checkpoint was trained with it")
@@ -168,6 +171,7 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
         save_config(cfg, os.path.join(workdir, ckpt.CONFIG_FILE))
     iterator = task.batches(data.train, cfg, **position)
     val_batches = task.eval_batches(data.val, cfg)
+    val_batches = validation_batches(val_batches, len(data.val), log)
     return Run(cfg, model, tokenizer, data, runner, runner.place_state(state), manager, start, iterator,
                val_batches)
 
