@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -239,3 +240,31 @@ def test_subword_sampling_is_refused_for_token_streams():
     cfg = load_config(RNN_LM, ["data.subword_alpha=0.2", "data.tokenizer=sentencepiece"])
     with pytest.raises(ConfigError, match="data.subword_alpha=0.2 re-segments"):
         get_model(cfg.model).task.encode(cfg, None, Corpus(["a b"], ["a"], ["a b"]), "x.txt")
+
+
+def test_a_line_longer_than_sentencepiece_takes_is_learned_not_dropped():
+    """SentencePiece's trainer drops sentences over 4192 bytes without a word: a text of one such line
+    failed blaming data.vocab_size, and a long line's characters became <unk>. Lines are cut first."""
+    import random
+    from nety_jax.config.sections import UNK_ID
+    from nety_jax.data.tokenizer import SPM_MAX_BYTES, _sentences
+    rng = random.Random(0)
+    words = ["bonjour", "maison", "kilomètre", "zèbre", "été", "œuvre", "façade"]
+    line = " ".join(rng.choice(words) for _ in range(5000)) + " Ωmega"  # 40 KB, a character seen only here
+    tok = SentencePieceTokenizer.train([line], 60)
+    assert UNK_ID not in tok.encode("Ωmega zèbre")
+    for text in (line, "é" * 9000, "x " * 5000, ""):
+        pieces = _sentences(text)
+        assert all(len(p.encode()) <= SPM_MAX_BYTES for p in pieces)
+        assert "".join(pieces).replace(" ", "") == text.replace(" ", "")
+
+
+@pytest.mark.parametrize("content, message", [(b"", "is empty (0 bytes), not a SentencePiece model"),
+                                              (b"\x08\x01garbage" * 20, "not a SentencePiece model (damaged")])
+def test_an_empty_or_damaged_tokenizer_model_is_one_line(tmp_path, capfd, content, message):
+    tok = SentencePieceTokenizer.train(["le chat mange la souris", "la souris dort"] * 20, 40)
+    tok.save(str(tmp_path))
+    (tmp_path / "tokenizer.model").write_bytes(content)
+    with pytest.raises(DataError, match=f"tokenizer.model: {re.escape(message)}"):
+        load_tokenizer(str(tmp_path))
+    assert capfd.readouterr().err == ""  # no absl / SentencePiece logging

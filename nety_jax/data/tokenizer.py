@@ -57,11 +57,13 @@ class SentencePieceTokenizer(Tokenizer):
 
     def __init__(self, model_proto: bytes, where: str = "tokenizer"):
         self.proto = model_proto
+        if not model_proto:  # SentencePiece would load nothing and log through absl at each call
+            raise DataError(f"{where}: is empty (0 bytes), not a SentencePiece model")
         try:
             self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
-        except (RuntimeError, TypeError, OSError) as e:
-            raise DataError(f"{where}: not a SentencePiece model (damaged?): "
-                            f"{(str(e).splitlines() or [''])[0][:160]}") from None
+        except (RuntimeError, TypeError, OSError):
+            raise DataError(f"{where}: not a SentencePiece model (damaged or truncated? "
+                            f"{len(model_proto):,} bytes that do not parse)") from None
         if self.sp.get_piece_size() <= UNK_ID or self.sp.pad_id() != PAD_ID or self.sp.eos_id() != EOS_ID:
             raise DataError(f"{where}: a SentencePiece model without nety-jax's special ids "
                             "(pad 0, sos 1, eos 2, unk 3)")
@@ -69,7 +71,7 @@ class SentencePieceTokenizer(Tokenizer):
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, model_type: str = "unigram",
               lowercase: bool = False) -> "SentencePieceTokenizer":
-        texts = [t.lower() if lowercase else t for t in texts]
+        texts = [piece for t in texts for piece in _sentences(t.lower() if lowercase else t)]
         chars = len(set("".join(texts)))
         if vocab_size < chars + len(SPECIALS) + 1:
             raise DataError(f"data.vocab_size={vocab_size} is smaller than the {chars} distinct "
@@ -127,6 +129,41 @@ class SentencePieceTokenizer(Tokenizer):
             f.write(self.proto)
         _write_descriptor(directory, {"type": "sentencepiece", "file": self.FILE,
                                       "lowercase": self.lowercase})
+
+
+SPM_MAX_BYTES = 4000  # SentencePiece's trainer silently drops sentences over 4192 bytes
+
+
+def _sentences(text: str) -> list[str]:
+    """``text`` cut at spaces into pieces SentencePiece's trainer keeps (a long line was dropped
+    whole: its characters became <unk>, or with no shorter line training failed blaming the
+    vocabulary size). The tokenizer learns from statistics: the cut loses nothing it needs."""
+    if len(text.encode("utf-8", "replace")) <= SPM_MAX_BYTES:
+        return [text]
+    pieces, current, size = [], [], 0
+    for word in text.split(" "):
+        n = len(word.encode("utf-8", "replace")) + 1
+        if current and size + n > SPM_MAX_BYTES:
+            pieces.append(" ".join(current))
+            current, size = [], 0
+        while n > SPM_MAX_BYTES:  # one 'word' longer than the limit: cut by characters
+            cut = _prefix_within(word, SPM_MAX_BYTES)
+            pieces.append(word[:cut])
+            word = word[cut:]
+            n = len(word.encode("utf-8", "replace")) + 1
+        current.append(word)
+        size += n
+    return pieces + [" ".join(current)] if current else pieces
+
+
+def _prefix_within(word: str, limit: int) -> int:
+    """The longest prefix of ``word`` (in characters) whose UTF-8 fits in ``limit`` bytes."""
+    size = 0
+    for i, c in enumerate(word):
+        size += len(c.encode("utf-8", "replace"))
+        if size > limit:
+            return max(i, 1)
+    return len(word)
 
 
 WORD_SPLITS = ("whitespace", "punctuation")
