@@ -85,9 +85,11 @@ def test_export_reloads_in_a_fresh_process_with_the_same_tokens(trained_run, tmp
     assert json.loads(done.stdout) == [expected, sampled]
     # a different batch size reuses the same artifact (symbolic batch dimension), with runtime options
     cli = run_cli("generate", "--exported", str(out), "--prompt", "Bonjour !", "--prompt", "Salut",
-                  "--prompt", "Merci beaucoup !", "--temperature", "0.7", "--max-new-tokens", "5")
+                  "--prompt", "Merci beaucoup !", "--prompt", "bonjour " * 60, "--temperature", "0.7",
+                  "--max-new-tokens", "5")
     assert cli.returncode == 0, cli.stderr
-    assert cli.stdout.count("> ") == 3
+    assert cli.stdout.count("> ") == 4
+    assert "warning: prompt 4 was cut to 24 tokens" in cli.stderr  # as --checkpoint warns
 
 
 @pytest.mark.parametrize("args, message", [

@@ -23,7 +23,8 @@ import os
 import shutil
 import tempfile
 import zipfile
-from typing import Optional, Sequence
+import sys
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,10 @@ INFO = "export.json"
 CONFIG = "config.yaml"
 PLATFORMS = ("cpu", "cuda")
 FORMAT = 2
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -182,7 +187,8 @@ def _read_info(directory: str) -> dict:
 class ExportedModel:
     """Generation from an export directory: tokenizer + deserialized function + weights."""
 
-    def __init__(self, directory: str):
+    def __init__(self, directory: str, warn: Callable[[str], None] = _stderr):
+        self.warn = warn
         for name in (ARTIFACT, VARIABLES, INFO):
             if not os.path.isfile(os.path.join(directory, name)):
                 raise CheckpointError(f"{os.path.join(directory, name)}: missing; is {directory} a "
@@ -277,6 +283,9 @@ class ExportedModel:
         repeated = [t for t in texts for _ in range(num_samples)]
         batch = encode_prompts(self.prompts, self.tokenizer, repeated, self.config.data,
                                self.info["max_new_tokens"], fixed_batch=fixed if isinstance(fixed, int) else 0)
+        for i in sorted({i // num_samples for i in batch.cut}):  # as Pretrained warns
+            self.warn(f"warning: prompt {first_row // num_samples + i + 1} was cut to {batch.tokens.shape[1]} "
+                      "tokens (the longest this model takes)")
         b = batch.tokens.shape[0]
         rows = {k: v + [v[0]] * (b - len(v)) for k, v in req.rows.items()}
         seeds = seeds_per_row(seed, len(texts), num_samples)
@@ -286,7 +295,8 @@ class ExportedModel:
         return [replies[i * num_samples: (i + 1) * num_samples] for i in range(len(texts))]
 
 
-def load_exported(directory: str) -> ExportedModel:
+def load_exported(directory: str, warn: Callable[[str], None] = _stderr) -> ExportedModel:
+    """An export directory's model; ``warn`` gets the warnings (a prompt cut to fit)."""
     if not os.path.isdir(directory):
         raise CheckpointError(f"{directory}: no such export directory")
-    return ExportedModel(directory)
+    return ExportedModel(directory, warn)
