@@ -37,9 +37,11 @@ class ScriptBackend:
     """A model-free backend: each row 'generates' its prompt ids, revealed ``chunk`` tokens at a
     time as the real loop does (a row the engine stops produces nothing more)."""
 
-    task, prompts = "lm", _Prompts()
+    prompts = _Prompts()
 
     def __init__(self, tokenizer, max_new_tokens=64, fail_on=None):
+        from nety_jax.tasks import get_task
+        self.task = get_task("lm")
         self.tokenizer, self.max_new_tokens = tokenizer, max_new_tokens
         self.fail_on = fail_on and tokenizer.encode(fail_on)
         self.data_cfg, self.decode = DataConfig(), DecodeConfig(max_new_tokens=max_new_tokens)
