@@ -20,7 +20,8 @@ def test_documents_are_cut_into_overlapping_pieces_and_packed_in_order():
     np.testing.assert_array_equal(rows.targets, [[5, 6, 2, 7, 2], [8, 9, 10, 2, 0]])
     np.testing.assert_array_equal(rows.segments, [[1, 1, 1, 2, 2], [1, 1, 1, 1, 0]])
     np.testing.assert_array_equal(rows.positions, [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]])
-    assert len(rows) == 2 and rows.documents == 3 and rows.collate([1, 0])["segments"][1].tolist() == [1, 1, 1, 2, 2]
+    assert len(rows) == 2 and rows.documents == 3
+    assert rows.collate([1, 0])["segments"][1].tolist() == [1, 1, 1, 2, 2]
     # first fit: a short piece goes back to the first row that has room
     rows = pack([[2, 5, 6, 7, 8], [2, 9, 9, 9, 9], [2, 4]], 5)
     np.testing.assert_array_equal(rows.tokens, [[2, 5, 6, 7, 2], [2, 9, 9, 9, 0]])
@@ -60,18 +61,27 @@ def test_packed_rows_give_each_document_its_loss_alone(config):
     assert i == len(pieces)
 
 
-def test_training_on_packed_rows_and_refusals(tmp_path):
+def test_training_on_packed_rows_resumes_exactly_and_refusals(tmp_path):
     from nety_jax.config import load_config
     from nety_jax.errors import ConfigError
     from nety_jax.models import get_model
+    from nety_jax.serving.pretrained import load_pretrained
     from nety_jax.tasks import Corpus
     from nety_jax.training.loop import train
     logged = []
-    cfg = load_config(GPT_TINY, ["data.packing=true", "train.steps=3", "train.eval_every=3",
-                                 "train.checkpoint_every=3", "train.batch_size=8", "train.warmup_steps=1"])
-    summary = train(cfg, str(tmp_path / "run"), progress=False, log=logged.append)
+    packed = lambda steps: load_config(GPT_TINY, [  # a constant schedule: none over train.steps
+        "data.packing=true", f"train.steps={steps}", "train.eval_every=3", "train.checkpoint_every=3",
+        "train.batch_size=8", "train.schedule=constant"])
+    summary = train(packed(3), str(tmp_path / "run"), progress=False, log=logged.append)
     assert summary["step"] == 3 and np.isfinite(summary["val"]["loss"])
     assert any("packed rows of 32 tokens" in line for line in logged), logged
+    train(packed(5), str(tmp_path / "run"), **QUIET)  # resumed at step 3
+    train(packed(5), str(tmp_path / "straight"), **QUIET)
+    resumed, straight = (jax.device_get(load_pretrained(str(tmp_path / d)).variables)
+                         for d in ("run", "straight"))
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(resumed),
+                                                             jax.tree_util.tree_leaves(straight)))
+    assert diff <= 1e-6, diff  # the standard of the resume tests (test_training.py)
     hybrid = load_config(TINY, ["data.packing=true"])
     with pytest.raises(ConfigError, match="^data.packing packs the documents of a language model"):
         get_model(hybrid.model).task.encode(hybrid, None, Corpus([("a", "b")], [], ["a", "b"]), "x")
