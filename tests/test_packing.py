@@ -11,9 +11,10 @@ from nety_jax.data.packing import document_pieces, pack
 
 
 def test_documents_are_cut_into_overlapping_pieces_and_packed_in_order():
-    assert document_pieces([5, 6], 8) == [[EOS_ID, 5, 6, EOS_ID]]
-    assert document_pieces([5, 6, 7, 8, 9], 3) == [[EOS_ID, 5, 6, 7], [7, 8, 9, EOS_ID]]
-    assert document_pieces([5, 6, 7], 2) == [[EOS_ID, 5, 6], [6, 7, EOS_ID]]
+    assert document_pieces([5, 6], 8) == [[5, 6, EOS_ID]]
+    assert document_pieces([5], 8) == [[5, EOS_ID]]
+    assert document_pieces([5, 6, 7, 8, 9], 3) == [[5, 6, 7, 8], [8, 9, EOS_ID]]
+    assert document_pieces([5, 6, 7], 2) == [[5, 6, 7], [7, EOS_ID]]
     rows = pack([[2, 5, 6, 2], [2, 7, 2], [2, 8, 9, 10, 2]], 5)
     # row 0: the first two pieces (3 + 2 inputs), row 1: the third (4 inputs) and one pad
     np.testing.assert_array_equal(rows.tokens, [[2, 5, 6, 2, 7], [2, 8, 9, 10, 0]])
@@ -51,14 +52,15 @@ def test_packed_rows_give_each_document_its_loss_alone(config):
     for i, piece in enumerate(pieces):  # each piece alone in its row (right padding: causal models)
         alone["tokens"][i, : len(piece) - 1], alone["targets"][i, : len(piece) - 1] = piece[:-1], piece[1:]
     alone_lp = _token_log_probs(model, variables, alone)
-    i = 0
+    which = {tuple(piece[1:]): i for i, piece in enumerate(pieces)}  # the random pieces differ
+    seen = []
     for r in range(len(rows)):
         for s in range(1, rows.segments[r].max() + 1):
             at = rows.segments[r] == s
-            np.testing.assert_array_equal(rows.targets[r][at], pieces[i][1:])
+            seen.append(i := which[tuple(rows.targets[r][at].tolist())])
+            np.testing.assert_array_equal(rows.tokens[r][at], pieces[i][:-1])
             np.testing.assert_allclose(packed[r][at], alone_lp[i][: at.sum()], rtol=1e-5, atol=1e-5)
-            i += 1
-    assert i == len(pieces)
+    assert sorted(seen) == list(range(len(pieces)))
 
 
 def test_training_on_packed_rows_resumes_exactly_and_refusals(tmp_path):

@@ -1,11 +1,11 @@
 """Document-aware packing for language models: several documents per row, kept apart.
 
-A document is one text line. Its example is ``<eos> ids <eos>``: the model reads
-``<eos> ids`` and predicts ``ids <eos>``, the same predictions the token stream makes
-for that line (``nety_jax.data.text``), without the lines before it as context. A document
-longer than ``seq_len + 1`` tokens is cut into pieces of at most ``seq_len + 1``
-tokens that overlap by one (as the stream's windows do), each piece a segment of its
-own. Pieces are placed in their order, each in the first of the last ``OPEN_ROWS``
+A document is one text line. Its example is ``ids <eos>``: the model reads ``ids``
+from position 0, as a prompt is read at inference, and predicts each next token and
+the closing ``<eos>`` (the token stream, ``nety_jax.data.text``, also predicts a line's
+first token from the lines before; a document has none). A document longer than
+``seq_len + 1`` tokens is cut into pieces of at most ``seq_len + 1`` tokens that
+overlap by one (as the stream's windows do), each piece a segment of its own. Pieces are placed in their order, each in the first of the last ``OPEN_ROWS``
 rows it fits in, else in a new row (first fit over a bounded window: a pure
 function of the text, linear in its length).
 
@@ -48,8 +48,8 @@ class PackedRows:
 
 
 def document_pieces(ids: list[int], seq_len: int) -> list[list[int]]:
-    """``<eos> ids <eos>`` in pieces of at most ``seq_len + 1`` tokens overlapping by one."""
-    doc = [EOS_ID] + list(ids) + [EOS_ID]
+    """``ids <eos>`` in pieces of at most ``seq_len + 1`` tokens overlapping by one."""
+    doc = list(ids) + [EOS_ID]
     return [doc[start: start + seq_len + 1] for start in range(0, len(doc) - 1, seq_len)]
 
 
