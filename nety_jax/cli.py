@@ -188,6 +188,18 @@ def cmd_export_torch(args) -> int:
     return 0
 
 
+def cmd_import_hf(args) -> int:
+    from nety_jax.models.gpt.hf_io import import_hf
+    print(f"imported {args.model} into {import_hf(args.model, args.out)}")
+    return 0
+
+
+def cmd_export_hf(args) -> int:
+    from nety_jax.models.gpt.hf_io import export_hf
+    print(f"wrote {export_hf(args.checkpoint, args.out)} (transformers: GPT2LMHeadModel / AutoTokenizer)")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from nety_jax.serving.server import serve
     return serve(args.checkpoint, args.exported, args.host, args.port, args.max_batch, args.batch_window_ms,
@@ -277,6 +289,16 @@ def _add_commands(sub) -> None:
     p.add_argument("--out", required=True, help="output run directory (new or empty)")
     _config_args(p)
     p.set_defaults(fn=cmd_import_torch)
+
+    p = sub.add_parser("import-hf", help="HuggingFace GPT-2 directory -> run directory")
+    p.add_argument("--model", required=True, help="a directory as save_pretrained writes it (config.json, weights, tokenizer)")
+    p.add_argument("--out", required=True, help="new run directory")
+    p.set_defaults(fn=cmd_import_hf)
+
+    p = sub.add_parser("export-hf", help="GPT run directory -> HuggingFace GPT-2 directory")
+    p.add_argument("--checkpoint", required=True, help="run directory (model.arch gpt, data.tokenizer hf)")
+    p.add_argument("--out", required=True, help="new directory")
+    p.set_defaults(fn=cmd_export_hf)
 
     p = sub.add_parser("export-torch", help="parity-mode run directory -> NETY state dict")
     p.add_argument("--checkpoint", required=True, help="run directory")

@@ -59,7 +59,7 @@ class DataConfig:
     # both
     val_fraction: Optional[float] = None  # None: the task's default (0.05 of the pairs, 0.1 of a text)
     bucket_multiple: int = 8  # pad batch lengths up to a multiple of this (few shapes, few compiles)
-    tokenizer: str = "sentencepiece"  # sentencepiece | word (NETY's vocabulary)
+    tokenizer: str = "sentencepiece"  # sentencepiece | word (NETY's vocabulary) | hf (byte-level BPE, `tokenizers`)
     word_split: str = "whitespace"  # word tokenizer: whitespace (NETY) | punctuation (split off)
     spm_model_type: str = "unigram"  # unigram | bpe
     vocab_size: int = 8000
@@ -72,7 +72,7 @@ class DataConfig:
         s = "data"
         F.check_types(s, self)
         F.choice(s, "format", self.format, ("auto", "jsonl", "tsv", "text"))
-        F.choice(s, "tokenizer", self.tokenizer, ("sentencepiece", "word"))
+        F.choice(s, "tokenizer", self.tokenizer, ("sentencepiece", "word", "hf"))
         F.choice(s, "spm_model_type", self.spm_model_type, ("unigram", "bpe"))
         F.choice(s, "word_split", self.word_split, ("whitespace", "punctuation"))
         F.positive(s, self, "max_src_len", "max_tgt_len", "bucket_multiple")

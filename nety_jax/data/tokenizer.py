@@ -276,4 +276,7 @@ def load_tokenizer(directory: str) -> Tokenizer:
         if split not in WORD_SPLITS:
             raise DataError(f"{path}: unknown word split {split!r}")
         return WordTokenizer.load_vocab(file, split)
+    if info.get("type") == "hf":
+        from nety_jax.data.hf_tokenizer import load_hf_tokenizer
+        return load_hf_tokenizer(directory, info, path)
     raise DataError(f"{path}: unknown tokenizer type {info.get('type')!r}")

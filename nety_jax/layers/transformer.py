@@ -27,6 +27,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nety_jax.layers.attention import CrossAttention, SelfAttention
 from nety_jax.layers.dropout import Dropout
@@ -56,6 +57,7 @@ class DecoderSpec:
     dtype: str = "float32"
     eps: float = 1e-5
     quant: str = "none"  # none | int8 (weight-only)
+    blocked_ids: tuple = ()  # output ids whose logits are -1e9 (special ids a vocabulary lacks)
 
     @property
     def compute_dtype(self):
@@ -143,8 +145,14 @@ class TransformerDecoder(nn.Module):
         x = self.head_input(x)
         if s.tie_output:
             logits = self.embed.attend(x.astype(jnp.float32))
-            return logits + self.out_bias if s.output_bias else logits
-        return self.fc_out(x).astype(jnp.float32)
+            logits = logits + self.out_bias if s.output_bias else logits
+        else:
+            logits = self.fc_out(x).astype(jnp.float32)
+        if s.blocked_ids:
+            blocked = np.zeros(s.vocab_size, bool)
+            blocked[list(s.blocked_ids)] = True
+            logits = jnp.where(blocked, -1e9, logits)
+        return logits
 
     def hidden(self, x, memory=None, memory_mask=None, train: bool = False,
                segments: Optional[jax.Array] = None):

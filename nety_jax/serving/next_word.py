@@ -82,5 +82,5 @@ def predict_next(pretrained, text: str, top_k: int = 5) -> list[tuple[str, float
 
 
 def _subwords(tokenizer) -> bool:
-    """True when words can span several ids (SentencePiece), False for word vocabularies."""
-    return hasattr(tokenizer, "sp")
+    """True when words can span several ids (SentencePiece, HF), False for word vocabularies."""
+    return getattr(tokenizer, "subwords", hasattr(tokenizer, "sp"))

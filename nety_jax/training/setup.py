@@ -30,7 +30,7 @@ from nety_jax.training.steps import create_train_state
 
 TOKENIZER_FIELDS = ("tokenizer", "vocab_size", "spm_model_type", "lowercase", "word_split")
 RUN_FILES = {"config.yaml", "tokenizer.json", "tokenizer.model", "vocab.json", "metrics.jsonl", "loss.png",
-             ".lock", "checkpoints", "damaged", "torch_meta.json", "torch_pe.npy"}
+             ".lock", "checkpoints", "damaged", "torch_meta.json", "torch_pe.npy", "hf_tokenizer.json"}
 
 
 def check_workdir(workdir: str) -> None:
@@ -81,6 +81,9 @@ def build_tokenizer(cfg: Config, texts: list[str]):
     d = cfg.data
     if d.tokenizer == "word":
         return WordTokenizer.build(texts, d.vocab_size, d.word_split)
+    if d.tokenizer == "hf":
+        from nety_jax.data.hf_tokenizer import HFTokenizer
+        return HFTokenizer.train(texts, d.vocab_size, d.lowercase)
     return SentencePieceTokenizer.train(texts, d.vocab_size, d.spm_model_type, d.lowercase)
 
 

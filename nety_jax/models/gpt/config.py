@@ -24,6 +24,10 @@ class GPTConfig(ModelConfig):
     tie_output: bool = False
     output_bias: bool = False
     attention_dropout: float = 0.1
+    norm_eps: float = 1e-5  # LayerNorm epsilon (GPT-2's layer_norm_epsilon)
+    # output ids the model never predicts (logit -1e9): our special ids that an imported
+    # tokenizer lacks (GPT-2 has no pad, sos or unk; see models/gpt/hf_io.py)
+    blocked_ids: tuple = ()
 
     def validate(self) -> None:
         super().validate()
@@ -38,6 +42,11 @@ class GPTConfig(ModelConfig):
         F.choice(s, "norm", self.norm, ("pre", "post"))
         F.choice(s, "positions", self.positions, ("learned", "sinusoidal"))
         F.probability(s, self, "attention_dropout")
+        F.positive(s, self, "norm_eps")
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < self.vocab_size
+                   for i in self.blocked_ids):
+            raise ConfigError(f"model.blocked_ids={list(self.blocked_ids)} must be ids in "
+                              f"[0, model.vocab_size={self.vocab_size})")
 
     def validate_with(self, cfg) -> None:
         seq = cfg.data.seq_len or self.max_len

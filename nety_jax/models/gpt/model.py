@@ -22,7 +22,8 @@ def decoder_spec(cfg: GPTConfig) -> DecoderSpec:
                        attention_dropout=cfg.attention_dropout, activation=cfg.activation,
                        norm=cfg.norm, positions=cfg.positions, embed_scale=False,
                        qkv_bias=cfg.qkv_bias, cross_attention=False, tie_output=cfg.tie_output,
-                       output_bias=cfg.output_bias, dtype=cfg.dtype, quant=cfg.quant)
+                       output_bias=cfg.output_bias, dtype=cfg.dtype, quant=cfg.quant, eps=cfg.norm_eps,
+                       blocked_ids=tuple(cfg.blocked_ids))
 
 
 @dataclasses.dataclass(frozen=True)
