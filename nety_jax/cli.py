@@ -78,13 +78,19 @@ def cmd_train(args) -> int:
             overrides.append(f"{key}={getattr(args, flag)}")
     if args.data and args.text:
         raise NetyError("give --data (pairs, seq2seq models) or --text (language models), not both")
-    cfg = load_config(args.config, overrides)
+    source = None
+    if args.init_from:
+        from nety_jax.training.init_from import finetune_config, load_source
+        source = load_source(args.init_from)
+        cfg = finetune_config(source, args.config, overrides)
+    else:
+        cfg = load_config(args.config, overrides)
     from nety_jax.models import get_model
     from nety_jax.tasks import check_data_option
     if args.text or args.data:
         check_data_option(get_model(cfg.model).task, "--text" if args.text else "--data", cfg.model.arch)
     summary = train(cfg, args.workdir, args.text or args.data, skip_bad=args.skip_bad,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, init_from=source)
     val = summary.get("val") or {}
     extra = f"; validation loss {val['loss']:.3f}" if "loss" in val else ""
     print(f"{summary['status']} at step {summary['step']} in {summary['workdir']}{extra}")
@@ -189,14 +195,15 @@ def cmd_export_torch(args) -> int:
 
 
 def cmd_import_hf(args) -> int:
-    from nety_jax.models.gpt.hf_io import import_hf
-    print(f"imported {args.model} into {import_hf(args.model, args.out)}")
+    from nety_jax.models.registry import hf_converter
+    print(f"imported {args.model} into {hf_converter().import_hf(args.model, args.out)}")
     return 0
 
 
 def cmd_export_hf(args) -> int:
-    from nety_jax.models.gpt.hf_io import export_hf
-    print(f"wrote {export_hf(args.checkpoint, args.out)} (transformers: GPT2LMHeadModel / AutoTokenizer)")
+    from nety_jax.models.registry import hf_converter
+    out = hf_converter().export_hf(args.checkpoint, args.out)
+    print(f"wrote {out} (transformers: GPT2LMHeadModel / AutoTokenizer)")
     return 0
 
 
@@ -226,6 +233,9 @@ def _add_commands(sub) -> None:
     p.add_argument("--steps", type=int, help="total training steps (train.steps)")
     p.add_argument("--seed", type=int, help="seed for init, split, shuffling and dropout (train.seed)")
     p.add_argument("--parallel", choices=("none", "pmap", "shard_map"), help="train.parallel")
+    p.add_argument("--init-from", metavar="RUN_OR_HF_DIR",
+                   help="start from these weights (a run directory or a HuggingFace GPT-2 directory): "
+                        "architecture and tokenizer from it, data/optimizer/schedule from the config")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (counted in the log)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_train)

@@ -14,6 +14,9 @@ ARCHITECTURES = {
 }
 TASK_OF = {"hybrid": "seq2seq", "gpt": "lm", "rnn_lm": "lm"}
 
+# the converter of HuggingFace model directories (config.json + weights + tokenizer): GPT-2
+HF_CONVERTER = "nety_jax.models.gpt.hf_io"
+
 
 def _load(path: str):
     module, name = path.split(":")
@@ -38,3 +41,8 @@ def task_of(arch: str):
 def architectures_of(task) -> list[str]:
     """The architectures that train for ``task`` (for messages that say which to use)."""
     return [arch for arch, name in TASK_OF.items() if name == task.name]
+
+
+def hf_converter():
+    """The module with ``load_hf(dir)``, ``import_hf(dir, out)`` and ``export_hf(run, out)``."""
+    return importlib.import_module(HF_CONVERTER)

@@ -118,14 +118,17 @@ def _loop(run: Run, workdir: str, writer, bar, say, stop: StopFlag, saver: _Save
 
 
 def train(cfg: Config, workdir: str, data: Union[str, Sequence[str], None] = None,
-          skip_bad: bool = False, log: Callable[[str], None] = print, progress: bool = True) -> dict:
+          skip_bad: bool = False, log: Callable[[str], None] = print, progress: bool = True,
+          init_from=None) -> dict:
     """Trains (or resumes) a run in ``workdir``; returns a summary dict.
 
     ``data``: a pairs file (seq2seq models) or one or many text files (language
-    models); by default the corpus or text shipped with the package.
+    models); by default the corpus or text shipped with the package. ``init_from``: a
+    ``training.init_from.Source`` whose tokenizer and parameters a new run starts from
+    (``cfg`` from ``init_from.finetune_config``); ignored when the run resumes.
     """
     try:
-        return _train(cfg, workdir, data, skip_bad, log, progress)
+        return _train(cfg, workdir, data, skip_bad, log, progress, init_from)
     except OSError as e:  # a full disk, a read-only or vanished directory
         where, newest = e.filename or workdir, ckpt.latest_step(workdir)
         kept = f"the newest complete checkpoint is step {newest}" if newest is not None else \
@@ -133,7 +136,7 @@ def train(cfg: Config, workdir: str, data: Union[str, Sequence[str], None] = Non
         raise CheckpointError(f"{where}: cannot write ({e.strerror or e}); {kept}") from None
 
 
-def _train(cfg: Config, workdir: str, data, skip_bad: bool, log, progress: bool) -> dict:
+def _train(cfg: Config, workdir: str, data, skip_bad: bool, log, progress: bool, init_from=None) -> dict:
     maybe_initialize_distributed()
     check_workdir(workdir)
     try:
@@ -142,7 +145,7 @@ def _train(cfg: Config, workdir: str, data, skip_bad: bool, log, progress: bool)
         raise CheckpointError(f"{workdir}: cannot create the run directory ({e.strerror})") from None
     paths = [data] if isinstance(data, str) else data
     with RunLock(workdir) if is_primary() else contextlib.nullcontext():
-        run = prepare(cfg, workdir, paths, skip_bad, log)
+        run = prepare(cfg, workdir, paths, skip_bad, log, init_from)
         if run.start >= run.cfg.train.steps:
             log(f"{workdir} is already at step {run.start} >= train.steps={run.cfg.train.steps}: "
                 "nothing to train (raise --steps to continue)")

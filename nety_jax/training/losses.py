@@ -26,8 +26,10 @@ def cross_entropy_sums(logits, targets, mask, label_smoothing: float = 0.0) -> d
     lse = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     nll = lse - target_logit
-    if label_smoothing > 0.0:
-        uniform = lse - jnp.mean(logits, axis=-1)
+    if label_smoothing > 0.0:  # uniform over the possible tokens: blocked ids (logit -1e9) are not
+        possible = logits > -1e8
+        mean = jnp.sum(jnp.where(possible, logits, 0.0), axis=-1) / jnp.sum(possible, axis=-1)
+        uniform = lse - mean
         loss = (1.0 - label_smoothing) * nll + label_smoothing * uniform
     else:
         loss = nll

@@ -120,7 +120,7 @@ def _restore(cfg: Config, model, workdir: str, state, manager, log):
 
 
 def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad: bool,
-            log: Callable[[str], None]) -> Run:
+            log: Callable[[str], None], init_from=None) -> Run:
     if cfg.model.quant != "none":
         raise ConfigError(f"model.quant={cfg.model.quant} is for inference: train the float32 run and "
                           "quantize it again")
@@ -138,8 +138,13 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
     corpus = task.read(cfg, paths, skip_bad)
     if corpus.skipped:
         log(f"skipped {corpus.skipped} bad lines in {', '.join(paths)} (first: {corpus.first_error})")
+    init_from = None if has_checkpoint else init_from  # a resumed run has its own weights
     if has_checkpoint:
         tokenizer = load_tokenizer(workdir)
+        check_coverage(tokenizer, corpus.texts, ", ".join(paths), log)
+    elif init_from is not None:
+        tokenizer = init_from.tokenizer
+        log(f"starting from the weights and tokenizer of {init_from.where}")
         check_coverage(tokenizer, corpus.texts, ", ".join(paths), log)
     else:
         if os.path.isfile(os.path.join(workdir, "tokenizer.json")):
@@ -158,7 +163,8 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
             f"data.max_tgt_len={cfg.data.max_tgt_len}")
     task.batches(data.train, cfg)  # enough data? (raises)
     runner = Runner(cfg, model)
-    state = create_train_state(model, cfg.train, jax.random.PRNGKey(cfg.train.seed))
+    state = create_train_state(model, cfg.train, jax.random.PRNGKey(cfg.train.seed),
+                               None if init_from is None else init_from.variables)
     manager = ckpt.make_manager(workdir, cfg)
     restored = _restore(cfg, model, workdir, state, manager, log) if has_checkpoint else None
 

@@ -200,6 +200,9 @@ def to_hf_arrays(variables: dict, m, tok) -> dict:
     """Our variables -> GPT-2's tensors (with the "transformer." prefix, as save_pretrained names them)."""
     out = {}
     for e in layout(m):
+        if e.path[-1] == "bias" and "bias" not in _get(variables, e.path[:-1]):  # no q/k/v bias: GPT-2's is 0
+            out[f"transformer.{e.name}"] = np.zeros(3 * m.d_model, np.float32)
+            continue
         value = np.asarray(_get(variables, e.path), np.float32)
         if e.kind == "rows":
             value = value[tok.to_ours]
