@@ -12,6 +12,10 @@ Public API (imported lazily, so ``load_exported`` runs without the Flax model co
   ``.stream(texts, ...)``, ``.logits(batch)``, ``.predict_next(text, top_k)``.
 - ``load_exported(directory) -> ExportedModel``: ``.generate(texts, ...)``.
 - ``export_run(workdir, out)``: a ``jax.export`` artifact.
+- ``import_hf(hf_dir, out)``, ``export_hf(workdir, out)``, ``load_hf(hf_dir)``: HuggingFace
+  GPT-2 directories in and out (``nety-jax import-hf`` / ``export-hf``).
+- ``load_source(run_or_hf_dir)``, ``finetune_config(source, config_path, overrides)``: what
+  ``train(cfg, workdir, data, init_from=source)`` fine-tunes (``train --init-from``).
 - ``get_model(cfg.model) -> Model``: the architecture adapter (init, loss_sums,
   start_decoding, decode_step); its ``.task`` is the task object.
 - ``get_task(name) -> Task``: a task (read, encode, batches, extra_metrics, prompts,
@@ -33,6 +37,9 @@ _API = {"load_config": "nety_jax.config", "Config": "nety_jax.config",
         "load_pretrained": "nety_jax.serving.pretrained", "Pretrained": "nety_jax.serving.pretrained",
         "load_exported": "nety_jax.serving.export", "ExportedModel": "nety_jax.serving.export",
         "export_run": "nety_jax.serving.export", "get_model": "nety_jax.models.registry",
+        "import_hf": "nety_jax.models.registry", "export_hf": "nety_jax.models.registry",
+        "load_hf": "nety_jax.models.registry", "load_source": "nety_jax.training.init_from",
+        "finetune_config": "nety_jax.training.init_from",
         "get_task": "nety_jax.tasks.registry", "Task": "nety_jax.tasks.base",
         "generate": "nety_jax.decoding.generation", "generate_jit": "nety_jax.decoding.generation",
         "SamplingParams": "nety_jax.decoding.sampling", "LoopSpec": "nety_jax.decoding.spec",

@@ -195,14 +195,14 @@ def cmd_export_torch(args) -> int:
 
 
 def cmd_import_hf(args) -> int:
-    from nety_jax.models.registry import hf_converter
-    print(f"imported {args.model} into {hf_converter().import_hf(args.model, args.out)}")
+    from nety_jax.models.registry import import_hf
+    print(f"imported {args.model} into {import_hf(args.model, args.out)}")
     return 0
 
 
 def cmd_export_hf(args) -> int:
-    from nety_jax.models.registry import hf_converter
-    out = hf_converter().export_hf(args.checkpoint, args.out)
+    from nety_jax.models.registry import export_hf
+    out = export_hf(args.checkpoint, args.out)
     print(f"wrote {out} (transformers: GPT2LMHeadModel / AutoTokenizer)")
     return 0
 

@@ -46,3 +46,18 @@ def architectures_of(task) -> list[str]:
 def hf_converter():
     """The module with ``load_hf(dir)``, ``import_hf(dir, out)`` and ``export_hf(run, out)``."""
     return importlib.import_module(HF_CONVERTER)
+
+
+def load_hf(model_dir: str):
+    """(Config, tokenizer, variables) of a HuggingFace model directory; nothing is written."""
+    return hf_converter().load_hf(model_dir)
+
+
+def import_hf(model_dir: str, out: str) -> str:
+    """A HuggingFace model directory -> a new run directory ``out`` (``nety-jax import-hf``)."""
+    return hf_converter().import_hf(model_dir, out)
+
+
+def export_hf(run: str, out: str) -> str:
+    """A run directory -> a new HuggingFace model directory ``out`` (``nety-jax export-hf``)."""
+    return hf_converter().export_hf(run, out)
