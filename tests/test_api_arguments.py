@@ -23,6 +23,8 @@ BAD = {  # argument -> (values, what the message must name)
     "top_k_words": ([0, -1, "3", 1.5, None, 10 ** 9], "top_k"),
     "text": ([3, None, "", "  ", "a\udc80"], "text"),
     "first_row": ([-1, 1.5, "0"], "first_row"),
+    "batch": ([None, [[5, 6]], {}, {"tokens": [[5.5, 6.0]]}, {"tokens": [5, 6]}, {"tokens": [[5, 10 ** 6]]},
+               {"tokens": [[-1, 5]]}, {"tokens": "abc"}], r"batch"),
 }
 METHODS = {  # method -> the arguments it takes (besides what the call needs to be valid)
     "generate": ["texts", "seed", "num_samples", "with_prompt", "batch_size", "temperature", "top_k", "top_p",
@@ -33,6 +35,7 @@ METHODS = {  # method -> the arguments it takes (besides what the call needs to 
     "exported.generate": ["texts", "seed", "num_samples", "with_prompt", "batch_size", "temperature", "top_k",
                           "top_p", "max_new_tokens", "beam_size", "no_such_setting"],
     "exported.generate_ids": ["first_row"],
+    "logits": ["batch"],
 }
 CASES = [(m, arg, v) for m, args in METHODS.items() for arg in args for v in BAD[arg][0]]
 
@@ -57,6 +60,8 @@ def _call(models, method, arg, value):
     if method == "predict_next":
         kwargs = {"text": "Le chat", "top_k": 3, name: value}
         return model.predict_next(**kwargs)
+    if method == "logits":
+        return model.logits(value)
     if method == "exported.generate_ids":
         import numpy as np
         return exported.generate_ids(np.ones((1, 2), np.int32), np.full((1,), 2, np.int32), **{name: value})
@@ -85,3 +90,16 @@ def test_empty_and_single_inputs_are_answered(models):
     per_row = model.generate(["Le chat", "La nuit"], temperature=np.array([0.0, 0.0], np.float32),
                              top_k=np.array([1, 1], np.int64), max_new_tokens=2, seed=np.int64(3))
     assert per_row == model.generate(["Le chat", "La nuit"], temperature=0.0, top_k=1, max_new_tokens=2)
+    assert model.logits({"tokens": [[5, 6, 7]]}).shape == (1, 3, model.model.cfg.vocab_size)
+
+
+def test_train_refuses_arguments_of_the_wrong_type(tmp_path):
+    from nety_jax.config import load_config
+    from nety_jax.training.loop import train
+    from conftest import GPT_TINY
+    cfg = load_config(GPT_TINY)
+    for args, name in (((cfg.to_dict(), str(tmp_path)), "cfg"), ((cfg, None), "workdir"), ((cfg, 3), "workdir"),
+                       ((cfg, str(tmp_path), 5), "data"), ((cfg, str(tmp_path), [None]), "data")):
+        with pytest.raises(NetyError, match=name):
+            train(*args, progress=False, log=lambda *_: None)
+    assert not list(tmp_path.iterdir())  # refused before anything is written

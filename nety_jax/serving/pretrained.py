@@ -20,8 +20,8 @@ from nety_jax.data.tokenizer import Tokenizer, load_tokenizer
 from nety_jax.decoding import SamplingParams, generate_jit
 from nety_jax.errors import CheckpointError, NetyError
 from nety_jax.models import get_model
-from nety_jax.serving.settings import (check_bool, check_int, check_num_samples, check_texts, in_parts,
-                                       resolve, seeds_per_row)
+from nety_jax.serving.settings import (check_batch, check_bool, check_int, check_num_samples, check_texts,
+                                       in_parts, resolve, seeds_per_row)
 from nety_jax.training import checkpoint as ckpt
 
 
@@ -142,8 +142,8 @@ class Pretrained:
     def logits(self, batch: dict) -> np.ndarray:
         """Teacher-forced (B, T, V) logits in eval mode for a batch of the model's format:
         seq2seq ``{"src", "src_len", "tgt_in"}``, language models ``{"tokens"}``."""
-        batch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
-        return np.asarray(self._logits(self.variables, batch))
+        batch = check_batch(batch, self.model.example_batch(), self.model.cfg.vocab_size)
+        return np.asarray(self._logits(self.variables, {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}))
 
     def predict_next(self, text: str, top_k: int = 5) -> list[tuple[str, float]]:
         from nety_jax.serving.next_word import predict_next

@@ -122,6 +122,30 @@ def check_bool(name: str, value) -> bool:
     return bool(value)
 
 
+def check_batch(batch, example: dict, vocab_size: int) -> dict:
+    """An id batch of the model's format (``example``'s keys and ranks, besides targets) as int32
+    arrays, ids in [0, vocab_size), or a NetyError naming the key."""
+    need = sorted(k for k in example if k != "targets")
+    if not isinstance(batch, dict):
+        raise NetyError(f"batch must be a dict with keys {need}, got {type(batch).__name__}")
+    missing = [k for k in need if k not in batch]
+    if missing:
+        raise NetyError(f"batch[{missing[0]!r}] is missing (this model takes {need})")
+    out = {}
+    for key in need:
+        try:
+            value = np.asarray(batch[key])
+        except (TypeError, ValueError) as e:
+            raise NetyError(f"batch[{key!r}]: not an array ({e})") from None
+        if value.dtype.kind not in "iu" or value.ndim != np.ndim(example[key]):
+            raise NetyError(f"batch[{key!r}] must be integers of rank {np.ndim(example[key])}, got "
+                            f"{value.dtype}{list(value.shape)}")
+        if value.ndim == 2 and value.size and not (0 <= value.min() and value.max() < vocab_size):
+            raise NetyError(f"batch[{key!r}] holds ids outside [0, {vocab_size})")
+        out[key] = value.astype(np.int32)
+    return {**{k: v for k, v in batch.items() if k not in out}, **out}  # other keys (segments) as given
+
+
 def check_texts(texts) -> list:
     """Prompts as a list: one text or an iterable of texts, each checked, numbered as given."""
     if isinstance(texts, str):

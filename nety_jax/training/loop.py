@@ -14,7 +14,7 @@ import time
 from typing import Callable, Optional, Sequence, Union
 
 from nety_jax.config import Config
-from nety_jax.errors import CheckpointError, TrainingDiverged
+from nety_jax.errors import CheckpointError, ConfigError, TrainingDiverged
 from nety_jax.training import checkpoint as ckpt
 from nety_jax.training.control import MetricSums, RunLock, StopFlag
 from nety_jax.training.evaluation import evaluate, reply_scores
@@ -117,6 +117,17 @@ def _loop(run: Run, workdir: str, writer, bar, say, stop: StopFlag, saver: _Save
     return state, val_metrics, status
 
 
+def _check_arguments(cfg, workdir, data) -> None:
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"cfg must be a Config (from load_config), got {type(cfg).__name__}")
+    if not isinstance(workdir, (str, os.PathLike)) or not str(workdir).strip():
+        raise ConfigError(f"workdir={workdir!r} must be a directory path")
+    files = [data] if isinstance(data, (str, os.PathLike)) else data
+    if data is not None and (not isinstance(files, (list, tuple))
+                             or not all(isinstance(f, (str, os.PathLike)) for f in files)):
+        raise ConfigError(f"data={data!r} must be a file path or a list of them (None: the shipped data)")
+
+
 def train(cfg: Config, workdir: str, data: Union[str, Sequence[str], None] = None,
           skip_bad: bool = False, log: Callable[[str], None] = print, progress: bool = True,
           init_from=None) -> dict:
@@ -127,6 +138,7 @@ def train(cfg: Config, workdir: str, data: Union[str, Sequence[str], None] = Non
     ``training.init_from.Source`` whose tokenizer and parameters a new run starts from
     (``cfg`` from ``init_from.finetune_config``); ignored when the run resumes.
     """
+    _check_arguments(cfg, workdir, data)
     try:
         return _train(cfg, workdir, data, skip_bad, log, progress, init_from)
     except OSError as e:  # a full disk, a read-only or vanished directory
