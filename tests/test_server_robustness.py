@@ -37,7 +37,7 @@ class ScriptBackend:
     """A model-free backend: each row 'generates' its prompt ids, revealed ``chunk`` tokens at a
     time as the real loop does (a row the engine stops produces nothing more)."""
 
-    prompts = _Prompts()
+    prompts, prompt_limit = _Prompts(), 256
 
     def __init__(self, tokenizer, max_new_tokens=64, fail_on=None):
         from nety_jax.tasks import get_task
@@ -219,3 +219,18 @@ def test_the_longest_max_tokens_still_serves_short_prompts(trained_gpt):
     with TestClient(create_app(backend, "tiny", window_ms=0.0), raise_server_exceptions=False) as c:
         r = c.post("/v1/completions", json={"prompt": "Le", "max_tokens": 63, "temperature": 0})
     assert r.status_code == 200, r.text
+
+
+def test_an_exports_max_tokens_is_at_most_its_compiled_maximum(trained_gpt):
+    """serve --exported: --max-tokens beyond what the artifact was compiled for is refused with the
+    numbers; a smaller one is honoured while prompts keep the artifact's own limit."""
+    from nety_jax.errors import NetyError
+    from nety_jax.serving.engine import ExportedBackend
+    from nety_jax.serving.pretrained import load_pretrained
+    model = load_pretrained(trained_gpt[0])
+    exported = type("Exported", (), {"tokenizer": model.tokenizer, "config": model.config, "task": model.task,
+                                     "prompts": model.model.prompts, "info": {"max_new_tokens": 24}})()
+    with pytest.raises(NetyError, match="--max-tokens=30 is more than the export's compiled maximum of 24"):
+        ExportedBackend(exported, 30)
+    backend = ExportedBackend(exported, 8)
+    assert backend.max_new_tokens == 8 and backend.prompt_limit == model.model.prompts.limit(model.config.data, 24)

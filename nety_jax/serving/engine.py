@@ -22,6 +22,7 @@ import numpy as np
 
 from nety_jax.config.sections import EOS_ID, PAD_ID
 from nety_jax.data.prompts import PromptBatch, batch_bucket, bucket
+from nety_jax.errors import NetyError
 
 
 class QueueFull(Exception):
@@ -140,8 +141,8 @@ class Engine:
         b = getattr(self.backend, "fixed_batch", 0) or batch_bucket(len(rows))
         # the bucket never exceeds the longest prompt the model takes with the compiled maximum of
         # new tokens: a padded prompt needs the positions of a real one
-        limit = self.backend.prompts.limit(self.backend.data_cfg, self.backend.max_new_tokens)
-        s = min(bucket(max(len(r.ids) for r in rows), self.backend.data_cfg.bucket_multiple), limit)
+        s = min(bucket(max(len(r.ids) for r in rows), self.backend.data_cfg.bucket_multiple),
+                self.backend.prompt_limit)
         tokens = np.full((b, s), PAD_ID, np.int32)
         lengths = np.ones((b,), np.int32)
         for i, r in enumerate(rows):
@@ -249,8 +250,12 @@ class PretrainedBackend:
         self.model, self.tokenizer = pretrained, pretrained.tokenizer
         self.data_cfg, self.decode = pretrained.config.data, pretrained.config.decode
         self.prompts, self.task = pretrained.model.prompts, pretrained.model.task
-        limit = self.prompts.max_new_tokens()
-        self.max_new_tokens = min(max_new_tokens or self.decode.max_new_tokens, limit)
+        room = self.prompts.max_new_tokens()
+        if max_new_tokens is not None and max_new_tokens > room:
+            raise NetyError(f"--max-tokens={max_new_tokens} is more than this model can produce: model.max_len="
+                            f"{self.prompts.model_cfg.max_len} leaves room for at most {room} new tokens")
+        self.max_new_tokens = min(max_new_tokens or self.decode.max_new_tokens, room)
+        self.prompt_limit = self.prompts.limit(self.data_cfg, self.max_new_tokens)
         self.spec = resolve(self.decode, self.prompts, 1,
                             {"beam_size": 1, "max_new_tokens": min(self.decode.max_new_tokens, self.max_new_tokens)},
                             compiled_max=self.max_new_tokens).spec
@@ -286,12 +291,17 @@ class ExportedBackend:
     """An exported artifact: one call per batch (its while_loop cannot pause), so a stream gets
     its text in one piece."""
 
-    def __init__(self, exported):
+    def __init__(self, exported, max_new_tokens: Optional[int] = None):
         self.model, self.tokenizer = exported, exported.tokenizer
         self.data_cfg, self.decode = exported.config.data, exported.config.decode
         self.prompts = exported.prompts
         self.task = exported.task
-        self.max_new_tokens = exported.info["max_new_tokens"]
+        compiled = exported.info["max_new_tokens"]
+        if max_new_tokens is not None and max_new_tokens > compiled:
+            raise NetyError(f"--max-tokens={max_new_tokens} is more than the export's compiled maximum of "
+                            f"{compiled} (re-export with --set decode.max_new_tokens=N)")
+        self.max_new_tokens = max_new_tokens or compiled
+        self.prompt_limit = self.prompts.limit(self.data_cfg, compiled)  # the artifact's constraint
         self.fixed_batch = exported.info.get("batch") if isinstance(exported.info.get("batch"), int) else 0
 
     def run(self, batch: PromptBatch, rows: list[Row], on_chunk, chunk: int):

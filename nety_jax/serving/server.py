@@ -64,7 +64,7 @@ def _rows(backend, prompts: list[str], req) -> tuple[list[Row], int]:
     if max_new > backend.max_new_tokens:
         raise ApiError(400, f"{field}={max_new} is more than this server's maximum of "
                             f"{backend.max_new_tokens} (nety-jax serve --max-tokens)", field)
-    limit = backend.prompts.limit(backend.data_cfg, backend.max_new_tokens)
+    limit = backend.prompt_limit
     rows, prompt_tokens = [], 0
     base_seed = req.seed if req.seed is not None else None
     for p, text in enumerate(prompts):
@@ -281,16 +281,15 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
     port = sock.getsockname()[1]
     if exported:
         from nety_jax.serving.export import load_exported
-        backend = ExportedBackend(load_exported(exported))
+        backend = ExportedBackend(load_exported(exported), max_tokens)
     else:
         from nety_jax.serving.pretrained import load_pretrained
         backend = PretrainedBackend(load_pretrained(checkpoint), max_tokens)
-    check_room(backend, max_tokens)
     name = name or os.path.basename(os.path.abspath(checkpoint or exported))
     app = create_app(backend, name, max_batch, window_ms, queue_size, chunk)
     print(f"serving {name} ({backend.task.name}) on http://{host}:{port}/v1 (max batch {max_batch}, window "
           f"{window_ms:g} ms, queue {queue_size}, max_tokens {backend.max_new_tokens}, prompts up to "
-          f"{backend.prompts.limit(backend.data_cfg, backend.max_new_tokens)} tokens)", flush=True)
+          f"{backend.prompt_limit} tokens)", flush=True)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
     return 0
 
@@ -309,18 +308,6 @@ def check_options(max_batch, window_ms, queue_size, max_tokens, chunk) -> None:
     check_int("--chunk", chunk, 1, MAX_POSITIONS)
     if max_tokens is not None:
         check_int("--max-tokens", max_tokens, 1, MAX_POSITIONS)
-
-
-def check_room(backend, max_tokens: Optional[int]) -> None:
-    """``--max-tokens`` within what the model can produce with a prompt of one token."""
-    from nety_jax.errors import NetyError
-    room = backend.prompts.max_new_tokens()
-    if max_tokens is not None and max_tokens > room:
-        raise NetyError(f"--max-tokens={max_tokens} is more than this model can produce: model.max_len="
-                        f"{backend.prompts.model_cfg.max_len} leaves room for at most {room} new tokens")
-    if max_tokens is not None and max_tokens > backend.max_new_tokens:  # an export's compiled maximum
-        raise NetyError(f"--max-tokens={max_tokens} is more than the export's compiled maximum of "
-                        f"{backend.max_new_tokens} (re-export with --set decode.max_new_tokens=N)")
 
 
 def listen_socket(host: str, port: int):
