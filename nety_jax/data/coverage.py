@@ -33,9 +33,10 @@ def check_coverage(tokenizer, texts: Sequence[str], where: str, log: Callable[[s
     large share is."""
     share, total = unknown_share(tokenizer, texts)
     if share > MAX_UNKNOWN:
-        raise DataError(f"{where}: {share:.0%} of its {total:,} tokens are unknown (<unk>) to the run's "
-                        f"saved tokenizer ({tokenizer.vocab_size} ids); training would learn nothing of "
-                        "this text: train it in a new --workdir (a tokenizer built on it)")
+        raise DataError(f"{where}: {share:.0%} of its {total:,} tokens are unknown (<unk>) to the saved "
+                        f"tokenizer this run must use ({tokenizer.vocab_size} ids); training would learn "
+                        "nothing of this text: train a new run on it (a new --workdir builds its tokenizer)")
     if share > WARN_UNKNOWN:
-        log(f"warning: {where}: {share:.0%} of its tokens are unknown (<unk>) to the run's saved tokenizer")
+        log(f"warning: {where}: {share:.0%} of its tokens are unknown (<unk>) to the saved tokenizer this "
+            "run must use")
     return share
