@@ -161,6 +161,7 @@ class _RowState:
         self.text = [""] * len(rows)
         self.sent = [""] * len(rows)  # text already streamed
         self.ntok = [0] * len(rows)
+        self.clean = [0] * len(rows)  # ids read without a stop string (the next scan starts there)
         self.finish = [None] * len(rows)
 
     def update(self, tokens: np.ndarray, done: np.ndarray, final: bool = False) -> np.ndarray:
@@ -178,7 +179,8 @@ class _RowState:
         ids = ids[: ids.index(EOS_ID)] if ended else [t for t in ids if t != PAD_ID]
         text = self.tokenizer.decode(ids)
         self.ntok[k] = len(ids) + (1 if ended else 0)
-        stopped = stop_at(self.tokenizer, ids, row.stop, text)
+        stopped = stop_at(self.tokenizer, ids, row.stop, text, self.clean[k])
+        self.clean[k] = len(ids)
         if stopped is not None:
             text, self.ntok[k] = stopped
             self.finish[k] = "stop"
@@ -212,13 +214,14 @@ def first_stop(text: str, stops) -> int:
     return min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
 
 
-def stop_at(tokenizer, ids: list, stops, text: str):
+def stop_at(tokenizer, ids: list, stops, text: str, clean: int = 0):
     """``(text, tokens)`` of a row that a stop string ends, or None. A row stops after the first
     token whose text holds a stop string (whatever the chunk size), its text cut where the
-    earliest stop string starts, as OpenAI's API and vLLM do."""
+    earliest stop string starts, as OpenAI's API and vLLM do. ``clean``: a count of first ids
+    already known to hold none (a text only grows at its end)."""
     if first_stop(text, stops) < 0:
         return None
-    for n in range(1, len(ids) + 1):  # only once per row: the token that completed the stop
+    for n in range(clean + 1, len(ids) + 1):  # once per row: the token that completed the stop
         part = tokenizer.decode(ids[:n])
         cut = first_stop(part, stops)
         if cut >= 0:
