@@ -226,7 +226,7 @@ def stop_at(tokenizer, ids: list, stops, text: str, clean: int = 0):
         cut = first_stop(part, stops)
         if cut >= 0:
             return part[:cut], n
-    return None  # not reached: the whole text holds a stop string
+    return text[: first_stop(text, stops)], len(ids)  # a decoding that rewrote earlier text
 
 
 def held_back(text: str, stops) -> int:
