@@ -234,3 +234,11 @@ def test_an_exports_max_tokens_is_at_most_its_compiled_maximum(trained_gpt):
         ExportedBackend(exported, 30)
     backend = ExportedBackend(exported, 8)
     assert backend.max_new_tokens == 8 and backend.prompt_limit == model.model.prompts.limit(model.config.data, 24)
+
+
+def test_create_app_checks_its_options_too(tokenizer):
+    from nety_jax.errors import NetyError
+    for kwargs, name in (({"window_ms": float("inf")}, "--batch-window-ms"), ({"max_batch": 0}, "--max-batch"),
+                         ({"chunk": 1.5}, "--chunk"), ({"queue_size": "8"}, "--queue-size")):
+        with pytest.raises(NetyError, match=name):
+            create_app(ScriptBackend(tokenizer), "script", **kwargs)

@@ -193,6 +193,7 @@ def _observe(metrics: Metrics, request: Request, status: int, start: float) -> N
 
 def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64,
                chunk: int = 8) -> FastAPI:
+    check_options(max_batch, window_ms, queue_size, None, chunk)  # an app built without `serve` too
     metrics = Metrics()
     engine = Engine(backend, max_batch=max_batch, window_ms=window_ms, queue_size=queue_size, chunk=chunk,
                     metrics=metrics)
