@@ -12,6 +12,9 @@ step) and frees them after it, and by default glibc returns them (``munmap`` or 
 trim), so the next execution page-faults every page in again (136,000 faults, about 0.1 s,
 per NETY-size train step). Every ``nety-jax`` command turns it on before JAX starts;
 ``NETY_JAX_HOST_MALLOC=default`` leaves glibc alone. See docs/PERFORMANCE.md.
+Both settings are for JAX's CPU backend only: ``cpu_settings_apply()`` decides, before
+JAX starts, whether this process will run on it, and on any other backend (a GPU, or
+an installed accelerator plugin that JAX would pick) they stay off.
 """
 from __future__ import annotations
 
@@ -52,10 +55,36 @@ def enable_compilation_cache(path: Optional[str] = None, min_compile_seconds: fl
     return path
 
 
+def _accelerator_plugins() -> list[str]:
+    """Installed JAX plugins for accelerators (CUDA, ROCm, TPU): JAX picks one over the CPU
+    whenever it finds its device."""
+    import importlib.metadata
+    import importlib.util
+    found = []
+    if importlib.util.find_spec("jax_plugins") is not None:
+        import pkgutil
+        import jax_plugins
+        found += [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
+    found += [ep.name for ep in importlib.metadata.entry_points(group="jax_plugins")]
+    if importlib.util.find_spec("libtpu") is not None:
+        found.append("libtpu")
+    return found
+
+
+def cpu_settings_apply() -> bool:
+    """Whether this process's JAX will run on its CPU backend (read before JAX starts):
+    $JAX_PLATFORMS's first platform when set, else the CPU unless an accelerator plugin is
+    installed. CPU-only settings (``keep_host_memory``) apply only then."""
+    platforms = os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_PLATFORM_NAME") or ""
+    if platforms.strip():
+        return platforms.split(",")[0].strip().lower() == "cpu"
+    return not _accelerator_plugins()
+
+
 def keep_host_memory(mode: Optional[str] = None) -> bool:
     """Makes glibc's malloc keep XLA's freed temporaries for reuse (``mode``: ``"keep"``,
     ``"default"``, or None for $NETY_JAX_HOST_MALLOC, default ``"keep"``). Returns True when
-    applied; a no-op off Linux/glibc.
+    applied; a no-op off Linux/glibc and off JAX's CPU backend (``cpu_settings_apply``).
 
     Single-device CPU programs then run in the thread that calls them (JAX's
     ``jax_cpu_enable_async_dispatch`` off), so their temporaries come from malloc's main arena
@@ -68,7 +97,7 @@ def keep_host_memory(mode: Optional[str] = None) -> bool:
     if mode not in ("keep", "default"):
         from nety_jax.errors import ConfigError
         raise ConfigError(f"{MALLOC_ENV} must be 'keep' or 'default', got {mode!r}")
-    if mode == "default" or not sys.platform.startswith("linux"):
+    if mode == "default" or not sys.platform.startswith("linux") or not cpu_settings_apply():
         return False
     import ctypes
     try:

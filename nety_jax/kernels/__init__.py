@@ -22,6 +22,11 @@ CPU, then registered with XLA. They are used only on the CPU backend and outside
 callers keep XLA's own operations. ``NETY_JAX_CPU_KERNELS=off`` turns them off;
 without a compiler (or if the build fails) they are off, with one warning.
 docs/PERFORMANCE.md has what each one measured.
+
+The GPU fast paths (cuDNN's fused attention in ``layers/attention.py``, cuDNN's LSTM in
+``layers/recurrent.py``) are chosen the same way: in Python, at trace time, by ``backend()``,
+never inside ``portable()``. ``NETY_JAX_GPU_FAST_PATHS`` (``on``, ``off`` or a comma list of
+``GPU_PATHS``) turns them off one by one, for A/B measurements (scripts/bench_gpu.py).
 """
 from __future__ import annotations
 
@@ -114,9 +119,39 @@ def load() -> bool:
         return _state["ok"]
 
 
+GPU_PATHS = ("attention", "lstm")  # the GPU fast paths, each on unless NETY_JAX_GPU_FAST_PATHS drops it
+GPU_ENV = "NETY_JAX_GPU_FAST_PATHS"
+
+
+def backend() -> str:
+    """The platform a trace now compiles for (``jax.default_backend()``: "cpu", "gpu", "tpu").
+    Every fast-path choice reads it here, so a test can force it."""
+    return jax.default_backend()
+
+
+def is_portable() -> bool:
+    """Whether the trace now is inside ``portable()`` (an export: XLA's operations only)."""
+    return getattr(_portable, "on", False)
+
+
 def enabled() -> bool:
     """Whether a trace now may call the kernels (decided at trace time)."""
-    return not getattr(_portable, "on", False) and jax.default_backend() == "cpu" and load()
+    return not is_portable() and backend() == "cpu" and load()
+
+
+def gpu_path(name: str) -> bool:
+    """Whether a trace now may take the GPU fast path ``name`` (one of ``GPU_PATHS``): on the GPU
+    backend, outside ``portable()``, and not turned off by $NETY_JAX_GPU_FAST_PATHS."""
+    if name not in GPU_PATHS:
+        raise ValueError(f"unknown GPU fast path {name!r}; known: {', '.join(GPU_PATHS)}")
+    if is_portable() or backend() != "gpu":
+        return False
+    setting = os.environ.get(GPU_ENV, "on").strip().lower()
+    if setting in ("on", "all", "1", "true", "yes", ""):
+        return True
+    if setting in ("off", "none", "0", "false", "no"):
+        return False
+    return name in {part.strip() for part in setting.split(",")}
 
 
 @contextlib.contextmanager

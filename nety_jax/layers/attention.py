@@ -8,6 +8,13 @@ Self-attention projects q, k and v with one (D, 3D) matmul. Cross-attention over
 memory of length 1 (NETY's pooled memory) is reduced to what it computes: the
 softmax over one key is 1, so the output is ``out(v(memory))`` for every query,
 with attention dropout still applied per head and query.
+
+On the GPU, self-attention without active attention dropout goes through cuDNN's fused
+(flash) attention, ``jax.nn.dot_product_attention(implementation="cudnn")``, when its
+inputs qualify (bfloat16 or float16, head_dim a multiple of 8 up to 128): causal
+training, padding masks given as lengths, and the cached one-token decode step.
+The choice is made in Python at trace time (``kernels.gpu_path``), never inside
+``kernels.portable()``; everywhere else the explicit float32 softmax below runs.
 """
 from __future__ import annotations
 
@@ -55,6 +62,38 @@ def weighted_values(probs, v) -> jax.Array:
     return jnp.einsum("bhts,bhsd->bhtd", probs.astype(v.dtype), v)
 
 
+def combined_mask(mask: Optional[jax.Array], causal: bool, lengths: Optional[jax.Array],
+                  t: int) -> Optional[jax.Array]:
+    """``mask`` and-ed with a causal (1, 1, T, T) mask and a (B, 1, 1, T) key-length mask."""
+    parts = [m for m in (mask, jnp.tril(jnp.ones((t, t), bool))[None, None] if causal else None,
+                         None if lengths is None else length_mask(lengths, t)[:, None, None, :])
+             if m is not None]
+    out = parts[0] if parts else None
+    for m in parts[1:]:
+        out = out & m
+    return out
+
+
+FUSED_DTYPES = (jnp.bfloat16, jnp.float16)  # cuDNN's fused attention takes half precision only
+FUSED_HEAD_DIMS = 128  # the largest head_dim cuDNN's fused attention takes on every GPU
+
+
+def fused_applies(dtype, head_dim: int, dropout_active: bool) -> bool:
+    """Whether cuDNN's fused attention runs this attention (a static, trace-time choice)."""
+    return (not dropout_active and jnp.dtype(dtype) in FUSED_DTYPES and head_dim % 8 == 0
+            and head_dim <= FUSED_HEAD_DIMS and kernels.gpu_path("attention"))
+
+
+def fused_attention(q, k, v, causal: bool = False, kv_lengths: Optional[jax.Array] = None,
+                    implementation: Optional[str] = "cudnn") -> jax.Array:
+    """q (B, T, H, Dh), k and v (B, S, H, Dh) -> (B, T, H, Dh): softmax attention, causal and/or
+    over each row's first ``kv_lengths`` keys, through ``jax.nn.dot_product_attention``
+    (``implementation=None`` is its XLA form: the same arguments, checked against ours on CPU)."""
+    lengths = None if kv_lengths is None else kv_lengths.astype(jnp.int32)
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, key_value_seq_lengths=lengths,
+                                        implementation=implementation)
+
+
 def write_cache(cache: jax.Array, new: jax.Array, pos: jax.Array) -> jax.Array:
     """Writes ``new`` (B, H, T, Dh) into ``cache`` (B, H, L, Dh) at each row's own position."""
     return jax.vmap(lambda c, x, p: jax.lax.dynamic_update_slice(c, x, (0, p, 0)))(
@@ -70,6 +109,7 @@ class SelfAttention(nn.Module):
     qkv_bias: bool = True
     dtype: jnp.dtype = jnp.float32
     quant: str = "none"
+    causal: bool = False  # each position attends to itself and earlier positions only
 
     def setup(self):
         self.qkv = Linear(3 * self.d_model, use_bias=self.qkv_bias, dtype=self.dtype, quant=self.quant)
@@ -84,9 +124,21 @@ class SelfAttention(nn.Module):
         probs = self.drop(attention_weights(q, k, mask), deterministic=deterministic)
         return self.out(merge_heads(weighted_values(probs, v)))
 
-    def __call__(self, x, mask: Optional[jax.Array] = None, deterministic: bool = True):
+    def _fused(self, deterministic: bool) -> bool:
+        active = not deterministic and self.dropout > 0.0
+        return fused_applies(self.dtype, self.d_model // self.heads, active)
+
+    def __call__(self, x, mask: Optional[jax.Array] = None, deterministic: bool = True,
+                 lengths: Optional[jax.Array] = None):
+        """x (B, T, D) -> (B, T, D). ``mask`` broadcastable to (B, H, T, T), True where a query
+        may attend; ``lengths`` (B,): keys past each row's length are padding."""
+        if mask is None and self._fused(deterministic):
+            b, t, _ = x.shape
+            q, k, v = (y.reshape(b, t, self.heads, -1) for y in jnp.split(self.qkv(x), 3, axis=-1))
+            ctx = fused_attention(q, k, v, self.causal, lengths)
+            return self.out(ctx.reshape(b, t, self.d_model))
         q, k, v = self.project(x)
-        return self._attend(q, k, v, mask, deterministic)
+        return self._attend(q, k, v, combined_mask(mask, self.causal, lengths, x.shape[1]), deterministic)
 
     def cached(self, x, cache: dict, pos: jax.Array):
         """x: (B, T, D) at positions pos..pos+T-1 of each row; cache {'k', 'v': (B, H, L, Dh)}."""
@@ -96,6 +148,9 @@ class SelfAttention(nn.Module):
         if kernels.decode_attention_usable(q, k):  # one query a row: read only the filled positions
             ctx = kernels.decode_attention(q, k, v, pos + 1)
             return self.out(merge_heads(ctx)), {"k": k, "v": v}
+        if x.shape[1] == 1 and self._fused(True):  # one query a row over its filled positions
+            ctx = fused_attention(q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2), False, pos + 1)
+            return self.out(ctx.reshape(x.shape[0], 1, self.d_model)), {"k": k, "v": v}
         q_pos = pos[:, None] + jnp.arange(x.shape[1])[None, :]  # (B, T)
         mask = (jnp.arange(k.shape[2])[None, None, :] <= q_pos[:, :, None])[:, None]  # (B, 1, T, L)
         return self._attend(q, k, v, mask, True), {"k": k, "v": v}

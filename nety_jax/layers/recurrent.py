@@ -12,6 +12,14 @@ padded sequence instead).
 Parameters of layer ``l{k}``: ``input/kernel`` (in, D * G * H) and ``input/bias``,
 ``recurrent/kernel`` (D, H, G * H) and ``recurrent/bias`` (D, G * H), for D
 directions (forward first) and G gates.
+
+On the GPU, an LSTM layer that starts from zeros and runs to the end (an encoder) goes
+through cuDNN's LSTM (``jax.experimental.rnn.lstm``, where this JAX has it) with the same
+parameters packed in cuDNN's flat layout (``cudnn_lstm_weights``): the backward direction
+reads each row's real tokens (``length_aware``) or the whole padded sequence (NETY), as
+the scan does. Outputs at padded steps are zeros there (the scan's are not, and nothing
+reads them); the final carry is each row's last real step. Chosen at trace time by
+``kernels.gpu_path("lstm")``, never inside ``kernels.portable()``.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nety_jax import kernels
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.linear import Linear
 
@@ -86,6 +95,36 @@ def zero_carry(cell: str, directions: int, batch: int, hidden: int, like: jax.Ar
     return (zeros, zeros) if cell == "lstm" else (zeros,)
 
 
+def cudnn_rnn():
+    """``jax.experimental.rnn`` where this JAX has its cuDNN LSTM, else None."""
+    try:
+        from jax.experimental import rnn
+    except ImportError:
+        return None
+    return rnn if hasattr(rnn, "lstm") and hasattr(rnn, "lstm_ref") else None
+
+
+def cudnn_lstm_weights(params: dict, directions: int) -> tuple[dict, dict, dict, dict]:
+    """One layer's ``input`` and ``recurrent`` parameters as cuDNN's per-direction W_ih (4H, in),
+    W_hh (4H, H), b_ih, b_hh (4H,) (PyTorch's gate order, which cuDNN shares)."""
+    g = params["recurrent"]["kernel"].shape[-1]
+    w_in, b_in = params["input"]["kernel"], params["input"]["bias"]
+    w_ih = {d: w_in[:, d * g:(d + 1) * g].T for d in range(directions)}
+    w_hh = {d: params["recurrent"]["kernel"][d].T for d in range(directions)}
+    b_ih = {d: b_in[d * g:(d + 1) * g] for d in range(directions)}
+    b_hh = {d: params["recurrent"]["bias"][d] for d in range(directions)}
+    return w_ih, w_hh, b_ih, b_hh
+
+
+def pack_cudnn_weights(w_ih: dict, w_hh: dict, b_ih: dict, b_hh: dict) -> jax.Array:
+    """cuDNN's flat layout for one layer: every direction's W_ih, W_hh, then every b_ih, b_hh
+    (``jax.experimental.rnn.unpack_lstm_weights`` reads it back)."""
+    dirs = range(len(w_ih))
+    parts = [m.reshape(-1) for d in dirs for m in (w_ih[d], w_hh[d])]
+    parts += [b for d in dirs for b in (b_ih[d], b_hh[d])]
+    return jnp.concatenate([p.astype(jnp.float32) for p in parts])
+
+
 class RecurrentLayer(nn.Module):
     """One layer, one or both directions, scanned over time (batch-major in and out)."""
 
@@ -109,6 +148,8 @@ class RecurrentLayer(nn.Module):
             if d == 2:
                 raise ValueError("reset (packed rows) runs forward only; this layer is bidirectional")
             carry = zero_carry(self.cell, d, b, self.hidden, x) if carry is None else carry
+        if carry is None and live is None and not self.is_initializing() and self._cudnn():
+            return self._cudnn_lstm(x, lengths, d)
         g = GATES[self.cell] * self.hidden
         xproj = Linear(d * g, dtype=self.dtype, quant=self.quant, name="input")(x).reshape(b, t, d, g)
         if d == 2:
@@ -127,6 +168,24 @@ class RecurrentLayer(nn.Module):
             backward = flip_sequences(ys[:, :, 1], lengths if self.length_aware else None)
             outputs = jnp.concatenate([outputs, backward], axis=-1)
         return outputs.astype(self.dtype), carry
+
+    def _cudnn(self) -> bool:
+        return self.cell == "lstm" and self.quant == "none" and kernels.gpu_path("lstm") \
+            and cudnn_rnn() is not None
+
+    def _cudnn_lstm(self, x, lengths, d: int):
+        """The layer through cuDNN's LSTM: (outputs (B, T, D * H), carry (h, c) each (D, B, H))."""
+        b, t, width = x.shape
+        if lengths is None or not self.length_aware:
+            lengths = jnp.full((b,), t, jnp.int32)  # NETY: the backward direction reads the padding too
+        weights = pack_cudnn_weights(*cudnn_lstm_weights(self.variables["params"], d))
+        zeros = jnp.zeros((d, b, self.hidden), jnp.float32)
+        # a row of length 0 runs one step over its padding, as the scan's step 0 does
+        seq = jnp.maximum(lengths, 1).astype(jnp.int32)
+        y, h, c = cudnn_rnn().lstm(x.astype(jnp.float32), zeros, zeros, weights, seq, input_size=width,
+                                   hidden_size=self.hidden, num_layers=1, dropout=0.0,
+                                   bidirectional=d == 2)
+        return y.astype(self.dtype), (h, c)
 
 
 class RecurrentStack(nn.Module):

@@ -70,7 +70,8 @@ class DecoderLayer(nn.Module):
     def setup(self):
         s = self.spec
         dtype = s.compute_dtype
-        self.self_attn = SelfAttention(s.d_model, s.heads, s.attention_dropout, s.qkv_bias, dtype, s.quant)
+        self.self_attn = SelfAttention(s.d_model, s.heads, s.attention_dropout, s.qkv_bias, dtype, s.quant,
+                                      causal=True)
         if s.cross_attention:
             self.cross_attn = CrossAttention(s.d_model, s.heads, s.attention_dropout, dtype, s.quant)
             self.norm2 = nn.LayerNorm(epsilon=s.eps)
@@ -84,9 +85,10 @@ class DecoderLayer(nn.Module):
             return x + self.drop(fn(norm(x)), deterministic=det).astype(x.dtype)
         return norm(x + self.drop(fn(x), deterministic=det).astype(x.dtype)).astype(x.dtype)
 
-    def __call__(self, x, causal_mask, memory=None, memory_mask=None, deterministic=True):
-        """Teacher forcing over the whole (B, T, D) sequence."""
-        x = self._block(x, self.norm1, lambda h: self.self_attn(h, causal_mask, deterministic),
+    def __call__(self, x, self_mask=None, memory=None, memory_mask=None, deterministic=True):
+        """Teacher forcing over the whole (B, T, D) sequence, causally (``self_mask``: a further
+        self-attention mask, None for none)."""
+        x = self._block(x, self.norm1, lambda h: self.self_attn(h, self_mask, deterministic),
                         deterministic)
         if self.spec.cross_attention:
             x = self._block(x, self.norm2, lambda h: self.cross_attn(
@@ -158,10 +160,9 @@ class TransformerDecoder(nn.Module):
                segments: Optional[jax.Array] = None):
         """The causal stack on already embedded inputs (B, T, D), positions included;
         ``segments`` (B, T): a token attends only within its own segment (packed rows)."""
-        t = x.shape[1]
-        mask = jnp.tril(jnp.ones((t, t), bool))[None, None]
+        mask = None  # causality is the self-attention's own
         if segments is not None:
-            mask = mask & (segments[:, None, :, None] == segments[:, None, None, :])
+            mask = segments[:, None, :, None] == segments[:, None, None, :]
         for layer in self.layers:
             x = layer(x, mask, memory, memory_mask, deterministic=not train)
         return x

@@ -30,9 +30,8 @@ class Encoder(nn.Module):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         mask = length_mask(lengths, emb.shape[1])
-        attn_mask = mask[:, None, None, :] if cfg.enc_attention_mask else None
         a = SelfAttention(cfg.d_model, cfg.enc_heads, dtype=dtype, quant=cfg.quant, name="attention")(
-            emb, attn_mask, deterministic=not train)
+            emb, None, deterministic=not train, lengths=lengths if cfg.enc_attention_mask else None)
         x = emb + a if cfg.enc_attention_residual else a
 
         packed = cfg.pooling == "last_real"
