@@ -269,3 +269,40 @@ def test_an_installed_accelerator_plugin_keeps_the_cpu_settings_off(monkeypatch)
     assert not runtime.cpu_settings_apply()
     monkeypatch.setattr(runtime, "_accelerator_plugins", lambda: [])
     assert runtime.cpu_settings_apply()
+
+
+# -- mixed precision: model.dtype=bfloat16 -----------------------------------------------------------
+def _dots(jaxpr, out):
+    """(lhs dtype, rhs dtype, shapes) of every dot_general, nested jaxprs (scan, jit, vjp) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            out.append((str(eqn.invars[0].aval.dtype), str(eqn.invars[1].aval.dtype),
+                        eqn.invars[0].aval.shape, eqn.invars[1].aval.shape))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    _dots(inner, out)
+    return out
+
+
+def test_bfloat16_is_one_switch_for_mixed_precision():
+    """float32 parameters, gradients and optimizer state; bfloat16 products (the tied output head
+    too); float32 logits, softmax and loss."""
+    from nety_jax.config import load_config
+    from nety_jax.training.steps import create_train_state, train_step
+    cfg = load_config(os.path.join(ROOT, "configs", "gpt_tiny.yaml"),
+                      ["model.dtype=bfloat16", "model.vocab_size=64", "model.tie_output=true"])
+    model = get_model(cfg.model)
+    state = create_train_state(model, cfg.train, jax.random.PRNGKey(0))
+    batch = model.example_batch(2, 8)
+    step = lambda s, b: train_step(s, b, model=model, tcfg=cfg.train)
+    new_state, metrics = jax.eval_shape(step, state, batch)
+    leaves = jax.tree_util.tree_leaves((new_state.params, new_state.opt_state))
+    assert {x.dtype for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
+    assert metrics["loss_sum"].dtype == jnp.float32
+    dots = _dots(jax.make_jaxpr(step)(state, batch).jaxpr, [])
+    assert dots and all(a == b == "bfloat16" for a, b, _, _ in dots), [d for d in dots if d[0] != "bfloat16"]
+    net = model.network()
+    logits = jax.eval_shape(lambda v: net.apply(v, batch["tokens"]), {"params": state.params})
+    assert logits.dtype == jnp.float32

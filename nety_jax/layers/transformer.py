@@ -145,8 +145,9 @@ class TransformerDecoder(nn.Module):
     def logits(self, x):
         s = self.spec
         x = self.head_input(x)
-        if s.tie_output:
-            logits = self.embed.attend(x.astype(jnp.float32))
+        if s.tie_output:  # the embedding table as the head, in the compute dtype like every product
+            table = self.embed.embedding.astype(s.compute_dtype)
+            logits = jnp.dot(x.astype(s.compute_dtype), table.T).astype(jnp.float32)
             logits = logits + self.out_bias if s.output_bias else logits
         else:
             logits = self.fc_out(x).astype(jnp.float32)
