@@ -1,14 +1,23 @@
 # nety-jax: `make demo` trains on the embedded French corpus and shows replies; `make test` runs the tests.
-PYTHON ?= python3
+# the newest Python >= 3.11 found (3.12 and 3.11 are the versions checked: jax 0.11+ needs 3.12;
+# on 3.11 pip stops at jax 0.10.2); pyenv's versions count too
+PYTHON ?= $(shell for p in python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.11 python3; do \
+	$$p -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null && { echo $$p; break; }; done)
+OLDEST_PYTHON ?= $(shell for p in python3.11 $(wildcard $(HOME)/.pyenv/versions/3.11*/bin/python3.11) python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test bench bench-quality clean
+# pure-Python wheels our code needs that the GPU machine's Python lacks (docs/PERFORMANCE.md, "On a GPU")
+GPU_WHEELS ?= tensorboardX==2.6.5
+
+.PHONY: install demo test test-oldest bench bench-quality gpu-wheels clean
 
 $(BIN)/nety-jax: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "make: no Python 3.11 or 3.12 found (set PYTHON=...)" >&2; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)  # an existing venv keeps its Python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==$(TORCH_VERSION)" || $(BIN)/pip install -q torch
 	$(BIN)/pip install -q -e ".[test]"
@@ -30,6 +39,17 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadscope tests
 
+# the other end of the supported versions (Python 3.11, jax 0.10.2): a few files, no torch
+OLDEST_VENV ?= .venv-oldest
+SMOKE_TESTS ?= tests/test_model.py tests/test_encoder.py tests/test_gpu_paths.py
+test-oldest:
+	@test -n "$(OLDEST_PYTHON)" || { echo "make: no Python 3.11 found" >&2; exit 2; }
+	test -x $(OLDEST_VENV)/bin/python || $(OLDEST_PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/pip install -q -e . pytest pytest-xdist hypothesis
+	$(OLDEST_VENV)/bin/python -c 'import jax, sys; print("oldest:", sys.version.split()[0], "jax", jax.__version__)'
+	$(OLDEST_VENV)/bin/python -m pytest -q -n 2 --dist loadscope $(SMOKE_TESTS)
+
 $(VENV)/.bench: $(BIN)/nety-jax
 	$(BIN)/pip install -q -e ".[test,bench]"
 	@touch $@
@@ -40,5 +60,10 @@ bench: $(VENV)/.bench
 bench-quality: $(VENV)/.bench
 	$(BIN)/python scripts/bench_quality.py
 
+gpu-wheels:
+	rm -rf .gpu-wheels && mkdir -p .gpu-wheels
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .gpu-wheels $(GPU_WHEELS)
+	@ls .gpu-wheels
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(OLDEST_VENV) runs .pytest_cache .gpu-wheels .gpu-cache

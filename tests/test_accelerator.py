@@ -1,8 +1,8 @@
 """The numerics on whatever device JAX runs on: the GPU subset that scripts/gpu_check.sh runs.
 
-Skipped in the ordinary suite (scripts/gpu_check.sh sets NETY_GPU_CHECK and runs this file on the
-GPU, or on this CPU with --platform cpu --tiny, which test_gpu_check.py runs). Each test checks the
-device its arrays land on ($NETY_GPU_CHECK: the platform expected, "gpu" or "cpu").
+scripts/gpu_check.sh sets $NETY_GPU_CHECK to the platform it expects ("gpu" there) and runs this
+file on the GPU; the ordinary suite runs it on the CPU. Each test checks the device its arrays
+land on.
 """
 import os
 
@@ -16,8 +16,7 @@ from nety_jax.config import load_config
 from nety_jax.models import get_model
 from conftest import GPT_TINY, PARITY, QUIET, TINY
 
-PLATFORM = os.environ.get("NETY_GPU_CHECK")
-pytestmark = pytest.mark.skipif(not PLATFORM, reason="scripts/gpu_check.sh runs these on its device")
+PLATFORM = os.environ.get("NETY_GPU_CHECK", "cpu")
 ON_GPU = PLATFORM == "gpu"
 gpu_only = pytest.mark.skipif(not ON_GPU, reason="cuDNN runs on the GPU only")
 
@@ -36,7 +35,8 @@ def _rel(a, b) -> float:
 
 def test_the_backend_is_the_expected_one():
     assert jax.default_backend() == PLATFORM and kernels.backend() == PLATFORM
-    assert kernels.enabled() == (False if ON_GPU else kernels.enabled())  # CPU kernels: CPU only
+    if ON_GPU:
+        assert not kernels.enabled()  # our CPU kernels: the CPU backend only
 
 
 def test_parity_with_pytorch_nety_on_the_device():
@@ -83,21 +83,21 @@ def _batch(vocab=64):
 
 @pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-4), ("bfloat16", 3e-2)])
 def test_cached_decoding_equals_the_full_forward(dtype, tolerance):
-    from nety_jax.models.hybrid.network import HybridSeq2Seq
-    cfg = _hybrid(dtype)
-    model = HybridSeq2Seq(cfg)
-    variables = get_model(cfg).init(jax.random.PRNGKey(0))
-    src, lengths, tgt = _batch()
+    cfg = load_config(GPT_TINY, ["model.vocab_size=64", f"model.dtype={dtype}"]).model
+    model = get_model(cfg)
+    variables = model.init(jax.random.PRNGKey(0))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(4, 64, (4, 8)), jnp.int32)
+    lengths = jnp.array([3, 3, 3, 3], jnp.int32)
+    net = model.network()
 
     def both(v):
-        full = model.apply(v, src, lengths, tgt)
-        memory, mask = model.apply(v, src, lengths, method=model.encode)
-        cache = model.apply(v, memory, mask, tgt.shape[1], src, method=model.init_cache)
-        steps = []
-        for t in range(tgt.shape[1]):
-            logits, cache = model.apply(v, tgt[:, t:t + 1], cache, method=model.decode_step)
+        full = net.apply(v, tokens)
+        first, cache = model.start_decoding(v, tokens[:, :3], lengths, tokens.shape[1])
+        steps = [first]
+        for t in range(3, tokens.shape[1]):
+            logits, cache = model.decode_step(v, tokens[:, t], cache)
             steps.append(logits)
-        return full, jnp.concatenate(steps, axis=1)
+        return full[:, 2:], jnp.stack(steps, axis=1)
     full, cached = jax.jit(both)(variables)
     assert _rel(_on_device(cached), full) < tolerance
 
@@ -121,8 +121,8 @@ def test_bfloat16_logits_stay_within_tolerance_of_float32(arch):
 def test_a_multi_step_training_run_lowers_the_loss(tmp_path):
     from nety_jax.training.loop import train
     from nety_jax.training.metrics import read_metrics
-    cfg = load_config(GPT_TINY, ["train.steps=60", "train.log_every=10", "train.eval_every=60",
-                                 "train.checkpoint_every=60", "train.warmup_steps=5", "model.dtype=bfloat16" if ON_GPU else "model.dtype=float32"])
+    cfg = load_config(GPT_TINY, ["train.steps=40", "train.log_every=10", "train.eval_every=40",
+                                 "train.checkpoint_every=40", "train.warmup_steps=5", "model.dtype=bfloat16" if ON_GPU else "model.dtype=float32"])
     summary = train(cfg, str(tmp_path / "run"), **QUIET)
     losses = [r["loss"] for r in read_metrics(str(tmp_path / "run")) if r["split"] == "train"]
     assert summary["status"] == "finished" and np.all(np.isfinite(losses))

@@ -1,0 +1,397 @@
+"""Speed on one accelerator, in ONE process: nety-jax against PyTorch on the same device, same run.
+
+    python scripts/bench_gpu.py --out DIR [--tiny] [--budget SECONDS] [--repeats N]
+
+Run by scripts/gpu_check.sh (which sets the platform, the compilation cache and the wheels); on
+its own it measures whatever device JAX and PyTorch see ("cuda" when PyTorch has one). Writes
+DIR/bench-results.json and DIR/bench-gpu.md (the tables for docs/PERFORMANCE.md). Parts:
+
+- machine: the device, its bfloat16 peak by its datasheet (dense, no sparsity; None for a card
+  not in ``DATASHEET_BF16``), and a bfloat16 and a float32 matmul peak measured through JAX now;
+- hybrid training: the jitted train step of the parity and the base config, float32 and
+  bfloat16 (``model.dtype``: the mixed-precision switch), against NETY's PyTorch step on the
+  same device (bfloat16: ``torch.autocast``), alternating round by round; tokens/s and MFU
+  (scripts/flops.py's analytic count) against both peaks; the bfloat16 steps again with the GPU
+  fast paths off (``NETY_JAX_GPU_FAST_PATHS=off``): each fast path's effect;
+- hybrid generation: 64 sampled tokens (top-k 50, top-p 0.9, temperature 0.8) at batch 1, 64
+  and 256, against HuggingFace BART with NETY's decoder dimensions (``generate``) on the same
+  device; tokens/s and MFU; ours again with the fast paths off;
+- GPT-2 124M (scripts/bench_gpt.py): the bfloat16 train step (16 x 1024) against HF's
+  GPT2LMHeadModel eager and under torch.compile, and generation against HF ``generate``.
+
+Medians over ``--repeats`` rounds after a warm-up; device work is synchronized before each clock
+read. A part that would start after ``--budget`` seconds is skipped and says so in the results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # PyTorch shares the device
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from flops import generate_flops, train_step_flops  # noqa: E402
+
+# dense bfloat16 FLOP/s by the vendor's datasheet (SXM parts; leads, not readings)
+DATASHEET_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362.05e12, "L4": 121e12,
+                  "A10G": 70e12, "B200": 2250e12}
+GEN_TOKENS, SRC_LEN = 64, 32
+FAST_ENV = "NETY_JAX_GPU_FAST_PATHS"
+
+
+def sync(torch=None):
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, torch=None) -> float:
+    sync(torch)
+    start = time.perf_counter()
+    fn()
+    sync(torch)
+    return time.perf_counter() - start
+
+
+class Budget:
+    """Parts start only while time is left; skipped ones are named in the results."""
+
+    def __init__(self, seconds: float):
+        self.end, self.skipped = time.monotonic() + seconds, []
+
+    def allows(self, name: str, need: float = 0.0) -> bool:
+        if time.monotonic() + need < self.end:
+            return True
+        self.skipped.append(name)
+        print(f"[bench_gpu] {name}: skipped (time budget spent)", flush=True)
+        return False
+
+
+def torch_device():
+    try:
+        import torch
+    except ImportError:
+        return None, None
+    return torch, ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# -- machine ---------------------------------------------------------------------------------------
+def matmul_peak(dtype, n: int, repeats: int) -> float:
+    """FLOP/s of a chain of four n x n products through JAX on random data (zeros run faster)."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype) / np.sqrt(n)
+    mm = jax.jit(lambda x: x @ x @ x @ x @ x)
+    jax.block_until_ready(mm(a))
+    best = min(timed(lambda: jax.block_until_ready(mm(a))) for _ in range(max(repeats, 3)))
+    return 4 * 2 * n ** 3 / best
+
+
+def part_machine(args) -> dict:
+    device = jax.devices()[0]
+    n = 512 if args.tiny else 8192
+    kind = device.device_kind
+    datasheet = next((v for k, v in DATASHEET_BF16.items() if k.lower() in kind.lower()), None)
+    if device.platform == "cpu":
+        datasheet = None
+    return {"platform": device.platform, "device": kind, "devices": jax.device_count(),
+            "datasheet_bf16_flops": datasheet, "matmul_bf16_flops": matmul_peak(jnp.bfloat16, n, args.repeats),
+            "matmul_f32_flops": matmul_peak(jnp.float32, n, args.repeats), "matmul_n": n,
+            "jax": jax.__version__, "fast_paths": os.environ.get(FAST_ENV, "on")}
+
+
+# -- hybrid training -------------------------------------------------------------------------------
+def hybrid_config(args, name: str, dtype: str):
+    from nety_jax.config import load_config
+    sets = [f"model.vocab_size={64 if args.tiny else 8000}", f"model.dtype={dtype}", "train.optimizer=adam",
+            "train.learning_rate=1e-4", "train.schedule=constant", "train.warmup_steps=0", "train.clip_norm=0",
+            "train.label_smoothing=0", f"train.batch_size={args.batch}"]
+    if args.tiny:
+        sets += ["model.d_model=32", "model.enc_hidden=16", "model.dec_heads=4", "model.enc_heads=2",
+                 "model.d_ff=64", "model.head_dims=[16, 8]", "model.max_len=128"]
+    return load_config(os.path.join(ROOT, "configs", name), sets)
+
+
+def train_batch(vocab: int, b: int, n: int) -> dict:
+    rs = np.random.default_rng(0)
+    tgt = rs.integers(4, vocab, (b, n + 1)).astype(np.int32)
+    return {"src": rs.integers(4, vocab, (b, n)).astype(np.int32), "src_len": np.full(b, n, np.int32),
+            "tgt_in": tgt[:, :-1], "targets": tgt[:, 1:]}
+
+
+class JaxTrainer:
+    """Our jitted train step; the fast paths as ``fast`` says (read when it is traced, here)."""
+
+    def __init__(self, cfg, batch, fast: str = "on"):
+        from nety_jax.models import get_model
+        from nety_jax.training.parallel import Runner
+        from nety_jax.training.steps import create_train_state
+        os.environ[FAST_ENV] = fast
+        self.model = get_model(cfg.model)
+        self.state = create_train_state(self.model, cfg.train, jax.random.PRNGKey(0))
+        self.runner = Runner(cfg, self.model, "none")
+        self.batch = {k: jax.device_put(v) for k, v in batch.items()}
+        self.compile_s = timed(lambda: self.steps(1))
+        os.environ[FAST_ENV] = "on"
+
+    def steps(self, k: int) -> None:
+        for _ in range(k):
+            self.state, metrics = self.runner.train(self.state, self.batch)
+        jax.block_until_ready(metrics)
+
+
+class TorchTrainer:
+    """NETY's PyTorch step (the re-creation in models/hybrid/torch_reference.py) on ``device``;
+    bfloat16 through ``torch.autocast`` (float32 weights and optimizer, as ours)."""
+
+    def __init__(self, cfg, batch, torch, device: str):
+        from nety_jax.models.hybrid.torch_reference import HybridRNNTransformer
+        m = cfg.model
+        self.torch, self.vocab, self.device = torch, m.vocab_size, device
+        self.bf16 = m.dtype == "bfloat16"
+        self.model = HybridRNNTransformer(m.vocab_size, m.d_model, m.enc_hidden, m.enc_layers, m.enc_heads,
+                                          m.dec_heads, m.dec_layers, m.d_ff, m.dropout, m.max_len).train().to(device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
+        self.src, self.tgt_in, self.targets = (torch.from_numpy(batch[k]).long().to(device)
+                                               for k in ("src", "tgt_in", "targets"))
+        self.steps(1)
+
+    def steps(self, k: int) -> None:
+        torch = self.torch
+        for _ in range(k):
+            with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.model(self.src, self.tgt_in)
+                loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, self.vocab),
+                                                         self.targets.reshape(-1), ignore_index=0)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+        sync(torch)
+
+
+def _rate(seconds: float, flops: float, tokens: int, machine: dict) -> dict:
+    peak = machine["datasheet_bf16_flops"]
+    return {"s_per_step": seconds, "tokens_per_s": tokens / seconds, "tflops": flops / seconds / 1e12,
+            "mfu_datasheet": flops / seconds / peak if peak else None,
+            "mfu_measured": flops / seconds / machine["matmul_bf16_flops"]}
+
+
+def train_row(args, machine, name: str, dtype: str, b: int, n: int) -> dict:
+    """One config and dtype: ours (fast paths on, and off on a GPU in bfloat16) and NETY's
+    PyTorch step (parity config: NETY's own model) timed in turns."""
+    torch, device = torch_device()
+    cfg = hybrid_config(args, name, dtype)
+    batch = train_batch(cfg.model.vocab_size, b, n)
+    contenders = {"ours": JaxTrainer(cfg, batch)}
+    if dtype == "bfloat16" and machine["platform"] == "gpu":
+        contenders["ours, fast paths off"] = JaxTrainer(cfg, batch, fast="off")
+    if torch is not None and name == "nety_parity.yaml":
+        contenders["NETY PyTorch"] = TorchTrainer(cfg, batch, torch, device)
+    times = {k: [] for k in contenders}
+    for _ in range(args.repeats):
+        for key, trainer in contenders.items():
+            times[key].append(timed(lambda: trainer.steps(2), torch) / 2)
+    flops = train_step_flops(cfg.model, b, n, n)["total"]
+    row = {"config": name, "dtype": dtype, "batch": b, "len": n, "gflop_per_step": flops / 1e9,
+           "compile_s": contenders["ours"].compile_s}
+    for key, ts in times.items():
+        row[key] = _rate(statistics.median(ts), flops, b * n, machine)
+    if "NETY PyTorch" in row:
+        row["ratio_vs_torch"] = row["NETY PyTorch"]["s_per_step"] / row["ours"]["s_per_step"]
+    if "ours, fast paths off" in row:
+        row["fast_paths_speedup"] = row["ours, fast paths off"]["s_per_step"] / row["ours"]["s_per_step"]
+    return row
+
+
+def part_train(args, machine, budget) -> dict:
+    b, n = (4, 8) if args.tiny else (args.batch, 32)
+    # tiny: each config and each dtype once (a smoke run of every code path)
+    plan = [("nety_parity.yaml", "float32"), ("base.yaml", "bfloat16")] if args.tiny else \
+        [(name, dtype) for name in ("nety_parity.yaml", "base.yaml") for dtype in ("float32", "bfloat16")]
+    rows = []
+    for name, dtype in plan:
+        label = f"{name.split('.')[0]} {dtype}"
+        if budget.allows(f"train {label}", 20):
+            rows.append(train_row(args, machine, name, dtype, b, n))
+            print(f"[bench_gpu] train {label}: {rows[-1]['ours']['s_per_step'] * 1e3:.2f} ms/step", flush=True)
+    return {"rows": rows}
+
+
+# -- hybrid generation -----------------------------------------------------------------------------
+class JaxGenerator:
+    def __init__(self, cfg, variables, fast: str = "on"):
+        from nety_jax.decoding import generate
+        from nety_jax.models import get_model
+        self.model, self.variables, self.fast = get_model(cfg.model), variables, fast
+        # a jit of its own per setting: the fast paths are read when it is traced
+        self.fn = jax.jit(lambda *a, model, spec: generate(*a, model=model, spec=spec),
+                          static_argnames=("model", "spec"))
+
+    def call(self, src):
+        from nety_jax.decoding import LoopSpec, SamplingParams
+        b = src.shape[0]
+        params = SamplingParams.create(b, temperature=0.8, top_k=50, top_p=0.9, seed=b)
+        os.environ[FAST_ENV] = self.fast
+        try:
+            out = self.fn(self.variables, src, jnp.full((b,), src.shape[1], jnp.int32), params, model=self.model,
+                          spec=LoopSpec(max_new_tokens=GEN_TOKENS, ignore_eos=True))
+            return jax.block_until_ready(out["tokens"])
+        finally:
+            os.environ[FAST_ENV] = "on"
+
+
+def _hf_bart(m, torch, device):
+    from transformers import BartConfig, BartForConditionalGeneration
+    cfg = BartConfig(vocab_size=m.vocab_size, d_model=m.d_model, encoder_layers=m.enc_layers,
+                     decoder_layers=m.dec_layers, encoder_attention_heads=m.dec_heads,
+                     decoder_attention_heads=m.dec_heads, encoder_ffn_dim=m.d_ff, decoder_ffn_dim=m.d_ff,
+                     max_position_embeddings=m.max_len, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                     decoder_start_token_id=1, forced_eos_token_id=None)
+    model = BartForConditionalGeneration(cfg).eval().to(device)
+    kw = dict(do_sample=True, top_k=50, top_p=0.9, temperature=0.8, max_new_tokens=GEN_TOKENS,
+              min_new_tokens=GEN_TOKENS)
+
+    def call(src):
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=m.dtype == "bfloat16"):
+            model.generate(src, **kw)
+    return call
+
+
+def part_generate(args, machine, budget) -> dict:
+    torch, device = torch_device()
+    batches = (1, 4) if args.tiny else (1, 64, 256)
+    rows = []
+    for dtype in ("bfloat16",) if args.tiny else ("float32", "bfloat16"):
+        if not budget.allows(f"generate {dtype}", 30):
+            continue
+        cfg = hybrid_config(args, "nety_parity.yaml", dtype)
+        from nety_jax.models import get_model
+        variables = get_model(cfg.model).init(jax.random.PRNGKey(0))
+        gens = {"ours": JaxGenerator(cfg, variables)}
+        if machine["platform"] == "gpu":
+            gens["ours, fast paths off"] = JaxGenerator(cfg, variables, fast="off")
+        hf = None
+        if torch is not None and not args.skip_hf:
+            try:
+                hf = _hf_bart(cfg.model, torch, device)
+            except ImportError:
+                hf = None
+        for b in batches:
+            src_np = np.random.default_rng(b).integers(4, cfg.model.vocab_size, (b, SRC_LEN)).astype(np.int32)
+            src = jnp.asarray(src_np)
+            calls = {k: (lambda g=g: g.call(src)) for k, g in gens.items()}
+            if hf is not None:
+                src_t = torch.from_numpy(src_np).long().to(device)
+                calls["HF BART generate"] = lambda: hf(src_t)
+            compile_s = timed(calls["ours"])
+            for key, fn in calls.items():
+                if key != "ours":
+                    fn()  # warm-up
+            times = {k: [] for k in calls}
+            for _ in range(args.repeats):
+                for key, fn in calls.items():
+                    times[key].append(timed(fn, torch))
+            flops = generate_flops(cfg.model, b, SRC_LEN, GEN_TOKENS)
+            row = {"dtype": dtype, "batch": b, "new_tokens": GEN_TOKENS, "compile_s": compile_s}
+            for key, ts in times.items():
+                row[key] = _rate(statistics.median(ts), flops, b * GEN_TOKENS, machine)
+            if "HF BART generate" in row:
+                row["ratio_vs_hf"] = row["HF BART generate"]["s_per_step"] / row["ours"]["s_per_step"]
+            if "ours, fast paths off" in row:
+                row["fast_paths_speedup"] = row["ours, fast paths off"]["s_per_step"] / row["ours"]["s_per_step"]
+            rows.append(row)
+            print(f"[bench_gpu] generate {dtype} batch {b}: {row['ours']['tokens_per_s']:,.0f} tok/s", flush=True)
+    return {"rows": rows}
+
+
+# -- GPT-2 124M (scripts/bench_gpt.py) -------------------------------------------------------------
+def part_gpt(args, machine, budget) -> dict:
+    try:
+        import bench_gpt
+    except ImportError as e:
+        return {"error": f"scripts/bench_gpt.py unavailable: {e}"}
+    if not budget.allows("gpt", 60):
+        return {"skipped": True}
+    return bench_gpt.gpu_rows(tiny=args.tiny, repeats=args.repeats, machine=machine)
+
+
+# -- tables ----------------------------------------------------------------------------------------
+def _f(x, spec=",.0f"):
+    return "-" if x is None else format(x, spec)
+
+
+def _pct(x):
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def tables(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"Device: {m['device']} ({m['platform']}, jax {m['jax']}); bf16 peak by datasheet "
+             f"{_f(m['datasheet_bf16_flops'] and m['datasheet_bf16_flops'] / 1e12, '.0f')} TFLOP/s; measured now "
+             f"through JAX ({m['matmul_n']}^3 products): bf16 {m['matmul_bf16_flops'] / 1e12:.1f} TFLOP/s, "
+             f"float32 {m['matmul_f32_flops'] / 1e12:.1f} TFLOP/s.", "",
+             "| hybrid train step | ours ms/step | tok/s | MFU (datasheet / measured) | NETY PyTorch ms/step | "
+             "ratio | fast paths off ms/step |", "|---|---|---|---|---|---|---|"]
+    for row in r["train"].get("rows", []):
+        o, t, off = row["ours"], row.get("NETY PyTorch"), row.get("ours, fast paths off")
+        lines.append(f"| {row['config'].split('.')[0]} {row['dtype']}, B={row['batch']} L={row['len']} | "
+                     f"{o['s_per_step'] * 1e3:.2f} | {_f(o['tokens_per_s'])} | {_pct(o['mfu_datasheet'])} / "
+                     f"{_pct(o['mfu_measured'])} | {_f(t and t['s_per_step'] * 1e3, '.2f')} | "
+                     f"**{_f(row.get('ratio_vs_torch'), '.2f')}x** | {_f(off and off['s_per_step'] * 1e3, '.2f')} |")
+    lines += ["", f"| hybrid generate {GEN_TOKENS} tokens | ours tok/s | MFU (datasheet / measured) | "
+              "HF BART generate tok/s | ratio | fast paths off tok/s |", "|---|---|---|---|---|---|"]
+    for row in r["generate"].get("rows", []):
+        o, h, off = row["ours"], row.get("HF BART generate"), row.get("ours, fast paths off")
+        lines.append(f"| {row['dtype']}, batch {row['batch']} | {_f(o['tokens_per_s'])} | {_pct(o['mfu_datasheet'])} / "
+                     f"{_pct(o['mfu_measured'])} | {_f(h and h['tokens_per_s'])} | "
+                     f"**{_f(row.get('ratio_vs_hf'), '.2f')}x** | {_f(off and off['tokens_per_s'])} |")
+    gpt = r.get("gpt", {})
+    if "table" in gpt:
+        lines += ["", gpt["table"]]
+    elif "error" in gpt:
+        lines += ["", f"GPT-2 rows: {gpt['error']}"]
+    if r["skipped"]:
+        lines += ["", f"Skipped (time budget): {', '.join(r['skipped'])}."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder for bench-results.json and bench-gpu.md")
+    p.add_argument("--tiny", action="store_true", help="tiny dimensions: a smoke run, not a measurement")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per measurement (median)")
+    p.add_argument("--batch", type=int, default=256, help="hybrid training batch (sequences of 32 tokens)")
+    p.add_argument("--budget", type=float, default=float(os.environ.get("NETY_GPU_BUDGET", 330)),
+                   help="seconds after which no part starts ($NETY_GPU_BUDGET)")
+    p.add_argument("--skip-hf", action="store_true", help="no HuggingFace references")
+    args = p.parse_args()
+    if args.tiny:
+        args.repeats = min(args.repeats, 2)
+    from nety_jax.runtime import enable_compilation_cache
+    enable_compilation_cache()  # $NETY_JAX_COMPILE_CACHE: gpu_check.sh names the folder
+    os.makedirs(args.out, exist_ok=True)
+    budget = Budget(args.budget)
+    results = {"machine": part_machine(args)}
+    print(f"[bench_gpu] machine: {results['machine']}", flush=True)
+    results["train"] = part_train(args, results["machine"], budget)
+    results["generate"] = part_generate(args, results["machine"], budget)
+    results["gpt"] = part_gpt(args, results["machine"], budget)
+    results["skipped"] = budget.skipped
+    text = tables(results)
+    with open(os.path.join(args.out, "bench-results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(args.out, "bench-gpu.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
