@@ -46,7 +46,7 @@ def cmd_info(args) -> int:
     from nety_jax.config import load_config
     from nety_jax.models import get_model
     if args.checkpoint:
-        from nety_jax.training.checkpoint import read_run_config
+        from nety_jax.runs.files import read_run_config
         if args.config:
             raise NetyError("give --config or --checkpoint, not both")
         cfg = read_run_config(args.checkpoint)
@@ -182,7 +182,7 @@ def cmd_export(args) -> int:
 def cmd_import_torch(args) -> int:
     from nety_jax.models.hybrid.torch_io import import_torch
     out = import_torch(args.state_dict, args.vocab, args.out, args.config, args.overrides,
-                       warn=lambda m: print(m, file=sys.stderr))
+                       warn=lambda m: print(m, file=sys.stderr), overwrite=args.overwrite)
     print(f"imported {args.state_dict} into {out}")
     return 0
 
@@ -196,13 +196,13 @@ def cmd_export_torch(args) -> int:
 
 def cmd_import_hf(args) -> int:
     from nety_jax.models.registry import import_hf
-    print(f"imported {args.model} into {import_hf(args.model, args.out)}")
+    print(f"imported {args.model} into {import_hf(args.model, args.out, args.overwrite)}")
     return 0
 
 
 def cmd_export_hf(args) -> int:
     from nety_jax.models.registry import export_hf
-    out = export_hf(args.checkpoint, args.out)
+    out = export_hf(args.checkpoint, args.out, args.overwrite)
     print(f"wrote {out} (transformers: GPT2LMHeadModel / AutoTokenizer)")
     return 0
 
@@ -215,7 +215,7 @@ def cmd_serve(args) -> int:
 
 def cmd_quantize(args) -> int:
     from nety_jax.serving.quantize import quantize_run
-    quantize_run(args.checkpoint, args.out, args.activations)
+    quantize_run(args.checkpoint, args.out, args.activations, overwrite=args.overwrite)
     return 0
 
 
@@ -291,29 +291,33 @@ def _add_commands(sub) -> None:
     p.add_argument("--out", required=True, help="new run directory")
     p.add_argument("--activations", default="float32", choices=("float32", "bfloat16"),
                    help="compute dtype of the quantized model")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier quantize output in --out")
     p.set_defaults(fn=cmd_quantize)
 
     p = sub.add_parser("import-torch", help="NETY PyTorch state dict -> run directory")
     p.add_argument("--state-dict", required=True, help="NETY's state_dict (.pt)")
     p.add_argument("--vocab", required=True, help="NETY's vocab.json")
     p.add_argument("--out", required=True, help="output run directory (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier import-torch output in --out")
     _config_args(p)
     p.set_defaults(fn=cmd_import_torch)
 
     p = sub.add_parser("import-hf", help="HuggingFace GPT-2 directory -> run directory")
     p.add_argument("--model", required=True, help="a directory as save_pretrained writes it (config.json, weights, tokenizer)")
     p.add_argument("--out", required=True, help="new run directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier import-hf output in --out")
     p.set_defaults(fn=cmd_import_hf)
 
     p = sub.add_parser("export-hf", help="GPT run directory -> HuggingFace GPT-2 directory")
     p.add_argument("--checkpoint", required=True, help="run directory (model.arch gpt, data.tokenizer hf)")
     p.add_argument("--out", required=True, help="new directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export-hf output in --out")
     p.set_defaults(fn=cmd_export_hf)
 
     p = sub.add_parser("export-torch", help="parity-mode run directory -> NETY state dict")
     p.add_argument("--checkpoint", required=True, help="run directory")
     p.add_argument("--out", required=True, help="output .pt file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.add_argument("--overwrite", action="store_true", help="replace a PyTorch state dict in --out")
     p.set_defaults(fn=cmd_export_torch)
 
 

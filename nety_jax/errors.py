@@ -19,3 +19,7 @@ class CheckpointError(NetyError):
 
 class TrainingDiverged(NetyError):
     """The loss became non-finite; the last good checkpoint is kept."""
+
+
+class OutputError(NetyError):
+    """An output path cannot be written, or holds something its writer must not replace."""

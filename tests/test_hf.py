@@ -328,9 +328,10 @@ def test_bad_input_is_one_line_and_writes_nothing(hf_dirs, tmp_path):
         assert not out.exists(), name
         seen.append(name)
     assert len(seen) == 6
-    existing = tmp_path / "exists"
+    existing = tmp_path / "exists"  # a directory of someone else's files (the writers' guard)
     existing.mkdir()
+    (existing / "notes.txt").write_text("mine\n")
     code, _, err = cli("import-hf", "--model", hf_dirs["tied"], "--out", str(existing))
-    assert code == 2 and "already exists" in err and not os.listdir(existing)
+    assert code == 2 and "nety-jax did not write" in err and os.listdir(existing) == ["notes.txt"]
     code, _, err = cli("export-hf", "--checkpoint", hf_dirs["tied"], "--out", str(tmp_path / "x"))
     assert code == 2 and err.count("\n") == 1 and not (tmp_path / "x").exists()

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from nety_jax.training.checkpoint import steps_on_disk
+from nety_jax.runs.checkpoints import steps_on_disk
 from conftest import ROOT, TINY
 
 pytestmark = pytest.mark.slow

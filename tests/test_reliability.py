@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from nety_jax.training.checkpoint import steps_on_disk
+from nety_jax.runs.checkpoints import steps_on_disk
 from nety_jax.training.metrics import read_metrics
 from conftest import QUIET, ROOT, TINY
 
@@ -293,7 +293,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
     from nety_jax.config import load_config
     from nety_jax.errors import CheckpointError
     from nety_jax.serving.pretrained import load_pretrained
-    from nety_jax.training import checkpoint as ckpt
+    from nety_jax.runs import checkpoints as ckpt
     from nety_jax.training.loop import train
     saves = []
     real_save = ckpt.save

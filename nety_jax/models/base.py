@@ -97,7 +97,7 @@ class Model(abc.ABC):
     def loss_sums(self, variables: Variables, batch: dict, *, train: bool = False,
                   rng: Optional[jax.Array] = None, axis_name: Optional[str] = None,
                   label_smoothing: float = 0.0):
-        from nety_jax.training.losses import cross_entropy_sums, token_mask
+        from nety_jax.layers.losses import cross_entropy_sums, token_mask
         logits, updates = self.logits(variables, batch, train=train, rng=rng, axis_name=axis_name)
         sums = cross_entropy_sums(logits, batch["targets"], token_mask(batch), label_smoothing)
         return sums, updates

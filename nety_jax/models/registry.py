@@ -53,11 +53,11 @@ def load_hf(model_dir: str):
     return hf_converter().load_hf(model_dir)
 
 
-def import_hf(model_dir: str, out: str) -> str:
+def import_hf(model_dir: str, out: str, overwrite: bool = False) -> str:
     """A HuggingFace model directory -> a new run directory ``out`` (``nety-jax import-hf``)."""
-    return hf_converter().import_hf(model_dir, out)
+    return hf_converter().import_hf(model_dir, out, overwrite)
 
 
-def export_hf(run: str, out: str) -> str:
+def export_hf(run: str, out: str, overwrite: bool = False) -> str:
     """A run directory -> a new HuggingFace model directory ``out`` (``nety-jax export-hf``)."""
-    return hf_converter().export_hf(run, out)
+    return hf_converter().export_hf(run, out, overwrite)

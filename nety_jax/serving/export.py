@@ -8,6 +8,8 @@ An export directory holds::
     config.yaml, tokenizer.json (+ model file)
     export.json      jax version, the signature, the runtime options it accepts, the
                      static decode settings baked in, sha256 of the two binaries
+    nety-jax.json    the writers' marker (runs/guard.py) with the sha256 of every file
+                     above: a file changed or added later is named and refused at load
 
 Temperature, top-k, top-p, max_new_tokens (up to the compiled maximum) and the seed
 are runtime inputs (per-row arrays); beam settings are baked in. Loading it
@@ -17,11 +19,8 @@ months backward); export.json records the jax version that wrote it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 import zipfile
 import sys
 from typing import Callable, Optional, Sequence
@@ -36,6 +35,8 @@ from nety_jax.data.prompts import decode_replies, encode_prompts
 from nety_jax.data.tokenizer import load_tokenizer
 from nety_jax.decoding.keys import row_keys
 from nety_jax.errors import CheckpointError, NetyError
+from nety_jax.runs import guard
+from nety_jax.runs.manifest import sha256, verify
 from nety_jax.tasks import task_of_signature
 from nety_jax.serving.settings import (RUNTIME, check_bool, check_int, check_num_samples, in_parts, resolve,
                                        seeds_per_row)
@@ -77,28 +78,6 @@ def _unflatten(flat: dict) -> dict:
     return tree
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def check_output_dir(out: str, overwrite: bool, what: str = "export") -> None:
-    """Refuses to clobber anything an export did not create."""
-    if os.path.isfile(out):
-        raise NetyError(f"--out {out}: is an existing file; give a directory for the {what}")
-    if os.path.isdir(out) and os.listdir(out):
-        if os.path.isdir(os.path.join(out, "checkpoints")) or os.path.isfile(os.path.join(out, ".lock")):
-            raise NetyError(f"--out {out}: is a training run directory; choose another --out")
-        if not os.path.isfile(os.path.join(out, INFO)):
-            raise NetyError(f"--out {out}: is a non-empty directory that is not an export; "
-                            "choose another --out")
-        if not overwrite:
-            raise NetyError(f"--out {out}: already holds an export; add --overwrite to replace it")
-
-
 def _serve_fn(model, spec):
     from nety_jax.decoding.generation import generate
     from nety_jax.decoding.sampling import SamplingParams
@@ -113,11 +92,17 @@ def _serve_fn(model, spec):
 
 def export_run(checkpoint: str, out: str, batch_size: int = 0, overrides: Sequence[str] = (),
                overwrite: bool = False) -> str:
-    """Exports the newest checkpoint of a run directory's generate function to ``out``."""
+    """Exports the newest checkpoint of a run directory's generate function to ``out`` (written
+    through the writers' guard: a new or empty directory, or an earlier export with ``overwrite``)."""
+    with guard.output(out, "export", overwrite) as tmp:  # checked before any work
+        _export(checkpoint, tmp, batch_size, overrides)
+    return out
+
+
+def _export(checkpoint: str, tmp: str, batch_size: int, overrides: Sequence[str]) -> None:
     from nety_jax.serving.pretrained import load_pretrained
     from nety_jax.serving.settings import STATIC
 
-    check_output_dir(out, overwrite)
     if batch_size < 0:
         raise NetyError(f"--batch-size={batch_size} must be >= 0 (0: any batch size)")
     model = load_pretrained(checkpoint)
@@ -140,33 +125,22 @@ def export_run(checkpoint: str, out: str, batch_size: int = 0, overrides: Sequen
     with kernels.portable():  # an artifact must not need our CPU kernel to load
         exported = jax.export.export(jax.jit(_serve_fn(model.model, spec)), platforms=PLATFORMS)(*args)
 
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
-        with open(os.path.join(tmp, ARTIFACT), "wb") as f:
-            f.write(exported.serialize())
-        np.savez(os.path.join(tmp, VARIABLES), **_flatten(jax.device_get(model.variables)))
-        config_lib.save_config(cfg, os.path.join(tmp, CONFIG))
-        model.tokenizer.save(tmp)
-        info = {"format": FORMAT, "jax_version": jax.__version__, "platforms": list(PLATFORMS),
-                "batch": batch_size or "symbolic", "prompt_length": "symbolic",
-                "signature": model.model.serving_signature(),
-                "options": [] if spec.beam_size > 1 else list(RUNTIME) + ["seed"],
-                "max_new_tokens": spec.max_new_tokens,
-                "static": {k: getattr(spec, k) for k in STATIC},
-                "defaults": {k: getattr(cfg.decode, k) for k in RUNTIME},
-                "checkpoint": os.path.abspath(checkpoint), "step": model.step,
-                "sha256": {name: _sha256(os.path.join(tmp, name)) for name in (ARTIFACT, VARIABLES)}}
-        with open(os.path.join(tmp, INFO), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2)
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    with open(os.path.join(tmp, ARTIFACT), "wb") as f:
+        f.write(exported.serialize())
+    np.savez(os.path.join(tmp, VARIABLES), **_flatten(jax.device_get(model.variables)))
+    config_lib.save_config(cfg, os.path.join(tmp, CONFIG))
+    model.tokenizer.save(tmp)
+    info = {"format": FORMAT, "jax_version": jax.__version__, "platforms": list(PLATFORMS),
+            "batch": batch_size or "symbolic", "prompt_length": "symbolic",
+            "signature": model.model.serving_signature(),
+            "options": [] if spec.beam_size > 1 else list(RUNTIME) + ["seed"],
+            "max_new_tokens": spec.max_new_tokens,
+            "static": {k: getattr(spec, k) for k in STATIC},
+            "defaults": {k: getattr(cfg.decode, k) for k in RUNTIME},
+            "checkpoint": os.path.abspath(checkpoint), "step": model.step,
+            "sha256": {name: sha256(os.path.join(tmp, name)) for name in (ARTIFACT, VARIABLES)}}
+    with open(os.path.join(tmp, INFO), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
 
 
 def _read_info(directory: str) -> dict:
@@ -193,9 +167,12 @@ class ExportedModel:
             if not os.path.isfile(os.path.join(directory, name)):
                 raise CheckpointError(f"{os.path.join(directory, name)}: missing; is {directory} a "
                                       "`nety-jax export` output?")
+        # every file of the export against the marker's checksums; an export older than the
+        # marker has checksums of its two binaries only
+        sealed = verify(directory, "export", "re-export")
         self.info = info = _read_info(directory)
-        for name, digest in info["sha256"].items():
-            if _sha256(os.path.join(directory, name)) != digest:
+        for name, digest in ({} if sealed else info["sha256"]).items():
+            if sha256(os.path.join(directory, name)) != digest:
                 raise CheckpointError(f"{os.path.join(directory, name)}: damaged (its checksum does "
                                       "not match export.json); re-export")
         self.exported = self._deserialize(os.path.join(directory, ARTIFACT))

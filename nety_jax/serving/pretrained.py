@@ -6,7 +6,6 @@ recompiles); a prompt too long for the model is cut with a warning.
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -16,13 +15,14 @@ import numpy as np
 
 from nety_jax.config import Config
 from nety_jax.data.prompts import unencodable, decode_replies, encode_prompts, repeat_rows
-from nety_jax.data.tokenizer import Tokenizer, load_tokenizer
+from nety_jax.data.tokenizer import Tokenizer
 from nety_jax.decoding import SamplingParams, generate_jit
-from nety_jax.errors import CheckpointError, NetyError
+from nety_jax.errors import NetyError
 from nety_jax.models import get_model
+from nety_jax.runs.files import load_run_tokenizer, read_run_config
+from nety_jax.runs.weights import restore_inference_variables
 from nety_jax.serving.settings import (check_batch, check_bool, check_int, check_num_samples, check_texts,
                                        in_parts, resolve, seeds_per_row)
-from nety_jax.training import checkpoint as ckpt
 
 
 def _stderr(message: str) -> None:
@@ -164,48 +164,11 @@ def _fill_seed(seed, b: int):
     return seed if isinstance(seed, int) else seed + [seed[0]] * (b - len(seed))
 
 
-def restore_inference_variables(workdir: str, cfg: Config, step: Optional[int] = None,
-                                warn: Callable[[str], None] = _stderr) -> tuple[dict, int]:
-    """Model variables (params and mutable collections) of the newest intact checkpoint (or
-    ``step``), without the optimizer state; damaged steps are skipped with a warning."""
-    model = get_model(cfg.model)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                                      model.abstract_variables())
-    target = {"params": abstract["params"],
-              "mutables": {k: v for k, v in abstract.items() if k != "params"}}
-    manager = ckpt.make_manager(workdir, cfg, read_only=True)
-
-    def restore_one(s):
-        ckpt.check_fits(ckpt.restore_meta(manager, s), cfg,
-                        f"{ckpt.checkpoint_dir(workdir)}/{s} (for {os.path.join(workdir, ckpt.CONFIG_FILE)})")
-        return ckpt.restore_variables(manager, s, target)
-
-    try:
-        if step is not None:
-            if step not in ckpt.steps_on_disk(workdir):
-                raise CheckpointError(f"{workdir}: no checkpoint of step {step}")
-            try:
-                with ckpt.quiet_orbax():
-                    state = restore_one(step)
-            except CheckpointError:
-                raise
-            except Exception as e:
-                raise CheckpointError(f"{ckpt.checkpoint_dir(workdir)}/{step} is damaged "
-                                      f"({ckpt._first_line(e)})") from None
-        else:
-            state, step = ckpt.restore_newest(workdir, restore_one, warn)
-    finally:
-        manager.close()
-    if state is None:
-        raise CheckpointError(f"{workdir}: no checkpoint found in {ckpt.checkpoint_dir(workdir)}")
-    return {"params": state["params"], **state.get("mutables", {})}, step
-
-
 def load_pretrained(workdir: str, step: Optional[int] = None,
                     warn: Callable[[str], None] = _stderr) -> Pretrained:
     """Loads ``workdir`` (a ``nety-jax train``, ``import-torch`` or ``quantize`` output)."""
-    cfg = ckpt.read_run_config(workdir)
-    tokenizer = load_tokenizer(workdir)
-    variables, step = restore_inference_variables(workdir, cfg, step, warn)
+    cfg = read_run_config(workdir)
+    tokenizer = load_run_tokenizer(workdir)
+    variables, step = restore_inference_variables(workdir, cfg, get_model(cfg.model).abstract_variables(),
+                                                  step, warn)
     return Pretrained(cfg, tokenizer, variables, step, warn)

@@ -15,11 +15,12 @@ from typing import Callable
 import jax
 import numpy as np
 
-from nety_jax.config import save_config
 from nety_jax.errors import ConfigError, NetyError
 from nety_jax.layers.linear import quantize_kernel
 from nety_jax.models import get_model
-from nety_jax.training import checkpoint as ckpt
+from nety_jax.runs import guard
+from nety_jax.runs.files import write_run_config
+from nety_jax.runs.weights import write_weights
 
 
 def _get(tree, path):
@@ -57,28 +58,26 @@ def param_bytes(variables: dict) -> int:
 
 
 def quantize_run(checkpoint: str, out: str, activations: str = "float32",
-                 log: Callable[[str], None] = print) -> str:
-    from nety_jax.serving.pretrained import load_pretrained
+                 log: Callable[[str], None] = print, overwrite: bool = False) -> str:
+    """Writes an int8 copy of a run into ``out`` (through the writers' guard: a new or empty
+    directory, or an earlier quantize output with ``overwrite``)."""
     if activations not in ("float32", "bfloat16"):
         raise ConfigError(f"--activations={activations!r} must be float32 or bfloat16")
-    if os.path.isfile(out) or (os.path.isdir(out) and os.listdir(out)):
-        raise NetyError(f"--out {out}: exists and is not an empty directory; choose a new one")
+    with guard.output(out, "quantize", overwrite) as tmp:  # checked before any work
+        source, before, after = _quantize_into(checkpoint, tmp, activations)
+    log(f"quantized {checkpoint} (step {source.step}) into {out}: parameters {before / 2**20:.1f} MB -> "
+        f"{after / 2**20:.1f} MB (int8 weights, {activations} activations)")
+    return out
+
+
+def _quantize_into(checkpoint: str, tmp: str, activations: str):
+    from nety_jax.serving.pretrained import load_pretrained
     source = load_pretrained(checkpoint)
     if source.config.model.quant != "none":
         raise NetyError(f"{checkpoint}: is already quantized (model.quant={source.config.model.quant})")
     cfg = source.config.replace_model(quant="int8", dtype=activations)
     variables = quantize_variables(jax.device_get(source.variables), source.config.model)
-    os.makedirs(out, exist_ok=True)
-    save_config(cfg, os.path.join(out, ckpt.CONFIG_FILE))
-    source.tokenizer.save(out)
-    state = {"params": variables["params"], "mutables": {k: v for k, v in variables.items() if k != "params"}}
-    manager = ckpt.make_manager(out, cfg)
-    ckpt.save(manager, source.step, state, {"config": cfg.to_dict(), "step": source.step,
-                                            "quantized_from": os.path.abspath(checkpoint)})
-    manager.wait_until_finished()
-    manager.close()
-    before, after = param_bytes(source.variables), param_bytes(variables)
-    log(f"quantized {checkpoint} (step {source.step}) into {out}: parameters {before / 2**20:.1f} MB -> "
-        f"{after / 2**20:.1f} MB (int8 weights, {activations} activations)")
-    return out
-
+    write_run_config(tmp, cfg)
+    source.tokenizer.save(tmp)
+    write_weights(tmp, cfg, variables, source.step, {"quantized_from": os.path.abspath(checkpoint)})
+    return source, param_bytes(source.variables), param_bytes(variables)

@@ -1,4 +1,4 @@
-"""Training for every model: pure steps, device placement, the loop, checkpoints, metrics."""
+"""Training for every model: pure steps, device placement, the loop, metrics (run directories: runs/)."""
 from nety_jax._lazy import lazy_getattr
 
 _NAMES = {"train": "nety_jax.training.loop", "TrainState": "nety_jax.training.steps",

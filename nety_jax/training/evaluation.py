@@ -13,7 +13,7 @@ from nety_jax.training.parallel import local
 
 def scorable_tokens(batches: list[dict]) -> int:
     """The target tokens validation scores in ``batches`` (the denominator of its loss)."""
-    from nety_jax.training.losses import token_mask
+    from nety_jax.layers.losses import token_mask
     return int(sum(float(np.sum(np.asarray(token_mask(b)))) for b in batches))
 
 

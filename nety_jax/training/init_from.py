@@ -22,10 +22,13 @@ from nety_jax.config import Config
 from nety_jax.data.tokenizer import load_tokenizer
 from nety_jax.errors import CheckpointError, ConfigError
 from nety_jax.models import get_model
-from nety_jax.training import checkpoint as ckpt
+from nety_jax.runs import checkpoints as ckpt
+from nety_jax.runs.compat import RUNTIME_MODEL_FIELDS
+from nety_jax.runs.files import CONFIG_FILE, checkpoint_dir, read_run_config
+from nety_jax.runs.weights import split_variables
 from nety_jax.training.setup import TOKENIZER_FIELDS
 
-RUNTIME_FIELDS = tuple(sorted(ckpt.RUNTIME_MODEL_FIELDS))  # what a new config may still change
+RUNTIME_FIELDS = tuple(sorted(RUNTIME_MODEL_FIELDS))  # what a new config may still change
 
 
 @dataclasses.dataclass
@@ -39,7 +42,7 @@ class Source:
 def _run_variables(path: str, cfg: Config) -> dict:
     """The newest intact checkpoint's model variables (no optimizer state)."""
     abstract = get_model(cfg.model).abstract_variables()
-    target = {"params": abstract["params"], "mutables": {k: v for k, v in abstract.items() if k != "params"}}
+    target = split_variables(abstract)
     manager = ckpt.make_manager(path, cfg, read_only=True)
     try:
         state, _ = ckpt.restore_newest(path, lambda s: ckpt.restore_variables(manager, s, target),
@@ -47,7 +50,7 @@ def _run_variables(path: str, cfg: Config) -> dict:
     finally:
         manager.close()
     if state is None:
-        raise CheckpointError(f"--init-from {path}: no checkpoint in {ckpt.checkpoint_dir(path)}")
+        raise CheckpointError(f"--init-from {path}: no checkpoint in {checkpoint_dir(path)}")
     return {"params": state["params"], **state.get("mutables", {})}
 
 
@@ -55,8 +58,8 @@ def load_source(path: str) -> Source:
     """A run directory of ours (config.yaml) or a HuggingFace model directory (config.json)."""
     if not os.path.isdir(path):
         raise CheckpointError(f"--init-from {path}: no such directory")
-    if os.path.isfile(os.path.join(path, ckpt.CONFIG_FILE)):
-        cfg = ckpt.read_run_config(path)
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        cfg = read_run_config(path)
         if cfg.model.quant != "none":
             raise ConfigError(f"--init-from {path}: model.quant={cfg.model.quant} is an inference copy; "
                               "fine-tune the float32 run it was quantized from")
@@ -65,7 +68,7 @@ def load_source(path: str) -> Source:
         from nety_jax.models.registry import hf_converter
         cfg, tokenizer, variables = hf_converter().load_hf(path)
         return Source(cfg, tokenizer, variables, path)
-    raise CheckpointError(f"--init-from {path}: neither a run directory ({ckpt.CONFIG_FILE}) nor a "
+    raise CheckpointError(f"--init-from {path}: neither a run directory ({CONFIG_FILE}) nor a "
                           "HuggingFace model directory (config.json)")
 
 

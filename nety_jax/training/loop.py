@@ -15,7 +15,10 @@ from typing import Callable, Optional, Sequence, Union
 
 from nety_jax.config import Config
 from nety_jax.errors import CheckpointError, ConfigError, TrainingDiverged
-from nety_jax.training import checkpoint as ckpt
+from nety_jax.runs import checkpoints as ckpt
+from nety_jax.runs import guard
+from nety_jax.runs.files import checkpoint_dir
+from nety_jax.runs.quiet import first_line
 from nety_jax.training.control import MetricSums, RunLock, StopFlag
 from nety_jax.training.evaluation import evaluate, reply_scores
 from nety_jax.training.metrics import MetricsWriter, NullWriter, plot_losses
@@ -52,7 +55,7 @@ class _Saver:
             kept = f"the newest complete checkpoint is step {newest}" if newest is not None else \
                 "no checkpoint had been written yet"
             raise CheckpointError(f"could not write the checkpoint of step {step} in "
-                                  f"{ckpt.checkpoint_dir(self.workdir)} ({ckpt._first_line(e)}); {kept}") from None
+                                  f"{checkpoint_dir(self.workdir)} ({first_line(e)}); {kept}") from None
 
 
 def _progress(total: int, start: int, enabled: bool):
@@ -108,7 +111,7 @@ def _loop(run: Run, workdir: str, writer, bar, say, stop: StopFlag, saver: _Save
         timer = time.perf_counter()
         if stop.signal:
             saver.wait(step_no)
-            say(f"{stop.signal}: saved step {step_no} in {ckpt.checkpoint_dir(workdir)}; "
+            say(f"{stop.signal}: saved step {step_no} in {checkpoint_dir(workdir)}; "
                 "run the same command to resume")
             status = "interrupted"
             break
@@ -153,6 +156,8 @@ def _train(cfg: Config, workdir: str, data, skip_bad: bool, log, progress: bool,
     check_workdir(workdir)
     try:
         os.makedirs(workdir, exist_ok=True)
+        if is_primary() and not os.listdir(workdir):  # marked at once: a run stopped early is still a run
+            guard.mark(workdir, "train")
     except OSError as e:
         raise CheckpointError(f"{workdir}: cannot create the run directory ({e.strerror})") from None
     paths = [data] if isinstance(data, str) else data
@@ -179,7 +184,7 @@ def _train(cfg: Config, workdir: str, data, skip_bad: bool, log, progress: bool,
         except TrainingDiverged as e:
             kept = f"the last good checkpoint (step {saver.last}) is kept" if saver.last is not None \
                 else "no checkpoint had been saved yet"
-            raise TrainingDiverged(f"{e}: training stopped; {kept} in {ckpt.checkpoint_dir(workdir)}. "
+            raise TrainingDiverged(f"{e}: training stopped; {kept} in {checkpoint_dir(workdir)}. "
                                    "Lower train.learning_rate or set train.clip_norm") from None
         finally:
             try:

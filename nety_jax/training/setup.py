@@ -14,6 +14,7 @@ import os
 from typing import Callable, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from nety_jax.config import Config, save_config
@@ -22,29 +23,23 @@ from nety_jax.data.coverage import check_coverage
 from nety_jax.data.tokenizer import SentencePieceTokenizer, WordTokenizer, load_tokenizer
 from nety_jax.errors import CheckpointError, ConfigError
 from nety_jax.models import get_model
+from nety_jax.runs import checkpoints as ckpt
+from nety_jax.runs import guard
+from nety_jax.runs.compat import check_fits, describe_differences, model_differences
+from nety_jax.runs.files import CONFIG_FILE, checkpoint_dir, read_run_config
+from nety_jax.runs.weights import split_variables
 from nety_jax.tasks import DataSplit
-from nety_jax.training import checkpoint as ckpt
 from nety_jax.training.evaluation import validation_batches
 from nety_jax.training.parallel import Runner, is_primary, local
 from nety_jax.training.steps import create_train_state
 
 TOKENIZER_FIELDS = ("tokenizer", "vocab_size", "spm_model_type", "lowercase", "word_split")
-RUN_FILES = {"config.yaml", "tokenizer.json", "tokenizer.model", "vocab.json", "metrics.jsonl", "loss.png",
-             ".lock", "checkpoints", "damaged", "torch_meta.json", "torch_pe.npy", "hf_tokenizer.json"}
 
 
 def check_workdir(workdir: str) -> None:
-    """Training writes only into a new or empty directory or a run directory: never over a
-    directory of someone else's files."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise CheckpointError(f"--workdir {workdir}: is a file, not a run directory")
-    if not os.path.isdir(workdir):
-        return
-    names = set(os.listdir(workdir))
-    foreign = sorted(n for n in names - RUN_FILES if not n.startswith(("events.out.tfevents", "metrics.jsonl")))
-    if foreign and "config.yaml" not in names:
-        raise CheckpointError(f"--workdir {workdir}: is not empty and not a nety-jax run directory "
-                              f"(it holds {foreign[0]!r}); choose a new or empty directory")
+    """Training writes only into a new or empty directory or a run it continues (runs/guard.py):
+    never over an export, a quantized run or a directory of someone else's files."""
+    guard.claim(workdir, "train", flag="--workdir")
 
 
 def check_memory(model, cfg: Config) -> None:
@@ -90,7 +85,7 @@ def build_tokenizer(cfg: Config, texts: list[str]):
 def reconcile(saved: Config, requested: Config) -> list[str]:
     """Refuses changes a resumed run cannot honour; returns notes on the ones it honours."""
     s, r = saved.to_dict(), requested.to_dict()
-    refused = ckpt.model_differences(s, r)
+    refused = model_differences(s, r)
     refused += [f"data.{k}: saved {s['data'][k]!r}, requested {r['data'][k]!r} (the tokenizer is fixed)"
                 for k in TOKENIZER_FIELDS if s["data"][k] != r["data"][k]]
     if saved.train.seed != requested.train.seed:
@@ -101,9 +96,25 @@ def reconcile(saved: Config, requested: Config) -> list[str]:
         refused.append("train.optimizer / train.clip_norm: the optimizer state would not fit")
     if refused:
         raise CheckpointError(f"the run directory holds a run with another config: "
-                              f"{ckpt.describe_differences(refused)}; use another --workdir")
+                              f"{describe_differences(refused)}; use another --workdir")
     return [f"{sec}.{k}: {s[sec][k]!r} -> {r[sec][k]!r}" for sec in ("data", "train", "decode")
             for k in r[sec] if s[sec][k] != r[sec][k]]
+
+
+def _restore_weights(workdir: str, cfg: Config, step: int, abstract) -> dict:
+    """Through a manager of its own: Orbax ties an item to the handler that first read it, and
+    the training manager saves ``state`` as a TrainState."""
+    reader = ckpt.make_manager(workdir, cfg, read_only=True)
+    try:
+        return ckpt.restore_variables(reader, step, split_variables(abstract.variables))
+    finally:
+        reader.close()
+
+
+def _from_weights(state, restored: dict, step: int):
+    params = restored["params"]
+    return state.replace(step=jnp.asarray(step, jnp.int32), params=params, mutables=restored["mutables"],
+                         opt_state=state.tx.init(params))
 
 
 def _restore(cfg: Config, model, workdir: str, state, manager, log):
@@ -111,7 +122,10 @@ def _restore(cfg: Config, model, workdir: str, state, manager, log):
     abstract = ckpt.abstract_of(state)
 
     def restore_one(step):
-        ckpt.check_fits(ckpt.restore_meta(manager, step), cfg, f"{ckpt.checkpoint_dir(workdir)}/{step}")
+        meta = ckpt.restore_meta(manager, step)
+        check_fits(meta, cfg, f"{checkpoint_dir(workdir)}/{step}")
+        if meta.get("weights_only"):  # an imported run: its weights, a fresh optimizer
+            return _from_weights(state, _restore_weights(workdir, cfg, step, abstract), step), meta
         return ckpt.restore_state(manager, step, abstract)
 
     result, step = ckpt.restore_newest(workdir, restore_one, log, move_damaged=is_primary())
@@ -128,11 +142,11 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
     os.makedirs(workdir, exist_ok=True)
     task = get_model(cfg.model).task
     paths = list(paths) if paths else task.default_paths()
-    saved_cfg = ckpt.read_run_config(workdir) if os.path.isfile(os.path.join(workdir, ckpt.CONFIG_FILE)) \
+    saved_cfg = read_run_config(workdir) if os.path.isfile(os.path.join(workdir, CONFIG_FILE)) \
         else None
     has_checkpoint = bool(ckpt.steps_on_disk(workdir))
     if has_checkpoint and saved_cfg is None:
-        raise CheckpointError(f"{workdir}: holds checkpoints but no {ckpt.CONFIG_FILE}; "
+        raise CheckpointError(f"{workdir}: holds checkpoints but no {CONFIG_FILE}; "
                               "restore it or use another --workdir")
 
     corpus = task.read(cfg, paths, skip_bad)
@@ -175,9 +189,10 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
         log(f"resumed from {workdir} at step {start}" + (f"; honoured: {', '.join(notes)}" if notes else ""))
         position = _data_position(meta.get("data", {}), data, cfg, log)
     if is_primary() and start < cfg.train.steps:  # a run that has nothing to do changes nothing
+        guard.mark(workdir, "train")
         if not has_checkpoint:
             tokenizer.save(workdir)
-        save_config(cfg, os.path.join(workdir, ckpt.CONFIG_FILE))
+        save_config(cfg, os.path.join(workdir, CONFIG_FILE))
     iterator = task.batches(data.train, cfg, **position)
     val_batches = task.eval_batches(data.val, cfg)
     val_batches = validation_batches(val_batches, len(data.val), log)

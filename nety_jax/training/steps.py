@@ -15,7 +15,7 @@ import optax
 from flax import struct
 
 from nety_jax.config.sections import TrainConfig
-from nety_jax.training.losses import token_mask
+from nety_jax.layers.losses import token_mask
 from nety_jax.training.optim import make_optimizer
 
 

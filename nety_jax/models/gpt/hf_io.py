@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from nety_jax.errors import CheckpointError, ConfigError, DataError, NetyError
+from nety_jax.errors import CheckpointError, ConfigError, DataError
 
 CONFIG = "config.json"
 # GPT-2's activation names -> ours (gelu_new and its aliases are the tanh approximation)
@@ -277,51 +277,51 @@ def load_hf(model_dir: str):
     return cfg.validate(), tok, to_variables(sd, m, tok)
 
 
-def import_hf(model_dir: str, out: str) -> str:
-    """Writes a run directory (config, hf tokenizer, step-0 checkpoint) from a HuggingFace GPT-2
-    directory. Everything is read and checked before anything is written."""
-    import jax
-    from nety_jax.config import save_config
-    from nety_jax.models import get_model
-    from nety_jax.training import checkpoint as ckpt
-    from nety_jax.training.steps import create_train_state
-    if os.path.exists(out):
-        raise CheckpointError(f"--out {out}: already exists; give a new run directory")
-    cfg, tok, variables = load_hf(model_dir)
-    state = create_train_state(get_model(cfg.model), cfg.train, jax.random.PRNGKey(cfg.train.seed), variables)
-    os.makedirs(out)
-    save_config(cfg, os.path.join(out, ckpt.CONFIG_FILE))
-    tok.save(out)
-    manager = ckpt.make_manager(out, cfg)
-    ckpt.save(manager, 0, state, {"data": {"epoch": 0, "index": 0}, "config": cfg.to_dict(), "step": 0,
-                                  "imported_from": os.path.abspath(model_dir)})
-    manager.wait_until_finished()
-    manager.close()
+def import_hf(model_dir: str, out: str, overwrite: bool = False) -> str:
+    """Writes a run directory (config, hf tokenizer, step-0 weights) from a HuggingFace GPT-2
+    directory, through the writers' guard (``runs/guard.py``: a new or empty directory, or an
+    earlier import-hf output with ``overwrite``); on any error nothing is written."""
+    from nety_jax.runs import guard
+    from nety_jax.runs.files import write_run_config
+    from nety_jax.runs.weights import write_weights
+    with guard.output(out, "import-hf", overwrite) as tmp:  # checked before any work
+        cfg, tok, variables = load_hf(model_dir)
+        write_run_config(tmp, cfg)
+        tok.save(tmp)
+        write_weights(tmp, cfg, variables, 0, {"imported_from": os.path.abspath(model_dir)})
     return out
 
 
-def export_hf(checkpoint: str, out: str) -> str:
+def export_hf(checkpoint: str, out: str, overwrite: bool = False) -> str:
     """A run directory -> a HuggingFace GPT-2 directory (config.json, model.safetensors,
-    tokenizer.json, tokenizer_config.json, generation_config.json)."""
+    tokenizer.json, tokenizer_config.json, generation_config.json), through the writers' guard
+    (a new or empty directory, or an earlier export-hf output with ``overwrite``)."""
+    from nety_jax.runs import guard
+    with guard.output(out, "export-hf", overwrite) as tmp:  # checked before any work
+        _export_into(checkpoint, tmp)
+    return out
+
+
+def _export_into(checkpoint: str, out: str) -> None:
     import jax
     from nety_jax.data.hf_tokenizer import HFTokenizer
+    from nety_jax.models import get_model
     from nety_jax.models.hf_files import write_safetensors
-    from nety_jax.serving.pretrained import load_pretrained
-    if os.path.exists(out):
-        raise NetyError(f"--out {out}: already exists; give a new directory")
-    model = load_pretrained(checkpoint)
-    m = model.config.model
+    from nety_jax.runs.files import load_run_tokenizer, read_run_config
+    from nety_jax.runs.weights import restore_inference_variables
+    cfg = read_run_config(checkpoint)
+    m = cfg.model
     exportable(m, checkpoint)
-    if not isinstance(model.tokenizer, HFTokenizer):
-        raise ConfigError(f"{checkpoint}: data.tokenizer={model.config.data.tokenizer!r}; export-hf writes a "
+    tokenizer = load_run_tokenizer(checkpoint)
+    if not isinstance(tokenizer, HFTokenizer):
+        raise ConfigError(f"{checkpoint}: data.tokenizer={cfg.data.tokenizer!r}; export-hf writes a "
                           "HuggingFace tokenizer, so it needs a run trained with data.tokenizer: hf "
                           "(or imported with import-hf)")
-    arrays = to_hf_arrays(jax.device_get(model.variables), m, model.tokenizer)
-    os.makedirs(out)
+    variables, _ = restore_inference_variables(checkpoint, cfg, get_model(m).abstract_variables())
+    arrays = to_hf_arrays(jax.device_get(variables), m, tokenizer)
     write_safetensors(arrays, os.path.join(out, "model.safetensors"))
-    _write_json(os.path.join(out, CONFIG), hf_config(m, model.tokenizer))
-    write_tokenizer(model.tokenizer, out, m.max_len)
-    return out
+    _write_json(os.path.join(out, CONFIG), hf_config(m, tokenizer))
+    write_tokenizer(tokenizer, out, m.max_len)
 
 
 def _write_json(path: str, obj: dict) -> None:

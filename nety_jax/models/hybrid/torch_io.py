@@ -26,7 +26,9 @@ from nety_jax import config as config_lib
 from nety_jax.config import Config
 from nety_jax.errors import CheckpointError, ConfigError, DataError, NetyError
 from nety_jax.layers.linear import dequantize_variables
-from nety_jax.training import checkpoint as ckpt
+from nety_jax.runs import guard
+from nety_jax.runs.files import read_run_config, write_run_config
+from nety_jax.runs.weights import restore_inference_variables, write_weights
 
 TORCH_META = "torch_meta.json"
 TORCH_PE = "torch_pe.npy"  # NETY's own position buffer, written back unchanged by export-torch
@@ -312,16 +314,18 @@ def _base_config(config_path: Optional[str], overrides: Sequence[str], warn) -> 
 
 
 def import_torch(state_dict_path: str, vocab_path: str, out: str, config_path: Optional[str] = None,
-                 overrides: Sequence[str] = (), warn=print) -> str:
-    """Writes a run directory (config, word tokenizer, step-0 checkpoint) from NETY's files."""
-    from nety_jax.data.tokenizer import WordTokenizer
-    from nety_jax.models import get_model
-    from nety_jax.training.steps import create_train_state
+                 overrides: Sequence[str] = (), warn=print, overwrite: bool = False) -> str:
+    """Writes a run directory (config, word tokenizer, step-0 weights) from NETY's files, through
+    the writers' guard (a new or empty directory, or an earlier import-torch output with
+    ``overwrite``)."""
+    with guard.output(out, "import-torch", overwrite) as tmp:  # checked before any work
+        _import_into(state_dict_path, vocab_path, tmp, config_path, overrides, warn)
+    return out
 
-    if os.path.isfile(out):
-        raise CheckpointError(f"--out {out}: is an existing file; give a new run directory")
-    if os.path.isdir(out) and os.listdir(out):
-        raise CheckpointError(f"--out {out}: is not empty; choose a new run directory")
+
+def _import_into(state_dict_path: str, vocab_path: str, out: str, config_path: Optional[str],
+                 overrides: Sequence[str], warn) -> None:
+    from nety_jax.data.tokenizer import WordTokenizer
     sd = load_state_dict(state_dict_path)
     base = _base_config(config_path, overrides, warn)
     # NETY's text handling: its word vocabulary, lowercased, no <eos> on sources
@@ -336,33 +340,21 @@ def import_torch(state_dict_path: str, vocab_path: str, out: str, config_path: O
         raise DataError(f"{vocab_path}: {tokenizer.vocab_size} words, but the state dict has a "
                         f"vocabulary of {cfg.model.vocab_size}")
     variables = from_torch_arrays(sd, cfg)
-    os.makedirs(out, exist_ok=True)
-    config_lib.save_config(cfg, os.path.join(out, ckpt.CONFIG_FILE))
+    write_run_config(out, cfg)
     tokenizer.save(out)
     tracked = int(sd.get("rnn_encoder.batch_norm1.num_batches_tracked", np.asarray(0)))
     with open(os.path.join(out, TORCH_META), "w", encoding="utf-8") as f:
         json.dump({"source": os.path.abspath(state_dict_path), "pe_shape": list(pe_shape),
                    "num_batches_tracked": tracked}, f)
     np.save(os.path.join(out, TORCH_PE), sd["transformer_decoder.pos_encoding.pe"])
-    state = create_train_state(get_model(cfg.model), cfg.train, jax.random.PRNGKey(cfg.train.seed),
-                               variables)
-    manager = ckpt.make_manager(out, cfg)
-    ckpt.save(manager, 0, state, {"data": {"epoch": 0, "index": 0}, "config": cfg.to_dict(), "step": 0,
-                                  "imported_from": os.path.abspath(state_dict_path)})
-    manager.wait_until_finished()
-    manager.close()
-    return out
+    write_weights(out, cfg, variables, 0, {"imported_from": os.path.abspath(state_dict_path)})
 
 
 def export_torch(checkpoint: str, out_file: str, overwrite: bool = False) -> str:
-    from nety_jax.serving.pretrained import load_pretrained
+    from nety_jax.models import get_model
+    target = guard.claim(out_file, "export-torch", overwrite)  # before any work
     torch = _torch()
-    if os.path.isdir(out_file):
-        raise NetyError(f"--out {out_file}: is a directory; give a .pt file name")
-    if os.path.exists(out_file) and not overwrite:
-        raise NetyError(f"--out {out_file}: already exists; add --overwrite to replace it")
-    model = load_pretrained(checkpoint)
-    cfg = model.config
+    cfg = read_run_config(checkpoint)
     wrong = [f"model.{k}={getattr(cfg.model, k, None)!r} (NETY: {v!r})" for k, v in PARITY_FIELDS.items()
              if getattr(cfg.model, k, None) != v]
     if wrong:  # another architecture: its arch alone (the hybrid's other fields mean nothing to it)
@@ -376,14 +368,13 @@ def export_torch(checkpoint: str, out_file: str, overwrite: bool = False) -> str
             meta = json.load(f)
     pe_path = os.path.join(checkpoint, TORCH_PE)
     pe = np.load(pe_path) if os.path.isfile(pe_path) else None
-    variables = jax.device_get(model.variables)
+    variables, _ = restore_inference_variables(checkpoint, cfg, get_model(cfg.model).abstract_variables())
+    variables = jax.device_get(variables)
     if cfg.model.quant != "none":  # PyTorch's NETY has float weights: int8 kernels times their scales
         variables = dequantize_variables(variables)
     arrays = to_torch_arrays(variables, cfg, meta.get("pe_shape"),
                              meta.get("num_batches_tracked", 0), pe)
     state = OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in arrays.items())
-    os.makedirs(os.path.dirname(os.path.abspath(out_file)), exist_ok=True)
-    tmp = out_file + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out_file)
+    with target.staging() as tmp:
+        torch.save(state, tmp)
     return out_file
