@@ -38,7 +38,7 @@ from typing import Iterator, Optional
 
 from nety_jax.errors import OutputError
 from nety_jax.runs.kinds import KIND_NAMES, WRITERS, Found, Writer, identify_dir, is_torch_file
-from nety_jax.runs.manifest import read_marker, write_marker
+from nety_jax.runs.manifest import OWN_PREFIX, read_marker, write_marker
 
 MIN_FREE_BYTES = 1 << 20
 
@@ -62,7 +62,7 @@ def _accepts(w: Writer) -> str:
 def _probe(directory: str, path: str, flag: str, need_bytes: int) -> None:
     """Creating (and removing) an entry in ``directory`` is what the writer will do."""
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".nety-jax-probe-", dir=directory))
+        os.rmdir(tempfile.mkdtemp(prefix=f"{OWN_PREFIX}-probe-", dir=directory))
         stat = os.statvfs(directory)
     except OSError as e:
         raise OutputError(f"{flag} {path}: cannot be written ({e.strerror or e} in {directory})") from None
@@ -112,8 +112,12 @@ def _existing(path: str, flag: str, w: Writer) -> Optional[Found]:
                               f"{KIND_NAMES[w.kind]}); {_accepts(w)}")
         return Found(w.kind, "torch.save")
     if not os.path.isdir(path):
-        raise OutputError(f"{flag} {path}: is a regular file, not a directory; {_accepts(w)}")
-    return identify_dir(path)
+        what = "a regular file" if os.path.isfile(path) else "something else (a broken link, a device)"
+        raise OutputError(f"{flag} {path}: is {what}, not a directory; {_accepts(w)}")
+    try:
+        return identify_dir(path)
+    except OSError as e:
+        raise OutputError(f"{flag} {path}: cannot be read ({e.strerror or e})") from None
 
 
 def _check_replace(path: str, flag: str, w: Writer, found: Optional[Found], overwrite: bool) -> None:

@@ -15,7 +15,7 @@ import zipfile
 from typing import Optional
 
 from nety_jax.runs.files import CHECKPOINTS, CONFIG_FILE
-from nety_jax.runs.manifest import read_marker
+from nety_jax.runs.manifest import OWN_PREFIX, read_marker
 
 KIND_NAMES = {"run": "a run directory", "export": "an export", "hf": "a HuggingFace model directory",
               "shards": "a data-shard directory", "torch": "a PyTorch state dict"}
@@ -81,7 +81,7 @@ def _is_legacy_run(directory: str, names: set) -> bool:
 
 def identify_dir(directory: str) -> Optional[Found]:
     """What a directory holds: None when empty; else a Found (kind None: someone else's)."""
-    names = set(os.listdir(directory))
+    names = {n for n in os.listdir(directory) if not n.startswith(OWN_PREFIX)}
     if not names:
         return None
     marker = read_marker(directory)

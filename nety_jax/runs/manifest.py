@@ -17,6 +17,7 @@ from typing import Optional
 from nety_jax.errors import CheckpointError
 
 MARKER = "nety-jax.json"
+OWN_PREFIX = ".nety-jax"  # our own passing entries (probes, a marker being written): not content
 FORMAT = 1
 
 
@@ -65,7 +66,7 @@ def write_marker(directory: str, kind: str, writer: str, sealed: bool, **extra) 
     if sealed:
         marker["files"] = {name: sha256(os.path.join(directory, name)) for name in content_files(directory)}
     path = os.path.join(directory, MARKER)
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = os.path.join(directory, f"{OWN_PREFIX}.tmp{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(marker, f, indent=1)
     os.replace(tmp, path)

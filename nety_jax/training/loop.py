@@ -17,6 +17,7 @@ from nety_jax.config import Config
 from nety_jax.errors import CheckpointError, ConfigError, TrainingDiverged
 from nety_jax.runs import checkpoints as ckpt
 from nety_jax.runs import guard
+from nety_jax.runs.kinds import identify_dir
 from nety_jax.runs.files import checkpoint_dir
 from nety_jax.runs.quiet import first_line
 from nety_jax.training.control import MetricSums, RunLock, StopFlag
@@ -156,7 +157,7 @@ def _train(cfg: Config, workdir: str, data, skip_bad: bool, log, progress: bool,
     check_workdir(workdir)
     try:
         os.makedirs(workdir, exist_ok=True)
-        if is_primary() and not os.listdir(workdir):  # marked at once: a run stopped early is still a run
+        if is_primary() and identify_dir(workdir) is None:  # marked at once: a run stopped early is a run
             guard.mark(workdir, "train")
     except OSError as e:
         raise CheckpointError(f"{workdir}: cannot create the run directory ({e.strerror})") from None
