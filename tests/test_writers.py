@@ -22,8 +22,8 @@ from conftest import TINY
 OK, OVERWRITE = "ok", "overwrite"  # accepted; accepted only with --overwrite
 DIR = "is a directory; export-torch writes a file"
 RUN = "is a run directory ({})"
-WRITERS = ("train", "export", "quantize", "import-torch", "export-torch")
-HAS_OVERWRITE = {"export", "quantize", "import-torch", "export-torch"}
+WRITERS = ("train", "export", "quantize", "import-torch", "import-hf", "export-hf", "export-torch")
+HAS_OVERWRITE = set(WRITERS) - {"train"}
 
 
 def _argv(writer, run, target):
@@ -32,12 +32,14 @@ def _argv(writer, run, target):
             "export": ["export", "--checkpoint", run, "--out", target],
             "quantize": ["quantize", "--checkpoint", run, "--out", target],
             "import-torch": ["import-torch", "--state-dict", "nety.pt", "--vocab", "vocab.json", "--out", target],
+            "import-hf": ["import-hf", "--model", "hf_dir", "--out", target],
+            "export-hf": ["export-hf", "--checkpoint", run, "--out", target],
             "export-torch": ["export-torch", "--checkpoint", run, "--out", target]}[writer]
 
 
 def _expect(dir_writers, train=None, export_torch=DIR, **own):
     """One target's row: what each writer gets (an error fragment, OK or OVERWRITE)."""
-    row = {w: dir_writers for w in ("export", "quantize", "import-torch")}
+    row = {w: dir_writers for w in ("export", "quantize", "import-torch", "import-hf", "export-hf")}
     row.update(train=dir_writers if train is None else train, **{"export-torch": export_torch})
     row.update({k.replace("_", "-"): v for k, v in own.items()})
     return row
