@@ -232,7 +232,7 @@ def _add_commands(sub) -> None:
     p.add_argument("--workdir", default="runs/default", help="run directory (resumes if it has checkpoints)")
     p.add_argument("--steps", type=int, help="total training steps (train.steps)")
     p.add_argument("--seed", type=int, help="seed for init, split, shuffling and dropout (train.seed)")
-    p.add_argument("--parallel", choices=("none", "pmap", "shard_map"), help="train.parallel")
+    p.add_argument("--parallel", choices=("none", "pmap", "shard_map", "mesh"), help="train.parallel")
     p.add_argument("--init-from", metavar="RUN_OR_HF_DIR",
                    help="start from these weights (a run directory or a HuggingFace GPT-2 directory): "
                         "architecture and tokenizer from it, data/optimizer/schedule from the config")

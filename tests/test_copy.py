@@ -1,4 +1,5 @@
 """The pointer-generator head (``model.copy``) against the mixture computed by hand in numpy."""
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -22,8 +23,8 @@ def test_copy_head_is_the_pointer_generator_mixture():
                     [0, 0, 0, 0, 0, 0]], np.int32)  # an empty source: nothing to copy
     mask = np.array([[1, 1, 1, 1, 1, 0], [1] * 6, [1, 0, 0, 0, 0, 0]], bool)
     head = CopyHead(d, v)
-    variables = head.init(jax.random.PRNGKey(1), logits, hidden, memory, mask, ids,
-                          method=lambda mod, lg, h, mem, msk, i: mod(lg, h, mod.prepare(mem, msk, i)))
+    variables = nn.unbox(head.init(jax.random.PRNGKey(1), logits, hidden, memory, mask, ids,
+                                   method=lambda mod, lg, h, mem, msk, i: mod(lg, h, mod.prepare(mem, msk, i))))
 
     def run(logits, hidden, memory, mask, ids):
         pre = head.apply(variables, memory, mask, ids, method=head.prepare)

@@ -51,7 +51,7 @@ class FlaxReference(nn.Module):
 def test_bilstm_equals_flax_bidirectional(cell, layers):
     x = jax.random.normal(jax.random.PRNGKey(0), (B, S, D))
     ours = RecurrentStack(cell, H, layers, bidirectional=True)
-    params = ours.init(jax.random.PRNGKey(1), x, LENGTHS)["params"]
+    params = nn.unbox(ours.init(jax.random.PRNGKey(1), x, LENGTHS)["params"])
     out, fwd, _ = ours.apply({"params": params}, x, LENGTHS)
     # flax names the cells by creation order: forward, backward, forward, ...
     name = {"lstm": "LSTMCell", "gru": "GRUCell"}[cell]

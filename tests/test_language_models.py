@@ -78,7 +78,7 @@ def test_rnn_stack_equals_flax_rnn_and_freezes_carries_after_each_row():
     lengths = jnp.asarray([7, 4, 1])
     x = jax.random.normal(jax.random.PRNGKey(0), (b, t, d))
     ours = RecurrentStack("lstm", h, 1, bidirectional=False)
-    params = ours.init(jax.random.PRNGKey(1), x)["params"]
+    params = nn.unbox(ours.init(jax.random.PRNGKey(1), x)["params"])
     live = jnp.arange(t)[None, :] < lengths[:, None]
     out, _, carries = ours.apply({"params": params}, x, live=live)
     p = params["l0"]

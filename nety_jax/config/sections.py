@@ -92,6 +92,26 @@ class DataConfig:
             raise ConfigError("data.input_key and data.target_key must be non-empty")
 
 
+MESH_AXES = ("data", "fsdp", "tensor")
+MESH_RULES = ("batch=data+fsdp", "vocab=tensor", "heads=tensor", "mlp=tensor", "gates=tensor",
+              "position=tensor", "embed=fsdp", "hidden=fsdp", "hidden=tensor", "directions=")
+
+
+def parse_mesh_rules(rules) -> tuple:
+    """``("embed=fsdp", "batch=data+fsdp", "x=")`` -> ``(("embed", "fsdp"), ("batch", ("data",
+    "fsdp")), ("x", None))``: flax's logical axis rules."""
+    parsed = []
+    for rule in rules:
+        name, sep, axes = str(rule).partition("=")
+        mesh = tuple(a.strip() for a in axes.split("+") if a.strip())
+        bad = [a for a in mesh if a not in MESH_AXES]
+        if not sep or not name.strip() or bad or len(set(mesh)) != len(mesh):
+            raise ConfigError(f"train.mesh_rules: {rule!r} must read NAME=AXIS[+AXIS] with axes among "
+                              f"{', '.join(MESH_AXES)} (or NAME= for replicated)")
+        parsed.append((name.strip(), None if not mesh else mesh[0] if len(mesh) == 1 else mesh))
+    return tuple(parsed)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
@@ -109,7 +129,14 @@ class TrainConfig:
     warmup_steps: int = 200
     end_lr_fraction: float = 0.1  # cosine / linear end value as a fraction of the peak
     label_smoothing: float = 0.1
-    parallel: str = "none"  # none | pmap | shard_map
+    parallel: str = "none"  # none | pmap | shard_map | mesh
+    # mesh: devices along (data, fsdp, tensor); -1 takes the devices the other two leave
+    mesh_data: int = -1
+    mesh_fsdp: int = 1  # parameters and optimizer state sharded over this axis
+    mesh_tensor: int = 1  # attention heads, MLP width, recurrent gates, vocabulary split
+    # logical axis name (layers/partitioning.py) = mesh axes joined by '+' (empty: replicated);
+    # the first rule whose mesh axes are still free in an array wins
+    mesh_rules: tuple = MESH_RULES
     log_every: int = 20
     eval_every: int = 200
     eval_batches: int = 8  # validation batches per evaluation (0: all)
@@ -128,13 +155,24 @@ class TrainConfig:
         F.at_most(s, self, "batch_size", 1 << 20, "batches that large do not fit")
         F.choice(s, "optimizer", self.optimizer, ("adamw", "adam"))
         F.choice(s, "schedule", self.schedule, ("constant", "linear", "warmup_cosine", "warmup_rsqrt"))
-        F.choice(s, "parallel", self.parallel, ("none", "pmap", "shard_map"))
+        F.choice(s, "parallel", self.parallel, ("none", "pmap", "shard_map", "mesh"))
+        self._validate_mesh()
         F.probability(s, self, "label_smoothing", "end_lr_fraction", "b1", "b2")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"train.batch_size={self.batch_size} is not divisible by "
                               f"train.grad_accum={self.grad_accum}")
         if self.schedule == "warmup_cosine" and self.warmup_steps >= self.steps:
             raise ConfigError(f"train.warmup_steps={self.warmup_steps} must be < train.steps={self.steps}")
+
+    def _validate_mesh(self) -> None:
+        if self.mesh_data != -1 and self.mesh_data < 1:
+            raise ConfigError(f"train.mesh_data={self.mesh_data} must be >= 1, or -1 (the devices left)")
+        F.positive("train", self, "mesh_fsdp", "mesh_tensor")
+        if self.parallel != "mesh" and (self.mesh_fsdp > 1 or self.mesh_tensor > 1):
+            raise ConfigError(f"train.mesh_fsdp={self.mesh_fsdp} / train.mesh_tensor={self.mesh_tensor} "
+                              f"shard over a device mesh: set train.parallel=mesh "
+                              f"(not {self.parallel})")
+        parse_mesh_rules(self.mesh_rules)
 
 
 @dataclasses.dataclass(frozen=True)

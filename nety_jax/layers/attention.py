@@ -112,8 +112,9 @@ class SelfAttention(nn.Module):
     causal: bool = False  # each position attends to itself and earlier positions only
 
     def setup(self):
-        self.qkv = Linear(3 * self.d_model, use_bias=self.qkv_bias, dtype=self.dtype, quant=self.quant)
-        self.out = Linear(self.d_model, dtype=self.dtype, quant=self.quant)
+        self.qkv = Linear(3 * self.d_model, use_bias=self.qkv_bias, dtype=self.dtype, quant=self.quant,
+                          axes=("embed", "heads"))
+        self.out = Linear(self.d_model, dtype=self.dtype, quant=self.quant, axes=("heads", "embed"))
         self.drop = Dropout(self.dropout)
 
     def project(self, x):
@@ -166,9 +167,9 @@ class CrossAttention(nn.Module):
     quant: str = "none"
 
     def setup(self):
-        self.query = Linear(self.d_model, dtype=self.dtype, quant=self.quant)
-        self.kv = Linear(2 * self.d_model, dtype=self.dtype, quant=self.quant)
-        self.out = Linear(self.d_model, dtype=self.dtype, quant=self.quant)
+        self.query = Linear(self.d_model, dtype=self.dtype, quant=self.quant, axes=("embed", "heads"))
+        self.kv = Linear(2 * self.d_model, dtype=self.dtype, quant=self.quant, axes=("embed", "heads"))
+        self.out = Linear(self.d_model, dtype=self.dtype, quant=self.quant, axes=("heads", "embed"))
         self.drop = Dropout(self.dropout)
 
     def memory_kv(self, memory):
@@ -180,7 +181,7 @@ class CrossAttention(nn.Module):
         b, h, _, dh = v.shape
         kernel = self.out.weight().reshape(h, dh, self.d_model)
         per_head = jnp.einsum("bhd,hde->bhe", v[:, :, 0].astype(self.dtype), kernel.astype(self.dtype))
-        bias = self.out.variables["params"]["bias"].astype(self.dtype)
+        bias = nn.unbox(self.out.variables["params"]["bias"]).astype(self.dtype)
         ones = jnp.ones((b, h, x.shape[1], 1), jnp.float32)
         keep = self.drop(ones, deterministic=deterministic)  # the same mask as on real weights
         if deterministic or self.dropout == 0.0:

@@ -43,9 +43,9 @@ class CopyHead(nn.Module):
     quant: str = "none"
 
     def setup(self):
-        self.query = Linear(self.d_model, dtype=self.dtype, quant=self.quant)
-        self.key = Linear(self.d_model, dtype=self.dtype, quant=self.quant)
-        self.gate = Linear(1, dtype=self.dtype, quant=self.quant)
+        self.query = Linear(self.d_model, dtype=self.dtype, quant=self.quant, axes=("embed", "heads"))
+        self.key = Linear(self.d_model, dtype=self.dtype, quant=self.quant, axes=("embed", "heads"))
+        self.gate = Linear(1, dtype=self.dtype, quant=self.quant, axes=("embed", None))
 
     def prepare(self, memory, memory_mask, ids) -> dict:
         """What a decode step reuses: the memory's keys, the memory, the ids of its positions

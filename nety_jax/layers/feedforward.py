@@ -28,6 +28,7 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic: bool = True):
-        h = ACTIVATIONS[self.activation](Linear(self.d_ff, dtype=self.dtype, quant=self.quant, name="linear1")(x))
+        h = ACTIVATIONS[self.activation](Linear(self.d_ff, dtype=self.dtype, quant=self.quant, name="linear1",
+                                                     axes=("embed", "mlp"))(x))
         h = Dropout(self.dropout)(h, deterministic=deterministic)
-        return Linear(self.d_model, dtype=self.dtype, quant=self.quant, name="linear2")(h)
+        return Linear(self.d_model, dtype=self.dtype, quant=self.quant, name="linear2", axes=("mlp", "embed"))(h)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nety_jax import kernels
+from nety_jax.layers.partitioning import named
 
 QUANT = ("none", "int8")
 
@@ -27,13 +28,16 @@ class Linear(nn.Module):
     use_bias: bool = True
     dtype: Any = jnp.float32
     quant: str = "none"
+    axes: tuple = ("embed", "mlp")  # logical names of the kernel's (input, output) axes
 
     def _kernel(self, fan_in: int):
+        out = (self.axes[1],)
         if self.quant == "int8":
-            q = self.param("kernel", nn.initializers.zeros, (fan_in, self.features), jnp.int8)
-            scale = self.param("scale", nn.initializers.ones, (self.features,), jnp.float32)
+            q = self.param("kernel", named(nn.initializers.zeros, self.axes), (fan_in, self.features), jnp.int8)
+            scale = self.param("scale", named(nn.initializers.ones, out), (self.features,), jnp.float32)
             return q, scale
-        return self.param("kernel", nn.linear.default_kernel_init, (fan_in, self.features), jnp.float32), None
+        return self.param("kernel", named(nn.linear.default_kernel_init, self.axes), (fan_in, self.features),
+                          jnp.float32), None
 
     @nn.compact
     def __call__(self, x):
@@ -48,12 +52,13 @@ class Linear(nn.Module):
             if scale is not None:
                 y = y * scale.astype(dtype)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(dtype)
+            bias = self.param("bias", named(nn.initializers.zeros, (self.axes[1],)), (self.features,), jnp.float32)
+            y = y + bias.astype(dtype)
         return y
 
     def weight(self) -> jax.Array:
         """The (dequantized) float32 kernel, for callers that use it directly (after a call)."""
-        params = self.variables["params"]
+        params = nn.unbox(self.variables["params"])  # boxed while initialising
         kernel = params["kernel"].astype(jnp.float32)
         return kernel * params["scale"] if "scale" in params else kernel
 

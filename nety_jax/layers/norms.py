@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from nety_jax.layers.partitioning import named
+
 
 class BatchNorm(nn.Module):
     """BatchNorm over the leading axis with PyTorch's semantics.
@@ -24,8 +26,8 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x, use_running_average: bool):
         features = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (features,))
-        bias = self.param("bias", nn.initializers.zeros, (features,))
+        scale = self.param("scale", named(nn.initializers.ones, ("embed",)), (features,))
+        bias = self.param("bias", named(nn.initializers.zeros, ("embed",)), (features,))
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,))
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,))
         xf = x.astype(jnp.float32)

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nety_jax.layers.partitioning import named
+
 
 def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
     """PyTorch's table: sin on even features, cos on odd ones, base 10000."""
@@ -29,7 +31,8 @@ class Positions(nn.Module):
     @nn.compact
     def __call__(self, positions: jax.Array) -> jax.Array:
         if self.kind == "learned":
-            table = self.param("embedding", nn.initializers.normal(0.02), (self.max_len, self.d_model))
+            table = self.param("embedding", named(nn.initializers.normal(0.02), ("position", "embed")),
+                               (self.max_len, self.d_model))
         else:
             table = jnp.asarray(sinusoidal_table(self.max_len, self.d_model))
         return jnp.take(table, positions, axis=0, mode="clip")

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from nety_jax import kernels
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.linear import Linear
+from nety_jax.layers.partitioning import named
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -80,8 +81,9 @@ class RecurrentStep(nn.Module):
             carry = tuple(jnp.where(reset[None, :, None], 0.0, c) for c in carry)
         g = GATES[self.cell] * self.hidden
         init = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
-        kernel = self.param("kernel", init, (self.directions, self.hidden, g))
-        bias = self.param("bias", nn.initializers.zeros, (self.directions, g))
+        kernel = self.param("kernel", named(init, ("directions", "hidden", "gates")),
+                            (self.directions, self.hidden, g))
+        bias = self.param("bias", named(nn.initializers.zeros, ("directions", "gates")), (self.directions, g))
         hproj = jnp.einsum("dbh,dhg->dbg", carry[0], kernel) + bias[:, None, :]
         new = cell_update(self.cell, carry, xproj.astype(jnp.float32), hproj)
         if live is not None:  # rows whose sequence has ended keep their carry
@@ -151,7 +153,7 @@ class RecurrentLayer(nn.Module):
         if carry is None and live is None and not self.is_initializing() and self._cudnn():
             return self._cudnn_lstm(x, lengths, d)
         g = GATES[self.cell] * self.hidden
-        xproj = Linear(d * g, dtype=self.dtype, quant=self.quant, name="input")(x).reshape(b, t, d, g)
+        xproj = Linear(d * g, dtype=self.dtype, quant=self.quant, name="input", axes=("embed", "gates"))(x).reshape(b, t, d, g)
         if d == 2:
             backward = flip_sequences(xproj[:, :, 1], lengths if self.length_aware else None)
             xproj = jnp.stack([xproj[:, :, 0], backward], axis=2)

@@ -33,6 +33,7 @@ from nety_jax.layers.attention import CrossAttention, SelfAttention
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.feedforward import FeedForward
 from nety_jax.layers.linear import Linear
+from nety_jax.layers.partitioning import embedding, layer_norm, named
 from nety_jax.layers.positions import Positions
 
 
@@ -74,10 +75,10 @@ class DecoderLayer(nn.Module):
                                       causal=True)
         if s.cross_attention:
             self.cross_attn = CrossAttention(s.d_model, s.heads, s.attention_dropout, dtype, s.quant)
-            self.norm2 = nn.LayerNorm(epsilon=s.eps)
+            self.norm2 = layer_norm(s.eps)
         self.ffn = FeedForward(s.d_model, s.d_ff, s.dropout, s.activation, dtype, s.quant)
-        self.norm1 = nn.LayerNorm(epsilon=s.eps)
-        self.norm3 = nn.LayerNorm(epsilon=s.eps)
+        self.norm1 = layer_norm(s.eps)
+        self.norm3 = layer_norm(s.eps)
         self.drop = Dropout(s.dropout)
 
     def _block(self, x, norm, fn, det):
@@ -119,16 +120,17 @@ class TransformerDecoder(nn.Module):
 
     def setup(self):
         s = self.spec
-        self.embed = nn.Embed(s.vocab_size, s.d_model)
+        self.embed = embedding(s.vocab_size, s.d_model)
         self.pos_embed = Positions(s.positions, s.max_len, s.d_model)
         self.layers = [DecoderLayer(s) for _ in range(s.layers)]
         self.drop = Dropout(s.dropout)
         if s.norm == "pre":
-            self.final_norm = nn.LayerNorm(epsilon=s.eps)
+            self.final_norm = layer_norm(s.eps)
         if not s.tie_output:
-            self.fc_out = Linear(s.vocab_size, use_bias=s.output_bias, dtype=s.compute_dtype, quant=s.quant)
+            self.fc_out = Linear(s.vocab_size, use_bias=s.output_bias, dtype=s.compute_dtype, quant=s.quant,
+                                 axes=("embed", "vocab"))
         elif s.output_bias:
-            self.out_bias = self.param("out_bias", nn.initializers.zeros, (s.vocab_size,))
+            self.out_bias = self.param("out_bias", named(nn.initializers.zeros, ("vocab",)), (s.vocab_size,))
 
     def embed_tokens(self, tokens, positions, deterministic: bool):
         s = self.spec

@@ -25,6 +25,7 @@ import abc
 import dataclasses
 from typing import Any, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,15 +62,23 @@ class Model(abc.ABC):
     def init(self, rng: jax.Array) -> Variables:
         net = self.network()
         batch = self.example_batch()
-        init = jax.jit(lambda r: net.init({"params": r}, **self._call_args(batch), train=False))
+        init = jax.jit(lambda r: nn.unbox(net.init({"params": r}, **self._call_args(batch), train=False)))
         return dict(init(rng))
 
     def abstract_variables(self) -> Variables:
+        return dict(nn.unbox(self._boxed_abstract_variables()))
+
+    def _boxed_abstract_variables(self) -> Variables:
         net = self.network()
         batch = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                        self.example_batch())
-        return dict(jax.eval_shape(lambda r, b: net.init({"params": r}, **self._call_args(b),
-                                                          train=False), jax.random.PRNGKey(0), batch))
+        return jax.eval_shape(lambda r, b: net.init({"params": r}, **self._call_args(b), train=False),
+                              jax.random.PRNGKey(0), batch)
+
+    def logical_axes(self) -> Variables:
+        """The logical axis names of every variable (``layers.partitioning``), as PartitionSpecs of
+        names in the variables' tree; variables without names (batch statistics) get ``P()``."""
+        return dict(nn.get_partition_spec(self._boxed_abstract_variables()))
 
     def parameter_rows(self) -> list[tuple[str, int]]:
         """(module, parameter count) rows for ``nety-jax info``, the total last."""

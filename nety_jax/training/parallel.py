@@ -8,7 +8,14 @@ Backends (``train.parallel``):
 - ``shard_map``: ``jax.jit(jax.shard_map(...))`` over a 1-D mesh named 'batch', the
   state replicated (``P()``), the batch split (``P('batch')``). pmap is in
   maintenance mode upstream; this is the same program on the newer API.
-Multi-host (``shard_map``): every process runs the same command with
+- ``mesh``: ``jax.jit`` with shardings on the named mesh ('data', 'fsdp', 'tensor')
+  of ``training/mesh.py``: parameters and optimizer state sharded by their logical
+  axis names (FSDP, tensor parallelism), the batch split over ('data', 'fsdp').
+  With ``train.mesh_data=-1`` and fsdp = tensor = 1 it is data parallelism like
+  ``shard_map`` (no explicit collectives: XLA partitions the plain step); ``none``
+  is the mesh of one device. The three older backends stay as they are (tested,
+  and the explicit-collective form is a reference for the partitioned one).
+Multi-host (``shard_map``, ``mesh``): every process runs the same command with
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID set;
 ``jax.distributed.initialize`` joins them (gloo collectives on CPU), the mesh
 spans every process's devices and each process feeds its own contiguous slice of
@@ -25,7 +32,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nety_jax.config import Config
 from nety_jax.errors import ConfigError
-from nety_jax.training.steps import eval_step, train_step
+from nety_jax.training import mesh as meshlib
+from nety_jax.training.steps import create_train_state, eval_step, train_step
 
 AXIS = "batch"
 
@@ -52,10 +60,28 @@ def is_primary() -> bool:
 
 
 def local(tree):
-    """This process's copy of replicated (possibly multi-process) arrays."""
-    return jax.tree_util.tree_map(
-        lambda x: x.addressable_data(0) if isinstance(x, jax.Array) and not x.is_fully_addressable else x,
-        tree)
+    """This process's whole copy of (possibly multi-process) arrays: its own replica of a
+    replicated array; a sharded one is gathered from every process (all must call)."""
+    def one(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return x
+        if x.sharding.is_fully_replicated:
+            return x.addressable_data(0)
+        from jax.experimental import multihost_utils
+        return multihost_utils.process_allgather(x, tiled=True)
+    return jax.tree_util.tree_map(one, tree)
+
+
+def _on_mesh(x, sharding):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+        return x
+    return _place(jax.device_get(local(x)), sharding)
+
+
+def _place(value, sharding):
+    """A host value as a global array with ``sharding`` (each process fills its own shards)."""
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
 
 class Runner:
@@ -63,10 +89,13 @@ class Runner:
 
     def __init__(self, cfg: Config, model, backend: str | None = None):
         self.backend = backend or cfg.train.parallel
-        if jax.process_count() > 1 and self.backend != "shard_map":
+        if jax.process_count() > 1 and self.backend not in ("shard_map", "mesh"):
             raise ConfigError(f"train.parallel={self.backend} runs on one host; a job of "
-                              f"{jax.process_count()} processes needs --parallel shard_map")
+                              f"{jax.process_count()} processes needs --parallel shard_map or mesh")
         self.num_devices = 1 if self.backend == "none" else jax.local_device_count()
+        if self.backend == "mesh":
+            self._init_mesh(cfg, model)
+            return
         per_process = cfg.train.batch_size // jax.process_count()
         if cfg.train.batch_size % jax.process_count() or \
                 per_process % (self.num_devices * cfg.train.grad_accum):
@@ -92,8 +121,40 @@ class Runner:
         else:
             raise ConfigError(f"train.parallel={self.backend!r} must be one of none, pmap, shard_map")
 
+    def _init_mesh(self, cfg: Config, model) -> None:
+        t = cfg.train
+        self.mesh = meshlib.make_mesh(t)
+        self.rules = meshlib.rules_of(t)
+        data, fsdp, _ = self.mesh.devices.shape
+        per_process = t.batch_size // jax.process_count()
+        local_shards = data * fsdp // jax.process_count()
+        if t.batch_size % jax.process_count() or per_process % (max(local_shards, 1) * t.grad_accum):
+            raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.mesh_data x "
+                              f"train.mesh_fsdp x train.grad_accum = {data} x {fsdp} x {t.grad_accum}")
+        self.abstract_state = meshlib.abstract_train_state(model, t, jax.random.PRNGKey(t.seed))
+        self.state_shardings = meshlib.state_shardings(model, self.abstract_state, self.mesh, self.rules)
+        self.batch_sharding = meshlib.batch_sharding(self.mesh, self.rules)
+        replicated = NamedSharding(self.mesh, P())
+        common = {"model": model, "tcfg": t}
+        self._train = jax.jit(functools.partial(train_step, **common), donate_argnums=0,
+                              in_shardings=(self.state_shardings, self.batch_sharding),
+                              out_shardings=(self.state_shardings, replicated))
+        self._eval = jax.jit(functools.partial(eval_step, **common),
+                             in_shardings=(self.state_shardings, self.batch_sharding),
+                             out_shardings=replicated)
+
+    def create_state(self, model, tcfg, rng, variables=None):
+        """The initial train state (from ``variables`` if given); on a mesh already sharded, each
+        parameter and moment created in its shards when there are no variables to start from."""
+        if self.backend == "mesh" and variables is None:
+            return meshlib.create_sharded_state(model, tcfg, rng, self.state_shardings, self.abstract_state)
+        state = create_train_state(model, tcfg, rng, variables)
+        return self.place_state(state) if self.backend == "mesh" else state
+
     # -- placement -------------------------------------------------------------
     def place_state(self, state):
+        if self.backend == "mesh":
+            return jax.tree_util.tree_map(_on_mesh, state, self.state_shardings)
         if self.backend != "shard_map":
             return state
         sharding = NamedSharding(self.mesh, P())
@@ -114,8 +175,8 @@ class Runner:
         if self.backend == "pmap":
             d = self.num_devices
             return {k: v.reshape((d, v.shape[0] // d) + v.shape[1:]) for k, v in batch.items()}
-        if self.backend == "shard_map":
-            sharding = NamedSharding(self.mesh, P(AXIS))
+        if self.backend in ("shard_map", "mesh"):
+            sharding = self.batch_sharding if self.backend == "mesh" else NamedSharding(self.mesh, P(AXIS))
             return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
         return batch
 

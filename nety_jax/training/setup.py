@@ -31,7 +31,6 @@ from nety_jax.runs.weights import split_variables
 from nety_jax.tasks import DataSplit
 from nety_jax.training.evaluation import validation_batches
 from nety_jax.training.parallel import Runner, is_primary, local
-from nety_jax.training.steps import create_train_state
 
 TOKENIZER_FIELDS = ("tokenizer", "vocab_size", "spm_model_type", "lowercase", "word_split")
 
@@ -177,8 +176,8 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
             f"data.max_tgt_len={cfg.data.max_tgt_len}")
     task.batches(data.train, cfg)  # enough data? (raises)
     runner = Runner(cfg, model)
-    state = create_train_state(model, cfg.train, jax.random.PRNGKey(cfg.train.seed),
-                               None if init_from is None else init_from.variables)
+    state = runner.create_state(model, cfg.train, jax.random.PRNGKey(cfg.train.seed),
+                                None if init_from is None else init_from.variables)
     manager = ckpt.make_manager(workdir, cfg)
     restored = _restore(cfg, model, workdir, state, manager, log) if has_checkpoint else None
 

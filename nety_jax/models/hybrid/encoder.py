@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from nety_jax.layers import BatchNorm, RecurrentStack, SelfAttention, gelu_exact, length_mask
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.linear import Linear
+from nety_jax.layers.partitioning import layer_norm
 from nety_jax.models.hybrid.config import HybridConfig
 
 
@@ -51,7 +52,8 @@ class Encoder(nn.Module):
         vector = EncoderHead(cfg, self.axis_name, name="head")(pooled, train)  # (B, D)
         if cfg.memory == "pooled":
             return vector[:, None, :], jnp.ones((emb.shape[0], 1), bool)
-        memory = Linear(cfg.d_model, dtype=dtype, quant=cfg.quant, name="memory_proj")(outputs)
+        memory = Linear(cfg.d_model, dtype=dtype, quant=cfg.quant, name="memory_proj",
+                        axes=("hidden", "embed"))(outputs)
         if cfg.memory_prepend_pooled:
             memory = jnp.concatenate([vector[:, None, :].astype(memory.dtype), memory], axis=1)
             mask = jnp.concatenate([jnp.ones((emb.shape[0], 1), bool), mask], axis=1)
@@ -74,9 +76,10 @@ class EncoderHead(nn.Module):
                 x = BatchNorm(axis_name=self.axis_name, name=f"batch_norm{i + 1}")(
                     x, use_running_average=not train)
             else:
-                x = nn.LayerNorm(epsilon=1e-5, name=f"norm{i + 1}")(x)
-            x = Linear(dim, dtype=dtype, quant=cfg.quant, name=f"fc{i + 1}")(x)
+                x = layer_norm(1e-5, name=f"norm{i + 1}")(x)
+            axes = ("hidden", "mlp") if i < len(dims) - 1 else ("mlp", "embed")
+            x = Linear(dim, dtype=dtype, quant=cfg.quant, name=f"fc{i + 1}", axes=axes)(x)
             if i < len(dims) - 1:
                 x = gelu_exact(x)
                 x = Dropout(cfg.dropout)(x, deterministic=not train)
-        return nn.LayerNorm(epsilon=1e-5, name="layer_norm")(x)
+        return layer_norm(1e-5, name="layer_norm")(x)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from nety_jax.config.sections import PAD_ID
 from nety_jax.layers import CopyHead, DecoderSpec, TransformerDecoder
+from nety_jax.layers.partitioning import embedding
 from nety_jax.models.hybrid.config import HybridConfig
 from nety_jax.models.hybrid.encoder import Encoder
 
@@ -35,7 +36,7 @@ class HybridSeq2Seq(nn.Module):
     axis_name: Optional[str] = None
 
     def setup(self):
-        self.enc_embed = nn.Embed(self.cfg.vocab_size, self.cfg.d_model)
+        self.enc_embed = embedding(self.cfg.vocab_size, self.cfg.d_model)
         self.encoder = Encoder(self.cfg, self.axis_name)
         self.decoder = TransformerDecoder(decoder_spec(self.cfg))
         if self.cfg.copy:

@@ -15,6 +15,7 @@ from nety_jax.layers import RecurrentStack
 from nety_jax.layers.attention import length_mask
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.linear import Linear
+from nety_jax.layers.partitioning import embedding, named
 from nety_jax.models.base import last_real
 from nety_jax.models.lm import LanguageModel
 from nety_jax.models.rnn_lm.config import RNNLMConfig
@@ -25,15 +26,15 @@ class RNNLM(nn.Module):
 
     def setup(self):
         cfg = self.cfg
-        self.embed = nn.Embed(cfg.vocab_size, cfg.d_model)
+        self.embed = embedding(cfg.vocab_size, cfg.d_model)
         self.rnn = RecurrentStack(cfg.cell, cfg.hidden, cfg.layers, bidirectional=False,
                                   dropout=cfg.dropout, dtype=jnp.dtype(cfg.dtype), quant=cfg.quant)
         self.drop = Dropout(cfg.dropout)
         if not cfg.tie_output:
             self.fc_out = Linear(cfg.vocab_size, use_bias=cfg.output_bias, dtype=jnp.dtype(cfg.dtype),
-                                 quant=cfg.quant)
+                                 quant=cfg.quant, axes=("hidden", "vocab"))
         elif cfg.output_bias:
-            self.out_bias = self.param("out_bias", nn.initializers.zeros, (cfg.vocab_size,))
+            self.out_bias = self.param("out_bias", named(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,))
 
     def _logits(self, h):
         if self.cfg.tie_output:
