@@ -87,3 +87,28 @@ def test_every_parameter_has_logical_names():
         names = get_model(load_config(path, sizes).model).logical_axes()["params"]
         specs = jax.tree_util.tree_leaves(names, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
         assert specs and all(len(s) for s in specs)
+
+
+def test_a_sharded_checkpoint_restores_onto_another_mesh_and_one_device(tmp_path):
+    from nety_jax.training import checkpoint as ckpt
+    path, sizes = MODELS["gpt"]
+    saved_cfg = load_config(path, sizes + ["train.parallel=mesh", "train.mesh_data=1", "train.mesh_fsdp=2",
+                                           "train.mesh_tensor=2"])
+    model = get_model(saved_cfg.model)
+    state = Runner(saved_cfg, model).create_state(model, saved_cfg.train, jax.random.PRNGKey(0))
+    manager = ckpt.make_manager(str(tmp_path), saved_cfg)
+    ckpt.save(manager, 1, state, {"step": 1})
+    manager.wait_until_finished()
+    expected = jax.tree_util.tree_map(np.asarray, (state.params, state.opt_state))
+    for overrides in (["train.parallel=mesh", "train.mesh_fsdp=4"], ["train.parallel=none"]):
+        cfg = load_config(path, sizes + overrides)
+        runner = Runner(cfg, model)
+        target = ckpt.abstract_of(runner.create_state(model, cfg.train, jax.random.PRNGKey(1)))
+        restored, _ = ckpt.restore_state(manager, 1, target)
+        for want, got in zip(jax.tree_util.tree_leaves(expected),
+                             jax.tree_util.tree_leaves((restored.params, restored.opt_state))):
+            np.testing.assert_array_equal(np.asarray(got), want)
+        kernel = restored.params["fc_out"]["kernel"]
+        assert kernel.sharding.is_equivalent_to(target.params["fc_out"]["kernel"].sharding, 2), overrides
+        assert len(kernel.sharding.device_set) == (4 if "train.mesh_fsdp=4" in overrides else 1)
+    manager.close()
