@@ -23,12 +23,12 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _args(workdir, steps):
+def _args(workdir, steps, extra=()):
     return [sys.executable, "-m", "nety_jax.cli", "train", "--config", TINY, "--workdir", str(workdir),
             "--steps", str(steps), "--no-progress", "--parallel", "shard_map", "--set", "train.batch_size=16",
             "--set", "train.log_every=1", "--set", "train.checkpoint_every=2", "--set", "train.eval_every=1000",
             "--set", "data.vocab_size=120", "--set", "train.warmup_steps=1", "--set", "model.dropout=0.1",
-            "--set", "train.optimizer=adam", "--set", "train.eps=1e-6", "--set", "train.bleu_samples=0"]
+            "--set", "train.optimizer=adam", "--set", "train.eps=1e-6", "--set", "train.bleu_samples=0", *extra]
 
 
 def _env(devices: int, process: int = None, port: int = None) -> dict:
@@ -40,9 +40,9 @@ def _env(devices: int, process: int = None, port: int = None) -> dict:
     return env
 
 
-def two_processes(workdir, steps, kill_after=None):
+def two_processes(workdir, steps, kill_after=None, extra=()):
     port = _port()
-    procs = [subprocess.Popen(_args(workdir, steps), cwd=ROOT, env=_env(2, i, port), stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(_args(workdir, steps, extra), cwd=ROOT, env=_env(2, i, port), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
     if kill_after is not None:  # kill -9 both once a checkpoint after step kill_after exists
         deadline = time.time() + 240
@@ -54,8 +54,8 @@ def two_processes(workdir, steps, kill_after=None):
     return [p.returncode for p in procs], outs
 
 
-def one_process(workdir, steps):
-    done = subprocess.run(_args(workdir, steps), cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300)
+def one_process(workdir, steps, extra=()):
+    done = subprocess.run(_args(workdir, steps, extra), cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -88,3 +88,14 @@ def test_two_processes_equal_one_process_resume_after_kill_and_across(tmp_path):
     codes, outs = two_processes(one, 12)
     assert codes == [0, 0] and all("at step 10" in o for o in outs), outs
     assert steps_on_disk(str(two))[-1] == 12 and steps_on_disk(str(one))[-1] == 12
+
+
+def test_two_processes_with_fsdp_across_them_equal_one_device(tmp_path):
+    """train.parallel=mesh, fsdp=4 over 2 processes x 2 devices: each process holds a quarter of
+    the parameters and Adam's moments; the run equals one device's, and its checkpoint (each
+    process wrote its own shards) restores in this one process."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    codes, outs = two_processes(two, 4, extra=("--parallel", "mesh", "--set", "train.mesh_fsdp=4"))
+    assert codes == [0, 0], outs
+    one_process(one, 4, extra=("--parallel", "none"))
+    assert _max_diff(_params(two), _params(one)) < 1e-5
