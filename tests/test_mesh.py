@@ -90,7 +90,7 @@ def test_every_parameter_has_logical_names():
 
 
 def test_a_sharded_checkpoint_restores_onto_another_mesh_and_one_device(tmp_path):
-    from nety_jax.training import checkpoint as ckpt
+    from nety_jax.runs import checkpoints as ckpt
     path, sizes = MODELS["gpt"]
     saved_cfg = load_config(path, sizes + ["train.parallel=mesh", "train.mesh_data=1", "train.mesh_fsdp=2",
                                            "train.mesh_tensor=2"])
