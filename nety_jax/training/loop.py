@@ -171,7 +171,7 @@ def _train(cfg: Config, workdir: str, data, skip_bad: bool, log, progress: bool,
             return {"status": "finished", "start_step": run.start, "step": run.start, "val": {},
                     "plot": None, "workdir": workdir}
         log(f"data: {run.data.description}; padding {100 * run.iterator.padding_fraction():.1f}% of "
-            f"batch tokens; backend {run.runner.backend} on {run.runner.num_devices} device(s)")
+            f"batch tokens; backend {run.runner.describe()}")
         resumed = run.start if ckpt.steps_on_disk(workdir) else None
         writer = MetricsWriter(workdir, resume_step=resumed if resumed is not None else 0) if is_primary() \
             else NullWriter()

@@ -143,6 +143,13 @@ class Runner:
                              in_shardings=(self.state_shardings, self.batch_sharding),
                              out_shardings=replicated)
 
+    def describe(self) -> str:
+        """For the log: the backend and its devices (a mesh's axes and sizes)."""
+        if self.backend == "mesh":
+            sizes = " x ".join(f"{a}={n}" for a, n in self.mesh.shape.items())
+            return f"mesh {sizes} over {self.mesh.size} device(s)"
+        return f"{self.backend} on {self.num_devices} device(s)"
+
     def create_state(self, model, tcfg, rng, variables=None):
         """The initial train state (from ``variables`` if given); on a mesh already sharded, each
         parameter and moment created in its shards when there are no variables to start from."""
