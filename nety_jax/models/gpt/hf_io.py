@@ -294,7 +294,8 @@ def import_hf(model_dir: str, out: str, overwrite: bool = False) -> str:
 
 def export_hf(checkpoint: str, out: str, overwrite: bool = False) -> str:
     """A run directory -> a HuggingFace GPT-2 directory (config.json, model.safetensors,
-    tokenizer.json, tokenizer_config.json, generation_config.json), through the writers' guard
+    tokenizer.json, tokenizer_config.json; transformers derives the generation config from
+    config.json), through the writers' guard
     (a new or empty directory, or an earlier export-hf output with ``overwrite``)."""
     from nety_jax.runs import guard
     with guard.output(out, "export-hf", overwrite) as tmp:  # checked before any work
