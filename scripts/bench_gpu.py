@@ -16,8 +16,10 @@ DIR/bench-results.json and DIR/bench-gpu.md (the tables for docs/PERFORMANCE.md)
 - hybrid generation: 64 sampled tokens (top-k 50, top-p 0.9, temperature 0.8) at batch 1, 64
   and 256, against HuggingFace BART with NETY's decoder dimensions (``generate``) on the same
   device; tokens/s and MFU; ours again with the fast paths off;
-- GPT-2 124M (scripts/bench_gpt.py): the bfloat16 train step (16 x 1024) against HF's
-  GPT2LMHeadModel eager and under torch.compile, and generation against HF ``generate``.
+- GPT-2 124M (scripts/bench_gpt.py's classes, run first): the bfloat16 train step (16 x 1024, no
+  dropout, as llm.c measures it) against HF's GPT2LMHeadModel eager and under torch.compile (GPU
+  only: on a CPU it needs minutes of C++ builds), and top-k generation at batch 1, 64 and 256
+  against HF ``generate``.
 
 Medians over ``--repeats`` rounds after a warm-up; device work is synchronized before each clock
 read. A part that would start after ``--budget`` seconds is skipped and says so in the results.
@@ -45,7 +47,8 @@ from flops import generate_flops, train_step_flops  # noqa: E402
 # dense bfloat16 FLOP/s by the vendor's datasheet (SXM parts; leads, not readings)
 DATASHEET_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 362.05e12, "L4": 121e12,
                   "A10G": 70e12, "B200": 2250e12}
-GEN_TOKENS, SRC_LEN = 64, 32
+SRC_LEN = 32
+TOKENS = {"gen": 64}  # tokens generated per row (8 with --tiny)
 FAST_ENV = "NETY_JAX_GPU_FAST_PATHS"
 
 
@@ -241,7 +244,7 @@ class JaxGenerator:
         os.environ[FAST_ENV] = self.fast
         try:
             out = self.fn(self.variables, src, jnp.full((b,), src.shape[1], jnp.int32), params, model=self.model,
-                          spec=LoopSpec(max_new_tokens=GEN_TOKENS, ignore_eos=True))
+                          spec=LoopSpec(max_new_tokens=TOKENS["gen"], ignore_eos=True))
             return jax.block_until_ready(out["tokens"])
         finally:
             os.environ[FAST_ENV] = "on"
@@ -255,8 +258,8 @@ def _hf_bart(m, torch, device):
                      max_position_embeddings=m.max_len, pad_token_id=0, bos_token_id=1, eos_token_id=2,
                      decoder_start_token_id=1, forced_eos_token_id=None)
     model = BartForConditionalGeneration(cfg).eval().to(device)
-    kw = dict(do_sample=True, top_k=50, top_p=0.9, temperature=0.8, max_new_tokens=GEN_TOKENS,
-              min_new_tokens=GEN_TOKENS)
+    kw = dict(do_sample=True, top_k=50, top_p=0.9, temperature=0.8, max_new_tokens=TOKENS["gen"],
+              min_new_tokens=TOKENS["gen"])
 
     def call(src):
         with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=m.dtype == "bfloat16"):
@@ -298,10 +301,10 @@ def part_generate(args, machine, budget) -> dict:
             for _ in range(args.repeats):
                 for key, fn in calls.items():
                     times[key].append(timed(fn, torch))
-            flops = generate_flops(cfg.model, b, SRC_LEN, GEN_TOKENS)
-            row = {"dtype": dtype, "batch": b, "new_tokens": GEN_TOKENS, "compile_s": compile_s}
+            flops = generate_flops(cfg.model, b, SRC_LEN, TOKENS["gen"])
+            row = {"dtype": dtype, "batch": b, "new_tokens": TOKENS["gen"], "compile_s": compile_s}
             for key, ts in times.items():
-                row[key] = _rate(statistics.median(ts), flops, b * GEN_TOKENS, machine)
+                row[key] = _rate(statistics.median(ts), flops, b * TOKENS["gen"], machine)
             if "HF BART generate" in row:
                 row["ratio_vs_hf"] = row["HF BART generate"]["s_per_step"] / row["ours"]["s_per_step"]
             if "ours, fast paths off" in row:
@@ -312,14 +315,58 @@ def part_generate(args, machine, budget) -> dict:
 
 
 # -- GPT-2 124M (scripts/bench_gpt.py) -------------------------------------------------------------
+def gpt_train(args, machine, bench_gpt, cfg, b: int, n: int) -> dict:
+    """Our bfloat16 AdamW step against HF GPT2LMHeadModel eager and torch.compile-d, in turns."""
+    tokens = bench_gpt.token_batch(cfg.model.vocab_size, b, n)
+    ours = bench_gpt.OurTrainer(cfg, tokens)
+    compile_s = timed(lambda: ours.steps(1))
+    fns = {"ours": lambda: ours.steps(1)}
+    if not args.skip_hf:
+        eager = bench_gpt.HFTrainer(cfg, tokens)
+        fns["HF eager"] = lambda: eager.steps(1)
+        if not args.tiny:  # torch.compile on a CPU needs minutes of C++ builds: a GPU-only row
+            compiled = bench_gpt.HFTrainer(cfg, tokens, compile=True)
+            fns["HF torch.compile"] = lambda: compiled.steps(1)
+    seconds = bench_gpt.alternate(fns, args.repeats)
+    flops = bench_gpt.gpt_train_step_flops(cfg.model, b, n)
+    row = {"batch": b, "len": n, "compile_s": compile_s, "gflop_per_step": flops / 1e9,
+           **{k: _rate(v, flops, b * n, machine) for k, v in seconds.items()}}
+    for ref in ("HF eager", "HF torch.compile"):
+        if ref in seconds:
+            row[f"ratio_vs_{ref.split()[-1]}"] = seconds[ref] / seconds["ours"]
+    return row
+
+
+def gpt_generate(args, machine, bench_gpt, cfg, batches) -> list:
+    """Top-k 50 sampling of TOKENS["gen"] tokens after an 8-token prompt, ours against HF generate."""
+    ours = bench_gpt.OurGenerator(cfg, TOKENS["gen"], 8)
+    theirs = None if args.skip_hf else bench_gpt.HFGenerator(cfg, TOKENS["gen"], 8)
+    rows = []
+    for b in batches:
+        fns = {"ours": lambda b=b: ours.call(b, "topk")}
+        if theirs is not None:
+            fns["HF generate"] = lambda b=b: theirs.call(b, "topk")
+        seconds = bench_gpt.alternate(fns, args.repeats)
+        flops = bench_gpt.gpt_generate_flops(cfg.model, b, 8, TOKENS["gen"])
+        row = {"batch": b, **{k: _rate(v, flops, b * TOKENS["gen"], machine) for k, v in seconds.items()}}
+        if "HF generate" in seconds:
+            row["ratio_vs_hf"] = seconds["HF generate"] / seconds["ours"]
+        rows.append(row)
+    return rows
+
+
 def part_gpt(args, machine, budget) -> dict:
-    try:
-        import bench_gpt
-    except ImportError as e:
-        return {"error": f"scripts/bench_gpt.py unavailable: {e}"}
-    if not budget.allows("gpt", 60):
-        return {"skipped": True}
-    return bench_gpt.gpu_rows(tiny=args.tiny, repeats=args.repeats, machine=machine)
+    """GPT-2 124M in bfloat16 without dropout (as llm.c measures it), both sides."""
+    import bench_gpt
+    cfg = bench_gpt.gpt_config(args.tiny, "bfloat16", ["model.dropout=0.0", "model.attention_dropout=0.0"])
+    out = {"config": "gpt2_124m.yaml" + (" (tiny sizes)" if args.tiny else ""), "dtype": "bfloat16"}
+    if budget.allows("gpt train", 60):
+        b, n = (4, 16) if args.tiny else (16, 1024)
+        out["train"] = gpt_train(args, machine, bench_gpt, cfg, b, n)
+        print(f"[bench_gpu] gpt train: {out['train']['ours']['s_per_step'] * 1e3:.1f} ms/step", flush=True)
+    if budget.allows("gpt generate", 30):
+        out["generate"] = gpt_generate(args, machine, bench_gpt, cfg, (1, 4) if args.tiny else (1, 64, 256))
+    return out
 
 
 # -- tables ----------------------------------------------------------------------------------------
@@ -345,21 +392,40 @@ def tables(r: dict) -> str:
                      f"{o['s_per_step'] * 1e3:.2f} | {_f(o['tokens_per_s'])} | {_pct(o['mfu_datasheet'])} / "
                      f"{_pct(o['mfu_measured'])} | {_f(t and t['s_per_step'] * 1e3, '.2f')} | "
                      f"**{_f(row.get('ratio_vs_torch'), '.2f')}x** | {_f(off and off['s_per_step'] * 1e3, '.2f')} |")
-    lines += ["", f"| hybrid generate {GEN_TOKENS} tokens | ours tok/s | MFU (datasheet / measured) | "
+    lines += ["", f"| hybrid generate {TOKENS['gen']} tokens | ours tok/s | MFU (datasheet / measured) | "
               "HF BART generate tok/s | ratio | fast paths off tok/s |", "|---|---|---|---|---|---|"]
     for row in r["generate"].get("rows", []):
         o, h, off = row["ours"], row.get("HF BART generate"), row.get("ours, fast paths off")
         lines.append(f"| {row['dtype']}, batch {row['batch']} | {_f(o['tokens_per_s'])} | {_pct(o['mfu_datasheet'])} / "
                      f"{_pct(o['mfu_measured'])} | {_f(h and h['tokens_per_s'])} | "
                      f"**{_f(row.get('ratio_vs_hf'), '.2f')}x** | {_f(off and off['tokens_per_s'])} |")
-    gpt = r.get("gpt", {})
-    if "table" in gpt:
-        lines += ["", gpt["table"]]
-    elif "error" in gpt:
-        lines += ["", f"GPT-2 rows: {gpt['error']}"]
+    lines += gpt_tables(r.get("gpt", {}))
     if r["skipped"]:
         lines += ["", f"Skipped (time budget): {', '.join(r['skipped'])}."]
     return "\n".join(lines)
+
+
+def gpt_tables(g: dict) -> list:
+    lines = []
+    if "train" in g:
+        t = g["train"]
+        o, e, c = t["ours"], t.get("HF eager"), t.get("HF torch.compile")
+        lines += ["", f"| GPT-2 124M train step ({g['dtype']}, no dropout) | ours ms/step | tok/s | MFU (datasheet / "
+                  "measured) | HF eager ms/step | ratio | HF torch.compile ms/step | ratio |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| B={t['batch']} x {t['len']} | {o['s_per_step'] * 1e3:.1f} | {_f(o['tokens_per_s'])} | "
+                  f"{_pct(o['mfu_datasheet'])} / {_pct(o['mfu_measured'])} | {_f(e and e['s_per_step'] * 1e3, '.1f')} | "
+                  f"**{_f(t.get('ratio_vs_eager'), '.2f')}x** | {_f(c and c['s_per_step'] * 1e3, '.1f')} | "
+                  f"**{_f(t.get('ratio_vs_torch.compile'), '.2f')}x** |"]
+    if "generate" in g:
+        lines += ["", f"| GPT-2 124M generate {TOKENS['gen']} tokens (top-k 50) | ours tok/s | MFU (datasheet / measured) | "
+                  "HF generate tok/s | ratio |", "|---|---|---|---|---|"]
+        for row in g["generate"]:
+            o, h = row["ours"], row.get("HF generate")
+            lines.append(f"| batch {row['batch']} | {_f(o['tokens_per_s'])} | {_pct(o['mfu_datasheet'])} / "
+                         f"{_pct(o['mfu_measured'])} | {_f(h and h['tokens_per_s'])} | "
+                         f"**{_f(row.get('ratio_vs_hf'), '.2f')}x** |")
+    return lines
 
 
 def main() -> int:
@@ -372,17 +438,18 @@ def main() -> int:
                    help="seconds after which no part starts ($NETY_GPU_BUDGET)")
     p.add_argument("--skip-hf", action="store_true", help="no HuggingFace references")
     args = p.parse_args()
-    if args.tiny:
-        args.repeats = min(args.repeats, 2)
+    if args.tiny:  # a smoke run of every code path, as short as it goes
+        args.repeats, TOKENS["gen"] = 1, 8
     from nety_jax.runtime import enable_compilation_cache
     enable_compilation_cache()  # $NETY_JAX_COMPILE_CACHE: gpu_check.sh names the folder
     os.makedirs(args.out, exist_ok=True)
     budget = Budget(args.budget)
     results = {"machine": part_machine(args)}
     print(f"[bench_gpu] machine: {results['machine']}", flush=True)
+    # the GPT-2 rows first: the issue's headline targets, should the time budget run out
+    results["gpt"] = part_gpt(args, results["machine"], budget)
     results["train"] = part_train(args, results["machine"], budget)
     results["generate"] = part_generate(args, results["machine"], budget)
-    results["gpt"] = part_gpt(args, results["machine"], budget)
     results["skipped"] = budget.skipped
     text = tables(results)
     with open(os.path.join(args.out, "bench-results.json"), "w", encoding="utf-8") as f:

@@ -38,8 +38,12 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert parity["ours"]["s_per_step"] > 0 and parity["NETY PyTorch"]["s_per_step"] > 0
     assert parity["ratio_vs_torch"] == pytest.approx(parity["NETY PyTorch"]["s_per_step"] / parity["ours"]["s_per_step"])
     assert [r["batch"] for r in results["generate"]["rows"]] == [1, 4]
+    gpt = results["gpt"]
+    assert gpt["train"]["ratio_vs_eager"] > 0 and [r["batch"] for r in gpt["generate"]] == [1, 4]
     table = (out / "bench-gpu.md").read_text()
-    assert "| hybrid train step |" in table and "| hybrid generate 64 tokens |" in table
+    for header in ("| hybrid train step |", "| hybrid generate 8 tokens |", "| GPT-2 124M train step",
+                   "| GPT-2 124M generate 8 tokens"):
+        assert header in table, header
 
 
 @pytest.mark.parametrize("args,message", [
