@@ -13,7 +13,7 @@ DEMO_DIR ?= runs/demo
 # pure-Python wheels our code needs that the GPU machine's Python lacks (docs/PERFORMANCE.md, "On a GPU")
 GPU_WHEELS ?= tensorboardX==2.6.5
 
-.PHONY: install demo test test-oldest bench bench-quality gpu-wheels clean
+.PHONY: install demo test test-smoke ci bench bench-quality gpu-wheels clean
 
 $(BIN)/nety-jax: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "make: no Python 3.11 or 3.12 found (set PYTHON=...)" >&2; exit 2; }
@@ -39,16 +39,23 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadscope tests
 
-# the other end of the supported versions (Python 3.11, jax 0.10.2): a few files, no torch
-OLDEST_VENV ?= .venv-oldest
+# a few test files on another Python (default: the newest found, with the newest jax), no torch
+SMOKE_PYTHON ?= $(PYTHON)
+SMOKE_VENV ?= .venv-smoke
 SMOKE_TESTS ?= tests/test_model.py tests/test_encoder.py tests/test_gpu_paths.py
-test-oldest:
-	@test -n "$(OLDEST_PYTHON)" || { echo "make: no Python 3.11 found" >&2; exit 2; }
-	test -x $(OLDEST_VENV)/bin/python || $(OLDEST_PYTHON) -m venv $(OLDEST_VENV)
-	$(OLDEST_VENV)/bin/pip install -q --upgrade pip
-	$(OLDEST_VENV)/bin/pip install -q -e . pytest pytest-xdist hypothesis
-	$(OLDEST_VENV)/bin/python -c 'import jax, sys; print("oldest:", sys.version.split()[0], "jax", jax.__version__)'
-	$(OLDEST_VENV)/bin/python -m pytest -q -n 2 --dist loadscope $(SMOKE_TESTS)
+test-smoke:
+	@test -n "$(SMOKE_PYTHON)" || { echo "make: no Python for the smoke tests (set SMOKE_PYTHON=...)" >&2; exit 2; }
+	test -x $(SMOKE_VENV)/bin/python || $(SMOKE_PYTHON) -m venv $(SMOKE_VENV)
+	$(SMOKE_VENV)/bin/pip install -q --upgrade pip
+	$(SMOKE_VENV)/bin/pip install -q -e . pytest pytest-xdist hypothesis
+	$(SMOKE_VENV)/bin/python -c 'import jax, sys; print("smoke:", sys.version.split()[0], "jax", jax.__version__)'
+	$(SMOKE_VENV)/bin/python -m pytest -q -n 2 --dist loadscope $(SMOKE_TESTS)
+
+# CI (.ci/run): the suite on the oldest Python (3.11, jax 0.10.2), a smoke on the newest (3.12, the
+# newest jax); both within CI's time (the suite about 14 minutes, the smoke 2-3)
+ci:
+	$(MAKE) test PYTHON=$(or $(OLDEST_PYTHON),$(PYTHON))
+	@if [ "$(OLDEST_PYTHON)" != "$(PYTHON)" ]; then $(MAKE) test-smoke SMOKE_PYTHON=$(PYTHON); fi
 
 $(VENV)/.bench: $(BIN)/nety-jax
 	$(BIN)/pip install -q -e ".[test,bench]"
@@ -66,4 +73,4 @@ gpu-wheels:
 	@ls .gpu-wheels
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) runs .pytest_cache .gpu-wheels .gpu-cache
+	rm -rf $(VENV) $(SMOKE_VENV) runs .pytest_cache .gpu-wheels .gpu-cache
