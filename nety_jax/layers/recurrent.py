@@ -180,7 +180,7 @@ class RecurrentLayer(nn.Module):
         b, t, width = x.shape
         if lengths is None or not self.length_aware:
             lengths = jnp.full((b,), t, jnp.int32)  # NETY: the backward direction reads the padding too
-        weights = pack_cudnn_weights(*cudnn_lstm_weights(self.variables["params"], d))
+        weights = pack_cudnn_weights(*cudnn_lstm_weights(nn.unbox(self.variables["params"]), d))
         zeros = jnp.zeros((d, b, self.hidden), jnp.float32)
         # a row of length 0 runs one step over its padding, as the scan's step 0 does
         seq = jnp.maximum(lengths, 1).astype(jnp.int32)
