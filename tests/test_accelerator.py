@@ -6,6 +6,7 @@ land on.
 """
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,7 +179,7 @@ def test_cudnn_lstm_equals_the_scan_on_the_gpu(monkeypatch, length_aware):
     stack = RecurrentStack("lstm", 64, 2, True, length_aware=length_aware)
     x = jax.random.normal(jax.random.PRNGKey(3), (8, 20, 48))
     lengths = jnp.array([20, 19, 12, 7, 5, 3, 1, 0], jnp.int32)
-    variables = stack.init(jax.random.PRNGKey(4), x, lengths)
+    variables = nn.unbox(stack.init(jax.random.PRNGKey(4), x, lengths))
     real = (jnp.arange(20)[None, :] < (lengths if length_aware else 20 + 0 * lengths)[:, None])[..., None]
 
     def loss(v):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -143,7 +144,7 @@ def _stack(bidirectional=True, length_aware=True, layers=2):
     stack = RecurrentStack("lstm", 16, layers, bidirectional, length_aware=length_aware)
     x = jax.random.normal(jax.random.PRNGKey(3), (3, 6, 12))
     lengths = jnp.array([6, 4, 1], jnp.int32)
-    return stack, stack.init(jax.random.PRNGKey(4), x, lengths), x, lengths
+    return stack, nn.unbox(stack.init(jax.random.PRNGKey(4), x, lengths)), x, lengths
 
 
 @needs_rnn
