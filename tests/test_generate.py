@@ -119,7 +119,7 @@ def test_greedy_samples_are_flagged_and_num_samples_is_checked(trained_run):
     model.generate(["Bonjour !"], num_samples=2, temperature=0.9)
     assert len(warnings) == 1
     for bad in (0, -1, 2.0):
-        with pytest.raises(NetyError, match=f"num_samples={bad!r} must be an integer >= 1"):
+        with pytest.raises(NetyError, match=f"num_samples={bad!r} must be (an integer|>= 1)"):
             model.generate(["Bonjour !"], num_samples=bad)
 
 
@@ -132,7 +132,7 @@ def test_chunks_cut_texts_and_their_own_values_and_count_rows():
     assert len(list(chunks(["a"] * 5, 0, 1, None, {}))) == 1
     with pytest.raises(NetyError, match="temperature: 2 values for 3 prompts"):
         list(chunks(["a", "b", "c"], 0, 1, 2, {"temperature": [0.1, 0.2]}))
-    with pytest.raises(NetyError, match="batch_size=0 must be an integer >= 1"):
+    with pytest.raises(NetyError, match="batch_size=0 must be >= 1"):
         list(chunks(["a"], 0, 1, 0, {}))
 
 
