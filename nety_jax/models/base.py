@@ -7,6 +7,7 @@ and the CLI talk to an adapter and never to a network directly:
 - variables: ``init(rng)``, ``abstract_variables()``, ``parameter_rows()``;
 - training: ``loss_sums(variables, batch, ...)`` -> (metric sums, updated mutable
   collections such as BatchNorm statistics); the batch format is the task's;
+  ``train_flops(batch)``: the analytic FLOPs of a step (MFU in the training log);
 - decoding: ``start_decoding(variables, tokens, lengths, max_new_tokens)`` prefills a
   batch of right-padded prompts into the cache and returns the first logits (B, V)
   and the cache (per-row positions inside); ``decode_step(variables, tokens (B,),
@@ -110,6 +111,11 @@ class Model(abc.ABC):
         logits, updates = self.logits(variables, batch, train=train, rng=rng, axis_name=axis_name)
         sums = cross_entropy_sums(logits, batch["targets"], token_mask(batch), label_smoothing)
         return sums, updates
+
+    def train_flops(self, batch: dict) -> Optional[float]:
+        """Analytic FLOPs of one training step (forward + backward) on ``batch`` (its shapes only:
+        padded positions count, they are computed); None where the architecture has no count."""
+        return None
 
     # -- decoding ----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -22,6 +22,7 @@ from nety_jax.runs.files import checkpoint_dir
 from nety_jax.runs.quiet import first_line
 from nety_jax.training.control import MetricSums, RunLock, StopFlag
 from nety_jax.training.evaluation import evaluate, reply_scores
+from nety_jax.training.flops import Throughput, peak_flops
 from nety_jax.training.metrics import MetricsWriter, NullWriter, plot_losses
 from nety_jax.training.optim import make_schedule
 from nety_jax.training.parallel import is_primary, local, maybe_initialize_distributed
@@ -80,10 +81,13 @@ def _loop(run: Run, workdir: str, writer, bar, say, stop: StopFlag, saver: _Save
     t = run.cfg.train
     schedule = make_schedule(t)
     sums, state, val_metrics, pending = MetricSums(), run.state, {}, None
+    meter = Throughput(run.model, peak_flops(run.runner.step_devices, run.cfg.model.dtype, t.peak_tflops)[0])
     timer = time.perf_counter()
     status = "finished"
     for step in range(run.start, t.steps):
-        state, metrics = run.runner.train(state, next(run.iterator))
+        batch = next(run.iterator)
+        meter.add(batch)
+        state, metrics = run.runner.train(state, batch)
         step_no, is_last = step + 1, step + 1 == t.steps
         if pending is not None:  # read step N-1 after dispatching step N
             sums.add(*pending)
@@ -96,12 +100,14 @@ def _loop(run: Run, workdir: str, writer, bar, say, stop: StopFlag, saver: _Save
             continue
         sums.add(*pending)
         pending = None
+        seconds = max(time.perf_counter() - timer, 1e-9)
         values = sums.means() | {"learning_rate": float(schedule(step)),
-                                 "tokens_per_s": sums.sums["tokens"] / max(time.perf_counter() - timer, 1e-9)}
+                                 "tokens_per_s": sums.sums["tokens"] / seconds} | meter.values(seconds)
         writer.write(step_no, "train", values)
         if bar is not None:
+            mfu = {} if values["mfu"] is None else {"mfu": f"{100 * values['mfu']:.1f}%"}
             bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['learning_rate']:.2e}",
-                            tok_s=f"{values['tokens_per_s']:.0f}", refresh=False)
+                            tok_s=f"{values['tokens_per_s']:.0f}", **mfu, refresh=False)
         sums.reset()
         val_loss = None
         if run.val_batches and (not step_no % t.eval_every or is_last):

@@ -150,6 +150,11 @@ class Runner:
             return f"mesh {sizes} over {self.mesh.size} device(s)"
         return f"{self.backend} on {self.num_devices} device(s)"
 
+    @property
+    def step_devices(self) -> int:
+        """The devices one training step runs on (every process's, on a mesh)."""
+        return self.mesh.size if self.backend in ("shard_map", "mesh") else self.num_devices
+
     def create_state(self, model, tcfg, rng, variables=None):
         """The initial train state (from ``variables`` if given); on a mesh already sharded, each
         parameter and moment created in its shards when there are no variables to start from."""

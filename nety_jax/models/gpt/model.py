@@ -13,6 +13,7 @@ from typing import Optional
 from nety_jax.layers import DecoderSpec, TransformerDecoder
 from nety_jax.models.base import count_params
 from nety_jax.models.gpt.config import GPTConfig
+from nety_jax.models.gpt.flops import gpt_train_step_flops
 from nety_jax.models.lm import LanguageModel
 
 
@@ -45,6 +46,9 @@ class GPTModel(LanguageModel):
             if name in params:
                 rows.append((name, count_params(params[name])))
         return rows + [("total", count_params(params))]
+
+    def train_flops(self, batch: dict) -> float:
+        return gpt_train_step_flops(self.cfg, *batch["tokens"].shape)
 
     def start_decoding(self, variables, tokens, lengths, max_new_tokens: int):
         """One prefill call writes every prompt position; logits at each row's last token."""

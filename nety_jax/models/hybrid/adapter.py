@@ -10,6 +10,7 @@ import numpy as np
 from nety_jax.config.sections import SOS_ID
 from nety_jax.models.base import Model, count_params
 from nety_jax.models.hybrid.config import HybridConfig
+from nety_jax.models.hybrid.flops import train_step_flops
 from nety_jax.models.hybrid.network import HybridSeq2Seq
 
 
@@ -41,6 +42,10 @@ class HybridModel(Model):
         if "pointer" in params:
             rows.append(("copy head (pointer)", count_params(params["pointer"])))
         return rows + [("total", count_params(params))]
+
+    def train_flops(self, batch: dict) -> float:
+        (b, src_len), tgt_len = batch["src"].shape, batch["tgt_in"].shape[1]
+        return train_step_flops(self.cfg, b, src_len, tgt_len)["total"]
 
     def start_decoding(self, variables, tokens, lengths, max_new_tokens: int):
         """Encodes the sources, keeps the cross-attention memory in the cache, feeds <sos>."""

@@ -17,6 +17,7 @@ from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.linear import Linear
 from nety_jax.layers.partitioning import embedding, named
 from nety_jax.models.base import last_real
+from nety_jax.models.flops import TRAIN_FACTOR, dense, recurrent_layer
 from nety_jax.models.lm import LanguageModel
 from nety_jax.models.rnn_lm.config import RNNLMConfig
 
@@ -80,6 +81,13 @@ class RNNLMModel(LanguageModel):
 
     def network(self, axis_name: Optional[str] = None) -> RNNLM:
         return RNNLM(self.cfg)
+
+    def train_flops(self, batch: dict) -> float:
+        """The stacked cells' input and hidden projections and the output head (models/flops.py)."""
+        cfg, (b, t) = self.cfg, batch["tokens"].shape
+        widths = [cfg.d_model] + [cfg.hidden] * (cfg.layers - 1)
+        forward = sum(recurrent_layer(cfg.cell, w, cfg.hidden, b * t) for w in widths)
+        return TRAIN_FACTOR * (forward + dense(b * t, cfg.hidden, cfg.vocab_size))
 
     def start_decoding(self, variables, tokens, lengths, max_new_tokens: int):
         self.check_room(tokens.shape[1], max_new_tokens)
