@@ -97,6 +97,20 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    from nety_jax.config import load_config
+    from nety_jax.models import get_model
+    from nety_jax.tasks import check_data_option
+    from nety_jax.training.prepare_data import prepare_data
+    if bool(args.data) == bool(args.text):
+        raise NetyError("give --data FILE (pairs, seq2seq models) or --text FILE... (language models)")
+    cfg = load_config(args.config, args.overrides)
+    check_data_option(get_model(cfg.model).task, "--text" if args.text else "--data", cfg.model.arch)
+    prepare_data(cfg, args.text or [args.data], args.out, args.tokenizer, args.skip_bad, args.workers,
+                 args.shard_size, args.overwrite, progress=not args.no_progress)
+    return 0
+
+
 def _read_prompts(args) -> list[str]:
     prompts = [_text_arg(p, "--prompt") for p in (args.prompt or [])]
     if args.file:
@@ -227,8 +241,10 @@ def _add_commands(sub) -> None:
 
     p = sub.add_parser("train", help="train (or resume) a model")
     _config_args(p)
-    p.add_argument("--data", help="JSONL or TSV pairs, seq2seq models (default: the embedded corpus)")
-    p.add_argument("--text", nargs="+", help="plain text file(s), language models (default: the shipped text)")
+    p.add_argument("--data", help="JSONL or TSV pairs, seq2seq models (default: the embedded corpus), "
+                                  "or a directory `nety-jax prepare` wrote")
+    p.add_argument("--text", nargs="+", help="plain text file(s), language models (default: the shipped text), "
+                                             "or a directory `nety-jax prepare` wrote")
     p.add_argument("--workdir", default="runs/default", help="run directory (resumes if it has checkpoints)")
     p.add_argument("--steps", type=int, help="total training steps (train.steps)")
     p.add_argument("--seed", type=int, help="seed for init, split, shuffling and dropout (train.seed)")
@@ -239,6 +255,20 @@ def _add_commands(sub) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (counted in the log)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("prepare", help="tokenize a corpus once into shards that `train --data/--text DIR` streams")
+    _config_args(p)
+    p.add_argument("--data", help="JSONL or TSV pairs (seq2seq models)")
+    p.add_argument("--text", nargs="+", help="plain text file(s) (language models)")
+    p.add_argument("--out", required=True, help="new directory for the shards and their manifest")
+    p.add_argument("--tokenizer", metavar="RUN_OR_FILE",
+                   help="use this tokenizer (a run directory or a SentencePiece .model file) instead of training one")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
+    p.add_argument("--shard-size", type=int, default=50_000, help="examples (pairs or lines) per shard")
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (counted in the log)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier prepare output in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_prepare)
 
     for name, fn, text in (("generate", cmd_generate, "replies (or continuations) to prompts, batched"),
                            ("complete", cmd_complete, "language models: prompt + continuation")):

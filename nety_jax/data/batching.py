@@ -3,6 +3,12 @@
 A dataset has ``len()``, ``length(i)`` (for bucketing) and ``collate(indices) ->
 batch``. The batch for a given step is a pure function of (seed, epoch, index):
 the checkpoint stores ``{"epoch", "index"}`` and resuming continues exactly.
+
+The plan is of GLOBAL batches: a batch's examples depend on (seed, epoch, index) and the
+batch size, never on the number of processes. A dataset read from shards (``data.streamed``)
+collates only this process's ``part`` of each batch (a ``LocalBatch``), so a job resumed on
+another number of processes continues at the same global batch: no example is repeated or
+skipped (with the same ``train.batch_size``).
 """
 from __future__ import annotations
 
@@ -14,6 +20,10 @@ from nety_jax.config.sections import PAD_ID
 from nety_jax.errors import DataError
 
 
+class LocalBatch(dict):
+    """This process's rows of a global batch (already sliced: the runner places it as it is)."""
+
+
 class BatchIterator:
     """Shuffle, sort by length within windows of 50 batches, shuffle the batches.
 
@@ -23,7 +33,8 @@ class BatchIterator:
 
     WINDOW = 50
 
-    def __init__(self, data, batch_size: int, seed: int, epoch: int = 0, index: int = 0):
+    def __init__(self, data, batch_size: int, seed: int, epoch: int = 0, index: int = 0,
+                 part: tuple[int, int] = (0, 1)):
         if len(data) < batch_size:
             raise DataError(f"only {len(data)} training example{'s' * (len(data) != 1)} for "
                             f"train.batch_size={batch_size}; "
@@ -32,6 +43,7 @@ class BatchIterator:
         self.batches_per_epoch = len(data) // batch_size
         self.epoch, self.index = epoch + index // self.batches_per_epoch, index % self.batches_per_epoch
         self._plan_epoch = None
+        self.part = part  # (process, processes): only datasets read from shards honour it
 
     def _plan(self, epoch: int) -> list[np.ndarray]:
         if self._plan_epoch != epoch:
@@ -41,7 +53,7 @@ class BatchIterator:
             batches = []
             for start in range(0, len(order), size):
                 window = order[start: start + size]
-                lengths = np.asarray([self.data.length(i) for i in window])
+                lengths = _lengths(self.data, window)
                 window = window[np.argsort(lengths, kind="stable")]
                 batches += [window[j: j + self.batch_size] for j in range(0, len(window), self.batch_size)]
             self._batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -59,13 +71,16 @@ class BatchIterator:
         self.index += 1
         if self.index == self.batches_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
+        if self.part[1] > 1 and getattr(self.data, "reads_parts", False):
+            return LocalBatch(self.data.collate(idx, self.part))
         return self.data.collate(idx)
 
-    def padding_fraction(self) -> float:
-        """Fraction of pad tokens over one epoch of batches (the integer arrays of ids in the batch;
-        a packed row's ``positions`` start every segment at 0, which is no padding)."""
+    def padding_fraction(self, limit: int = 256) -> float:
+        """Fraction of pad tokens over (at most ``limit`` batches of) one epoch of batches (the
+        integer arrays of ids in the batch; a packed row's ``positions`` start every segment at
+        0, which is no padding). Bounded: a streamed epoch is not read at start-up."""
         pads = total = 0
-        for idx in self._plan(self.epoch):
+        for idx in self._plan(self.epoch)[:limit]:
             batch = self.data.collate(idx)
             for key, value in batch.items():
                 if value.ndim == 2 and key != "positions":
@@ -74,10 +89,16 @@ class BatchIterator:
         return pads / max(total, 1)
 
 
+def _lengths(data, idx) -> np.ndarray:
+    if hasattr(data, "lengths"):  # vectorized (datasets read from shards)
+        return np.asarray(data.lengths(idx))
+    return np.asarray([data.length(i) for i in idx])
+
+
 def eval_batches(data, batch_size: int, limit: int = 0) -> list[dict]:
     """Fixed validation batches, sorted by length; the last one is padded with copies
     of its first row and a ``weight`` of 0 so every batch has the same size."""
-    order = np.argsort([data.length(i) for i in range(len(data))], kind="stable")
+    order = np.argsort(_lengths(data, np.arange(len(data))), kind="stable")
     out = []
     for start in range(0, len(order), batch_size):
         idx = list(order[start: start + batch_size])

@@ -159,20 +159,26 @@ class Encoded:
         return srcs, tgts
 
     def _pad(self, srcs: list, tgts: list) -> dict:
-        cfg, b = self.cfg, len(srcs)
-        s_len = min(_round_up(max(len(s) for s in srcs), cfg.bucket_multiple), cfg.max_src_len)
-        t_len = min(_round_up(max(len(t) - 1 for t in tgts), cfg.bucket_multiple), cfg.max_tgt_len)
-        src = np.full((b, s_len), PAD_ID, np.int32)
-        tgt = np.full((b, t_len + 1), PAD_ID, np.int32)
-        for row, (s, t) in enumerate(zip(srcs, tgts)):
-            src[row, : len(s)] = s
-            tgt[row, : len(t)] = t
-        return {"src": src, "src_len": np.asarray([len(s) for s in srcs], np.int32),
-                "tgt_in": tgt[:, :-1], "targets": tgt[:, 1:]}
+        return pad_pairs(srcs, tgts, self.cfg)
 
     def reference(self, i: int) -> list[int]:
         """The target ids a reply is scored against."""
         return self.tgt[i][1:].tolist()
+
+
+def pad_pairs(srcs: list, tgts: list, cfg: DataConfig, longest: Optional[tuple[int, int]] = None) -> dict:
+    """A batch of framed pairs padded to lengths rounded up to ``bucket_multiple``. ``longest``
+    (source, target ids) sets the padded shape when the rows are one process's part of a batch."""
+    s_max, t_max = longest or (max(len(s) for s in srcs), max(len(t) for t in tgts))
+    s_len = min(_round_up(s_max, cfg.bucket_multiple), cfg.max_src_len)
+    t_len = min(_round_up(t_max - 1, cfg.bucket_multiple), cfg.max_tgt_len)
+    src = np.full((len(srcs), s_len), PAD_ID, np.int32)
+    tgt = np.full((len(tgts), t_len + 1), PAD_ID, np.int32)
+    for row, (s, t) in enumerate(zip(srcs, tgts)):
+        src[row, : len(s)] = s
+        tgt[row, : len(t)] = t
+    return {"src": src, "src_len": np.asarray([len(s) for s in srcs], np.int32),
+            "tgt_in": tgt[:, :-1], "targets": tgt[:, 1:]}
 
 
 def _framed(src: list[int], tgt: list[int], cfg: DataConfig) -> tuple[list[int], list[int]]:

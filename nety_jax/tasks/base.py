@@ -8,6 +8,9 @@ data and its prompts that does not depend on the architecture:
   and the validation split), ``encode(cfg, tokenizer, corpus, source)`` (datasets
   with ``len()``, ``length(i)`` and ``collate(indices)``), ``batches`` and
   ``eval_batches`` (how they are batched);
+- prepared data (``nety-jax prepare``): ``shard_jobs`` (the examples of each shard),
+  ``write_shard`` (run in a worker process: encodes and writes one shard) and
+  ``open_prepared`` (the datasets streamed from the shards, ``data.streamed``);
 - scores: ``extra_metrics`` beyond the loss (BLEU / chrF for replies);
 - prompts: ``prompts(model_cfg)`` (how a text becomes prompt ids) and
   ``chat_prompt(messages)`` (how a conversation becomes one prompt text).
@@ -87,6 +90,33 @@ class Task(abc.ABC):
         if not len(dataset):
             return []
         return eval_batches(dataset, cfg.train.batch_size, cfg.train.eval_batches)
+
+    # -- prepared data ------------------------------------------------------------------------
+    TOKENIZER_FIELDS: ClassVar[tuple] = ("tokenizer", "vocab_size", "spm_model_type", "lowercase",
+                                         "word_split")
+
+    def resolved_data(self, cfg):
+        """``cfg.data`` with the values prepared shards are made with (defaults filled in)."""
+        return cfg.data
+
+    def prepared_fields(self, data_cfg) -> tuple:
+        """The ``data.*`` fields prepared shards depend on: a config that differs is refused."""
+        return self.TOKENIZER_FIELDS
+
+    def shard_jobs(self, cfg, corpus: Corpus, per_shard: int) -> list[tuple[str, int, list]]:
+        """(split, shard number, examples) for every shard, in order."""
+        return [(split, k, items[start: start + per_shard])
+                for split, items in (("train", corpus.train), ("val", corpus.val))
+                for k, start in enumerate(range(0, len(items), per_shard))]
+
+    @abc.abstractmethod
+    def write_shard(self, data_cfg, tokenizer, items: list, path: str) -> dict:
+        """Encodes ``items`` and writes them to the shard ``path`` (runs in a worker process);
+        returns its counts (``records``, ``examples``, ``tokens``, ``sha256``, ``histogram``)."""
+
+    @abc.abstractmethod
+    def open_prepared(self, cfg, directory: str, manifest: dict) -> DataSplit:
+        """The training and validation datasets read from a prepared directory's shards."""
 
     @abc.abstractmethod
     def example_prompt(self, item) -> str:

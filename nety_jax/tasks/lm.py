@@ -10,16 +10,23 @@ when too long); a chat's whole conversation is the text continued.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import ClassVar, Sequence
 
 import numpy as np
 
-from nety_jax.data.packing import pack_text
+from nety_jax.config.sections import EOS_ID
+from nety_jax.data.packing import document_pieces, pack, pack_text
+from nety_jax.data.shards import ShardReader, ShardWriter, fingerprint, length_histogram
+from nety_jax.data.streamed import PackedShards, StreamWindows
 from nety_jax.data.text import default_text_path, encode_text, read_text, split_text, window_sizes
 from nety_jax.errors import ConfigError
 from nety_jax.tasks.base import Corpus, DataSplit, Task
 from nety_jax.tasks.prompting import PrefixPrompts
+
+
+STREAM_CHUNK = 4096  # tokens per record of a prepared token stream
 
 
 class LanguageModelTask(Task):
@@ -58,6 +65,52 @@ class LanguageModelTask(Task):
                 f"({tr.documents:,} / {va.documents:,} documents, {100 * filled(tr):.0f}% / "
                 f"{100 * filled(va):.0f}% filled) from {source}")
         return DataSplit(tr, va, _packed_fingerprint(tr), desc)
+
+    def resolved_data(self, cfg):
+        return dataclasses.replace(cfg.data, seq_len=window_sizes(cfg.data, cfg.model.max_len)[0])
+
+    def prepared_fields(self, data_cfg) -> tuple:
+        """Windows are cut at training (any ``seq_len`` / ``stride``); packed rows are made here."""
+        return self.TOKENIZER_FIELDS + (("packing", "seq_len") if data_cfg.packing else ("packing",))
+
+    def write_shard(self, data_cfg, tokenizer, items: list, path: str) -> dict:
+        """Lines -> their token stream in records of ``STREAM_CHUNK`` tokens (the shards of a split,
+        in order, are the one stream ``encode_text`` makes), or with ``data.packing`` their packed
+        rows (each shard packed on its own: a shard's last rows close at its end)."""
+        ids = [tokenizer.encode(line) for line in items]
+        histogram = length_histogram(np.asarray([len(i) + 1 for i in ids]))
+        writer = ShardWriter(path)
+        if data_cfg.packing:
+            rows = pack([p for d in ids for p in document_pieces(d, data_cfg.seq_len)], data_cfg.seq_len)
+            for r in range(len(rows)):
+                writer.write([rows.tokens[r], rows.targets[r], rows.segments[r], rows.positions[r]])
+            tokens, documents = int(np.sum(rows.segments > 0)), rows.documents
+        else:
+            stream = np.asarray([t for d in ids for t in d + [EOS_ID]], np.int32)
+            for start in range(0, len(stream), STREAM_CHUNK):
+                writer.write([stream[start: start + STREAM_CHUNK]])
+            tokens, documents = len(stream), len(ids)
+        return {"records": writer.records, "examples": writer.records, "tokens": tokens,
+                "documents": documents, "sha256": writer.close(), "histogram": histogram}
+
+    def open_prepared(self, cfg, directory: str, manifest: dict) -> DataSplit:
+        if cfg.data.subword_alpha > 0:
+            raise ConfigError(f"data.subword_alpha={cfg.data.subword_alpha} re-segments (input, target) "
+                              f"pairs; the {self.name} task trains on a token stream: set it to 0")
+        seq_len, stride = window_sizes(cfg.data, cfg.model.max_len)
+        splits = manifest["splits"]
+        readers = [ShardReader(directory, splits[s]["shards"]) for s in ("train", "val")]
+        if cfg.data.packing:
+            tr, va = (PackedShards(r, seq_len) for r in readers)
+            what = "packed rows"
+        else:
+            tokens = [[shard["tokens"] for shard in splits[s]["shards"]] for s in ("train", "val")]
+            tr = StreamWindows(readers[0], tokens[0], STREAM_CHUNK, seq_len, stride)
+            va = StreamWindows(readers[1], tokens[1], STREAM_CHUNK, seq_len, seq_len)
+            what = "windows"
+        desc = (f"{len(tr)} training / {len(va)} validation {what} of {seq_len} tokens "
+                f"({splits['train']['tokens']:,} / {splits['val']['tokens']:,} tokens) streamed from {directory}")
+        return DataSplit(tr, va, fingerprint(manifest), desc)
 
     def example_prompt(self, item) -> str:
         return item

@@ -10,11 +10,14 @@ last user message is the source.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import ClassVar, Sequence
 
 import numpy as np
 
 from nety_jax.data.pairs import default_corpus_path, encode_pairs, read_pairs, split_pairs
+from nety_jax.data.shards import ShardReader, ShardWriter, fingerprint, length_histogram
+from nety_jax.data.streamed import PairShards
 from nety_jax.errors import ConfigError, DataError
 from nety_jax.tasks.base import Corpus, DataSplit, Task
 from nety_jax.tasks.prompting import SourcePrompts
@@ -47,6 +50,34 @@ class Seq2SeqTask(Task):
         va = encode_pairs(corpus.val, tokenizer, cfg.data)
         desc = f"{len(tr)} training / {len(va)} validation pairs from {source}"
         return DataSplit(tr, va, _fingerprint(tr), desc, tr.truncated + va.truncated)
+
+    def prepared_fields(self, data_cfg) -> tuple:
+        return self.TOKENIZER_FIELDS + ("max_src_len", "max_tgt_len", "src_eos")
+
+    def write_shard(self, data_cfg, tokenizer, items: list, path: str) -> dict:
+        """One record per pair (framed source, framed target) and their (N, 2) lengths beside."""
+        enc = encode_pairs(items, tokenizer, data_cfg)
+        writer = ShardWriter(path)
+        for src, tgt in zip(enc.src, enc.tgt):
+            writer.write([src, tgt])
+        lengths = np.asarray([[len(a), len(b)] for a, b in zip(enc.src, enc.tgt)], np.int32).reshape(-1, 2)
+        np.save(path + ".lengths.npy", lengths)
+        return {"records": writer.records, "examples": len(enc), "tokens": int(lengths.sum()),
+                "truncated": enc.truncated, "sha256": writer.close(),
+                "histogram": length_histogram(lengths.sum(axis=1)),
+                "lengths": os.path.basename(path) + ".lengths.npy"}
+
+    def open_prepared(self, cfg, directory: str, manifest: dict) -> DataSplit:
+        if cfg.data.subword_alpha > 0:
+            raise ConfigError(f"data.subword_alpha={cfg.data.subword_alpha} re-segments the pairs' texts at "
+                              f"every batch; {directory} holds fixed ids: set it to 0 or train from the "
+                              "pairs file")
+        tr, va = (PairShards(ShardReader(directory, manifest["splits"][split]["shards"]),
+                             _lengths(directory, manifest["splits"][split]), cfg.data)
+                  for split in ("train", "val"))
+        desc = f"{len(tr)} training / {len(va)} validation pairs streamed from {directory}"
+        truncated = sum(manifest["splits"][split].get("truncated", 0) for split in ("train", "val"))
+        return DataSplit(tr, va, fingerprint(manifest), desc, truncated)
 
     def example_prompt(self, item) -> str:
         return item[0]
@@ -83,6 +114,12 @@ def greedy_replies(model, variables, src, src_len, max_new_tokens: int) -> np.nd
     params = SamplingParams.create(src.shape[0], temperature=0.0)
     out = generate_jit(variables, jnp.asarray(src), jnp.asarray(src_len), params, model=model, spec=spec)
     return np.asarray(out["tokens"])
+
+
+def _lengths(directory: str, split: dict) -> np.ndarray:
+    if not split.get("lengths"):
+        return np.zeros((0, 2), np.int32)
+    return np.load(os.path.join(directory, split["lengths"]), mmap_mode="r")
 
 
 def _fingerprint(encoded) -> str:

@@ -194,6 +194,7 @@ def _train(cfg: Config, workdir: str, data, skip_bad: bool, log, progress: bool,
             raise TrainingDiverged(f"{e}: training stopped; {kept} in {checkpoint_dir(workdir)}. "
                                    "Lower train.learning_rate or set train.clip_norm") from None
         finally:
+            run.iterator.close()  # the prefetch thread
             try:
                 run.manager.close()
             except Exception:  # an earlier failure is the one to report

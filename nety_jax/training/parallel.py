@@ -31,6 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nety_jax.config import Config
+from nety_jax.data.batching import LocalBatch
 from nety_jax.errors import ConfigError
 from nety_jax.training import mesh as meshlib
 from nety_jax.training.steps import create_train_state, eval_step, train_step
@@ -178,7 +179,7 @@ class Runner:
     def host_slice(self, batch: dict) -> dict:
         """This process's contiguous share of a global batch."""
         n, i = jax.process_count(), jax.process_index()
-        if n == 1:
+        if n == 1 or isinstance(batch, LocalBatch):  # LocalBatch: read as this process's part
             return batch
         return {k: v[i * (len(v) // n): (i + 1) * (len(v) // n)] for k, v in batch.items()}
 

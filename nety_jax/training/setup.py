@@ -29,8 +29,10 @@ from nety_jax.runs.compat import check_fits, describe_differences, model_differe
 from nety_jax.runs.files import CONFIG_FILE, checkpoint_dir, read_run_config
 from nety_jax.runs.weights import split_variables
 from nety_jax.tasks import DataSplit
+from nety_jax.data.prefetch import Prefetcher
 from nety_jax.training.evaluation import validation_batches
 from nety_jax.training.parallel import Runner, is_primary, local
+from nety_jax.training.prepare_data import open_prepared, prepared_dir
 
 TOKENIZER_FIELDS = ("tokenizer", "vocab_size", "spm_model_type", "lowercase", "word_split")
 
@@ -148,21 +150,14 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
         raise CheckpointError(f"{workdir}: holds checkpoints but no {CONFIG_FILE}; "
                               "restore it or use another --workdir")
 
-    corpus = task.read(cfg, paths, skip_bad)
-    if corpus.skipped:
-        log(f"skipped {corpus.skipped} bad lines in {', '.join(paths)} (first: {corpus.first_error})")
     init_from = None if has_checkpoint else init_from  # a resumed run has its own weights
-    if has_checkpoint:
-        tokenizer = load_tokenizer(workdir)
-        check_coverage(tokenizer, corpus.texts, ", ".join(paths), log)
-    elif init_from is not None:
-        tokenizer = init_from.tokenizer
-        log(f"starting from the weights and tokenizer of {init_from.where}")
-        check_coverage(tokenizer, corpus.texts, ", ".join(paths), log)
+    prepared = prepared_dir(paths)
+    if prepared is not None:  # streamed from shards: the tokenizer is the one they were made with
+        run_tok = load_tokenizer(workdir) if has_checkpoint else getattr(init_from, "tokenizer", None)
+        tokenizer, data = open_prepared(cfg, prepared, run_tok, workdir if has_checkpoint else
+                                        getattr(init_from, "where", ""))
     else:
-        if os.path.isfile(os.path.join(workdir, "tokenizer.json")):
-            log(f"retraining the tokenizer in {workdir}: no checkpoint was trained with it")
-        tokenizer = build_tokenizer(cfg, corpus.texts)
+        tokenizer, data = _read_raw(cfg, task, workdir, paths, skip_bad, has_checkpoint, init_from, log)
     if not has_checkpoint and tokenizer.vocab_size < cfg.data.vocab_size:
         log(f"tokenizer: {tokenizer.vocab_size} ids (data.vocab_size={cfg.data.vocab_size} is more than "
             "this text supports)")
@@ -170,7 +165,7 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
     notes = reconcile(saved_cfg, cfg) if has_checkpoint else []
     model = get_model(cfg.model)
     check_memory(model, cfg)
-    data = task.encode(cfg, tokenizer, corpus, ", ".join(paths))
+    data = data if prepared is not None else task.encode(cfg, tokenizer, data, ", ".join(paths))
     if data.truncated:
         log(f"cut {data.truncated} pairs longer than data.max_src_len={cfg.data.max_src_len} / "
             f"data.max_tgt_len={cfg.data.max_tgt_len}")
@@ -193,10 +188,31 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
             tokenizer.save(workdir)
         save_config(cfg, os.path.join(workdir, CONFIG_FILE))
     iterator = task.batches(data.train, cfg, **position)
+    iterator.part = (jax.process_index(), jax.process_count())  # streamed data: each process its rows
+    iterator = Prefetcher(iterator)
     val_batches = task.eval_batches(data.val, cfg)
     val_batches = validation_batches(val_batches, len(data.val), log)
     return Run(cfg, model, tokenizer, data, runner, runner.place_state(state), manager, start, iterator,
                val_batches)
+
+
+def _read_raw(cfg: Config, task, workdir: str, paths, skip_bad: bool, has_checkpoint: bool, init_from, log):
+    """(tokenizer, read corpus) of raw files: the run's tokenizer, the weights', or a new one."""
+    corpus = task.read(cfg, paths, skip_bad)
+    if corpus.skipped:
+        log(f"skipped {corpus.skipped} bad lines in {', '.join(paths)} (first: {corpus.first_error})")
+    if has_checkpoint:
+        tokenizer = load_tokenizer(workdir)
+        check_coverage(tokenizer, corpus.texts, ", ".join(paths), log)
+    elif init_from is not None:
+        tokenizer = init_from.tokenizer
+        log(f"starting from the weights and tokenizer of {init_from.where}")
+        check_coverage(tokenizer, corpus.texts, ", ".join(paths), log)
+    else:
+        if os.path.isfile(os.path.join(workdir, "tokenizer.json")):
+            log(f"retraining the tokenizer in {workdir}: no checkpoint was trained with it")
+        tokenizer = build_tokenizer(cfg, corpus.texts)
+    return tokenizer, corpus
 
 
 def _data_position(saved: dict, data: DataSplit, cfg: Config, log) -> dict:
@@ -214,7 +230,7 @@ def _data_position(saved: dict, data: DataSplit, cfg: Config, log) -> dict:
 
 def data_meta(iterator: BatchIterator, data: DataSplit, cfg: Config) -> dict:
     return {**iterator.state(), "fingerprint": data.fingerprint, "batch_size": cfg.train.batch_size,
-            "seed": cfg.train.seed}
+            "seed": cfg.train.seed, "processes": jax.process_count()}
 
 
 def count_tokens(batch: dict) -> int:

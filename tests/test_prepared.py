@@ -1,0 +1,189 @@
+"""Prepared data (`nety-jax prepare`): shards equal the in-memory path batch for batch, each process
+reads its own part, damage and mismatches are clear errors, and training on shards resumes exactly."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import GPT_TINY, QUIET, TINY
+
+pytest.importorskip("grain")
+pytest.importorskip("array_record")
+
+from nety_jax.config import load_config  # noqa: E402
+from nety_jax.data.batching import BatchIterator, LocalBatch, eval_batches  # noqa: E402
+from nety_jax.errors import ConfigError, DataError  # noqa: E402
+from nety_jax.models import get_model  # noqa: E402
+from nety_jax.training.prepare_data import open_prepared, prepare_data  # noqa: E402
+
+
+def _in_memory(cfg, directory):
+    """The raw-file path's datasets, with the prepared directory's tokenizer."""
+    task = get_model(cfg.model).task
+    tokenizer, _ = open_prepared(cfg, directory)
+    corpus = task.read(cfg, task.default_paths(), False)
+    return task.encode(cfg, tokenizer, corpus, "raw")
+
+
+def _prepare(tmp_path_factory, config, overrides, per_shard):
+    cfg = load_config(config, overrides)
+    out = str(tmp_path_factory.mktemp("prepared") / "data")
+    prepare_data(cfg, get_model(cfg.model).task.default_paths(), out, per_shard=per_shard, workers=1, **QUIET)
+    return cfg, out
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return _prepare(tmp_path_factory, TINY, ["data.vocab_size=120"], per_shard=700)
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    return _prepare(tmp_path_factory, GPT_TINY, [], per_shard=40)
+
+
+def _assert_same_batches(a, b, cfg, n=6):
+    ita, itb = (BatchIterator(d, cfg.train.batch_size, cfg.train.seed, epoch=1, index=3) for d in (a, b))
+    for _ in range(n):
+        x, y = next(ita), next(itb)
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_prepared_pairs_equal_the_in_memory_batches(pairs):
+    cfg, out = pairs
+    _, streamed = open_prepared(cfg, out)
+    memory = _in_memory(cfg, out)
+    assert len(streamed.train) == len(memory.train) and streamed.truncated == memory.truncated
+    _assert_same_batches(streamed.train, memory.train, cfg)
+    for x, y in zip(eval_batches(streamed.val, 16, 3), eval_batches(memory.val, 16, 3)):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+
+
+@pytest.mark.parametrize("overrides", [[], ["data.stride=7"]])
+def test_prepared_text_windows_equal_the_in_memory_ones(text, overrides):
+    """One stream across many shards: windows crossing shard and record boundaries are the same."""
+    cfg, out = text
+    cfg = load_config(GPT_TINY, overrides)
+    _, streamed = open_prepared(cfg, out)
+    memory = _in_memory(cfg, out)
+    assert len(streamed.train) == len(memory.train) and len(streamed.val) == len(memory.val)
+    _assert_same_batches(streamed.train, memory.train, cfg)
+    np.testing.assert_array_equal(streamed.train.collate(np.arange(len(memory.train)))["tokens"],
+                                  memory.train.collate(np.arange(len(memory.train)))["tokens"])
+
+
+def test_prepared_packed_rows_equal_the_in_memory_ones_within_a_shard(tmp_path_factory):
+    cfg, out = _prepare(tmp_path_factory, GPT_TINY, ["data.packing=true"], per_shard=10**6)
+    _, streamed = open_prepared(cfg, out)
+    memory = _in_memory(cfg, out)
+    _assert_same_batches(streamed.train, memory.train, cfg)
+
+
+def test_each_process_reads_its_part_and_a_resume_on_another_count_continues(pairs):
+    """Parts of a global batch, read alone, are the batch's rows padded alike; over an epoch,
+    2 processes then (after a resume) 4 read every example once."""
+    cfg, out = pairs
+    _, data = open_prepared(cfg, out)
+    full = BatchIterator(data.train, 16, 0)
+    idx = full._plan(0)[5]
+    whole = data.train.collate(idx)
+    parts = [data.train.collate(idx, (p, 2)) for p in range(2)]
+    for k in whole:
+        np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])
+    read, epoch = [], full._plan(0)
+    its = [BatchIterator(data.train, 16, 0, part=(p, 2)) for p in range(2)]
+    for it in its:  # spy on the records each process reads
+        it.data = _Spy(data.train, read)
+    half = len(epoch) // 2
+    for _ in range(half):
+        assert all(isinstance(next(it), LocalBatch) for it in its)
+    position = its[0].state()
+    its = [BatchIterator(_Spy(data.train, read), 16, 0, **position, part=(p, 4)) for p in range(4)]
+    for _ in range(len(epoch) - half):
+        for it in its:
+            next(it)
+    assert sorted(read) == sorted(np.concatenate(epoch).tolist())  # each example of the epoch once
+
+
+class _Spy:
+    reads_parts = True
+
+    def __init__(self, data, read):
+        self.data, self.read = data, read
+
+    def __len__(self):
+        return len(self.data)
+
+    def lengths(self, idx):
+        return self.data.lengths(idx)
+
+    def collate(self, idx, part=(0, 1)):
+        from nety_jax.data.streamed import part_of
+        self.read += part_of(idx, part).tolist()
+        return self.data.collate(idx, part)
+
+
+def _copy(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_damaged_shard_names_the_shard_and_record(pairs, tmp_path):
+    cfg, out = pairs
+    flipped = _copy(out, str(tmp_path / "flipped"))
+    path = os.path.join(flipped, "train-00000.arrayrecord")
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 3] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+    _, data = open_prepared(cfg, flipped)
+    with pytest.raises(DataError, match=r"train-00000\.arrayrecord: (record \d+: damaged|damaged|.*unreadable)"):
+        data.train.collate(np.arange(700))
+    cut = _copy(out, str(tmp_path / "cut"))
+    path = os.path.join(cut, "train-00001.arrayrecord")
+    raw = open(path, "rb").read()
+    open(path, "wb").write(raw[: len(raw) // 2])
+    _, data = open_prepared(cfg, cut)
+    with pytest.raises(DataError, match=r"train-00001\.arrayrecord: damaged"):
+        data.train.collate([750])
+
+
+def test_a_directory_prepared_with_another_config_is_refused_with_the_field(pairs):
+    _, out = pairs
+    with pytest.raises(ConfigError, match=r"data\.max_src_len=24.*has 20"):
+        open_prepared(load_config(TINY, ["data.vocab_size=120", "data.max_src_len=20"]), out)
+    with pytest.raises(ConfigError, match="prepared for 'seq2seq'"):
+        open_prepared(load_config(GPT_TINY), out)
+
+
+def test_prepare_never_writes_over_what_it_did_not_write(tmp_path, capsys):
+    from nety_jax.cli import main
+    (tmp_path / "mine.txt").write_text("keep me")
+    assert main(["prepare", "--config", TINY, "--data", str(tmp_path / "x.jsonl"), "--out", str(tmp_path)]) == 2
+    assert "nety-jax did not write" in capsys.readouterr().err
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_training_on_prepared_data_resumes_exactly(pairs, tmp_path):
+    """Stopped at step 2 and resumed to 4 equals 4 straight steps, on streamed shards (a constant
+    schedule: the stop at 2 is a run of 2 steps)."""
+    from nety_jax.serving.pretrained import load_pretrained
+    from nety_jax.training.loop import train
+    cfg, out = pairs
+
+    def run(workdir, steps):
+        c = load_config(TINY, ["data.vocab_size=120", f"train.steps={steps}", "train.checkpoint_every=2",
+                               "train.eval_every=1000", "train.log_every=2", "model.dropout=0.1",
+                               "train.schedule=constant", "train.bleu_samples=0"])
+        return train(c, str(workdir), out, **QUIET)
+
+    run(tmp_path / "straight", 4)
+    run(tmp_path / "resumed", 2)
+    assert run(tmp_path / "resumed", 4)["start_step"] == 2
+    a, b = (jax.device_get(load_pretrained(str(tmp_path / w), warn=lambda *_: None).variables)
+            for w in ("straight", "resumed"))
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
