@@ -168,15 +168,15 @@ def test_prepare_never_writes_over_what_it_did_not_write(tmp_path, capsys):
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
-def test_training_on_prepared_data_resumes_exactly(pairs, tmp_path):
+def test_training_on_prepared_data_resumes_exactly(text, tmp_path):
     """Stopped at step 2 and resumed to 4 equals 4 straight steps, on streamed shards (a constant
     schedule: the stop at 2 is a run of 2 steps)."""
     from nety_jax.serving.pretrained import load_pretrained
     from nety_jax.training.loop import train
-    cfg, out = pairs
+    cfg, out = text
 
     def run(workdir, steps):
-        c = load_config(TINY, ["data.vocab_size=120", f"train.steps={steps}", "train.checkpoint_every=2",
+        c = load_config(GPT_TINY, [f"train.steps={steps}", "train.checkpoint_every=2",
                                "train.eval_every=1000", "train.log_every=2", "model.dropout=0.1",
                                "train.schedule=constant", "train.bleu_samples=0"])
         return train(c, str(workdir), out, **QUIET)

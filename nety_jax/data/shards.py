@@ -44,19 +44,23 @@ def encode_record(arrays: Sequence[np.ndarray]) -> bytes:
     return _HEAD.pack(zlib.crc32(body), len(arrays)) + body
 
 
-def decode_record(record: bytes, where: str) -> list[np.ndarray]:
-    """The arrays of one record; a damaged record is a ``DataError`` naming ``where``."""
+def decode_record(record: bytes, where) -> list[np.ndarray]:
+    """The arrays of one record; a damaged record is a ``DataError`` naming ``where()``."""
     if len(record) < _HEAD.size:
-        raise DataError(f"{where}: damaged (a record of {len(record)} bytes); prepare the data again")
+        raise DataError(f"{where()}: damaged (a record of {len(record)} bytes); prepare the data again")
     crc, n = _HEAD.unpack_from(record)
-    body = record[_HEAD.size:]
+    body = memoryview(record)[_HEAD.size:]
     if zlib.crc32(body) != crc or len(body) < 4 * n:
-        raise DataError(f"{where}: damaged (checksum mismatch); prepare the data again")
+        raise DataError(f"{where()}: damaged (checksum mismatch); prepare the data again")
     sizes = struct.unpack_from(f"<{n}I", body)
     values = np.frombuffer(body, np.int32, offset=4 * n)
     if len(values) != sum(sizes):
-        raise DataError(f"{where}: damaged (sizes do not match); prepare the data again")
-    return np.split(values, np.cumsum(sizes)[:-1]) if n else []
+        raise DataError(f"{where()}: damaged (sizes do not match); prepare the data again")
+    out, at = [], 0
+    for size in sizes:
+        out.append(values[at: at + size])
+        at += size
+    return out
 
 
 class ShardWriter:
@@ -65,7 +69,9 @@ class ShardWriter:
     def __init__(self, path: str):
         from array_record.python.array_record_module import ArrayRecordWriter
         self.path, self.records, self._hash = path, 0, hashlib.sha256()
-        self._writer = ArrayRecordWriter(path, "group_size:1")  # random access: one record per chunk
+        # one record per chunk, uncompressed: random reads of single records (zstd, the default,
+        # made each read several times slower: docs/PERFORMANCE.md)
+        self._writer = ArrayRecordWriter(path, "group_size:1,uncompressed")
 
     def write(self, arrays: Sequence[np.ndarray]) -> None:
         record = encode_record(arrays)
@@ -109,11 +115,11 @@ class ShardReader:
     def __getitem__(self, i: int) -> list[np.ndarray]:
         k = bisect.bisect_right(self.offsets, i) - 1
         local = i - self.offsets[k]
-        where = f"{os.path.join(self.directory, self.shards[k]['file'])}: record {local}"
+        where = lambda: f"{os.path.join(self.directory, self.shards[k]['file'])}: record {local}"  # noqa: E731
         try:
             record = self._source(k)[local]
         except RuntimeError as e:
-            raise DataError(f"{where}: unreadable ({str(e).splitlines()[0][:160]})") from None
+            raise DataError(f"{where()}: unreadable ({str(e).splitlines()[0][:160]})") from None
         return decode_record(record, where)
 
 

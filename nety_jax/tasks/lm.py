@@ -26,7 +26,7 @@ from nety_jax.tasks.base import Corpus, DataSplit, Task
 from nety_jax.tasks.prompting import PrefixPrompts
 
 
-STREAM_CHUNK = 4096  # tokens per record of a prepared token stream
+STREAM_CHUNK = 1024  # tokens per record of a prepared token stream
 
 
 class LanguageModelTask(Task):
@@ -84,13 +84,13 @@ class LanguageModelTask(Task):
             rows = pack([p for d in ids for p in document_pieces(d, data_cfg.seq_len)], data_cfg.seq_len)
             for r in range(len(rows)):
                 writer.write([rows.tokens[r], rows.targets[r], rows.segments[r], rows.positions[r]])
-            tokens, documents = int(np.sum(rows.segments > 0)), rows.documents
+            tokens, examples, documents = int(np.sum(rows.segments > 0)), len(rows), rows.documents
         else:
             stream = np.asarray([t for d in ids for t in d + [EOS_ID]], np.int32)
             for start in range(0, len(stream), STREAM_CHUNK):
                 writer.write([stream[start: start + STREAM_CHUNK]])
-            tokens, documents = len(stream), len(ids)
-        return {"records": writer.records, "examples": writer.records, "tokens": tokens,
+            tokens, examples, documents = len(stream), len(ids), len(ids)
+        return {"records": writer.records, "examples": examples, "tokens": tokens,
                 "documents": documents, "sha256": writer.close(), "histogram": histogram}
 
     def open_prepared(self, cfg, directory: str, manifest: dict) -> DataSplit:
