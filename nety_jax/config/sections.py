@@ -192,6 +192,8 @@ class DecodeConfig:
     min_new_tokens: int = 0  # <eos> is forbidden before this many tokens
     no_repeat_ngram: int = 0  # 0 disables; n > 0 bans repeating any n-gram
     ignore_eos: bool = False  # benchmarks: always produce max_new_tokens
+    speculate: str = "none"  # ngram: draft from the prompt and reply so far, verify in one forward
+    draft_tokens: int = 4  # speculation: tokens drafted (and verified together) per step
 
     def validate(self) -> None:
         s = "decode"
@@ -202,6 +204,9 @@ class DecodeConfig:
         F.at_most(s, self, "max_new_tokens", MAX_POSITIONS, "more positions than any model has")
         F.at_most(s, self, "beam_size", 256, "beams that wide do not fit")
         F.at_most(s, self, "temperature", 100.0, "a higher temperature is uniform noise")
+        F.choice(s, "speculate", self.speculate, ("none", "ngram"))
+        F.positive(s, self, "draft_tokens")
+        F.at_most(s, self, "draft_tokens", 16, "longer drafts are rarely all accepted")
         if not 0.0 < self.top_p <= 1.0:
             raise ConfigError(f"decode.top_p={self.top_p} must be in (0, 1]")
         if self.min_new_tokens > self.max_new_tokens:

@@ -11,18 +11,25 @@ import functools
 
 import jax
 
+from nety_jax.decoding import loop, speculative
 from nety_jax.decoding.beam import beam_search
-from nety_jax.decoding.loop import run, sample_loop, start
 from nety_jax.decoding.spec import LoopSpec
 from nety_jax.decoding.sampling import SamplingParams
 
 
 def _callbacks(model, variables, tokens, lengths, spec: LoopSpec):
     first, cache = model.start_decoding(variables, tokens, lengths, spec.max_new_tokens)
+    if spec.speculative:  # a verification writes a whole draft past a row's last position
+        cache = model.draft_room(cache, spec.draft_tokens + 1)
 
     def step(last, cache):
         return model.decode_step(variables, last, cache)
     return first, cache, step
+
+
+def _verify_callbacks(model, variables):
+    """``decode_steps`` / ``keep_steps`` as the speculative loop calls them."""
+    return (lambda fed, cache: model.decode_steps(variables, fed, cache)), model.keep_steps
 
 
 def generate(variables, tokens, lengths, params: SamplingParams, *, model, spec: LoopSpec) -> dict:
@@ -35,7 +42,10 @@ def generate(variables, tokens, lengths, params: SamplingParams, *, model, spec:
     first, cache, step = _callbacks(model, variables, tokens, lengths, spec)
     if spec.beam_size > 1:
         return beam_search(step, first, cache, spec)
-    return sample_loop(step, first, cache, params, spec)
+    if spec.speculative:
+        return speculative.speculative_loop(*_verify_callbacks(model, variables), first, cache, tokens,
+                                            lengths, params, spec)
+    return loop.sample_loop(step, first, cache, params, spec)
 
 
 generate_jit = jax.jit(generate, static_argnames=("model", "spec"))
@@ -45,12 +55,22 @@ generate_jit = jax.jit(generate, static_argnames=("model", "spec"))
 def start_stream(variables, tokens, lengths, params: SamplingParams, *, model, spec: LoopSpec):
     """Streaming, part 1: prefill and the first token. Returns the loop state."""
     first, cache, _ = _callbacks(model, variables, tokens, lengths, spec)
-    return start(first, cache, params, spec)
+    if spec.speculative:
+        return speculative.start(first, cache, tokens, lengths, params, spec)
+    return loop.start(first, cache, params, spec)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec"), donate_argnums=(1,))
 def continue_stream(variables, state, until, *, model, spec: LoopSpec):
     """Streaming, part 2: runs the same loop until ``until`` tokens (or every row is done)."""
+    if spec.speculative:
+        return speculative.run(*_verify_callbacks(model, variables), state, spec, until)
+
     def step(last, cache):
         return model.decode_step(variables, last, cache)
-    return run(step, state, spec, until)
+    return loop.run(step, state, spec, until)
+
+
+def stream_result(state, spec: LoopSpec) -> dict:
+    """``{"tokens", "lengths", "scores"}`` of a streaming state so far."""
+    return (speculative.result if spec.speculative else loop.result)(state, spec)

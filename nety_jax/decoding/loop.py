@@ -34,9 +34,9 @@ class SampleState:
 
 def adjust_logits(logits, tokens, pos, spec: LoopSpec):
     """Constraints that apply before choosing: min length and no-repeat n-grams."""
-    if spec.min_new_tokens > 0:
-        logits = jnp.where((pos < spec.min_new_tokens) & (jnp.arange(logits.shape[-1]) == EOS_ID),
-                           NEG_INF, logits)
+    if spec.min_new_tokens > 0:  # pos: () or one per row (B,)
+        early = jnp.reshape(pos < spec.min_new_tokens, (-1, 1))
+        logits = jnp.where(early & (jnp.arange(logits.shape[-1]) == EOS_ID), NEG_INF, logits)
     if spec.no_repeat_ngram > 0:
         logits = ban_repeated_ngrams(logits, tokens, pos, spec.no_repeat_ngram)
     return logits

@@ -64,11 +64,16 @@ def nucleus_mask(sorted_logits: jax.Array, top_p: jax.Array) -> jax.Array:
     return (before < top_p[:, None]) | (top_p[:, None] >= 1.0)
 
 
-def _choose(values, indices, top_k, top_p, uniform, greedy):
-    """Sorted candidates (B, C) -> one vocabulary id per row (``greedy`` rows: the first)."""
+def _kept(values, top_k, top_p):
+    """Sorted candidate logits (B, C) with everything outside top-k and top-p at NEG_INF."""
     rank = jnp.arange(values.shape[-1])[None, :]
     values = jnp.where((top_k[:, None] <= 0) | (rank < top_k[:, None]), values, NEG_INF)
-    values = jnp.where(nucleus_mask(values, top_p), values, NEG_INF)
+    return jnp.where(nucleus_mask(values, top_p), values, NEG_INF)
+
+
+def _choose(values, indices, top_k, top_p, uniform, greedy):
+    """Sorted candidates (B, C) -> one vocabulary id per row (``greedy`` rows: the first)."""
+    values = _kept(values, top_k, top_p)
     probs = jax.nn.softmax(values, axis=-1)
     cum = jnp.cumsum(probs, axis=-1)
     kept = jnp.sum(values > NEG_INF / 2, axis=-1)
@@ -77,26 +82,72 @@ def _choose(values, indices, top_k, top_p, uniform, greedy):
     return jnp.take_along_axis(indices, choice[:, None], axis=-1)[:, 0]
 
 
-def sample_rows(logits: jax.Array, params: SamplingParams, step: jax.Array, top_k_max: int) -> jax.Array:
-    """(B, V) logits -> (B,) int32 ids, each row with its own settings and key."""
+def _dense(values, indices, top_k, top_p, greedy, vocab: int):
+    """Sorted candidates (B, C) -> (B, V) probabilities of drawing each id (greedy rows: all on
+    the first candidate)."""
+    probs = jax.nn.softmax(_kept(values, top_k, top_p), axis=-1)
+    probs = jnp.where(greedy[:, None], jax.nn.one_hot(0, values.shape[-1], dtype=probs.dtype), probs)
+    rows = jnp.arange(values.shape[0])[:, None]
+    return jnp.zeros((values.shape[0], vocab), probs.dtype).at[rows, indices].set(probs)
+
+
+def row_uniforms(keys: jax.Array, steps: jax.Array, stream: int = 0) -> jax.Array:
+    """(B, 2) keys, (B,) or () steps -> (B,) uniforms: each row's draw for that step. Stream 0 is
+    the one ``sample_rows`` uses; other streams are independent draws for the same step."""
+    steps = jnp.broadcast_to(steps, keys.shape[:1])
+
+    def one(k, step):
+        k = jax.random.fold_in(k, step)
+        return jax.random.uniform(k if stream == 0 else jax.random.fold_in(k, stream))
+    return jax.vmap(one)(keys, steps)
+
+
+def _on_candidates(logits, params: SamplingParams, top_k_max: int, fn):
+    """``fn(values, indices, greedy)`` on each row's sorted candidates, scaled by its temperature
+    (greedy rows: raw logits): the top ``top_k_max`` ids, or the whole sorted vocabulary when a
+    sampled row asks for more."""
     vocab = logits.shape[-1]
     greedy = (params.temperature <= 0) | (params.top_k == 1)
     # a greedy row keeps its raw logits: the first of its sorted candidates is the argmax
     temperature = jnp.where(greedy, 1.0, params.temperature)
     scaled = logits.astype(jnp.float32) / temperature[:, None]
-    uniform = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, step)))(params.key)
     width = min(top_k_max, vocab)
 
     def path(k):
         def draw(x):
             values, indices = kernels.top_k(x, k)
-            return _choose(values, indices, params.top_k, params.top_p, uniform, greedy)
+            return fn(values, indices, greedy)
         return draw
 
     needs_full = (params.top_k <= 0) | (params.top_k > width)
     if width == vocab:
-        return path(vocab)(scaled).astype(jnp.int32)
-    return jax.lax.cond(jnp.any(needs_full & ~greedy), path(vocab), path(width), scaled).astype(jnp.int32)
+        return path(vocab)(scaled)
+    return jax.lax.cond(jnp.any(needs_full & ~greedy), path(vocab), path(width), scaled)
+
+
+def sample_rows(logits: jax.Array, params: SamplingParams, step: jax.Array, top_k_max: int) -> jax.Array:
+    """(B, V) logits -> (B,) int32 ids, each row with its own settings and key."""
+    uniform = row_uniforms(params.key, step)
+    choose = lambda values, indices, greedy: _choose(values, indices, params.top_k, params.top_p,
+                                                     uniform, greedy)
+    return _on_candidates(logits, params, top_k_max, choose).astype(jnp.int32)
+
+
+def probabilities(logits: jax.Array, params: SamplingParams, top_k_max: int) -> jax.Array:
+    """(B, V) logits -> (B, V) float32: the distribution ``sample_rows`` draws each row's id
+    from (temperature, top-k, top-p applied; greedy rows: one-hot on the argmax)."""
+    vocab = logits.shape[-1]
+    dense = lambda values, indices, greedy: _dense(values, indices, params.top_k, params.top_p,
+                                                   greedy, vocab)
+    return _on_candidates(logits, params, top_k_max, dense)
+
+
+def draw_from(probs: jax.Array, uniform: jax.Array) -> jax.Array:
+    """(B, V) probabilities (not necessarily normalised), (B,) uniforms -> (B,) int32 ids by an
+    inverse-CDF lookup; never an id of probability 0."""
+    cum = jnp.cumsum(probs, axis=-1)
+    last = probs.shape[-1] - 1 - jnp.argmax(probs[:, ::-1] > 0, axis=-1)
+    return jnp.minimum(jnp.sum(cum < uniform[:, None] * cum[:, -1:], axis=-1), last).astype(jnp.int32)
 
 
 def ban_repeated_ngrams(logits: jax.Array, tokens: jax.Array, pos: jax.Array, n: int) -> jax.Array:

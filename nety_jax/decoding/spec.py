@@ -17,6 +17,13 @@ class LoopSpec:
     min_new_tokens: int = 0
     no_repeat_ngram: int = 0
     ignore_eos: bool = False
+    speculate: str = "none"  # none | ngram (decoding.speculative)
+    draft_tokens: int = 4
+
+    @property
+    def speculative(self) -> bool:
+        """Whether the sampling loop speculates (beam search and no_repeat_ngram never do)."""
+        return self.speculate != "none" and self.beam_size == 1 and self.no_repeat_ngram == 0
 
     @classmethod
     def from_config(cls, dcfg: DecodeConfig) -> "LoopSpec":

@@ -115,6 +115,19 @@ class DecoderLayer(nn.Module):
         return self._block(x, self.norm3, lambda h: self.ffn(h, True), True), new
 
 
+def grow_cache(cache: dict, extra: int) -> dict:
+    """A decoding cache (``init_cache``) with ``extra`` more self-attention positions."""
+    pad = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, extra), (0, 0)))
+    layers = tuple({**entry, "k": pad(entry["k"]), "v": pad(entry["v"])} for entry in cache["layers"])
+    return {**cache, "layers": layers}
+
+
+def rewind_cache(cache: dict, pos: jax.Array) -> dict:
+    """The cache with each row's positions from ``pos`` (B,) on forgotten: attention reads a
+    row's first ``pos`` entries only, and the next ``decode`` overwrites the rest."""
+    return {**cache, "pos": pos.astype(cache["pos"].dtype)}
+
+
 class TransformerDecoder(nn.Module):
     spec: DecoderSpec
 

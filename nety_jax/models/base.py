@@ -11,7 +11,9 @@ and the CLI talk to an adapter and never to a network directly:
 - decoding: ``start_decoding(variables, tokens, lengths, max_new_tokens)`` prefills a
   batch of right-padded prompts into the cache and returns the first logits (B, V)
   and the cache (per-row positions inside); ``decode_step(variables, tokens (B,),
-  cache)`` returns the next logits and cache;
+  cache)`` returns the next logits and cache; ``decode_steps`` feeds several tokens in one
+  forward and ``keep_steps`` keeps the cache after each row's first n of them (verifying
+  speculative drafts), ``draft_room`` makes room for them;
 - serving: ``prompts`` (how texts become prompt ids, how long they may be) and
   ``serving_signature()`` describe what the generate function takes.
 
@@ -126,6 +128,27 @@ class Model(abc.ABC):
     @abc.abstractmethod
     def decode_step(self, variables: Variables, tokens: jax.Array, cache) -> tuple[jax.Array, Any]:
         """(B,) last tokens -> (next logits (B, V) float32, cache)."""
+
+    # -- verifying drafts (speculative decoding) -------------------------------------------------
+    def draft_room(self, cache, extra: int):
+        """The cache with room for ``extra`` positions past the last one decoding writes: a
+        verification feeds a row's draft even where its tokens will not all be kept."""
+        return cache
+
+    def decode_steps(self, variables: Variables, tokens: jax.Array, cache) -> tuple[jax.Array, Any]:
+        """(B, T) tokens fed in order -> (logits (B, T, V) float32, ``pending``): logits[:, i]
+        follow tokens[:, :i + 1]. ``keep_steps(pending, n)`` then gives the cache after each
+        row's first n tokens. This default runs ``decode_step`` T times and keeps every cache."""
+        def one(c, token):
+            logits, c = self.decode_step(variables, token, c)
+            return c, (logits, c)
+        _, (logits, caches) = jax.lax.scan(one, cache, tokens.T)
+        return logits.swapaxes(0, 1), caches
+
+    def keep_steps(self, pending, n: jax.Array):
+        """The cache after each row's first ``n`` (B,) >= 1 tokens of a ``decode_steps`` call."""
+        rows = jnp.arange(n.shape[0])
+        return jax.tree_util.tree_map(lambda x: x[n - 1, rows], pending)
 
     # -- serving -----------------------------------------------------------------------------
     @property

@@ -120,8 +120,7 @@ class Pretrained:
         """Yields the generated ids so far, (rows, tokens) numpy, every ``chunk`` tokens: the
         same loop as ``generate`` (same tokens for the same seed), paused between chunks so
         the caller can show progress or stop. Beam search yields once, at the end."""
-        from nety_jax.decoding import continue_stream, start_stream
-        from nety_jax.decoding.loop import result
+        from nety_jax.decoding.generation import continue_stream, start_stream, stream_result
         texts, chunk = check_texts(texts), check_int("chunk", chunk, 1)
         if not texts:
             return
@@ -132,7 +131,7 @@ class Pretrained:
         args = (self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths))
         state = start_stream(*args, params, model=self.model, spec=req.spec)
         while True:
-            out = result(state, req.spec)
+            out = stream_result(state, req.spec)
             yield np.asarray(out["tokens"])[:batch.count]
             if bool(np.all(np.asarray(state.done))) or int(state.pos) >= req.spec.max_new_tokens:
                 return

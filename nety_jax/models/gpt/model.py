@@ -11,6 +11,7 @@ import dataclasses
 from typing import Optional
 
 from nety_jax.layers import DecoderSpec, TransformerDecoder
+from nety_jax.layers.transformer import grow_cache, rewind_cache
 from nety_jax.models.base import count_params
 from nety_jax.models.gpt.config import GPTConfig
 from nety_jax.models.gpt.flops import gpt_train_step_flops
@@ -63,3 +64,16 @@ class GPTModel(LanguageModel):
         net = self.network()
         logits, cache = net.apply(variables, tokens[:, None], cache, method=net.decode)
         return logits[:, 0], cache
+
+    def draft_room(self, cache, extra: int):
+        return grow_cache(cache, extra)
+
+    def decode_steps(self, variables, tokens, cache):
+        """One forward over the T tokens; keeping n of them only moves the positions back."""
+        net = self.network()
+        logits, new = net.apply(variables, tokens, cache, method=net.decode)
+        return logits, (new, cache["pos"])
+
+    def keep_steps(self, pending, n):
+        cache, before = pending
+        return rewind_cache(cache, before + n)

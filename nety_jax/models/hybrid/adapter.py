@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nety_jax.config.sections import SOS_ID
+from nety_jax.layers.transformer import grow_cache, rewind_cache
 from nety_jax.models.base import Model, count_params
 from nety_jax.models.hybrid.config import HybridConfig
 from nety_jax.models.hybrid.flops import train_step_flops
@@ -60,3 +61,23 @@ class HybridModel(Model):
         net = self.network()
         logits, cache = net.apply(variables, tokens[:, None], cache, method=net.decode_step)
         return logits[:, 0], cache
+
+    def _on_decoder(self, cache, fn):
+        """``fn`` applied to the decoder's self-attention cache (inside the copy head's, if any)."""
+        if self.cfg.copy:
+            return {"decoder": fn(cache["decoder"]), "copy": cache["copy"]}
+        return fn(cache)
+
+    def draft_room(self, cache, extra: int):
+        return self._on_decoder(cache, lambda c: grow_cache(c, extra))
+
+    def decode_steps(self, variables, tokens, cache):
+        """One forward over the T tokens; keeping n of them only moves the positions back."""
+        net = self.network()
+        logits, new = net.apply(variables, tokens, cache, method=net.decode_step)
+        before = (cache["decoder"] if self.cfg.copy else cache)["pos"]
+        return logits, (new, before)
+
+    def keep_steps(self, pending, n):
+        cache, before = pending
+        return self._on_decoder(cache, lambda c: rewind_cache(c, before + n))

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from nety_jax.layers import RecurrentStack
@@ -65,6 +66,18 @@ class RNNLM(nn.Module):
                                  carries=_from_cache(cache["state"]))
         return self._logits(h[:, 0]), {"pos": cache["pos"] + 1, "state": _to_cache(carries)}
 
+    def steps(self, tokens, cache):
+        """(B, T) tokens fed in order -> ((B, T, V) logits, the carries after each token stacked
+        (T, B, H)): the recurrence runs token by token, the output layer once."""
+        carries, hs, states = _from_cache(cache["state"]), [], []
+        x = self._embed(tokens, False)
+        for t in range(tokens.shape[1]):
+            h, _, carries = self.rnn(x[:, t:t + 1], carries=carries)
+            hs.append(h[:, 0])
+            states.append(_to_cache(carries))
+        stacked = jax.tree_util.tree_map(lambda *parts: jnp.stack(parts), *states)
+        return self._logits(jnp.stack(hs, axis=1)), stacked
+
 
 def _to_cache(carries):
     """(1, B, H) per carry part -> (B, H): every cache leaf has the batch first."""
@@ -97,3 +110,13 @@ class RNNLMModel(LanguageModel):
     def decode_step(self, variables, tokens, cache):
         net = self.network()
         return net.apply(variables, tokens, cache, method=net.step)
+
+    def decode_steps(self, variables, tokens, cache):
+        net = self.network()
+        logits, states = net.apply(variables, tokens, cache, method=net.steps)
+        return logits, (states, cache["pos"])
+
+    def keep_steps(self, pending, n):
+        states, before = pending
+        rows = jnp.arange(n.shape[0])
+        return {"pos": before + n, "state": jax.tree_util.tree_map(lambda x: x[n - 1, rows], states)}

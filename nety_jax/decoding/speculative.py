@@ -1,0 +1,186 @@
+"""Speculative decoding with prompt-lookup drafts: several tokens per model call, same replies.
+
+Each iteration of ONE ``lax.while_loop`` drafts K tokens per row by finding the row's
+last n tokens (n = 3, else 2, else 1) earlier in its prompt and reply and copying what
+followed them (prompt lookup: summaries, edits and chat histories repeat their context),
+feeds the last token and the draft to the model in one forward (``Model.decode_steps``),
+and keeps the longest accepted prefix of the draft plus one token of the model's own.
+Rows accept different counts; each row's cache keeps exactly its accepted tokens
+(``Model.keep_steps``). When no row finds a draft, the iteration feeds one token only.
+
+Acceptance is the speculative-sampling rule (Leviathan et al. 2023, Chen et al. 2023)
+with a deterministic draft, i.e. q a point mass on the drafted token d: keep d with
+probability min(1, p(d) / q(d)) = p(d); on rejection draw from the normalised residual
+max(0, p - q), which is p without d; after K kept tokens draw one more from p. Every
+emitted token is thus distributed exactly as plain sampling draws it. p is the plain
+sampler's own distribution (``sampling.probabilities``: temperature, top-k, top-p,
+min_new_tokens), so a greedy row (p one-hot on the argmax) keeps d exactly when d is
+the argmax and emits what plain greedy decoding emits.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from nety_jax.config.sections import EOS_ID, PAD_ID
+from nety_jax.decoding.loop import adjust_logits, finish
+from nety_jax.decoding.sampling import SamplingParams, draw_from, probabilities, row_uniforms, sample_rows
+from nety_jax.decoding.spec import LoopSpec
+
+NGRAMS = (3, 2, 1)  # lookup sizes, the longest match first
+# (B, T) tokens, cache -> ((B, T, V) logits, pending); (pending, (B,) kept counts) -> cache
+Steps = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
+Keep = Callable[[Any, jax.Array], Any]
+
+
+@struct.dataclass
+class SpecState:
+    history: jax.Array  # (B, S + N + K + 1) int32: the prompt, then the reply, pad after
+    start: jax.Array  # (B,) int32: where each row's reply begins in ``history``
+    cache: Any
+    count: jax.Array  # (B,) int32: tokens generated per row
+    done: jax.Array  # (B,) bool
+    logprob: jax.Array  # (B,) float32: sum of the model's log-probabilities of the chosen tokens
+    params: SamplingParams
+    calls: jax.Array  # () int32: model calls made by the loop
+    accepted: jax.Array  # (B,) int32: drafted tokens kept
+
+    @property
+    def pos(self) -> jax.Array:
+        """() the fewest tokens any unfinished row has (the compiled maximum when all are done)."""
+        return jnp.min(jnp.where(self.done, self.history.shape[1], self.count))
+
+
+def ngram_draft(history: jax.Array, end: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """One row: (H,) ids of which ``end`` are written -> (the k ids that followed the latest
+    earlier occurrence of the row's last n ids, whether one was found)."""
+    cont = jnp.asarray(-1, jnp.int32)
+    for n in NGRAMS:
+        starts = jnp.arange(history.shape[0] - n + 1)
+        suffix = jax.lax.dynamic_slice_in_dim(history, jnp.maximum(end - n, 0), n)
+        match = (starts + n < end) & (end >= n)
+        for i in range(n):
+            match &= history[starts + i] == suffix[i]
+        latest = jnp.max(jnp.where(match, starts + n, -1)).astype(jnp.int32)
+        cont = jnp.where(cont >= 0, cont, latest)
+    draft = jax.lax.dynamic_slice_in_dim(history, jnp.maximum(cont, 0), k)
+    return draft, cont >= 0
+
+
+def _distributions(logits, s: SpecState, spec: LoopSpec):
+    """(B, T, V) logits at positions count..count+T-1 -> (what plain sampling draws from there,
+    log-probabilities), both (B, T, V)."""
+    b, t, v = logits.shape
+    pos = (s.count[:, None] + jnp.arange(t)[None, :]).reshape(-1)
+    flat = adjust_logits(logits.reshape(b * t, v).astype(jnp.float32), None, pos, spec)
+    per_position = jax.tree_util.tree_map(lambda x: jnp.repeat(x, t, axis=0), s.params)
+    probs = probabilities(flat, per_position, spec.top_k_max)
+    return probs.reshape(b, t, v), jax.nn.log_softmax(flat).reshape(b, t, v)
+
+
+def accept(probs: jax.Array, draft: jax.Array, params: SamplingParams, count: jax.Array):
+    """The acceptance rule. probs (B, K+1, V): plain sampling's distributions after the last
+    token and after each draft prefix; draft (B, K) -> (emitted ids (B, K+1): the kept drafts,
+    then the model's own token, pad after; kept draft counts (B,))."""
+    b, t, v = probs.shape
+    k = t - 1
+    positions = count[:, None] + jnp.arange(k)[None, :]
+    uniform = jax.vmap(lambda steps: row_uniforms(params.key, steps), in_axes=1, out_axes=1)(positions)
+    p_draft = jnp.take_along_axis(probs[:, :k], draft[..., None], axis=-1)[..., 0]
+    kept = jnp.sum(jnp.cumprod(uniform < p_draft, axis=1), axis=1).astype(jnp.int32)
+    p_next = jnp.take_along_axis(probs, kept[:, None, None], axis=1)[:, 0]
+    if k > 0:
+        rejected = jnp.take_along_axis(draft, jnp.minimum(kept, k - 1)[:, None], axis=1)
+        residual = jnp.where((kept < k)[:, None] & (jnp.arange(v)[None, :] == rejected), 0.0, p_next)
+        p_next = jnp.where(jnp.sum(residual, axis=-1, keepdims=True) > 0, residual, p_next)
+    nxt = draw_from(p_next, row_uniforms(params.key, count + kept, stream=1))
+    idx = jnp.arange(t)[None, :]
+    padded = jnp.pad(draft, ((0, 0), (0, 1)))
+    out = jnp.where(idx < kept[:, None], padded, jnp.where(idx == kept[:, None], nxt[:, None], PAD_ID))
+    return out.astype(jnp.int32), kept
+
+
+def _emit(s: SpecState, out, kept, logp, spec: LoopSpec) -> SpecState:
+    """Writes each row's emitted ids, cut at its length limit and after <eos>."""
+    idx = jnp.arange(out.shape[1])[None, :]
+    limit = jnp.minimum(s.params.max_new_tokens, spec.max_new_tokens)
+    n = jnp.where(s.done, 0, jnp.minimum(kept + 1, jnp.maximum(limit - s.count, 0)))
+    ended = jnp.zeros_like(s.done)
+    if not spec.ignore_eos:
+        is_eos = (out == EOS_ID) & (idx < n[:, None])
+        ended = jnp.any(is_eos, axis=1)
+        n = jnp.where(ended, jnp.argmax(is_eos, axis=1) + 1, n)
+    out = jnp.where(idx < n[:, None], out, PAD_ID)
+    scores = jnp.take_along_axis(logp, out[..., None], axis=-1)[..., 0]
+    write = jax.vmap(lambda h, x, at: jax.lax.dynamic_update_slice_in_dim(h, x, at, 0))
+    count = s.count + n
+    return s.replace(history=write(s.history, out, s.start + s.count), count=count,
+                     done=s.done | ended | (count >= limit),
+                     logprob=s.logprob + jnp.sum(jnp.where(idx < n[:, None], scores, 0.0), axis=1),
+                     accepted=s.accepted + jnp.minimum(kept, n), calls=s.calls + 1)
+
+
+def _iteration(steps: Steps, keep: Keep, spec: LoopSpec, draft, s: SpecState) -> SpecState:
+    """Verifies each row's draft (B, K) (K = 0: none) in one call and emits what is kept."""
+    last = jnp.take_along_axis(s.history, (s.start + s.count)[:, None] - 1, axis=1)
+    logits, pending = steps(jnp.concatenate([last, draft], axis=1), s.cache)
+    probs, logp = _distributions(logits, s, spec)
+    out, kept = accept(probs, draft, s.params, s.count)
+    return _emit(s.replace(cache=keep(pending, kept + 1)), out, kept, logp, spec)
+
+
+def start(first_logits, cache, prompt, lengths, params: SamplingParams, spec: LoopSpec) -> SpecState:
+    """The state after the first token, chosen from the prefill logits as plain sampling does.
+    ``prompt`` (B, S) right-padded ids with ``lengths`` (B,): where drafts are looked up."""
+    b, s_len = prompt.shape
+    k = spec.draft_tokens
+    history = jnp.zeros((b, s_len + spec.max_new_tokens + k + 1), jnp.int32)
+    history = history.at[:, :s_len].set(jnp.where(jnp.arange(s_len)[None, :] < lengths[:, None],
+                                                  prompt, PAD_ID))
+    state = SpecState(history=history, start=lengths.astype(jnp.int32), cache=cache,
+                      count=jnp.zeros((b,), jnp.int32), done=params.max_new_tokens <= 0,
+                      logprob=jnp.zeros((b,), jnp.float32), params=params,
+                      calls=jnp.zeros((), jnp.int32), accepted=jnp.zeros((b,), jnp.int32))
+    first = adjust_logits(first_logits.astype(jnp.float32), None, jnp.zeros((), jnp.int32), spec)
+    nxt = sample_rows(first, params, jnp.zeros((), jnp.int32), spec.top_k_max)
+    logp = jax.nn.log_softmax(first)[:, None, :]
+    return _emit(state, nxt[:, None], jnp.zeros((b,), jnp.int32), logp, spec).replace(
+        calls=jnp.zeros((), jnp.int32))
+
+
+def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None) -> SpecState:
+    """Continues until every row is done (or, with ``until``, has that many tokens)."""
+    def cond(s: SpecState):
+        live = ~s.done if until is None else ~s.done & (s.count < until)
+        return jnp.any(live)
+
+    def body(s: SpecState):
+        draft, found = jax.vmap(lambda h, e: ngram_draft(h, e, spec.draft_tokens))(
+            s.history, s.start + s.count)
+        return jax.lax.cond(jnp.any(found & ~s.done),
+                            functools.partial(_iteration, steps, keep, spec, draft),
+                            functools.partial(_iteration, steps, keep, spec, draft[:, :0]), s)
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+def speculative_loop(steps: Steps, keep: Keep, first_logits, cache, prompt, lengths,
+                     params: SamplingParams, spec: LoopSpec) -> dict:
+    """Sampling (greedy rows at temperature 0) with prompt-lookup speculation, in one loop."""
+    return result(run(steps, keep, start(first_logits, cache, prompt, lengths, params, spec), spec), spec)
+
+
+def result(state: SpecState, spec: LoopSpec) -> dict:
+    """The generated ids (B, N), their lengths and scores, as ``loop.result`` gives them."""
+    at = state.start[:, None] + jnp.arange(spec.max_new_tokens)[None, :]
+    tokens = jnp.take_along_axis(state.history, at, axis=1)
+    generated = jnp.minimum(jnp.maximum(state.params.max_new_tokens, 0), state.count)
+    if spec.ignore_eos:
+        tokens, lengths = tokens, generated.astype(jnp.int32)
+    else:
+        tokens, lengths = finish(tokens, generated)
+    return {"tokens": tokens, "lengths": lengths, "scores": state.logprob}

@@ -1,0 +1,164 @@
+"""Speculative decoding (decoding/speculative.py): the same greedy replies as plain decoding on
+every architecture, and sampled replies distributed exactly as plain sampling draws them."""
+import dataclasses
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nety_jax.config import EOS_ID, load_config
+from nety_jax.decoding import LoopSpec, SamplingParams, generate_jit
+from nety_jax.decoding import speculative
+from nety_jax.decoding.generation import _callbacks, _verify_callbacks
+from nety_jax.errors import ConfigError
+from nety_jax.models import get_model
+from tests.conftest import GPT_TINY, RNN_LM, TINY
+
+
+def test_ngram_draft_copies_what_followed_the_latest_longest_match():
+    h = jnp.asarray([7, 8, 9, 5, 7, 8, 6, 4, 9, 5, 7, 8, 0, 0, 0, 0], jnp.int32)
+    draft, found = speculative.ngram_draft(h, jnp.asarray(12), 3)  # ends ... 9 5 7 8: the 3-gram 5 7 8
+    assert bool(found) and np.asarray(draft).tolist() == [6, 4, 9]  # after 5 7 8 at 3..5, not 7 8 at 0
+    draft, found = speculative.ngram_draft(h, jnp.asarray(6), 2)  # ends 7 8: earlier 7 8 at 0
+    assert bool(found) and np.asarray(draft).tolist() == [9, 5]
+    _, found = speculative.ngram_draft(h, jnp.asarray(3), 2)  # 7 8 9: nothing repeats
+    assert not bool(found)
+
+
+# -- the same greedy replies on every architecture (random tiny models, small vocabularies loop) --
+
+ARCHS = {"gpt": (GPT_TINY, ["model.vocab_size=48"]), "rnn_lm": (RNN_LM, ["model.vocab_size=48"]),
+         "hybrid": (TINY, ["model.vocab_size=48", "model.memory=sequence", "model.copy=true"])}
+
+
+def _prompts(vocab: int):
+    rng = np.random.default_rng(1)
+    motif = rng.integers(4, vocab, size=(3, 4))
+    tokens = np.tile(motif, (1, 3)).astype(np.int32)  # each prompt repeats its own motif
+    lengths = np.asarray([12, 9, 6], np.int32)
+    return jnp.asarray(np.where(np.arange(12) < lengths[:, None], tokens, 0)), jnp.asarray(lengths)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_speculative_greedy_equals_plain_greedy(arch):
+    path, overrides = ARCHS[arch]
+    model = get_model(load_config(path, overrides).model)
+    variables = model.init(jax.random.PRNGKey(3))
+    tokens, lengths = _prompts(48)
+    params = SamplingParams.create(3, temperature=0.0, max_new_tokens=[30, 17, 30])
+    plain = LoopSpec(max_new_tokens=30, min_new_tokens=3)
+    spec = dataclasses.replace(plain, speculate="ngram", draft_tokens=3)
+    want = generate_jit(variables, tokens, lengths, params, model=model, spec=plain)
+
+    @jax.jit
+    def run(variables, tokens, lengths, params):
+        first, cache, _ = _callbacks(model, variables, tokens, lengths, spec)
+        steps, keep = _verify_callbacks(model, variables)
+        state = speculative.run(steps, keep, speculative.start(first, cache, tokens, lengths, params, spec),
+                                spec)
+        return speculative.result(state, spec), state
+
+    got, state = run(variables, tokens, lengths, params)
+    np.testing.assert_array_equal(np.asarray(got["tokens"]), np.asarray(want["tokens"]))
+    np.testing.assert_array_equal(np.asarray(got["lengths"]), np.asarray(want["lengths"]))
+    np.testing.assert_allclose(np.asarray(got["scores"]), np.asarray(want["scores"]), rtol=1e-4)
+    # drafts were kept (fewer model calls than tokens), so the accepting path is what was compared
+    assert int(np.asarray(state.accepted).sum()) > 0
+    assert int(state.calls) < int(np.asarray(want["lengths"]).max()) - 1
+
+
+# -- sampled replies follow plain sampling's distribution exactly (fake logits, tiny vocabulary) --
+
+V = 6  # 0 pad, 1 sos (never drawn), 2 eos, 3..5 words
+TABLE = np.log(np.asarray([
+    [1e-9, 1e-9, 0.1, 0.3, 0.3, 0.3],
+    [1e-9, 1e-9, 0.1, 0.3, 0.3, 0.3],
+    [1e-9, 1e-9, 0.1, 0.3, 0.3, 0.3],
+    [1e-9, 1e-9, 0.05, 0.15, 0.5, 0.3],  # after 3: mostly 4 (the prompt's 3 4 5 3 4 drafts 4)
+    [1e-9, 1e-9, 0.1, 0.2, 0.1, 0.6],  # after 4: mostly 5
+    [1e-9, 1e-9, 0.15, 0.45, 0.3, 0.1],  # after 5: mostly 3
+])).astype(np.float32)
+PROMPT = [3, 4, 5, 3, 4, 5, 3]
+NEW = 4
+
+
+def _plain_probs(logits, temperature, top_k, top_p):
+    """What plain sampling draws from, computed independently (numpy, float64)."""
+    x = logits.astype(np.float64) / temperature
+    order = np.argsort(-x, kind="stable")
+    keep = order[:top_k] if top_k else order
+    p = np.exp(x[keep] - x[keep].max())
+    p /= p.sum()
+    before = np.cumsum(p) - p
+    keep, p = keep[before < top_p], p[before < top_p]
+    out = np.zeros(V)
+    out[keep] = p / p.sum()
+    return out
+
+
+def _exact(temperature, top_k, top_p, min_new):
+    """Probability of every reply of NEW tokens (pad after <eos>) by enumeration."""
+    probs = {}
+    for seq in itertools.product(range(V), repeat=NEW):
+        p, last, ended = 1.0, PROMPT[-1], False
+        for i, tok in enumerate(seq):
+            if ended:
+                p *= tok == 0
+                continue
+            logits = TABLE[last].copy()
+            if i < min_new:
+                logits[EOS_ID] = -1e9
+            p *= _plain_probs(logits, temperature, top_k, top_p)[tok]
+            last, ended = tok, tok == EOS_ID
+        if p > 0:
+            probs[seq] = p
+    return probs
+
+
+def _wilson_hilferty(df: int, z: float = 5.0) -> float:
+    """The chi-square quantile at the normal quantile z (z = 5: a chance of about 3e-7)."""
+    return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p, min_new",
+                         [(1.0, 0, 1.0, 0), (0.7, 3, 1.0, 2), (1.3, 0, 0.8, 0)])
+def test_speculative_sampling_follows_the_plain_distribution(temperature, top_k, top_p, min_new):
+    rows = 40_000
+    table = jnp.asarray(TABLE)
+    steps = lambda fed, cache: (table[fed], cache)  # the next token's logits depend on the last one
+    keep = lambda pending, n: pending
+    spec = LoopSpec(max_new_tokens=NEW, min_new_tokens=min_new, speculate="ngram", draft_tokens=2)
+    params = SamplingParams.create(rows, temperature=temperature, top_k=top_k, top_p=top_p, seed=11)
+    prompt = jnp.tile(jnp.asarray([PROMPT], jnp.int32), (rows, 1))
+    lengths = jnp.full((rows,), len(PROMPT), jnp.int32)
+
+    @jax.jit
+    def sample(params):
+        first = jnp.tile(table[PROMPT[-1]][None], (rows, 1))
+        state = speculative.start(first, jnp.zeros(()), prompt, lengths, params, spec)
+        state = speculative.run(steps, keep, state, spec)
+        return speculative.result(state, spec)["tokens"], state.accepted, state.count
+
+    tokens, accepted, count = (np.asarray(x) for x in sample(params))
+    drafted = count.sum() - rows  # upper bound on drafts examined
+    assert 0.1 < accepted.sum() / drafted < 0.9  # drafts both kept and rejected: the rule is exercised
+    exact = _exact(temperature, top_k, top_p, min_new)
+    seen = {}
+    for row in map(tuple, tokens.tolist()):
+        seen[row] = seen.get(row, 0) + 1
+    assert set(seen) <= set(exact), sorted(set(seen) - set(exact))[:3]  # nothing impossible
+    big = [s for s in exact if exact[s] * rows >= 5]  # pool the rare replies into one bin
+    expected = np.asarray([exact[s] * rows for s in big] + [rows * (1 - sum(exact[s] for s in big))])
+    observed = np.asarray([seen.get(s, 0) for s in big] + [rows - sum(seen.get(s, 0) for s in big)])
+    chi2 = float(((observed - expected) ** 2 / np.maximum(expected, 1e-9)).sum())
+    assert chi2 < _wilson_hilferty(len(big)), (chi2, len(big))
+
+
+def test_config_checks_the_speculation_fields():
+    with pytest.raises(ConfigError, match="decode.speculate='draft' must be one of none, ngram"):
+        load_config(GPT_TINY, ["decode.speculate=draft"])
+    with pytest.raises(ConfigError, match="decode.draft_tokens=0 must be > 0"):
+        load_config(GPT_TINY, ["decode.speculate=ngram", "decode.draft_tokens=0"])
+    assert LoopSpec(speculate="ngram", beam_size=4).speculative is False  # beam search never speculates
