@@ -10,7 +10,8 @@ from nety_jax.errors import NetyError
 EXIT_ERROR = 2
 DECODE_FLAGS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "beam": "beam_size",
                 "length_penalty": "length_penalty", "max_new_tokens": "max_new_tokens",
-                "min_new_tokens": "min_new_tokens", "no_repeat_ngram": "no_repeat_ngram"}
+                "min_new_tokens": "min_new_tokens", "no_repeat_ngram": "no_repeat_ngram",
+                "speculate": "speculate", "draft_tokens": "draft_tokens"}
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -28,6 +29,10 @@ def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, help="reply length limit")
     p.add_argument("--min-new-tokens", type=int, help="forbid <eos> before this many tokens")
     p.add_argument("--no-repeat-ngram", type=int, help="ban repeated n-grams of this size")
+    p.add_argument("--speculate", choices=("none", "ngram"),
+                   help="ngram: draft tokens from the prompt and reply so far, verified in one forward "
+                        "(same replies, faster on text that repeats its context)")
+    p.add_argument("--draft-tokens", type=int, help="speculation: tokens drafted per step")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
 
 

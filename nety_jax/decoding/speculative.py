@@ -6,7 +6,9 @@ followed them (prompt lookup: summaries, edits and chat histories repeat their c
 feeds the last token and the draft to the model in one forward (``Model.decode_steps``),
 and keeps the longest accepted prefix of the draft plus one token of the model's own.
 Rows accept different counts; each row's cache keeps exactly its accepted tokens
-(``Model.keep_steps``). When no row finds a draft, the iteration feeds one token only.
+(``Model.keep_steps``). A row whose draft finds no match or has none of its tokens kept
+waits before looking again (1, 2, 4, ... up to MAX_WAIT iterations; a kept draft resets
+it); an iteration in which no row has a draft to verify is a plain one-token step.
 
 Acceptance is the speculative-sampling rule (Leviathan et al. 2023, Chen et al. 2023)
 with a deterministic draft, i.e. q a point mass on the drafted token d: keep d with
@@ -32,6 +34,7 @@ from nety_jax.decoding.sampling import SamplingParams, draw_from, probabilities,
 from nety_jax.decoding.spec import LoopSpec
 
 NGRAMS = (3, 2, 1)  # lookup sizes, the longest match first
+MAX_WAIT = 32  # iterations without looking for a draft, at most, after misses
 # (B, T) tokens, cache -> ((B, T, V) logits, pending); (pending, (B,) kept counts) -> cache
 Steps = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 Keep = Callable[[Any, jax.Array], Any]
@@ -47,7 +50,10 @@ class SpecState:
     logprob: jax.Array  # (B,) float32: sum of the model's log-probabilities of the chosen tokens
     params: SamplingParams
     calls: jax.Array  # () int32: model calls made by the loop
+    drafted: jax.Array  # (B,) int32: tokens drafted and verified
     accepted: jax.Array  # (B,) int32: drafted tokens kept
+    wait: jax.Array  # (B,) int32: iterations before the row looks for a draft again
+    backoff: jax.Array  # (B,) int32: the wait after its next miss
 
     @property
     def pos(self) -> jax.Array:
@@ -124,13 +130,38 @@ def _emit(s: SpecState, out, kept, logp, spec: LoopSpec) -> SpecState:
                      accepted=s.accepted + jnp.minimum(kept, n), calls=s.calls + 1)
 
 
-def _iteration(steps: Steps, keep: Keep, spec: LoopSpec, draft, s: SpecState) -> SpecState:
-    """Verifies each row's draft (B, K) (K = 0: none) in one call and emits what is kept."""
-    last = jnp.take_along_axis(s.history, (s.start + s.count)[:, None] - 1, axis=1)
-    logits, pending = steps(jnp.concatenate([last, draft], axis=1), s.cache)
+def _pace(s: SpecState, looked, hit) -> SpecState:
+    """A row whose draft was kept looks again at once; one that looked and missed (nothing
+    found, nothing kept) waits, twice as long as last time (up to MAX_WAIT): where text does
+    not repeat, verifying drafts would only cost time."""
+    missed = looked & ~hit
+    wait = jnp.where(hit, 0, jnp.where(missed, s.backoff, jnp.maximum(s.wait - 1, 0)))
+    backoff = jnp.where(hit, 1, jnp.where(missed, jnp.minimum(2 * s.backoff, MAX_WAIT), s.backoff))
+    return s.replace(wait=wait, backoff=backoff)
+
+
+def _last(s: SpecState) -> jax.Array:
+    return jnp.take_along_axis(s.history, (s.start + s.count)[:, None] - 1, axis=1)
+
+
+def _verify(steps: Steps, keep: Keep, spec: LoopSpec, draft, looked, s: SpecState) -> SpecState:
+    """Verifies each row's draft (B, K) in one call and emits what is kept."""
+    logits, pending = steps(jnp.concatenate([_last(s), draft], axis=1), s.cache)
     probs, logp = _distributions(logits, s, spec)
     out, kept = accept(probs, draft, s.params, s.count)
-    return _emit(s.replace(cache=keep(pending, kept + 1)), out, kept, logp, spec)
+    s = _emit(s.replace(cache=keep(pending, kept + 1)), out, kept, logp, spec)
+    return _pace(s.replace(drafted=s.drafted + jnp.where(looked, draft.shape[1], 0)), looked, kept > 0)
+
+
+def _plain(steps: Steps, keep: Keep, spec: LoopSpec, looked, s: SpecState) -> SpecState:
+    """One token per row, as plain sampling draws it (``looked``: rows that found no draft)."""
+    logits, pending = steps(_last(s), s.cache)
+    logits = adjust_logits(logits[:, 0].astype(jnp.float32), None, s.count, spec)
+    nxt = sample_rows(logits, s.params, s.count, spec.top_k_max)
+    one = jnp.ones_like(s.count)
+    s = _emit(s.replace(cache=keep(pending, one)), nxt[:, None], 0 * one, jax.nn.log_softmax(logits)[:, None],
+              spec)
+    return _pace(s, looked, jnp.zeros_like(looked))
 
 
 def start(first_logits, cache, prompt, lengths, params: SamplingParams, spec: LoopSpec) -> SpecState:
@@ -144,7 +175,9 @@ def start(first_logits, cache, prompt, lengths, params: SamplingParams, spec: Lo
     state = SpecState(history=history, start=lengths.astype(jnp.int32), cache=cache,
                       count=jnp.zeros((b,), jnp.int32), done=params.max_new_tokens <= 0,
                       logprob=jnp.zeros((b,), jnp.float32), params=params,
-                      calls=jnp.zeros((), jnp.int32), accepted=jnp.zeros((b,), jnp.int32))
+                      calls=jnp.zeros((), jnp.int32), drafted=jnp.zeros((b,), jnp.int32),
+                      accepted=jnp.zeros((b,), jnp.int32), wait=jnp.zeros((b,), jnp.int32),
+                      backoff=jnp.ones((b,), jnp.int32))
     first = adjust_logits(first_logits.astype(jnp.float32), None, jnp.zeros((), jnp.int32), spec)
     nxt = sample_rows(first, params, jnp.zeros((), jnp.int32), spec.top_k_max)
     logp = jax.nn.log_softmax(first)[:, None, :]
@@ -158,12 +191,18 @@ def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None) 
         live = ~s.done if until is None else ~s.done & (s.count < until)
         return jnp.any(live)
 
-    def body(s: SpecState):
+    def look(s: SpecState):
+        looking = (s.wait == 0) & ~s.done
         draft, found = jax.vmap(lambda h, e: ngram_draft(h, e, spec.draft_tokens))(
             s.history, s.start + s.count)
-        return jax.lax.cond(jnp.any(found & ~s.done),
-                            functools.partial(_iteration, steps, keep, spec, draft),
-                            functools.partial(_iteration, steps, keep, spec, draft[:, :0]), s)
+        return jax.lax.cond(jnp.any(found & looking),
+                            functools.partial(_verify, steps, keep, spec, draft, looking),
+                            functools.partial(_plain, steps, keep, spec, looking), s)
+
+    def body(s: SpecState):
+        nobody = jnp.zeros_like(s.done)
+        return jax.lax.cond(jnp.any((s.wait == 0) & ~s.done), look,
+                            functools.partial(_plain, steps, keep, spec, nobody), s)
 
     return jax.lax.while_loop(cond, body, state)
 
