@@ -260,7 +260,8 @@ class PretrainedBackend:
         self.max_new_tokens = min(max_new_tokens or self.decode.max_new_tokens, room)
         self.prompt_limit = self.prompts.limit(self.data_cfg, self.max_new_tokens)
         self.spec = resolve(self.decode, self.prompts, 1,
-                            {"beam_size": 1, "max_new_tokens": min(self.decode.max_new_tokens, self.max_new_tokens)},
+                            {"beam_size": 1, "speculate": "none",  # the server does not speculate yet
+                             "max_new_tokens": min(self.decode.max_new_tokens, self.max_new_tokens)},
                             compiled_max=self.max_new_tokens).spec
 
     def run(self, batch: PromptBatch, rows: list[Row], on_chunk, chunk: int):
