@@ -52,6 +52,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def part(mode: str, source: str) -> dict:
     """One process: the batches of one epoch start (``BATCHES`` of them) from shards or a raw file."""
     from nety_jax.config import load_config
@@ -60,6 +65,7 @@ def part(mode: str, source: str) -> dict:
     from nety_jax.training.prepare_data import open_prepared
     cfg = load_config(CONFIG)
     task = get_model(cfg.model).task
+    base = current_rss_mb()  # the interpreter, NumPy, JAX and the model code: the same in both modes
     start = time.perf_counter()
     if mode == "stream":
         _, data = open_prepared(cfg, source)
@@ -77,7 +83,15 @@ def part(mode: str, source: str) -> dict:
     rate = (BATCHES - 1) / (time.perf_counter() - t0)
     iterator.close()
     return {"mode": mode, "examples": len(data.train), "first_batch_s": first, "batches_per_s": rate,
-            "peak_rss_mb": peak_rss_mb()}
+            "base_rss_mb": base, "peak_rss_mb": peak_rss_mb(), **rss_kinds_mb()}
+
+
+def rss_kinds_mb() -> dict:
+    """Resident memory now, split: anonymous (the process's own) and file pages (memory-mapped
+    shards and lengths: clean page cache the kernel reclaims under pressure)."""
+    with open("/proc/self/status") as f:
+        rows = dict(line.split(":", 1) for line in f if line.startswith(("RssAnon", "RssFile")))
+    return {k.lower(): int(v.split()[0]) / 1024 for k, v in rows.items()}
 
 
 def run_part(mode: str, source: str) -> dict:

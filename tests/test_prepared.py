@@ -187,3 +187,26 @@ def test_training_on_prepared_data_resumes_exactly(text, tmp_path):
     a, b = (jax.device_get(load_pretrained(str(tmp_path / w), warn=lambda *_: None).variables)
             for w in ("straight", "resumed"))
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def test_the_prefetcher_yields_the_same_batches_and_the_consumed_position(pairs):
+    """Batches made ahead in a thread are the iterator's; a checkpoint's position is that of the
+    batches handed out, not of those made ahead."""
+    from nety_jax.data.prefetch import Prefetcher
+    cfg, out = pairs
+    _, data = open_prepared(cfg, out)
+    plain, ahead = BatchIterator(data.train, 16, 0, index=5), Prefetcher(BatchIterator(data.train, 16, 0, index=5))
+    for i in range(4):
+        x, y = next(plain), next(ahead)
+        assert all(np.array_equal(x[k], y[k]) for k in x)
+        assert ahead.state() == plain.state() == {"epoch": 0, "index": 6 + i}
+    ahead.close()
+
+
+def test_a_run_with_another_tokenizer_is_refused(pairs, text):
+    from nety_jax.data.tokenizer import load_tokenizer
+    from nety_jax.errors import CheckpointError
+    cfg, out = pairs
+    open_prepared(cfg, out, load_tokenizer(out), "runs/same")  # the same tokenizer: accepted
+    with pytest.raises(CheckpointError, match="prepared with another tokenizer than runs/x"):
+        open_prepared(cfg, out, load_tokenizer(text[1]), "runs/x")
