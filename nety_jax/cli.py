@@ -229,7 +229,7 @@ def cmd_export_hf(args) -> int:
 def cmd_serve(args) -> int:
     from nety_jax.serving.server import serve
     return serve(args.checkpoint, args.exported, args.host, args.port, args.max_batch, args.batch_window_ms,
-                 args.queue_size, args.max_tokens, args.chunk, args.name)
+                 args.queue_size, args.max_tokens, args.chunk, args.name, args.batching, args.slots)
 
 
 def cmd_quantize(args) -> int:
@@ -308,16 +308,22 @@ def _add_commands(sub) -> None:
                    metavar="decode.KEY=VALUE", help="decode defaults and static settings baked in")
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with dynamic batching")
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching")
     p.add_argument("--checkpoint", help="run directory")
     p.add_argument("--exported", help="directory written by `nety-jax export`")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch", type=int, default=32, help="rows per compiled batch")
-    p.add_argument("--batch-window-ms", type=float, default=5.0, help="how long to gather a batch")
+    p.add_argument("--batching", choices=("continuous", "dynamic"),
+                   help="continuous (default with --checkpoint): rows join and leave a running batch; "
+                        "dynamic (with --exported): gather for --batch-window-ms, run to the end")
+    p.add_argument("--slots", type=int, default=32, help="continuous: rows decoded at once")
+    p.add_argument("--max-batch", type=int, default=32, help="dynamic: rows per compiled batch")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="dynamic: how long to gather a batch")
     p.add_argument("--queue-size", type=int, default=64, help="waiting requests before 429")
-    p.add_argument("--max-tokens", type=int, help="the compiled maximum of max_tokens (default: the run's)")
-    p.add_argument("--chunk", type=int, default=8, help="tokens per streamed chunk")
+    p.add_argument("--max-tokens", type=int,
+                   help="the most max_tokens a request may ask (continuous default: the model's room "
+                        "after the prompt; dynamic: the compiled maximum, default the run's)")
+    p.add_argument("--chunk", type=int, default=8, help="tokens per decode chunk (between stream updates)")
     p.add_argument("--name", help="the model id clients see (default: the directory name)")
     p.set_defaults(fn=cmd_serve)
 

@@ -14,6 +14,8 @@ and the CLI talk to an adapter and never to a network directly:
   cache)`` returns the next logits and cache; ``decode_steps`` feeds several tokens in one
   forward and ``keep_steps`` keeps the cache after each row's first n of them (verifying
   speculative drafts), ``draft_room`` makes room for them;
+- continuous batching: ``slot_prefill`` (prompts -> first logits and cache rows of a fixed
+  layout), ``slot_insert`` (rows into free slots), ``slot_step`` (one step over all slots);
 - serving: ``prompts`` (how texts become prompt ids, how long they may be) and
   ``serving_signature()`` describe what the generate function takes.
 
@@ -149,6 +151,30 @@ class Model(abc.ABC):
         """The cache after each row's first ``n`` (B,) >= 1 tokens of a ``decode_steps`` call."""
         rows = jnp.arange(n.shape[0])
         return jax.tree_util.tree_map(lambda x: x[n - 1, rows], pending)
+
+    # -- continuous batching (serving/continuous.py, decoding/slots.py) -----------------------
+    # A fixed number of decode slots share one cache whose shapes never depend on a request:
+    # rows are prefilled into that layout, inserted into free slots, and stepped together.
+    @abc.abstractmethod
+    def slot_prefill(self, variables: Variables, tokens: jax.Array, lengths: jax.Array,
+                     source_len: int) -> tuple[jax.Array, Any]:
+        """Right-padded prompts (B, S) with lengths (B,) -> (first logits (B, V), cache rows in
+        the slot layout: every leaf batch-first, shaped by the model's context and
+        ``source_len`` (the longest prompt served) only, never by S), as ``start_decoding``
+        with room for the longest reply the model can give after each prompt."""
+
+    def slot_insert(self, cache, rows, slots: jax.Array):
+        """Writes the cache ``rows`` (B', ...) into ``cache`` (S, ...) at ``slots`` (B',); a slot
+        index out of range (>= S) drops its row (padding rows of a bucketed prefill)."""
+        return jax.tree_util.tree_map(lambda c, r: c.at[slots].set(r.astype(c.dtype), mode="drop"), cache, rows)
+
+    def slot_step(self, variables: Variables, tokens: jax.Array, cache, live: jax.Array):
+        """``decode_step`` over every slot (tokens (S,)); rows not ``live`` (free or finished)
+        keep their per-row counters (the rank-1 leaves: positions), so an idle slot never
+        walks past its cache. What such a row writes elsewhere is overwritten on insert."""
+        logits, new = self.decode_step(variables, tokens, cache)
+        keep = lambda n, o: jnp.where(live, n, o) if n.ndim == 1 else n
+        return logits, jax.tree_util.tree_map(keep, new, cache)
 
     # -- serving -----------------------------------------------------------------------------
     @property

@@ -31,3 +31,8 @@ class LanguageModel(Model):
             raise NetyError(f"a prompt of {prompt_len} tokens plus max_new_tokens={max_new_tokens} "
                             f"needs {needed} positions; model.max_len={self.cfg.max_len}")
         return needed
+
+    def slot_prefill(self, variables, tokens, lengths, source_len: int):
+        """A cache of the whole context (``model.max_len`` positions) whatever the prompt length:
+        every row keeps room for the longest reply after its prompt."""
+        return self.start_decoding(variables, tokens, lengths, self.cfg.max_len - tokens.shape[1] + 1)

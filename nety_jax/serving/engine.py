@@ -56,12 +56,12 @@ class RowResult:
     finish_reason: str  # stop | length
 
 
-class Engine:
-    def __init__(self, backend, max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64,
-                 chunk: int = 8, metrics=None):
-        fixed = getattr(backend, "fixed_batch", 0)
-        self.backend, self.max_batch, self.window = backend, min(max_batch, fixed or max_batch), window_ms / 1000.0
-        self.chunk, self.metrics = chunk, metrics
+class Worker:
+    """The bounded queue and the thread both engines share; a subclass sets ``max_batch`` (the
+    most rows one request may have), ``max_tokens`` and ``longest_prompt`` and runs ``_work``."""
+
+    def __init__(self, backend, queue_size: int, metrics=None):
+        self.backend, self.metrics = backend, metrics
         self.jobs: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._work, name="nety-engine", daemon=True)
@@ -77,6 +77,28 @@ class Engine:
 
     def close(self) -> None:
         self._stop.set()
+
+    def reply_room(self, prompt_len: int) -> int:
+        """The most new tokens a row may ask for after a prompt of ``prompt_len`` (0: the
+        prompt is too long)."""
+        return self.max_tokens if prompt_len <= self.longest_prompt else 0
+
+    def _work(self) -> None:
+        raise NotImplementedError
+
+
+class Engine(Worker):
+    """Dynamic batching: gather requests for ``window_ms``, run them as one batch to the end."""
+
+    def __init__(self, backend, max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64,
+                 chunk: int = 8, metrics=None):
+        fixed = getattr(backend, "fixed_batch", 0)
+        self.max_batch, self.window = min(max_batch, fixed or max_batch), window_ms / 1000.0
+        self.chunk = chunk
+        # the compiled maximum of new tokens fixes both bounds
+        self.max_tokens, self.longest_prompt = backend.max_new_tokens, backend.prompt_limit
+        self.max_tokens_why = f"this server's maximum of {backend.max_new_tokens} (nety-jax serve --max-tokens)"
+        super().__init__(backend, queue_size, metrics)
 
     # -- the worker -----------------------------------------------------------------------------
     def _collect(self) -> list[Job]:
@@ -246,7 +268,10 @@ def random_seed() -> int:
 
 
 class PretrainedBackend:
-    """A run directory's model: the streaming loop (start + continue in chunks)."""
+    """A run directory's model: the streaming loop (start + continue in chunks) for dynamic
+    batching, and decode slots for continuous batching (``serving/continuous.py``)."""
+
+    continuous = True
 
     def __init__(self, pretrained, max_new_tokens: Optional[int] = None):
         from nety_jax.serving.settings import resolve
@@ -257,6 +282,7 @@ class PretrainedBackend:
         if max_new_tokens is not None and max_new_tokens > room:
             raise NetyError(f"--max-tokens={max_new_tokens} is more than this model can produce: model.max_len="
                             f"{self.prompts.model_cfg.max_len} leaves room for at most {room} new tokens")
+        self.max_tokens_asked = max_new_tokens  # --max-tokens: continuous batching's cap (None: the room)
         self.max_new_tokens = min(max_new_tokens or self.decode.max_new_tokens, room)
         self.prompt_limit = self.prompts.limit(self.data_cfg, self.max_new_tokens)
         self.spec = resolve(self.decode, self.prompts, 1,

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nety_jax.serving.api import ChatRequest, CompletionRequest
-from nety_jax.serving.engine import Engine, Job, QueueFull, Row, random_seed
+from nety_jax.serving.engine import Engine, Job, QueueFull, Row, Worker, random_seed
 
 log = logging.getLogger("nety_jax.serve")
 
@@ -56,23 +56,29 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _rows(backend, prompts: list[str], req) -> tuple[list[Row], int]:
-    """Per-row settings from a request: prompts checked against the model, defaults filled."""
+def _rows(backend, engine, prompts: list[str], req) -> tuple[list[Row], int]:
+    """Per-row settings from a request: prompts checked against the model, defaults filled. A
+    reply's length is bounded by ``engine.reply_room`` (the room after the prompt); without
+    ``max_tokens`` it is the run's ``decode.max_new_tokens``, or that room if less."""
     d = backend.decode
     field = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
-    max_new = getattr(req, field) or min(d.max_new_tokens, backend.max_new_tokens)
-    if max_new > backend.max_new_tokens:
-        raise ApiError(400, f"{field}={max_new} is more than this server's maximum of "
-                            f"{backend.max_new_tokens} (nety-jax serve --max-tokens)", field)
-    limit = backend.prompt_limit
+    asked = getattr(req, field)
+    if asked is not None and asked > engine.max_tokens:
+        raise ApiError(400, f"{field}={asked} is more than {engine.max_tokens_why}", field)
     rows, prompt_tokens = [], 0
     base_seed = req.seed if req.seed is not None else None
     for p, text in enumerate(prompts):
         ids = backend.prompts.ids(backend.tokenizer, text.strip(), backend.data_cfg)
         if not ids:
             raise ApiError(400, "the prompt has no tokens this model knows", "prompt")
-        if len(ids) > limit:
-            raise ApiError(400, f"the prompt is {len(ids)} tokens; this model takes at most {limit}", "prompt")
+        room = engine.reply_room(len(ids))
+        if room == 0:
+            raise ApiError(400, f"the prompt is {len(ids)} tokens; this model takes at most "
+                                f"{engine.longest_prompt}", "prompt")
+        if asked is not None and asked > room:
+            raise ApiError(400, f"{field}={asked} is more than this model can produce after a prompt of "
+                                f"{len(ids)} tokens (room for {room}: the context length less the prompt)", field)
+        max_new = asked or min(d.max_new_tokens, room)
         prompt_tokens += len(ids)  # OpenAI counts a prompt once, whatever n
         for j in range(req.n):
             seed = (base_seed + p * req.n + j) % (1 << 32) if base_seed is not None else random_seed()
@@ -91,11 +97,11 @@ def _choice(kind: str, index: int, text: Optional[str], finish: Optional[str], d
 
 
 class Server:
-    def __init__(self, backend, name: str, engine: Engine, metrics: Metrics):
+    def __init__(self, backend, name: str, engine: Worker, metrics: Metrics):
         self.backend, self.name, self.engine, self.metrics = backend, name, engine, metrics
 
     async def run(self, request: Request, prompts: list[str], req, kind: str, endpoint: str):
-        rows, prompt_tokens = _rows(self.backend, prompts, req)
+        rows, prompt_tokens = _rows(self.backend, self.engine, prompts, req)
         if len(rows) > self.engine.max_batch:
             raise ApiError(400, f"{len(rows)} completions in one request; this server batches at most "
                                 f"{self.engine.max_batch} (lower n or send fewer prompts)", "n")
@@ -191,12 +197,28 @@ def _observe(metrics: Metrics, request: Request, status: int, start: float) -> N
     metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
+def make_engine(backend, batching: Optional[str], max_batch: int, window_ms: float, queue_size: int,
+                chunk: int, slots: int, metrics=None) -> Worker:
+    """The engine ``batching`` names; by default continuous batching where the backend can
+    pause its loop (a run directory), dynamic batching otherwise (an exported artifact)."""
+    from nety_jax.errors import NetyError
+    can = getattr(backend, "continuous", False)
+    batching = batching or ("continuous" if can else "dynamic")
+    if batching == "continuous":
+        if not can:
+            raise NetyError("--batching continuous needs --checkpoint: an exported artifact runs its "
+                            "compiled loop to the end, so it batches dynamically")
+        from nety_jax.serving.continuous import ContinuousEngine
+        return ContinuousEngine(backend, slots=slots, chunk=chunk, queue_size=queue_size, metrics=metrics)
+    return Engine(backend, max_batch=max_batch, window_ms=window_ms, queue_size=queue_size, chunk=chunk,
+                  metrics=metrics)
+
+
 def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64,
-               chunk: int = 8) -> FastAPI:
-    check_options(max_batch, window_ms, queue_size, None, chunk)  # an app built without `serve` too
+               chunk: int = 8, batching: Optional[str] = None, slots: int = 32) -> FastAPI:
+    check_options(max_batch, window_ms, queue_size, None, chunk, batching, slots)  # without `serve` too
     metrics = Metrics()
-    engine = Engine(backend, max_batch=max_batch, window_ms=window_ms, queue_size=queue_size, chunk=chunk,
-                    metrics=metrics)
+    engine = make_engine(backend, batching, max_batch, window_ms, queue_size, chunk, slots, metrics)
     server = Server(backend, name, engine, metrics)
     app = FastAPI(title="nety-jax", version="1")
     app.state.server = server
@@ -258,7 +280,8 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         return {"status": "ok", "model": name, "queue": engine.jobs.qsize(),
-                "max_batch": engine.max_batch, "max_tokens": backend.max_new_tokens}
+                "max_batch": engine.max_batch, "max_tokens": engine.max_tokens,
+                "batching": "continuous" if engine.__class__.__name__ == "ContinuousEngine" else "dynamic"}
 
     @app.get("/metrics")
     async def prometheus():
@@ -269,7 +292,7 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
 
 def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0.0.1", port: int = 8000,
           max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64, max_tokens: Optional[int] = None,
-          chunk: int = 8, name: Optional[str] = None) -> int:
+          chunk: int = 8, name: Optional[str] = None, batching: Optional[str] = None, slots: int = 32) -> int:
     import os
 
     import uvicorn
@@ -277,7 +300,10 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
     from nety_jax.serving.engine import ExportedBackend, PretrainedBackend
     if bool(checkpoint) == bool(exported):
         raise NetyError("give exactly one of --checkpoint DIR or --exported DIR")
-    check_options(max_batch, window_ms, queue_size, max_tokens, chunk)
+    check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching, slots)
+    if batching == "continuous" and exported:
+        raise NetyError("--batching continuous needs --checkpoint: an exported artifact runs its compiled "
+                        "loop to the end, so it batches dynamically (--batching dynamic)")
     sock = listen_socket(host, port)  # before the model loads: a taken port fails at once
     port = sock.getsockname()[1]
     if exported:
@@ -287,10 +313,12 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
         from nety_jax.serving.pretrained import load_pretrained
         backend = PretrainedBackend(load_pretrained(checkpoint), max_tokens)
     name = name or os.path.basename(os.path.abspath(checkpoint or exported))
-    app = create_app(backend, name, max_batch, window_ms, queue_size, chunk)
-    print(f"serving {name} ({backend.task.name}) on http://{host}:{port}/v1 (max batch {max_batch}, window "
-          f"{window_ms:g} ms, queue {queue_size}, max_tokens {backend.max_new_tokens}, prompts up to "
-          f"{backend.prompt_limit} tokens)", flush=True)
+    app = create_app(backend, name, max_batch, window_ms, queue_size, chunk, batching, slots)
+    engine = app.state.server.engine
+    how = (f"continuous batching, {slots} slots, chunk {chunk}" if engine.__class__.__name__ == "ContinuousEngine"
+           else f"dynamic batching, max batch {max_batch}, window {window_ms:g} ms")
+    print(f"serving {name} ({backend.task.name}) on http://{host}:{port}/v1 ({how}, queue {queue_size}, "
+          f"max_tokens up to {engine.max_tokens}, prompts up to {engine.longest_prompt} tokens)", flush=True)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
     return 0
 
@@ -299,10 +327,14 @@ MAX_WINDOW_MS = 10_000.0  # a longer wait to fill a batch makes every client tim
 MAX_QUEUE = 100_000
 
 
-def check_options(max_batch, window_ms, queue_size, max_tokens, chunk) -> None:
-    """Every numeric option in its range, before anything loads: one line naming the flag."""
+def check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching=None, slots=32) -> None:
+    """Every option in its range, before anything loads: one line naming the flag."""
     from nety_jax.config.sections import MAX_POSITIONS
+    from nety_jax.errors import NetyError
     from nety_jax.serving.settings import check_float, check_int
+    if batching not in (None, "dynamic", "continuous"):
+        raise NetyError(f"--batching={batching!r} must be dynamic or continuous")
+    check_int("--slots", slots, 1, 4096)
     check_int("--max-batch", max_batch, 1, 4096)
     check_float("--batch-window-ms", window_ms, 0.0, MAX_WINDOW_MS)
     check_int("--queue-size", queue_size, 1, MAX_QUEUE)

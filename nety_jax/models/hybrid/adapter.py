@@ -81,3 +81,9 @@ class HybridModel(Model):
     def keep_steps(self, pending, n):
         cache, before = pending
         return self._on_decoder(cache, lambda c: rewind_cache(c, before + n))
+
+    def slot_prefill(self, variables, tokens, lengths, source_len: int):
+        """Sources padded to ``source_len`` (so the memory has one shape in every slot; its mask
+        hides the padding) and a decoder cache for the longest reply."""
+        tokens = jnp.pad(tokens, ((0, 0), (0, source_len - tokens.shape[1])))
+        return self.start_decoding(variables, tokens, lengths, self.prompts.max_new_tokens())

@@ -1,0 +1,133 @@
+"""Continuous batching on the device: a fixed set of decode slots that rows join and leave.
+
+The state holds S slots: the model's cache in its slot layout (``Model.slot_prefill``),
+each slot's last token, how many tokens it has generated, whether it is done (free
+slots are done), its generated ids and its sampling settings. Three pure functions:
+
+- ``prefill_rows``: prompts -> their first token (chosen from the prefill logits) and
+  cache rows; a prefix cache hooks in here (it may replace ``model.slot_prefill`` by a
+  prefill that continues from a cached prefix: same outputs, less work);
+- ``insert_rows``: those rows into free slots (a row's slot is its only link to them);
+- ``decode_chunk``: up to ``steps`` tokens for every live slot in one compiled loop
+  (it stops early when no slot is live); a speculative decoder would replace it by a
+  chunk that drafts and verifies, keeping the same state.
+
+A row's token at index i is drawn with its own key folded with i (``sample_rows``), and
+rows never mix in the model, so a row's tokens depend only on its prompt, settings and
+seed: never on its slot, when it joined, or its neighbours. Shapes never depend on a
+request: the prefill compiles once per (batch, prompt) bucket, the rest once.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from nety_jax.config.sections import EOS_ID, PAD_ID
+from nety_jax.decoding.loop import adjust_logits
+from nety_jax.decoding.sampling import NEG_INF, SamplingParams, ban_repeated_ngrams, sample_rows
+from nety_jax.decoding.spec import LoopSpec
+
+
+@struct.dataclass
+class Slots:
+    cache: Any  # the model's slot-layout cache, every leaf (S, ...)
+    last: jax.Array  # (S,) int32: the last token (the next step's input)
+    count: jax.Array  # (S,) int32: tokens generated so far
+    done: jax.Array  # (S,) bool: finished or free
+    tokens: jax.Array  # (S, R) int32: generated ids (R: the longest reply the model can give)
+    params: SamplingParams  # (S,) each slot's settings and key
+
+
+@struct.dataclass
+class Prefilled:
+    cache: Any  # cache rows (B, ...) in the slot layout
+    first: jax.Array  # (B,) int32: the first generated token
+    done: jax.Array  # (B,) bool: already finished (max_new_tokens <= 1, or <eos>)
+    params: SamplingParams
+
+
+def _choose(logits, params: SamplingParams, history, count, spec: LoopSpec):
+    """Each row's token at index ``count`` (B,) given its generated ``history`` (B, R)."""
+    logits = logits.astype(jnp.float32)
+    if spec.min_new_tokens > 0:
+        early = (count < spec.min_new_tokens)[:, None] & (jnp.arange(logits.shape[-1]) == EOS_ID)
+        logits = jnp.where(early, NEG_INF, logits)
+    if spec.no_repeat_ngram > 0:
+        ban = lambda row, toks, pos: ban_repeated_ngrams(row[None], toks[None], pos, spec.no_repeat_ngram)[0]
+        logits = jax.vmap(ban)(logits, history, count)
+    return sample_rows(logits, params, count, spec.top_k_max)
+
+
+def _finished(nxt, count, params: SamplingParams, spec: LoopSpec):
+    done = count >= params.max_new_tokens
+    return done if spec.ignore_eos else done | (nxt == EOS_ID)
+
+
+def empty(model, variables, slots: int, room: int, source_len: int) -> Slots:
+    """S free slots: a zero cache of the slot layout (its shapes from an abstract prefill)."""
+    shapes = jax.eval_shape(lambda v: model.slot_prefill(v, jnp.ones((slots, 1), jnp.int32),
+                                                         jnp.ones((slots,), jnp.int32), source_len)[1], variables)
+    cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    params = SamplingParams.create(slots, temperature=0.0, max_new_tokens=0, keys=jnp.zeros((slots, 2)))
+    return Slots(cache=cache, last=jnp.zeros((slots,), jnp.int32), count=jnp.zeros((slots,), jnp.int32),
+                 done=jnp.ones((slots,), bool), tokens=jnp.full((slots, room), PAD_ID, jnp.int32),
+                 params=jax.tree_util.tree_map(jnp.asarray, params))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "spec", "source_len"))
+def prefill_rows(variables, tokens, lengths, params: SamplingParams, *, model, spec: LoopSpec,
+                 source_len: int) -> Prefilled:
+    """Right-padded prompts (B, P) -> their cache rows and first tokens (the hook point of a
+    prefix cache: see the module's docstring)."""
+    logits, cache = model.slot_prefill(variables, tokens, lengths, source_len)
+    count = jnp.zeros(tokens.shape[:1], jnp.int32)
+    history = jnp.full((tokens.shape[0], 1), PAD_ID, jnp.int32)
+    first = _choose(logits, params, history, count, spec)
+    done = (params.max_new_tokens <= 0) | _finished(first, count + 1, params, spec)
+    return Prefilled(cache=cache, first=first, done=done, params=params)
+
+
+@functools.partial(jax.jit, static_argnames=("model",), donate_argnums=(0,))
+def insert_rows(state: Slots, rows: Prefilled, slots, *, model) -> Slots:
+    """Prefilled rows into ``slots`` (B,) (an index >= S drops a padding row)."""
+    put = lambda into, value: into.at[slots].set(value.astype(into.dtype), mode="drop")
+    first_tokens = jnp.full((rows.first.shape[0], state.tokens.shape[1]), PAD_ID, jnp.int32)
+    first_tokens = first_tokens.at[:, 0].set(rows.first)
+    return Slots(cache=model.slot_insert(state.cache, rows.cache, slots), last=put(state.last, rows.first),
+                 count=put(state.count, jnp.ones_like(rows.first)), done=put(state.done, rows.done),
+                 tokens=put(state.tokens, first_tokens),
+                 params=jax.tree_util.tree_map(put, state.params, rows.params))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "spec", "steps"), donate_argnums=(1,))
+def decode_chunk(variables, state: Slots, stop, *, model, spec: LoopSpec, steps: int) -> Slots:
+    """Up to ``steps`` tokens for every live slot; ``stop`` (S,) ends rows first (a stop string
+    or a cancelled request, seen by the host)."""
+    state = state.replace(done=state.done | stop)
+    rows = jnp.arange(state.last.shape[0])
+
+    def body(carry):
+        i, s = carry
+        live = ~s.done
+        logits, cache = model.slot_step(variables, s.last, s.cache, live)
+        nxt = jnp.where(live, _choose(logits, s.params, s.tokens, s.count, spec), PAD_ID)
+        tokens = s.tokens.at[rows, jnp.where(live, s.count, s.tokens.shape[1])].set(nxt, mode="drop")
+        count = s.count + live
+        done = s.done | (live & _finished(nxt, count, s.params, spec))
+        return i + 1, s.replace(cache=cache, last=jnp.where(live, nxt, s.last), count=count, done=done,
+                                tokens=tokens)
+
+    cond = lambda carry: (carry[0] < steps) & ~jnp.all(carry[1].done)
+    return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]
+
+
+@functools.partial(jax.jit, static_argnames=("width",))
+def progress(state: Slots, start, *, width: int):
+    """What the host reads after a chunk: counts (S,), done (S,) and (S, width) tokens of each
+    slot from index ``start`` (S,) on (the host keeps the ``count - start`` that are new)."""
+    index = jnp.minimum(start[:, None] + jnp.arange(width)[None, :], state.tokens.shape[1] - 1)
+    return state.count, state.done, jnp.take_along_axis(state.tokens, index, axis=1)

@@ -1,0 +1,207 @@
+"""Continuous batching: requests join and leave a running decode batch between chunks.
+
+A fixed number of slots (``--slots``) hold rows being decoded (``decoding/slots.py``
+keeps their caches on the device). The worker thread loops:
+
+1. admit: take waiting requests while their rows fit the free slots (first come, first
+   served: a request that does not fit waits at the head); cancelled ones are dropped;
+2. prefill: the admitted rows in one batch (its size rounded up to a power of two, the
+   prompt length to ``data.bucket_multiple``: steady state never recompiles), each row
+   written into a free slot (``SlotRunner.prefill``: the one place a prefix cache hooks in);
+3. decode: one compiled chunk of ``--chunk`` tokens over every slot, then the host reads
+   the new tokens: streamed rows get their text, stop strings end rows, rows of a cancelled
+   request (a client that went away) stop, and a row that ends frees its slot at once.
+
+A request's rows finish independently; its reply is delivered when the last one ends.
+``max_tokens`` is bounded by the model's room after the prompt (its context less the
+prompt), or ``--max-tokens`` when given. Replies never depend on the batch: see
+``decoding/slots.py``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import queue
+from typing import Optional
+
+import numpy as np
+
+from nety_jax.config.sections import PAD_ID
+from nety_jax.data.prompts import batch_bucket, bucket
+from nety_jax.serving.engine import Job, Row, Worker, _RowState
+
+
+class SlotRunner:
+    """The device side of a ``PretrainedBackend``'s slots: prefill + insert, and chunks."""
+
+    def __init__(self, backend, slots: int):
+        from nety_jax.decoding import slots as device
+        self.device, self.slots = device, slots
+        self.variables, self.model, self.spec = backend.model.variables, backend.model.model, backend.spec
+        self.data_cfg, self.prompts = backend.data_cfg, backend.prompts
+        self.room = self.prompts.max_new_tokens()
+        self.source_len = self.prompts.limit(self.data_cfg, 1)  # the longest prompt the model takes
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.device.empty(self.model, self.variables, self.slots, self.room, self.source_len)
+
+    def prefill(self, rows: list[Row], slot_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Prefills ``rows`` into ``slot_ids``; returns their first tokens and done flags.
+
+        Hook point (prefix cache): rows' prompt ids are ``r.ids``; what this must leave is
+        ``self.state`` with each row's cache, first token and settings in its slot, as
+        ``device.prefill_rows`` + ``device.insert_rows`` do."""
+        import jax.numpy as jnp
+        from nety_jax.decoding import SamplingParams
+        n, b = len(rows), batch_bucket(len(rows))
+        p = min(bucket(max(len(r.ids) for r in rows), self.data_cfg.bucket_multiple), self.source_len)
+        tokens, lengths = np.full((b, p), PAD_ID, np.int32), np.ones((b,), np.int32)
+        for i, r in enumerate(rows):
+            tokens[i, : len(r.ids)], lengths[i] = r.ids, len(r.ids)
+        tokens[n:, 0] = rows[0].ids[0]
+        fill = lambda values, pad: np.asarray(values + [pad] * (b - n))
+        params = SamplingParams.create(
+            b, temperature=fill([r.temperature for r in rows], 0.0), top_k=fill([r.top_k for r in rows], 0),
+            top_p=fill([r.top_p for r in rows], 1.0), max_new_tokens=fill([r.max_new_tokens for r in rows], 0),
+            seed=list(fill([r.seed for r in rows], 0)))
+        out = self.device.prefill_rows(self.variables, jnp.asarray(tokens), jnp.asarray(lengths), params,
+                                       model=self.model, spec=self.spec, source_len=self.source_len)
+        where = np.full((b,), self.slots, np.int32)  # padding rows land nowhere
+        where[:n] = slot_ids
+        self.state = self.device.insert_rows(self.state, out, jnp.asarray(where), model=self.model)
+        return np.asarray(out.first)[:n], np.asarray(out.done)[:n]
+
+    def step(self, stop: np.ndarray, start: np.ndarray, steps: int):
+        """One chunk; returns counts (S,), done (S,) and (S, steps) tokens from ``start`` on."""
+        import jax.numpy as jnp
+        self.state = self.device.decode_chunk(self.variables, self.state, jnp.asarray(stop), model=self.model,
+                                              spec=self.spec, steps=steps)
+        out = self.device.progress(self.state, jnp.asarray(start, jnp.int32), width=steps)
+        return tuple(np.asarray(x) for x in out)
+
+
+@dataclasses.dataclass
+class _Request:
+    job: Job
+    state: _RowState
+    left: int  # rows still running
+
+
+@dataclasses.dataclass
+class _Seat:
+    request: _Request
+    index: int  # the row's index in its request
+    ids: list  # generated ids so far
+
+
+class ContinuousEngine(Worker):
+    def __init__(self, backend, slots: int = 32, chunk: int = 8, queue_size: int = 64, metrics=None):
+        self.runner, self.max_batch, self.chunk = SlotRunner(backend, slots), slots, chunk
+        given = backend.max_tokens_asked
+        self.max_tokens = given or self.runner.room
+        self.max_tokens_why = (f"this server's maximum of {given} (nety-jax serve --max-tokens)" if given else
+                               f"this model can produce (model.max_len={self.runner.prompts.model_cfg.max_len} "
+                               f"leaves room for at most {self.runner.room} new tokens)")
+        self.longest_prompt = self.runner.source_len
+        self.seats: list[Optional[_Seat]] = [None] * slots
+        self.stop = np.zeros(slots, bool)  # rows the host ended since the last chunk
+        self._carry: Optional[Job] = None
+        super().__init__(backend, queue_size, metrics)
+
+    @functools.lru_cache(maxsize=4096)
+    def reply_room(self, prompt_len: int) -> int:
+        """The largest reply the prompts' limit allows after ``prompt_len`` tokens (a bisection:
+        the limit only shrinks as the reply grows), at most ``max_tokens``."""
+        limit = lambda n: self.runner.prompts.limit(self.runner.data_cfg, n)
+        low, high = 0, self.max_tokens
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if limit(mid) >= prompt_len else (low, mid - 1)
+        return low if prompt_len <= self.longest_prompt else 0
+
+    # -- the worker -----------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            admitted = []
+            try:
+                admitted = self._take(block=not any(self.seats))
+                if admitted:
+                    self._prefill(admitted)
+                if any(self.seats):
+                    self._advance()
+            except Exception as e:  # never let one chunk take the server down
+                self._fail(admitted, e)
+            if self.metrics:
+                self.metrics.queue_depth.set(self.jobs.qsize())
+
+    def _next(self, block: bool) -> Optional[Job]:
+        try:
+            return self.jobs.get(timeout=0.1) if block else self.jobs.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _take(self, block: bool) -> list[Job]:
+        """Waiting requests whose rows fit the free slots, in arrival order."""
+        free, taken = self.seats.count(None), []
+        while True:
+            job, self._carry = self._carry or self._next(block and not taken), None
+            if job is None:
+                return taken
+            if job.cancelled.is_set():
+                continue
+            if len(job.rows) > free:
+                self._carry = job
+                return taken
+            taken.append(job)
+            free -= len(job.rows)
+
+    def _prefill(self, jobs: list[Job]) -> None:
+        free = [s for s, seat in enumerate(self.seats) if seat is None]
+        rows = [(job, i, r) for job in jobs for i, r in enumerate(job.rows)]
+        slot_ids = free[: len(rows)]
+        first, done = self.runner.prefill([r for _, _, r in rows], slot_ids)
+        if self.metrics:
+            self.metrics.batch_size.observe(len(rows))
+        requests = {id(j): _Request(j, _RowState(self.backend.tokenizer, [(j, i, r) for i, r in enumerate(j.rows)]),
+                                    len(j.rows)) for j in jobs}
+        for k, (job, i, _) in enumerate(rows):
+            slot = slot_ids[k]
+            self.seats[slot], self.stop[slot] = _Seat(requests[id(job)], i, [int(first[k])]), False
+            self._update(slot, bool(done[k]))
+
+    def _advance(self) -> None:
+        start = np.array([len(seat.ids) if seat else 0 for seat in self.seats], np.int32)
+        stop, self.stop = self.stop, np.zeros_like(self.stop)
+        count, done, window = self.runner.step(stop, start, self.chunk)
+        for slot, seat in enumerate(self.seats):
+            if seat is not None:
+                seat.ids += [int(t) for t in window[slot, : count[slot] - start[slot]]]
+                self._update(slot, bool(done[slot]))
+
+    def _update(self, slot: int, done: bool) -> None:
+        """Reads a row's tokens so far (stream, stop strings, cancellation); frees its slot when
+        it has ended, and delivers its request when that was the request's last row."""
+        seat = self.seats[slot]
+        request, i = seat.request, seat.index
+        job = request.job
+        request.state._read(i, job, job.rows[i], np.asarray(seat.ids, np.int32), done)
+        if request.state.finish[i] is None:
+            return
+        self.seats[slot] = None
+        self.stop[slot] = not done  # the device still runs it: end it with the next chunk
+        request.left -= 1
+        if request.left == 0:
+            results = [request.state.result(job, k) for k in range(len(job.rows))]
+            if self.metrics:
+                self.metrics.tokens.inc(sum(r.tokens for r in results))
+            job.deliver("done", results)
+
+    def _fail(self, admitted: list[Job], error: Exception) -> None:
+        """A failed prefill or chunk: every request in flight gets the error; the slots restart."""
+        jobs = {id(s.request.job): s.request.job for s in self.seats if s is not None}
+        jobs.update({id(j): j for j in admitted})
+        for job in jobs.values():
+            job.deliver("error", f"{type(error).__name__}: {str(error)[:300]}")
+        self.seats, self.stop = [None] * len(self.seats), np.zeros_like(self.stop)
+        self.runner.reset()

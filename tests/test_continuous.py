@@ -1,0 +1,129 @@
+"""Continuous batching (serving/continuous.py): rows give the tokens they give alone, freed slots
+are reused (finished, cancelled, disconnected), max_tokens is bounded by the model's room."""
+import dataclasses
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from nety_jax.serving.continuous import ContinuousEngine
+from nety_jax.serving.engine import Job, PretrainedBackend, Row
+from nety_jax.serving.pretrained import load_pretrained
+
+PROMPTS = ["Bonjour !", "Il pleut.", "J'aime nager.", "Le soir,", "Le chat"]  # one prompt bucket: few compiles
+# (temperature, top_k, top_p, max_new_tokens, seed): greedy and seeded rows, lengths that free slots early
+SETTINGS = [(0.0, 0, 1.0, 9, 1), (0.9, 0, 1.0, 12, 2), (1.2, 5, 0.9, 4, 3), (0.7, 0, 0.8, 11, 4), (0.0, 0, 1.0, 6, 5)]
+
+
+def _submit(engine, rows, on_delta=None):
+    """(job, event, results): ``results`` holds the delivered payload once ``event`` is set."""
+    results, finished = [], threading.Event()
+    job = None
+
+    def deliver(kind, payload):
+        if kind == "delta":
+            on_delta and on_delta(job, payload)
+            return
+        results.append((kind, payload))
+        finished.set()
+    job = Job(rows, deliver, stream=on_delta is not None)
+    engine.submit(job)
+    return job, finished, results
+
+
+@pytest.fixture(scope="module", params=["hybrid", "gpt", "rnn_lm"])
+def model(request, trained_run, trained_gpt, trained_rnn_lm):
+    return load_pretrained({"hybrid": trained_run, "gpt": trained_gpt[0], "rnn_lm": trained_rnn_lm[0]}[request.param])
+
+
+def test_rows_give_the_tokens_they_give_alone_and_reuse_freed_slots(model):
+    """Five requests through two slots: rows join as others finish, and each row's reply equals
+    ``generate`` on that row alone (greedy and seeded sampling)."""
+    engine = ContinuousEngine(PretrainedBackend(model), slots=2, chunk=3)
+    rows = [Row(model.model.prompts.ids(model.tokenizer, p, model.config.data), *s) for p, s in zip(PROMPTS, SETTINGS)]
+    submitted = [_submit(engine, [r]) for r in rows]
+    for (_, finished, results), (t, k, p, n, seed), prompt in zip(submitted, SETTINGS, PROMPTS):
+        assert finished.wait(120)
+        kind, (got,) = results[0]
+        alone = model.generate_ids([prompt], seed=[seed], temperature=[t], top_k=[k], top_p=[p], max_new_tokens=[n])
+        length = int(alone["lengths"][0])
+        ids = [int(x) for x in alone["tokens"][0][:length]]
+        ended = ids[-1:] == [2]  # <eos>
+        assert (got.text, got.tokens) == (model.tokenizer.decode(ids[: length - ended]), length), (prompt, ids)
+        assert got.finish_reason == ("stop" if ended else "length")
+    assert engine.seats == [None, None]
+    engine.close()
+
+
+def test_a_cancelled_row_frees_its_slot_for_the_next_request(trained_gpt):
+    pre = load_pretrained(trained_gpt[0])
+    backend = PretrainedBackend(pre)
+    backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1000)  # no <eos>: only the cancellation ends it
+    engine = ContinuousEngine(backend, slots=1, chunk=1)
+    ids = pre.model.prompts.ids(pre.tokenizer, "Le chat", pre.config.data)
+    long = Row(ids, 0.8, 0, 1.0, 50, 7)
+    job, finished, results = _submit(engine, [long], on_delta=lambda job, _: job.cancelled.set())
+    assert finished.wait(120)
+    (kind, (row,)), = results
+    assert row.finish_reason == "cancelled" and row.tokens < 50, row
+    _, finished, results = _submit(engine, [Row(ids, 0.0, 0, 1.0, 5, 0)])
+    assert finished.wait(60) and results[0][1][0].tokens == 5
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def live_server(trained_gpt):
+    """An in-process uvicorn over a one-slot continuous engine whose rows end at their length only."""
+    import uvicorn
+    from nety_jax.serving.server import create_app
+    backend = PretrainedBackend(load_pretrained(trained_gpt[0]))
+    backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1000)  # no <eos>: rows end at their length
+    app = create_app(backend, "tiny", slots=1, chunk=1)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    while not server.started:
+        time.sleep(0.05)
+    yield url, app
+    server.should_exit = True
+    thread.join(10)
+
+
+def _generated(app) -> float:
+    text = app.state.server.metrics.text().decode()
+    return float(text.split("\nnety_generated_tokens_total ")[1].split()[0])
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(live_server):
+    url, app = live_server
+    before = _generated(app)
+    body = {"prompt": "Le chat", "max_tokens": 60, "temperature": 0.8, "seed": 1, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        next(line for line in r.iter_lines() if line.startswith("data: {"))  # one piece, then hang up
+    r = httpx.post(f"{url}/v1/completions", json={"prompt": "Le chat", "max_tokens": 2}, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
+    assert _generated(app) - before < 60 + 2  # the first row stopped when its client left
+    assert app.state.server.engine.seats == [None]
+
+
+def test_max_tokens_beyond_the_runs_default_is_bounded_by_the_models_room(live_server):
+    """gpt_tiny: model.max_len=64, decode.max_new_tokens below it; a prompt of p tokens leaves
+    64 - p + 1 new tokens, and the server started without --max-tokens."""
+    url, app = live_server
+    pre = app.state.server.backend.model
+    p = len(pre.model.prompts.ids(pre.tokenizer, "Le chat", pre.config.data))
+    room = pre.model.cfg.max_len - p + 1
+    assert room > pre.config.decode.max_new_tokens
+    ok = httpx.post(f"{url}/v1/completions", json={"prompt": "Le chat", "max_tokens": room}, timeout=120)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == room, ok.text
+    default = httpx.post(f"{url}/v1/completions", json={"prompt": "Le chat"}, timeout=60).json()
+    assert default["usage"]["completion_tokens"] == pre.config.decode.max_new_tokens
+    over = httpx.post(f"{url}/v1/completions", json={"prompt": "Le chat", "max_tokens": room + 1}, timeout=60)
+    assert over.status_code == 400 and over.json()["error"]["param"] == "max_tokens", over.text
+    assert f"room for {room}" in over.json()["error"]["message"]
