@@ -9,11 +9,12 @@ others, so its test set is the same with and without them and shows what they ar
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import sys
+
+from shipped_file import write_or_check
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "nety_jax", "resources", "dialogues_fr.jsonl")
 
@@ -435,20 +436,7 @@ def render(pairs: list[dict]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if the shipped file differs")
-    args = parser.parse_args()
-    text = render(build_pairs())
-    if args.check:
-        with open(OUT, encoding="utf-8") as f:
-            same = f.read() == text
-        print("corpus up to date" if same else "corpus differs: run scripts/build_corpus.py")
-        return 0 if same else 1
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    with open(OUT, "w", encoding="utf-8") as f:
-        f.write(text)
-    print(f"wrote {text.count(chr(10))} pairs to {os.path.normpath(OUT)}")
-    return 0
+    return write_or_check(__doc__, OUT, render(build_pairs()), "corpus", "pairs", "build_corpus.py")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ Run: python scripts/build_text.py [--check]
 """
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import sys
+
+from shipped_file import write_or_check
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "nety_jax", "resources", "textes_fr.txt")
 
@@ -112,20 +113,7 @@ def build_lines(seed: int = 2026) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if the shipped file differs")
-    args = parser.parse_args()
-    text = "".join(line + "\n" for line in build_lines())
-    if args.check:
-        with open(OUT, encoding="utf-8") as f:
-            same = f.read() == text
-        print("text up to date" if same else "text differs: run scripts/build_text.py")
-        return 0 if same else 1
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    with open(OUT, "w", encoding="utf-8") as f:
-        f.write(text)
-    print(f"wrote {text.count(chr(10))} lines to {os.path.normpath(OUT)}")
-    return 0
+    return write_or_check(__doc__, OUT, "".join(line + "\n" for line in build_lines()), "text", "lines", "build_text.py")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,16 @@ def at_most(section: str, obj, name: str, limit: int, why: str) -> None:
         raise ConfigError(f"{section}.{name}={value} is too large (at most {limit:,}: {why})")
 
 
+def lm_lengths_fit(max_len: int, cfg) -> None:
+    """A language model's windows (``data.seq_len``, ``model.max_len`` when unset) and its
+    generation (``decode.max_new_tokens``, after at least one prompt token) fit ``model.max_len``."""
+    seq = cfg.data.seq_len or max_len
+    if seq > max_len:
+        raise ConfigError(f"data.seq_len={seq} must be <= model.max_len={max_len}")
+    if cfg.decode.max_new_tokens >= max_len:
+        raise ConfigError(f"decode.max_new_tokens={cfg.decode.max_new_tokens} must be < model.max_len={max_len}")
+
+
 def check_types(section: str, obj) -> None:
     """Every field holds its annotated type and every float is finite."""
     hints = typing.get_type_hints(type(obj))

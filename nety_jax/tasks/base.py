@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import ClassVar, Optional, Sequence
+from typing import Callable, ClassVar, Optional, Sequence
 
 from nety_jax.data.batching import BatchIterator, eval_batches
 
@@ -51,7 +51,13 @@ class DataSplit:
 
 
 class Task(abc.ABC):
-    """One task's data, scores and prompts; subclasses set the class attributes."""
+    """One task's data, scores and prompts. A subclass gives its facts as class keywords,
+    all of them required (a task that forgets one fails where it is defined)::
+
+        class LanguageModelTask(Task, name="lm", noun="a language model", data_option="--text",
+                                data_help="text files", default_val_fraction=0.1,
+                                continues_text=True, default_path=default_text_path): ...
+    """
 
     name: ClassVar[str]
     noun: ClassVar[str]  # what a model of this task is called in messages ("a language model")
@@ -59,14 +65,23 @@ class Task(abc.ABC):
     data_help: ClassVar[str]  # what that option takes, for messages
     default_val_fraction: ClassVar[float]  # data.val_fraction when it is not set
     continues_text: ClassVar[bool]  # prompts are prefixes the model continues (complete, predict-next)
+    default_path: ClassVar[Callable[[], str]]  # the embedded corpus's path
+
+    def __init_subclass__(cls, *, name: str, noun: str, data_option: str, data_help: str,
+                          default_val_fraction: float, continues_text: bool,
+                          default_path: Callable[[], str], **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.name, cls.noun, cls.data_option, cls.data_help = name, noun, data_option, data_help
+        cls.default_val_fraction, cls.continues_text = default_val_fraction, continues_text
+        cls.default_path = staticmethod(default_path)
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
 
     # -- data ---------------------------------------------------------------------------------
-    @abc.abstractmethod
     def default_paths(self) -> list[str]:
         """The embedded corpus trained on when no file is given."""
+        return [self.default_path()]
 
     def val_fraction(self, data_cfg) -> float:
         """The held-out fraction: ``data.val_fraction``, or the task's default when unset."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -29,17 +29,8 @@ from nety_jax.tasks.prompting import PrefixPrompts
 STREAM_CHUNK = 1024  # tokens per record of a prepared token stream
 
 
-class LanguageModelTask(Task):
-    name: ClassVar[str] = "lm"
-    noun: ClassVar[str] = "a language model"
-    data_option: ClassVar[str] = "--text"
-    data_help: ClassVar[str] = "text files"
-    default_val_fraction: ClassVar[float] = 0.1
-    continues_text: ClassVar[bool] = True
-
-    def default_paths(self) -> list[str]:
-        return [default_text_path()]
-
+class LanguageModelTask(Task, name="lm", noun="a language model", data_option="--text", data_help="text files",
+                        default_val_fraction=0.1, continues_text=True, default_path=default_text_path):
     def read(self, cfg, paths: Sequence[str], skip_bad: bool) -> Corpus:
         report = read_text(paths, skip_bad=skip_bad)
         train, val = split_text(report.lines, self.val_fraction(cfg.data))

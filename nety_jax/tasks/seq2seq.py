@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -23,17 +23,8 @@ from nety_jax.tasks.base import Corpus, DataSplit, Task
 from nety_jax.tasks.prompting import SourcePrompts
 
 
-class Seq2SeqTask(Task):
-    name: ClassVar[str] = "seq2seq"
-    noun: ClassVar[str] = "a seq2seq model"
-    data_option: ClassVar[str] = "--data"
-    data_help: ClassVar[str] = "pairs"
-    default_val_fraction: ClassVar[float] = 0.05
-    continues_text: ClassVar[bool] = False
-
-    def default_paths(self) -> list[str]:
-        return [default_corpus_path()]
-
+class Seq2SeqTask(Task, name="seq2seq", noun="a seq2seq model", data_option="--data", data_help="pairs",
+                  default_val_fraction=0.05, continues_text=False, default_path=default_corpus_path):
     def read(self, cfg, paths: Sequence[str], skip_bad: bool) -> Corpus:
         if len(paths) != 1:
             raise DataError("a seq2seq model trains on one pairs file (--data FILE)")

@@ -33,9 +33,4 @@ class RNNLMConfig(ModelConfig):
                               f"model.d_model={self.d_model}")
 
     def validate_with(self, cfg) -> None:
-        seq = cfg.data.seq_len or self.max_len
-        if seq > self.max_len:
-            raise ConfigError(f"data.seq_len={seq} must be <= model.max_len={self.max_len}")
-        if cfg.decode.max_new_tokens >= self.max_len:
-            raise ConfigError(f"decode.max_new_tokens={cfg.decode.max_new_tokens} must be < "
-                              f"model.max_len={self.max_len}")
+        F.lm_lengths_fit(self.max_len, cfg)
