@@ -38,7 +38,7 @@ demo: install
 	@echo "loss curves: $(DEMO_DIR)/loss.png   chat: $(BIN)/nety-jax chat --checkpoint $(DEMO_DIR)"
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
 
 # a few test files on another Python (default: the newest found, with the newest jax), no torch
 SMOKE_PYTHON ?= $(NEWEST_PYTHON)

@@ -2,6 +2,12 @@
 
 Compiled programs go to a persistent cache shared by this session's processes (the CLI
 subprocesses inherit it), so a program is compiled once per suite run.
+
+Cost rules (the whole suite has a time budget on CI's 2 cores, see README "Tests"): reuse the
+session fixtures below instead of training again; run `nety-jax` through ``run_main`` in this
+process unless the process itself is what a test checks (exit on a signal, a lock held by
+another process, a fresh interpreter); ``HEAVY`` lists the costliest files so xdist starts them
+first.
 """
 import os
 import tempfile
@@ -14,7 +20,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["NETY_JAX_COMPILE_
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import io  # noqa: E402
 import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+from contextlib import redirect_stderr, redirect_stdout  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -25,6 +34,19 @@ PARITY = str(CONFIGS / "nety_parity.yaml")
 GPT_TINY = str(CONFIGS / "gpt_tiny.yaml")
 RNN_LM = str(CONFIGS / "rnn_lm.yaml")
 QUIET = {"progress": False, "log": lambda *_: None}
+
+
+def run_main(*argv) -> subprocess.CompletedProcess:
+    """`nety-jax ARGV` in this process (no interpreter start, no JAX import, programs already
+    compiled here reused): the exit code and what it printed, as subprocess.run returns them."""
+    from nety_jax.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+    return subprocess.CompletedProcess(list(argv), code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +86,16 @@ def trained_rnn_lm(tmp_path_factory):
     cfg = load_config(RNN_LM, ["train.steps=200", "model.hidden=128"])
     summary = train(cfg, workdir, **QUIET)
     return workdir, summary
+
+
+# The costliest files, costliest first (per-file times: docs/PERFORMANCE.md, "The test suite"). With
+# `--dist loadscope --no-loadscope-reorder` (make test) xdist hands whole files to its workers in
+# this order, each worker taking the next when it is free: the long files start first and the
+# short ones fill the gaps, instead of a long file starting last and running alone.
+HEAVY = ["test_hf.py", "test_gpu_check.py", "test_mesh.py", "test_reliability.py", "test_cli.py",
+         "test_writers.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVY)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY)))  # stable: the rest keep their order

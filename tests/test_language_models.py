@@ -1,8 +1,6 @@
 """The decoder-only GPT and the recurrent LM on the shared machinery."""
 import gzip
 import json
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -17,7 +15,7 @@ from nety_jax.layers import RecurrentStack
 from nety_jax.models import get_model
 from nety_jax.serving.pretrained import load_pretrained
 from nety_jax.training.metrics import read_metrics
-from conftest import CONFIGS, GPT_TINY, RNN_LM, ROOT
+from conftest import CONFIGS, GPT_TINY, RNN_LM, ROOT, run_main
 
 PROMPTS = [[5, 9, 12, 7, 30], [8, 3], [4, 5, 6, 7, 8, 9, 10, 11, 13], [21]]
 
@@ -157,8 +155,6 @@ def test_text_from_several_files_gzip_and_bom(tmp_path):
 
 
 def test_train_refuses_the_wrong_kind_of_data(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "nety_jax.cli", "train", "--config", GPT_TINY,
-                           "--data", "pairs.jsonl", "--workdir", str(tmp_path / "w")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = run_main("train", "--config", GPT_TINY, "--data", "pairs.jsonl", "--workdir", str(tmp_path / "w"))
     assert done.returncode == 2 and "language model: use --text" in done.stderr, done.stderr
     assert main(["predict-next", "--checkpoint", str(tmp_path / "none"), "x"]) == 2

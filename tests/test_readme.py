@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_main
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
@@ -30,12 +30,12 @@ def test_python_snippets_run_as_written(readme_dir, index):
     assert done.returncode == 0, PYTHON_BLOCKS[index] + "\n" + done.stderr[-3000:]
 
 
-def test_info_lines_of_the_readme():
+def test_info_lines_of_the_readme(monkeypatch):
+    monkeypatch.chdir(ROOT)
     for line in ("nety-jax info --config configs/gpt2_124m.yaml", "nety-jax info --config configs/nety_parity.yaml "
                  "--set model.vocab_size=1000"):
         assert line.split(" --set")[0] in README
-        done = subprocess.run([sys.executable, "-m", "nety_jax.cli", *line.split()[1:]], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        done = run_main(*line.split()[1:])
         assert done.returncode == 0 and ("163,009,536" in done.stdout or "32,775,784" in done.stdout)
 
 

@@ -1,12 +1,11 @@
 """Process-wide settings: glibc's malloc keeping freed memory (runtime.keep_host_memory)."""
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, run_main
 
 # a jitted function with ~130 MB of temporaries, called 8 times: the page faults of each call
 FAULTS = """
@@ -44,10 +43,9 @@ def test_xla_temporaries_are_reused_without_page_faults():
     assert sorted(kept[1:])[len(kept[1:]) // 2] < min(plain[1:]) // 20, (plain, kept)
 
 
-def test_a_bad_setting_is_a_one_line_error(tmp_path):
-    env = {**os.environ, "NETY_JAX_HOST_MALLOC": "sometimes"}
-    done = subprocess.run([sys.executable, "-m", "nety_jax.cli", "train", "--config", TINY, "--workdir",
-                           str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+def test_a_bad_setting_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("NETY_JAX_HOST_MALLOC", "sometimes")
+    done = run_main("train", "--config", TINY, "--workdir", str(tmp_path / "w"))
     assert done.returncode == 2, done.stderr
     assert "NETY_JAX_HOST_MALLOC must be 'keep' or 'default', got 'sometimes'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
