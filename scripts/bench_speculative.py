@@ -7,10 +7,12 @@ Two trained models: the demo (the hybrid of ``make demo``) and a GPT (configs/gp
 one is trained briefly into a temporary directory when --gpt is not given). Two prompt sets
 each: prompts whose reply repeats their text (the hybrid echoes names, places and objects of
 its input; the GPT continues a passage it was just shown) and prompts whose reply does not.
-Every prompt runs alone (batch 1) through ``Pretrained.generate_ids`` greedy, plain and with
-``speculate=ngram``, alternating round by round (the machine is shared: only the ratio of the
-two, measured in the same run, means anything); the medians of the rounds are compared.
-The replies are checked identical. Prints a table and one JSON object.
+Every prompt runs alone (batch 1) through the compiled generate function (``generate_jit``,
+what ``Pretrained.generate`` calls), greedy, plain and with ``speculate=ngram``, alternating
+round by round (the machine is shared: only the ratio of the two, measured in the same run,
+means anything); per prompt the median of the rounds, summed over the prompts. The replies are
+checked identical; tokens per model call and the share of drafted tokens kept come from the
+same loop run with its counters. Prints a table and one JSON object.
 """
 from __future__ import annotations
 
@@ -28,19 +30,15 @@ sys.path.insert(0, ROOT)
 PROMPTS = {
     "demo": {
         "repeats": ["Louis prépare une salade de fruits ce soir.", "Quel temps fait-il à Lille en été ?",
-                    "Mon ami Inès adore faire de la randonnée.", "Tu te souviens de moi ? Je suis Chloé.",
-                    "Combien font cinq fois deux ?", "Je m'appelle Camille et j'habite à Montpellier."],
+                    "Mon ami Inès adore faire de la randonnée.", "Je m'appelle Camille et j'habite à Montpellier."],
         "does not": ["Je me sens assez stressé aujourd'hui.", "Le vent souffle très fort",
-                     "Je me sens assez perdu ce matin.", "Raconte-moi une blague.",
-                     "Le week-end, j'aime lire.", "Merci beaucoup pour ton aide !"],
+                     "Je me sens assez perdu ce matin.", "Merci beaucoup pour ton aide !"],
     },
     "gpt": {
-        "repeats": ["Le vendredi, Thomas dîne chez ses amis. Le soir, Julien peint un tableau. "
-                    "Le vendredi, Thomas dîne",
-                    "Manon va à la pharmacie pour acheter des médicaments. Manon va à la pharmacie",
+        "repeats": ["Manon va à la pharmacie pour acheter des médicaments. Manon va à la pharmacie",
                     "Le lapin mange des carottes et dort dans son terrier. Le dimanche, le lapin mange",
                     "Chloé achète des pommes de terre et de la crème. Chloé achète des pommes"],
-        "does not": ["Le vendredi,", "Souvent, le chat", "En automne, à Marseille,", "Léa va au marché"],
+        "does not": ["Le vendredi,", "Souvent, le chat", "En automne, à Marseille,"],
     },
 }
 
@@ -53,27 +51,57 @@ def train_gpt(workdir: str) -> str:
     return workdir
 
 
-def measure(model, prompts: list[str], new_tokens: int, draft: int, rounds: int) -> dict:
-    """Median seconds of each prompt alone, plain and speculating, and the tokens generated."""
+def _instrumented(model, spec):
+    """The speculative loop, returning its model calls and kept drafts too."""
+    import jax
+    from nety_jax.decoding import speculative
+    from nety_jax.decoding.generation import _callbacks, _verify_callbacks
+
+    @jax.jit
+    def run(variables, tokens, lengths, params):
+        first, cache, _ = _callbacks(model, variables, tokens, lengths, spec)
+        state = speculative.start(first, cache, tokens, lengths, params, spec)
+        state = speculative.run(*_verify_callbacks(model, variables), state, spec)
+        return state.calls + 1, state.accepted.sum(), state.drafted.sum()  # + the prefill
+    return run
+
+
+def measure(pretrained, prompts: list[str], new_tokens: int, draft: int, rounds: int) -> dict:
+    """Each prompt alone through the compiled generate function, plain and speculating, rounds
+    alternating; the sum over prompts of each one's median seconds."""
+    import dataclasses
+    import jax
+    import jax.numpy as jnp
     import numpy as np
-    kinds = {"plain": {"speculate": "none"}, "ngram": {"speculate": "ngram", "draft_tokens": draft}}
-    times = {k: [] for k in kinds}
-    outputs = {}
-    for r in range(rounds + 1):  # round 0 compiles
-        for kind, settings in (kinds.items() if r % 2 == 0 else reversed(list(kinds.items()))):
-            total, outs = 0.0, []
-            for text in prompts:
+    from nety_jax.decoding import generate_jit
+    settings = {"temperature": 0.0, "max_new_tokens": new_tokens, "speculate": "ngram", "draft_tokens": draft}
+    calls = {"plain": [], "ngram": []}
+    kept = drafted = tokens_total = 0
+    same = True
+    for text in prompts:
+        req, batch, params = pretrained._prepare([text], 0, 1, settings)
+        specs = {"ngram": req.spec, "plain": dataclasses.replace(req.spec, speculate="none")}
+        args = (pretrained.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths), params)
+        call = {k: (lambda spec=spec: jax.block_until_ready(generate_jit(*args, model=pretrained.model, spec=spec)))
+                for k, spec in specs.items()}
+        outs = {k: call[k]() for k in call}  # compiles
+        same &= bool(np.array_equal(np.asarray(outs["plain"]["tokens"]), np.asarray(outs["ngram"]["tokens"])))
+        n = int(outs["plain"]["lengths"][0])
+        model_calls, k, d = (int(x) for x in _instrumented(pretrained.model, req.spec)(*args))
+        tokens_total, kept, drafted = tokens_total + n, kept + k, drafted + d
+        calls["plain"].append(n)
+        calls["ngram"].append(model_calls)
+        times = {"plain": [], "ngram": []}
+        for r in range(rounds):
+            for kind in (("plain", "ngram") if r % 2 == 0 else ("ngram", "plain")):
                 start = time.perf_counter()
-                out = model.generate_ids([text], temperature=0.0, max_new_tokens=new_tokens, **settings)
-                total += time.perf_counter() - start
-                outs.append(out["tokens"][0, : out["lengths"][0]])
-            outputs[kind] = outs
-            if r:
-                times[kind].append(total)
-    same = all(np.array_equal(a, b) for a, b in zip(outputs["plain"], outputs["ngram"]))
-    tokens = int(sum(len(o) for o in outputs["plain"]))
-    plain, spec = statistics.median(times["plain"]), statistics.median(times["ngram"])
-    return {"tokens": tokens, "plain_tok_s": tokens / plain, "ngram_tok_s": tokens / spec,
+                call[kind]()
+                times[kind].append(time.perf_counter() - start)
+        for kind in times:
+            calls.setdefault(kind + "_s", []).append(statistics.median(times[kind]))
+    plain, spec = sum(calls["plain_s"]), sum(calls["ngram_s"])
+    return {"tokens": tokens_total, "tokens_per_call": tokens_total / sum(calls["ngram"]),
+            "kept": kept / max(drafted, 1), "plain_tok_s": tokens_total / plain, "ngram_tok_s": tokens_total / spec,
             "speedup": plain / spec, "identical": same}
 
 
@@ -82,7 +110,7 @@ def main() -> int:
     p.add_argument("--demo", default=os.path.join(ROOT, "runs", "demo"), help="the demo run (make demo)")
     p.add_argument("--gpt", help="a trained GPT run (default: train configs/gpt_tiny.yaml briefly)")
     p.add_argument("--draft-tokens", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     from nety_jax.serving.pretrained import load_pretrained
@@ -94,11 +122,12 @@ def main() -> int:
         for kind, prompts in PROMPTS[name].items():
             res = measure(model, prompts, new_tokens, args.draft_tokens, args.rounds)
             rows.append({"model": name, "prompts": kind, **res})
-    print(f"| model | prompts (reply repeats them?) | tokens | plain tok/s | ngram tok/s | speed-up | same replies |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | the reply repeats the prompt? | tokens | tokens per model call | drafts kept | "
+          "plain tok/s | ngram tok/s | speed-up | same replies |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['prompts']} | {r['tokens']} | {r['plain_tok_s']:.0f} | "
-              f"{r['ngram_tok_s']:.0f} | {r['speedup']:.2f}x | {r['identical']} |")
+        print(f"| {r['model']} | {r['prompts']} | {r['tokens']} | {r['tokens_per_call']:.2f} | {r['kept']:.0%} | "
+              f"{r['plain_tok_s']:.0f} | {r['ngram_tok_s']:.0f} | {r['speedup']:.2f}x | {r['identical']} |")
     result = {"draft_tokens": args.draft_tokens, "rounds": args.rounds, "rows": rows}
     print(json.dumps(result))
     if args.json:

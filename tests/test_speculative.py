@@ -161,3 +161,25 @@ def test_config_checks_the_speculation_fields():
     with pytest.raises(ConfigError, match="decode.draft_tokens=0 must be > 0"):
         load_config(GPT_TINY, ["decode.speculate=ngram", "decode.draft_tokens=0"])
     assert LoopSpec(speculate="ngram", beam_size=4).speculative is False  # beam search never speculates
+
+
+# -- the front-ends: the command line and the streaming API (chat) ---------------------------------
+
+REPEATS = "Manon va à la pharmacie pour acheter des médicaments. Manon va à la pharmacie"
+
+
+def test_complete_and_stream_speculating_give_the_plain_replies(trained_gpt, capsys):
+    from nety_jax.cli import main
+    from nety_jax.serving.pretrained import load_pretrained
+    args = ["complete", "--checkpoint", trained_gpt[0], "--prompt", REPEATS, "--prompt", "Le chat",
+            "--temperature", "0", "--max-new-tokens", "16"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert main(args + ["--speculate", "ngram", "--draft-tokens", "3"]) == 0
+    assert capsys.readouterr().out == plain
+    model = load_pretrained(trained_gpt[0], warn=lambda *_: None)
+    settings = dict(temperature=0.0, max_new_tokens=16, speculate="ngram", draft_tokens=3)
+    chunks = list(model.stream([REPEATS, "Le chat"], chunk=3, **settings))
+    want = model.generate_ids([REPEATS, "Le chat"], temperature=0.0, max_new_tokens=16)["tokens"]
+    assert len(chunks) > 1
+    np.testing.assert_array_equal(chunks[-1], want)
