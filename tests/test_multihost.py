@@ -99,3 +99,22 @@ def test_two_processes_with_fsdp_across_them_equal_one_device(tmp_path):
     assert codes == [0, 0], outs
     one_process(one, 4, extra=("--parallel", "none"))
     assert _max_diff(_params(two), _params(one)) < 1e-5
+
+
+def test_two_processes_on_prepared_shards_equal_one_process(tmp_path):
+    """`train --data DIR` over 2 processes: each reads only its rows of every global batch from the
+    shards (a LocalBatch), and the run equals one process's (a resume on another process count is
+    tested at the index level in test_prepared.py)."""
+    pytest.importorskip("grain")
+    from nety_jax.config import load_config
+    from nety_jax.data.pairs import default_corpus_path
+    from nety_jax.training.prepare_data import prepare_data
+    data = str(tmp_path / "prepared")
+    prepare_data(load_config(TINY, ["data.vocab_size=120"]), [default_corpus_path()], data, workers=1,
+                 per_shard=700, log=lambda *_: None, progress=False)
+    two, one = tmp_path / "two", tmp_path / "one"
+    codes, outs = two_processes(two, 4, extra=("--data", data))
+    assert codes == [0, 0], outs
+    assert all(f"process {i} of 2 reads its 8 rows of every batch" in out for i, out in enumerate(outs)), outs
+    one_process(one, 4, extra=("--data", data))
+    assert _max_diff(_params(two), _params(one)) < 1e-5

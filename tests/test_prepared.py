@@ -210,3 +210,18 @@ def test_a_run_with_another_tokenizer_is_refused(pairs, text):
     open_prepared(cfg, out, load_tokenizer(out), "runs/same")  # the same tokenizer: accepted
     with pytest.raises(CheckpointError, match="prepared with another tokenizer than runs/x"):
         open_prepared(cfg, out, load_tokenizer(text[1]), "runs/x")
+
+
+def test_the_command_with_worker_processes_writes_what_one_process_writes(text, tmp_path, capsys):
+    """`nety-jax prepare` over 2 spawned workers: the same shards, byte for byte (their digests),
+    as one process writes."""
+    from nety_jax.cli import main
+    from nety_jax.data.shards import fingerprint, read_manifest
+    from nety_jax.data.text import default_text_path
+    out = str(tmp_path / "data")
+    assert main(["prepare", "--config", GPT_TINY, "--text", default_text_path(), "--out", out, "--workers", "2",
+                 "--shard-size", "40", "--no-progress"]) == 0
+    assert f"prepared {out}: train" in capsys.readouterr().out
+    mine, theirs = read_manifest(out), read_manifest(text[1])
+    assert len(mine["splits"]["train"]["shards"]) > 2
+    assert fingerprint(mine) == fingerprint(theirs) and mine["splits"] == theirs["splits"]

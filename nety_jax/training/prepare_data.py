@@ -31,11 +31,15 @@ PER_SHARD = 50_000  # examples (pairs, lines) per shard
 
 
 def prepared_dir(paths: Optional[Sequence[str]]) -> Optional[str]:
-    """The directory when ``paths`` is one directory ``nety-jax prepare`` wrote, else None."""
+    """The directory when ``paths`` is one directory ``nety-jax prepare`` wrote; None for files;
+    any other directory is an error."""
     if not paths or len(paths) != 1 or not os.path.isdir(paths[0]):
         return None
     found = identify_dir(paths[0])
-    return paths[0] if found is not None and found.writer == "prepare" else None
+    if found is None or found.writer != "prepare":
+        raise DataError(f"{paths[0]}: is a directory, not a data file (nor a directory `nety-jax prepare` "
+                        "wrote)")
+    return paths[0]
 
 
 def take_tokenizer(source: str):

@@ -189,6 +189,9 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
         save_config(cfg, os.path.join(workdir, CONFIG_FILE))
     iterator = task.batches(data.train, cfg, **position)
     iterator.part = (jax.process_index(), jax.process_count())  # streamed data: each process its rows
+    if jax.process_count() > 1 and getattr(data.train, "reads_parts", False):
+        log(f"process {jax.process_index()} of {jax.process_count()} reads its "
+            f"{cfg.train.batch_size // jax.process_count()} rows of every batch from the shards")
     iterator = Prefetcher(iterator)
     val_batches = task.eval_batches(data.val, cfg)
     val_batches = validation_batches(val_batches, len(data.val), log)
