@@ -60,6 +60,14 @@ def start_stream(variables, tokens, lengths, params: SamplingParams, *, model, s
     return loop.start(first, cache, params, spec)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "spec"))
+def start_stream_from(variables, states, tokens, lengths, params: SamplingParams, *, model, spec: LoopSpec):
+    """``start_stream`` from reused prompt states (``model.start_from_states``): ``tokens`` are
+    what follows each row's state ("prefix" reuse) or the whole prompts ("whole")."""
+    first, cache = model.start_from_states(variables, states, tokens, lengths, spec.max_new_tokens)
+    return start(first, cache, params, spec)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "spec"), donate_argnums=(1,))
 def continue_stream(variables, state, until, *, model, spec: LoopSpec):
     """Streaming, part 2: runs the same loop until ``until`` tokens (or every row is done)."""

@@ -197,14 +197,17 @@ class TransformerDecoder(nn.Module):
         """Teacher forcing: (B, T) tokens -> (B, T, V) float32 logits under a causal mask."""
         return self.logits(self.features(tokens, memory, memory_mask, train, segments, positions))
 
-    def init_cache(self, batch: int, max_len: int, memory=None, memory_mask=None) -> dict:
+    def init_cache(self, batch: int, max_len: int, memory=None, memory_mask=None,
+                   cross: Optional[tuple] = None) -> dict:
+        """An empty self-attention cache; ``cross``: each layer's cross-attention entry as an
+        earlier cache kept it (the memory is then not read again)."""
         s = self.spec
         shape = (batch, s.heads, max_len, s.d_model // s.heads)
         layers = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             entry = {"k": jnp.zeros(shape, s.compute_dtype), "v": jnp.zeros(shape, s.compute_dtype)}
             if s.cross_attention:
-                entry["cross"] = layer.precompute(memory, memory_mask)
+                entry["cross"] = layer.precompute(memory, memory_mask) if cross is None else cross[i]
             layers.append(entry)
         return {"pos": jnp.zeros((batch,), jnp.int32), "layers": tuple(layers)}
 

@@ -17,7 +17,11 @@ and the CLI talk to an adapter and never to a network directly:
 - continuous batching: ``slot_prefill`` (prompts -> first logits and cache rows of a fixed
   layout), ``slot_insert`` (rows into free slots), ``slot_step`` (one step over all slots);
 - serving: ``prompts`` (how texts become prompt ids, how long they may be) and
-  ``serving_signature()`` describe what the generate function takes.
+  ``serving_signature()`` describe what the generate function takes;
+- prompt-state reuse (``serving.prefix_cache``): ``reuse`` says what a prefill leaves
+  that a later prompt can start from; ``prompt_states(cache, rows)`` cuts it per row out
+  of a prefill's cache, ``join_states`` batches such states, and ``start_from_states``
+  is ``start_decoding`` starting from them.
 
 ``task`` is the task object (``nety_jax.tasks``: data, validation scores, prompts),
 named for each architecture in ``models/registry.py``. Two tasks share all of the
@@ -176,6 +180,28 @@ class Model(abc.ABC):
         keep = lambda n, o: jnp.where(live, n, o) if n.ndim == 1 else n
         return logits, jax.tree_util.tree_map(keep, new, cache)
 
+    # -- prompt-state reuse (a prefix cache) ---------------------------------------------------
+    # "none": nothing; "prefix": the state after a prompt's first P tokens continues with the rest
+    # (start_from_states gets the suffixes); "whole": the state of a whole padded prompt is reused
+    # as it is (start_from_states gets the same prompts again).
+    reuse = "none"
+
+    def prompt_states(self, cache, rows: int) -> list:
+        """The reusable state of each of the first ``rows`` prompts, from the cache that
+        ``start_decoding`` (or ``start_from_states``) returned; one batch-1 tree per row."""
+        raise NotImplementedError(f"{type(self).__name__} reuses no prompt state")
+
+    def join_states(self, states: list, batch: int) -> Any:
+        """Per-row states (None: nothing cached, the row starts from scratch) -> one batch of
+        ``batch`` rows for ``start_from_states`` (rows past ``len(states)`` are fillers)."""
+        raise NotImplementedError(f"{type(self).__name__} reuses no prompt state")
+
+    def start_from_states(self, variables: Variables, states, tokens: jax.Array, lengths: jax.Array,
+                          max_new_tokens: int) -> tuple[jax.Array, Any]:
+        """``start_decoding`` from joined states: for "prefix", ``tokens`` (B, S) are what follows
+        each row's state (``lengths`` >= 1); the result equals prefilling the whole prompts."""
+        raise NotImplementedError(f"{type(self).__name__} reuses no prompt state")
+
     # -- serving -----------------------------------------------------------------------------
     @property
     def prompts(self):
@@ -196,3 +222,13 @@ def last_real(x: jax.Array, lengths: jax.Array) -> jax.Array:
     """(B, T, ...) -> (B, ...) at each row's last real position."""
     idx = jnp.maximum(lengths, 1) - 1
     return jnp.take_along_axis(x, idx.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
+
+
+def row_of(tree, i: int):
+    """Row ``i`` of a batch-first tree, as a batch of one."""
+    return jax.tree_util.tree_map(lambda x: x[i:i + 1], tree)
+
+
+def stack_rows(trees: list):
+    """Batch-of-one trees of equal shapes -> one batch."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *trees)

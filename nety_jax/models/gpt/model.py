@@ -10,9 +10,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import jax.numpy as jnp
+import numpy as np
+
 from nety_jax.layers import DecoderSpec, TransformerDecoder
 from nety_jax.layers.transformer import grow_cache, rewind_cache
-from nety_jax.models.base import count_params
+from nety_jax.models.base import count_params, stack_rows
 from nety_jax.models.gpt.config import GPTConfig
 from nety_jax.models.gpt.flops import gpt_train_step_flops
 from nety_jax.models.lm import LanguageModel
@@ -57,6 +60,48 @@ class GPTModel(LanguageModel):
         b, p = tokens.shape
         size = self.check_room(p, max_new_tokens)
         cache = net.apply(variables, b, max(size, 1), method=net.init_cache)
+        logits, cache = net.apply(variables, tokens, cache, lengths, True, method=net.decode)
+        return logits[:, 0], cache
+
+    # A prefix's state is its self-attention keys and values: the KV of position i depends on the
+    # tokens up to i only, so the first P positions of any prompt's cache serve every prompt that
+    # starts with those P tokens. Kept widths are rounded up to STATE_MULTIPLE (few shapes).
+    reuse = "prefix"
+    STATE_MULTIPLE = 16
+
+    def prompt_states(self, cache, rows: int) -> list:
+        pos = np.asarray(cache["pos"])
+        size = cache["layers"][0]["k"].shape[2]
+        states = []
+        for i in range(rows):
+            width = min(-(-int(pos[i]) // self.STATE_MULTIPLE) * self.STATE_MULTIPLE, size)
+            layers = tuple({"k": e["k"][i:i + 1, :, :width], "v": e["v"][i:i + 1, :, :width]}
+                           for e in cache["layers"])
+            states.append({"pos": cache["pos"][i:i + 1], "layers": layers})
+        return states
+
+    def join_states(self, states: list, batch: int):
+        known = [s for s in states if s is not None]
+        width = max(s["layers"][0]["k"].shape[2] for s in known)
+
+        def widen(s):
+            if s is None:  # nothing cached: position 0, every key still to be written
+                s = {"pos": jnp.zeros_like(known[0]["pos"]),
+                     "layers": tuple({k: jnp.zeros_like(e[k][:, :, :0]) for k in ("k", "v")}
+                                     for e in known[0]["layers"])}
+            pad = ((0, 0), (0, 0), (0, width - s["layers"][0]["k"].shape[2]), (0, 0))
+            return {"pos": s["pos"], "layers": tuple({k: jnp.pad(e[k], pad) for k in ("k", "v")}
+                                                     for e in s["layers"])}
+        rows = [widen(s) for s in states] + [widen(None)] * (batch - len(states))
+        return stack_rows(rows)
+
+    def start_from_states(self, variables, states, tokens, lengths, max_new_tokens: int):
+        """Writes each row's suffix after its cached keys and values, as one prefill call."""
+        net = self.network()
+        # room for every row's suffix and reply after the widest cached prefix
+        pad = ((0, 0), (0, 0), (0, tokens.shape[1] + max(max_new_tokens, 1) - 1), (0, 0))
+        cache = {"pos": states["pos"],
+                 "layers": tuple({k: jnp.pad(e[k], pad) for k in ("k", "v")} for e in states["layers"])}
         logits, cache = net.apply(variables, tokens, cache, lengths, True, method=net.decode)
         return logits[:, 0], cache
 

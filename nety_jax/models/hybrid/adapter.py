@@ -4,12 +4,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nety_jax.config.sections import SOS_ID
 from nety_jax.layers.transformer import grow_cache, rewind_cache
-from nety_jax.models.base import Model, count_params
+from nety_jax.models.base import Model, count_params, row_of, stack_rows
 from nety_jax.models.hybrid.config import HybridConfig
 from nety_jax.models.hybrid.flops import train_step_flops
 from nety_jax.models.hybrid.network import HybridSeq2Seq
@@ -53,9 +54,31 @@ class HybridModel(Model):
         net = self.network()
         memory, mask = net.apply(variables, tokens, lengths, method=net.encode)
         cache = net.apply(variables, memory, mask, max(max_new_tokens, 1), tokens, method=net.init_cache)
-        sos = jnp.full((tokens.shape[0], 1), SOS_ID, jnp.int32)
+        return self._first_step(variables, cache)
+
+    def _first_step(self, variables, cache):
+        net = self.network()
+        sos = jnp.full((jax.tree_util.tree_leaves(cache)[0].shape[0], 1), SOS_ID, jnp.int32)
         logits, cache = net.apply(variables, sos, cache, method=net.decode_step)
         return logits[:, 0], cache
+
+    # The encoder pass of a source is reused as it is: its cross-attention keys and values (and
+    # the copy head's view). The key is the whole padded source row: NETY's pooling at the last
+    # padded position makes the memory depend on the padding too.
+    reuse = "whole"
+
+    def prompt_states(self, cache, rows: int) -> list:
+        encoded = self.network().encoded(cache)
+        return [row_of(encoded, i) for i in range(rows)]
+
+    def join_states(self, states: list, batch: int):
+        known = next(s for s in states if s is not None)  # fillers take any row: their reply is dropped
+        return stack_rows([known if s is None else s for s in states] + [known] * (batch - len(states)))
+
+    def start_from_states(self, variables, states, tokens, lengths, max_new_tokens: int):
+        net = self.network()
+        cache = net.apply(variables, states, max(max_new_tokens, 1), method=net.cache_from_encoded)
+        return self._first_step(variables, cache)
 
     def decode_step(self, variables, tokens, cache):
         net = self.network()

@@ -72,6 +72,19 @@ class HybridSeq2Seq(nn.Module):
             return cache
         return {"decoder": cache, "copy": self._copy_source(memory, memory_mask, src)}
 
+    def encoded(self, cache) -> dict:
+        """What a cache keeps of the encoder pass: each layer's cross-attention entry (and the
+        copy head's view of the memory)."""
+        dec = cache["decoder"] if self.cfg.copy else cache
+        kept = {"cross": tuple(entry["cross"] for entry in dec["layers"])}
+        return kept | ({"copy": cache["copy"]} if self.cfg.copy else {})
+
+    def cache_from_encoded(self, encoded: dict, max_len: int):
+        """``init_cache`` from what ``encoded`` kept, without the encoder."""
+        batch = jax.tree_util.tree_leaves(encoded["cross"])[0].shape[0]
+        cache = self.decoder.init_cache(batch, max_len, cross=encoded["cross"])
+        return {"decoder": cache, "copy": encoded["copy"]} if self.cfg.copy else cache
+
     def decode_step(self, tokens, cache):
         """(B, T) tokens at each row's next positions -> ((B, T, V) logits, cache)."""
         if not self.cfg.copy:

@@ -17,7 +17,7 @@ from nety_jax.layers.attention import length_mask
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.linear import Linear
 from nety_jax.layers.partitioning import embedding, named
-from nety_jax.models.base import last_real
+from nety_jax.models.base import last_real, row_of, stack_rows
 from nety_jax.models.flops import TRAIN_FACTOR, dense, recurrent_layer
 from nety_jax.models.lm import LanguageModel
 from nety_jax.models.rnn_lm.config import RNNLMConfig
@@ -55,10 +55,14 @@ class RNNLM(nn.Module):
         h, _, _ = self.rnn(self._embed(tokens, train), None, train, reset=reset)
         return self._logits(self.drop(h, deterministic=not train))
 
-    def prefill(self, tokens, lengths):
+    def prefill(self, tokens, lengths, start: Optional[dict] = None):
+        """Right-padded prompts -> (logits at each row's last token, cache); ``start``: a cache
+        to continue from (the prompts are then what follows the tokens it has read)."""
         live = length_mask(lengths, tokens.shape[1])
-        h, _, carries = self.rnn(self._embed(tokens, False), live=live)
-        return self._logits(last_real(h, lengths)), {"pos": lengths, "state": _to_cache(carries)}
+        carries = None if start is None else _from_cache(start["state"])
+        h, _, carries = self.rnn(self._embed(tokens, False), carries=carries, live=live)
+        pos = lengths if start is None else start["pos"] + lengths
+        return self._logits(last_real(h, lengths)), {"pos": pos, "state": _to_cache(carries)}
 
     def step(self, tokens, cache):
         """(B,) tokens -> (B, V) logits and the advanced carries."""
@@ -106,6 +110,21 @@ class RNNLMModel(LanguageModel):
         self.check_room(tokens.shape[1], max_new_tokens)
         net = self.network()
         return net.apply(variables, tokens, lengths, method=net.prefill)
+
+    # A prefix's state is the carries after its last token (a zero carry is the empty prefix).
+    reuse = "prefix"
+
+    def prompt_states(self, cache, rows: int) -> list:
+        return [row_of(cache, i) for i in range(rows)]
+
+    def join_states(self, states: list, batch: int):
+        known = next(s for s in states if s is not None)
+        empty = jax.tree_util.tree_map(jnp.zeros_like, known)
+        return stack_rows([empty if s is None else s for s in states] + [empty] * (batch - len(states)))
+
+    def start_from_states(self, variables, states, tokens, lengths, max_new_tokens: int):
+        net = self.network()
+        return net.apply(variables, tokens, lengths, states, method=net.prefill)
 
     def decode_step(self, variables, tokens, cache):
         net = self.network()
