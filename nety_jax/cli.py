@@ -187,7 +187,10 @@ def cmd_predict_next(args) -> int:
 def cmd_chat(args) -> int:
     from nety_jax.serving.chat import chat
     from nety_jax.serving.pretrained import load_pretrained
-    return chat(load_pretrained(args.checkpoint), seed=args.seed, **_decode_settings(args))
+    if args.prefix_cache_mb < 0:
+        raise NetyError(f"--prefix-cache-mb must be >= 0, got {args.prefix_cache_mb}")
+    return chat(load_pretrained(args.checkpoint, prefix_cache_mb=args.prefix_cache_mb), seed=args.seed,
+                **_decode_settings(args))
 
 
 def cmd_export(args) -> int:
@@ -296,6 +299,8 @@ def _add_commands(sub) -> None:
 
     p = sub.add_parser("chat", help="talk with a model at the terminal")
     p.add_argument("--checkpoint", required=True, help="run directory")
+    p.add_argument("--prefix-cache-mb", type=float, default=64,
+                   help="keep the prefill of recent prompts (the history) up to this size; 0: off")
     _decode_args(p)
     p.set_defaults(fn=cmd_chat)
 

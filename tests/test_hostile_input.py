@@ -74,6 +74,9 @@ class _SlowModel:
     def __init__(self):
         self.calls = 0
 
+    def chat_prompt(self, messages, max_new_tokens=None):
+        return messages[-1][1]
+
     def stream(self, texts, seed=0, **settings):
         self.calls += 1
         yield np.asarray([[5]])

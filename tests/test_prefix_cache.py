@@ -2,6 +2,7 @@
 cache never serves a state that is not exactly a prefix of the prompt (or, for a reused encoder
 pass, exactly the prompt)."""
 import functools
+import io
 
 import jax
 import jax.numpy as jnp
@@ -104,3 +105,113 @@ def test_hybrid_reuses_the_encoder_pass_of_an_identical_source(overrides):
     np.testing.assert_allclose(np.asarray(first), np.asarray(full_first)[::-1], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(_greedy(model, variables, first, cache, 3),
                                   _greedy(model, variables, full_first, full_cache, 3)[::-1])
+
+
+# -- the cache's keys, bound and counters (states stood in for by arrays of known size) --------
+def _state(nbytes=64):
+    return {"x": jnp.zeros((nbytes // 4,), jnp.float32)}
+
+
+def test_a_prompt_never_gets_a_state_that_is_not_its_own_prefix():
+    from nety_jax.serving.prefix_cache import PrefixCache
+    cache = PrefixCache(1 << 20, "prefix")
+    a = (5, 6, 7, 8)
+    cache.store(a, {"tag": jnp.asarray([1])})
+    assert cache.lookup((5, 6, 7, 9, 10, 11)) == (0, None)  # differs in the kept prompt's last token
+    assert cache.lookup((5, 6, 7)) == (0, None)  # a prefix OF the kept prompt: its state is too long
+    assert cache.lookup(a) == (0, None)  # the same prompt: something must be left to prefill
+    assert cache.lookup((4, 5, 6, 7, 8, 9))[0] == 0  # the kept tokens, shifted
+    n, state = cache.lookup(a + (1,))
+    assert n == 4 and int(state["tag"][0]) == 1
+    cache.store(a[:2], {"tag": jnp.asarray([2])})
+    cache.store(a + (1, 2), {"tag": jnp.asarray([3])})
+    # prompts that are prefixes of each other: each gets the longest kept one that it starts with
+    assert [(n, int(s["tag"][0])) for n, s in (cache.lookup(a[:3]), cache.lookup(a + (1,)),
+                                                cache.lookup(a + (1, 2, 3)), cache.lookup((5, 6, 0)))] == \
+        [(2, 2), (4, 1), (6, 3), (2, 2)]
+    assert cache.stats.hits == 5 and cache.stats.misses == 4
+
+
+def test_whole_reuse_needs_the_exact_padded_row():
+    from nety_jax.serving.prefix_cache import PrefixCache
+    cache = PrefixCache(1 << 20, "whole")
+    cache.store((5, 6, 2, 0), _state())
+    assert cache.lookup((5, 6, 2))[1] is None and cache.lookup((5, 6, 2, 0, 0))[1] is None
+    assert cache.lookup((5, 7, 2, 0))[1] is None
+    assert cache.lookup((5, 6, 2, 0))[0] == 4
+
+
+def test_the_cache_stays_within_its_bytes_evicting_the_least_recently_used():
+    from nety_jax.serving.prefix_cache import PrefixCache
+    cache = PrefixCache(3 * 64, "prefix")
+    for k in range(3):
+        cache.store((k, 1), _state())
+    assert cache.lookup((0, 1, 9))[0] == 2  # (0, 1) is now the most recently used
+    cache.store((3, 1), _state())
+    assert cache.stats.bytes == 3 * 64 and cache.stats.entries == 3 and cache.stats.evictions == 1
+    assert cache.lookup((1, 1, 9))[0] == 0  # the least recently used went
+    assert cache.lookup((0, 1, 9))[0] == 2 and cache.lookup((3, 1, 9))[0] == 2
+    assert not cache.store((4, 1), _state(4 * 64))  # alone over the bound: not kept, nothing evicted
+    assert cache.stats.entries == 3
+    cache.store((0, 1), _state(128))  # a key kept again replaces its entry
+    assert cache.stats.bytes <= 3 * 64 and cache.lookup((0, 1, 9))[0] == 2
+
+
+def test_a_cut_state_serves_prompts_sharing_the_start_of_a_kept_one():
+    """Keys and values cut back (the GPT): a kept prompt serves the tokens another prompt shares
+    with it, up to the first that differs, and never past the new prompt's last but one."""
+    from nety_jax.serving.prefix_cache import PrefixCache
+    cuts = []
+    a, b = np.asarray([1]), np.asarray([2])
+    cache = PrefixCache(1 << 20, "prefix", cut=lambda state, n: cuts.append(n) or (int(state[0]), n))
+    cache.store((1, 2, 3, 4, 5), a)
+    cache.store((1, 2, 9), b)
+    assert cache.lookup((1, 2, 3, 7, 7)) == (3, (1, 3))  # a system prompt shared, users differ
+    assert cache.lookup((1, 2, 3, 4, 5, 6)) == (5, a)  # the whole kept prompt: not cut
+    assert cache.lookup((1, 2, 3, 4, 5)) == (4, (1, 4))  # the same prompt: its last is prefilled
+    assert cache.lookup((2, 2, 3)) == (0, None) and cuts == [3, 4]
+
+
+# -- through the Python API and the chat ---------------------------------------------------------
+TURNS = ["Il était une fois", "Il était une fois un roi qui avait",
+         "Il était une reine"]  # the last shares only the start: a cut (GPT) or a miss
+
+
+@pytest.mark.parametrize("fixture", ["trained_gpt", "trained_rnn_lm"])
+def test_generation_through_the_cache_equals_generation_without(fixture, request):
+    from nety_jax.serving.pretrained import load_pretrained
+    workdir = request.getfixturevalue(fixture)[0]
+    plain, cached = load_pretrained(workdir), load_pretrained(workdir, prefix_cache_mb=8)
+    for text in TURNS:
+        want = plain.generate([text, "Le"], temperature=0.0, max_new_tokens=6)
+        assert cached.generate([text, "Le"], temperature=0.0, max_new_tokens=6) == want
+    stats = cached.prefix_cache.stats
+    assert stats.hits >= 1 + (fixture == "trained_gpt") and stats.hit_tokens > 0 and stats.entries >= 3
+
+
+def test_chat_resends_the_history_and_the_cache_spares_its_prefill(trained_gpt):
+    from nety_jax.serving.chat import chat
+    from nety_jax.serving.pretrained import load_pretrained
+    model = load_pretrained(trained_gpt[0], prefix_cache_mb=8)
+    out = io.StringIO()
+    assert chat(model, stdin=io.StringIO("Il était\nune fois\nun roi\n"), stdout=out, temperature=0.0,
+                max_new_tokens=4) == 0
+    assert out.getvalue().count("nety> ") == 3
+    stats = model.prefix_cache.stats
+    assert stats.misses == 1 and stats.hits == 2 and stats.hit_tokens >= 4  # turns 2 and 3 reuse the history
+
+
+def test_a_long_chat_leaves_out_its_oldest_messages(trained_gpt):
+    from nety_jax.serving.pretrained import load_pretrained
+    model = load_pretrained(trained_gpt[0])
+    history = [("user", f"message numéro {k} du roi et de la reine") for k in range(40)]
+    prompt = model.chat_prompt(history, 8)
+    assert prompt.endswith("numéro 39 du roi et de la reine") and "numéro 0 " not in prompt
+    assert len(model.tokenizer.encode(prompt)) <= model.model.prompts.limit(model.config.data, 8)
+
+
+def test_prefix_cache_size_is_checked(trained_gpt):
+    from nety_jax.errors import NetyError
+    from nety_jax.serving.pretrained import load_pretrained
+    with pytest.raises(NetyError, match="megabytes >= 0"):
+        load_pretrained(trained_gpt[0], prefix_cache_mb=-1)

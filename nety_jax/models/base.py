@@ -185,11 +185,17 @@ class Model(abc.ABC):
     # (start_from_states gets the suffixes); "whole": the state of a whole padded prompt is reused
     # as it is (start_from_states gets the same prompts again).
     reuse = "none"
+    states_cut = False  # cut_state works: a prompt's state also serves prompts sharing its start
 
     def prompt_states(self, cache, rows: int) -> list:
         """The reusable state of each of the first ``rows`` prompts, from the cache that
         ``start_decoding`` (or ``start_from_states``) returned; one batch-1 tree per row."""
         raise NotImplementedError(f"{type(self).__name__} reuses no prompt state")
+
+    def cut_state(self, state, n: int) -> Any:
+        """A "prefix" state of P tokens as the state of its first ``n`` < P tokens (only where
+        ``states_cut``: a recurrence keeps its last carry only)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot cut a prompt state")
 
     def join_states(self, states: list, batch: int) -> Any:
         """Per-row states (None: nothing cached, the row starts from scratch) -> one batch of

@@ -93,10 +93,11 @@ def _command(line: str, settings: dict, model, stdout) -> bool:
     return True
 
 
-def _reply(model, line: str, settings: dict, turn: int, stdout) -> str:
+def _reply(model, history: list, settings: dict, turn: int, stdout) -> str:
     options = {k: v for k, v in settings.items() if k != "seed"}
     text = ""
-    for tokens in model.stream([line], seed=settings["seed"] + turn, **options):
+    prompt = model.chat_prompt(history, settings["max_new_tokens"])
+    for tokens in model.stream([prompt], seed=settings["seed"] + turn, **options):
         text = model.tokenizer.decode(tokens[0].tolist())
     return text
 
@@ -109,7 +110,7 @@ def chat(model, seed: int = 0, stdin=None, stdout=None, **decode_overrides) -> i
     from nety_jax.serving.settings import seeds_per_row
     settings["seed"] = seeds_per_row(seed, 1, 1)
     read = _line_reader(stdin, stdout)
-    turn = 0
+    turn, history = 0, []
     print(f"NETY (step {model.step}). {HELP}", file=stdout)
     while True:
         try:
@@ -131,7 +132,7 @@ def chat(model, seed: int = 0, stdin=None, stdout=None, **decode_overrides) -> i
                 return 0
             continue
         try:
-            reply = _reply(model, line, settings, turn, stdout)
+            reply = _reply(model, history + [("user", line)], settings, turn, stdout)
         except KeyboardInterrupt:
             print("\n(interrupted)", file=stdout)
             continue
@@ -139,4 +140,5 @@ def chat(model, seed: int = 0, stdin=None, stdout=None, **decode_overrides) -> i
             print(f"(error: {e})", file=stdout)
             continue
         turn += 1
+        history += [("user", line), ("assistant", reply)]
         print(f"nety> {reply or '(empty reply)'}", file=stdout)

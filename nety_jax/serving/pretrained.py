@@ -38,6 +38,22 @@ class Pretrained:
         self.model = get_model(cfg.model)
         self.warn = warn
         self._logits = jax.jit(lambda v, batch: self.model.logits(v, batch)[0])
+        self.prefix_cache = None
+
+    def use_prefix_cache(self, megabytes: float) -> None:
+        """Keeps the prefill state of recent prompts, up to ``megabytes`` (0: none), for prompts
+        that start with them (``serving.prefix_cache``); sampled generation and streaming use it."""
+        from nety_jax.serving.prefix_cache import make_cache
+        if isinstance(megabytes, bool) or not isinstance(megabytes, (int, float)) \
+                or not 0 <= megabytes < float("inf"):
+            raise NetyError(f"prefix cache size must be a number of megabytes >= 0, got {megabytes!r}")
+        self.prefix_cache = make_cache(self.model, megabytes)
+
+    def _start(self, req, batch, params):
+        """The loop state after the prefill and the first token (through the prefix cache)."""
+        from nety_jax.serving.prefix_cache import prefill
+        return prefill(self.prefix_cache, self.model, self.variables, batch.tokens, batch.lengths,
+                       batch.count, params, req.spec, self.config.data.bucket_multiple)
 
     @property
     def task(self) -> str:
@@ -67,8 +83,14 @@ class Pretrained:
         if first_row == 0 and num_samples > 1 and all(t == 0 or k == 1 for t, k in zip(req.rows["temperature"], req.rows["top_k"])):
             self.warn(f"warning: num_samples={num_samples} with greedy decoding (temperature 0) gives "
                       f"{num_samples} identical replies; set a temperature > 0, or a beam size for its best")
-        out = generate_jit(self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
-                           params, model=self.model, spec=req.spec)
+        if self.prefix_cache is not None:  # the same loop, after a prefill through the cache
+            from nety_jax.decoding.generation import continue_stream, stream_result
+            state = continue_stream(self.variables, self._start(req, batch, params), req.spec.max_new_tokens,
+                                    model=self.model, spec=req.spec)
+            out = stream_result(state, req.spec)
+        else:
+            out = generate_jit(self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
+                               params, model=self.model, spec=req.spec)
         replies = decode_replies(self.tokenizer, out["tokens"], batch.count, batch if with_prompt else None)
         return [replies[i * num_samples: (i + 1) * num_samples] for i in range(len(texts))]
 
@@ -120,7 +142,7 @@ class Pretrained:
         """Yields the generated ids so far, (rows, tokens) numpy, every ``chunk`` tokens: the
         same loop as ``generate`` (same tokens for the same seed), paused between chunks so
         the caller can show progress or stop. Beam search yields once, at the end."""
-        from nety_jax.decoding.generation import continue_stream, start_stream, stream_result
+        from nety_jax.decoding.generation import continue_stream, stream_result
         texts, chunk = check_texts(texts), check_int("chunk", chunk, 1)
         if not texts:
             return
@@ -128,8 +150,7 @@ class Pretrained:
         if req.spec.beam_size > 1:
             yield self.generate_ids(texts, seed, **settings)["tokens"]
             return
-        args = (self.variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths))
-        state = start_stream(*args, params, model=self.model, spec=req.spec)
+        state = self._start(req, batch, params)
         while True:
             out = stream_result(state, req.spec)
             yield np.asarray(out["tokens"])[:batch.count]
@@ -137,6 +158,19 @@ class Pretrained:
                 return
             state = continue_stream(self.variables, state, int(state.pos) + chunk, model=self.model,
                                     spec=req.spec)
+
+    def chat_prompt(self, messages: Sequence[tuple[str, str]], max_new_tokens: Optional[int] = None) -> str:
+        """A conversation ((role, text) pairs) as the task makes it one prompt (a language model
+        continues the whole history, resent every turn: the prefix cache spares its prefill), its
+        oldest messages left out once it no longer fits with ``max_new_tokens`` more."""
+        prompts, data_cfg = self.model.prompts, self.config.data
+        limit = prompts.limit(data_cfg, max_new_tokens or self.config.decode.max_new_tokens)
+        start = 0
+        while True:
+            prompt = self.model.task.chat_prompt(messages[start:])
+            if start >= len(messages) - 1 or len(prompts.ids(self.tokenizer, prompt, data_cfg)) <= limit:
+                return prompt
+            start += 1
 
     def logits(self, batch: dict) -> np.ndarray:
         """Teacher-forced (B, T, V) logits in eval mode for a batch of the model's format:
@@ -164,10 +198,13 @@ def _fill_seed(seed, b: int):
 
 
 def load_pretrained(workdir: str, step: Optional[int] = None,
-                    warn: Callable[[str], None] = _stderr) -> Pretrained:
-    """Loads ``workdir`` (a ``nety-jax train``, ``import-torch`` or ``quantize`` output)."""
+                    warn: Callable[[str], None] = _stderr, prefix_cache_mb: float = 0) -> Pretrained:
+    """Loads ``workdir`` (a ``nety-jax train``, ``import-torch`` or ``quantize`` output);
+    ``prefix_cache_mb``: see ``Pretrained.use_prefix_cache`` (0: no prefix cache)."""
     cfg = read_run_config(workdir)
     tokenizer = load_run_tokenizer(workdir)
     variables, step = restore_inference_variables(workdir, cfg, get_model(cfg.model).abstract_variables(),
                                                   step, warn)
-    return Pretrained(cfg, tokenizer, variables, step, warn)
+    model = Pretrained(cfg, tokenizer, variables, step, warn)
+    model.use_prefix_cache(prefix_cache_mb)
+    return model

@@ -67,18 +67,23 @@ class GPTModel(LanguageModel):
     # tokens up to i only, so the first P positions of any prompt's cache serve every prompt that
     # starts with those P tokens. Kept widths are rounded up to STATE_MULTIPLE (few shapes).
     reuse = "prefix"
+    states_cut = True
     STATE_MULTIPLE = 16
 
     def prompt_states(self, cache, rows: int) -> list:
         pos = np.asarray(cache["pos"])
         size = cache["layers"][0]["k"].shape[2]
-        states = []
-        for i in range(rows):
-            width = min(-(-int(pos[i]) // self.STATE_MULTIPLE) * self.STATE_MULTIPLE, size)
-            layers = tuple({"k": e["k"][i:i + 1, :, :width], "v": e["v"][i:i + 1, :, :width]}
-                           for e in cache["layers"])
-            states.append({"pos": cache["pos"][i:i + 1], "layers": layers})
-        return states
+        return [self._kept(cache, i, int(pos[i]), size) for i in range(rows)]
+
+    def _kept(self, cache, i: int, n: int, size: int) -> dict:
+        """Row ``i`` of ``cache`` as the state of its first ``n`` tokens."""
+        width = min(-(-n // self.STATE_MULTIPLE) * self.STATE_MULTIPLE, size)
+        layers = tuple({"k": e["k"][i:i + 1, :, :width], "v": e["v"][i:i + 1, :, :width]}
+                       for e in cache["layers"])
+        return {"pos": jnp.full((1,), n, cache["pos"].dtype), "layers": layers}
+
+    def cut_state(self, state, n: int):
+        return self._kept(state, 0, n, state["layers"][0]["k"].shape[2])
 
     def join_states(self, states: list, batch: int):
         known = [s for s in states if s is not None]

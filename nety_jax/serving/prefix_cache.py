@@ -1,0 +1,184 @@
+"""A prefix cache: the prefill state of recent prompts, reused by prompts that start with them.
+
+A chat re-sends its system prompt and history every turn, few-shot prompts share their examples:
+their prefill is the same work each time. After a prefill, each prompt's state (the model's
+``prompt_states``: a language model's keys and values or carries, the hybrid's encoder pass) is
+kept under the exact tuple of its token ids. A later prompt takes the longest kept prompt that is
+a proper prefix of its own ids ("prefix" reuse; the rest is prefilled after it) or, for a reused
+encoder pass ("whole"), a kept prompt equal to its whole padded row. Keys are whole token tuples
+compared for equality, never hashes alone: a state is served only to a prompt that truly begins
+with (or is) the prompt it was computed for.
+
+The cache holds at most ``max_bytes`` of device arrays; the least recently used entries go first.
+A hit changes the floating-point order of the prefill (the suffix is computed apart), so a reply
+may differ from an uncached one by rounding, as with vLLM's prefix caching.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+from nety_jax.data.prompts import bucket
+
+
+def tree_bytes(tree) -> int:
+    return int(sum(x.nbytes for x in jax.tree_util.tree_leaves(tree)))
+
+
+@dataclasses.dataclass
+class CacheStats:
+    hits: int = 0  # prompts that started from a kept state
+    misses: int = 0
+    hit_tokens: int = 0  # prompt tokens not prefilled thanks to a hit
+    prompt_tokens: int = 0  # prompt tokens looked up
+    evictions: int = 0
+    entries: int = 0
+    bytes: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / max(self.hits + self.misses, 1)
+
+
+class PrefixCache:
+    """Prompt states keyed by exact token tuples, bounded in bytes, least recently used out first."""
+
+    def __init__(self, max_bytes: int, reuse: str, cut: Optional[Callable[[Any, int], Any]] = None):
+        """``cut(state, n)``: the state of a kept prompt's first ``n`` tokens (the model's
+        ``cut_state``), or None: then only whole kept prompts serve as prefixes."""
+        if reuse not in ("prefix", "whole"):
+            raise ValueError(f"reuse must be 'prefix' or 'whole', not {reuse!r}")
+        self.max_bytes, self.reuse, self.cut = int(max_bytes), reuse, cut
+        self._entries: collections.OrderedDict[tuple, tuple[Any, int]] = collections.OrderedDict()
+        self._lengths: collections.Counter = collections.Counter()  # key lengths kept (prefix lookups)
+        self._lock = threading.Lock()
+        self.stats = CacheStats()
+
+    def lookup(self, ids) -> tuple[int, Optional[Any]]:
+        """(tokens covered, state) for a prompt's ids; (0, None) on a miss."""
+        ids = tuple(int(t) for t in ids)
+        with self._lock:
+            key, n = self._find(ids)
+            self.stats.prompt_tokens += len(ids)
+            if key is None:
+                self.stats.misses += 1
+                return 0, None
+            self._entries.move_to_end(key)
+            self.stats.hits += 1
+            self.stats.hit_tokens += n
+            state = self._entries[key][0]
+        return n, (state if n == len(key) else self.cut(state, n))
+
+    def _find(self, ids: tuple) -> tuple[Optional[tuple], int]:
+        """(kept key, tokens of ``ids`` it covers): the longest kept proper prefix of ``ids`` or,
+        with ``cut``, the kept prompt sharing the most first tokens with ``ids`` (all but one at
+        most: the last must be prefilled for its logits)."""
+        if self.reuse == "whole":
+            return (ids, len(ids)) if ids in self._entries else (None, 0)
+        if self.cut is not None:
+            return self._longest_shared(ids)
+        for n in sorted((n for n in self._lengths if n < len(ids)), reverse=True):
+            if ids[:n] in self._entries:  # tuple equality: every token compared
+                return ids[:n], n
+        return None, 0
+
+    def _longest_shared(self, ids: tuple) -> tuple[Optional[tuple], int]:
+        best, best_n = None, 0
+        for key in self._entries:
+            n = min(len(key), len(ids) - 1)
+            differ = np.flatnonzero(np.asarray(key[:n]) != np.asarray(ids[:n]))
+            n = int(differ[0]) if len(differ) else n
+            if n > best_n:
+                best, best_n = key, n
+        return best, best_n
+
+    def store(self, ids, state) -> bool:
+        """Keeps ``state`` for ``ids`` (False when it alone is over the bound)."""
+        ids, size = tuple(int(t) for t in ids), tree_bytes(state)
+        if size > self.max_bytes or not ids:
+            return False
+        with self._lock:
+            if ids in self._entries:
+                self._drop(ids)
+            while self._entries and self.stats.bytes + size > self.max_bytes:
+                self._drop(next(iter(self._entries)))
+                self.stats.evictions += 1
+            self._entries[ids] = (state, size)
+            self._lengths[len(ids)] += 1
+            self.stats.bytes += size
+            self.stats.entries = len(self._entries)
+        return True
+
+    def _drop(self, key: tuple) -> None:
+        _, size = self._entries.pop(key)
+        self._lengths[len(key)] -= 1
+        if not self._lengths[len(key)]:
+            del self._lengths[len(key)]
+        self.stats.bytes -= size
+        self.stats.entries = len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            for key in list(self._entries):
+                self._drop(key)
+
+
+def make_cache(model, megabytes: float) -> Optional[PrefixCache]:
+    """A cache of ``megabytes`` for ``model`` (an adapter), or None (0 MB, or nothing to reuse)."""
+    if megabytes < 0:
+        raise ValueError(f"the prefix cache size must be >= 0 MB, got {megabytes}")
+    if not megabytes or model.reuse == "none":
+        return None
+    cut = model.cut_state if model.reuse == "prefix" and model.states_cut else None
+    return PrefixCache(int(megabytes * 2 ** 20), model.reuse, cut)
+
+
+def _row_key(cache: PrefixCache, tokens: np.ndarray, lengths: np.ndarray, i: int) -> tuple:
+    """A prompt's key: its ids ("prefix"), or its whole padded row ("whole")."""
+    return tuple(tokens[i, : lengths[i]]) if cache.reuse == "prefix" else tuple(tokens[i])
+
+
+def prefill(cache: Optional[PrefixCache], model, variables, tokens: np.ndarray, lengths: np.ndarray,
+            count: int, params, spec, bucket_multiple: int = 8):
+    """The loop state after a prefill and the first token (``decoding.start_stream``), starting
+    each of the first ``count`` rows from the longest state ``cache`` keeps for it, then keeping
+    every row's whole prompt state. Without a cache, exactly ``start_stream``."""
+    import jax.numpy as jnp
+    from nety_jax.decoding import start_stream, start_stream_from
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    if cache is None:
+        return start_stream(variables, jnp.asarray(tokens), jnp.asarray(lengths), params, model=model, spec=spec)
+    keys = [_row_key(cache, tokens, lengths, i) for i in range(count)]
+    found = [cache.lookup(k) for k in keys]
+    usable = any(n for n, _ in found) if cache.reuse == "prefix" else all(n for n, _ in found)
+    if not usable:
+        state = start_stream(variables, jnp.asarray(tokens), jnp.asarray(lengths), params, model=model, spec=spec)
+    elif cache.reuse == "whole":
+        states = model.join_states([s for _, s in found], tokens.shape[0])
+        state = start_stream_from(variables, states, jnp.asarray(tokens), jnp.asarray(lengths), params,
+                                  model=model, spec=spec)
+    else:
+        states = model.join_states([s for _, s in found], tokens.shape[0])
+        rest, rest_lengths = _suffixes(tokens, lengths, [n for n, _ in found], bucket_multiple)
+        state = start_stream_from(variables, states, jnp.asarray(rest), jnp.asarray(rest_lengths), params,
+                                  model=model, spec=spec)
+    for key, row_state in zip(keys, model.prompt_states(state.cache, count)):
+        # a copy: a slice of a whole array can be that array, and the loop donates its cache
+        cache.store(key, jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), row_state))
+    return state
+
+
+def _suffixes(tokens: np.ndarray, lengths: np.ndarray, covered: list, multiple: int):
+    """Each row's tokens after the ``covered`` ones, right-padded to a bucketed width (rows past
+    ``covered``, the fillers, keep their whole prompt)."""
+    covered = list(covered) + [0] * (len(tokens) - len(covered))
+    rest_lengths = np.asarray([max(int(n) - c, 1) for n, c in zip(lengths, covered)], np.int32)
+    rest = np.zeros((len(tokens), bucket(int(rest_lengths.max()), multiple)), np.int32)
+    for i, c in enumerate(covered):
+        rest[i, : rest_lengths[i]] = tokens[i, c: c + rest_lengths[i]]
+    return rest, rest_lengths
