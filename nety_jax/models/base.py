@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -189,7 +190,8 @@ class Model(abc.ABC):
 
     def prompt_states(self, cache, rows: int) -> list:
         """The reusable state of each of the first ``rows`` prompts, from the cache that
-        ``start_decoding`` (or ``start_from_states``) returned; one batch-1 tree per row."""
+        ``start_decoding`` (or ``start_from_states``) returned; one batch-1 tree per row, in
+        buffers of its own (the cache itself is donated to the decoding loop)."""
         raise NotImplementedError(f"{type(self).__name__} reuses no prompt state")
 
     def cut_state(self, state, n: int) -> Any:
@@ -230,11 +232,15 @@ def last_real(x: jax.Array, lengths: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx.reshape((-1,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def row_of(tree, i: int):
-    """Row ``i`` of a batch-first tree, as a batch of one."""
-    return jax.tree_util.tree_map(lambda x: x[i:i + 1], tree)
+    """Row ``i`` of a batch-first tree, as a batch of one in buffers of its own (a slice can be
+    its whole array, and decoding loops donate their caches)."""
+    return jax.tree_util.tree_map(lambda x: jnp.copy(x[i:i + 1]), tree)
 
 
 def stack_rows(trees: list):
     """Batch-of-one trees of equal shapes -> one batch."""
+    if len(trees) == 1:
+        return trees[0]
     return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *trees)

@@ -168,8 +168,7 @@ def prefill(cache: Optional[PrefixCache], model, variables, tokens: np.ndarray, 
         state = start_stream_from(variables, states, jnp.asarray(rest), jnp.asarray(rest_lengths), params,
                                   model=model, spec=spec)
     for key, row_state in zip(keys, model.prompt_states(state.cache, count)):
-        # a copy: a slice of a whole array can be that array, and the loop donates its cache
-        cache.store(key, jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), row_state))
+        cache.store(key, row_state)
     return state
 
 

@@ -8,8 +8,10 @@ an untied output head without bias. Parameters live at the top level: ``embed``,
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -77,16 +79,15 @@ class GPTModel(LanguageModel):
 
     def _kept(self, cache, i: int, n: int, size: int) -> dict:
         """Row ``i`` of ``cache`` as the state of its first ``n`` tokens."""
-        width = min(-(-n // self.STATE_MULTIPLE) * self.STATE_MULTIPLE, size)
-        layers = tuple({"k": e["k"][i:i + 1, :, :width], "v": e["v"][i:i + 1, :, :width]}
-                       for e in cache["layers"])
-        return {"pos": jnp.full((1,), n, cache["pos"].dtype), "layers": layers}
+        return _row_keys_values(cache, n, i, min(-(-n // self.STATE_MULTIPLE) * self.STATE_MULTIPLE, size))
 
     def cut_state(self, state, n: int):
         return self._kept(state, 0, n, state["layers"][0]["k"].shape[2])
 
     def join_states(self, states: list, batch: int):
         known = [s for s in states if s is not None]
+        if batch == 1 and states[0] is not None:  # a chat: nothing to fill
+            return states[0]
         width = max(s["layers"][0]["k"].shape[2] for s in known)
 
         def widen(s):
@@ -127,3 +128,10 @@ class GPTModel(LanguageModel):
     def keep_steps(self, pending, n):
         cache, before = pending
         return rewind_cache(cache, before + n)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _row_keys_values(cache, n, i: int, width: int) -> dict:
+    """Row ``i``'s first ``width`` keys and values (copies: the loop donates the cache), at ``n``."""
+    layers = tuple({k: jnp.copy(e[k][i:i + 1, :, :width]) for k in ("k", "v")} for e in cache["layers"])
+    return {"pos": jnp.full((1,), n, cache["pos"].dtype), "layers": layers}
