@@ -78,21 +78,6 @@ def test_continuing_from_a_prefix_state_equals_the_full_prefill(path):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("path", [GPT_TINY, RNN_LM], ids=["gpt", "rnn_lm"])
-def test_a_state_of_a_prompt_that_continued_a_prefix_continues_again(path):
-    """Chat turns: a state saved from a continued prefill serves the next turn."""
-    model, variables = _model(path)
-    whole = PROMPTS[1]
-    first_turn = model.prompt_states(_start(model, variables, *_batch([whole[:5]]))[1], 1)
-    toks, lens = _batch([whole[5:12]])
-    second_turn = model.prompt_states(
-        _start_from(model, variables, model.join_states(first_turn, 1), toks, lens)[1], 1)
-    toks, lens = _batch([whole[12:]])
-    first, _ = _start_from(model, variables, model.join_states(second_turn, 1), toks, lens)
-    full, _ = _start(model, variables, *_batch([whole]))
-    np.testing.assert_allclose(np.asarray(first), np.asarray(full), rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.parametrize("overrides", [(), ("model.copy=true", "model.memory=sequence")], ids=["plain", "copy"])
 def test_hybrid_reuses_the_encoder_pass_of_an_identical_source(overrides):
     model, variables = _model(TINY, *overrides)

@@ -210,6 +210,12 @@ class Model(abc.ABC):
         each row's state (``lengths`` >= 1); the result equals prefilling the whole prompts."""
         raise NotImplementedError(f"{type(self).__name__} reuses no prompt state")
 
+    def slot_prefill_from(self, variables: Variables, states, tokens: jax.Array, lengths: jax.Array,
+                          source_len: int) -> tuple[jax.Array, Any]:
+        """``start_from_states`` whose cache rows take the slot layout of continuous batching
+        (``slot_prefill``: the same logits and rows as it gives for the whole prompts)."""
+        raise NotImplementedError(f"{type(self).__name__} reuses no prompt state")
+
     # -- serving -----------------------------------------------------------------------------
     @property
     def prompts(self):

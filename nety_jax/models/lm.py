@@ -36,3 +36,6 @@ class LanguageModel(Model):
         """A cache of the whole context (``model.max_len`` positions) whatever the prompt length:
         every row keeps room for the longest reply after its prompt."""
         return self.start_decoding(variables, tokens, lengths, self.cfg.max_len - tokens.shape[1] + 1)
+
+    def slot_prefill_from(self, variables, states, tokens, lengths, source_len: int):
+        return self.start_from_states(variables, states, tokens, lengths, 1)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
+from nety_jax.config.sections import PAD_ID
 from nety_jax.data.prompts import bucket
 
 
@@ -62,15 +63,16 @@ class PrefixCache:
     def lookup(self, ids) -> tuple[int, Optional[Any]]:
         """(tokens covered, state) for a prompt's ids; (0, None) on a miss."""
         ids = tuple(int(t) for t in ids)
+        real = len(ids) if self.reuse == "prefix" else sum(1 for t in ids if t != PAD_ID)  # padding aside
         with self._lock:
             key, n = self._find(ids)
-            self.stats.prompt_tokens += len(ids)
+            self.stats.prompt_tokens += real
             if key is None:
                 self.stats.misses += 1
                 return 0, None
             self._entries.move_to_end(key)
             self.stats.hits += 1
-            self.stats.hit_tokens += n
+            self.stats.hit_tokens += n if self.reuse == "prefix" else real
             state = self._entries[key][0]
         return n, (state if n == len(key) else self.cut(state, n))
 
@@ -138,9 +140,37 @@ def make_cache(model, megabytes: float) -> Optional[PrefixCache]:
     return PrefixCache(int(megabytes * 2 ** 20), model.reuse, cut)
 
 
-def _row_key(cache: PrefixCache, tokens: np.ndarray, lengths: np.ndarray, i: int) -> tuple:
-    """A prompt's key: its ids ("prefix"), or its whole padded row ("whole")."""
-    return tuple(tokens[i, : lengths[i]]) if cache.reuse == "prefix" else tuple(tokens[i])
+def _row_key(cache: PrefixCache, tokens: np.ndarray, lengths: np.ndarray, i: int, width: int) -> tuple:
+    """A prompt's key: its ids ("prefix"), or its whole row padded to ``width`` ("whole")."""
+    if cache.reuse == "prefix":
+        return tuple(tokens[i, : lengths[i]])
+    return tuple(tokens[i, : lengths[i]]) + (0,) * (width - int(lengths[i]))
+
+
+def through_cache(cache: Optional[PrefixCache], model, tokens: np.ndarray, lengths: np.ndarray, count: int,
+                  run: Callable, run_from: Callable, bucket_multiple: int = 8, width: Optional[int] = None):
+    """A prefill through ``cache``: ``run(tokens, lengths)`` (device arrays) on a miss,
+    ``run_from(states, tokens, lengths)`` from the states kept for the first ``count`` rows
+    (what follows them, for "prefix" reuse); whatever either returns, its ``.cache`` is the
+    prefill's, from which every row's whole prompt state is kept. ``width``: the padded width
+    the model encodes a whole prompt at ("whole" keys; the batch's width by default)."""
+    import jax.numpy as jnp
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    if cache is None:
+        return run(jnp.asarray(tokens), jnp.asarray(lengths))
+    keys = [_row_key(cache, tokens, lengths, i, width or tokens.shape[1]) for i in range(count)]
+    found = [cache.lookup(k) for k in keys]
+    usable = any(n for n, _ in found) if cache.reuse == "prefix" else all(n for n, _ in found)
+    if not usable:
+        out = run(jnp.asarray(tokens), jnp.asarray(lengths))
+    else:
+        states = model.join_states([s for _, s in found], tokens.shape[0])
+        if cache.reuse == "prefix":
+            tokens, lengths = _suffixes(tokens, lengths, [n for n, _ in found], bucket_multiple)
+        out = run_from(states, jnp.asarray(tokens), jnp.asarray(lengths))
+    for key, row_state in zip(keys, model.prompt_states(out.cache, count)):
+        cache.store(key, row_state)
+    return out
 
 
 def prefill(cache: Optional[PrefixCache], model, variables, tokens: np.ndarray, lengths: np.ndarray,
@@ -148,28 +178,10 @@ def prefill(cache: Optional[PrefixCache], model, variables, tokens: np.ndarray, 
     """The loop state after a prefill and the first token (``decoding.start_stream``), starting
     each of the first ``count`` rows from the longest state ``cache`` keeps for it, then keeping
     every row's whole prompt state. Without a cache, exactly ``start_stream``."""
-    import jax.numpy as jnp
     from nety_jax.decoding import start_stream, start_stream_from
-    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
-    if cache is None:
-        return start_stream(variables, jnp.asarray(tokens), jnp.asarray(lengths), params, model=model, spec=spec)
-    keys = [_row_key(cache, tokens, lengths, i) for i in range(count)]
-    found = [cache.lookup(k) for k in keys]
-    usable = any(n for n, _ in found) if cache.reuse == "prefix" else all(n for n, _ in found)
-    if not usable:
-        state = start_stream(variables, jnp.asarray(tokens), jnp.asarray(lengths), params, model=model, spec=spec)
-    elif cache.reuse == "whole":
-        states = model.join_states([s for _, s in found], tokens.shape[0])
-        state = start_stream_from(variables, states, jnp.asarray(tokens), jnp.asarray(lengths), params,
-                                  model=model, spec=spec)
-    else:
-        states = model.join_states([s for _, s in found], tokens.shape[0])
-        rest, rest_lengths = _suffixes(tokens, lengths, [n for n, _ in found], bucket_multiple)
-        state = start_stream_from(variables, states, jnp.asarray(rest), jnp.asarray(rest_lengths), params,
-                                  model=model, spec=spec)
-    for key, row_state in zip(keys, model.prompt_states(state.cache, count)):
-        cache.store(key, row_state)
-    return state
+    run = lambda t, n: start_stream(variables, t, n, params, model=model, spec=spec)
+    run_from = lambda states, t, n: start_stream_from(variables, states, t, n, params, model=model, spec=spec)
+    return through_cache(cache, model, tokens, lengths, count, run, run_from, bucket_multiple)
 
 
 def _suffixes(tokens: np.ndarray, lengths: np.ndarray, covered: list, multiple: int):

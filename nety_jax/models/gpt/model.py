@@ -111,6 +111,18 @@ class GPTModel(LanguageModel):
         logits, cache = net.apply(variables, tokens, cache, lengths, True, method=net.decode)
         return logits[:, 0], cache
 
+    def slot_prefill_from(self, variables, states, tokens, lengths, source_len: int):
+        """The slot layout holds the whole context (``model.max_len`` positions); past it a
+        continued prefill writes only padding (a prompt and its suffix fit the context)."""
+        logits, cache = self.start_from_states(variables, states, tokens, lengths, 1)
+        size = self.cfg.max_len
+
+        def fit(x):
+            return x[:, :, :size] if x.shape[2] >= size else jnp.pad(
+                x, ((0, 0), (0, 0), (0, size - x.shape[2]), (0, 0)))
+        return logits, {"pos": cache["pos"], "layers": tuple({k: fit(e[k]) for k in ("k", "v")}
+                                                             for e in cache["layers"])}
+
     def decode_step(self, variables, tokens, cache):
         net = self.network()
         logits, cache = net.apply(variables, tokens[:, None], cache, method=net.decode)

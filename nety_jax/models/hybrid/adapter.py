@@ -75,6 +75,9 @@ class HybridModel(Model):
         known = next(s for s in states if s is not None)  # fillers take any row: their reply is dropped
         return stack_rows([known if s is None else s for s in states] + [known] * (batch - len(states)))
 
+    def slot_prefill_from(self, variables, states, tokens, lengths, source_len: int):
+        return self.start_from_states(variables, states, tokens, lengths, self.prompts.max_new_tokens())
+
     def start_from_states(self, variables, states, tokens, lengths, max_new_tokens: int):
         net = self.network()
         cache = net.apply(variables, states, max(max_new_tokens, 1), method=net.cache_from_encoded)
