@@ -170,6 +170,10 @@ def test_generation_through_the_cache_equals_generation_without(fixture, request
     for text in TURNS:
         want = plain.generate([text, "Le"], temperature=0.0, max_new_tokens=6)
         assert cached.generate([text, "Le"], temperature=0.0, max_new_tokens=6) == want
+    if fixture == "trained_gpt":  # speculation looks its drafts up in the whole prompt, not the suffix
+        text = TURNS[1] + " un roi qui avait"
+        assert cached.generate([text], temperature=0.0, max_new_tokens=6, speculate="ngram") == \
+            plain.generate([text], temperature=0.0, max_new_tokens=6)
     stats = cached.prefix_cache.stats
     assert stats.hits >= 1 + (fixture == "trained_gpt") and stats.hit_tokens > 0 and stats.entries >= 3
 

@@ -61,11 +61,16 @@ def start_stream(variables, tokens, lengths, params: SamplingParams, *, model, s
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec"))
-def start_stream_from(variables, states, tokens, lengths, params: SamplingParams, *, model, spec: LoopSpec):
+def start_stream_from(variables, states, tokens, lengths, params: SamplingParams, prompt, prompt_lengths, *,
+                      model, spec: LoopSpec):
     """``start_stream`` from reused prompt states (``model.start_from_states``): ``tokens`` are
-    what follows each row's state ("prefix" reuse) or the whole prompts ("whole")."""
+    what follows each row's state ("prefix" reuse) or the whole prompts ("whole"); ``prompt``
+    and ``prompt_lengths`` are the whole prompts (where speculation looks up its drafts)."""
     first, cache = model.start_from_states(variables, states, tokens, lengths, spec.max_new_tokens)
-    return start(first, cache, params, spec)
+    if spec.speculative:
+        cache = model.draft_room(cache, spec.draft_tokens + 1)
+        return speculative.start(first, cache, prompt, prompt_lengths, params, spec)
+    return loop.start(first, cache, params, spec)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec"), donate_argnums=(1,))

@@ -178,9 +178,12 @@ def prefill(cache: Optional[PrefixCache], model, variables, tokens: np.ndarray, 
     """The loop state after a prefill and the first token (``decoding.start_stream``), starting
     each of the first ``count`` rows from the longest state ``cache`` keeps for it, then keeping
     every row's whole prompt state. Without a cache, exactly ``start_stream``."""
+    import jax.numpy as jnp
     from nety_jax.decoding import start_stream, start_stream_from
     run = lambda t, n: start_stream(variables, t, n, params, model=model, spec=spec)
-    run_from = lambda states, t, n: start_stream_from(variables, states, t, n, params, model=model, spec=spec)
+    prompt = (jnp.asarray(tokens), jnp.asarray(lengths))
+    run_from = lambda states, t, n: start_stream_from(variables, states, t, n, params, *prompt, model=model,
+                                                      spec=spec)
     return through_cache(cache, model, tokens, lengths, count, run, run_from, bucket_multiple)
 
 
