@@ -187,10 +187,14 @@ def cmd_predict_next(args) -> int:
 def cmd_chat(args) -> int:
     from nety_jax.serving.chat import chat
     from nety_jax.serving.pretrained import load_pretrained
-    if args.prefix_cache_mb < 0:
-        raise NetyError(f"--prefix-cache-mb must be >= 0, got {args.prefix_cache_mb}")
-    return chat(load_pretrained(args.checkpoint, prefix_cache_mb=args.prefix_cache_mb), seed=args.seed,
+    return chat(load_pretrained(args.checkpoint, prefix_cache_mb=_prefix_cache_mb(args)), seed=args.seed,
                 **_decode_settings(args))
+
+
+def _prefix_cache_mb(args) -> float:
+    if not 0 <= args.prefix_cache_mb < float("inf"):
+        raise NetyError(f"--prefix-cache-mb must be a number >= 0, got {args.prefix_cache_mb}")
+    return args.prefix_cache_mb
 
 
 def cmd_export(args) -> int:
@@ -232,7 +236,8 @@ def cmd_export_hf(args) -> int:
 def cmd_serve(args) -> int:
     from nety_jax.serving.server import serve
     return serve(args.checkpoint, args.exported, args.host, args.port, args.max_batch, args.batch_window_ms,
-                 args.queue_size, args.max_tokens, args.chunk, args.name, args.batching, args.slots)
+                 args.queue_size, args.max_tokens, args.chunk, args.name, args.batching, args.slots,
+                 _prefix_cache_mb(args))
 
 
 def cmd_quantize(args) -> int:
@@ -330,6 +335,8 @@ def _add_commands(sub) -> None:
                         "after the prompt; dynamic: the compiled maximum, default the run's)")
     p.add_argument("--chunk", type=int, default=8, help="tokens per decode chunk (between stream updates)")
     p.add_argument("--name", help="the model id clients see (default: the directory name)")
+    p.add_argument("--prefix-cache-mb", type=float, default=256,
+                   help="keep the prefill of recent prompts up to this size for prompts sharing their start; 0: off")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("quantize", help="int8 weight-only copy of a run, for inference")

@@ -204,3 +204,47 @@ def test_prefix_cache_size_is_checked(trained_gpt):
     from nety_jax.serving.pretrained import load_pretrained
     with pytest.raises(NetyError, match="megabytes >= 0"):
         load_pretrained(trained_gpt[0], prefix_cache_mb=-1)
+
+
+# -- the serving engines -------------------------------------------------------------------------
+ENGINE_PROMPTS = ["Il était une fois", "Il était une fois un roi", "Il était une reine", "Il était une fois"]
+
+
+@pytest.mark.parametrize("batching", ["continuous", "dynamic"])
+@pytest.mark.parametrize("fixture", ["trained_gpt", "trained_run"], ids=["gpt", "hybrid"])
+def test_the_engines_prefill_through_the_cache_with_the_replies_of_a_plain_generate(fixture, batching, request):
+    """Prompts that extend, share the start of, or repeat earlier ones (served one after the other,
+    so the cache holds the earlier ones): each reply is the one an uncached generate gives."""
+    from nety_jax.serving.engine import PretrainedBackend, Row
+    from nety_jax.serving.pretrained import load_pretrained
+    from nety_jax.serving.server import make_engine
+    from test_continuous import _submit
+    workdir = request.getfixturevalue(fixture)
+    workdir = workdir[0] if isinstance(workdir, tuple) else workdir
+    plain, cached = load_pretrained(workdir), load_pretrained(workdir, prefix_cache_mb=8)
+    engine = make_engine(PretrainedBackend(cached), batching, 4, 1.0, 8, 4, 2)
+    for prompt in ENGINE_PROMPTS:
+        ids = cached.model.prompts.ids(cached.tokenizer, prompt, cached.config.data)
+        _, finished, results = _submit(engine, [Row(ids, 0.0, 0, 1.0, 6, 0)])
+        assert finished.wait(300)
+        (kind, (got,)), = results
+        assert got.text == plain.generate([prompt], temperature=0.0, max_new_tokens=6)[0][0], prompt
+    engine.close()
+    stats = cached.prefix_cache.stats
+    assert stats.hits >= (3 if fixture == "trained_gpt" else 1) and stats.hit_tokens > 0
+
+
+def test_the_cache_counters_are_prometheus_metrics():
+    from prometheus_client import CollectorRegistry, generate_latest
+    from nety_jax.serving.prefix_cache import CacheCollector, PrefixCache
+    cache = PrefixCache(1 << 20, "prefix")
+    cache.store((1, 2), _state())
+    cache.lookup((1, 2, 3))
+    cache.lookup((4, 5))
+    registry = CollectorRegistry()
+    registry.register(CacheCollector(cache))
+    text = generate_latest(registry).decode()
+    for line in ("nety_prefix_cache_hits_total 1.0", "nety_prefix_cache_misses_total 1.0",
+                 "nety_prefix_cache_hit_tokens_total 2.0", "nety_prefix_cache_bytes 64.0",
+                 "nety_prefix_cache_entries 1.0", f"nety_prefix_cache_max_bytes {float(1 << 20)}"):
+        assert line in text, line

@@ -83,9 +83,20 @@ def prefill_rows(variables, tokens, lengths, params: SamplingParams, *, model, s
                  source_len: int) -> Prefilled:
     """Right-padded prompts (B, P) -> their cache rows and first tokens (the hook point of a
     prefix cache: see the module's docstring)."""
-    logits, cache = model.slot_prefill(variables, tokens, lengths, source_len)
-    count = jnp.zeros(tokens.shape[:1], jnp.int32)
-    history = jnp.full((tokens.shape[0], 1), PAD_ID, jnp.int32)
+    return _prefilled(*model.slot_prefill(variables, tokens, lengths, source_len), params, spec)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "spec", "source_len"))
+def prefill_rows_from(variables, states, tokens, lengths, params: SamplingParams, *, model, spec: LoopSpec,
+                      source_len: int) -> Prefilled:
+    """``prefill_rows`` from reused prompt states (``model.slot_prefill_from``; ``tokens``: what
+    follows each row's state, or the whole prompts: ``serving/prefix_cache.py``)."""
+    return _prefilled(*model.slot_prefill_from(variables, states, tokens, lengths, source_len), params, spec)
+
+
+def _prefilled(logits, cache, params: SamplingParams, spec: LoopSpec) -> Prefilled:
+    count = jnp.zeros(logits.shape[:1], jnp.int32)
+    history = jnp.full((logits.shape[0], 1), PAD_ID, jnp.int32)
     first = _choose(logits, params, history, count, spec)
     done = (params.max_new_tokens <= 0) | _finished(first, count + 1, params, spec)
     return Prefilled(cache=cache, first=first, done=done, params=params)

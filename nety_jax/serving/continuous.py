@@ -41,6 +41,7 @@ class SlotRunner:
         self.data_cfg, self.prompts = backend.data_cfg, backend.prompts
         self.room = self.prompts.max_new_tokens()
         self.source_len = self.prompts.limit(self.data_cfg, 1)  # the longest prompt the model takes
+        self.prefix_cache = getattr(backend.model, "prefix_cache", None)
         self.reset()
 
     def reset(self) -> None:
@@ -65,12 +66,20 @@ class SlotRunner:
             b, temperature=fill([r.temperature for r in rows], 0.0), top_k=fill([r.top_k for r in rows], 0),
             top_p=fill([r.top_p for r in rows], 1.0), max_new_tokens=fill([r.max_new_tokens for r in rows], 0),
             seed=list(fill([r.seed for r in rows], 0)))
-        out = self.device.prefill_rows(self.variables, jnp.asarray(tokens), jnp.asarray(lengths), params,
-                                       model=self.model, spec=self.spec, source_len=self.source_len)
+        out = self._prefill(tokens, lengths, n, params)
         where = np.full((b,), self.slots, np.int32)  # padding rows land nowhere
         where[:n] = slot_ids
         self.state = self.device.insert_rows(self.state, out, jnp.asarray(where), model=self.model)
         return np.asarray(out.first)[:n], np.asarray(out.done)[:n]
+
+    def _prefill(self, tokens: np.ndarray, lengths: np.ndarray, n: int, params):
+        """``device.prefill_rows``, through the prefix cache when the model has one."""
+        from nety_jax.serving.prefix_cache import through_cache
+        static = {"model": self.model, "spec": self.spec, "source_len": self.source_len}
+        run = lambda t, m: self.device.prefill_rows(self.variables, t, m, params, **static)
+        run_from = lambda states, t, m: self.device.prefill_rows_from(self.variables, states, t, m, params, **static)
+        return through_cache(self.prefix_cache, self.model, tokens, lengths, n, run, run_from,
+                             self.data_cfg.bucket_multiple, width=self.source_len)
 
     def step(self, stop: np.ndarray, start: np.ndarray, steps: int):
         """One chunk; returns counts (S,), done (S,) and (S, steps) tokens from ``start`` on."""

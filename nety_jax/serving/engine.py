@@ -292,8 +292,9 @@ class PretrainedBackend:
 
     def run(self, batch: PromptBatch, rows: list[Row], on_chunk, chunk: int):
         import jax.numpy as jnp
-        from nety_jax.decoding import SamplingParams, continue_stream, start_stream
+        from nety_jax.decoding import SamplingParams, continue_stream
         from nety_jax.decoding.loop import result
+        from nety_jax.serving.prefix_cache import prefill
         b = batch.tokens.shape[0]
         fill = lambda values, pad: np.asarray(values + [pad] * (b - len(values)))
         params = SamplingParams.create(
@@ -301,8 +302,8 @@ class PretrainedBackend:
             top_p=fill([r.top_p for r in rows], 1.0), max_new_tokens=fill([r.max_new_tokens for r in rows], 0),
             seed=list(fill([r.seed for r in rows], 0)))
         variables, model, spec = self.model.variables, self.model.model, self.spec
-        state = start_stream(variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths), params,
-                             model=model, spec=spec)
+        state = prefill(getattr(self.model, "prefix_cache", None), model, variables, batch.tokens, batch.lengths,
+                        len(rows), params, spec, self.data_cfg.bucket_multiple)
         while True:
             tokens = np.asarray(state.tokens)
             stop = on_chunk(tokens[: len(rows)], np.asarray(state.done)[: len(rows)])

@@ -196,3 +196,24 @@ def _suffixes(tokens: np.ndarray, lengths: np.ndarray, covered: list, multiple: 
     for i, c in enumerate(covered):
         rest[i, : rest_lengths[i]] = tokens[i, c: c + rest_lengths[i]]
     return rest, rest_lengths
+
+
+class CacheCollector:
+    """A Prometheus collector of a prefix cache's counters (read when /metrics is scraped)."""
+
+    def __init__(self, cache: PrefixCache):
+        self.cache = cache
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        s = self.cache.stats
+        for name, doc, value in (("hits", "prompts that started from a kept prefill state", s.hits),
+                                 ("misses", "prompts with no kept state to start from", s.misses),
+                                 ("hit_tokens", "prompt tokens not prefilled thanks to a hit", s.hit_tokens),
+                                 ("prompt_tokens", "prompt tokens looked up", s.prompt_tokens),
+                                 ("evictions", "states evicted to stay within the bound", s.evictions)):
+            yield CounterMetricFamily(f"nety_prefix_cache_{name}", doc, value=value)
+        yield GaugeMetricFamily("nety_prefix_cache_bytes", "bytes of kept states", value=s.bytes)
+        yield GaugeMetricFamily("nety_prefix_cache_entries", "kept states", value=s.entries)
+        yield GaugeMetricFamily("nety_prefix_cache_max_bytes", "the bound (--prefix-cache-mb)",
+                                value=self.cache.max_bytes)

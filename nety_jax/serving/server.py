@@ -218,6 +218,9 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
                chunk: int = 8, batching: Optional[str] = None, slots: int = 32) -> FastAPI:
     check_options(max_batch, window_ms, queue_size, None, chunk, batching, slots)  # without `serve` too
     metrics = Metrics()
+    if getattr(backend.model, "prefix_cache", None) is not None:
+        from nety_jax.serving.prefix_cache import CacheCollector
+        metrics.registry.register(CacheCollector(backend.model.prefix_cache))
     engine = make_engine(backend, batching, max_batch, window_ms, queue_size, chunk, slots, metrics)
     server = Server(backend, name, engine, metrics)
     app = FastAPI(title="nety-jax", version="1")
@@ -292,7 +295,8 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
 
 def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0.0.1", port: int = 8000,
           max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64, max_tokens: Optional[int] = None,
-          chunk: int = 8, name: Optional[str] = None, batching: Optional[str] = None, slots: int = 32) -> int:
+          chunk: int = 8, name: Optional[str] = None, batching: Optional[str] = None, slots: int = 32,
+          prefix_cache_mb: float = 0) -> int:
     import os
 
     import uvicorn
@@ -311,7 +315,7 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
         backend = ExportedBackend(load_exported(exported), max_tokens)
     else:
         from nety_jax.serving.pretrained import load_pretrained
-        backend = PretrainedBackend(load_pretrained(checkpoint), max_tokens)
+        backend = PretrainedBackend(load_pretrained(checkpoint, prefix_cache_mb=prefix_cache_mb), max_tokens)
     name = name or os.path.basename(os.path.abspath(checkpoint or exported))
     app = create_app(backend, name, max_batch, window_ms, queue_size, chunk, batching, slots)
     engine = app.state.server.engine
