@@ -7,7 +7,10 @@ recurrent language model.
 Public API (imported lazily, so ``load_exported`` runs without the Flax model code):
 
 - ``load_config(path=None, overrides=None) -> Config``: a validated config.
-- ``train(cfg, workdir, data=None) -> dict``: train or resume a run directory.
+- ``train(cfg, workdir, data=None) -> dict``: train or resume a run directory (``data``: files,
+  or a directory ``prepare_data`` wrote).
+- ``prepare_data(cfg, paths, out, tokenizer_from=None, ...) -> dict``: ``nety-jax prepare``
+  (tokenized shards and their manifest; spawns workers: call it under ``__main__``).
 - ``load_pretrained(workdir) -> Pretrained``: ``.generate(texts, ...)``,
   ``.stream(texts, ...)``, ``.logits(batch)``, ``.predict_next(text, top_k)``.
 - ``load_exported(directory) -> ExportedModel``: ``.generate(texts, ...)``.
@@ -33,7 +36,7 @@ from nety_jax._lazy import lazy_getattr
 __version__ = "0.2.0"
 
 _API = {"load_config": "nety_jax.config", "Config": "nety_jax.config",
-        "train": "nety_jax.training.loop",
+        "train": "nety_jax.training.loop", "prepare_data": "nety_jax.training.prepare_data",
         "load_pretrained": "nety_jax.serving.pretrained", "Pretrained": "nety_jax.serving.pretrained",
         "load_exported": "nety_jax.serving.export", "ExportedModel": "nety_jax.serving.export",
         "export_run": "nety_jax.serving.export", "get_model": "nety_jax.models.registry",
