@@ -74,9 +74,21 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """The memory planner's dry run: bytes per device of a training step, nothing trained."""
+    from nety_jax.config import load_config
+    from nety_jax.training.memory import plan_config
+    overrides = list(args.overrides) + ([f"train.parallel={args.parallel}"] if args.parallel else [])
+    plan = plan_config(load_config(args.config, overrides))  # refuses what does not fit
+    print(plan.describe())
+    return 0
+
+
 def cmd_train(args) -> int:
     from nety_jax.config import load_config
     from nety_jax.training.loop import train
+    if args.plan:
+        return cmd_plan(args)
     overrides = list(args.overrides)
     for flag, key in (("steps", "train.steps"), ("seed", "train.seed"), ("parallel", "train.parallel")):
         if getattr(args, flag) is not None:
@@ -267,6 +279,8 @@ def _add_commands(sub) -> None:
                         "architecture and tokenizer from it, data/optimizer/schedule from the config")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (counted in the log)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--plan", action="store_true",
+                   help="print the memory plan (bytes per device) and exit without training")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("prepare", help="tokenize a corpus once into shards that `train --data/--text DIR` streams")
@@ -282,6 +296,12 @@ def _add_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier prepare output in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_prepare)
+
+    p = sub.add_parser("plan", help="memory per device of a training step (parameters, optimizer, "
+                                    "activations), without training")
+    _config_args(p)
+    p.add_argument("--parallel", choices=("none", "pmap", "shard_map", "mesh"), help="train.parallel")
+    p.set_defaults(fn=cmd_plan)
 
     for name, fn, text in (("generate", cmd_generate, "replies (or continuations) to prompts, batched"),
                            ("complete", cmd_complete, "language models: prompt + continuation")):

@@ -138,6 +138,7 @@ class TrainConfig:
     # the first rule whose mesh axes are still free in an array wins
     mesh_rules: tuple = MESH_RULES
     peak_tflops: float = 0.0  # one device's peak, for MFU; 0: the datasheet table (measured on a CPU)
+    memory_limit_gb: float = 0.0  # what one device may hold (memory planner); 0: detected (CPU: host memory)
     log_every: int = 20
     eval_every: int = 200
     eval_batches: int = 8  # validation batches per evaluation (0: all)
@@ -152,7 +153,8 @@ class TrainConfig:
         F.positive(s, self, "steps", "batch_size", "grad_accum", "learning_rate", "log_every",
                    "eval_every", "checkpoint_every", "keep_latest", "eps")
         F.positive(s, self, "warmup_steps", "clip_norm", "weight_decay", "eval_batches",
-                   "bleu_samples", "keep_best", "seed", "peak_tflops", allow_zero=True)
+                   "bleu_samples", "keep_best", "seed", "peak_tflops", "memory_limit_gb",
+                   allow_zero=True)
         F.at_most(s, self, "batch_size", 1 << 20, "batches that large do not fit")
         F.choice(s, "optimizer", self.optimizer, ("adamw", "adam"))
         F.choice(s, "schedule", self.schedule, ("constant", "linear", "warmup_cosine", "warmup_rsqrt"))

@@ -96,6 +96,10 @@ class Task(abc.ABC):
     def encode(self, cfg, tokenizer, corpus: Corpus, source: str) -> DataSplit:
         """Token ids of both splits; ``source`` names the files in the description."""
 
+    @abc.abstractmethod
+    def longest_batch(self, cfg) -> dict:
+        """A training batch of the largest shapes ``cfg`` allows (zeros; the memory planner's)."""
+
     def batches(self, dataset, cfg, epoch: int = 0, index: int = 0) -> BatchIterator:
         """Training batches: shuffled, length-bucketed, resumable at ``(epoch, index)``."""
         return BatchIterator(dataset, cfg.train.batch_size, cfg.train.seed, epoch, index)

@@ -49,6 +49,11 @@ class LanguageModelTask(Task, name="lm", noun="a language model", data_option="-
                 f"({len(tr.stream):,} / {len(va.stream):,} tokens) from {source}")
         return DataSplit(tr, va, _fingerprint(tr), desc)
 
+    def longest_batch(self, cfg) -> dict:
+        shape = (cfg.train.batch_size, window_sizes(cfg.data, cfg.model.max_len)[0])
+        names = ("tokens", "targets") + (("segments", "positions") if cfg.data.packing else ())
+        return {name: np.zeros(shape, np.int32) for name in names}
+
     def _packed(self, cfg, tokenizer, corpus: Corpus, source: str, seq_len: int) -> DataSplit:
         tr, va = (pack_text(lines, tokenizer, seq_len) for lines in (corpus.train, corpus.val))
         filled = lambda rows: int(np.sum(rows.segments > 0)) / max(rows.segments.size, 1)

@@ -70,6 +70,12 @@ class Seq2SeqTask(Task, name="seq2seq", noun="a seq2seq model", data_option="--d
         truncated = sum(manifest["splits"][split].get("truncated", 0) for split in ("train", "val"))
         return DataSplit(tr, va, fingerprint(manifest), desc, truncated)
 
+    def longest_batch(self, cfg) -> dict:
+        b, d = cfg.train.batch_size, cfg.data
+        tgt = np.zeros((b, d.max_tgt_len), np.int32)
+        return {"src": np.zeros((b, d.max_src_len), np.int32), "src_len": np.full((b,), d.max_src_len, np.int32),
+                "tgt_in": tgt, "targets": tgt}
+
     def example_prompt(self, item) -> str:
         return item[0]
 

@@ -23,6 +23,7 @@ from nety_jax.runs.quiet import first_line
 from nety_jax.training.control import MetricSums, RunLock, StopFlag
 from nety_jax.training.evaluation import evaluate, reply_scores
 from nety_jax.training.flops import Throughput, peak_flops
+from nety_jax.training.memory import check_step
 from nety_jax.training.metrics import MetricsWriter, NullWriter, plot_losses
 from nety_jax.training.optim import make_schedule
 from nety_jax.training.parallel import is_primary, local, maybe_initialize_distributed
@@ -86,6 +87,8 @@ def _loop(run: Run, workdir: str, writer, bar, say, stop: StopFlag, saver: _Save
     status = "finished"
     for step in range(run.start, t.steps):
         batch = next(run.iterator)
+        if step == run.start:  # the compiled step's memory, before it runs (memory.py)
+            say(check_step(run.runner, run.model, run.cfg, state, batch).describe())
         meter.add(batch)
         state, metrics = run.runner.train(state, batch)
         step_no, is_last = step + 1, step + 1 == t.steps

@@ -193,6 +193,37 @@ class Runner:
             return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
         return batch
 
+    # -- planning (training/memory.py) -----------------------------------------
+    def lower_train(self, state, placed_batch: dict):
+        """The train step lowered for these (placed or abstract) arguments."""
+        return self._train.lower(state, placed_batch)
+
+    def _shardings(self):
+        """(state shardings or None, batch sharding or None) of the jitted backends."""
+        if self.backend == "mesh":
+            return self.state_shardings, self.batch_sharding
+        if self.backend == "shard_map":
+            return NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P(AXIS))
+        return None, None
+
+    def abstract_state_for_plan(self, abstract_state):
+        """``abstract_state``'s leaves with the shardings the step takes them in."""
+        shardings, _ = self._shardings()
+        if shardings is None:
+            return abstract_state
+        if isinstance(shardings, NamedSharding):
+            shardings = jax.tree_util.tree_map(lambda _: shardings, abstract_state)
+        return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                      abstract_state, shardings)
+
+    def abstract_batch(self, batch: dict) -> dict:
+        """A global host batch as the shapes (and shardings) ``place_batch`` would give it."""
+        _, sharding = self._shardings()
+        if self.backend == "pmap":
+            d = self.num_devices
+            return {k: jax.ShapeDtypeStruct((d, v.shape[0] // d) + v.shape[1:], v.dtype) for k, v in batch.items()}
+        return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in batch.items()}
+
     # -- steps -----------------------------------------------------------------
     def train(self, state, batch: dict):
         return self._train(state, self.place_batch(batch))

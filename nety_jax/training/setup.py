@@ -31,6 +31,7 @@ from nety_jax.runs.weights import split_variables
 from nety_jax.tasks import DataSplit
 from nety_jax.data.prefetch import Prefetcher
 from nety_jax.training.evaluation import validation_batches
+from nety_jax.training.memory import check_state
 from nety_jax.training.parallel import Runner, is_primary, local
 from nety_jax.training.prepare_data import open_prepared, prepared_dir
 
@@ -41,22 +42,6 @@ def check_workdir(workdir: str) -> None:
     """Training writes only into a new or empty directory or a run it continues (runs/guard.py):
     never over an export, a quantized run or a directory of someone else's files."""
     guard.claim(workdir, "train", flag="--workdir")
-
-
-def check_memory(model, cfg: Config) -> None:
-    """Parameters, gradients and Adam's two moments must fit in this machine's memory."""
-    from nety_jax.models.base import count_params
-    params = count_params(model.abstract_variables()["params"])
-    need = 16 * params
-    try:
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return
-    if need > 0.9 * have:
-        sizes = ", ".join(f"model.{k}={getattr(cfg.model, k)}" for k in ("vocab_size", "d_model", "max_len")
-                          if hasattr(cfg.model, k))
-        raise ConfigError(f"model: {params:,} parameters need about {need / 2**30:.1f} GB with gradients and "
-                          f"Adam state; this machine has {have / 2**30:.1f} GB ({sizes})")
 
 
 @dataclasses.dataclass
@@ -164,13 +149,13 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
     cfg = cfg.replace_model(vocab_size=tokenizer.vocab_size)
     notes = reconcile(saved_cfg, cfg) if has_checkpoint else []
     model = get_model(cfg.model)
-    check_memory(model, cfg)
     data = data if prepared is not None else task.encode(cfg, tokenizer, data, ", ".join(paths))
     if data.truncated:
         log(f"cut {data.truncated} pairs longer than data.max_src_len={cfg.data.max_src_len} / "
             f"data.max_tgt_len={cfg.data.max_tgt_len}")
     task.batches(data.train, cfg)  # enough data? (raises)
     runner = Runner(cfg, model)
+    check_state(runner, model, cfg)  # before anything is compiled
     state = runner.create_state(model, cfg.train, jax.random.PRNGKey(cfg.train.seed),
                                 None if init_from is None else init_from.variables)
     manager = ckpt.make_manager(workdir, cfg)
