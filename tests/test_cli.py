@@ -11,7 +11,7 @@ from nety_jax.cli import main
 from nety_jax.errors import NetyError
 from nety_jax.serving.chat import chat
 from nety_jax.serving.pretrained import load_pretrained
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, run_main
 
 
 def run_cli(*args, stdin=None):
@@ -84,7 +84,7 @@ def test_export_reloads_in_a_fresh_process_with_the_same_tokens(trained_run, tmp
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [expected, sampled]
     # a different batch size reuses the same artifact (symbolic batch dimension), with runtime options
-    cli = run_cli("generate", "--exported", str(out), "--prompt", "Bonjour !", "--prompt", "Salut",
+    cli = run_main("generate", "--exported", str(out), "--prompt", "Bonjour !", "--prompt", "Salut",
                   "--prompt", "Merci beaucoup !", "--prompt", "bonjour " * 60, "--temperature", "0.7",
                   "--max-new-tokens", "5")
     assert cli.returncode == 0, cli.stderr
@@ -107,7 +107,8 @@ def test_export_reloads_in_a_fresh_process_with_the_same_tokens(trained_run, tmp
 ])
 def test_errors_are_one_line_with_exit_code_2(trained_run, tmp_path, args, message):
     args = [a.replace("{run}", trained_run).replace("{tmp}", str(tmp_path)) for a in args]
-    done = run_cli(*args)
+    # in this process (the same main()); the first case in a fresh one: the real process's stderr
+    done = (run_cli if args[-1] == "   " else run_main)(*args)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
@@ -123,7 +124,7 @@ def test_errors_are_one_line_with_exit_code_2(trained_run, tmp_path, args, messa
 def test_train_rejects_bad_data_files(tmp_path, content, message):
     data = tmp_path / "bad.jsonl"
     data.write_bytes(content)
-    done = run_cli("train", "--config", TINY, "--workdir", str(tmp_path / "w"), "--data", str(data))
+    done = run_main("train", "--config", TINY, "--workdir", str(tmp_path / "w"), "--data", str(data))
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
@@ -134,9 +135,9 @@ def test_skip_bad_trains_and_logs_the_count(tmp_path):
     lines[7] = json.dumps({"input": "x", "target": 5})
     data = tmp_path / "pairs.jsonl"
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    done = run_cli("train", "--config", TINY, "--workdir", str(tmp_path / "w"), "--data", str(data),
-                   "--skip-bad", "--steps", "12", "--no-progress", "--set", "data.vocab_size=60",
-                   "--set", "train.batch_size=8")
+    done = run_main("train", "--config", TINY, "--workdir", str(tmp_path / "w"), "--data", str(data),
+                    "--skip-bad", "--steps", "12", "--no-progress", "--set", "data.vocab_size=60",
+                    "--set", "train.batch_size=8")
     assert done.returncode == 0, done.stderr
     assert "skipped 2 bad lines" in done.stdout and "pairs.jsonl:4: invalid JSON" in done.stdout
 

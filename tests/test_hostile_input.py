@@ -9,7 +9,7 @@ import pytest
 
 from nety_jax.serving.chat import chat
 from nety_jax.serving.pretrained import load_pretrained
-from conftest import ROOT
+from conftest import ROOT, run_main
 
 HOSTILE = ["Bonjour \x00\x07\x1b[31m !", "你好，世界 🙂 ∑∫", "\u200b\u202eBonjour", "a" * 100_000, "Salut\n\nça va ?"]
 
@@ -49,8 +49,13 @@ def test_hostile_prompts_get_replies_and_long_ones_a_warning(trained_run, tmp_pa
 def test_bad_generate_input_is_one_line(trained_run, tmp_path, args, message):
     (tmp_path / "latin1.txt").write_bytes(b"Bonjour\ncaf\xe9 cr\xe8me\n")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    done = run_cli("generate", "--checkpoint", trained_run, *args)
-    err = done.stderr.decode()
+    # in this process (the same main()); the first case in a fresh one: the real process's stderr
+    if args == ["--prompt", ""]:
+        done = run_cli("generate", "--checkpoint", trained_run, *args)
+        err = done.stderr.decode()
+    else:
+        done = run_main("generate", "--checkpoint", trained_run, *args)
+        err = done.stderr
     assert done.returncode == 2 and message in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 

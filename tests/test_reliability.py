@@ -17,14 +17,16 @@ import pytest
 
 from nety_jax.runs.checkpoints import steps_on_disk
 from nety_jax.training.metrics import read_metrics
-from conftest import QUIET, ROOT, TINY
+from conftest import QUIET, ROOT, TINY, run_main
 
 CLI = [sys.executable, "-m", "nety_jax.cli"]
+# `nety-jax` in this process where the process itself is not what is tested (a kill, a lock held
+# by another process, a file-size limit): the same main(), without an interpreter and JAX start
+cli = run_main
 
 
-def cli(*args, env=None, timeout=300, **kw):
-    return subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env, **kw)
+def cli_process(*args, timeout=300, **kw):
+    return subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def one_line_error(done, message):

@@ -353,7 +353,6 @@ def _import_into(state_dict_path: str, vocab_path: str, out: str, config_path: O
 def export_torch(checkpoint: str, out_file: str, overwrite: bool = False) -> str:
     from nety_jax.models import get_model
     target = guard.claim(out_file, "export-torch", overwrite)  # before any work
-    torch = _torch()
     cfg = read_run_config(checkpoint)
     wrong = [f"model.{k}={getattr(cfg.model, k, None)!r} (NETY: {v!r})" for k, v in PARITY_FIELDS.items()
              if getattr(cfg.model, k, None) != v]
@@ -361,6 +360,7 @@ def export_torch(checkpoint: str, out_file: str, overwrite: bool = False) -> str
         raise ConfigError(f"{checkpoint}: only NETY-parity models can be exported to PyTorch "
                           f"(train with configs/nety_parity.yaml); this one has "
                           f"{', '.join(wrong[:1] if cfg.model.arch != 'hybrid' else wrong[:3])}")
+    torch = _torch()  # after the checks that need no PyTorch: without it, a wrong model is still named
     meta = {}
     meta_path = os.path.join(checkpoint, TORCH_META)
     if os.path.isfile(meta_path):
