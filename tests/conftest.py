@@ -55,37 +55,43 @@ def tiny_cfg():
     return load_config(TINY)
 
 
+def _trained_once(tmp_path_factory, name: str, path: str, overrides: list) -> tuple:
+    """Trains ``path`` with ``overrides`` once per test session: under xdist the first worker to
+    ask trains while the others wait on a lock, then all read the same run directory (its tests
+    only read it). Returns (workdir, the training's summary)."""
+    from nety_jax.config import load_config
+    from nety_jax.training.loop import train
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # one process: nothing to share
+        workdir = str(tmp_path_factory.mktemp(name))
+        return workdir, train(load_config(path, overrides), workdir, **QUIET)
+    import fcntl
+    import json
+    root = tmp_path_factory.getbasetemp().parent  # this session's folder, shared by its workers
+    workdir, done = root / f"shared-{name}", root / f"shared-{name}.json"
+    with open(root / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            summary = train(load_config(path, overrides), str(workdir), **QUIET)
+            done.write_text(json.dumps(summary, default=float))
+    return str(workdir), json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A tiny hybrid trained briefly on the embedded corpus (shared by the CLI tests)."""
-    from nety_jax.config import load_config
-    from nety_jax.training.loop import train
-    workdir = str(tmp_path_factory.mktemp("run"))
-    cfg = load_config(TINY, ["train.steps=40", "train.eval_every=40", "train.checkpoint_every=40",
-                             "data.vocab_size=120"])
-    train(cfg, workdir, **QUIET)
-    return workdir
+    return _trained_once(tmp_path_factory, "run", TINY, ["train.steps=40", "train.eval_every=40",
+                                                         "train.checkpoint_every=40", "data.vocab_size=120"])[0]
 
 
 @pytest.fixture(scope="session")
 def trained_gpt(tmp_path_factory):
     """The tiny GPT trained on the shipped text (shared by the language-model tests)."""
-    from nety_jax.config import load_config
-    from nety_jax.training.loop import train
-    workdir = str(tmp_path_factory.mktemp("gpt"))
-    cfg = load_config(GPT_TINY, ["train.steps=200"])
-    summary = train(cfg, workdir, **QUIET)
-    return workdir, summary
+    return _trained_once(tmp_path_factory, "gpt", GPT_TINY, ["train.steps=200"])
 
 
 @pytest.fixture(scope="session")
 def trained_rnn_lm(tmp_path_factory):
-    from nety_jax.config import load_config
-    from nety_jax.training.loop import train
-    workdir = str(tmp_path_factory.mktemp("rnn_lm"))
-    cfg = load_config(RNN_LM, ["train.steps=200", "model.hidden=128"])
-    summary = train(cfg, workdir, **QUIET)
-    return workdir, summary
+    return _trained_once(tmp_path_factory, "rnn_lm", RNN_LM, ["train.steps=200", "model.hidden=128"])
 
 
 # The costliest files, costliest first (per-file times: docs/PERFORMANCE.md, "The test suite"). With
