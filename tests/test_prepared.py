@@ -225,3 +225,16 @@ def test_the_command_with_worker_processes_writes_what_one_process_writes(text, 
     mine, theirs = read_manifest(out), read_manifest(text[1])
     assert len(mine["splits"]["train"]["shards"]) > 2
     assert fingerprint(mine) == fingerprint(theirs) and mine["splits"] == theirs["splits"]
+
+
+def test_a_given_tokenizer_file_is_the_one_the_shards_use(text, tmp_path):
+    """`--tokenizer FILE` (a SentencePiece model): no tokenizer is trained; the manifest's digest is
+    the given tokenizer's."""
+    from nety_jax.data.shards import read_manifest
+    cfg, out = text
+    mine = str(tmp_path / "data")
+    prepare_data(cfg, get_model(cfg.model).task.default_paths(), mine, tokenizer_from=os.path.join(out, "tokenizer.model"),
+                 per_shard=10**6, workers=1, **QUIET)
+    assert read_manifest(mine)["tokenizer"] == read_manifest(out)["tokenizer"]
+    with pytest.raises(DataError, match="--tokenizer nowhere: not found"):
+        prepare_data(cfg, [], str(tmp_path / "other"), tokenizer_from="nowhere", workers=1, **QUIET)

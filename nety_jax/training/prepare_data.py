@@ -42,14 +42,17 @@ def prepared_dir(paths: Optional[Sequence[str]]) -> Optional[str]:
     return paths[0]
 
 
-def take_tokenizer(source: str):
-    """A tokenizer from a run (or prepared) directory or a SentencePiece model file."""
+def take_tokenizer(source: str, lowercase: bool = False):
+    """A tokenizer from a run (or prepared) directory, or a SentencePiece model file (which does not
+    record whether texts are lowercased first: ``lowercase``, the config's ``data.lowercase``)."""
     if os.path.isdir(source):
         return load_tokenizer(source)
     if not os.path.isfile(source):
         raise DataError(f"--tokenizer {source}: not found (a run directory or a SentencePiece .model file)")
     with open(source, "rb") as f:
-        return SentencePieceTokenizer(f.read(), where=source)
+        tokenizer = SentencePieceTokenizer(f.read(), where=source)
+    tokenizer.lowercase = lowercase
+    return tokenizer
 
 
 def _run_jobs(jobs: list, task, data_cfg, tok_dir: str, workers: int, bar) -> list:
@@ -94,7 +97,7 @@ def prepare_data(cfg: Config, paths: Sequence[str], out: str, tokenizer_from: Op
     if corpus.skipped:
         log(f"skipped {corpus.skipped} bad lines in {', '.join(paths)} (first: {corpus.first_error})")
     if tokenizer_from:
-        tokenizer = take_tokenizer(tokenizer_from)
+        tokenizer = take_tokenizer(tokenizer_from, cfg.data.lowercase)
     else:
         from nety_jax.training.setup import build_tokenizer
         tokenizer = build_tokenizer(cfg, corpus.texts)
