@@ -6,8 +6,8 @@ followed them (prompt lookup: summaries, edits and chat histories repeat their c
 feeds the last token and the draft to the model in one forward (``Model.decode_steps``),
 and keeps the longest accepted prefix of the draft plus one token of the model's own.
 Rows accept different counts; each row's cache keeps exactly its accepted tokens
-(``Model.keep_steps``). A row whose draft finds no match or has none of its tokens kept
-waits before looking again (1, 2, 4, ... up to MAX_WAIT iterations; a kept draft resets
+(``Model.keep_steps``). A row whose verified draft has none of its tokens kept waits
+before looking again (1, 2, 4, ... up to MAX_WAIT iterations; a kept draft resets
 it); an iteration in which no row has a draft to verify is a plain one-token step.
 
 Acceptance is the speculative-sampling rule (Leviathan et al. 2023, Chen et al. 2023)
@@ -131,9 +131,9 @@ def _emit(s: SpecState, out, kept, logp, spec: LoopSpec) -> SpecState:
 
 
 def _pace(s: SpecState, looked, hit) -> SpecState:
-    """A row whose draft was kept looks again at once; one that looked and missed (nothing
-    found, nothing kept) waits, twice as long as last time (up to MAX_WAIT): where text does
-    not repeat, verifying drafts would only cost time."""
+    """A row whose draft was kept looks again at once; one whose verified draft was refused
+    whole waits, twice as long as last time (up to MAX_WAIT): where text does not repeat,
+    verifying drafts would only cost time."""
     missed = looked & ~hit
     wait = jnp.where(hit, 0, jnp.where(missed, s.backoff, jnp.maximum(s.wait - 1, 0)))
     backoff = jnp.where(hit, 1, jnp.where(missed, jnp.minimum(2 * s.backoff, MAX_WAIT), s.backoff))
@@ -153,15 +153,17 @@ def _verify(steps: Steps, keep: Keep, spec: LoopSpec, draft, looked, s: SpecStat
     return _pace(s.replace(drafted=s.drafted + jnp.where(looked, draft.shape[1], 0)), looked, kept > 0)
 
 
-def _plain(steps: Steps, keep: Keep, spec: LoopSpec, looked, s: SpecState) -> SpecState:
-    """One token per row, as plain sampling draws it (``looked``: rows that found no draft)."""
+def _plain(steps: Steps, keep: Keep, spec: LoopSpec, s: SpecState) -> SpecState:
+    """One token per row, as plain sampling draws it (a row that found no draft looks again
+    at the next token: the lookup costs little beside a verification)."""
     logits, pending = steps(_last(s), s.cache)
     logits = adjust_logits(logits[:, 0].astype(jnp.float32), None, s.count, spec)
     nxt = sample_rows(logits, s.params, s.count, spec.top_k_max)
     one = jnp.ones_like(s.count)
     s = _emit(s.replace(cache=keep(pending, one)), nxt[:, None], 0 * one, jax.nn.log_softmax(logits)[:, None],
               spec)
-    return _pace(s, looked, jnp.zeros_like(looked))
+    nobody = jnp.zeros_like(s.done)
+    return _pace(s, nobody, nobody)
 
 
 def start(first_logits, cache, prompt, lengths, params: SamplingParams, spec: LoopSpec) -> SpecState:
@@ -197,12 +199,11 @@ def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None) 
             s.history, s.start + s.count)
         return jax.lax.cond(jnp.any(found & looking),
                             functools.partial(_verify, steps, keep, spec, draft, looking),
-                            functools.partial(_plain, steps, keep, spec, looking), s)
+                            functools.partial(_plain, steps, keep, spec), s)
 
     def body(s: SpecState):
-        nobody = jnp.zeros_like(s.done)
         return jax.lax.cond(jnp.any((s.wait == 0) & ~s.done), look,
-                            functools.partial(_plain, steps, keep, spec, nobody), s)
+                            functools.partial(_plain, steps, keep, spec), s)
 
     return jax.lax.while_loop(cond, body, state)
 
