@@ -168,6 +168,7 @@ def test_beam_search_exports_too(trained_run, tmp_path):
 
 
 def test_bench_script_runs_end_to_end_at_tiny_size(tmp_path):
+    pytest.importorskip("torch")  # bench.py times NETY's PyTorch step beside ours (the bench extra)
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--repeats", "1",
                            "--skip-hf", "--no-doc", "--json", str(out)], cwd=ROOT, capture_output=True,
