@@ -40,10 +40,13 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
 
-# a few test files on another Python (default: the newest found, with the newest jax), no torch
+# the cheap files of the suite on another Python (default: the newest found, with the newest jax), no
+# torch: the models, the encoder, the GPU paths' CPU checks, configs, tasks, layers, the layering
+# (README "Two commands" says what else was run there once)
 SMOKE_PYTHON ?= $(NEWEST_PYTHON)
 SMOKE_VENV ?= .venv-smoke
-SMOKE_TESTS ?= tests/test_model.py tests/test_encoder.py tests/test_gpu_paths.py
+SMOKE_TESTS ?= tests/test_model.py tests/test_encoder.py tests/test_gpu_paths.py tests/test_config.py \
+	tests/test_tasks.py tests/test_layers.py tests/test_runs_layer.py
 test-smoke:
 	@test -n "$(SMOKE_PYTHON)" || { echo "make: no Python for the smoke tests (set SMOKE_PYTHON=...)" >&2; exit 2; }
 	test -x $(SMOKE_VENV)/bin/python || $(SMOKE_PYTHON) -m venv $(SMOKE_VENV)
