@@ -248,3 +248,26 @@ def test_the_cache_counters_are_prometheus_metrics():
                  "nety_prefix_cache_hit_tokens_total 2.0", "nety_prefix_cache_bytes 64.0",
                  "nety_prefix_cache_entries 1.0", "nety_prefix_cache_max_bytes 1.048576e+06"):
         assert line in text, line
+
+
+@pytest.mark.parametrize("command", ["serve", "chat"])
+@pytest.mark.parametrize("size", ["-1", "inf", "nan"])
+def test_a_bad_prefix_cache_size_is_one_line_and_exit_2(command, size, capsys):
+    from nety_jax.cli import main
+    assert main([command, "--checkpoint", "no-such-run", "--prefix-cache-mb", size]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nety-jax: error: --prefix-cache-mb must be a number >= 0") and err.count("\n") == 1
+
+
+def test_the_server_metrics_show_the_prefix_cache(trained_gpt):
+    from fastapi.testclient import TestClient
+    from nety_jax.serving.engine import PretrainedBackend
+    from nety_jax.serving.pretrained import load_pretrained
+    from nety_jax.serving.server import create_app
+    app = create_app(PretrainedBackend(load_pretrained(trained_gpt[0], prefix_cache_mb=1)), "gpt", batching="dynamic")
+    text = TestClient(app).get("/metrics").text
+    assert "nety_prefix_cache_hits_total 0.0" in text and "nety_prefix_cache_max_bytes 1.048576e+06" in text
+    app.state.server.engine.close()
+    plain = create_app(PretrainedBackend(load_pretrained(trained_gpt[0])), "gpt", batching="dynamic")
+    assert "nety_prefix_cache" not in TestClient(plain).get("/metrics").text
+    plain.state.server.engine.close()
