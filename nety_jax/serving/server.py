@@ -321,6 +321,8 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
     engine = app.state.server.engine
     how = (f"continuous batching, {slots} slots, chunk {chunk}" if engine.__class__.__name__ == "ContinuousEngine"
            else f"dynamic batching, max batch {max_batch}, window {window_ms:g} ms")
+    if getattr(backend.model, "prefix_cache", None) is not None:
+        how += f", prefix cache {prefix_cache_mb:g} MB"
     print(f"serving {name} ({backend.task.name}) on http://{host}:{port}/v1 ({how}, queue {queue_size}, "
           f"max_tokens up to {engine.max_tokens}, prompts up to {engine.longest_prompt} tokens)", flush=True)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
