@@ -210,8 +210,9 @@ def test_prefix_cache_size_is_checked(trained_gpt):
 ENGINE_PROMPTS = ["Il était une fois", "Il était une fois un roi", "Il était une reine", "Il était une fois"]
 
 
-@pytest.mark.parametrize("batching", ["continuous", "dynamic"])
-@pytest.mark.parametrize("fixture", ["trained_gpt", "trained_run"], ids=["gpt", "hybrid"])
+@pytest.mark.parametrize("fixture,batching", [("trained_gpt", "continuous"), ("trained_gpt", "dynamic"),
+                                               ("trained_run", "continuous")], ids=["gpt-continuous", "gpt-dynamic",
+                                                                                      "hybrid-continuous"])
 def test_the_engines_prefill_through_the_cache_with_the_replies_of_a_plain_generate(fixture, batching, request):
     """Prompts that extend, share the start of, or repeat earlier ones (served one after the other,
     so the cache holds the earlier ones): each reply is the one an uncached generate gives."""
@@ -222,7 +223,7 @@ def test_the_engines_prefill_through_the_cache_with_the_replies_of_a_plain_gener
     workdir = request.getfixturevalue(fixture)
     workdir = workdir[0] if isinstance(workdir, tuple) else workdir
     plain, cached = load_pretrained(workdir), load_pretrained(workdir, prefix_cache_mb=8)
-    engine = make_engine(PretrainedBackend(cached), batching, 4, 1.0, 8, 4, 2)
+    engine = make_engine(PretrainedBackend(cached), batching, 4, 1.0, 8, 3, 2)  # test_continuous's slots, chunk
     for prompt in ENGINE_PROMPTS:
         ids = cached.model.prompts.ids(cached.tokenizer, prompt, cached.config.data)
         _, finished, results = _submit(engine, [Row(ids, 0.0, 0, 1.0, 6, 0)])
