@@ -272,3 +272,15 @@ def test_the_server_metrics_show_the_prefix_cache(trained_gpt):
     plain = create_app(PretrainedBackend(load_pretrained(trained_gpt[0])), "gpt", batching="dynamic")
     assert "nety_prefix_cache" not in TestClient(plain).get("/metrics").text
     plain.state.server.engine.close()
+
+
+def test_chat_prompt_checks_its_arguments(trained_gpt):
+    from nety_jax.errors import NetyError
+    from nety_jax.serving.pretrained import load_pretrained
+    model = load_pretrained(trained_gpt[0])
+    for bad in ([], "bonjour", [("user",)], [("user", 3)], None):
+        with pytest.raises(NetyError, match="messages must be"):
+            model.chat_prompt(bad)
+    for bad in (0, 1.5, "8", 10 ** 6):
+        with pytest.raises(NetyError, match="max_new_tokens"):
+            model.chat_prompt([("user", "bonjour")], bad)

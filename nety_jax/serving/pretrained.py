@@ -163,6 +163,11 @@ class Pretrained:
         """A conversation ((role, text) pairs) as the task makes it one prompt (a language model
         continues the whole history, resent every turn: the prefix cache spares its prefill), its
         oldest messages left out once it no longer fits with ``max_new_tokens`` more."""
+        if not isinstance(messages, (list, tuple)) or not messages or not all(
+                isinstance(m, (list, tuple)) and len(m) == 2 and all(isinstance(x, str) for x in m) for m in messages):
+            raise NetyError("messages must be a non-empty list of (role, text) pairs of strings")
+        if max_new_tokens is not None:
+            check_int("max_new_tokens", max_new_tokens, 1, self.model.prompts.max_new_tokens())
         prompts, data_cfg = self.model.prompts, self.config.data
         limit = prompts.limit(data_cfg, max_new_tokens or self.config.decode.max_new_tokens)
         start = 0
