@@ -1,7 +1,5 @@
 """NETY's PyTorch weights in and out, with numerical parity against a PyTorch re-creation."""
 import json
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +12,7 @@ from nety_jax.models.hybrid import torch_io  # noqa: E402
 from nety_jax.models.hybrid.network import HybridSeq2Seq  # noqa: E402
 from nety_jax.models.hybrid.torch_reference import HybridRNNTransformer  # noqa: E402
 from nety_jax.serving.pretrained import load_pretrained  # noqa: E402
-from conftest import PARITY, ROOT  # noqa: E402
+from conftest import PARITY, run_main  # noqa: E402
 
 V = 40
 DIMS = dict(d_model=64, hidden=32, layers=2, enc_heads=4, dec_heads=8, dec_layers=2, d_ff=96, max_len=64)
@@ -166,9 +164,8 @@ def test_an_int8_run_exports_dequantized_float_weights(trained_nety, tmp_path):
 
 def test_imported_checkpoint_generates_with_the_word_vocabulary(trained_nety):
     imported = trained_nety[3]
-    done = subprocess.run([sys.executable, "-m", "nety_jax.cli", "generate", "--checkpoint", imported,
-                           "--prompt", "Bonjour ça va", "--prompt", "merci", "--temperature", "0",
-                           "--max-new-tokens", "6"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_main("generate", "--checkpoint", imported, "--prompt", "Bonjour ça va", "--prompt", "merci",
+                    "--temperature", "0", "--max-new-tokens", "6")
     assert done.returncode == 0, done.stderr
     replies = [line for line in done.stdout.splitlines() if not line.startswith("> ")]
     vocab = set(WORDS) | {f"mot{i}" for i in range(V)} | {"<unk>", "(empty", "reply)"}
@@ -182,11 +179,9 @@ def test_imported_checkpoint_fine_tunes(trained_nety, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"input": f"bonjour {w}", "target": f"salut {w}"}) + "\n"
                             for w in WORDS), encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "nety_jax.cli", "train", "--config", str(run / "config.yaml"),
-                           "--workdir", str(run), "--data", str(data), "--steps", "3", "--no-progress",
-                           "--set", "train.batch_size=4", "--set", "train.warmup_steps=1",
-                           "--set", "train.eval_every=3", "--set", "data.val_fraction=0.2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_main("train", "--config", str(run / "config.yaml"), "--workdir", str(run), "--data", str(data),
+                    "--steps", "3", "--no-progress", "--set", "train.batch_size=4", "--set", "train.warmup_steps=1",
+                    "--set", "train.eval_every=3", "--set", "data.val_fraction=0.2")
     assert done.returncode == 0, done.stderr
     assert "resumed from" in done.stdout and "at step 0" in done.stdout
 
@@ -206,9 +201,8 @@ def test_malformed_state_dicts_get_clear_errors(trained_nety, tmp_path):
     for name, (obj, message) in cases.items():
         path = tmp_path / f"{name}.pt"
         torch.save(obj, path)
-        done = subprocess.run([sys.executable, "-m", "nety_jax.cli", "import-torch", "--state-dict", str(path),
-                               "--vocab", str(vocab), "--out", str(tmp_path / f"o_{name}")],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        done = run_main("import-torch", "--state-dict", str(path), "--vocab", str(vocab),
+                        "--out", str(tmp_path / f"o_{name}"))
         assert done.returncode == 2 and message in done.stderr, (name, done.stderr)
         assert "Traceback" not in done.stderr
     garbage = tmp_path / "garbage.pt"

@@ -14,7 +14,7 @@ from nety_jax.training.metrics import read_metrics
 from nety_jax.training.parallel import Runner
 from nety_jax.training.steps import create_train_state
 from nety_jax.training.loop import train
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, run_main
 
 
 def _batch(b=8, s=10, t=9, seed=0):
@@ -130,21 +130,19 @@ def test_sigterm_saves_and_resume_is_exact(tmp_path):
     saved = sorted(int(n) for n in os.listdir(killed / "checkpoints") if n.isdigit())
     assert saved and 5 <= saved[-1] < steps, (saved, out)
 
-    done = subprocess.run(_cli(killed, steps, sampled), cwd=ROOT, env=env, capture_output=True, text=True)
+    done = run_main(*_cli(killed, steps, sampled)[3:])  # the resumed run: in this process
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"resumed from {killed} at step {saved[-1]}" in done.stdout
 
     straight = tmp_path / "straight"
-    ref = subprocess.run(_cli(straight, steps, sampled), cwd=ROOT, env=env, capture_output=True, text=True)
+    ref = run_main(*_cli(straight, steps, sampled)[3:])
     assert ref.returncode == 0, ref.stderr
     assert _max_diff(_params(killed), _params(straight)) <= 1e-6
 
 
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
-    done = subprocess.run(_cli(tmp_path, 30, ["--set", "train.learning_rate=1e30",
-                                              "--set", "train.clip_norm=0",
-                                              "--set", "train.schedule=constant"]),
-                          cwd=ROOT, capture_output=True, text=True)
+    done = run_main(*_cli(tmp_path, 30, ["--set", "train.learning_rate=1e30", "--set", "train.clip_norm=0",
+                                         "--set", "train.schedule=constant"])[3:])
     assert done.returncode == 2
     assert "non-finite loss at step" in done.stderr and "Traceback" not in done.stderr
 
