@@ -115,13 +115,14 @@ def main() -> int:
     args = p.parse_args()
     from nety_jax.serving.pretrained import load_pretrained
     gpt = args.gpt or train_gpt(tempfile.mkdtemp(prefix="bench-spec-gpt-"))
-    runs = {"demo": (args.demo, 40), "gpt": (gpt, 32)}
+    runs = {"gpt": (gpt, 32), "demo": (args.demo, 40)}
     rows = []
     for name, (path, new_tokens) in runs.items():
         model = load_pretrained(path, warn=lambda *_: None)
         for kind, prompts in PROMPTS[name].items():
             res = measure(model, prompts, new_tokens, args.draft_tokens, args.rounds)
             rows.append({"model": name, "prompts": kind, **res})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print("| model | the reply repeats the prompt? | tokens | tokens per model call | drafts kept | "
           "plain tok/s | ngram tok/s | speed-up | same replies |")
     print("|---|---|---|---|---|---|---|---|---|")
