@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import GPT_TINY, QUIET
+from conftest import GPT_TINY, QUIET, TINY
 from nety_jax.config import load_config
 from nety_jax.errors import ConfigError
 from nety_jax.training import memory
@@ -55,6 +55,8 @@ def test_analytic_estimate_where_the_backend_gives_none(monkeypatch):
     assert plan.source.startswith("analytic")
     # the backward pass keeps at least each layer's input (8 x 16 x 64 float32 per layer)
     assert plan.working > plan.parameters + 2 * 8 * 16 * 64 * 4
+    hybrid = memory.plan_config(load_config(TINY, ["train.batch_size=8"]))  # BatchNorm statistics too
+    assert hybrid.source.startswith("analytic") and hybrid.working > hybrid.parameters
 
 
 def test_train_refuses_before_the_first_step(tmp_path, monkeypatch):

@@ -138,6 +138,10 @@ class TrainConfig:
     # the first rule whose mesh axes are still free in an array wins
     mesh_rules: tuple = MESH_RULES
     peak_tflops: float = 0.0  # one device's peak, for MFU; 0: the datasheet table (measured on a CPU)
+    # activation rematerialisation (layers/remat.py): none | full | dots (keep the matmul outputs);
+    # the recurrent layers' unit: layer | step
+    remat: str = "none"
+    remat_scan: str = "layer"
     memory_limit_gb: float = 0.0  # what one device may hold (memory planner); 0: detected (CPU: host memory)
     log_every: int = 20
     eval_every: int = 200
@@ -159,6 +163,8 @@ class TrainConfig:
         F.choice(s, "optimizer", self.optimizer, ("adamw", "adam"))
         F.choice(s, "schedule", self.schedule, ("constant", "linear", "warmup_cosine", "warmup_rsqrt"))
         F.choice(s, "parallel", self.parallel, ("none", "pmap", "shard_map", "mesh"))
+        F.choice(s, "remat", self.remat, ("none", "full", "dots"))
+        F.choice(s, "remat_scan", self.remat_scan, ("layer", "step"))
         self._validate_mesh()
         F.probability(s, self, "label_smoothing", "end_lr_fraction", "b1", "b2")
         if self.batch_size % self.grad_accum:

@@ -33,6 +33,7 @@ from nety_jax import kernels
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.linear import Linear
 from nety_jax.layers.partitioning import named
+from nety_jax.layers.remat import Remat, checkpointed
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -137,6 +138,7 @@ class RecurrentLayer(nn.Module):
     unroll: int = 1
     dtype: jnp.dtype = jnp.float32
     quant: str = "none"
+    step_remat: str = "none"  # each time step's rematerialisation (layers/remat.py)
 
     @nn.compact
     def __call__(self, x, lengths: Optional[jax.Array] = None, carry: Optional[tuple] = None,
@@ -160,7 +162,8 @@ class RecurrentLayer(nn.Module):
         xs = xproj.transpose(1, 2, 0, 3)  # (T, D, B, G*H): time-major for the scan
         if carry is None:
             carry = zero_carry(self.cell, d, b, self.hidden, x)
-        scan = nn.scan(RecurrentStep, variable_broadcast="params", split_rngs={"params": False},
+        scan = nn.scan(checkpointed(RecurrentStep, self.step_remat), variable_broadcast="params",
+                       split_rngs={"params": False},
                        in_axes=0, out_axes=0, unroll=self.unroll)
         carry, ys = scan(self.cell, self.hidden, d, name="recurrent")(
             carry, (xs, None if live is None else live.T, None if reset is None else reset.T))
@@ -203,6 +206,7 @@ class RecurrentStack(nn.Module):
     unroll: int = 1
     dtype: jnp.dtype = jnp.float32
     quant: str = "none"
+    remat: Remat = Remat()  # per layer or per time step (layers/remat.py)
 
     @nn.compact
     def __call__(self, x, lengths: Optional[jax.Array] = None, train: bool = False,
@@ -212,8 +216,11 @@ class RecurrentStack(nn.Module):
         for k in range(self.layers):
             if k > 0:
                 x = Dropout(self.dropout)(x, deterministic=not train)
-            layer = RecurrentLayer(self.cell, self.hidden, self.bidirectional, self.length_aware,
-                                   self.unroll, self.dtype, self.quant, name=f"l{k}")
+            per_layer = self.remat.policy if self.remat.scan == "layer" else "none"
+            per_step = self.remat.policy if self.remat.scan == "step" else "none"
+            layer = checkpointed(RecurrentLayer, per_layer)(
+                self.cell, self.hidden, self.bidirectional, self.length_aware, self.unroll, self.dtype,
+                self.quant, per_step, name=f"l{k}")
             x, carry = layer(x, lengths, None if carries is None else carries[k], live, reset)
             new_carries.append(carry)
         return x, x[..., : self.hidden], tuple(new_carries)

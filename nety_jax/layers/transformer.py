@@ -35,6 +35,7 @@ from nety_jax.layers.feedforward import FeedForward
 from nety_jax.layers.linear import Linear
 from nety_jax.layers.partitioning import embedding, layer_norm, named
 from nety_jax.layers.positions import Positions
+from nety_jax.layers.remat import checkpointed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,7 @@ class DecoderSpec:
     eps: float = 1e-5
     quant: str = "none"  # none | int8 (weight-only)
     blocked_ids: tuple = ()  # output ids whose logits are -1e9 (special ids a vocabulary lacks)
+    remat: str = "none"  # each layer's rematerialisation in training (layers/remat.py)
 
     @property
     def compute_dtype(self):
@@ -135,7 +137,8 @@ class TransformerDecoder(nn.Module):
         s = self.spec
         self.embed = embedding(s.vocab_size, s.d_model)
         self.pos_embed = Positions(s.positions, s.max_len, s.d_model)
-        self.layers = [DecoderLayer(s) for _ in range(s.layers)]
+        layer = checkpointed(DecoderLayer, s.remat, static_argnums=(5,))  # 5: deterministic
+        self.layers = [layer(s) for _ in range(s.layers)]
         self.drop = Dropout(s.dropout)
         if s.norm == "pre":
             self.final_norm = layer_norm(s.eps)
@@ -180,7 +183,7 @@ class TransformerDecoder(nn.Module):
         if segments is not None:
             mask = segments[:, None, :, None] == segments[:, None, None, :]
         for layer in self.layers:
-            x = layer(x, mask, memory, memory_mask, deterministic=not train)
+            x = layer(x, mask, memory, memory_mask, not train)  # positional: static under remat
         return x
 
     def features(self, tokens, memory=None, memory_mask=None, train: bool = False,

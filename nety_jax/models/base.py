@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nety_jax.config.sections import ModelConfig
+from nety_jax.layers.remat import Remat
 
 Variables = dict
 
@@ -52,6 +53,7 @@ def count_params(tree) -> int:
 @dataclasses.dataclass(frozen=True)
 class Model(abc.ABC):
     cfg: ModelConfig
+    remat: Remat = Remat()  # what training's backward pass recomputes (train.remat; layers/remat.py)
 
     @property
     def task(self):

@@ -158,15 +158,13 @@ def compiled_stats(runner, state, batch) -> Optional[object]:
 def residual_bytes(model, abstract_state, batch, shards: int) -> int:
     """Bytes the backward pass keeps from the forward (``jax.vjp``'s residuals, traced abstractly),
     split over the ``shards`` the batch is split into."""
-    mutables = abstract_state.mutables
-
-    def backward(params, batch):
+    def backward(params, mutables, batch):
         def loss(p):
             sums, _ = model.loss_sums({"params": p, **mutables}, batch, train=True, rng=jax.random.PRNGKey(0))
             return sums["loss_sum"]
         return jax.vjp(loss, params)[1]
 
-    residuals = jax.eval_shape(backward, abstract_state.params, batch)
+    residuals = jax.eval_shape(backward, abstract_state.params, abstract_state.mutables, batch)
     total = sum(int(np.prod(x.shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
                 for x in jax.tree_util.tree_leaves(residuals))
     return total // max(shards, 1)
@@ -184,7 +182,7 @@ def plan_step(runner, model, cfg, state, batch) -> MemoryPlan:
         working, source = total - params - opt, "the compiled step's memory analysis"
     else:
         shards = runner.step_devices // (runner.mesh.shape["tensor"] if runner.backend == "mesh" else 1)
-        working = params + residual_bytes(model, abstract, batch, shards)
+        working = params + residual_bytes(runner.model, abstract, batch, shards)
         total, source = params + opt + working, "analytic: gradients + the backward pass's residuals"
     return MemoryPlan(params, opt, working, total, limit, where, source, _mesh_name(runner))
 

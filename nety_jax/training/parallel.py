@@ -23,6 +23,7 @@ every global batch. Replicated results are read from the process's own copy.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -33,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from nety_jax.config import Config
 from nety_jax.data.batching import LocalBatch
 from nety_jax.errors import ConfigError
+from nety_jax.layers.remat import Remat
 from nety_jax.training import mesh as meshlib
 from nety_jax.training.steps import create_train_state, eval_step, train_step
 
@@ -90,6 +92,8 @@ class Runner:
 
     def __init__(self, cfg: Config, model, backend: str | None = None):
         self.backend = backend or cfg.train.parallel
+        # the compiled steps' model: train.remat changes what the backward pass keeps, not the parameters
+        model = self.model = dataclasses.replace(model, remat=Remat(cfg.train.remat, cfg.train.remat_scan))
         if jax.process_count() > 1 and self.backend not in ("shard_map", "mesh"):
             raise ConfigError(f"train.parallel={self.backend} runs on one host; a job of "
                               f"{jax.process_count()} processes needs --parallel shard_map or mesh")

@@ -38,7 +38,7 @@ class GPTModel(LanguageModel):
     cfg: GPTConfig
 
     def network(self, axis_name: Optional[str] = None) -> TransformerDecoder:
-        return TransformerDecoder(decoder_spec(self.cfg))
+        return TransformerDecoder(dataclasses.replace(decoder_spec(self.cfg), remat=self.remat.policy))
 
     def parameter_rows(self) -> list[tuple[str, int]]:
         params = self.abstract_variables()["params"]

@@ -21,7 +21,7 @@ class HybridModel(Model):
     cfg: HybridConfig
 
     def network(self, axis_name: Optional[str] = None) -> HybridSeq2Seq:
-        return HybridSeq2Seq(self.cfg, axis_name)
+        return HybridSeq2Seq(self.cfg, axis_name, self.remat)
 
     def example_batch(self, batch: int = 2, length: int = 8) -> dict:
         ones = np.ones((batch, length), np.int32)

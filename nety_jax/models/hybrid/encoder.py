@@ -17,6 +17,7 @@ from nety_jax.layers import BatchNorm, RecurrentStack, SelfAttention, gelu_exact
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.linear import Linear
 from nety_jax.layers.partitioning import layer_norm
+from nety_jax.layers.remat import Remat
 from nety_jax.models.hybrid.config import HybridConfig
 
 
@@ -25,6 +26,7 @@ class Encoder(nn.Module):
 
     cfg: HybridConfig
     axis_name: Optional[str] = None  # device axis the BatchNorm statistics average over
+    remat: Remat = Remat()  # the recurrent layers' (layers/remat.py)
 
     @nn.compact
     def __call__(self, emb, lengths, train: bool = False):
@@ -38,7 +40,7 @@ class Encoder(nn.Module):
         packed = cfg.pooling == "last_real"
         outputs, fwd, _ = RecurrentStack(cfg.cell, cfg.enc_hidden, cfg.enc_layers, cfg.bidirectional,
                                          cfg.dropout, length_aware=packed, dtype=dtype, quant=cfg.quant,
-                                         name="rnn")(
+                                         remat=self.remat, name="rnn")(
             x, lengths, train)
 
         if packed:

@@ -1,6 +1,7 @@
 """The hybrid seq2seq network: encode once, decode many times (teacher forcing or cached)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import flax.linen as nn
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 from nety_jax.config.sections import PAD_ID
 from nety_jax.layers import CopyHead, DecoderSpec, TransformerDecoder
 from nety_jax.layers.partitioning import embedding
+from nety_jax.layers.remat import Remat
 from nety_jax.models.hybrid.config import HybridConfig
 from nety_jax.models.hybrid.encoder import Encoder
 
@@ -34,11 +36,12 @@ class HybridSeq2Seq(nn.Module):
 
     cfg: HybridConfig
     axis_name: Optional[str] = None
+    remat: Remat = Remat()  # training's rematerialisation (layers/remat.py)
 
     def setup(self):
         self.enc_embed = embedding(self.cfg.vocab_size, self.cfg.d_model)
-        self.encoder = Encoder(self.cfg, self.axis_name)
-        self.decoder = TransformerDecoder(decoder_spec(self.cfg))
+        self.encoder = Encoder(self.cfg, self.axis_name, self.remat)
+        self.decoder = TransformerDecoder(dataclasses.replace(decoder_spec(self.cfg), remat=self.remat.policy))
         if self.cfg.copy:
             self.pointer = CopyHead(self.cfg.d_model, self.cfg.vocab_size, jnp.dtype(self.cfg.dtype), self.cfg.quant)
 

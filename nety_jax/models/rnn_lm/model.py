@@ -17,6 +17,7 @@ from nety_jax.layers.attention import length_mask
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.linear import Linear
 from nety_jax.layers.partitioning import embedding, named
+from nety_jax.layers.remat import Remat
 from nety_jax.models.base import last_real, row_of, stack_rows
 from nety_jax.models.flops import TRAIN_FACTOR, dense, recurrent_layer
 from nety_jax.models.lm import LanguageModel
@@ -25,12 +26,14 @@ from nety_jax.models.rnn_lm.config import RNNLMConfig
 
 class RNNLM(nn.Module):
     cfg: RNNLMConfig
+    remat: Remat = Remat()  # training's rematerialisation of the recurrent layers (layers/remat.py)
 
     def setup(self):
         cfg = self.cfg
         self.embed = embedding(cfg.vocab_size, cfg.d_model)
         self.rnn = RecurrentStack(cfg.cell, cfg.hidden, cfg.layers, bidirectional=False,
-                                  dropout=cfg.dropout, dtype=jnp.dtype(cfg.dtype), quant=cfg.quant)
+                                  dropout=cfg.dropout, dtype=jnp.dtype(cfg.dtype), quant=cfg.quant,
+                                  remat=self.remat)
         self.drop = Dropout(cfg.dropout)
         if not cfg.tie_output:
             self.fc_out = Linear(cfg.vocab_size, use_bias=cfg.output_bias, dtype=jnp.dtype(cfg.dtype),
@@ -97,7 +100,7 @@ class RNNLMModel(LanguageModel):
     cfg: RNNLMConfig
 
     def network(self, axis_name: Optional[str] = None) -> RNNLM:
-        return RNNLM(self.cfg)
+        return RNNLM(self.cfg, self.remat)
 
     def train_flops(self, batch: dict) -> float:
         """The stacked cells' input and hidden projections and the output head (models/flops.py)."""
