@@ -1,21 +1,36 @@
-"""Load on the HTTP server: N concurrent clients for a fixed time, batched vs one request at a time.
+"""Open-loop load on the HTTP server: dynamic vs continuous batching in the same run, and a flood.
 
-    python scripts/bench_serve.py [--checkpoint runs/demo] [--clients 16] [--seconds 20]
+    python scripts/bench_serve.py --model demo [--checkpoint runs/demo] [--seconds 10]
+    python scripts/bench_serve.py --model gpt   # a GPT (gpt_tiny widened to a 320-token context)
+    python scripts/bench_serve.py --model demo --flood 10000 --only-flood
 
-Starts `nety-jax serve` on localhost twice in one run: with dynamic batching
-(--max-batch 32) and one request at a time (--max-batch 1). Each time it first
-sends bursts of 1, 2, 4, ... concurrent requests (every batch bucket compiles
-once), then runs the clients and reports requests/s, generated tokens/s, p50 and
-p99 latency and the mean batch size (from the server's /metrics).
+Requests arrive as a Poisson process; each asks for a reply length drawn uniformly from 8 to
+256 tokens (at most the model's room after the prompt) and streams or not at random. The
+model's <eos> is disabled (decode.min_new_tokens) so every reply has its drawn length: the
+load is the same for both engines whatever the weights. For each engine (a fresh server,
+its programs compiled before it listens):
+
+- saturation: arrivals far above capacity for --seconds (the bounded queue answers 429 to the
+  rest): completed tokens/s;
+- half load: arrivals at half the DYNAMIC engine's measured capacity (requests/s), the same
+  rate for both: p50/p99 time to first token and per-token latency (streamed requests),
+  p50/p99 request latency (all).
+
+--flood N sends N requests from 128 closed-loop clients to a continuous server with a small
+queue: counts 200s and 429s, checks that every request got exactly one answer, that ids are
+unique and that the tokens the server generated equal the tokens clients received (no lost or
+duplicated completion), and samples the server's resident memory every 1,000 requests.
+The CPU may be shared with other work: compare the two engines only within one run.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import json
 import os
+import random
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,14 +40,68 @@ import time
 import httpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROMPTS = ["Bonjour !", "Comment tu t'appelles ?", "Je me sens fatigué ce soir.", "Quel temps fait-il à Lyon ?",
-           "J'aime jouer de la guitare.", "Qu'est-ce que je peux cuisiner avec des œufs ?", "Merci beaucoup !",
-           "Combien font 3 plus 4 ?"]
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+PROMPTS = ["Bonjour !", "Salut !", "Merci beaucoup !", "Ça va ?", "Bonne nuit !", "À demain !", "Je suis là.",
+           "Il pleut."]  # short: one prompt bucket, so warming up compiles every program a window meets
+CACHE = os.path.join(tempfile.gettempdir(), "nety-bench-serve-cache")  # compiled programs, across runs
 
 
-def ensure_checkpoint(path: str) -> str:
-    from demo_run import demo_run
-    return demo_run(path, 60, "bench_serve", warmup=10)
+def checkpoint_for(model: str, given: str) -> str:
+    if given:
+        return given
+    if model == "demo":
+        from demo_run import demo_run
+        return demo_run(os.path.join(ROOT, "runs", "demo"), 60, "bench_serve", warmup=10)
+    out = os.path.join(tempfile.gettempdir(), "nety-bench-serve-gpt")
+    if not os.path.isdir(os.path.join(out, "checkpoints")):  # throughput does not depend on the weights
+        print(f"[bench_serve] training gpt_tiny (model.max_len=320) for 2 steps in {out}", flush=True)
+        subprocess.run([sys.executable, "-m", "nety_jax.cli", "train", "--config",
+                        os.path.join(ROOT, "configs", "gpt_tiny.yaml"), "--workdir", out, "--steps", "2",
+                        "--no-progress", "--set", "model.max_len=320", "--set", "train.eval_every=2"],
+                       cwd=ROOT, check=True, capture_output=True)
+    return out
+
+
+# -- the server (a child process running this file with --child) --------------------------------
+
+def child(args) -> int:
+    """Serves ``--checkpoint`` with <eos> disabled, so replies have the length clients ask."""
+    import dataclasses
+
+    import uvicorn
+    from nety_jax.serving.engine import PretrainedBackend
+    from nety_jax.serving.pretrained import load_pretrained
+    from nety_jax.serving.server import create_app
+    pre = load_pretrained(args.checkpoint)
+    room = pre.model.prompts.max_new_tokens()
+    backend = PretrainedBackend(pre, room if args.batching == "dynamic" else None)
+    backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1 << 20)
+    app = create_app(backend, "bench", max_batch=args.slots, window_ms=5.0, queue_size=args.queue,
+                     chunk=8, batching=args.batching, slots=args.slots)
+    compile_all(app.state.server.engine, pre, args.slots)
+    uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning")).run()
+    return 0
+
+
+def compile_all(engine, pre, slots: int) -> None:
+    """Runs every batch bucket once before the server listens, so no window meets a compile."""
+    import numpy as np
+    from nety_jax.serving.engine import Row
+    from nety_jax.data.prompts import bucket
+    every = [pre.model.prompts.ids(pre.tokenizer, p, pre.config.data) for p in PROMPTS]
+    by_bucket = {bucket(len(ids), pre.config.data.bucket_multiple): ids for ids in every}
+    for ids in by_bucket.values():
+        size = 1
+        while size <= slots:
+            rows = [Row(ids, 0.8, 0, 1.0, 9, i) for i in range(size)]
+            if hasattr(engine, "runner"):  # continuous: prefill + insert of this many rows, one chunk
+                engine.runner.prefill(rows, list(range(size)))
+                engine.runner.step(np.zeros(slots, bool), np.ones(slots, np.int32), engine.chunk)
+                engine.runner.reset()
+            else:
+                engine.backend.run(engine._prompt_batch(rows), rows, lambda t, d: np.zeros(len(t), bool),
+                                   engine.chunk)
+            size *= 2
 
 
 def free_port() -> int:
@@ -41,24 +110,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(checkpoint: str, max_batch: int, max_tokens: int):
+def start_server(checkpoint: str, batching: str, slots: int, queue: int):
+    print(f"[bench_serve] starting a {batching} server ({slots} slots, queue {queue}; compiling) ...", flush=True)
     port = free_port()
-    output = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, "-m", "nety_jax.cli", "serve", "--checkpoint", checkpoint,
-                             "--port", str(port), "--max-batch", str(max_batch), "--queue-size", "1024",
-                             "--max-tokens", str(max_tokens)], cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+    log = tempfile.TemporaryFile(mode="w+")
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.1",
+               PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", "--checkpoint", checkpoint,
+                             "--batching", batching, "--port", str(port), "--slots", str(slots), "--queue",
+                             str(queue)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    for _ in range(1200):
         if proc.poll() is not None:
             break
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
-            time.sleep(0.2)
+            time.sleep(0.1)
     proc.kill()
-    output.seek(0)
-    raise SystemExit(f"the server did not start: {output.read()[-2000:]}")
+    log.seek(0)
+    raise SystemExit(f"the server did not start: {log.read()[-2000:]}")
 
 
 def metric(url: str, name: str) -> float:
@@ -66,74 +138,168 @@ def metric(url: str, name: str) -> float:
     return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
 
 
-def request(client: httpx.Client, url: str, i: int, max_tokens: int):
-    body = {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens, "temperature": 0.8, "seed": i}
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+
+
+# -- one request ----------------------------------------------------------------------------------
+
+def one(client: httpx.Client, i: int, max_tokens: int, stream: bool) -> dict:
+    """Sends request ``i``; returns its status, tokens, id and timings (seconds from sending)."""
+    body = {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens, "temperature": 0.8, "seed": i,
+            "stream": stream}
     start = time.perf_counter()
-    r = client.post(f"{url}/v1/completions", json=body, timeout=300)
-    r.raise_for_status()
-    return time.perf_counter() - start, r.json()["usage"]["completion_tokens"]
+    out = {"sent": start, "stream": stream, "tokens": 0, "first": None}
+    try:
+        if not stream:
+            r = client.post("/v1/completions", json=body)
+            out.update(status=r.status_code, done=time.perf_counter() - start)
+            if r.status_code == 200:
+                out.update(tokens=r.json()["usage"]["completion_tokens"], id=r.json()["id"])
+            return out
+        body["stream_options"] = {"include_usage": True}
+        with client.stream("POST", "/v1/completions", json=body) as r:
+            out["status"] = r.status_code
+            for line in r.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line[6:])
+                if out["first"] is None and event.get("choices") and event["choices"][0].get("text"):
+                    out["first"] = time.perf_counter() - start
+                if event.get("usage"):
+                    out.update(tokens=event["usage"]["completion_tokens"], id=event["id"])
+            out["done"] = time.perf_counter() - start
+    except httpx.HTTPError as e:
+        out.update(status=f"error {type(e).__name__}", done=time.perf_counter() - start)
+    return out
 
 
-def warm_up(url: str, clients: int, max_tokens: int) -> None:
-    size = 1
-    with httpx.Client() as client:
-        while size <= max(clients, 1):
-            with futures.ThreadPoolExecutor(size) as pool:
-                list(pool.map(lambda i: request(client, url, i, max_tokens), range(size)))
-            size *= 2
-
-
-def load(url: str, clients: int, seconds: float, max_tokens: int) -> dict:
-    latencies, tokens, lock = [], [0], threading.Lock()
-    deadline = time.perf_counter() + seconds
-
-    def client_loop(c: int):
-        with httpx.Client() as client:
-            i = c
-            while time.perf_counter() < deadline:
-                latency, n = request(client, url, i, max_tokens)
-                with lock:
-                    latencies.append(latency)
-                    tokens[0] += n
-                i += clients
-
-    before = metric(url, "nety_batch_size_sum"), metric(url, "nety_batch_size_count")
+def open_loop(url: str, rate: float, seconds: float, room: int, seed: int) -> dict:
+    """Poisson arrivals at ``rate`` per second for ``seconds``; waits for every answer."""
+    rng = random.Random(seed)
+    results, threads = [], []
+    client = httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=2048))
     start = time.perf_counter()
-    with futures.ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client_loop, range(clients)))
-    elapsed = time.perf_counter() - start
-    rows = metric(url, "nety_batch_size_sum") - before[0]
-    batches = metric(url, "nety_batch_size_count") - before[1]
-    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [latencies[0]] * 99
-    return {"requests_per_s": len(latencies) / elapsed, "tokens_per_s": tokens[0] / elapsed,
-            "p50_s": q[49], "p99_s": q[98], "mean_batch": rows / max(batches, 1), "requests": len(latencies)}
+    t, i = 0.0, 0
+    while True:
+        t += rng.expovariate(rate)
+        if t > seconds:
+            break
+        time.sleep(max(0.0, start + t - time.perf_counter()))
+        args = (client, seed * 100_000 + i, rng.randint(8, min(256, room)), rng.random() < 0.5)
+        th = threading.Thread(target=lambda a=args: results.append(one(*a)), daemon=True)
+        th.start()
+        threads.append(th)
+        i += 1
+    for th in threads:
+        th.join()
+    client.close()
+    return summary(results, start, seconds)
+
+
+def quantile(values: list, q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def summary(results: list, start: float, seconds: float) -> dict:
+    ok = [r for r in results if r["status"] == 200]
+    in_window = [r for r in ok if r["sent"] + r["done"] - start <= seconds]
+    ttft = [r["first"] for r in ok if r["stream"] and r["first"] is not None]
+    tpot = [(r["done"] - r["first"]) / (r["tokens"] - 1) for r in ok if r["stream"] and r["first"] is not None
+            and r["tokens"] > 1]
+    return {"sent": len(results), "ok": len(ok), "refused": sum(r["status"] == 429 for r in results),
+            "tokens_per_s": sum(r["tokens"] for r in in_window) / seconds,
+            "requests_per_s": len(in_window) / seconds,
+            "ttft": (quantile(ttft, 0.5), quantile(ttft, 0.99)), "tpot": (quantile(tpot, 0.5), quantile(tpot, 0.99)),
+            "latency": (quantile([r["done"] for r in ok], 0.5), quantile([r["done"] for r in ok], 0.99))}
+
+
+# -- the comparison and the flood -------------------------------------------------------------------
+
+def compare(checkpoint: str, seconds: float, overload: float, slots: int) -> list:
+    rows, capacity = [], None
+    for batching in ("dynamic", "continuous"):
+        proc, url = start_server(checkpoint, batching, slots, queue=slots)
+        try:
+            room = min(int(httpx.get(f"{url}/health").json()["max_tokens"]), 256)
+            saturated = open_loop(url, overload, seconds, room, seed=1)
+            capacity = capacity or saturated["requests_per_s"]  # the dynamic engine's, for both
+            half = open_loop(url, max(capacity / 2, 0.05), seconds, room, seed=2)
+            print(f"[bench_serve] {batching}: saturation {saturated}\n[bench_serve] {batching}: half {half}", flush=True)
+            rows.append((batching, saturated, half, capacity / 2))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return rows
+
+
+def flood(checkpoint: str, n: int, clients: int = 128) -> dict:
+    proc, url = start_server(checkpoint, "continuous", slots=16, queue=16)
+    try:
+        before = metric(url, "nety_generated_tokens_total")
+        codes, ids, tokens, rss, lock = {}, [], [0], [rss_mb(proc.pid)], threading.Lock()
+        counter = iter(range(n))
+
+        def client_loop(_):
+            with httpx.Client(base_url=url, timeout=600) as client:
+                for i in counter:
+                    r = one(client, i, 2 + i % 7, i % 2 == 0)
+                    with lock:
+                        codes[r["status"]] = codes.get(r["status"], 0) + 1
+                        if r["status"] == 200:
+                            ids.append(r.get("id"))
+                            tokens[0] += r["tokens"]
+                        if sum(codes.values()) % 1000 == 0:
+                            rss.append(rss_mb(proc.pid))
+        start = time.perf_counter()
+        with futures.ThreadPoolExecutor(clients) as pool:
+            list(pool.map(client_loop, range(clients)))
+        elapsed = time.perf_counter() - start
+        generated = metric(url, "nety_generated_tokens_total") - before
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {"requests": n, "answered": sum(codes.values()), "codes": codes, "unique_ids": len(set(ids)) == len(ids),
+            "tokens_received": tokens[0], "tokens_generated": int(generated), "rss_mb": rss, "seconds": elapsed}
+
+
+def table(model: str, rows: list) -> str:
+    ms = lambda pair: f"{pair[0] * 1000:.0f} / {pair[1] * 1000:.0f} ms"
+    lines = [f"| {model} | saturation tokens/s | half load (req/s) | TTFT p50 / p99 | per-token p50 / p99 | "
+             "latency p50 / p99 |", "|---|---|---|---|---|---|"]
+    for batching, sat, half, rate in rows:
+        lines.append(f"| {batching} | {sat['tokens_per_s']:,.0f} | {rate:.2f} | {ms(half['ttft'])} | "
+                     f"{ms(half['tpot'])} | {half['latency'][0]:.1f} / {half['latency'][1]:.1f} s |")
+    ratio = rows[1][1]["tokens_per_s"] / max(rows[0][1]["tokens_per_s"], 1e-9)
+    return "\n".join(lines) + f"\n\ncontinuous / dynamic completed tokens/s at saturation: {ratio:.2f}x"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=os.path.join(ROOT, "runs", "demo"))
-    p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--seconds", type=float, default=20.0)
-    p.add_argument("--max-tokens", type=int, default=24)
+    p.add_argument("--model", choices=("demo", "gpt"), default="demo")
+    p.add_argument("--checkpoint", default="", help="a run directory (default: per --model)")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each load window")
+    p.add_argument("--overload", type=float, default=40.0, help="arrivals per second at saturation")
+    p.add_argument("--slots", type=int, default=32, help="continuous slots = dynamic max batch = queue size")
+    p.add_argument("--flood", type=int, default=0, help="requests of the flood check (0: none)")
+    p.add_argument("--only-flood", action="store_true")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--batching", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--queue", type=int, default=32, help=argparse.SUPPRESS)
     args = p.parse_args()
-    checkpoint = ensure_checkpoint(args.checkpoint)
-    rows = []
-    for label, max_batch in (("dynamic batching (max batch 32)", 32), ("one request at a time", 1)):
-        proc, url = start_server(checkpoint, max_batch, args.max_tokens)
-        try:
-            print(f"[bench_serve] {label}: warming up ...", flush=True)
-            warm_up(url, args.clients if max_batch > 1 else 1, args.max_tokens)
-            rows.append((label, load(url, args.clients, args.seconds, args.max_tokens)))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-    print(f"\n{args.clients} concurrent clients for {args.seconds:g} s each, max_tokens {args.max_tokens}, "
-          f"model {checkpoint}\n")
-    print("| serving | requests/s | tokens/s | p50 latency | p99 latency | mean batch |")
-    print("|---|---|---|---|---|---|")
-    for label, r in rows:
-        print(f"| {label} | {r['requests_per_s']:.1f} | {r['tokens_per_s']:,.0f} | {r['p50_s']:.2f} s | "
-              f"{r['p99_s']:.2f} s | {r['mean_batch']:.1f} |")
+    if args.child:
+        return child(args)
+    checkpoint = checkpoint_for(args.model, args.checkpoint)
+    if not args.only_flood:
+        rows = compare(checkpoint, args.seconds, args.overload, args.slots)
+        print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s windows, replies 8-256 tokens "
+              f"(at most the model's room), half streamed\n\n{table(args.model, rows)}")
+    if args.flood:
+        result = flood(checkpoint, args.flood)
+        print(f"\nflood: {json.dumps(result)}")
     return 0
 
 

@@ -170,6 +170,12 @@ class Model(abc.ABC):
         ``source_len`` (the longest prompt served) only, never by S), as ``start_decoding``
         with room for the longest reply the model can give after each prompt."""
 
+    def slot_prompt_length(self, length: int, source_len: int) -> int:
+        """The prompt width a slot prefill compiles for, given the bucketed ``length`` of the
+        longest prompt in it: that bucket, or ``source_len`` where the slot layout pads to it
+        anyway (one program instead of one per bucket)."""
+        return length
+
     def slot_insert(self, cache, rows, slots: jax.Array):
         """Writes the cache ``rows`` (B', ...) into ``cache`` (S, ...) at ``slots`` (B',); a slot
         index out of range (>= S) drops its row (padding rows of a bucketed prefill)."""

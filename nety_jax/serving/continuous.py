@@ -57,6 +57,7 @@ class SlotRunner:
         from nety_jax.decoding import SamplingParams
         n, b = len(rows), batch_bucket(len(rows))
         p = min(bucket(max(len(r.ids) for r in rows), self.data_cfg.bucket_multiple), self.source_len)
+        p = self.model.slot_prompt_length(p, self.source_len)
         tokens, lengths = np.full((b, p), PAD_ID, np.int32), np.ones((b,), np.int32)
         for i, r in enumerate(rows):
             tokens[i, : len(r.ids)], lengths[i] = r.ids, len(r.ids)

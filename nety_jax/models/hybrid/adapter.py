@@ -108,6 +108,9 @@ class HybridModel(Model):
         cache, before = pending
         return self._on_decoder(cache, lambda c: rewind_cache(c, before + n))
 
+    def slot_prompt_length(self, length: int, source_len: int) -> int:
+        return source_len  # the memory is padded to it in every slot
+
     def slot_prefill(self, variables, tokens, lengths, source_len: int):
         """Sources padded to ``source_len`` (so the memory has one shape in every slot; its mask
         hides the padding) and a decoder cache for the longest reply."""
