@@ -57,7 +57,8 @@ def checkpoint_for(model: str, given: str) -> str:
         print(f"[bench_serve] training gpt_tiny (model.max_len=320) for 2 steps in {out}", flush=True)
         subprocess.run([sys.executable, "-m", "nety_jax.cli", "train", "--config",
                         os.path.join(ROOT, "configs", "gpt_tiny.yaml"), "--workdir", out, "--steps", "2",
-                        "--no-progress", "--set", "model.max_len=320", "--set", "train.eval_every=2"],
+                        "--no-progress", "--set", "model.max_len=320", "--set", "train.eval_every=2",
+                        "--set", "train.warmup_steps=1"],
                        cwd=ROOT, check=True, capture_output=True)
     return out
 
@@ -74,7 +75,7 @@ def child(args) -> int:
     from nety_jax.serving.server import create_app
     pre = load_pretrained(args.checkpoint)
     room = pre.model.prompts.max_new_tokens()
-    backend = PretrainedBackend(pre, room if args.batching == "dynamic" else None)
+    backend = PretrainedBackend(pre, min(room, 256) if args.batching == "dynamic" else None)  # 256: the longest draw
     backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1 << 20)
     app = create_app(backend, "bench", max_batch=args.slots, window_ms=5.0, queue_size=args.queue,
                      chunk=8, batching=args.batching, slots=args.slots)
@@ -99,7 +100,8 @@ def compile_all(engine, pre, slots: int) -> None:
                 engine.runner.step(np.zeros(slots, bool), np.ones(slots, np.int32), engine.chunk)
                 engine.runner.reset()
             else:
-                engine.backend.run(engine._prompt_batch(rows), rows, lambda t, d: np.zeros(len(t), bool),
+                stop_first = lambda t, d: np.arange(len(t)) == 0  # the path of a row ending early
+                engine.backend.run(engine._prompt_batch(rows), rows, stop_first,
                                    engine.chunk)
             size *= 2
 

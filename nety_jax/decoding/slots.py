@@ -73,9 +73,11 @@ def empty(model, variables, slots: int, room: int, source_len: int) -> Slots:
                                                          jnp.ones((slots,), jnp.int32), source_len)[1], variables)
     cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     params = SamplingParams.create(slots, temperature=0.0, max_new_tokens=0, keys=jnp.zeros((slots, 2)))
-    return Slots(cache=cache, last=jnp.zeros((slots,), jnp.int32), count=jnp.zeros((slots,), jnp.int32),
-                 done=jnp.ones((slots,), bool), tokens=jnp.full((slots, room), PAD_ID, jnp.int32),
-                 params=jax.tree_util.tree_map(jnp.asarray, params))
+    state = Slots(cache=cache, last=jnp.zeros((slots,), jnp.int32), count=jnp.zeros((slots,), jnp.int32),
+                  done=jnp.ones((slots,), bool), tokens=jnp.full((slots, room), PAD_ID, jnp.int32),
+                  params=jax.tree_util.tree_map(jnp.asarray, params))
+    # committed to a device, as every later state (a compiled output) is: one program per shape
+    return jax.device_put(state, jax.local_devices()[0])
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "source_len"))

@@ -291,6 +291,7 @@ class PretrainedBackend:
                             compiled_max=self.max_new_tokens).spec
 
     def run(self, batch: PromptBatch, rows: list[Row], on_chunk, chunk: int):
+        import jax
         import jax.numpy as jnp
         from nety_jax.decoding import SamplingParams, continue_stream
         from nety_jax.decoding.loop import result
@@ -310,7 +311,8 @@ class PretrainedBackend:
             if stop.any():
                 done = np.asarray(state.done).copy()
                 done[: len(rows)] |= stop
-                state = state.replace(done=jnp.asarray(done))
+                # placed as the loop's own output: an uncommitted array would compile the loop again
+                state = state.replace(done=jax.device_put(done, state.done.sharding))
             if bool(np.all(np.asarray(state.done))) or int(state.pos) >= spec.max_new_tokens:
                 break
             state = continue_stream(variables, state, int(state.pos) + chunk, model=model, spec=spec)
