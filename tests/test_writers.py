@@ -101,7 +101,7 @@ def _remark(src, dst, writer):
 
 @pytest.fixture(scope="module")
 def targets(trained_run, tmp_path_factory):
-    import torch
+    torch = pytest.importorskip("torch")  # a PyTorch state dict is one of the targets (export-torch's)
     base = tmp_path_factory.mktemp("targets")
     run = str(base / "run")
     shutil.copytree(trained_run, run)
