@@ -218,9 +218,10 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
                chunk: int = 8, batching: Optional[str] = None, slots: int = 32) -> FastAPI:
     check_options(max_batch, window_ms, queue_size, None, chunk, batching, slots)  # without `serve` too
     metrics = Metrics()
-    if getattr(backend.model, "prefix_cache", None) is not None:
+    cache = getattr(getattr(backend, "model", None), "prefix_cache", None)
+    if cache is not None:  # backends without a model (exported artifacts, test doubles) have no cache
         from nety_jax.serving.prefix_cache import CacheCollector
-        metrics.registry.register(CacheCollector(backend.model.prefix_cache))
+        metrics.registry.register(CacheCollector(cache))
     engine = make_engine(backend, batching, max_batch, window_ms, queue_size, chunk, slots, metrics)
     server = Server(backend, name, engine, metrics)
     app = FastAPI(title="nety-jax", version="1")
