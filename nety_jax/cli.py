@@ -110,6 +110,8 @@ def cmd_train(args) -> int:
                     progress=not args.no_progress, init_from=source)
     val = summary.get("val") or {}
     extra = f"; validation loss {val['loss']:.3f}" if "loss" in val else ""
+    if summary.get("skipped_records"):
+        extra += f"; skipped {summary['skipped_records']} damaged records of the prepared data"
     print(f"{summary['status']} at step {summary['step']} in {summary['workdir']}{extra}")
     return 0
 
@@ -277,7 +279,8 @@ def _add_commands(sub) -> None:
     p.add_argument("--init-from", metavar="RUN_OR_HF_DIR",
                    help="start from these weights (a run directory or a HuggingFace GPT-2 directory): "
                         "architecture and tokenizer from it, data/optimizer/schedule from the config")
-    p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (counted in the log)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip malformed lines, or damaged records of a prepared directory (counted in the log)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--plan", action="store_true",
                    help="print the memory plan (bytes per device) and exit without training")

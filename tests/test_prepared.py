@@ -238,3 +238,74 @@ def test_a_given_tokenizer_file_is_the_one_the_shards_use(text, tmp_path):
     assert read_manifest(mine)["tokenizer"] == read_manifest(out)["tokenizer"]
     with pytest.raises(DataError, match="--tokenizer nowhere: not found"):
         prepare_data(cfg, [], str(tmp_path / "other"), tokenizer_from="nowhere", workers=1, **QUIET)
+
+
+def _flip(directory, name, at=1 / 3):
+    path = os.path.join(directory, name)
+    raw = bytearray(open(path, "rb").read())
+    raw[int(len(raw) * at)] ^= 0xFF
+    open(path, "wb").write(bytes(raw))
+
+
+def _cut(directory, name):
+    path = os.path.join(directory, name)
+    raw = open(path, "rb").read()
+    open(path, "wb").write(raw[: len(raw) // 2])
+
+
+def test_skip_bad_skips_and_counts_damaged_pair_records(pairs, tmp_path):
+    """--skip-bad over a flipped byte (shard 0) and a truncated shard (shard 1): the batch keeps its
+    shape, a skipped pair has no target token (no loss), every other row is the intact one, and each
+    damaged record is counted once however often it is read."""
+    cfg, out = pairs
+    bad = _copy(out, str(tmp_path / "bad"))
+    _flip(bad, "train-00000.arrayrecord")
+    _cut(bad, "train-00001.arrayrecord")
+    _, clean = open_prepared(cfg, out)
+    _, data = open_prepared(cfg, bad, skip_bad=True)
+    idx = np.arange(0, 1400)
+    for _ in range(2):
+        got, want = data.train.collate(idx), clean.train.collate(idx)
+    skipped = ~np.any(got["targets"] != 0, axis=1)
+    assert skipped[700:].all()  # the truncated shard: none of its records can be found
+    assert 1 <= skipped[:700].sum() < 700
+    for k in want:
+        np.testing.assert_array_equal(got[k][~skipped], want[k][~skipped])
+    assert data.damage.count == skipped.sum()
+    assert "train-00001.arrayrecord: damaged" in data.damage.first or "train-00000" in data.damage.first
+
+
+def test_skip_bad_pads_a_damaged_chunk_of_a_token_stream(text, tmp_path):
+    cfg, out = text
+    bad = _copy(out, str(tmp_path / "bad"))
+    _flip(bad, "train-00001.arrayrecord", at=1 / 2)
+    _, clean = open_prepared(cfg, out)
+    _, data = open_prepared(cfg, bad, skip_bad=True)
+    idx = np.arange(len(clean.train))
+    got, want = data.train.collate(idx)["tokens"], clean.train.collate(idx)["tokens"]
+    differ = got != want
+    assert differ.any() and (got[differ] == 0).all()  # the damaged chunk's tokens are pads, the rest intact
+    assert data.damage.count >= 1
+
+
+def test_training_with_skip_bad_over_a_damaged_shard(text, tmp_path):
+    """With --skip-bad, training over a truncated shard trains, says so and counts the skipped records
+    (without it, the error of test_a_damaged_shard_names_the_shard_and_record stops the run). The
+    config of the resume test above: its compiled step is reused."""
+    from nety_jax.data.prefetch import Prefetcher
+    from nety_jax.training.loop import train
+    cfg, out = text
+    bad = _copy(out, str(tmp_path / "bad"))
+    _cut(bad, "train-00000.arrayrecord")
+    _, strict = open_prepared(cfg, bad)
+    with pytest.raises(DataError, match=r"train-00000\.arrayrecord: damaged"):  # raised by the consumer
+        batches = Prefetcher(BatchIterator(strict.train, 4, 0))
+        for _ in range(batches.batches_per_epoch):
+            next(batches)
+    c = load_config(GPT_TINY, ["train.steps=2", "train.checkpoint_every=2", "train.eval_every=1000",
+                               "train.log_every=2", "model.dropout=0.1", "train.schedule=constant",
+                               "train.bleu_samples=0"])
+    said = []
+    summary = train(c, str(tmp_path / "skip"), bad, skip_bad=True, progress=False, log=said.append)
+    assert summary["step"] == 2 and summary["skipped_records"] > 0
+    assert any("damaged records of the prepared data" in s for s in said)

@@ -84,43 +84,94 @@ class ShardWriter:
         return self._hash.hexdigest()
 
 
-class ShardReader:
-    """Random access to the records of a split's shards, in order (global record index)."""
+def _first_line(error: Exception, empty: str) -> str:
+    """The first line of ArrayRecord's message (some errors have none)."""
+    return (str(error).splitlines() or [empty])[0][:160]
 
-    def __init__(self, directory: str, shards: list[dict]):
-        self.directory, self.shards = directory, shards
+
+class Damage:
+    """Damaged records skipped under ``--skip-bad`` (shared by a prepared directory's readers):
+    how many, and the first one's message. Records are counted once however often they are read."""
+
+    def __init__(self):
+        self._records: set = set()  # (shard file, record) of damaged records
+        self._shards: dict = {}  # shard file -> its record count, for shards that cannot be opened
+        self.first: Optional[str] = None
+
+    def record(self, shard: str, local: int, message: str) -> None:
+        self._records.add((shard, local))
+        self.first = self.first or message
+
+    def shard(self, shard: str, records: int, message: str) -> None:
+        self._shards[shard] = records
+        self.first = self.first or message
+
+    @property
+    def count(self) -> int:
+        return sum(self._shards.values()) + sum(1 for s, _ in self._records if s not in self._shards)
+
+
+class ShardReader:
+    """Random access to the records of a split's shards, in order (global record index).
+
+    A damaged record (a checksum that does not match, a chunk ArrayRecord cannot read) or shard
+    (truncated: its index is gone, so none of its records can be found) is a ``DataError`` naming
+    the shard and record; with ``damage`` (``--skip-bad``) it is counted there instead and read
+    as ``None``, which the datasets (``data.streamed``) turn into a row without loss."""
+
+    def __init__(self, directory: str, shards: list[dict], damage: Optional[Damage] = None):
+        self.directory, self.shards, self.damage = directory, shards, damage
         self.offsets = np.cumsum([0] + [s["records"] for s in shards]).tolist()
         self._sources: dict[int, object] = {}
 
     def __len__(self) -> int:
         return self.offsets[-1]
 
+    def _open(self, k: int):
+        import grain
+        path = os.path.join(self.directory, self.shards[k]["file"])
+        if not os.path.isfile(path):
+            raise DataError(f"{path}: missing (listed in {MANIFEST}); prepare the data again")
+        try:
+            source = grain.sources.ArrayRecordDataSource([path])
+        except RuntimeError as e:
+            raise DataError(f"{path}: damaged ({_first_line(e, 'truncated?')}); prepare the data again") \
+                from None
+        if len(source) != self.shards[k]["records"]:
+            raise DataError(f"{path}: holds {len(source)} records, {MANIFEST} says "
+                            f"{self.shards[k]['records']}; prepare the data again")
+        return source
+
     def _source(self, k: int):
+        """Shard ``k``'s source, or None when it is damaged and skipped."""
         if k not in self._sources:
-            import grain
-            path = os.path.join(self.directory, self.shards[k]["file"])
-            if not os.path.isfile(path):
-                raise DataError(f"{path}: missing (listed in {MANIFEST}); prepare the data again")
             try:
-                source = grain.sources.ArrayRecordDataSource([path])
-            except RuntimeError as e:
-                raise DataError(f"{path}: damaged ({str(e).splitlines()[0][:160]}); prepare the data "
-                                "again") from None
-            if len(source) != self.shards[k]["records"]:
-                raise DataError(f"{path}: holds {len(source)} records, {MANIFEST} says "
-                                f"{self.shards[k]['records']}; prepare the data again")
-            self._sources[k] = source
+                self._sources[k] = self._open(k)
+            except DataError as e:
+                if self.damage is None:
+                    raise
+                self.damage.shard(self.shards[k]["file"], self.shards[k]["records"], str(e))
+                self._sources[k] = None
         return self._sources[k]
 
-    def __getitem__(self, i: int) -> list[np.ndarray]:
+    def __getitem__(self, i: int) -> Optional[list[np.ndarray]]:
         k = bisect.bisect_right(self.offsets, i) - 1
         local = i - self.offsets[k]
         where = lambda: f"{os.path.join(self.directory, self.shards[k]['file'])}: record {local}"  # noqa: E731
+        source = self._source(k)
+        if source is None:
+            return None
         try:
-            record = self._source(k)[local]
-        except RuntimeError as e:
-            raise DataError(f"{where()}: unreadable ({str(e).splitlines()[0][:160]})") from None
-        return decode_record(record, where)
+            try:
+                record = source[local]
+            except RuntimeError as e:
+                raise DataError(f"{where()}: unreadable ({_first_line(e, 'no message')})") from None
+            return decode_record(record, where)
+        except DataError as e:
+            if self.damage is None:
+                raise
+            self.damage.record(self.shards[k]["file"], local, str(e))
+            return None
 
 
 def length_histogram(lengths: np.ndarray) -> dict:

@@ -5,6 +5,11 @@ Each has ``len()``, ``length(i)``, ``lengths(indices)`` (vectorized, for bucketi
 collates, or with ``part`` only the ``p``-th of ``n`` equal row slices of it, read from
 disk alone and padded to the whole batch's shape (every process of a multi-host job reads
 its own rows). Nothing but the shards' offsets and the memory-mapped lengths stays in memory.
+
+A damaged record skipped under ``--skip-bad`` (the reader gives ``None``, ``shards.Damage``
+counts it) becomes a row the loss ignores, never a shorter batch: a pair becomes ``<eos>`` ->
+``<sos>`` (no target token), a stream chunk becomes pads (targets never scored), a packed row
+becomes all pads. The batch plan, its shapes and a resumed run's batches are unchanged.
 """
 from __future__ import annotations
 
@@ -12,11 +17,12 @@ import bisect
 
 import numpy as np
 
-from nety_jax.config.sections import PAD_ID, DataConfig
+from nety_jax.config.sections import EOS_ID, PAD_ID, SOS_ID, DataConfig
 from nety_jax.data.pairs import pad_pairs
 from nety_jax.data.shards import ShardReader
 
 WHOLE = (0, 1)
+_SKIPPED_PAIR = [np.asarray([EOS_ID], np.int32), np.asarray([SOS_ID], np.int32)]  # no target token: no loss
 
 
 def part_of(idx, part: tuple[int, int]) -> np.ndarray:
@@ -45,11 +51,15 @@ class PairShards:
 
     def collate(self, idx, part: tuple[int, int] = WHOLE) -> dict:
         longest = tuple(int(v) for v in self._lengths[np.asarray(idx)].max(axis=0))
-        rows = [self.reader[int(i)] for i in part_of(idx, part)]
+        rows = [self._pair(int(i)) for i in part_of(idx, part)]
         return pad_pairs([r[0] for r in rows], [r[1] for r in rows], self.cfg, longest)
 
+    def _pair(self, i: int) -> list[np.ndarray]:
+        row = self.reader[i]
+        return _SKIPPED_PAIR if row is None else row
+
     def reference(self, i: int) -> list[int]:
-        return self.reader[int(i)][1][1:].tolist()
+        return self._pair(int(i))[1][1:].tolist()
 
 
 class StreamWindows:
@@ -81,11 +91,19 @@ class StreamWindows:
             k = bisect.bisect_right(self.token_offsets, start) - 1
             local = start - self.token_offsets[k]
             record = self.reader.offsets[k] + local // self.chunk
-            piece = self.reader[record][0][local % self.chunk:]
+            piece = self._chunk(k, record, local)[local % self.chunk:]
             piece = piece[: stop - start]
             out.append(piece)
             start += len(piece)
         return np.concatenate(out) if out else np.zeros(0, np.int32)
+
+    def _chunk(self, k: int, record: int, local: int) -> np.ndarray:
+        """The tokens of one record (shard ``k``, stream offset ``local`` in it); pads if skipped."""
+        got = self.reader[record]
+        if got is not None:
+            return got[0]
+        first = local - local % self.chunk
+        return np.full(min(self.chunk, self.token_offsets[k + 1] - self.token_offsets[k] - first), PAD_ID, np.int32)
 
     def collate(self, idx, part: tuple[int, int] = WHOLE) -> dict:
         idx = part_of(idx, part)
@@ -117,4 +135,6 @@ class PackedShards:
 
     def collate(self, idx, part: tuple[int, int] = WHOLE) -> dict:
         rows = [self.reader[int(i)] for i in part_of(idx, part)]
+        empty = [np.zeros(self.seq_len, np.int32)] * len(self.KEYS)  # a skipped row: all pads
+        rows = [empty if r is None else r for r in rows]
         return {k: np.stack([r[j] for r in rows]).astype(np.int32) for j, k in enumerate(self.KEYS)}

@@ -48,6 +48,7 @@ class DataSplit:
     fingerprint: str  # of the encoded training examples: a resumed run checks its data is the same
     description: str
     truncated: int = 0  # examples cut to the configured lengths
+    damage: Optional[object] = None  # prepared data under --skip-bad: the damaged records skipped (shards.Damage)
 
 
 class Task(abc.ABC):
@@ -134,8 +135,9 @@ class Task(abc.ABC):
         returns its counts (``records``, ``examples``, ``tokens``, ``sha256``, ``histogram``)."""
 
     @abc.abstractmethod
-    def open_prepared(self, cfg, directory: str, manifest: dict) -> DataSplit:
-        """The training and validation datasets read from a prepared directory's shards."""
+    def open_prepared(self, cfg, directory: str, manifest: dict, damage=None) -> DataSplit:
+        """The training and validation datasets read from a prepared directory's shards; with
+        ``damage`` (a ``shards.Damage``: ``--skip-bad``) damaged records are counted there and skipped."""
 
     @abc.abstractmethod
     def example_prompt(self, item) -> str:

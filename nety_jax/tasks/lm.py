@@ -89,13 +89,13 @@ class LanguageModelTask(Task, name="lm", noun="a language model", data_option="-
         return {"records": writer.records, "examples": examples, "tokens": tokens,
                 "documents": documents, "sha256": writer.close(), "histogram": histogram}
 
-    def open_prepared(self, cfg, directory: str, manifest: dict) -> DataSplit:
+    def open_prepared(self, cfg, directory: str, manifest: dict, damage=None) -> DataSplit:
         if cfg.data.subword_alpha > 0:
             raise ConfigError(f"data.subword_alpha={cfg.data.subword_alpha} re-segments (input, target) "
                               f"pairs; the {self.name} task trains on a token stream: set it to 0")
         seq_len, stride = window_sizes(cfg.data, cfg.model.max_len)
         splits = manifest["splits"]
-        readers = [ShardReader(directory, splits[s]["shards"]) for s in ("train", "val")]
+        readers = [ShardReader(directory, splits[s]["shards"], damage) for s in ("train", "val")]
         if cfg.data.packing:
             tr, va = (PackedShards(r, seq_len) for r in readers)
             what = "packed rows"
@@ -106,7 +106,7 @@ class LanguageModelTask(Task, name="lm", noun="a language model", data_option="-
             what = "windows"
         desc = (f"{len(tr)} training / {len(va)} validation {what} of {seq_len} tokens "
                 f"({splits['train']['tokens']:,} / {splits['val']['tokens']:,} tokens) streamed from {directory}")
-        return DataSplit(tr, va, fingerprint(manifest), desc)
+        return DataSplit(tr, va, fingerprint(manifest), desc, damage=damage)
 
     def example_prompt(self, item) -> str:
         return item

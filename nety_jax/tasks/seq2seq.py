@@ -58,17 +58,17 @@ class Seq2SeqTask(Task, name="seq2seq", noun="a seq2seq model", data_option="--d
                 "histogram": length_histogram(lengths.sum(axis=1)),
                 "lengths": os.path.basename(path) + ".lengths.npy"}
 
-    def open_prepared(self, cfg, directory: str, manifest: dict) -> DataSplit:
+    def open_prepared(self, cfg, directory: str, manifest: dict, damage=None) -> DataSplit:
         if cfg.data.subword_alpha > 0:
             raise ConfigError(f"data.subword_alpha={cfg.data.subword_alpha} re-segments the pairs' texts at "
                               f"every batch; {directory} holds fixed ids: set it to 0 or train from the "
                               "pairs file")
-        tr, va = (PairShards(ShardReader(directory, manifest["splits"][split]["shards"]),
+        tr, va = (PairShards(ShardReader(directory, manifest["splits"][split]["shards"], damage),
                              _lengths(directory, manifest["splits"][split]), cfg.data)
                   for split in ("train", "val"))
         desc = f"{len(tr)} training / {len(va)} validation pairs streamed from {directory}"
         truncated = sum(manifest["splits"][split].get("truncated", 0) for split in ("train", "val"))
-        return DataSplit(tr, va, fingerprint(manifest), desc, truncated)
+        return DataSplit(tr, va, fingerprint(manifest), desc, truncated, damage)
 
     def longest_batch(self, cfg) -> dict:
         b, d = cfg.train.batch_size, cfg.data

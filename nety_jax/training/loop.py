@@ -78,13 +78,30 @@ def _validate(run: Run, state, step: int, writer, say) -> dict:
     return metrics
 
 
+class _DamageReport:
+    """Says when more damaged records of prepared data were skipped (``--skip-bad``) since it last did."""
+
+    def __init__(self, run: Run):
+        self.damage, self.said = run.data.damage, 0
+
+    def __call__(self, step: int, say) -> None:
+        if self.damage is not None and self.damage.count > self.said:
+            self.said = self.damage.count
+            say(f"step {step}: skipped {self.said} damaged records of the prepared data so far (--skip-bad; "
+                f"first: {self.damage.first})")
+
+    @property
+    def skipped(self) -> int:
+        return 0 if self.damage is None else self.damage.count
+
+
 def _loop(run: Run, workdir: str, writer, bar, say, stop: StopFlag, saver: _Saver) -> tuple:
     t = run.cfg.train
     schedule = make_schedule(t)
     sums, state, val_metrics, pending = MetricSums(), run.state, {}, None
     meter = Throughput(run.model, peak_flops(run.runner.step_devices, run.cfg.model.dtype, t.peak_tflops)[0])
     timer = time.perf_counter()
-    status = "finished"
+    status, damage = "finished", _DamageReport(run)
     for step in range(run.start, t.steps):
         batch = next(run.iterator)
         if step == run.start:  # the compiled step's memory, before it runs (memory.py)
@@ -112,6 +129,7 @@ def _loop(run: Run, workdir: str, writer, bar, say, stop: StopFlag, saver: _Save
             bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['learning_rate']:.2e}",
                             tok_s=f"{values['tokens_per_s']:.0f}", **mfu, refresh=False)
         sums.reset()
+        damage(step_no, say)
         val_loss = None
         if run.val_batches and (not step_no % t.eval_every or is_last):
             val_metrics = _validate(run, state, step_no, writer, say)
@@ -206,4 +224,5 @@ def _train(cfg: Config, workdir: str, data, skip_bad: bool, log, progress: bool,
                 bar.close()
             writer.close()
     return {"status": status, "start_step": run.start, "step": int(local(state.step)), "val": val,
-            "plot": plot_losses(workdir) if is_primary() else None, "workdir": workdir}
+            "plot": plot_losses(workdir) if is_primary() else None, "workdir": workdir,
+            "skipped_records": _DamageReport(run).skipped}

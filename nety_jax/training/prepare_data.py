@@ -149,13 +149,15 @@ def _same_tokenizer(directory: str, tokenizer, other: str, manifest: dict) -> No
                               f"with `--tokenizer {other}` or use another --workdir")
 
 
-def open_prepared(cfg: Config, directory: str, run_tokenizer=None, run_where: str = "") -> tuple:
+def open_prepared(cfg: Config, directory: str, run_tokenizer=None, run_where: str = "",
+                  skip_bad: bool = False) -> tuple:
     """(tokenizer, DataSplit) streamed from ``directory``. ``run_tokenizer``: the tokenizer the
-    run must keep (a resumed run's, or the weights' it starts from), named ``run_where``."""
+    run must keep (a resumed run's, or the weights' it starts from), named ``run_where``.
+    ``skip_bad``: damaged records are skipped and counted (``DataSplit.damage``), not an error."""
     task = get_model(cfg.model).task
     manifest = shards.read_manifest(directory)
     _check_config(cfg, task, directory, manifest)
     if run_tokenizer is not None:
         _same_tokenizer(directory, run_tokenizer, run_where, manifest)
-    data: DataSplit = task.open_prepared(cfg, directory, manifest)
+    data: DataSplit = task.open_prepared(cfg, directory, manifest, shards.Damage() if skip_bad else None)
     return load_tokenizer(directory), data

@@ -140,7 +140,7 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
     if prepared is not None:  # streamed from shards: the tokenizer is the one they were made with
         run_tok = load_tokenizer(workdir) if has_checkpoint else getattr(init_from, "tokenizer", None)
         tokenizer, data = open_prepared(cfg, prepared, run_tok, workdir if has_checkpoint else
-                                        getattr(init_from, "where", ""))
+                                        getattr(init_from, "where", ""), skip_bad)
     else:
         tokenizer, data = _read_raw(cfg, task, workdir, paths, skip_bad, has_checkpoint, init_from, log)
     if not has_checkpoint and tokenizer.vocab_size < cfg.data.vocab_size:
