@@ -142,14 +142,14 @@ def test_a_damaged_shard_names_the_shard_and_record(pairs, tmp_path):
     open(path, "wb").write(bytes(raw))
     _, data = open_prepared(cfg, flipped)
     with pytest.raises(DataError, match=r"train-00000\.arrayrecord: (record \d+: damaged|damaged|.*unreadable)"):
-        data.train.collate(np.arange(700))
+        data.train.collate(np.arange(len(data.train)))
     cut = _copy(out, str(tmp_path / "cut"))
     path = os.path.join(cut, "train-00001.arrayrecord")
     raw = open(path, "rb").read()
     open(path, "wb").write(raw[: len(raw) // 2])
     _, data = open_prepared(cfg, cut)
     with pytest.raises(DataError, match=r"train-00001\.arrayrecord: damaged"):
-        data.train.collate([750])
+        data.train.collate([int(np.flatnonzero(np.asarray(data.train.order) == 750)[0])])  # record 750
 
 
 def test_a_directory_prepared_with_another_config_is_refused_with_the_field(pairs):
@@ -263,12 +263,12 @@ def test_skip_bad_skips_and_counts_damaged_pair_records(pairs, tmp_path):
     _cut(bad, "train-00001.arrayrecord")
     _, clean = open_prepared(cfg, out)
     _, data = open_prepared(cfg, bad, skip_bad=True)
-    idx = np.arange(0, 1400)
+    idx = np.arange(len(clean.train))
     for _ in range(2):
         got, want = data.train.collate(idx), clean.train.collate(idx)
-    skipped = ~np.any(got["targets"] != 0, axis=1)
-    assert skipped[700:].all()  # the truncated shard: none of its records can be found
-    assert 1 <= skipped[:700].sum() < 700
+    skipped, records = ~np.any(got["targets"] != 0, axis=1), np.asarray(data.train.order)[idx]
+    assert skipped[(records >= 700) & (records < 1400)].all()  # the truncated shard: none can be found
+    assert 1 <= skipped[records < 700].sum() < 700
     for k in want:
         np.testing.assert_array_equal(got[k][~skipped], want[k][~skipped])
     assert data.damage.count == skipped.sum()
@@ -309,3 +309,57 @@ def test_training_with_skip_bad_over_a_damaged_shard(text, tmp_path):
     summary = train(c, str(tmp_path / "skip"), bad, skip_bad=True, progress=False, log=said.append)
     assert summary["step"] == 2 and summary["skipped_records"] > 0
     assert any("damaged records of the prepared data" in s for s in said)
+
+
+def _lines_file(path, lines, repeat):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in range(repeat):
+            f.writelines(f"{r} {line}\n" for line in lines)
+    return str(path)
+
+
+def test_prepare_streams_the_corpus_its_memory_does_not_grow_with_it(text, tmp_path):
+    """Python's peak allocation while preparing 4x more text stays that of the smaller corpus
+    (shards of 500 lines, one process, the fixture's tokenizer): the corpus is never held.
+    Reading it whole, as `train FILE` does, would grow with it."""
+    import tracemalloc
+    from nety_jax.data.text import default_text_path
+    cfg, out = text
+    lines = open(default_text_path(), encoding="utf-8").read().splitlines()
+    peaks = []
+    for repeat in (8, 32):
+        src = _lines_file(tmp_path / f"x{repeat}.txt", lines, repeat)
+        tracemalloc.start()
+        prepare_data(cfg, [src], str(tmp_path / f"p{repeat}"), tokenizer_from=out, per_shard=500, workers=1, **QUIET)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    size = os.path.getsize(tmp_path / "x32.txt") - os.path.getsize(tmp_path / "x8.txt")
+    assert peaks[1] - peaks[0] < size / 4, (peaks, size)
+
+
+def test_prepare_names_the_bad_line_and_trains_the_tokenizer_the_raw_path_trains(pairs, tmp_path):
+    from nety_jax.data.shards import read_manifest, tokenizer_digest
+    from nety_jax.data.tokenizer import load_tokenizer
+    from nety_jax.training.setup import build_tokenizer
+    cfg, out = pairs
+    task = get_model(cfg.model).task
+    with tempfile_dir(tmp_path / "tok") as tok:  # prepare's tokenizer (trained in a stream) is read's
+        build_tokenizer(cfg, task.read(cfg, task.default_paths(), False).texts).save(tok)
+        assert tokenizer_digest(tok) == read_manifest(out)["tokenizer"]
+    bad = tmp_path / "bad.jsonl"
+    good = '{"input": "bonjour", "target": "salut"}\n'
+    bad.write_text(good * 30 + "{oops\n" + good * 30)
+    with pytest.raises(DataError, match=r"bad\.jsonl:31: invalid JSON"):
+        prepare_data(cfg, [str(bad)], str(tmp_path / "strict"), tokenizer_from=out, workers=1, **QUIET)
+    said = []
+    manifest = prepare_data(cfg, [str(bad)], str(tmp_path / "skip"), tokenizer_from=out, skip_bad=True, workers=1,
+                            progress=False, log=said.append)
+    assert manifest["skipped"] == 1 and "skipped 1 bad lines" in said[0] and "bad.jsonl:31" in said[0]
+    assert sum(s["examples"] for s in manifest["splits"].values()) == 60
+    assert load_tokenizer(str(tmp_path / "skip")).vocab_size == load_tokenizer(out).vocab_size
+
+
+def tempfile_dir(path):
+    import contextlib
+    os.makedirs(path)
+    return contextlib.nullcontext(str(path))

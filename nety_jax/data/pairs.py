@@ -12,12 +12,12 @@ import json
 import os
 import zlib
 from importlib import resources
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
 from nety_jax.config.sections import EOS_ID, PAD_ID, SOS_ID, DataConfig
-from nety_jax.data.readers import check_file, read_lines
+from nety_jax.data.readers import Skips, check_file, read_lines
 from nety_jax.errors import DataError
 
 DEFAULT_CORPUS = "dialogues_fr.jsonl"
@@ -78,36 +78,54 @@ def pairs_format(path: str, cfg: DataConfig) -> str:
     return FORMATS[ext]
 
 
-def read_pairs(path: str, cfg: DataConfig, skip_bad: bool = False) -> ReadReport:
-    """Reads (input, target) pairs; a bad line raises (or, with skip_bad, is counted)."""
+def iter_pairs(path: str, cfg: DataConfig, skip_bad: bool, skips: Skips) -> Iterator[tuple[str, str]]:
+    """(input, target) pairs in file order, read as they are consumed; a bad line raises (or,
+    with ``skip_bad``, is counted in ``skips``)."""
     check_file(path)  # a missing file or a directory is named as such, before its format
     fmt = pairs_format(path, cfg)
     keys = (cfg.input_key, cfg.target_key)
-    report = ReadReport(pairs=[])
     for lineno, line, error in read_lines(path):
         try:
             if error:
                 raise DataError(error)
             if line.strip():
-                report.pairs.append(_parse_line(path, lineno, line, fmt, keys))
+                pair = _parse_line(path, lineno, line, fmt, keys)
+            else:
+                continue
         except DataError as e:
             if not skip_bad:
                 raise
-            report.skipped += 1
-            report.first_error = report.first_error or str(e)
-    if not report.pairs:
-        detail = f" ({report.skipped} bad lines skipped; first: {report.first_error})" \
-            if report.skipped else ""
-        raise DataError(f"{path}: no (input, target) pairs found{detail}")
-    return report
+            skips.add(str(e))
+            continue
+        yield pair
+
+
+def no_pairs(path: str, skips: Skips) -> DataError:
+    detail = f" ({skips.skipped} bad lines skipped; first: {skips.first_error})" if skips.skipped else ""
+    return DataError(f"{path}: no (input, target) pairs found{detail}")
+
+
+def read_pairs(path: str, cfg: DataConfig, skip_bad: bool = False) -> ReadReport:
+    """Reads (input, target) pairs; a bad line raises (or, with skip_bad, is counted)."""
+    skips = Skips()
+    pairs = list(iter_pairs(path, cfg, skip_bad, skips))
+    if not pairs:
+        raise no_pairs(path, skips)
+    return ReadReport(pairs, skips.skipped, skips.first_error)
+
+
+def split_order(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, int]:
+    """(a permutation of ``range(n)``, how many of its first entries are held out)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0:
+        n_val = min(max(n_val, 1), n - 1)
+    return order, n_val
 
 
 def split_pairs(pairs, val_fraction: float, seed: int):
     """Deterministic held-out split (at least one validation pair when asked for)."""
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    n_val = int(round(len(pairs) * val_fraction))
-    if val_fraction > 0:
-        n_val = min(max(n_val, 1), len(pairs) - 1)
+    order, n_val = split_order(len(pairs), val_fraction, seed)
     val = [pairs[i] for i in order[:n_val]]
     train = [pairs[i] for i in order[n_val:]]
     return train, val

@@ -17,6 +17,17 @@ from nety_jax.errors import DataError
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+class Skips:
+    """Bad lines skipped under ``--skip-bad``: how many, and the first one's message."""
+
+    def __init__(self):
+        self.skipped, self.first_error = 0, None
+
+    def add(self, message: str) -> None:
+        self.skipped += 1
+        self.first_error = self.first_error or message
+
+
 def check_file(path: str, what: str = "data file") -> None:
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory, not a {what}")

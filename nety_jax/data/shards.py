@@ -194,7 +194,7 @@ def merge_histograms(histograms: Sequence[dict]) -> dict:
 def source_fingerprint(path: str) -> dict:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
+        for chunk in iter(lambda: f.read(1 << 18), b""):
             h.update(chunk)
     return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": h.hexdigest()}
 
@@ -234,6 +234,7 @@ def fingerprint(manifest: dict) -> str:
     for split in sorted(manifest["splits"]):
         for shard in manifest["splits"][split]["shards"]:
             h.update(shard["sha256"].encode())
+        h.update(manifest["splits"][split].get("order_sha256", "").encode())  # the split's dataset order
     return h.hexdigest()[:16]
 
 

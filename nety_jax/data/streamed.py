@@ -33,25 +33,31 @@ def part_of(idx, part: tuple[int, int]) -> np.ndarray:
 
 
 class PairShards:
-    """Framed (source, target) pairs; ``lengths`` is (N, 2) source / target ids."""
+    """Framed (source, target) pairs; ``lengths`` is (N, 2) source / target ids of the records;
+    ``order`` (N,) the record of each example (shards hold a split in file order, its dataset is
+    in the split's random order: ``tasks.SplitPlan``), None when they are the same."""
 
     reads_parts = True  # collate(idx, part) reads only that part of a batch
 
-    def __init__(self, reader: ShardReader, lengths: np.ndarray, cfg: DataConfig):
-        self.reader, self._lengths, self.cfg = reader, lengths, cfg
+    def __init__(self, reader: ShardReader, lengths: np.ndarray, cfg: DataConfig, order=None):
+        self.reader, self._lengths, self.cfg, self.order = reader, lengths, cfg, order
 
     def __len__(self) -> int:
         return len(self.reader)
 
+    def _records(self, idx) -> np.ndarray:
+        idx = np.asarray(idx)
+        return idx if self.order is None else np.asarray(self.order[idx])
+
     def length(self, i: int) -> int:
-        return int(self._lengths[i].sum())
+        return int(self._lengths[self._records(i)].sum())
 
     def lengths(self, idx) -> np.ndarray:
-        return self._lengths[np.asarray(idx)].sum(axis=1)
+        return self._lengths[self._records(idx)].sum(axis=1)
 
     def collate(self, idx, part: tuple[int, int] = WHOLE) -> dict:
-        longest = tuple(int(v) for v in self._lengths[np.asarray(idx)].max(axis=0))
-        rows = [self._pair(int(i)) for i in part_of(idx, part)]
+        longest = tuple(int(v) for v in self._lengths[self._records(idx)].max(axis=0))
+        rows = [self._pair(int(i)) for i in self._records(part_of(idx, part))]
         return pad_pairs([r[0] for r in rows], [r[1] for r in rows], self.cfg, longest)
 
     def _pair(self, i: int) -> list[np.ndarray]:
@@ -59,7 +65,7 @@ class PairShards:
         return _SKIPPED_PAIR if row is None else row
 
     def reference(self, i: int) -> list[int]:
-        return self._pair(int(i))[1][1:].tolist()
+        return self._pair(int(self._records(i)))[1][1:].tolist()
 
 
 class StreamWindows:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from importlib import resources
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
 from nety_jax.config.sections import EOS_ID, PAD_ID, DataConfig
-from nety_jax.data.readers import read_lines
+from nety_jax.data.readers import Skips, read_lines
 from nety_jax.errors import DataError
 
 DEFAULT_TEXT = "textes_fr.txt"
@@ -32,28 +32,43 @@ class TextReport:
     first_error: Optional[str] = None
 
 
-def read_text(paths: Sequence[str], skip_bad: bool = False) -> TextReport:
-    """The non-empty lines of one or many UTF-8 (or gzip) text files, in order."""
-    report = TextReport(lines=[])
+def iter_text(paths: Sequence[str], skip_bad: bool, skips: Skips) -> Iterator[str]:
+    """The non-empty lines of one or many UTF-8 (or gzip) text files, in order, read as they
+    are consumed; a bad line raises (or, with ``skip_bad``, is counted in ``skips``)."""
     for path in paths:
         for _, line, error in read_lines(path, "text file"):
             if error:
                 if not skip_bad:
                     raise DataError(error)
-                report.skipped += 1
-                report.first_error = report.first_error or error
+                skips.add(error)
             elif line.strip():
-                report.lines.append(line.strip())
-    if not report.lines:
-        raise DataError(f"{', '.join(paths)}: no text found")
-    return report
+                yield line.strip()
+
+
+def no_text(paths: Sequence[str]) -> DataError:
+    return DataError(f"{', '.join(paths)}: no text found")
+
+
+def read_text(paths: Sequence[str], skip_bad: bool = False) -> TextReport:
+    """The non-empty lines of one or many UTF-8 (or gzip) text files, in order."""
+    skips = Skips()
+    lines = list(iter_text(paths, skip_bad, skips))
+    if not lines:
+        raise no_text(paths)
+    return TextReport(lines, skips.skipped, skips.first_error)
+
+
+def val_count(n: int, val_fraction: float) -> int:
+    """How many of ``n`` lines (the last ones) are held out."""
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n > 1:
+        n_val = min(max(n_val, 1), n - 1)
+    return n_val
 
 
 def split_text(lines: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
     """The first lines for training, the last ``val_fraction`` of them for validation."""
-    n_val = int(round(len(lines) * val_fraction))
-    if val_fraction > 0 and len(lines) > 1:
-        n_val = min(max(n_val, 1), len(lines) - 1)
+    n_val = val_count(len(lines), val_fraction)
     return lines[: len(lines) - n_val], lines[len(lines) - n_val:]
 
 

@@ -8,8 +8,9 @@ data and its prompts that does not depend on the architecture:
   and the validation split), ``encode(cfg, tokenizer, corpus, source)`` (datasets
   with ``len()``, ``length(i)`` and ``collate(indices)``), ``batches`` and
   ``eval_batches`` (how they are batched);
-- prepared data (``nety-jax prepare``): ``shard_jobs`` (the examples of each shard),
-  ``write_shard`` (run in a worker process: encodes and writes one shard) and
+- prepared data (``nety-jax prepare``, which never holds the corpus): ``stream`` (the
+  examples in file order, read as consumed), ``split_plan`` (which of them are held out,
+  and each split's order), ``texts_of`` (what the tokenizer learns from), ``write_shard`` (run in a worker process: encodes and writes one shard) and
   ``open_prepared`` (the datasets streamed from the shards, ``data.streamed``);
 - scores: ``extra_metrics`` beyond the loss (BLEU / chrF for replies);
 - prompts: ``prompts(model_cfg)`` (how a text becomes prompt ids) and
@@ -23,9 +24,12 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Callable, ClassVar, Optional, Sequence
+from typing import Callable, ClassVar, Iterator, Optional, Sequence
+
+import numpy as np
 
 from nety_jax.data.batching import BatchIterator, eval_batches
+from nety_jax.data.readers import Skips
 
 
 @dataclasses.dataclass
@@ -49,6 +53,18 @@ class DataSplit:
     description: str
     truncated: int = 0  # examples cut to the configured lengths
     damage: Optional[object] = None  # prepared data under --skip-bad: the damaged records skipped (shards.Damage)
+
+
+@dataclasses.dataclass
+class SplitPlan:
+    """Where ``prepare`` puts each example it reads (in file order), and each split's order.
+
+    ``val``: (N,) bool, the held-out examples; ``order``: per split, (n,) the shard record of each
+    example of the split's dataset (the order ``read`` gives), or None when it is the file order.
+    Shards are written in file order, so the corpus is read once, in a stream."""
+
+    val: np.ndarray
+    order: dict
 
 
 class Task(abc.ABC):
@@ -123,11 +139,22 @@ class Task(abc.ABC):
         """The ``data.*`` fields prepared shards depend on: a config that differs is refused."""
         return self.TOKENIZER_FIELDS
 
-    def shard_jobs(self, cfg, corpus: Corpus, per_shard: int) -> list[tuple[str, int, list]]:
-        """(split, shard number, examples) for every shard, in order."""
-        return [(split, k, items[start: start + per_shard])
-                for split, items in (("train", corpus.train), ("val", corpus.val))
-                for k, start in enumerate(range(0, len(items), per_shard))]
+    @abc.abstractmethod
+    def stream(self, cfg, paths: Sequence[str], skip_bad: bool, skips: Skips) -> Iterator:
+        """The examples of ``paths`` in file order, read as they are consumed (the errors and
+        ``--skip-bad`` of ``read``; skipped lines counted in ``skips``)."""
+
+    @abc.abstractmethod
+    def no_examples(self, paths: Sequence[str], skips: Skips) -> Exception:
+        """The error for files that hold no example."""
+
+    @abc.abstractmethod
+    def split_plan(self, cfg, count: int) -> SplitPlan:
+        """The validation split of ``count`` examples read in file order: the one ``read`` makes."""
+
+    @abc.abstractmethod
+    def texts_of(self, item) -> list[str]:
+        """The texts of one example a tokenizer is trained on."""
 
     @abc.abstractmethod
     def write_shard(self, data_cfg, tokenizer, items: list, path: str) -> dict:

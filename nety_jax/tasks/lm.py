@@ -20,9 +20,10 @@ from nety_jax.config.sections import EOS_ID
 from nety_jax.data.packing import document_pieces, pack, pack_text
 from nety_jax.data.shards import ShardReader, ShardWriter, fingerprint, length_histogram
 from nety_jax.data.streamed import PackedShards, StreamWindows
-from nety_jax.data.text import default_text_path, encode_text, read_text, split_text, window_sizes
+from nety_jax.data.text import (default_text_path, encode_text, iter_text, no_text, read_text, split_text,
+                                val_count, window_sizes)
 from nety_jax.errors import ConfigError
-from nety_jax.tasks.base import Corpus, DataSplit, Task
+from nety_jax.tasks.base import Corpus, DataSplit, SplitPlan, Task
 from nety_jax.tasks.prompting import PrefixPrompts
 
 
@@ -35,6 +36,19 @@ class LanguageModelTask(Task, name="lm", noun="a language model", data_option="-
         report = read_text(paths, skip_bad=skip_bad)
         train, val = split_text(report.lines, self.val_fraction(cfg.data))
         return Corpus(train, val, train, report.skipped, report.first_error)
+
+    def stream(self, cfg, paths: Sequence[str], skip_bad: bool, skips):
+        return iter_text(paths, skip_bad, skips)
+
+    def no_examples(self, paths: Sequence[str], skips) -> Exception:
+        return no_text(paths)
+
+    def split_plan(self, cfg, count: int) -> SplitPlan:
+        """The last lines are held out; both splits keep the file order."""
+        return SplitPlan(np.arange(count) >= count - val_count(count, self.val_fraction(cfg.data)), {})
+
+    def texts_of(self, item) -> list[str]:
+        return [item]
 
     def encode(self, cfg, tokenizer, corpus: Corpus, source: str) -> DataSplit:
         if cfg.data.subword_alpha > 0:

@@ -15,23 +15,45 @@ from typing import Sequence
 
 import numpy as np
 
-from nety_jax.data.pairs import default_corpus_path, encode_pairs, read_pairs, split_pairs
+from nety_jax.data.pairs import (default_corpus_path, encode_pairs, iter_pairs, no_pairs, read_pairs,
+                                 split_order, split_pairs)
 from nety_jax.data.shards import ShardReader, ShardWriter, fingerprint, length_histogram
 from nety_jax.data.streamed import PairShards
 from nety_jax.errors import ConfigError, DataError
-from nety_jax.tasks.base import Corpus, DataSplit, Task
+from nety_jax.tasks.base import Corpus, DataSplit, SplitPlan, Task
 from nety_jax.tasks.prompting import SourcePrompts
 
 
 class Seq2SeqTask(Task, name="seq2seq", noun="a seq2seq model", data_option="--data", data_help="pairs",
                   default_val_fraction=0.05, continues_text=False, default_path=default_corpus_path):
     def read(self, cfg, paths: Sequence[str], skip_bad: bool) -> Corpus:
-        if len(paths) != 1:
-            raise DataError("a seq2seq model trains on one pairs file (--data FILE)")
+        _one_file(paths)
         report = read_pairs(paths[0], cfg.data, skip_bad=skip_bad)
         train, val = split_pairs(report.pairs, self.val_fraction(cfg.data), cfg.train.seed)
         texts = [t for pair in train for t in pair]
         return Corpus(train, val, texts, report.skipped, report.first_error)
+
+    def stream(self, cfg, paths: Sequence[str], skip_bad: bool, skips):
+        _one_file(paths)
+        return iter_pairs(paths[0], cfg.data, skip_bad, skips)
+
+    def no_examples(self, paths: Sequence[str], skips) -> Exception:
+        return no_pairs(paths[0], skips)
+
+    def split_plan(self, cfg, count: int) -> SplitPlan:
+        """``split_pairs``'s random split, as shard records in file order: ``order[split][j]`` is the
+        record of the split's ``j``-th pair (its rank in the file among the split's pairs)."""
+        order, n_val = split_order(count, self.val_fraction(cfg.data), cfg.train.seed)
+        val = np.zeros(count, bool)
+        val[order[:n_val]] = True
+        dtype = np.int32 if count < 2**31 else np.int64
+        ranks = {"train": order[n_val:], "val": order[:n_val]}
+        for split, held_out in (("train", False), ("val", True)):  # one rank array at a time
+            ranks[split] = (np.cumsum(val == held_out, dtype=dtype) - 1)[ranks[split]]
+        return SplitPlan(val, ranks)
+
+    def texts_of(self, item) -> list[str]:
+        return list(item)
 
     def encode(self, cfg, tokenizer, corpus: Corpus, source: str) -> DataSplit:
         if cfg.data.packing:  # the encoder's recurrence reads a whole row: packed pairs would mix
@@ -64,7 +86,8 @@ class Seq2SeqTask(Task, name="seq2seq", noun="a seq2seq model", data_option="--d
                               f"every batch; {directory} holds fixed ids: set it to 0 or train from the "
                               "pairs file")
         tr, va = (PairShards(ShardReader(directory, manifest["splits"][split]["shards"], damage),
-                             _lengths(directory, manifest["splits"][split]), cfg.data)
+                             _mapped(directory, manifest["splits"][split].get("lengths"), (0, 2)), cfg.data,
+                             _mapped(directory, manifest["splits"][split].get("order"), None))
                   for split in ("train", "val"))
         desc = f"{len(tr)} training / {len(va)} validation pairs streamed from {directory}"
         truncated = sum(manifest["splits"][split].get("truncated", 0) for split in ("train", "val"))
@@ -113,10 +136,16 @@ def greedy_replies(model, variables, src, src_len, max_new_tokens: int) -> np.nd
     return np.asarray(out["tokens"])
 
 
-def _lengths(directory: str, split: dict) -> np.ndarray:
-    if not split.get("lengths"):
-        return np.zeros((0, 2), np.int32)
-    return np.load(os.path.join(directory, split["lengths"]), mmap_mode="r")
+def _one_file(paths: Sequence[str]) -> None:
+    if len(paths) != 1:
+        raise DataError("a seq2seq model trains on one pairs file (--data FILE)")
+
+
+def _mapped(directory: str, name, empty):
+    """A prepared split's ``.npy`` file, memory-mapped; ``empty``: the shape when there is none (or None)."""
+    if not name:
+        return None if empty is None else np.zeros(empty, np.int32)
+    return np.load(os.path.join(directory, name), mmap_mode="r")
 
 
 def _fingerprint(encoded) -> str:

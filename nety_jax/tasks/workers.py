@@ -14,8 +14,8 @@ def init_worker(task_name: str, data_cfg, tokenizer_dir: str) -> None:
     _WORKER.update(task=get_task(task_name), cfg=data_cfg, tokenizer=load_tokenizer(tokenizer_dir))
 
 
-def write_job(numbered: tuple) -> tuple[int, dict]:
-    """``(i, (split, k, items, path))`` -> ``(i, stats)`` of the shard written to ``path``."""
-    i, (split, k, items, path) = numbered
+def write_job(job: tuple) -> dict:
+    """``(split, k, items, path)`` -> the stats of the shard written to ``path`` (and its split and k)."""
+    split, k, items, path = job
     stats = _WORKER["task"].write_shard(_WORKER["cfg"], _WORKER["tokenizer"], items, path)
-    return i, {"file": os.path.basename(path), **stats, "items": len(items)}
+    return {"split": split, "k": k, "file": os.path.basename(path), **stats, "items": len(items)}

@@ -1,9 +1,13 @@
 """``nety-jax prepare``: read, validate, tokenize once and write shards; and opening them to train.
 
-Reading and validation are the task's (``Task.read``: the same ``file:line`` errors and
-``--skip-bad`` as ``train``); the tokenizer is trained on the training split (or taken from
-a run or a file); then every shard is encoded and written by a worker process
-(``Task.write_shard``), in parallel over the cores. The directory is written through
+The corpus is never held in memory: it is read as a stream, line by line (``Task.stream``),
+in passes. Pass 1 validates every line (the ``file:line`` errors and ``--skip-bad`` of
+``train``) and counts the examples; the task's ``split_plan`` then says which are held out
+(the split ``train`` makes from the same files) and in which order each split's dataset reads
+its records; a tokenizer is trained on the training split (at most ``TOKENIZER_SAMPLE``
+examples of it: a bounded, evenly spaced sample beyond) or taken from a run or a file; pass 2
+cuts the stream into shards of ``--shard-size`` examples, each encoded and written by a worker
+process (``Task.write_shard``) as soon as it fills, at most two per worker read ahead. The directory is written through
 ``runs.guard`` (writer ``prepare``): a new or empty directory, or an earlier prepare
 output with ``--overwrite``; nothing is left behind on failure.
 
@@ -12,22 +16,29 @@ fields, and a resumed run's tokenizer, are the ones the shards were made with.
 """
 from __future__ import annotations
 
+import collections
+import hashlib
 import multiprocessing
 import os
 import tempfile
 from typing import Callable, Optional, Sequence
 
+import numpy as np
+
 from nety_jax.config import Config
 from nety_jax.data import shards
+from nety_jax.data.readers import Skips
 from nety_jax.data.tokenizer import SentencePieceTokenizer, load_tokenizer
 from nety_jax.errors import CheckpointError, ConfigError, DataError
 from nety_jax.models import get_model
 from nety_jax.runs import guard
 from nety_jax.runs.kinds import identify_dir
 from nety_jax.tasks import DataSplit
+from nety_jax.tasks.base import SplitPlan
 from nety_jax.tasks.workers import init_worker, write_job
 
 PER_SHARD = 50_000  # examples (pairs, lines) per shard
+TOKENIZER_SAMPLE = 1_000_000  # training examples a tokenizer is trained on at most (a bounded sample)
 
 
 def prepared_dir(paths: Optional[Sequence[str]]) -> Optional[str]:
@@ -55,32 +66,98 @@ def take_tokenizer(source: str, lowercase: bool = False):
     return tokenizer
 
 
-def _run_jobs(jobs: list, task, data_cfg, tok_dir: str, workers: int, bar) -> list:
-    """Every job's shard stats, in job order; in ``workers`` processes when there are several jobs."""
-    args = (task.name, data_cfg, tok_dir)
-    if workers <= 1 or len(jobs) <= 1:
+def _scan(task, cfg, paths, skip_bad: bool, progress: bool) -> tuple[int, Skips]:
+    """Pass 1: reads and validates every line (the ``file:line`` errors), counting the examples."""
+    from tqdm import tqdm
+    skips, count = Skips(), 0
+    with tqdm(desc="reading", unit="ex", disable=not progress, dynamic_ncols=True, mininterval=0.5) as bar:
+        for _ in task.stream(cfg, paths, skip_bad, skips):
+            count += 1
+            if not count % 10_000:
+                bar.update(10_000)
+    if not count:
+        raise task.no_examples(paths, skips)
+    return count, skips
+
+
+def _tokenizer_texts(task, cfg, paths, plan: SplitPlan) -> list[str]:
+    """The training split's texts in its dataset order (those ``read`` gives) when it has at most
+    ``TOKENIZER_SAMPLE`` examples; else every k-th training example in file order (a bounded sample)."""
+    n_train = int(np.sum(~plan.val))
+    every = max(1, -(-n_train // TOKENIZER_SAMPLE))
+    picked = ((rank, item) for rank, item in enumerate(_split_items(task, cfg, paths, plan, "train"))
+              if not rank % every)
+    if every > 1:
+        return [t for _, item in picked for t in task.texts_of(item)]
+    items = dict(picked)
+    order = plan.order.get("train")
+    ranks = range(n_train) if order is None else order
+    return [t for r in ranks for t in task.texts_of(items[int(r)])]
+
+
+def _split_items(task, cfg, paths, plan: SplitPlan, split: str):
+    """The examples of one split in file order (pass 1 raised or counted every bad line)."""
+    held_out = split == "val"
+    items = enumerate(task.stream(cfg, paths, True, Skips()))
+    return (item for i, item in items if i < len(plan.val) and plan.val[i] == held_out)
+
+
+def _jobs(task, cfg, paths, plan: SplitPlan, per_shard: int, tmp: str):
+    """Pass 2: ``(split, k, examples, path)`` of every shard, as the stream fills them."""
+    buffers, shard_no, count = {"train": [], "val": []}, {"train": 0, "val": 0}, 0
+    for i, item in enumerate(task.stream(cfg, paths, True, Skips())):
+        count += 1
+        if count > len(plan.val):
+            break
+        split = "val" if plan.val[i] else "train"
+        buffers[split].append(item)
+        if len(buffers[split]) == per_shard:
+            yield split, shard_no[split], buffers[split], os.path.join(tmp, shards.shard_name(split, shard_no[split]))
+            buffers[split], shard_no[split] = [], shard_no[split] + 1
+    if count != len(plan.val):
+        raise DataError(f"{', '.join(paths)}: changed while being prepared ({len(plan.val)} examples, then "
+                        f"{count}); prepare again")
+    for split, items in buffers.items():
+        if items:
+            yield split, shard_no[split], items, os.path.join(tmp, shards.shard_name(split, shard_no[split]))
+
+
+def _run_jobs(jobs, n_jobs: int, task, data_cfg, tok_dir: str, workers: int, bar) -> dict:
+    """Every shard's stats by ``(split, k)``; in ``workers`` processes when there are several shards,
+    at most ``2 * workers`` of them read ahead (the corpus is never all in memory)."""
+    args, results = (task.name, data_cfg, tok_dir), {}
+
+    def done(stats):
+        results[(stats.pop("split"), stats.pop("k"))] = stats
+        bar.update(stats["items"])
+
+    if workers <= 1 or n_jobs <= 1:
         init_worker(*args)
-        results = []
-        for numbered in enumerate(jobs):
-            results.append(write_job(numbered)[1])
-            bar.update(results[-1]["items"])
+        for job in jobs:
+            done(write_job(job))
         return results
     # spawned, not forked: the parent may hold threads (JAX, tokenizer training) a fork would copy broken
-    ctx = multiprocessing.get_context("spawn")
-    results = [None] * len(jobs)
-    with ctx.Pool(min(workers, len(jobs)), initializer=init_worker, initargs=args) as pool:
-        for i, stats in pool.imap_unordered(write_job, enumerate(jobs)):
-            results[i] = stats
-            bar.update(stats["items"])
+    ctx, pending = multiprocessing.get_context("spawn"), collections.deque()
+    with ctx.Pool(min(workers, n_jobs), initializer=init_worker, initargs=args) as pool:
+        for job in jobs:
+            pending.append(pool.apply_async(write_job, (job,)))
+            while len(pending) >= 2 * workers:
+                done(pending.popleft().get())
+        while pending:
+            done(pending.popleft().get())
     return results
 
 
-def _split_summary(directory: str, split: str, stats: list[dict]) -> dict:
+def _split_summary(directory: str, split: str, stats: list[dict], order) -> dict:
     parts = [s.pop("lengths") for s in stats if "lengths" in s]
     summary = {"shards": stats, "examples": sum(s["examples"] for s in stats),
                "tokens": sum(s["tokens"] for s in stats), "truncated": sum(s.get("truncated", 0) for s in stats),
                "histogram": shards.merge_histograms([s.pop("histogram") for s in stats])}
     summary["lengths"] = shards.concat_lengths(directory, split, parts, 2)
+    if order is not None:  # the split's dataset order over its records (file order)
+        summary["order"] = f"{split}.order.npy"
+        np.save(os.path.join(directory, summary["order"]), order)
+        summary["order_sha256"] = hashlib.sha256(np.ascontiguousarray(order).tobytes()).hexdigest()
     return summary
 
 
@@ -93,40 +170,40 @@ def prepare_data(cfg: Config, paths: Sequence[str], out: str, tokenizer_from: Op
     task = get_model(cfg.model).task
     claim = guard.claim(out, "prepare", overwrite)  # before any work
     paths = list(paths) if paths else task.default_paths()
-    corpus = task.read(cfg, paths, skip_bad)
-    if corpus.skipped:
-        log(f"skipped {corpus.skipped} bad lines in {', '.join(paths)} (first: {corpus.first_error})")
+    count, skips = _scan(task, cfg, paths, skip_bad, progress)
+    if skips.skipped:
+        log(f"skipped {skips.skipped} bad lines in {', '.join(paths)} (first: {skips.first_error})")
+    plan = task.split_plan(cfg, count)
     if tokenizer_from:
         tokenizer = take_tokenizer(tokenizer_from, cfg.data.lowercase)
     else:
         from nety_jax.training.setup import build_tokenizer
-        tokenizer = build_tokenizer(cfg, corpus.texts)
-    data_cfg = task.resolved_data(cfg)
-    jobs = task.shard_jobs(cfg, corpus, per_shard)
-    workers = workers or os.cpu_count() or 1
+        tokenizer = build_tokenizer(cfg, _tokenizer_texts(task, cfg, paths, plan))
+    data_cfg, workers = task.resolved_data(cfg), workers or os.cpu_count() or 1
+    n_val = int(plan.val.sum())
+    n_jobs = -(-(count - n_val) // per_shard) + -(-n_val // per_shard)
     from tqdm import tqdm
-    with claim.staging() as tmp, tqdm(total=len(corpus.train) + len(corpus.val), unit="ex", disable=not progress,
-                                      dynamic_ncols=True, mininterval=0.5) as bar:
+    with claim.staging() as tmp, tqdm(total=count, unit="ex", disable=not progress, dynamic_ncols=True,
+                                      mininterval=0.5) as bar:
         tokenizer.save(tmp)
-        staged = [(split, k, items, os.path.join(tmp, shards.shard_name(split, k))) for split, k, items in jobs]
-        results = _run_jobs(staged, task, data_cfg, tmp, workers, bar)
-        manifest = _manifest(cfg, task, data_cfg, paths, corpus, tmp, jobs, results)
+        results = _run_jobs(_jobs(task, cfg, paths, plan, per_shard, tmp), n_jobs, task, data_cfg, tmp, workers, bar)
+        manifest = _manifest(cfg, task, data_cfg, paths, skips, tmp, plan, results)
         shards.write_manifest(tmp, manifest)
     log(f"prepared {out}: " + ", ".join(f"{s} {v['examples']:,} examples ({v['tokens']:,} tokens, "
                                         f"{len(v['shards'])} shards)" for s, v in manifest["splits"].items()))
     return manifest
 
 
-def _manifest(cfg, task, data_cfg, paths, corpus, directory, jobs, results) -> dict:
+def _manifest(cfg, task, data_cfg, paths, skips: Skips, directory, plan: SplitPlan, results: dict) -> dict:
     by_split: dict = {"train": [], "val": []}
-    for (split, _, _), stats in zip(jobs, results):
+    for (split, _), stats in sorted(results.items()):
         stats.pop("items", None)
         by_split[split].append(stats)
     fields = {k: getattr(data_cfg, k) for k in task.prepared_fields(data_cfg)}
     return {"task": task.name, "data": fields, "tokenizer": shards.tokenizer_digest(directory),
-            "sources": [shards.source_fingerprint(p) for p in paths], "skipped": corpus.skipped,
+            "sources": [shards.source_fingerprint(p) for p in paths], "skipped": skips.skipped,
             "split": {"val_fraction": task.val_fraction(cfg.data), "seed": cfg.train.seed},
-            "splits": {s: _split_summary(directory, s, stats) for s, stats in by_split.items()}}
+            "splits": {s: _split_summary(directory, s, stats, plan.order.get(s)) for s, stats in by_split.items()}}
 
 
 def _check_config(cfg: Config, task, directory: str, manifest: dict) -> None:
