@@ -20,6 +20,12 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override one config value (repeatable), e.g. --set model.d_model=256")
 
 
+def _mesh_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mesh-tensor", type=int, default=1, metavar="N",
+                   help="tensor-parallel generation: the weights split over N of this host's devices "
+                        "(heads, MLP width, vocabulary), for a model one device cannot hold (default 1)")
+
+
 def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, help="0 = greedy (default: the run's decode config)")
     p.add_argument("--top-k", type=int, help="keep the k most likely tokens (0 = all)")
@@ -151,10 +157,12 @@ def _load(args):
     if bool(getattr(args, "checkpoint", None)) == bool(getattr(args, "exported", None)):
         raise NetyError("give exactly one of --checkpoint DIR or --exported DIR")
     if args.exported:
+        if args.mesh_tensor != 1:
+            raise NetyError("--mesh-tensor needs --checkpoint: an export holds its weights whole")
         from nety_jax.serving.export import load_exported
         return load_exported(args.exported)
     from nety_jax.serving.pretrained import load_pretrained
-    return load_pretrained(args.checkpoint)
+    return load_pretrained(args.checkpoint, mesh_tensor=args.mesh_tensor)
 
 
 def _generate(args, show_prompt: bool) -> int:
@@ -193,7 +201,7 @@ def cmd_predict_next(args) -> int:
     text = _text_arg(args.text, "text")
     if not text.strip():
         raise NetyError("text is empty: give the words so far")
-    for word, prob in load_pretrained(args.checkpoint).predict_next(text, args.top_k):
+    for word, prob in load_pretrained(args.checkpoint, mesh_tensor=args.mesh_tensor).predict_next(text, args.top_k):
         print(f"{word}\t{prob:.4f}")
     return 0
 
@@ -201,7 +209,7 @@ def cmd_predict_next(args) -> int:
 def cmd_chat(args) -> int:
     from nety_jax.serving.chat import chat
     from nety_jax.serving.pretrained import load_pretrained
-    return chat(load_pretrained(args.checkpoint, prefix_cache_mb=_prefix_cache_mb(args)), seed=args.seed,
+    return chat(load_pretrained(args.checkpoint, prefix_cache_mb=_prefix_cache_mb(args), mesh_tensor=args.mesh_tensor), seed=args.seed,
                 **_decode_settings(args))
 
 
@@ -251,7 +259,7 @@ def cmd_serve(args) -> int:
     from nety_jax.serving.server import serve
     return serve(args.checkpoint, args.exported, args.host, args.port, args.max_batch, args.batch_window_ms,
                  args.queue_size, args.max_tokens, args.chunk, args.name, args.batching, args.slots,
-                 _prefix_cache_mb(args))
+                 _prefix_cache_mb(args), args.mesh_tensor)
 
 
 def cmd_quantize(args) -> int:
@@ -316,6 +324,7 @@ def _add_commands(sub) -> None:
         p.add_argument("--num-samples", type=int, default=1, help="replies per prompt")
         p.add_argument("--batch-size", type=int, default=256,
                        help="at most this many rows (prompts x samples) through the model at once (default 256)")
+        _mesh_arg(p)
         _decode_args(p)
         p.set_defaults(fn=fn)
 
@@ -323,12 +332,14 @@ def _add_commands(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="run directory")
     p.add_argument("text", help="the text so far")
     p.add_argument("--top-k", type=int, default=5, help="how many words")
+    _mesh_arg(p)
     p.set_defaults(fn=cmd_predict_next)
 
     p = sub.add_parser("chat", help="talk with a model at the terminal")
     p.add_argument("--checkpoint", required=True, help="run directory")
     p.add_argument("--prefix-cache-mb", type=float, default=64,
                    help="keep the prefill of recent prompts (the history) up to this size; 0: off")
+    _mesh_arg(p)
     _decode_args(p)
     p.set_defaults(fn=cmd_chat)
 
@@ -360,6 +371,7 @@ def _add_commands(sub) -> None:
     p.add_argument("--name", help="the model id clients see (default: the directory name)")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="keep the prefill of recent prompts up to this size for prompts sharing their start; 0: off")
+    _mesh_arg(p)
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("quantize", help="int8 weight-only copy of a run, for inference")

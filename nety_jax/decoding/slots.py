@@ -76,8 +76,18 @@ def empty(model, variables, slots: int, room: int, source_len: int) -> Slots:
     state = Slots(cache=cache, last=jnp.zeros((slots,), jnp.int32), count=jnp.zeros((slots,), jnp.int32),
                   done=jnp.ones((slots,), bool), tokens=jnp.full((slots, room), PAD_ID, jnp.int32),
                   params=jax.tree_util.tree_map(jnp.asarray, params))
-    # committed to a device, as every later state (a compiled output) is: one program per shape
-    return jax.device_put(state, jax.local_devices()[0])
+    # committed to the variables' devices, as every later state (a compiled output) is: one
+    # program per shape
+    return jax.device_put(state, _home(variables))
+
+
+def _home(variables):
+    """Where a new slot state lives: replicated on the variables' mesh (tensor-parallel
+    generation), else this process's first device."""
+    sharding = getattr(jax.tree_util.tree_leaves(variables)[0], "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.local_devices()[0]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "source_len"))

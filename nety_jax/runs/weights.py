@@ -58,10 +58,15 @@ def restore_inference_variables(workdir: str, cfg: Config, abstract_variables: d
                                 warn: Callable[[str], None] = _stderr) -> tuple[dict, int]:
     """Model variables (params and mutable collections) of the newest intact checkpoint (or
     ``step``), shaped as ``abstract_variables``, without the optimizer state; damaged steps are
-    skipped with a warning. Returns (variables, step)."""
+    skipped with a warning. Returns (variables, step).
+
+    Each leaf is restored in the sharding its abstract leaf carries (tensor-parallel generation:
+    each device reads only its shards), else whole on this process's first device; either way
+    from a checkpoint written on any mesh by any number of processes."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                                      abstract_variables)
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or device),
+        abstract_variables)
     target = split_variables(abstract)
     manager = ckpt.make_manager(workdir, cfg, read_only=True)
 

@@ -203,13 +203,38 @@ def _fill_seed(seed, b: int):
 
 
 def load_pretrained(workdir: str, step: Optional[int] = None,
-                    warn: Callable[[str], None] = _stderr, prefix_cache_mb: float = 0) -> Pretrained:
-    """Loads ``workdir`` (a ``nety-jax train``, ``import-torch`` or ``quantize`` output);
-    ``prefix_cache_mb``: see ``Pretrained.use_prefix_cache`` (0: no prefix cache)."""
+                    warn: Callable[[str], None] = _stderr, prefix_cache_mb: float = 0,
+                    mesh_tensor: int = 1) -> Pretrained:
+    """Loads ``workdir`` (a ``nety-jax train``, ``import-torch`` or ``quantize`` output), whatever
+    mesh or number of processes wrote it; ``prefix_cache_mb``: see ``Pretrained.use_prefix_cache``
+    (0: no prefix cache); ``mesh_tensor``: tensor-parallel generation over that many of this
+    process's devices (1: the whole model on one device)."""
     cfg = read_run_config(workdir)
     tokenizer = load_run_tokenizer(workdir)
-    variables, step = restore_inference_variables(workdir, cfg, get_model(cfg.model).abstract_variables(),
-                                                  step, warn)
+    abstract = _placed_abstract(get_model(cfg.model), cfg, mesh_tensor)
+    variables, step = restore_inference_variables(workdir, cfg, abstract, step, warn)
     model = Pretrained(cfg, tokenizer, variables, step, warn)
     model.use_prefix_cache(prefix_cache_mb)
     return model
+
+
+def _placed_abstract(model, cfg: Config, mesh_tensor: int) -> dict:
+    """The model's abstract variables, with their shardings on a ('tensor',) mesh of
+    ``mesh_tensor`` devices by the run's ``train.mesh_rules`` (each device then restores and
+    holds only its shards; the jitted loops follow the variables' shardings). Weights one
+    device cannot hold are refused here, before anything is read, naming the split that fits."""
+    from nety_jax.training.memory import check_weights
+    abstract = model.abstract_variables()
+    names = None
+
+    def placed(n: int) -> dict:
+        nonlocal names
+        if n == 1 and not isinstance(n, bool):
+            return abstract
+        from nety_jax.training import mesh as meshlib
+        names = model.logical_axes() if names is None else names
+        return meshlib.placed_variables(names, abstract, meshlib.inference_mesh(n), meshlib.rules_of(cfg.train))
+
+    result = placed(mesh_tensor)  # an impossible split is refused first
+    check_weights(placed, cfg.train, mesh_tensor)
+    return result

@@ -297,7 +297,7 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
 def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0.0.1", port: int = 8000,
           max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64, max_tokens: Optional[int] = None,
           chunk: int = 8, name: Optional[str] = None, batching: Optional[str] = None, slots: int = 32,
-          prefix_cache_mb: float = 0) -> int:
+          prefix_cache_mb: float = 0, mesh_tensor: int = 1) -> int:
     import os
 
     import uvicorn
@@ -309,6 +309,8 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
     if batching == "continuous" and exported:
         raise NetyError("--batching continuous needs --checkpoint: an exported artifact runs its compiled "
                         "loop to the end, so it batches dynamically (--batching dynamic)")
+    if exported and mesh_tensor != 1:
+        raise NetyError("--mesh-tensor needs --checkpoint: an export holds its weights whole")
     sock = listen_socket(host, port)  # before the model loads: a taken port fails at once
     port = sock.getsockname()[1]
     if exported:
@@ -316,7 +318,8 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
         backend = ExportedBackend(load_exported(exported), max_tokens)
     else:
         from nety_jax.serving.pretrained import load_pretrained
-        backend = PretrainedBackend(load_pretrained(checkpoint, prefix_cache_mb=prefix_cache_mb), max_tokens)
+        backend = PretrainedBackend(load_pretrained(checkpoint, prefix_cache_mb=prefix_cache_mb,
+                                                   mesh_tensor=mesh_tensor), max_tokens)
     name = name or os.path.basename(os.path.abspath(checkpoint or exported))
     app = create_app(backend, name, max_batch, window_ms, queue_size, chunk, batching, slots)
     engine = app.state.server.engine
@@ -324,6 +327,8 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
            else f"dynamic batching, max batch {max_batch}, window {window_ms:g} ms")
     if getattr(backend.model, "prefix_cache", None) is not None:
         how += f", prefix cache {prefix_cache_mb:g} MB"
+    if mesh_tensor > 1:
+        how += f", tensor-parallel over {mesh_tensor} devices"
     print(f"serving {name} ({backend.task.name}) on http://{host}:{port}/v1 ({how}, queue {queue_size}, "
           f"max_tokens up to {engine.max_tokens}, prompts up to {engine.longest_prompt} tokens)", flush=True)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])

@@ -210,3 +210,26 @@ def plan_config(cfg) -> MemoryPlan:
     if not plan.fits():
         refuse(cfg, plan, jax.device_count(), "the training step does not fit")
     return plan
+
+
+# -- generation ------------------------------------------------------------------------------------
+def weights_bytes(abstract_variables) -> int:
+    """Bytes per device of abstract variables, each in the sharding it carries (none: whole)."""
+    return sum(_shard_bytes(x, getattr(x, "sharding", None)) for x in jax.tree_util.tree_leaves(abstract_variables))
+
+
+def check_weights(placed, tcfg, tensor: int) -> None:
+    """Before generation restores anything: the weights per device (``placed(n)``: the abstract
+    variables split over n devices) must fit one device; refused with the figure and the
+    smallest ``--mesh-tensor`` of this host's devices that fits."""
+    need = weights_bytes(placed(tensor))
+    limit, source = device_limit(tcfg, tensor)
+    if limit is None or need <= limit:
+        return
+    counts = [2 ** k for k in range(1, 16) if tensor < 2 ** k <= jax.local_device_count()]
+    fits = next((n for n in counts if weights_bytes(placed(n)) <= limit), None)
+    fix = (f"split them with --mesh-tensor {fits}" if fits else
+           f"no split over this host's {jax.local_device_count()} device(s) fits: a quantized copy "
+           "(nety-jax quantize) or a host with more device memory")
+    raise ConfigError(f"the model's weights alone need {_fmt(need)} per device on {tensor} device(s), more "
+                      f"than {_fmt(limit)} ({source}): {fix}")

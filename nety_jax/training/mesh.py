@@ -103,6 +103,28 @@ def state_shardings(model, abstract_state, mesh: Mesh, rules: tuple):
         is_leaf=lambda x: isinstance(x, P))
 
 
+def inference_mesh(tensor: int, devices=None) -> Mesh:
+    """The mesh of tensor-parallel generation: ``tensor`` of this process's devices on the
+    'tensor' axis (data = fsdp = 1), so the training rules split heads, MLP width, recurrent
+    gates and the vocabulary and keep the rest whole."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    if isinstance(tensor, bool) or not isinstance(tensor, int) or tensor < 1:
+        raise ConfigError(f"--mesh-tensor must be an integer >= 1, got {tensor!r}")
+    if tensor > len(devices):
+        raise ConfigError(f"--mesh-tensor={tensor}: this process has {len(devices)} device(s)")
+    return Mesh(np.asarray(devices[:tensor], dtype=object).reshape(1, 1, tensor), MESH_AXES)
+
+
+def placed_variables(names, abstract_variables, mesh: Mesh, rules: tuple):
+    """Abstract variables with their shardings on ``mesh`` by their logical ``names``
+    (``Model.logical_axes()``; unnamed ones, batch statistics, replicated): the placement a
+    training state's parameters get."""
+    return jax.tree_util.tree_map(
+        lambda x, spec: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                             sharding=NamedSharding(mesh, mesh_spec(spec, x.shape, mesh, rules))),
+        abstract_variables, names)
+
+
 def batch_sharding(mesh: Mesh, rules: tuple) -> NamedSharding:
     axes = nn.logical_to_mesh_axes((BATCH,), rules)
     return NamedSharding(mesh, P(axes[0]))

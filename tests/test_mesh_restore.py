@@ -1,0 +1,84 @@
+"""A checkpoint written on one mesh is read on any other: a tiny GPT trained on 8 fake devices
+(fsdp=4 x tensor=2, a process of its own) generates the same greedy tokens restored in a fresh
+1-device process, on this process's first device, tensor-parallel over 2 and 4 devices, through an
+export and through the server; and it resumes training on 4 devices (fsdp=4) where a 1-device run
+left off, equal to the 8-device run."""
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import GPT_TINY, QUIET, ROOT, run_main
+from nety_jax.config import load_config
+from nety_jax.errors import ConfigError
+
+PROMPTS = ["le chat", "il était une fois"]
+NEW = 6  # greedy tokens per prompt
+# Adam with eps=1e-3, a constant rate, no warmup: the update is continuous in the gradient, so
+# meshes that only sum in another order agree within 1e-5 (tests/test_mesh.py). A small rate keeps
+# the model near its initialisation, where greedy tokens still vary from step to step.
+TRAIN = ["train.eps=1e-3", "train.warmup_steps=0", "train.schedule=constant", "train.batch_size=8",
+         "train.learning_rate=1e-4", "train.checkpoint_every=2", "train.eval_every=1000",
+         "train.log_every=1", "model.layers=1", "data.vocab_size=256"]  # every split divides 256
+MESH8 = ["train.parallel=mesh", "train.mesh_data=1", "train.mesh_fsdp=4", "train.mesh_tensor=2"]
+
+
+def _env(devices: int) -> dict:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(key, None)
+    return env
+
+
+def _cli(devices: int, *argv) -> str:
+    done = subprocess.run([sys.executable, "-m", "nety_jax.cli", *map(str, argv)], cwd=ROOT, env=_env(devices),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def mesh_run(tmp_path_factory):
+    """(run directory trained 4 steps on 8 devices, fsdp=4 x tensor=2; what a fresh 1-device
+    process generates from it)."""
+    workdir = tmp_path_factory.mktemp("mesh8") / "run"
+    _cli(8, "train", "--config", GPT_TINY, "--workdir", workdir, "--steps", 4, "--no-progress",
+         *_sets(TRAIN + MESH8))
+    out = _cli(1, "generate", "--checkpoint", workdir, "--temperature", 0, "--max-new-tokens", NEW,
+               *[a for p in PROMPTS for a in ("--prompt", p)])
+    return str(workdir), out
+
+
+def _replies(model) -> list[str]:
+    return [r[0] for r in model.generate(PROMPTS, temperature=0.0, max_new_tokens=NEW)]
+
+
+def _printed(replies: list[str]) -> str:
+    """`nety-jax generate`'s output for several prompts."""
+    return "".join(f"> {p}\n{r or '(empty reply)'}\n" for p, r in zip(PROMPTS, replies))
+
+
+def test_a_mesh_checkpoint_generates_alike_on_one_device_and_tensor_parallel(mesh_run):
+    from nety_jax.serving.pretrained import load_pretrained
+    from nety_jax.training.mesh import bytes_per_device
+    workdir, fresh = mesh_run
+    one = load_pretrained(workdir)
+    assert _printed(_replies(one)) == fresh  # this process's first device = a fresh 1-device process
+    expected = one.generate_ids(PROMPTS, temperature=0.0, max_new_tokens=NEW)["tokens"]
+    assert len({tuple(row) for row in expected}) == len(PROMPTS)  # the prompts lead somewhere different
+    whole = bytes_per_device(one.variables)
+    for n in (2, 4):
+        model = load_pretrained(workdir, mesh_tensor=n)
+        kernel = model.variables["params"]["layers_0"]["ffn"]["linear1"]["kernel"]  # (embed, mlp)
+        assert len(kernel.sharding.device_set) == n and kernel.addressable_shards[0].data.shape == (64, 256 // n)
+        assert bytes_per_device(model.variables) < whole / n * 1.1  # the norms and biases stay whole
+        got = model.generate_ids(PROMPTS, temperature=0.0, max_new_tokens=NEW)["tokens"]
+        np.testing.assert_array_equal(got, expected, err_msg=f"tensor={n}")
