@@ -209,8 +209,8 @@ def cmd_predict_next(args) -> int:
 def cmd_chat(args) -> int:
     from nety_jax.serving.chat import chat
     from nety_jax.serving.pretrained import load_pretrained
-    return chat(load_pretrained(args.checkpoint, prefix_cache_mb=_prefix_cache_mb(args), mesh_tensor=args.mesh_tensor), seed=args.seed,
-                **_decode_settings(args))
+    model = load_pretrained(args.checkpoint, prefix_cache_mb=_prefix_cache_mb(args), mesh_tensor=args.mesh_tensor)
+    return chat(model, seed=args.seed, **_decode_settings(args))
 
 
 def _prefix_cache_mb(args) -> float:

@@ -3,6 +3,7 @@
 1-device process, on this process's first device, tensor-parallel over 2 and 4 devices, through an
 export and through the server; and it resumes training on 4 devices (fsdp=4) where a 1-device run
 left off, equal to the 8-device run."""
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -75,10 +76,66 @@ def test_a_mesh_checkpoint_generates_alike_on_one_device_and_tensor_parallel(mes
     expected = one.generate_ids(PROMPTS, temperature=0.0, max_new_tokens=NEW)["tokens"]
     assert len({tuple(row) for row in expected}) == len(PROMPTS)  # the prompts lead somewhere different
     whole = bytes_per_device(one.variables)
-    for n in (2, 4):
-        model = load_pretrained(workdir, mesh_tensor=n)
-        kernel = model.variables["params"]["layers_0"]["ffn"]["linear1"]["kernel"]  # (embed, mlp)
-        assert len(kernel.sharding.device_set) == n and kernel.addressable_shards[0].data.shape == (64, 256 // n)
-        assert bytes_per_device(model.variables) < whole / n * 1.1  # the norms and biases stay whole
-        got = model.generate_ids(PROMPTS, temperature=0.0, max_new_tokens=NEW)["tokens"]
-        np.testing.assert_array_equal(got, expected, err_msg=f"tensor={n}")
+    model = load_pretrained(workdir, mesh_tensor=4)  # (over 2 devices: the server's test)
+    kernel = model.variables["params"]["layers_0"]["ffn"]["linear1"]["kernel"]  # (embed, mlp)
+    assert len(kernel.sharding.device_set) == 4 and kernel.addressable_shards[0].data.shape == (64, 64)
+    assert bytes_per_device(model.variables) < whole / 4 * 1.1  # the norms and biases stay whole
+    got = model.generate_ids(PROMPTS, temperature=0.0, max_new_tokens=NEW)["tokens"]
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_a_mesh_checkpoint_exports_and_serves_tensor_parallel_alike(mesh_run, tmp_path):
+    from fastapi.testclient import TestClient
+    from nety_jax.serving.engine import PretrainedBackend
+    from nety_jax.serving.export import export_run, load_exported
+    from nety_jax.serving.pretrained import load_pretrained
+    from nety_jax.serving.server import create_app
+    workdir, fresh = mesh_run
+    export_run(workdir, str(tmp_path / "export"))
+    assert _printed(_replies(load_exported(str(tmp_path / "export")))) == fresh
+    model = load_pretrained(workdir, mesh_tensor=2)
+    with TestClient(create_app(PretrainedBackend(model, None), "gpt", slots=2, chunk=4)) as client:
+        replies = [client.post("/v1/completions", json={"model": "gpt", "prompt": p, "max_tokens": NEW,
+                                                        "temperature": 0}) for p in PROMPTS]
+    assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+    assert _printed([r.json()["choices"][0]["text"] for r in replies]) == fresh
+
+
+def test_a_one_device_checkpoint_resumes_training_on_a_mesh(mesh_run, tmp_path):
+    """2 steps on one device, then 2 more on 4 devices (fsdp=4): the parameters of the 8-device
+    run's 4 steps, within 1e-5."""
+    from nety_jax.serving.pretrained import load_pretrained
+    from nety_jax.training.loop import train
+    workdir = str(tmp_path / "run")
+    train(load_config(GPT_TINY, TRAIN + ["train.steps=2"]), workdir, **QUIET)
+    logs = []
+    train(load_config(GPT_TINY, TRAIN + ["train.steps=4", "train.parallel=mesh", "train.mesh_fsdp=4"]), workdir,
+          progress=False, log=logs.append)
+    assert any("resumed from" in line and "at step 2" in line for line in logs), logs
+    want = jax.tree_util.tree_leaves(load_pretrained(mesh_run[0]).variables)
+    got = jax.tree_util.tree_leaves(load_pretrained(workdir).variables)
+    assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(want, got)) < 1e-5
+
+
+def test_weights_too_large_for_a_device_are_refused_with_the_split_that_fits(mesh_run, tmp_path):
+    from nety_jax.config import save_config
+    from nety_jax.serving.pretrained import load_pretrained
+    workdir = str(tmp_path / "run")
+    shutil.copytree(mesh_run[0], workdir)
+    cfg = load_config(os.path.join(workdir, "config.yaml"))
+    whole = sum(x.nbytes for x in jax.tree_util.tree_leaves(load_pretrained(workdir).variables))
+    # room for 60% of the weights: half of them per device fits
+    save_config(cfg.replace(train=dataclasses.replace(cfg.train, memory_limit_gb=0.6 * whole / 2 ** 30)),
+                os.path.join(workdir, "config.yaml"))
+    with pytest.raises(ConfigError, match=r"weights alone need .* per device on 1 device\(s\), more than "
+                                          r".*train.memory_limit_gb.*: split them with --mesh-tensor 2"):
+        load_pretrained(workdir)
+    split = load_pretrained(workdir, mesh_tensor=2).variables["params"]["fc_out"]["kernel"]
+    assert split.addressable_shards[0].data.shape == (64, 128)  # (embed, vocab): half the vocabulary each
+    with pytest.raises(ConfigError, match=r"--mesh-tensor=8: this process has 4 device\(s\)"):
+        load_pretrained(workdir, mesh_tensor=8)
+    done = run_main("generate", "--checkpoint", workdir, "--prompt", "le", "--mesh-tensor", "0")
+    assert done.returncode == 2, done
+    assert done.stderr.strip() == "nety-jax: error: --mesh-tensor must be an integer >= 1, got 0", done.stderr
+    done = run_main("generate", "--exported", workdir, "--prompt", "le", "--mesh-tensor", "2")
+    assert done.returncode == 2 and "--mesh-tensor needs --checkpoint" in done.stderr, done.stderr
