@@ -45,18 +45,21 @@ class BatchIterator:
         self._plan_epoch = None
         self.part = part  # (process, processes): only datasets read from shards honour it
 
-    def _plan(self, epoch: int) -> list[np.ndarray]:
+    def _plan(self, epoch: int) -> np.ndarray:
+        """(batches_per_epoch, batch_size) example indices of ``epoch``'s batches, in order: one
+        array of 4 bytes an example (8 past 2**31 examples), the only per-example memory of a
+        streamed epoch."""
         if self._plan_epoch != epoch:
+            self._batches = None  # the previous epoch's plan is freed before the next is built
             rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(len(self.data))[: self.batches_per_epoch * self.batch_size]
+            dtype = np.int32 if len(self.data) < 2**31 else np.int64
+            order = rng.permutation(len(self.data))[: self.batches_per_epoch * self.batch_size].astype(dtype)
             size = self.WINDOW * self.batch_size
-            batches = []
-            for start in range(0, len(order), size):
+            for start in range(0, len(order), size):  # windows hold whole batches: the epoch's are
                 window = order[start: start + size]
-                lengths = _lengths(self.data, window)
-                window = window[np.argsort(lengths, kind="stable")]
-                batches += [window[j: j + self.batch_size] for j in range(0, len(window), self.batch_size)]
-            self._batches = [batches[i] for i in rng.permutation(len(batches))]
+                order[start: start + size] = window[np.argsort(_lengths(self.data, window), kind="stable")]
+            batches = order.reshape(-1, self.batch_size)
+            self._batches = batches[rng.permutation(len(batches))]
             self._plan_epoch = epoch
         return self._batches
 
