@@ -94,9 +94,13 @@ def test_a_mesh_checkpoint_exports_and_serves_tensor_parallel_alike(mesh_run, tm
     export_run(workdir, str(tmp_path / "export"))
     assert _printed(_replies(load_exported(str(tmp_path / "export")))) == fresh
     model = load_pretrained(workdir, mesh_tensor=2)
-    with TestClient(create_app(PretrainedBackend(model, None), "gpt", slots=2, chunk=4)) as client:
+    app = create_app(PretrainedBackend(model, None), "gpt", slots=2, chunk=4)
+    with TestClient(app) as client:
         replies = [client.post("/v1/completions", json={"model": "gpt", "prompt": p, "max_tokens": NEW,
                                                         "temperature": 0}) for p in PROMPTS]
+        cache = jax.tree_util.tree_leaves(app.state.server.engine.runner.state.cache)
+    specs = [tuple(c.sharding.spec) for c in cache if c.ndim == 4]  # keys and values: (slots, heads, length, dim)
+    assert specs and all(s[:2] == (None, "tensor") for s in specs), specs  # split by heads, as the kernels
     assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
     assert _printed([r.json()["choices"][0]["text"] for r in replies]) == fresh
 
