@@ -121,6 +121,20 @@ def test_a_one_device_checkpoint_resumes_training_on_a_mesh(mesh_run, tmp_path):
     assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(want, got)) < 1e-5
 
 
+@pytest.mark.parametrize("fixture", ["trained_run", "trained_rnn_lm"])
+def test_tensor_parallel_generation_of_the_other_architectures(fixture, request):
+    """The hybrid (its recurrent encoder's gates split too) and the RNN LM: greedy tokens over 2
+    devices equal one device's (the GPT: the tests above)."""
+    from nety_jax.serving.pretrained import load_pretrained
+    workdir = request.getfixturevalue(fixture)
+    workdir = workdir[0] if isinstance(workdir, tuple) else workdir
+    tokens = lambda model: model.generate_ids(PROMPTS, temperature=0.0, max_new_tokens=NEW)["tokens"]
+    split = load_pretrained(workdir, mesh_tensor=2)
+    assert any(len(x.sharding.device_set) == 2 and not x.sharding.is_fully_replicated
+               for x in jax.tree_util.tree_leaves(split.variables))
+    np.testing.assert_array_equal(tokens(split), tokens(load_pretrained(workdir)))
+
+
 def test_weights_too_large_for_a_device_are_refused_with_the_split_that_fits(mesh_run, tmp_path):
     from nety_jax.config import save_config
     from nety_jax.serving.pretrained import load_pretrained
