@@ -259,7 +259,7 @@ def cmd_serve(args) -> int:
     from nety_jax.serving.server import serve
     return serve(args.checkpoint, args.exported, args.host, args.port, args.max_batch, args.batch_window_ms,
                  args.queue_size, args.max_tokens, args.chunk, args.name, args.batching, args.slots,
-                 _prefix_cache_mb(args), args.mesh_tensor)
+                 _prefix_cache_mb(args), args.mesh_tensor, args.speculate, args.draft_tokens)
 
 
 def cmd_quantize(args) -> int:
@@ -372,6 +372,10 @@ def _add_commands(sub) -> None:
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="keep the prefill of recent prompts up to this size for prompts sharing their start; 0: off")
     _mesh_arg(p)
+    p.add_argument("--speculate", choices=("none", "ngram"), default="none",
+                   help="ngram: every request speculates with prompt-lookup drafts (same replies; needs "
+                        "--batching dynamic, the default with it)")
+    p.add_argument("--draft-tokens", type=int, default=4, help="speculation: tokens drafted per step (1-16)")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("quantize", help="int8 weight-only copy of a run, for inference")

@@ -183,3 +183,52 @@ def test_complete_and_stream_speculating_give_the_plain_replies(trained_gpt, cap
     want = model.generate_ids([REPEATS, "Le chat"], temperature=0.0, max_new_tokens=16)["tokens"]
     assert len(chunks) > 1
     np.testing.assert_array_equal(chunks[-1], want)
+
+
+# -- the server: the dynamic engine speculates for every request, with the same greedy replies --
+
+SERVED = ["Manon va à la pharmacie pour acheter des médicaments. Manon va à la pharmacie",  # replies that
+          "Chloé achète des pommes de terre et de la crème. Chloé achète des pommes", "Le vendredi,"]  # copy
+
+
+def _served(backend, rows):
+    """Each row's ``RowResult`` through a dynamic engine over ``backend`` (chunks of 3 tokens)."""
+    import threading
+    from nety_jax.serving.engine import Engine, Job
+    engine, done, results = Engine(backend, max_batch=4, window_ms=50, chunk=3), threading.Event(), []
+    engine.submit(Job(rows, lambda kind, payload: (results.append((kind, payload)), done.set())
+                      if kind != "delta" else None))
+    assert done.wait(300)
+    engine.close()
+    kind, payload = results[0]
+    assert kind == "done", payload
+    return [(r.text, r.tokens, r.finish_reason) for r in payload]
+
+
+def test_the_server_speculating_replies_as_without(trained_gpt):
+    from nety_jax.serving.engine import PretrainedBackend, Row
+    from nety_jax.serving.pretrained import load_pretrained
+    model = load_pretrained(trained_gpt[0])
+    rows = [Row(model.model.prompts.ids(model.tokenizer, p, model.config.data), 0.0, 0, 1.0, 20, 0)
+            for p in SERVED]
+    speculating = PretrainedBackend(model, speculate="ngram", draft_tokens=3)
+    assert speculating.spec.speculative and not speculating.continuous
+    assert _served(speculating, rows) == _served(PretrainedBackend(model), rows)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--speculate", "ngram", "--batching", "continuous"], "--speculate needs --batching dynamic"),
+    (["--speculate", "ngram", "--draft-tokens", "0"], "--draft-tokens"),
+    (["--speculate", "ngram", "--draft-tokens", "17"], "--draft-tokens"),
+])
+def test_serve_checks_the_speculation_flags_before_loading(flags, message, capsys):
+    from nety_jax.cli import main
+    assert main(["serve", "--checkpoint", "no/such/run", "--port", "99999", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--port" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_refuses_speculation_for_an_exported_artifact(capsys):
+    from nety_jax.cli import main
+    assert main(["serve", "--exported", "no/such/export", "--speculate", "ngram"]) == 2
+    assert "--speculate needs --checkpoint" in capsys.readouterr().err

@@ -87,3 +87,8 @@ def continue_stream(variables, state, until, *, model, spec: LoopSpec):
 def stream_result(state, spec: LoopSpec) -> dict:
     """``{"tokens", "lengths", "scores"}`` of a streaming state so far."""
     return (speculative.result if spec.speculative else loop.result)(state, spec)
+
+
+def stream_tokens(state, spec: LoopSpec):
+    """(B, N) ids a streaming state has generated so far, pad after each row's last."""
+    return speculative.reply(state, spec) if spec.speculative else state.tokens

@@ -214,10 +214,15 @@ def speculative_loop(steps: Steps, keep: Keep, first_logits, cache, prompt, leng
     return result(run(steps, keep, start(first_logits, cache, prompt, lengths, params, spec), spec), spec)
 
 
+def reply(state: SpecState, spec: LoopSpec) -> jax.Array:
+    """(B, N) the ids generated so far (``history`` holds pad after each row's last)."""
+    at = state.start[:, None] + jnp.arange(spec.max_new_tokens)[None, :]
+    return jnp.take_along_axis(state.history, at, axis=1)
+
+
 def result(state: SpecState, spec: LoopSpec) -> dict:
     """The generated ids (B, N), their lengths and scores, as ``loop.result`` gives them."""
-    at = state.start[:, None] + jnp.arange(spec.max_new_tokens)[None, :]
-    tokens = jnp.take_along_axis(state.history, at, axis=1)
+    tokens = reply(state, spec)
     generated = jnp.minimum(jnp.maximum(state.params.max_new_tokens, 0), state.count)
     if spec.ignore_eos:
         tokens, lengths = tokens, generated.astype(jnp.int32)

@@ -273,7 +273,8 @@ class PretrainedBackend:
 
     continuous = True
 
-    def __init__(self, pretrained, max_new_tokens: Optional[int] = None):
+    def __init__(self, pretrained, max_new_tokens: Optional[int] = None, speculate: str = "none",
+                 draft_tokens: int = 4):
         from nety_jax.serving.settings import resolve
         self.model, self.tokenizer = pretrained, pretrained.tokenizer
         self.data_cfg, self.decode = pretrained.config.data, pretrained.config.decode
@@ -286,15 +287,17 @@ class PretrainedBackend:
         self.max_new_tokens = min(max_new_tokens or self.decode.max_new_tokens, room)
         self.prompt_limit = self.prompts.limit(self.data_cfg, self.max_new_tokens)
         self.spec = resolve(self.decode, self.prompts, 1,
-                            {"beam_size": 1, "speculate": "none",  # the server does not speculate yet
+                            {"beam_size": 1, "speculate": speculate, "draft_tokens": draft_tokens,
                              "max_new_tokens": min(self.decode.max_new_tokens, self.max_new_tokens)},
                             compiled_max=self.max_new_tokens).spec
+        # continuous batching's slots step one token a row: only the dynamic engine speculates
+        self.continuous = not self.spec.speculative
 
     def run(self, batch: PromptBatch, rows: list[Row], on_chunk, chunk: int):
         import jax
         import jax.numpy as jnp
         from nety_jax.decoding import SamplingParams, continue_stream
-        from nety_jax.decoding.loop import result
+        from nety_jax.decoding.generation import stream_result, stream_tokens
         from nety_jax.serving.prefix_cache import prefill
         b = batch.tokens.shape[0]
         fill = lambda values, pad: np.asarray(values + [pad] * (b - len(values)))
@@ -306,7 +309,7 @@ class PretrainedBackend:
         state = prefill(getattr(self.model, "prefix_cache", None), model, variables, batch.tokens, batch.lengths,
                         len(rows), params, spec, self.data_cfg.bucket_multiple)
         while True:
-            tokens = np.asarray(state.tokens)
+            tokens = np.asarray(stream_tokens(state, spec))
             stop = on_chunk(tokens[: len(rows)], np.asarray(state.done)[: len(rows)])
             if stop.any():
                 done = np.asarray(state.done).copy()
@@ -316,7 +319,7 @@ class PretrainedBackend:
             if bool(np.all(np.asarray(state.done))) or int(state.pos) >= spec.max_new_tokens:
                 break
             state = continue_stream(variables, state, int(state.pos) + chunk, model=model, spec=spec)
-        out = result(state, spec)
+        out = stream_result(state, spec)
         return np.asarray(out["tokens"])[: len(rows)], np.asarray(out["lengths"])[: len(rows)]
 
 

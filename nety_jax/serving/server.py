@@ -205,6 +205,9 @@ def make_engine(backend, batching: Optional[str], max_batch: int, window_ms: flo
     can = getattr(backend, "continuous", False)
     batching = batching or ("continuous" if can else "dynamic")
     if batching == "continuous":
+        if getattr(getattr(backend, "spec", None), "speculative", False):
+            raise NetyError("--speculate needs --batching dynamic: continuous batching's slots decode one "
+                            "token a row per step")
         if not can:
             raise NetyError("--batching continuous needs --checkpoint: an exported artifact runs its "
                             "compiled loop to the end, so it batches dynamically")
@@ -297,7 +300,8 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
 def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0.0.1", port: int = 8000,
           max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64, max_tokens: Optional[int] = None,
           chunk: int = 8, name: Optional[str] = None, batching: Optional[str] = None, slots: int = 32,
-          prefix_cache_mb: float = 0, mesh_tensor: int = 1) -> int:
+          prefix_cache_mb: float = 0, mesh_tensor: int = 1, speculate: str = "none",
+          draft_tokens: int = 4) -> int:
     import os
 
     import uvicorn
@@ -306,6 +310,7 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
     if bool(checkpoint) == bool(exported):
         raise NetyError("give exactly one of --checkpoint DIR or --exported DIR")
     check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching, slots)
+    check_speculation(speculate, draft_tokens, batching, exported)
     if batching == "continuous" and exported:
         raise NetyError("--batching continuous needs --checkpoint: an exported artifact runs its compiled "
                         "loop to the end, so it batches dynamically (--batching dynamic)")
@@ -319,7 +324,8 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
     else:
         from nety_jax.serving.pretrained import load_pretrained
         backend = PretrainedBackend(load_pretrained(checkpoint, prefix_cache_mb=prefix_cache_mb,
-                                                   mesh_tensor=mesh_tensor), max_tokens)
+                                                   mesh_tensor=mesh_tensor), max_tokens,
+                                    speculate, draft_tokens)
     name = name or os.path.basename(os.path.abspath(checkpoint or exported))
     app = create_app(backend, name, max_batch, window_ms, queue_size, chunk, batching, slots)
     engine = app.state.server.engine
@@ -329,6 +335,8 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
         how += f", prefix cache {prefix_cache_mb:g} MB"
     if mesh_tensor > 1:
         how += f", tensor-parallel over {mesh_tensor} devices"
+    if speculate != "none":
+        how += f", speculating ({speculate}, {draft_tokens} draft tokens)"
     print(f"serving {name} ({backend.task.name}) on http://{host}:{port}/v1 ({how}, queue {queue_size}, "
           f"max_tokens up to {engine.max_tokens}, prompts up to {engine.longest_prompt} tokens)", flush=True)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
@@ -353,6 +361,22 @@ def check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching=
     check_int("--chunk", chunk, 1, MAX_POSITIONS)
     if max_tokens is not None:
         check_int("--max-tokens", max_tokens, 1, MAX_POSITIONS)
+
+
+def check_speculation(speculate: str, draft_tokens: int, batching: Optional[str], exported) -> None:
+    """``--speculate`` / ``--draft-tokens`` in range and with a backend that can speculate."""
+    from nety_jax.errors import NetyError
+    from nety_jax.serving.settings import check_int
+    if speculate not in ("none", "ngram"):
+        raise NetyError(f"--speculate={speculate!r} must be none or ngram")
+    check_int("--draft-tokens", draft_tokens, 1, 16)
+    if speculate == "none":
+        return
+    if exported:
+        raise NetyError("--speculate needs --checkpoint: an exported artifact's compiled loop does not speculate")
+    if batching == "continuous":
+        raise NetyError("--speculate needs --batching dynamic: continuous batching's slots decode one token a "
+                        "row per step")
 
 
 def listen_socket(host: str, port: int):
