@@ -59,9 +59,9 @@ def _instrumented(model, spec):
 
     @jax.jit
     def run(variables, tokens, lengths, params):
-        first, cache, _ = _callbacks(model, variables, tokens, lengths, spec)
+        first, cache, step = _callbacks(model, variables, tokens, lengths, spec)
         state = speculative.start(first, cache, tokens, lengths, params, spec)
-        state = speculative.run(*_verify_callbacks(model, variables), state, spec)
+        state = speculative.run(*_verify_callbacks(model, variables), state, spec, step=step)
         return state.calls + 1, state.accepted.sum(), state.drafted.sum()  # + the prefill
     return run
 

@@ -27,6 +27,32 @@ def test_ngram_draft_copies_what_followed_the_latest_longest_match():
     assert not bool(found)
 
 
+def _draft_reference(history: list, end: int, k: int):
+    """Prompt lookup written plainly: the longest n in NGRAMS whose last n ids occur earlier."""
+    for n in speculative.NGRAMS:
+        if end < n:
+            continue
+        suffix = history[end - n:end]
+        found = [j for j in range(end - n) if history[j:j + n] == suffix]
+        if found:
+            cont = found[-1] + n
+            return (history + [0] * k)[cont:cont + k], True
+    return None, False
+
+
+def test_ngram_draft_equals_a_plain_search_on_random_histories():
+    rng = np.random.default_rng(0)
+    lookup = jax.jit(jax.vmap(lambda h, e: speculative.ngram_draft(h, e, 4)))
+    histories = rng.integers(4, 8, size=(64, 24)).astype(np.int32)  # few ids: many matches of each size
+    ends = rng.integers(0, 21, size=64).astype(np.int32)
+    drafts, found = (np.asarray(x) for x in lookup(jnp.asarray(histories), jnp.asarray(ends)))
+    for h, e, d, f in zip(histories.tolist(), ends.tolist(), drafts, found):
+        want, want_found = _draft_reference(h, e, 4)
+        assert bool(f) == want_found, (h, e)
+        if want_found:
+            assert d.tolist() == want, (h, e)
+
+
 # -- the same greedy replies on every architecture (random tiny models, small vocabularies loop) --
 
 ARCHS = {"gpt": (GPT_TINY, ["model.vocab_size=48"]), "rnn_lm": (RNN_LM, ["model.vocab_size=12"]),
@@ -54,10 +80,10 @@ def test_speculative_greedy_equals_plain_greedy(arch):
 
     @jax.jit
     def run(variables, tokens, lengths, params):
-        first, cache, _ = _callbacks(model, variables, tokens, lengths, spec)
+        first, cache, step = _callbacks(model, variables, tokens, lengths, spec)
         steps, keep = _verify_callbacks(model, variables)
         state = speculative.run(steps, keep, speculative.start(first, cache, tokens, lengths, params, spec),
-                                spec)
+                                spec, step=step)
         return speculative.result(state, spec), state
 
     got, state = run(variables, tokens, lengths, params)

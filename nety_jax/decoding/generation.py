@@ -44,7 +44,7 @@ def generate(variables, tokens, lengths, params: SamplingParams, *, model, spec:
         return beam_search(step, first, cache, spec)
     if spec.speculative:
         return speculative.speculative_loop(*_verify_callbacks(model, variables), first, cache, tokens,
-                                            lengths, params, spec)
+                                            lengths, params, spec, step)
     return loop.sample_loop(step, first, cache, params, spec)
 
 
@@ -76,11 +76,10 @@ def start_stream_from(variables, states, tokens, lengths, params: SamplingParams
 @functools.partial(jax.jit, static_argnames=("model", "spec"), donate_argnums=(1,))
 def continue_stream(variables, state, until, *, model, spec: LoopSpec):
     """Streaming, part 2: runs the same loop until ``until`` tokens (or every row is done)."""
-    if spec.speculative:
-        return speculative.run(*_verify_callbacks(model, variables), state, spec, until)
-
     def step(last, cache):
         return model.decode_step(variables, last, cache)
+    if spec.speculative:
+        return speculative.run(*_verify_callbacks(model, variables), state, spec, until, step)
     return loop.run(step, state, spec, until)
 
 

@@ -22,7 +22,7 @@ the argmax and emits what plain greedy decoding emits.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +38,7 @@ MAX_WAIT = 32  # iterations without looking for a draft, at most, after misses
 # (B, T) tokens, cache -> ((B, T, V) logits, pending); (pending, (B,) kept counts) -> cache
 Steps = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 Keep = Callable[[Any, jax.Array], Any]
+Step = Callable[[jax.Array, Any], tuple[jax.Array, Any]]  # (B,) last ids, cache -> ((B, V) logits, cache)
 
 
 @struct.dataclass
@@ -63,29 +64,57 @@ class SpecState:
 
 def ngram_draft(history: jax.Array, end: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """One row: (H,) ids of which ``end`` are written -> (the k ids that followed the latest
-    earlier occurrence of the row's last n ids, whether one was found)."""
+    earlier occurrence of the row's last n ids, n as long as NGRAMS allows; whether one was found).
+
+    One pass for every n: ``same[i]`` says whether the id at j - i equals the row's i-th last id,
+    for every candidate j (the last id of an earlier occurrence); an n-gram matches at j where
+    the first n hold. Candidates end before the row's last id, so the draft starts in the
+    written part."""
+    longest = max(NGRAMS)
+    tail = history[jnp.maximum(end - 1 - jnp.arange(longest), 0)]  # the last id first
+    j = jnp.arange(history.shape[0])
+    match = (j + 1 < end)[None, :]
+    latest = []
+    for i in range(longest):
+        shifted = jnp.roll(history, i)  # shifted[j] = history[j - i]
+        match = match & (shifted == tail[i]) & (j >= i) & (end > i)
+        latest.append(jnp.max(jnp.where(match[0], j + 1, -1)).astype(jnp.int32))
     cont = jnp.asarray(-1, jnp.int32)
     for n in NGRAMS:
-        starts = jnp.arange(history.shape[0] - n + 1)
-        suffix = jax.lax.dynamic_slice_in_dim(history, jnp.maximum(end - n, 0), n)
-        match = (starts + n < end) & (end >= n)
-        for i in range(n):
-            match &= history[starts + i] == suffix[i]
-        latest = jnp.max(jnp.where(match, starts + n, -1)).astype(jnp.int32)
-        cont = jnp.where(cont >= 0, cont, latest)
+        cont = jnp.where(cont >= 0, cont, latest[n - 1])
     draft = jax.lax.dynamic_slice_in_dim(history, jnp.maximum(cont, 0), k)
     return draft, cont >= 0
 
 
-def _distributions(logits, s: SpecState, spec: LoopSpec):
-    """(B, T, V) logits at positions count..count+T-1 -> (what plain sampling draws from there,
-    log-probabilities), both (B, T, V)."""
+def _adjusted(logits, s: SpecState, spec: LoopSpec):
+    """(B, T, V) logits at positions count..count+T-1 -> float32 logits as plain sampling sees them."""
     b, t, v = logits.shape
     pos = (s.count[:, None] + jnp.arange(t)[None, :]).reshape(-1)
-    flat = adjust_logits(logits.reshape(b * t, v).astype(jnp.float32), None, pos, spec)
-    per_position = jax.tree_util.tree_map(lambda x: jnp.repeat(x, t, axis=0), s.params)
-    probs = probabilities(flat, per_position, spec.top_k_max)
-    return probs.reshape(b, t, v), jax.nn.log_softmax(flat).reshape(b, t, v)
+    return adjust_logits(logits.reshape(b * t, v).astype(jnp.float32), None, pos, spec).reshape(b, t, v)
+
+
+def _scores(logits, ids):
+    """(B, T, V) logits, (B, T) ids -> (B, T) the log-probabilities of those ids."""
+    picked = jnp.take_along_axis(logits, ids[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def accept_greedy(logits: jax.Array, draft: jax.Array):
+    """``accept`` for greedy rows, whose distributions are one-hot on the argmax: a drafted id is
+    kept while it is the argmax, and the model's own id is the argmax after the kept ones.
+    logits (B, K+1, V), draft (B, K) -> (emitted ids (B, K+1), kept draft counts (B,))."""
+    target = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    k = draft.shape[1]
+    kept = jnp.sum(jnp.cumprod(target[:, :k] == draft, axis=1), axis=1).astype(jnp.int32)
+    return jnp.where(jnp.arange(k + 1)[None, :] <= kept[:, None], target, PAD_ID), kept
+
+
+def accept_sampled(logits: jax.Array, draft: jax.Array, params: SamplingParams, count, spec: LoopSpec):
+    """``accept`` on the distributions plain sampling draws from (any row's settings)."""
+    b, t, v = logits.shape
+    per_position = jax.tree_util.tree_map(lambda x: jnp.repeat(x, t, axis=0), params)
+    probs = probabilities(logits.reshape(b * t, v), per_position, spec.top_k_max).reshape(b, t, v)
+    return accept(probs, draft, params, count)
 
 
 def accept(probs: jax.Array, draft: jax.Array, params: SamplingParams, count: jax.Array):
@@ -110,7 +139,7 @@ def accept(probs: jax.Array, draft: jax.Array, params: SamplingParams, count: ja
     return out.astype(jnp.int32), kept
 
 
-def _emit(s: SpecState, out, kept, logp, spec: LoopSpec) -> SpecState:
+def _emit(s: SpecState, out, kept, scores, spec: LoopSpec) -> SpecState:
     """Writes each row's emitted ids, cut at its length limit and after <eos>."""
     idx = jnp.arange(out.shape[1])[None, :]
     limit = jnp.minimum(s.params.max_new_tokens, spec.max_new_tokens)
@@ -121,7 +150,6 @@ def _emit(s: SpecState, out, kept, logp, spec: LoopSpec) -> SpecState:
         ended = jnp.any(is_eos, axis=1)
         n = jnp.where(ended, jnp.argmax(is_eos, axis=1) + 1, n)
     out = jnp.where(idx < n[:, None], out, PAD_ID)
-    scores = jnp.take_along_axis(logp, out[..., None], axis=-1)[..., 0]
     write = jax.vmap(lambda h, x, at: jax.lax.dynamic_update_slice_in_dim(h, x, at, 0))
     count = s.count + n
     return s.replace(history=write(s.history, out, s.start + s.count), count=count,
@@ -144,26 +172,38 @@ def _last(s: SpecState) -> jax.Array:
     return jnp.take_along_axis(s.history, (s.start + s.count)[:, None] - 1, axis=1)
 
 
+def _greedy(s: SpecState) -> jax.Array:
+    """() whether every unfinished row chooses greedily (its verification needs no distributions)."""
+    return jnp.all((s.params.temperature <= 0) | (s.params.top_k == 1) | s.done)
+
+
 def _verify(steps: Steps, keep: Keep, spec: LoopSpec, draft, looked, s: SpecState) -> SpecState:
     """Verifies each row's draft (B, K) in one call and emits what is kept."""
     logits, pending = steps(jnp.concatenate([_last(s), draft], axis=1), s.cache)
-    probs, logp = _distributions(logits, s, spec)
-    out, kept = accept(probs, draft, s.params, s.count)
-    s = _emit(s.replace(cache=keep(pending, kept + 1)), out, kept, logp, spec)
+    logits = _adjusted(logits, s, spec)
+    out, kept = jax.lax.cond(_greedy(s), lambda: accept_greedy(logits, draft),
+                             lambda: accept_sampled(logits, draft, s.params, s.count, spec))
+    s = _emit(s.replace(cache=keep(pending, kept + 1)), out, kept, _scores(logits, out), spec)
     return _pace(s.replace(drafted=s.drafted + jnp.where(looked, draft.shape[1], 0)), looked, kept > 0)
 
 
-def _plain(steps: Steps, keep: Keep, spec: LoopSpec, s: SpecState) -> SpecState:
-    """One token per row, as plain sampling draws it (a row that found no draft looks again
-    at the next token: the lookup costs little beside a verification)."""
-    logits, pending = steps(_last(s), s.cache)
-    logits = adjust_logits(logits[:, 0].astype(jnp.float32), None, s.count, spec)
-    nxt = sample_rows(logits, s.params, s.count, spec.top_k_max)
-    one = jnp.ones_like(s.count)
-    s = _emit(s.replace(cache=keep(pending, one)), nxt[:, None], 0 * one, jax.nn.log_softmax(logits)[:, None],
-              spec)
+def _plain(step: Step, spec: LoopSpec, s: SpecState) -> SpecState:
+    """One token per row through the model's one-token step, as plain sampling draws it (a row
+    that found no draft looks again at the next token: the lookup costs little)."""
+    logits, cache = step(_last(s)[:, 0], s.cache)
+    logits = adjust_logits(logits.astype(jnp.float32), None, s.count, spec)
+    nxt = sample_rows(logits, s.params, s.count, spec.top_k_max)[:, None]
+    s = _emit(s.replace(cache=cache), nxt, jnp.zeros_like(s.count), _scores(logits[:, None], nxt), spec)
     nobody = jnp.zeros_like(s.done)
     return _pace(s, nobody, nobody)
+
+
+def _one_step(steps: Steps, keep: Keep) -> Step:
+    """A one-token step from ``decode_steps`` / ``keep_steps`` (for callers without ``decode_step``)."""
+    def step(last, cache):
+        logits, pending = steps(last[:, None], cache)
+        return logits[:, 0], keep(pending, jnp.ones_like(last))
+    return step
 
 
 def start(first_logits, cache, prompt, lengths, params: SamplingParams, spec: LoopSpec) -> SpecState:
@@ -182,36 +222,37 @@ def start(first_logits, cache, prompt, lengths, params: SamplingParams, spec: Lo
                       backoff=jnp.ones((b,), jnp.int32))
     first = adjust_logits(first_logits.astype(jnp.float32), None, jnp.zeros((), jnp.int32), spec)
     nxt = sample_rows(first, params, jnp.zeros((), jnp.int32), spec.top_k_max)
-    logp = jax.nn.log_softmax(first)[:, None, :]
-    return _emit(state, nxt[:, None], jnp.zeros((b,), jnp.int32), logp, spec).replace(
+    scores = _scores(first[:, None], nxt[:, None])
+    return _emit(state, nxt[:, None], jnp.zeros((b,), jnp.int32), scores, spec).replace(
         calls=jnp.zeros((), jnp.int32))
 
 
-def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None) -> SpecState:
-    """Continues until every row is done (or, with ``until``, has that many tokens)."""
+def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None,
+        step: Optional[Step] = None) -> SpecState:
+    """Continues until every row is done (or, with ``until``, has that many tokens). ``step``:
+    the model's one-token step (``decode_step``), run by the iterations where no row verifies
+    (by default made of ``steps`` and ``keep``)."""
+    step = step or _one_step(steps, keep)
+
     def cond(s: SpecState):
         live = ~s.done if until is None else ~s.done & (s.count < until)
         return jnp.any(live)
 
-    def look(s: SpecState):
+    def body(s: SpecState):
         looking = (s.wait == 0) & ~s.done
-        draft, found = jax.vmap(lambda h, e: ngram_draft(h, e, spec.draft_tokens))(
-            s.history, s.start + s.count)
+        draft, found = jax.vmap(lambda h, e: ngram_draft(h, e, spec.draft_tokens))(s.history, s.start + s.count)
         return jax.lax.cond(jnp.any(found & looking),
                             functools.partial(_verify, steps, keep, spec, draft, looking),
-                            functools.partial(_plain, steps, keep, spec), s)
-
-    def body(s: SpecState):
-        return jax.lax.cond(jnp.any((s.wait == 0) & ~s.done), look,
-                            functools.partial(_plain, steps, keep, spec), s)
+                            functools.partial(_plain, step, spec), s)
 
     return jax.lax.while_loop(cond, body, state)
 
 
 def speculative_loop(steps: Steps, keep: Keep, first_logits, cache, prompt, lengths,
-                     params: SamplingParams, spec: LoopSpec) -> dict:
+                     params: SamplingParams, spec: LoopSpec, step: Optional[Step] = None) -> dict:
     """Sampling (greedy rows at temperature 0) with prompt-lookup speculation, in one loop."""
-    return result(run(steps, keep, start(first_logits, cache, prompt, lengths, params, spec), spec), spec)
+    state = start(first_logits, cache, prompt, lengths, params, spec)
+    return result(run(steps, keep, state, spec, step=step), spec)
 
 
 def reply(state: SpecState, spec: LoopSpec) -> jax.Array:
