@@ -17,6 +17,7 @@ same loop run with its counters. Prints a table and one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -69,7 +70,6 @@ def _instrumented(model, spec):
 def measure(pretrained, prompts: list[str], new_tokens: int, draft: int, rounds: int) -> dict:
     """Each prompt alone through the compiled generate function, plain and speculating, rounds
     alternating; the sum over prompts of each one's median seconds."""
-    import dataclasses
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -105,17 +105,111 @@ def measure(pretrained, prompts: list[str], new_tokens: int, draft: int, rounds:
             "speedup": plain / spec, "identical": same}
 
 
+COST_MODELS = {  # random weights: what a step costs does not depend on them
+    "gpt tiny": ("gpt_tiny.yaml", []),
+    "gpt 124M": ("gpt2_124m.yaml", ["model.max_len=256", "model.dropout=0.0", "model.attention_dropout=0.0"]),
+}
+
+
+def _interleaved(calls: dict, rounds: int) -> dict:
+    """Median seconds of each call, the calls alternating round by round (each compiled first)."""
+    import jax
+    times = {k: [] for k in calls}
+    for f in calls.values():
+        jax.block_until_ready(f())
+    for r in range(rounds):
+        for k in (list(calls) if r % 2 == 0 else list(calls)[::-1]):
+            start = time.perf_counter()
+            jax.block_until_ready(calls[k]())
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def step_costs(config: str, overrides: list, draft: int, rounds: int, new_tokens: int = 32) -> dict:
+    """A random-weight model at batch 1: the seconds of one plain step (one token through
+    ``decode_step``, greedy) against one verification (K+1 tokens through ``decode_steps``,
+    greedy acceptance), and whole greedy replies plain and speculating, interleaved. The prompt is
+    a random passage shown twice; a random model's greedy reply soon loops, which drafts predict."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from nety_jax.config import load_config
+    from nety_jax.decoding import LoopSpec, SamplingParams, generate_jit, speculative
+    from nety_jax.models import get_model
+    model = get_model(load_config(os.path.join(ROOT, "configs", config), overrides).model)
+    variables = model.init(jax.random.PRNGKey(0))
+    passage = np.random.default_rng(0).integers(4, model.cfg.vocab_size, size=12)
+    tokens = jnp.asarray(np.concatenate([passage, passage])[None], jnp.int32)
+    lengths = jnp.asarray([tokens.shape[1]], jnp.int32)
+    spec = LoopSpec(max_new_tokens=new_tokens, speculate="ngram", draft_tokens=draft, ignore_eos=True)
+    first, cache = jax.jit(lambda v: model.start_decoding(v, tokens, lengths, new_tokens))(variables)
+    cache = model.draft_room(cache, draft + 1)
+    plain = jax.jit(lambda v, c: jnp.argmax(model.decode_step(v, tokens[:, -1], c)[0], axis=-1))
+    fed = jnp.concatenate([tokens[:, -1:], tokens[:, :draft]], axis=1)
+    verify = jax.jit(lambda v, c: speculative.accept_greedy(model.decode_steps(v, fed, c)[0], fed[:, 1:]))
+    one = _interleaved({"plain": lambda: plain(variables, cache), "verify": lambda: verify(variables, cache)},
+                       rounds)
+    params = SamplingParams.create(1, temperature=0.0)
+    run = lambda s: generate_jit(variables, tokens, lengths, params, model=model, spec=s)
+    whole = _interleaved({"plain": lambda: run(dataclasses.replace(spec, speculate="none")),
+                          "ngram": lambda: run(spec)}, rounds)
+    same = bool(np.array_equal(np.asarray(run(spec)["tokens"]),
+                               np.asarray(run(dataclasses.replace(spec, speculate="none"))["tokens"])))
+    calls = _instrumented(model, spec)(variables, tokens, lengths, params)
+    return {"plain_step_ms": one["plain"] * 1e3, "verify_ms": one["verify"] * 1e3,
+            "verify_cost": one["verify"] / one["plain"], "tokens_per_call": new_tokens / int(calls[0]),
+            "kept": int(calls[1]) / max(int(calls[2]), 1), "speedup": whole["plain"] / whole["ngram"],
+            "identical": same}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--demo", default=os.path.join(ROOT, "runs", "demo"), help="the demo run (make demo)")
     p.add_argument("--gpt", help="a trained GPT run (default: train configs/gpt_tiny.yaml briefly)")
     p.add_argument("--draft-tokens", type=int, default=4)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--trained", default="gpt,demo", help="trained models to measure (gpt,demo; '' for none)")
+    p.add_argument("--costs", default=",".join(COST_MODELS),
+                   help=f"random-weight models whose step costs to measure ({', '.join(COST_MODELS)}; '' for none)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
+    rows = trained_rows(args)
+    costs = []
+    for name in filter(None, args.costs.split(",")):
+        costs.append({"model": name, **step_costs(*COST_MODELS[name], args.draft_tokens, args.rounds)})
+        print(json.dumps(costs[-1]), file=sys.stderr, flush=True)
+    if rows:
+        print("| model | the reply repeats the prompt? | tokens | tokens per model call | drafts kept | "
+              "plain tok/s | ngram tok/s | speed-up | same replies |")
+        print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['prompts']} | {r['tokens']} | {r['tokens_per_call']:.2f} | {r['kept']:.0%} | "
+              f"{r['plain_tok_s']:.0f} | {r['ngram_tok_s']:.0f} | {r['speedup']:.2f}x | {r['identical']} |")
+    if costs:
+        print("| model (random weights) | plain step | verification (K+1 tokens) | its cost in plain steps | "
+              "tokens per model call | drafts kept | speed-up | same replies |")
+        print("|---|---|---|---|---|---|---|---|")
+    for r in costs:
+        print(f"| {r['model']} | {r['plain_step_ms']:.2f} ms | {r['verify_ms']:.2f} ms | {r['verify_cost']:.2f} | "
+              f"{r['tokens_per_call']:.2f} | {r['kept']:.0%} | {r['speedup']:.2f}x | {r['identical']} |")
+    result = {"draft_tokens": args.draft_tokens, "rounds": args.rounds, "rows": rows, "costs": costs,
+              "load_average": os.getloadavg()}
+    print(json.dumps(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+def trained_rows(args) -> list:
+    """The table of the trained models (``--trained``)."""
     from nety_jax.serving.pretrained import load_pretrained
-    gpt = args.gpt or train_gpt(tempfile.mkdtemp(prefix="bench-spec-gpt-"))
-    runs = {"gpt": (gpt, 32), "demo": (args.demo, 40)}
+    wanted = [n for n in args.trained.split(",") if n]
+    runs = {}
+    if "gpt" in wanted:
+        runs["gpt"] = (args.gpt or train_gpt(tempfile.mkdtemp(prefix="bench-spec-gpt-")), 32)
+    if "demo" in wanted:
+        runs["demo"] = (args.demo, 40)
     rows = []
     for name, (path, new_tokens) in runs.items():
         model = load_pretrained(path, warn=lambda *_: None)
@@ -123,18 +217,7 @@ def main() -> int:
             res = measure(model, prompts, new_tokens, args.draft_tokens, args.rounds)
             rows.append({"model": name, "prompts": kind, **res})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print("| model | the reply repeats the prompt? | tokens | tokens per model call | drafts kept | "
-          "plain tok/s | ngram tok/s | speed-up | same replies |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['prompts']} | {r['tokens']} | {r['tokens_per_call']:.2f} | {r['kept']:.0%} | "
-              f"{r['plain_tok_s']:.0f} | {r['ngram_tok_s']:.0f} | {r['speedup']:.2f}x | {r['identical']} |")
-    result = {"draft_tokens": args.draft_tokens, "rounds": args.rounds, "rows": rows}
-    print(json.dumps(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-    return 0
+    return rows
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
 """Speculative decoding with prompt-lookup drafts: several tokens per model call, same replies.
 
 Each iteration of ONE ``lax.while_loop`` drafts K tokens per row by finding the row's
-last n tokens (n = 3, else 2, else 1) earlier in its prompt and reply and copying what
+last n tokens (n = 3, else 2) earlier in its prompt and reply and copying what
 followed them (prompt lookup: summaries, edits and chat histories repeat their context),
 feeds the last token and the draft to the model in one forward (``Model.decode_steps``),
 and keeps the longest accepted prefix of the draft plus one token of the model's own.
 Rows accept different counts; each row's cache keeps exactly its accepted tokens
 (``Model.keep_steps``). A row whose verified draft has none of its tokens kept waits
 before looking again (1, 2, 4, ... up to MAX_WAIT iterations; a kept draft resets
-it); an iteration in which no row has a draft to verify is a plain one-token step.
+it). Each iteration is ONE ``lax.cond``: an iteration in which no row has a draft to verify
+runs the model's own one-token step (``decode_step``) and plain sampling, so text that does not
+repeat pays only the lookup; a verification of greedy rows only compares the argmax with the
+draft (the distributions below are built only when some row samples).
 
 Acceptance is the speculative-sampling rule (Leviathan et al. 2023, Chen et al. 2023)
 with a deterministic draft, i.e. q a point mass on the drafted token d: keep d with
@@ -33,7 +36,7 @@ from nety_jax.decoding.loop import adjust_logits, finish
 from nety_jax.decoding.sampling import SamplingParams, draw_from, probabilities, row_uniforms, sample_rows
 from nety_jax.decoding.spec import LoopSpec
 
-NGRAMS = (3, 2, 1)  # lookup sizes, the longest match first
+NGRAMS = (3, 2)  # lookup sizes, the longest match first (a match of one id drafts too poorly to pay)
 MAX_WAIT = 32  # iterations without looking for a draft, at most, after misses
 # (B, T) tokens, cache -> ((B, T, V) logits, pending); (pending, (B,) kept counts) -> cache
 Steps = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
