@@ -263,3 +263,20 @@ def test_a_2_process_fsdp_job_killed_resumes_exactly_and_generates_in_one_proces
     tokens = lambda m: m.generate_ids(PROMPTS, temperature=0.0, max_new_tokens=NEW)["tokens"]
     np.testing.assert_array_equal(tokens(got), tokens(want))
     np.testing.assert_array_equal(tokens(load_pretrained(str(two), mesh_tensor=2)), tokens(want))
+
+
+def test_an_axis_a_dimension_cannot_take_goes_to_the_next_sharded_one():
+    """GPT-2's vocabulary (50,257 rows, odd) over tensor=2: the embedding's width takes 'tensor'
+    beside 'fsdp' rather than the table staying whole; 'directions' (no rule) takes nothing."""
+    from jax.sharding import PartitionSpec as P
+    from nety_jax.training import mesh as meshlib
+    tcfg = load_config(GPT_TINY, ["train.parallel=mesh", "train.mesh_data=1", "train.mesh_fsdp=2",
+                                  "train.mesh_tensor=2"]).train
+    mesh, rules = meshlib.make_mesh(tcfg), meshlib.rules_of(tcfg)
+    spec = lambda names, shape: meshlib.mesh_spec(P(*names), shape, mesh, rules)
+    assert spec(("vocab", "embed"), (50257, 768)) == P(None, ("fsdp", "tensor"))
+    assert spec(("embed", "vocab"), (768, 50257)) == P(("fsdp", "tensor"), None)
+    assert spec(("vocab", "embed"), (50256, 768)) == P("tensor", "fsdp")  # divisible: as the rules say
+    assert spec(("vocab", "embed"), (50257, 6)) == P(None, "fsdp")  # 6 is not a multiple of 4: fsdp alone
+    assert spec(("vocab",), (50257,)) == P(None)
+    assert spec(("directions", "hidden", "gates"), (2, 32, 7)) == P(None, ("fsdp", "tensor"), None)

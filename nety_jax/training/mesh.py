@@ -8,8 +8,9 @@ default rules the model width ('embed') is split over 'fsdp' and heads, MLP widt
 gates and the vocabulary over 'tensor'. Adam's moments take their parameter's sharding, so
 FSDP shards the optimizer state too; the batch is split over ('data', 'fsdp').
 
-A dimension that its mesh axes do not divide stays whole (replicated along those axes) rather
-than failing: tiny configs and odd vocabularies still run, at some memory cost.
+A dimension that its mesh axes do not divide stays whole rather than failing (tiny configs and
+odd vocabularies still run) and hands those axes to the array's next sharded dimension that they
+divide (``mesh_spec``), so an odd vocabulary's table is still split.
 
 The step is the plain ``train_step`` (no axis name, no explicit collective) compiled by
 ``jax.jit`` with the state's and the batch's shardings; XLA's partitioner inserts the
@@ -67,14 +68,24 @@ def rules_of(tcfg: TrainConfig) -> tuple:
 
 
 def mesh_spec(logical: P, shape: tuple, mesh: Mesh, rules: tuple) -> P:
-    """Logical names -> mesh axes, keeping whole every dimension its mesh axes do not divide."""
+    """Logical names -> mesh axes. A dimension its mesh axes do not divide stays whole and hands
+    them to the array's first other sharded dimension that divides with them too: GPT-2's
+    50,257-row vocabulary over ``tensor`` leaves the embedding's width to take 'tensor' beside
+    'fsdp', rather than every device holding the whole table. Dimensions without a rule (or
+    with an empty one, 'directions') never take an axis."""
     axes = nn.logical_to_mesh_axes(tuple(logical), rules) if len(logical) else P()
-    out = []
+    size = lambda names: int(np.prod([mesh.shape[a] for a in names]))
+    out, spare = [], []
     for dim, entry in zip(shape, tuple(axes) + (None,) * (len(shape) - len(axes))):
         names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-        size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
-        out.append(entry if names and dim % size == 0 else None)
-    return P(*out)
+        out.append(names if dim % size(names) == 0 else ())
+        spare += [] if out[-1] else list(names)
+    for axis in spare:
+        for i, dim in enumerate(shape):
+            if out[i] and dim % (size(out[i]) * mesh.shape[axis]) == 0:
+                out[i] += (axis,)
+                break
+    return P(*(None if not names else names[0] if len(names) == 1 else names for names in out))
 
 
 def _boxed(abstract, logical):
