@@ -10,7 +10,10 @@
   only (XLA's masked product reads every position of every cache every step).
 - ``matmul``: float32 x @ w for a batched decode step (``MATMUL_ROWS`` rows), the next
   weight panel prefetched while one is computed: XLA's GEMM stalls on weights that
-  stream from memory at every step. Differentiated as XLA's product.
+  stream from memory at every step. Differentiated as XLA's product. For a few rows (up to
+  ``MAX_ROWS``: a decode step at batch 1-4) the same call goes to ``nety_matvec``, which
+  splits the weights' rows over the threads: XLA runs a matrix-vector product on one
+  thread, so one core's share of the memory bandwidth bounded batch-1 decoding.
 
 The kernels split their work over XLA's own intra-op threads (helper threads of our
 own competed with them for the cores: docs/PERFORMANCE.md).
@@ -48,7 +51,8 @@ TARGET = "nety_int8_matmul"
 TOP_K_TARGET = "nety_top_k"
 ATTENTION_TARGET = "nety_decode_attention"
 MATMUL_TARGET = "nety_matmul"
-TARGETS = (TARGET, TOP_K_TARGET, ATTENTION_TARGET, MATMUL_TARGET)  # every custom call we register
+MATVEC_TARGET = "nety_matvec"
+TARGETS = (TARGET, TOP_K_TARGET, ATTENTION_TARGET, MATMUL_TARGET, MATVEC_TARGET)  # every custom call we register
 MAX_ROWS = 4  # above this many rows XLA's GEMM path wins (compute, not bytes, bounds it)
 # rows where nety_matmul measured faster than XLA's GEMM inside generation (docs/PERFORMANCE.md,
 # 2026-11-30: 56 rows 1.19x, 64 1.17x, 96 1.10x, 128 1.05x, 160 1.03x; 48 0.99x, 32 0.92x, 256 0.99x)
@@ -111,6 +115,7 @@ def load() -> bool:
                 jax.ffi.register_ffi_target(ATTENTION_TARGET, jax.ffi.pycapsule(lib.NetyDecodeAttention),
                                             platform="cpu")
                 jax.ffi.register_ffi_target(MATMUL_TARGET, jax.ffi.pycapsule(lib.NetyMatmul), platform="cpu")
+                jax.ffi.register_ffi_target(MATVEC_TARGET, jax.ffi.pycapsule(lib.NetyMatvec), platform="cpu")
                 _state["matmul"] = bool(lib.NetyMatmulFast())
                 _state["ok"] = True
             except Exception as e:  # a missing compiler must not stop generation
@@ -226,19 +231,24 @@ def _cores() -> int:
 
 
 def matmul_usable(x: jax.Array, dtype) -> bool:
-    """Whether ``Linear`` should compute its float32 product with ``matmul``: ``MATMUL_ROWS`` rows,
-    and at least one block of 8 rows per core (the kernel splits rows over threads; on a machine
-    with more cores than that, XLA's GEMM, which can use them all, keeps the product)."""
+    """Whether ``Linear`` should compute its float32 product with ``matmul``: a few rows (up to
+    ``MAX_ROWS``: ``nety_matvec``), or ``MATMUL_ROWS`` rows with at least one block of 8 rows per
+    core (``nety_matmul`` splits rows over threads; on a machine with more cores than that,
+    XLA's GEMM, which can use them all, keeps the product)."""
+    if not (jnp.dtype(dtype) == jnp.float32 and x.dtype == jnp.float32 and _static(x.shape)):
+        return False
     rows = math.prod(x.shape[:-1])
-    return (jnp.dtype(dtype) == jnp.float32 and x.dtype == jnp.float32 and _static(x.shape)
-            and MATMUL_ROWS[0] <= rows <= MATMUL_ROWS[1] and -(-rows // 8) >= _cores() and enabled()
+    if 1 <= rows <= MAX_ROWS:
+        return enabled()
+    return (MATMUL_ROWS[0] <= rows <= MATMUL_ROWS[1] and -(-rows // 8) >= _cores() and enabled()
             and _state.get("matmul", False))
 
 
 def _matmul_call(x: jax.Array, kernel: jax.Array) -> jax.Array:
     k, n = kernel.shape
     rows = x.reshape(-1, k)
-    call = jax.ffi.ffi_call(MATMUL_TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+    target = MATVEC_TARGET if rows.shape[0] <= MAX_ROWS else MATMUL_TARGET
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
                             vmap_method="sequential")
     return call(rows, kernel).reshape(x.shape[:-1] + (n,))
 

@@ -491,6 +491,96 @@ ffi::Error MatmulImpl(ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::ResultB
 }
 #endif
 
+// -- float32 product for a few rows (a decode step at batch 1-4) ----------------------------
+
+// Adds x[0:m_rows, k:k+r] @ w[k:k+r, 0:n] to y[0:m_rows, 0:n] (x's rows k_dim apart, y's n
+// apart), r <= kMatvecDepth weight rows per pass, each weight read once for every row.
+constexpr int64_t kMatvecDepth = 8;
+
+template <int64_t m_rows>
+void MatvecRows(const float* x, const float* w, float* y, int64_t k_dim, int64_t k, int64_t r, int64_t n) {
+  const float* row[kMatvecDepth];
+  float a[m_rows][kMatvecDepth] = {};
+  for (int64_t i = 0; i < kMatvecDepth; ++i) {
+    row[i] = w + (k + std::min(i, r - 1)) * n;  // past r: a repeated row times 0
+    for (int64_t m = 0; m < m_rows; ++m) a[m][i] = i < r ? x[m * k_dim + k + i] : 0.f;
+  }
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  __m512 av[m_rows][kMatvecDepth];
+  for (int64_t m = 0; m < m_rows; ++m)
+    for (int64_t i = 0; i < kMatvecDepth; ++i) av[m][i] = _mm512_set1_ps(a[m][i]);
+  for (; j + 16 <= n; j += 16) {
+    __m512 wv[kMatvecDepth];
+    for (int64_t i = 0; i < kMatvecDepth; ++i) wv[i] = _mm512_loadu_ps(row[i] + j);
+    for (int64_t m = 0; m < m_rows; ++m) {
+      __m512 acc = _mm512_loadu_ps(y + m * n + j);
+      for (int64_t i = 0; i < kMatvecDepth; ++i) acc = _mm512_fmadd_ps(wv[i], av[m][i], acc);
+      _mm512_storeu_ps(y + m * n + j, acc);
+    }
+  }
+#endif
+  for (; j < n; ++j) {
+    for (int64_t m = 0; m < m_rows; ++m) {
+      float s = y[m * n + j];
+      for (int64_t i = 0; i < kMatvecDepth; ++i) s += a[m][i] * row[i][j];
+      y[m * n + j] = s;
+    }
+  }
+}
+
+// y[0:m_rows] = x[0:m_rows, k0:k1] @ w[k0:k1, :]: one contiguous stretch of w's rows, read
+// front to back (a single stream per thread, what the hardware prefetcher follows best).
+void MatvecChunk(const float* x, const float* w, float* y, int64_t m_rows, int64_t k_dim, int64_t n,
+                 int64_t k0, int64_t k1) {
+  std::fill(y, y + m_rows * n, 0.f);
+  for (int64_t k = k0; k < k1; k += kMatvecDepth) {
+    const int64_t r = std::min(kMatvecDepth, k1 - k);
+    switch (m_rows) {  // the row count as a constant: the broadcasts stay in registers
+      case 1: MatvecRows<1>(x, w, y, k_dim, k, r, n); break;
+      case 2: MatvecRows<2>(x, w, y, k_dim, k, r, n); break;
+      case 3: MatvecRows<3>(x, w, y, k_dim, k, r, n); break;
+      default: MatvecRows<4>(x, w, y, k_dim, k, r, n); break;
+    }
+  }
+}
+
+// x (M <= 4, K) @ w (K, N): the weights' bytes bound it. XLA's CPU dot runs such a product
+// on one thread (a matrix-vector product is not split), so one core's share of the memory
+// bandwidth bounded a decode step at batch 1. Here the K rows of w split into contiguous
+// chunks, one per block of work, each summed into its own partial y; the partials are added
+// at the end, split by columns.
+ffi::Error MatvecImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                      ffi::ThreadPool pool) {
+  const auto xd = x.dimensions(), wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[0] || xd[0] > kMaxRows) {
+    return ffi::Error::InvalidArgument("nety_matvec: expects x (M <= 4, K) and w (K, N)");
+  }
+  const int64_t m = xd[0], k = xd[1], n = wd[1], threads = Threads(pool);
+  const float* xp = x.typed_data();
+  const float* wp = w.typed_data();
+  float* yp = y->typed_data();
+  // two chunks per thread (a thread that loses its core leaves less behind), of whole passes
+  const int64_t chunks = std::max<int64_t>(1, std::min(2 * threads, k / (4 * kMatvecDepth)));
+  const int64_t per = (k + chunks - 1) / chunks;
+  const int64_t step = (per + kMatvecDepth - 1) / kMatvecDepth * kMatvecDepth;
+  std::vector<float> partial((chunks - 1) * m * n);
+  ParallelFor(pool, chunks, [=, &partial](int64_t c) {
+    float* out = c == 0 ? yp : partial.data() + (c - 1) * m * n;
+    MatvecChunk(xp, wp, out, m, k, n, std::min(k, c * step), std::min(k, (c + 1) * step));
+  });
+  if (chunks == 1) return ffi::Error::Success();
+  const int64_t total = m * n, span = std::max<int64_t>(4096, (total + threads - 1) / threads);
+  ParallelFor(pool, (total + span - 1) / span, [=, &partial](int64_t b) {
+    const int64_t i0 = b * span, i1 = std::min(total, i0 + span);
+    for (int64_t c = 1; c < chunks; ++c) {
+      const float* p = partial.data() + (c - 1) * total;
+      for (int64_t i = i0; i < i1; ++i) yp[i] += p[i];
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyInt8Matmul, Int8MatmulImpl,
@@ -518,6 +608,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyDecodeAttention, DecodeAttentionImpl,
                                   .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyMatmul, MatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ctx<ffi::ThreadPool>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyMatvec, MatvecImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

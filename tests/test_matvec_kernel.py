@@ -1,0 +1,56 @@
+"""nety_matvec (nety_jax.kernels): the float32 product of a decode step at batch 1-4, against XLA's."""
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nety_jax import kernels
+
+pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++") or os.environ.get("CXX")),
+                                reason="the kernels are built with the machine's C++ compiler")
+
+
+def test_matvec_kernel_equals_xla_product_and_its_gradient():
+    assert kernels.load()
+    rs = np.random.default_rng(7)
+    # one chunk (K < 32), chunks ending inside a pass of 8 rows, column tails (N % 16), the
+    # output head's shape class (N much larger than K), every row count up to MAX_ROWS
+    shapes = [(1, 7, 5), (2, 31, 17), (3, 100, 33), (4, 768, 96), (1, 333, 1000), (1, 64, 5003), (4, 1027, 64)]
+    for m, k, n in shapes:
+        x = jnp.asarray(rs.standard_normal((m, k)), jnp.float32)
+        w = jnp.asarray(rs.standard_normal((k, n)), jnp.float32)
+        text = jax.jit(kernels.matmul).lower(x, w).as_text()
+        assert kernels.MATVEC_TARGET in text and kernels.MATMUL_TARGET not in text
+        want = jnp.dot(x, w, precision="highest")
+        got = jax.jit(kernels.matmul)(x, w)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-4, err_msg=str((m, k, n)))
+    x3 = x.reshape(2, 2, k)  # leading axes flatten into rows
+    np.testing.assert_allclose(np.asarray(kernels.matmul(x3, w)).reshape(m, n), np.asarray(want), rtol=2e-5,
+                               atol=2e-4)
+    x, w = x[:, :64] / 8, w[:64, :40] / 8
+    loss = lambda f: (lambda x, w: jnp.sum(jnp.tanh(f(x, w))))
+    got = jax.grad(loss(kernels.matmul), argnums=(0, 1))(x, w)
+    want = jax.grad(loss(lambda x, w: jnp.dot(x, w, precision="highest")), argnums=(0, 1))(x, w)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def test_linear_uses_the_matvec_kernel_for_a_few_rows_only():
+    from nety_jax.layers import Linear
+    assert kernels.load()
+    layer = Linear(24)
+    variables = layer.init(jax.random.PRNGKey(0), jnp.ones((1, 16)))
+    text = lambda rows, dtype=jnp.float32: jax.jit(layer.apply).lower(variables, jnp.ones((rows, 16), dtype)).as_text()
+    assert kernels.MATVEC_TARGET in text(1) and kernels.MATVEC_TARGET in text(kernels.MAX_ROWS)
+    assert kernels.MATVEC_TARGET not in text(kernels.MAX_ROWS + 1)
+    assert kernels.MATVEC_TARGET not in text(1, jnp.bfloat16)
+    with kernels.portable():
+        assert kernels.MATVEC_TARGET not in text(1)
+    x = jnp.asarray(np.random.default_rng(8).standard_normal((3, 16)), jnp.float32)
+    with kernels.portable():
+        want = layer.apply(variables, x)
+    np.testing.assert_allclose(np.asarray(jax.jit(layer.apply)(variables, x)), np.asarray(want), rtol=1e-5,
+                               atol=1e-5)
