@@ -54,3 +54,36 @@ def test_linear_uses_the_matvec_kernel_for_a_few_rows_only():
         want = layer.apply(variables, x)
     np.testing.assert_allclose(np.asarray(jax.jit(layer.apply)(variables, x)), np.asarray(want), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_matvec_t_kernel_equals_xla_product_and_the_tied_head_uses_it():
+    assert kernels.load()
+    rs = np.random.default_rng(9)
+    for m, n, k in [(1, 5, 7), (2, 1000, 33), (4, 5003, 64)]:
+        x = jnp.asarray(rs.standard_normal((m, k)), jnp.float32)
+        table = jnp.asarray(rs.standard_normal((n, k)), jnp.float32)
+        assert kernels.matmul_t_usable(x, table)
+        np.testing.assert_allclose(np.asarray(jax.jit(kernels.matmul_t)(x, table)),
+                                   np.asarray(jnp.dot(x, table.T, precision="highest")), rtol=2e-5, atol=2e-4)
+    assert not kernels.matmul_t_usable(jnp.ones((kernels.MAX_ROWS + 1, k)), table)
+    x, table = x[:, :16] / 4, table[:40, :16] / 4
+    loss = lambda f: (lambda x, t: jnp.sum(jnp.tanh(f(x, t))))
+    got = jax.grad(loss(kernels.matmul_t), argnums=(0, 1))(x, table)
+    want = jax.grad(loss(lambda x, t: jnp.dot(x, t.T, precision="highest")), argnums=(0, 1))(x, table)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+def test_a_tied_gpt_decode_step_calls_the_transposed_kernel():
+    from nety_jax.config import load_config
+    from nety_jax.models import get_model
+    cfg = load_config("configs/gpt_tiny.yaml", ["model.tie_output=true"])
+    model = get_model(cfg.model)
+    variables = model.init(jax.random.PRNGKey(0))
+    _, cache = model.start_decoding(variables, jnp.ones((1, 3), jnp.int32), jnp.asarray([3]), 4)
+    text = jax.jit(model.decode_step).lower(variables, jnp.ones((1,), jnp.int32), cache).as_text()
+    assert kernels.MATVEC_T_TARGET in text
+    with kernels.portable():
+        want, _ = jax.jit(model.decode_step)(variables, jnp.ones((1,), jnp.int32), cache)
+    got, _ = jax.jit(model.decode_step)(variables, jnp.ones((1,), jnp.int32), cache)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)

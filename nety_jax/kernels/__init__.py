@@ -14,6 +14,7 @@
   ``MAX_ROWS``: a decode step at batch 1-4) the same call goes to ``nety_matvec``, which
   splits the weights' rows over the threads: XLA runs a matrix-vector product on one
   thread, so one core's share of the memory bandwidth bounded batch-1 decoding.
+  ``matmul_t`` is the same for x @ w.T (``nety_matvec_t``: a tied output head).
 
 The kernels split their work over XLA's own intra-op threads (helper threads of our
 own competed with them for the cores: docs/PERFORMANCE.md).
@@ -52,7 +53,8 @@ TOP_K_TARGET = "nety_top_k"
 ATTENTION_TARGET = "nety_decode_attention"
 MATMUL_TARGET = "nety_matmul"
 MATVEC_TARGET = "nety_matvec"
-TARGETS = (TARGET, TOP_K_TARGET, ATTENTION_TARGET, MATMUL_TARGET, MATVEC_TARGET)  # every custom call we register
+MATVEC_T_TARGET = "nety_matvec_t"
+TARGETS = (TARGET, TOP_K_TARGET, ATTENTION_TARGET, MATMUL_TARGET, MATVEC_TARGET, MATVEC_T_TARGET)  # every custom call we register
 MAX_ROWS = 4  # above this many rows XLA's GEMM path wins (compute, not bytes, bounds it)
 # rows where nety_matmul measured faster than XLA's GEMM inside generation (docs/PERFORMANCE.md,
 # 2026-11-30: 56 rows 1.19x, 64 1.17x, 96 1.10x, 128 1.05x, 160 1.03x; 48 0.99x, 32 0.92x, 256 0.99x)
@@ -116,6 +118,7 @@ def load() -> bool:
                                             platform="cpu")
                 jax.ffi.register_ffi_target(MATMUL_TARGET, jax.ffi.pycapsule(lib.NetyMatmul), platform="cpu")
                 jax.ffi.register_ffi_target(MATVEC_TARGET, jax.ffi.pycapsule(lib.NetyMatvec), platform="cpu")
+                jax.ffi.register_ffi_target(MATVEC_T_TARGET, jax.ffi.pycapsule(lib.NetyMatvecT), platform="cpu")
                 _state["matmul"] = bool(lib.NetyMatmulFast())
                 _state["ok"] = True
             except Exception as e:  # a missing compiler must not stop generation
@@ -271,3 +274,37 @@ def _matmul_bwd(saved, g):
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _matmul_t_call(x: jax.Array, table: jax.Array) -> jax.Array:
+    n, k = table.shape
+    rows = x.reshape(-1, k)
+    call = jax.ffi.ffi_call(MATVEC_T_TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+                            vmap_method="sequential")
+    return call(rows, table).reshape(x.shape[:-1] + (n,))
+
+
+def matmul_t_usable(x: jax.Array, table: jax.Array) -> bool:
+    """Whether ``matmul_t`` computes x @ table.T: float32, up to ``MAX_ROWS`` rows, on the CPU."""
+    return (x.dtype == jnp.float32 and table.dtype == jnp.float32 and _static(x.shape, table.shape)
+            and 1 <= math.prod(x.shape[:-1]) <= MAX_ROWS and enabled())
+
+
+@jax.custom_vjp
+def matmul_t(x: jax.Array, table: jax.Array) -> jax.Array:
+    """(..., K) float32 @ (N, K).T -> (..., N) through nety_matvec_t (``matmul_t_usable`` rows);
+    differentiated as XLA's product."""
+    return _matmul_t_call(x, table)
+
+
+def _matmul_t_fwd(x, table):
+    return _matmul_t_call(x, table), (x, table)
+
+
+def _matmul_t_bwd(saved, g):
+    x, table = saved
+    rows, grads = x.reshape(-1, table.shape[1]), g.reshape(-1, table.shape[0])
+    return jnp.dot(g, table), jnp.dot(grads.T, rows)
+
+
+matmul_t.defvjp(_matmul_t_fwd, _matmul_t_bwd)

@@ -581,6 +581,26 @@ ffi::Error MatvecImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Res
   return ffi::Error::Success();
 }
 
+// x (M <= 4, K) @ w.T with w (N, K): a tied output head (the embedding table) at batch 1-4.
+// Each output is a dot of one contiguous row of w; blocks of w's rows go to the threads.
+ffi::Error MatvecTImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                       ffi::ThreadPool pool) {
+  const auto xd = x.dimensions(), wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[1] || xd[0] > kMaxRows) {
+    return ffi::Error::InvalidArgument("nety_matvec_t: expects x (M <= 4, K) and w (N, K)");
+  }
+  const int64_t m = xd[0], k = xd[1], n = wd[0], threads = Threads(pool);
+  const float* xp = x.typed_data();
+  const float* wp = w.typed_data();
+  float* yp = y->typed_data();
+  const int64_t blocks = std::max<int64_t>(1, std::min(2 * threads, n * k / (1 << 14)));
+  ParallelFor(pool, blocks, [=](int64_t b) {
+    for (int64_t j = b * n / blocks; j < (b + 1) * n / blocks; ++j)
+      for (int64_t r = 0; r < m; ++r) yp[r * n + j] = Dot(xp + r * k, wp + j * k, k);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyInt8Matmul, Int8MatmulImpl,
@@ -615,6 +635,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyMatmul, MatmulImpl,
                                   .Ctx<ffi::ThreadPool>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyMatvec, MatvecImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ctx<ffi::ThreadPool>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyMatvecT, MatvecTImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nety_jax import kernels
 from nety_jax.layers.attention import CrossAttention, SelfAttention
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.feedforward import FeedForward
@@ -165,7 +166,11 @@ class TransformerDecoder(nn.Module):
         x = self.head_input(x)
         if s.tie_output:  # the embedding table as the head, in the compute dtype like every product
             table = self.embed.embedding.astype(s.compute_dtype)
-            logits = jnp.dot(x.astype(s.compute_dtype), table.T).astype(jnp.float32)
+            x = x.astype(s.compute_dtype)
+            if kernels.matmul_t_usable(x, table):  # a decode step at batch 1-4: on every core
+                logits = kernels.matmul_t(x, table)
+            else:
+                logits = jnp.dot(x, table.T).astype(jnp.float32)
             logits = logits + self.out_bias if s.output_bias else logits
         else:
             logits = self.fc_out(x).astype(jnp.float32)
