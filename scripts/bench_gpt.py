@@ -2,6 +2,7 @@
 
     python scripts/bench_gpt.py [--tiny] [--batch 8] [--len 256] [--dtype float32] [--hf-compile]
                                 [--gen 1:greedy 1:topk 64:topk] [--new-tokens 64] [--repeats 3]
+                                [--skip-hf] [--skip-import] [--json FILE]
 
 - training: one AdamW step (clipping at train.clip_norm, the same learning rate, betas,
   epsilon and weight decay; dropout as the config says, in both) on the same batch of
@@ -9,9 +10,16 @@
 - generation: N new tokens after a prompt of random ids, at batch B, greedy or top-k 50
   (temperature 1), every row forced to N tokens; HF ``generate`` with its KV cache
   (dynamic cache eager; static cache under --hf-compile);
-- MFU from the analytic FLOPs of scripts/flops.py over a matmul peak measured in the same
-  process (or the peak given by the caller: scripts/bench.py passes its machine part's), and
-  the fraction of the weight-bandwidth bound (tokens/s if a step only read the weights once).
+- MFU from the analytic FLOPs of scripts/flops.py over a matmul peak, and the fraction of the
+  weight-bandwidth bound (tokens/s if a step only read the weights once, at the memory
+  bandwidth of a 256 MB copy by one thread or by every core, whichever is faster). Both
+  references are measured BETWEEN the rounds they judge, as one more function in the same
+  alternation (the train step and batch > 1 rows: the peak; batch-1 rows: the bandwidth), so a
+  reference sees the same load as what it judges; scripts/bench.py, which calls the parts
+  without references, passes its machine part's;
+- `nety-jax import-hf` of a GPT-2 124M-size directory made here (scripts/bench_import_hf.py):
+  wall and CPU seconds of the command in a fresh process (--skip-import: not timed);
+- ``targets``: each target of issue #26 with its value and whether it is met.
 
 HF's GPT-2 config is made to match ours where GPT-2 allows: the same sizes, vocabulary,
 context, dropout, tied or untied head, tanh GELU, LayerNorm epsilon; GPT-2 always has q/k/v
@@ -197,18 +205,77 @@ class OurGenerator:
 
 
 # -- measuring -------------------------------------------------------------------------------------
+class References:
+    """The machine's references, measured BETWEEN the rounds they judge (the machine is shared:
+    a reference taken minutes earlier sees another load): the matmul peak through JAX (MFU) and
+    the memory bandwidth (the weight-bandwidth bound), each as its own function in ``alternate``."""
+
+    def __init__(self, dtype: str, tiny: bool):
+        n = 512 if tiny else (8192 if jax.default_backend() == "gpu" else 2048)
+        self.n, self.a = n, jnp.ones((n, n), jnp.dtype(dtype))
+        self.mm = jax.jit(lambda x: x @ x @ x @ x @ x)
+        size = (16 if tiny else 256) << 20
+        self.src, self.dst = np.ones(size // 4, np.float32), np.empty(size // 4, np.float32)
+        self.parts = list(zip(np.array_split(self.src, THREADS), np.array_split(self.dst, THREADS)))
+        self.pool = None
+        if jax.default_backend() != "cpu":
+            self.x, self.cp = jnp.ones(size // 4, jnp.float32), jax.jit(lambda v: v + 1.0)
+
+    def matmul(self) -> None:
+        jax.block_until_ready(self.mm(self.a))
+
+    def copy(self) -> float:
+        """Seconds of the faster copy: by one thread or by THREADS threads (NumPy lets go of the
+        GIL while it copies); on an accelerator, a jitted elementwise pass over the array."""
+        if jax.default_backend() != "cpu":
+            return timed(lambda: jax.block_until_ready(self.cp(self.x)))
+        from concurrent.futures import ThreadPoolExecutor
+        self.pool = self.pool or ThreadPoolExecutor(THREADS)
+        one = timed(lambda: np.copyto(self.dst, self.src))
+        return min(one, timed(lambda: list(self.pool.map(lambda p: np.copyto(p[1], p[0]), self.parts))))
+
+    def gflops(self, seconds: float) -> float:
+        return 4 * 2 * self.n ** 3 / seconds / 1e9
+
+    def copy_gbs(self, seconds: float) -> float:
+        """Bytes read and written per second: ``seconds`` of the faster copy."""
+        return 2 * self.src.nbytes / seconds / 1e9
+
+
 def alternate(fns: dict, repeats: int) -> dict:
-    """Median seconds of each function, called in turns round by round (after one warm-up call)."""
+    """Median seconds of each function, called in turns round by round (after one warm-up call).
+    A function may return its own seconds (a reference timing only part of its work)."""
     for fn in fns.values():
         fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            times[name].append(timed(fn))
+            start = time.perf_counter()
+            own = fn()
+            times[name].append(own if isinstance(own, float) else time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def bench_train(cfg, batch: int, length: int, repeats: int, hf: bool = True, hf_compile: bool = False) -> dict:
+def with_references(fns: dict, refs: "References | None", kinds: tuple) -> dict:
+    """``fns`` plus the reference functions named in ``kinds`` ("matmul", "copy")."""
+    if refs is None:
+        return fns
+    extra = {"matmul": refs.matmul, "copy": refs.copy}
+    return {**fns, **{f"ref_{k}": extra[k] for k in kinds}}
+
+
+def reference_values(seconds: dict, refs: "References | None") -> dict:
+    """The references' medians as ``peak_gflops`` / ``copy_gbs`` (popped from ``seconds``)."""
+    out = {}
+    if "ref_matmul" in seconds:
+        out["peak_gflops"] = refs.gflops(seconds.pop("ref_matmul"))
+    if "ref_copy" in seconds:
+        out["copy_gbs"] = refs.copy_gbs(seconds.pop("ref_copy"))
+    return out
+
+
+def bench_train(cfg, batch: int, length: int, repeats: int, hf: bool = True, hf_compile: bool = False,
+                refs: "References | None" = None) -> dict:
     """Seconds per AdamW step, ours and HF's, on the same (batch, length) token batch."""
     tokens = token_batch(cfg.model.vocab_size, batch, length)
     ours = OurTrainer(cfg, tokens)
@@ -217,14 +284,16 @@ def bench_train(cfg, batch: int, length: int, repeats: int, hf: bool = True, hf_
     if hf:
         theirs = HFTrainer(cfg, tokens, compile=hf_compile)
         fns["hf"] = lambda: theirs.steps(1)
-    seconds = alternate(fns, repeats)
+    seconds = alternate(with_references(fns, refs, ("matmul",)), repeats)
     return {"batch": batch, "len": length, "flops": gpt_train_step_flops(cfg.model, batch, length),
-            "compile_s": compile_s, "hf_compile": hf_compile, "seconds": seconds}
+            "compile_s": compile_s, "hf_compile": hf_compile, **reference_values(seconds, refs),
+            "seconds": seconds}
 
 
 def bench_generate(cfg, cases, new_tokens: int, prompt_len: int, repeats: int, hf: bool = True,
-                   hf_compile: bool = False) -> dict:
-    """``cases``: (batch, mode) pairs; seconds per generate call of each, ours and HF's."""
+                   hf_compile: bool = False, refs: "References | None" = None) -> dict:
+    """``cases``: (batch, mode) pairs; seconds per generate call of each, ours and HF's, with the
+    reference of its target between the rounds (batch 1: the bandwidth; larger: the matmul peak)."""
     ours = OurGenerator(cfg, new_tokens, prompt_len)
     theirs = HFGenerator(cfg, new_tokens, prompt_len, compile=hf_compile) if hf else None
     rows = {}
@@ -232,48 +301,78 @@ def bench_generate(cfg, cases, new_tokens: int, prompt_len: int, repeats: int, h
         fns = {"ours": lambda b=b, mode=mode: ours.call(b, mode)}
         if theirs is not None:
             fns["hf"] = lambda b=b, mode=mode: theirs.call(b, mode)
-        rows[f"b{b}_{mode}"] = {"batch": b, "mode": mode, "seconds": alternate(fns, repeats),
+        seconds = alternate(with_references(fns, refs, ("copy",) if b == 1 else ("matmul",)), repeats)
+        rows[f"b{b}_{mode}"] = {"batch": b, "mode": mode, **reference_values(seconds, refs), "seconds": seconds,
                                 "flops": gpt_generate_flops(cfg.model, b, prompt_len, new_tokens)}
     return {"new_tokens": new_tokens, "prompt_len": prompt_len, "hf_compile": hf_compile, "rows": rows,
             "weight_mb": gpt_decode_weight_bytes(cfg.model) / 1e6}
 
 
 def summarize(train: dict, gen: dict, peak_gflops: float, copy_gbs: float) -> dict:
-    """Throughputs, ratios (ours / HF: > 1 is faster), MFU and the fraction of the bandwidth bound."""
+    """Throughputs, ratios (ours / HF: > 1 is faster), MFU and the fraction of the bandwidth bound,
+    each against the reference measured between its own rounds where there is one (else the
+    given ``peak_gflops`` / ``copy_gbs``)."""
     ratio = lambda s: s["hf"] / s["ours"] if s.get("hf") else None
     tr = train["seconds"]
-    out = {"gpt_train_ratio_vs_hf": ratio(tr), "gpt_train_mfu": train["flops"] / tr["ours"] / 1e9 / peak_gflops,
-           "gpt_train_mfu_hf": tr.get("hf") and train["flops"] / tr["hf"] / 1e9 / peak_gflops,
+    peak = train.get("peak_gflops", peak_gflops)
+    out = {"gpt_train_ratio_vs_hf": ratio(tr), "gpt_train_mfu": train["flops"] / tr["ours"] / 1e9 / peak,
+           "gpt_train_mfu_hf": tr.get("hf") and train["flops"] / tr["hf"] / 1e9 / peak,
            "gpt_train_tokens_per_s": train["batch"] * train["len"] / tr["ours"]}
     bound = copy_gbs * 1e3 / gen["weight_mb"]  # tokens/s at batch 1 if a step only read the weights
     for key, row in gen["rows"].items():
         s, tokens = row["seconds"], row["batch"] * gen["new_tokens"]
-        row.update(tokens_per_s={k: tokens / v for k, v in s.items()},
-                   mfu=row["flops"] / s["ours"] / 1e9 / peak_gflops,
-                   fraction_of_bandwidth_bound=tokens / s["ours"] / (bound * row["batch"]))
+        row_bound = row.get("copy_gbs", copy_gbs) * 1e3 / gen["weight_mb"]
+        row.update(tokens_per_s={k: tokens / v for k, v in s.items()}, bound_tokens_per_s=row_bound,
+                   mfu=row["flops"] / s["ours"] / 1e9 / row.get("peak_gflops", peak_gflops),
+                   fraction_of_bandwidth_bound=tokens / s["ours"] / (row_bound * row["batch"]))
         out[f"gpt_gen_{key}_ratio_vs_hf"] = ratio(s)
         out[f"gpt_gen_{key}_mfu"] = row["mfu"]
         out[f"gpt_gen_{key}_fraction_of_bandwidth_bound"] = row["fraction_of_bandwidth_bound"]
     return {**out, "gpt_bandwidth_bound_tokens_per_s": bound, "gpt_train": train, "gpt_generate": gen}
 
 
+TARGETS = (  # issue #26: (key, at least / at most, value)
+    ("gpt_train_ratio_vs_hf", ">=", 1.5),
+    ("gpt_gen_b1_greedy_ratio_vs_hf", ">=", 2.0), ("gpt_gen_b1_topk_ratio_vs_hf", ">=", 2.0),
+    ("gpt_gen_b1_greedy_fraction_of_bandwidth_bound", ">=", 0.8),
+    ("gpt_gen_b1_topk_fraction_of_bandwidth_bound", ">=", 0.8),
+    ("gpt_gen_b64_topk_ratio_vs_hf", ">=", 2.5), ("gpt_gen_b64_topk_mfu", ">=", 0.5),
+    ("import_hf_s", "<=", 10.0),
+)
+
+
+def targets(results: dict) -> dict:
+    """Each target of issue #26 with its value and whether it is met (None: not measured)."""
+    out = {}
+    for key, op, limit in TARGETS:
+        value = results.get(key)
+        met = None if value is None else (value >= limit if op == ">=" else value <= limit)
+        out[key] = {"value": value, "target": f"{op} {limit}", "met": met}
+    return out
+
+
+def bench_import(tiny: bool) -> dict:
+    """`nety-jax import-hf` of a GPT-2 124M-size directory made here (scripts/bench_import_hf.py):
+    wall and CPU seconds of the whole command in a fresh process."""
+    import shutil
+    import tempfile
+    import bench_import_hf
+    root = tempfile.mkdtemp(prefix="bench-gpt-import-")
+    try:
+        bench_import_hf.make_gpt2_dir(os.path.join(root, "gpt2"))
+        timing = bench_import_hf.time_command(os.path.join(root, "gpt2"), os.path.join(root, "run"))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {"import_hf_s": timing["command_s"], "import_hf_cpu_s": timing["command_cpu_s"]}
+
+
 def machine_peak(dtype: str, tiny: bool) -> tuple[float, float]:
-    """(matmul GFLOP/s through JAX, copy GB/s): the references of MFU and the bandwidth bound."""
-    n = 512 if tiny else (8192 if jax.default_backend() == "gpu" else 2048)
-    a = jnp.ones((n, n), jnp.dtype(dtype))
-    mm = jax.jit(lambda x: x @ x @ x @ x @ x)
-    jax.block_until_ready(mm(a))
-    best = min(timed(lambda: jax.block_until_ready(mm(a))) for _ in range(3))
-    size = (16 if tiny else 256) << 20
-    if jax.default_backend() == "cpu":
-        src, dst = np.ones(size // 4, np.float32), np.empty(size // 4, np.float32)
-        copy = min(timed(lambda: np.copyto(dst, src)) for _ in range(3))
-    else:
-        x = jnp.ones(size // 4, jnp.float32)
-        cp = jax.jit(lambda v: v + 1.0)
-        jax.block_until_ready(cp(x))
-        copy = min(timed(lambda: jax.block_until_ready(cp(x))) for _ in range(3))
-    return 4 * 2 * n ** 3 / best / 1e9, 2 * size / copy / 1e9
+    """(matmul GFLOP/s through JAX, copy GB/s) once, the best of three: the references of MFU and
+    the bandwidth bound where no reference was measured between a row's rounds."""
+    refs = References(dtype, tiny)
+    refs.matmul()
+    best = min(timed(refs.matmul) for _ in range(3))
+    return refs.gflops(best), refs.copy_gbs(min(refs.copy() for _ in range(3)))
 
 
 def parse_cases(specs) -> list[tuple[int, str]]:
@@ -290,12 +389,15 @@ def run(args, peak_gflops: float = 0.0, copy_gbs: float = 0.0) -> dict:
     cfg = gpt_config(args.tiny, args.dtype)
     if not peak_gflops:
         peak_gflops, copy_gbs = machine_peak(args.dtype, args.tiny)
-    hf = not args.skip_hf
-    train = bench_train(cfg, args.batch, args.len, args.repeats, hf, args.hf_compile)
+    hf, refs = not args.skip_hf, References(args.dtype, args.tiny)
+    train = bench_train(cfg, args.batch, args.len, args.repeats, hf, args.hf_compile, refs)
     gen = bench_generate(cfg, parse_cases(args.gen), args.new_tokens, args.prompt_len, args.repeats, hf,
-                         args.hf_compile)
-    return {"device": f"{jax.devices()[0].platform} {jax.devices()[0].device_kind}", "dtype": args.dtype,
-            "peak_gflops": peak_gflops, "copy_gbs": copy_gbs, **summarize(train, gen, peak_gflops, copy_gbs)}
+                         args.hf_compile, refs)
+    imported = {} if args.skip_import else bench_import(args.tiny)
+    out = {"device": f"{jax.devices()[0].platform} {jax.devices()[0].device_kind}", "dtype": args.dtype,
+           "load_average": os.getloadavg(), "peak_gflops": peak_gflops, "copy_gbs": copy_gbs, **imported,
+           **summarize(train, gen, peak_gflops, copy_gbs)}
+    return {**out, "targets": targets(out)}
 
 
 def arguments(argv=None):
@@ -306,6 +408,7 @@ def arguments(argv=None):
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
     p.add_argument("--hf-compile", action="store_true", help="torch.compile HF's model (default: eager)")
     p.add_argument("--skip-hf", action="store_true", help="ours only")
+    p.add_argument("--skip-import", action="store_true", help="no import-hf timing (it builds a 500 MB directory)")
     p.add_argument("--gen", nargs="+", default=["1:greedy", "1:topk", "64:topk"], metavar="BATCH:MODE",
                    help="generation cases (MODE: greedy | topk, top-k 50)")
     p.add_argument("--new-tokens", type=int, help="tokens generated per row (default 64; 8 with --tiny)")
@@ -316,6 +419,7 @@ def arguments(argv=None):
     args.batch = args.batch or (4 if args.tiny else 8)
     args.len = args.len or (16 if args.tiny else 256)
     args.new_tokens = args.new_tokens or (8 if args.tiny else 64)
+    args.skip_import = args.skip_import or args.tiny
     if args.tiny:  # batches above 4 become 4
         args.gen = [f"{min(int(b), 4) if b.isdigit() else b}:{m}" for b, _, m in
                     (spec.partition(":") for spec in args.gen)]

@@ -5,14 +5,16 @@
 Builds a randomly initialised GPT2LMHeadModel with GPT-2 124M's config (transformers' defaults:
 vocab 50257, 12 x 768, tied head) and a small byte-level BPE tokenizer, saves them with
 save_pretrained, then times the whole command (`python -m nety_jax.cli import-hf`, a fresh
-process: imports, reading, converting, the step-0 checkpoint) and, inside this process,
-``load_hf`` alone (reading and converting). Prints one JSON line.
+process: imports, reading, converting, the step-0 checkpoint: wall and CPU seconds) and, inside
+this process, ``load_hf`` alone (reading and converting). Prints one JSON line.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,22 @@ def make_gpt2_dir(path: str) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(path)
 
 
+def time_command(model_dir: str, out: str) -> dict:
+    """`nety-jax import-hf` in a fresh process: wall seconds, and its CPU seconds (user +
+    system: the honest figure on a shared machine, where wall time waits for other work)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "nety_jax.cli", "--no-compile-cache", "import-hf", "--model",
+                           model_dir, "--out", out], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT})
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(done.stderr)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return {"command_s": wall, "command_cpu_s": cpu}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keep", help="build the HF directory here (kept) instead of a temporary one")
@@ -46,21 +64,15 @@ def main() -> int:
     model_dir = args.keep or os.path.join(root, "gpt2")
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
         make_gpt2_dir(model_dir)
-    out = os.path.join(root, "run")
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "nety_jax.cli", "--no-compile-cache", "import-hf", "--model",
-                           model_dir, "--out", out], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": ROOT})
-    command_s = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(done.stderr)
+    timing = time_command(model_dir, os.path.join(root, "run"))
     from nety_jax.models.registry import hf_converter
     start = time.perf_counter()
     cfg, _, _ = hf_converter().load_hf(model_dir)
     load_s = time.perf_counter() - start
     size = os.path.getsize(os.path.join(model_dir, "model.safetensors"))
-    print(json.dumps({"command_s": command_s, "load_hf_s": load_s, "safetensors_mb": size / 1e6,
+    print(json.dumps({**timing, "load_hf_s": load_s, "safetensors_mb": size / 1e6,
                       "vocab_ours": cfg.model.vocab_size, "layers": cfg.model.layers, "d_model": cfg.model.d_model}))
+    shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
