@@ -7,11 +7,14 @@
 Requests arrive as a Poisson process; each asks for a reply length drawn uniformly from 8 to
 256 tokens (at most the model's room after the prompt) and streams or not at random. The
 model's <eos> is disabled (decode.min_new_tokens) so every reply has its drawn length: the
-load is the same for both engines whatever the weights. For each engine (a fresh server,
-its programs compiled before it listens):
+load is the same for both engines whatever the weights. Both servers run side by side (each
+a fresh process, its programs compiled before it listens; the idle one costs nothing):
 
 - saturation: arrivals far above capacity for --seconds (the bounded queue answers 429 to the
-  rest): completed tokens/s;
+  rest): tokens/s of the replies completed in the window's last two thirds (its first third
+  is the engine filling up); the two engines' windows are taken in turn, --rounds times (the
+  same arrivals for both in a round), so a drift in the machine's other load hits both alike;
+  the ratio reported is the median of the rounds';
 - half load: arrivals at half the DYNAMIC engine's measured capacity (requests/s), the same
   rate for both: p50/p99 time to first token and per-token latency (streamed requests),
   p50/p99 request latency (all).
@@ -97,7 +100,7 @@ def compile_all(engine, pre, slots: int) -> None:
             rows = [Row(ids, 0.8, 0, 1.0, 9, i) for i in range(size)]
             if hasattr(engine, "runner"):  # continuous: prefill + insert of this many rows, one chunk
                 engine.runner.prefill(rows, list(range(size)))
-                engine.runner.step(np.zeros(slots, bool), np.ones(slots, np.int32), engine.chunk)
+                engine.runner.step(np.zeros(slots, bool), np.zeros(slots, np.int32), engine.chunk, engine.width)
                 engine.runner.reset()
             else:
                 stop_first = lambda t, d: np.arange(len(t)) == 0  # the path of a row ending early
@@ -207,34 +210,52 @@ def quantile(values: list, q: float) -> float:
 
 def summary(results: list, start: float, seconds: float) -> dict:
     ok = [r for r in results if r["status"] == 200]
-    in_window = [r for r in ok if r["sent"] + r["done"] - start <= seconds]
+    # completions in the window's last two thirds: its start is the engine filling up (nothing
+    # completes before the first replies are decoded, which on a loaded machine takes seconds)
+    steady = seconds / 3
+    in_window = [r for r in ok if steady < r["sent"] + r["done"] - start <= seconds]
     ttft = [r["first"] for r in ok if r["stream"] and r["first"] is not None]
     tpot = [(r["done"] - r["first"]) / (r["tokens"] - 1) for r in ok if r["stream"] and r["first"] is not None
             and r["tokens"] > 1]
     return {"sent": len(results), "ok": len(ok), "refused": sum(r["status"] == 429 for r in results),
-            "tokens_per_s": sum(r["tokens"] for r in in_window) / seconds,
-            "requests_per_s": len(in_window) / seconds,
+            "tokens_per_s": sum(r["tokens"] for r in in_window) / (seconds - steady),
+            "requests_per_s": len(in_window) / (seconds - steady),
             "ttft": (quantile(ttft, 0.5), quantile(ttft, 0.99)), "tpot": (quantile(tpot, 0.5), quantile(tpot, 0.99)),
             "latency": (quantile([r["done"] for r in ok], 0.5), quantile([r["done"] for r in ok], 0.99))}
 
 
 # -- the comparison and the flood -------------------------------------------------------------------
 
-def compare(checkpoint: str, seconds: float, overload: float, slots: int) -> list:
-    rows, capacity = [], None
-    for batching in ("dynamic", "continuous"):
-        proc, url = start_server(checkpoint, batching, slots, queue=slots)
-        try:
-            room = min(int(httpx.get(f"{url}/health").json()["max_tokens"]), 256)
-            saturated = open_loop(url, overload, seconds, room, seed=1)
-            capacity = capacity or saturated["requests_per_s"]  # the dynamic engine's, for both
-            half = open_loop(url, max(capacity / 2, 0.05), seconds, room, seed=2)
-            print(f"[bench_serve] {batching}: saturation {saturated}\n[bench_serve] {batching}: half {half}", flush=True)
+def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds: int) -> list:
+    """Both servers up at once (an idle one costs nothing), their saturation windows taken in
+    turn ``rounds`` times, so a change in the machine's other load hits both engines alike:
+    each engine's saturation figure is its median window, the ratio the median of the rounds'."""
+    servers = {b: start_server(checkpoint, b, slots, queue=slots) for b in ("dynamic", "continuous")}
+    try:
+        room = min(int(httpx.get(f"{servers['dynamic'][1]}/health").json()["max_tokens"]), 256)
+        windows = {b: [] for b in servers}
+        for r in range(rounds):
+            for batching, (_, url) in servers.items():
+                windows[batching].append(open_loop(url, overload, seconds, room, seed=1 + r))
+                print(f"[bench_serve] {batching} round {r + 1}: saturation {windows[batching][-1]}", flush=True)
+        capacity = median([w["requests_per_s"] for w in windows["dynamic"]])  # the dynamic engine's, for both
+        rows = []
+        for batching, (_, url) in servers.items():
+            half = open_loop(url, max(capacity / 2, 0.05), seconds, room, seed=100)
+            print(f"[bench_serve] {batching}: half {half}", flush=True)
+            saturated = sorted(windows[batching], key=lambda w: w["tokens_per_s"])[len(windows[batching]) // 2]
             rows.append((batching, saturated, half, capacity / 2))
-        finally:
+        ratios = [c["tokens_per_s"] / max(d["tokens_per_s"], 1e-9) for d, c in zip(windows["dynamic"],
+                                                                                   windows["continuous"])]
+        return rows, ratios
+    finally:
+        for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=30)
-    return rows
+
+
+def median(values: list) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def flood(checkpoint: str, n: int, clients: int = 128) -> dict:
@@ -267,15 +288,16 @@ def flood(checkpoint: str, n: int, clients: int = 128) -> dict:
             "tokens_received": tokens[0], "tokens_generated": int(generated), "rss_mb": rss, "seconds": elapsed}
 
 
-def table(model: str, rows: list) -> str:
+def table(model: str, rows: list, ratios: list) -> str:
     ms = lambda pair: f"{pair[0] * 1000:.0f} / {pair[1] * 1000:.0f} ms"
     lines = [f"| {model} | saturation tokens/s | half load (req/s) | TTFT p50 / p99 | per-token p50 / p99 | "
              "latency p50 / p99 |", "|---|---|---|---|---|---|"]
     for batching, sat, half, rate in rows:
         lines.append(f"| {batching} | {sat['tokens_per_s']:,.0f} | {rate:.2f} | {ms(half['ttft'])} | "
                      f"{ms(half['tpot'])} | {half['latency'][0]:.1f} / {half['latency'][1]:.1f} s |")
-    ratio = rows[1][1]["tokens_per_s"] / max(rows[0][1]["tokens_per_s"], 1e-9)
-    return "\n".join(lines) + f"\n\ncontinuous / dynamic completed tokens/s at saturation: {ratio:.2f}x"
+    each = ", ".join(f"{r:.2f}x" for r in ratios)
+    return "\n".join(lines) + (f"\n\ncontinuous / dynamic completed tokens/s at saturation: {median(ratios):.2f}x "
+                               f"(median of {len(ratios)} rounds: {each})")
 
 
 def main() -> int:
@@ -285,6 +307,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="length of each load window")
     p.add_argument("--overload", type=float, default=40.0, help="arrivals per second at saturation")
     p.add_argument("--slots", type=int, default=32, help="continuous slots = dynamic max batch = queue size")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="saturation windows per engine, taken in turn (the machine's load drifts)")
     p.add_argument("--flood", type=int, default=0, help="requests of the flood check (0: none)")
     p.add_argument("--only-flood", action="store_true")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -296,9 +320,9 @@ def main() -> int:
         return child(args)
     checkpoint = checkpoint_for(args.model, args.checkpoint)
     if not args.only_flood:
-        rows = compare(checkpoint, args.seconds, args.overload, args.slots)
+        rows, ratios = compare(checkpoint, args.seconds, args.overload, args.slots, args.rounds)
         print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s windows, replies 8-256 tokens "
-              f"(at most the model's room), half streamed\n\n{table(args.model, rows)}")
+              f"(at most the model's room), half streamed\n\n{table(args.model, rows, ratios)}")
     if args.flood:
         result = flood(checkpoint, args.flood)
         print(f"\nflood: {json.dumps(result)}")

@@ -8,9 +8,16 @@ slots are done), its generated ids and its sampling settings. Three pure functio
   cache rows; a prefix cache hooks in here (it may replace ``model.slot_prefill`` by a
   prefill that continues from a cached prefix: same outputs, less work);
 - ``insert_rows``: those rows into free slots (a row's slot is its only link to them);
-- ``decode_chunk``: up to ``steps`` tokens for every live slot in one compiled loop
-  (it stops early when no slot is live); a speculative decoder would replace it by a
-  chunk that drafts and verifies, keeping the same state.
+- ``decode_chunk``: up to ``steps`` tokens for every live slot in one compiled loop that
+  stops early when no slot is live or a row has just finished (its slot can take the next
+  request at once), returning what the host reads in ONE array (``Progress``); a
+  speculative decoder would replace it by a chunk that drafts and verifies, keeping the
+  same state.
+
+The host never waits for a prefill: a row's first token is read with the next chunk's
+progress, so admitting rows costs dispatches only (each device-to-host read is a wait
+for the device and, in a server, for the interpreter lock as well). Sampling settings go
+in as host arrays (``RowSettings``) and become keys inside the compiled prefill.
 
 A row's token at index i is drawn with its own key folded with i (``sample_rows``), and
 rows never mix in the model, so a row's tokens depend only on its prompt, settings and
@@ -24,6 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from nety_jax.config.sections import EOS_ID, PAD_ID
@@ -40,6 +48,28 @@ class Slots:
     done: jax.Array  # (S,) bool: finished or free
     tokens: jax.Array  # (S, R) int32: generated ids (R: the longest reply the model can give)
     params: SamplingParams  # (S,) each slot's settings and key
+
+
+@struct.dataclass
+class RowSettings:
+    """Per-row sampling settings as host arrays (B,): ``SamplingParams.create`` with one seed
+    per row, its keys made inside the compiled prefill instead of by eager operations."""
+    temperature: jax.Array  # float32
+    top_k: jax.Array  # int32
+    top_p: jax.Array  # float32
+    max_new_tokens: jax.Array  # int32
+    seed: jax.Array  # uint32: the row's seed modulo 2**32
+
+    @classmethod
+    def create(cls, temperature, top_k, top_p, max_new_tokens, seed) -> "RowSettings":
+        seed = (np.asarray(seed, np.int64) % (1 << 32)).astype(np.uint32)
+        return cls(np.asarray(temperature, np.float32), np.asarray(top_k, np.int32), np.asarray(top_p, np.float32),
+                   np.minimum(np.asarray(max_new_tokens, np.int64), np.iinfo(np.int32).max).astype(np.int32), seed)
+
+    def params(self) -> SamplingParams:
+        """The same keys as ``decoding.keys.row_keys`` gives for these seeds."""
+        return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                              max_new_tokens=self.max_new_tokens, key=jax.vmap(jax.random.PRNGKey)(self.seed))
 
 
 @struct.dataclass
@@ -91,19 +121,20 @@ def _home(variables):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "source_len"))
-def prefill_rows(variables, tokens, lengths, params: SamplingParams, *, model, spec: LoopSpec,
+def prefill_rows(variables, tokens, lengths, settings: RowSettings, *, model, spec: LoopSpec,
                  source_len: int) -> Prefilled:
     """Right-padded prompts (B, P) -> their cache rows and first tokens (the hook point of a
     prefix cache: see the module's docstring)."""
-    return _prefilled(*model.slot_prefill(variables, tokens, lengths, source_len), params, spec)
+    return _prefilled(*model.slot_prefill(variables, tokens, lengths, source_len), settings.params(), spec)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "source_len"))
-def prefill_rows_from(variables, states, tokens, lengths, params: SamplingParams, *, model, spec: LoopSpec,
+def prefill_rows_from(variables, states, tokens, lengths, settings: RowSettings, *, model, spec: LoopSpec,
                       source_len: int) -> Prefilled:
     """``prefill_rows`` from reused prompt states (``model.slot_prefill_from``; ``tokens``: what
     follows each row's state, or the whole prompts: ``serving/prefix_cache.py``)."""
-    return _prefilled(*model.slot_prefill_from(variables, states, tokens, lengths, source_len), params, spec)
+    return _prefilled(*model.slot_prefill_from(variables, states, tokens, lengths, source_len), settings.params(),
+                      spec)
 
 
 def _prefilled(logits, cache, params: SamplingParams, spec: LoopSpec) -> Prefilled:
@@ -117,6 +148,10 @@ def _prefilled(logits, cache, params: SamplingParams, spec: LoopSpec) -> Prefill
 @functools.partial(jax.jit, static_argnames=("model",), donate_argnums=(0,))
 def insert_rows(state: Slots, rows: Prefilled, slots, *, model) -> Slots:
     """Prefilled rows into ``slots`` (B,) (an index >= S drops a padding row)."""
+    return _insert(state, rows, slots, model)
+
+
+def _insert(state: Slots, rows: Prefilled, slots, model) -> Slots:
     put = lambda into, value: into.at[slots].set(value.astype(into.dtype), mode="drop")
     first_tokens = jnp.full((rows.first.shape[0], state.tokens.shape[1]), PAD_ID, jnp.int32)
     first_tokens = first_tokens.at[:, 0].set(rows.first)
@@ -126,31 +161,50 @@ def insert_rows(state: Slots, rows: Prefilled, slots, *, model) -> Slots:
                  params=jax.tree_util.tree_map(put, state.params, rows.params))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "spec", "steps"), donate_argnums=(1,))
-def decode_chunk(variables, state: Slots, stop, *, model, spec: LoopSpec, steps: int) -> Slots:
-    """Up to ``steps`` tokens for every live slot; ``stop`` (S,) ends rows first (a stop string
-    or a cancelled request, seen by the host)."""
+@functools.partial(jax.jit, static_argnames=("model", "spec", "source_len"), donate_argnums=(1,))
+def admit(variables, state: Slots, tokens, lengths, settings: RowSettings, slots, *, model, spec: LoopSpec,
+          source_len: int) -> Slots:
+    """``prefill_rows`` and ``insert_rows`` in one program (one launch per admission, where no
+    prefix cache needs the prefilled rows on their own)."""
+    rows = _prefilled(*model.slot_prefill(variables, tokens, lengths, source_len), settings.params(), spec)
+    return _insert(state, rows, slots, model)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "spec", "width"), donate_argnums=(1,))
+def decode_chunk(variables, state: Slots, stop, start, steps, *, model, spec: LoopSpec, width: int):
+    """Up to ``steps`` (a runtime count < ``width``) tokens for every live slot; ``stop`` (S,)
+    ends rows first (a stop string or a cancelled request, seen by the host). The loop also
+    ends once a row finishes. Returns the state and its ``progress`` from ``start`` (S,)."""
     state = state.replace(done=state.done | stop)
     rows = jnp.arange(state.last.shape[0])
+    entered = state.done
 
     def body(carry):
         i, s = carry
         live = ~s.done
         logits, cache = model.slot_step(variables, s.last, s.cache, live)
-        nxt = jnp.where(live, _choose(logits, s.params, s.tokens, s.count, spec), PAD_ID)
+        # a row that is not live samples as a greedy one: its token is dropped, and it must not
+        # send the live rows through the full-vocabulary path of sampling
+        params = s.params.replace(temperature=jnp.where(live, s.params.temperature, 0.0))
+        nxt = jnp.where(live, _choose(logits, params, s.tokens, s.count, spec), PAD_ID)
         tokens = s.tokens.at[rows, jnp.where(live, s.count, s.tokens.shape[1])].set(nxt, mode="drop")
         count = s.count + live
         done = s.done | (live & _finished(nxt, count, s.params, spec))
         return i + 1, s.replace(cache=cache, last=jnp.where(live, nxt, s.last), count=count, done=done,
                                 tokens=tokens)
 
-    cond = lambda carry: (carry[0] < steps) & ~jnp.all(carry[1].done)
-    return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]
+    def cond(carry):
+        i, s = carry
+        return (i < steps) & ~jnp.all(s.done) & ~jnp.any(s.done & ~entered)
+
+    state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]
+    return state, progress(state, start, width)
 
 
-@functools.partial(jax.jit, static_argnames=("width",))
-def progress(state: Slots, start, *, width: int):
-    """What the host reads after a chunk: counts (S,), done (S,) and (S, width) tokens of each
-    slot from index ``start`` (S,) on (the host keeps the ``count - start`` that are new)."""
+def progress(state: Slots, start, width: int):
+    """What the host reads after a chunk, in one (S, 2 + width) int32 array: each slot's
+    count, done flag, and ``width`` tokens from index ``start`` (S,) on (the host keeps the
+    ``count - start`` that are new)."""
     index = jnp.minimum(start[:, None] + jnp.arange(width)[None, :], state.tokens.shape[1] - 1)
-    return state.count, state.done, jnp.take_along_axis(state.tokens, index, axis=1)
+    window = jnp.take_along_axis(state.tokens, index, axis=1)
+    return jnp.concatenate([state.count[:, None], state.done[:, None].astype(jnp.int32), window], axis=1)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import queue
+import sys
 from typing import Optional
 
 import numpy as np
@@ -29,6 +30,9 @@ import numpy as np
 from nety_jax.config.sections import PAD_ID
 from nety_jax.data.prompts import batch_bucket, bucket
 from nety_jax.serving.engine import Job, Row, Worker, _RowState
+
+LONG_CHUNK = 4  # a chunk's length while every slot is taken, in --chunk units
+SWITCH_INTERVAL = 0.0005  # seconds: how long another thread may keep the interpreter from the worker
 
 
 class SlotRunner:
@@ -47,48 +51,61 @@ class SlotRunner:
     def reset(self) -> None:
         self.state = self.device.empty(self.model, self.variables, self.slots, self.room, self.source_len)
 
-    def prefill(self, rows: list[Row], slot_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Prefills ``rows`` into ``slot_ids``; returns their first tokens and done flags.
+    def prefill(self, rows: list[Row], slot_ids: list[int]) -> None:
+        """Prefills ``rows`` into ``slot_ids`` without waiting for the device (their first
+        tokens come with the next ``step``'s progress). Rows go in one batch per prompt bucket,
+        so the width a prompt is prefilled at depends on its own length only.
 
         Hook point (prefix cache): rows' prompt ids are ``r.ids``; what this must leave is
         ``self.state`` with each row's cache, first token and settings in its slot, as
         ``device.prefill_rows`` + ``device.insert_rows`` do."""
-        import jax.numpy as jnp
-        from nety_jax.decoding import SamplingParams
+        groups: dict[int, list[int]] = {}
+        for k, r in enumerate(rows):
+            groups.setdefault(self._width(len(r.ids)), []).append(k)
+        for width, members in groups.items():
+            self._prefill_group([rows[k] for k in members], [slot_ids[k] for k in members], width)
+
+    def _width(self, length: int) -> int:
+        p = min(bucket(length, self.data_cfg.bucket_multiple), self.source_len)
+        return self.model.slot_prompt_length(p, self.source_len)
+
+    def _prefill_group(self, rows: list[Row], slot_ids: list[int], p: int) -> None:
         n, b = len(rows), batch_bucket(len(rows))
-        p = min(bucket(max(len(r.ids) for r in rows), self.data_cfg.bucket_multiple), self.source_len)
-        p = self.model.slot_prompt_length(p, self.source_len)
         tokens, lengths = np.full((b, p), PAD_ID, np.int32), np.ones((b,), np.int32)
         for i, r in enumerate(rows):
             tokens[i, : len(r.ids)], lengths[i] = r.ids, len(r.ids)
         tokens[n:, 0] = rows[0].ids[0]
-        fill = lambda values, pad: np.asarray(values + [pad] * (b - n))
-        params = SamplingParams.create(
-            b, temperature=fill([r.temperature for r in rows], 0.0), top_k=fill([r.top_k for r in rows], 0),
-            top_p=fill([r.top_p for r in rows], 1.0), max_new_tokens=fill([r.max_new_tokens for r in rows], 0),
-            seed=list(fill([r.seed for r in rows], 0)))
-        out = self._prefill(tokens, lengths, n, params)
+        fill = lambda values, pad: values + [pad] * (b - n)
+        settings = self.device.RowSettings.create(
+            fill([r.temperature for r in rows], 0.0), fill([r.top_k for r in rows], 0),
+            fill([r.top_p for r in rows], 1.0), fill([r.max_new_tokens for r in rows], 0),
+            fill([r.seed for r in rows], 0))
         where = np.full((b,), self.slots, np.int32)  # padding rows land nowhere
         where[:n] = slot_ids
-        self.state = self.device.insert_rows(self.state, out, jnp.asarray(where), model=self.model)
-        return np.asarray(out.first)[:n], np.asarray(out.done)[:n]
+        if self.prefix_cache is None:
+            self.state = self.device.admit(self.variables, self.state, tokens, lengths, settings, where,
+                                           model=self.model, spec=self.spec, source_len=self.source_len)
+            return
+        out = self._prefill(tokens, lengths, n, settings)
+        self.state = self.device.insert_rows(self.state, out, where, model=self.model)
 
-    def _prefill(self, tokens: np.ndarray, lengths: np.ndarray, n: int, params):
+    def _prefill(self, tokens: np.ndarray, lengths: np.ndarray, n: int, settings):
         """``device.prefill_rows``, through the prefix cache when the model has one."""
         from nety_jax.serving.prefix_cache import through_cache
         static = {"model": self.model, "spec": self.spec, "source_len": self.source_len}
-        run = lambda t, m: self.device.prefill_rows(self.variables, t, m, params, **static)
-        run_from = lambda states, t, m: self.device.prefill_rows_from(self.variables, states, t, m, params, **static)
+        run = lambda t, m: self.device.prefill_rows(self.variables, t, m, settings, **static)
+        run_from = lambda states, t, m: self.device.prefill_rows_from(self.variables, states, t, m, settings,
+                                                                      **static)
         return through_cache(self.prefix_cache, self.model, tokens, lengths, n, run, run_from,
                              self.data_cfg.bucket_multiple, width=self.source_len)
 
-    def step(self, stop: np.ndarray, start: np.ndarray, steps: int):
-        """One chunk; returns counts (S,), done (S,) and (S, steps) tokens from ``start`` on."""
-        import jax.numpy as jnp
-        self.state = self.device.decode_chunk(self.variables, self.state, jnp.asarray(stop), model=self.model,
-                                              spec=self.spec, steps=steps)
-        out = self.device.progress(self.state, jnp.asarray(start, jnp.int32), width=steps)
-        return tuple(np.asarray(x) for x in out)
+    def step(self, stop: np.ndarray, start: np.ndarray, steps: int, width: int):
+        """One chunk of at most ``steps`` < ``width`` tokens (it ends early when a row
+        finishes); returns counts (S,), done (S,) and (S, width) tokens from ``start`` on."""
+        self.state, out = self.device.decode_chunk(self.variables, self.state, stop, np.asarray(start, np.int32),
+                                                   np.int32(steps), model=self.model, spec=self.spec, width=width)
+        out = np.asarray(out)  # the chunk's one wait for the device
+        return out[:, 0], out[:, 1].astype(bool), out[:, 2:]
 
 
 @dataclasses.dataclass
@@ -108,6 +125,7 @@ class _Seat:
 class ContinuousEngine(Worker):
     def __init__(self, backend, slots: int = 32, chunk: int = 8, queue_size: int = 64, metrics=None):
         self.runner, self.max_batch, self.chunk = SlotRunner(backend, slots), slots, chunk
+        self.width = chunk * LONG_CHUNK + 1  # the most tokens one chunk can bring a row (its first too)
         given = backend.max_tokens_asked
         self.max_tokens = given or self.runner.room
         self.max_tokens_why = (f"this server's maximum of {given} (nety-jax serve --max-tokens)" if given else
@@ -115,7 +133,11 @@ class ContinuousEngine(Worker):
                                f"leaves room for at most {self.runner.room} new tokens)")
         self.longest_prompt = self.runner.source_len
         self.seats: list[Optional[_Seat]] = [None] * slots
+        # the worker waits for the device once a chunk and then needs the interpreter back at
+        # once: under load the HTTP thread would otherwise keep it for the default 5 ms
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         self.stop = np.zeros(slots, bool)  # rows the host ended since the last chunk
+        self.streamed = False  # a streamed request was admitted since the last chunk
         self._carry: Optional[Job] = None
         super().__init__(backend, queue_size, metrics)
 
@@ -170,23 +192,28 @@ class ContinuousEngine(Worker):
         free = [s for s, seat in enumerate(self.seats) if seat is None]
         rows = [(job, i, r) for job in jobs for i, r in enumerate(job.rows)]
         slot_ids = free[: len(rows)]
-        first, done = self.runner.prefill([r for _, _, r in rows], slot_ids)
+        self.runner.prefill([r for _, _, r in rows], slot_ids)
         if self.metrics:
             self.metrics.batch_size.observe(len(rows))
         requests = {id(j): _Request(j, _RowState(self.backend.tokenizer, [(j, i, r) for i, r in enumerate(j.rows)]),
                                     len(j.rows)) for j in jobs}
-        for k, (job, i, _) in enumerate(rows):
-            slot = slot_ids[k]
-            self.seats[slot], self.stop[slot] = _Seat(requests[id(job)], i, [int(first[k])]), False
-            self._update(slot, bool(done[k]))
+        for k, (job, i, _) in enumerate(rows):  # their first tokens come with the next chunk
+            self.seats[slot_ids[k]], self.stop[slot_ids[k]] = _Seat(requests[id(job)], i, []), False
+        self.streamed = self.streamed or any(job.stream for job in jobs)
 
     def _advance(self) -> None:
+        """One chunk: ``chunk`` tokens while a slot is free (a request arriving meanwhile waits
+        at most that long), up to ``LONG_CHUNK`` times more while every slot is taken (fewer
+        waits for the device; the chunk still ends when a row finishes and frees its slot), one
+        token after admitting a streamed request (its first text goes out at once)."""
         start = np.array([len(seat.ids) if seat else 0 for seat in self.seats], np.int32)
         stop, self.stop = self.stop, np.zeros_like(self.stop)
-        count, done, window = self.runner.step(stop, start, self.chunk)
+        steps = 1 if self.streamed else self.chunk if None in self.seats else self.chunk * LONG_CHUNK
+        self.streamed = False
+        count, done, window = self.runner.step(stop, start, steps, self.width)
         for slot, seat in enumerate(self.seats):
             if seat is not None:
-                seat.ids += [int(t) for t in window[slot, : count[slot] - start[slot]]]
+                seat.ids += window[slot, : count[slot] - start[slot]].tolist()
                 self._update(slot, bool(done[slot]))
 
     def _update(self, slot: int, done: bool) -> None:
@@ -195,6 +222,8 @@ class ContinuousEngine(Worker):
         seat = self.seats[slot]
         request, i = seat.request, seat.index
         job = request.job
+        if not (done or job.stream or job.rows[i].stop or job.cancelled.is_set()):
+            return  # nothing to send or check before the row ends: no text to decode yet
         request.state._read(i, job, job.rows[i], np.asarray(seat.ids, np.int32), done)
         if request.state.finish[i] is None:
             return
