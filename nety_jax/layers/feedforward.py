@@ -2,20 +2,41 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.linear import Linear
 
-ACTIVATIONS = {
-    "relu": nn.relu,
-    "gelu": lambda x: nn.gelu(x, approximate=True),  # GPT-2's tanh approximation
-    "gelu_exact": lambda x: nn.gelu(x, approximate=False),  # PyTorch's nn.GELU()
-}
+
+@jax.custom_jvp
+def _erfc(x):
+    return jax.lax.erfc(x)
+
+
+# jax's own rule from 0.10.2 (d erfc/dx = -2/sqrt(pi) exp(-x^2)). jax 0.12's rule evaluates exp(-x^2)
+# through lax.polynomial, whose constant coefficients fail shard_map's varying-manual-axes check
+# ("Primitive polynomial requires varying manual axes to match") in the gradient of any sharded input
+@_erfc.defjvp
+def _erfc_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return _erfc(x), (-2.0 / np.sqrt(np.pi)) * (dx * jnp.exp(-jnp.square(x)))
 
 
 def gelu_exact(x):
-    return nn.gelu(x, approximate=False)
+    """PyTorch's nn.GELU(): x/2 erfc(-x/sqrt(2)), the same value as ``nn.gelu(x, approximate=False)``,
+    differentiable inside ``jax.shard_map`` on every jax we support."""
+    x = jnp.asarray(x)
+    x = x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(jnp.float32)
+    return 0.5 * x * _erfc(-x * np.sqrt(0.5).astype(x.dtype))
+
+
+ACTIVATIONS = {
+    "relu": nn.relu,
+    "gelu": lambda x: nn.gelu(x, approximate=True),  # GPT-2's tanh approximation
+    "gelu_exact": gelu_exact,  # PyTorch's nn.GELU()
+}
 
 
 class FeedForward(nn.Module):
