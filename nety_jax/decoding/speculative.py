@@ -8,9 +8,9 @@ and keeps the longest accepted prefix of the draft plus one token of the model's
 Rows accept different counts; each row's cache keeps exactly its accepted tokens
 (``Model.keep_steps``). A row whose verified draft has none of its tokens kept waits
 before looking again (1, 2, 4, ... up to MAX_WAIT iterations; a kept draft resets
-it). Each iteration is ONE ``lax.cond``: an iteration in which no row has a draft to verify
-runs the model's own one-token step (``decode_step``) and plain sampling, so text that does not
-repeat pays only the lookup; a verification of greedy rows only compares the argmax with the
+it). Tokens for which no row has a draft to verify come from an inner loop of the model's own
+one-token step (``decode_step``) and plain sampling, so text that does not repeat pays only the
+lookup; a verification of greedy rows only compares the argmax with the
 draft (the distributions below are built only when some row samples).
 
 Acceptance is the speculative-sampling rule (Leviathan et al. 2023, Chen et al. 2023)
@@ -234,21 +234,27 @@ def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None,
         step: Optional[Step] = None) -> SpecState:
     """Continues until every row is done (or, with ``until``, has that many tokens). ``step``:
     the model's one-token step (``decode_step``), run by the iterations where no row verifies
-    (by default made of ``steps`` and ``keep``)."""
+    (by default made of ``steps`` and ``keep``).
+
+    Plain steps run in an inner ``while_loop`` whose condition is the lookup (no row has a draft
+    to verify): a loop condition is a point where the host waits for the device anyway, so a
+    token without a draft costs what a plain step costs plus the lookup, with no ``lax.cond``."""
     step = step or _one_step(steps, keep)
 
-    def cond(s: SpecState):
-        live = ~s.done if until is None else ~s.done & (s.count < until)
-        return jnp.any(live)
+    def live(s: SpecState):
+        return jnp.any(~s.done if until is None else ~s.done & (s.count < until))
+
+    def drafts(s: SpecState):
+        draft, found = jax.vmap(lambda h, e: ngram_draft(h, e, spec.draft_tokens))(s.history, s.start + s.count)
+        return draft, found & (s.wait == 0) & ~s.done
 
     def body(s: SpecState):
-        looking = (s.wait == 0) & ~s.done
-        draft, found = jax.vmap(lambda h, e: ngram_draft(h, e, spec.draft_tokens))(s.history, s.start + s.count)
-        return jax.lax.cond(jnp.any(found & looking),
-                            functools.partial(_verify, steps, keep, spec, draft, looking),
-                            functools.partial(_plain, step, spec), s)
+        s = jax.lax.while_loop(lambda s: live(s) & ~jnp.any(drafts(s)[1]), functools.partial(_plain, step, spec), s)
+        draft, verifying = drafts(s)
+        return jax.lax.cond(live(s) & jnp.any(verifying),
+                            functools.partial(_verify, steps, keep, spec, draft, verifying), lambda s: s, s)
 
-    return jax.lax.while_loop(cond, body, state)
+    return jax.lax.while_loop(live, body, state)
 
 
 def speculative_loop(steps: Steps, keep: Keep, first_logits, cache, prompt, lengths,
