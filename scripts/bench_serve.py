@@ -143,6 +143,13 @@ def metric(url: str, name: str) -> float:
     return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
 
 
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU time: on a shared machine, work per token is steadier
+    than tokens per second."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
@@ -220,6 +227,7 @@ def summary(results: list, start: float, seconds: float) -> dict:
     return {"sent": len(results), "ok": len(ok), "refused": sum(r["status"] == 429 for r in results),
             "tokens_per_s": sum(r["tokens"] for r in in_window) / (seconds - steady),
             "requests_per_s": len(in_window) / (seconds - steady),
+            "whole_window_tokens_per_s": sum(r["tokens"] for r in ok if r["sent"] + r["done"] - start <= seconds) / seconds,
             "ttft": (quantile(ttft, 0.5), quantile(ttft, 0.99)), "tpot": (quantile(tpot, 0.5), quantile(tpot, 0.99)),
             "latency": (quantile([r["done"] for r in ok], 0.5), quantile([r["done"] for r in ok], 0.99))}
 
@@ -235,8 +243,11 @@ def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds
         room = min(int(httpx.get(f"{servers['dynamic'][1]}/health").json()["max_tokens"]), 256)
         windows = {b: [] for b in servers}
         for r in range(rounds):
-            for batching, (_, url) in servers.items():
+            for batching, (proc, url) in servers.items():
+                cpu, made = cpu_seconds(proc.pid), metric(url, "nety_generated_tokens_total")
                 windows[batching].append(open_loop(url, overload, seconds, room, seed=1 + r))
+                made = metric(url, "nety_generated_tokens_total") - made
+                windows[batching][-1]["server_cpu_ms_per_token"] = 1000 * (cpu_seconds(proc.pid) - cpu) / max(made, 1)
                 print(f"[bench_serve] {batching} round {r + 1}: saturation {windows[batching][-1]}", flush=True)
         capacity = median([w["requests_per_s"] for w in windows["dynamic"]])  # the dynamic engine's, for both
         rows = []
@@ -247,6 +258,8 @@ def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds
             rows.append((batching, saturated, half, capacity / 2))
         ratios = [c["tokens_per_s"] / max(d["tokens_per_s"], 1e-9) for d, c in zip(windows["dynamic"],
                                                                                    windows["continuous"])]
+        cpu = {b: median([w["server_cpu_ms_per_token"] for w in windows[b]]) for b in windows}
+        print(f"[bench_serve] server CPU ms per generated token at saturation (median): {cpu}", flush=True)
         return rows, ratios
     finally:
         for proc, _ in servers.values():

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import queue
-import sys
 from typing import Optional
 
 import numpy as np
@@ -32,7 +31,6 @@ from nety_jax.data.prompts import batch_bucket, bucket
 from nety_jax.serving.engine import Job, Row, Worker, _RowState
 
 LONG_CHUNK = 4  # a chunk's length while every slot is taken, in --chunk units
-SWITCH_INTERVAL = 0.0005  # seconds: how long another thread may keep the interpreter from the worker
 
 
 class SlotRunner:
@@ -133,9 +131,7 @@ class ContinuousEngine(Worker):
                                f"leaves room for at most {self.runner.room} new tokens)")
         self.longest_prompt = self.runner.source_len
         self.seats: list[Optional[_Seat]] = [None] * slots
-        # the worker waits for the device once a chunk and then needs the interpreter back at
-        # once: under load the HTTP thread would otherwise keep it for the default 5 ms
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+
         self.stop = np.zeros(slots, bool)  # rows the host ended since the last chunk
         self.streamed = False  # a streamed request was admitted since the last chunk
         self._carry: Optional[Job] = None
