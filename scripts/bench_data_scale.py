@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -62,18 +61,40 @@ def synthetic_pairs(path: str, millions: float, seed: int = 0) -> None:
                                        ensure_ascii=False) + "\n" for r, (a, b) in zip(ids, lens)))
 
 
+def repeated(path: str, make, copies: int) -> None:
+    """``make(block_path)`` once, then ``path`` = ``copies`` copies of it: generating text in Python is
+    slower than preparing it, and the measurements do not depend on the text repeating."""
+    block = path + ".block"
+    make(block)
+    with open(path, "wb") as out:
+        for _ in range(copies):
+            with open(block, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 24)
+    os.remove(block)
+
+
 def head(src: str, dst: str, size: int) -> None:
     """The first ``size`` bytes of ``src`` (cut after a line end) into ``dst``."""
     with open(src, "rb") as f, open(dst, "wb") as out:
-        out.write(f.read(size).rsplit(b"\n", 1)[0] + b"\n")
+        while size > 0:  # in pieces: this process's peak RSS stays small
+            piece = f.read(min(size, 1 << 24))
+            size -= len(piece)
+            out.write(piece if size > 0 else piece.rsplit(b"\n", 1)[0] + b"\n")
+
+
+MAXRSS = "nety-bench-maxrss-kb"
 
 
 def measured(cmd: list[str], watch: str = "") -> dict:
     """Runs ``cmd`` (niced): wall seconds, CPU seconds of it and its descendants, peak RSS (MB) of
-    the largest of them, and the seconds until a stdout line containing ``watch`` appeared."""
+    the largest of them, and the seconds until a stdout line containing ``watch`` appeared.
+
+    The peak RSS is GNU time's: the ``ru_maxrss`` this process gets from ``wait4`` would include
+    its own peak (Python starts children with vfork, and exec folds the shared memory's high-water
+    mark into the child's), while ``time`` forks its child from a small process."""
     start, seen = time.perf_counter(), {}
-    proc = subprocess.Popen(["nice", "-n", "10", *cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=ENV)
+    proc = subprocess.Popen(["/usr/bin/time", "-f", f"{MAXRSS} %M", "nice", "-n", "10", *cmd],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     lines = []
 
     def read():
@@ -81,6 +102,7 @@ def measured(cmd: list[str], watch: str = "") -> dict:
             lines.append(line)
             if watch and watch in line and "at_s" not in seen:
                 seen["at_s"] = time.perf_counter() - start
+                seen["cpu_at_s"] = cpu_seconds(proc.pid)
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -89,8 +111,22 @@ def measured(cmd: list[str], watch: str = "") -> dict:
     wall = time.perf_counter() - start
     if status:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{''.join(lines[-30:])}")
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "load": load(), **seen, "out": lines}
+    peak_kb = [int(line.split()[1]) for line in lines if line.startswith(MAXRSS)][-1]
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": peak_kb / 1024,
+            "load": load(), **seen, "out": [line for line in lines if not line.startswith(MAXRSS)]}
+
+
+def vm_hwm_mb() -> float:
+    """This process's peak RSS since its exec (``VmHWM``; ``ru_maxrss`` may hold its parent's)."""
+    with open("/proc/self/status") as f:
+        return [int(line.split()[1]) for line in f if line.startswith("VmHWM")][0] / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far (``nice`` execs the command)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cli(*args: str) -> list[str]:
@@ -115,7 +151,7 @@ def train_run(config: str, option: str, data: str, workdir: str, steps: int) -> 
             for x in ("--set", s)]
     r = measured(cli("train", "--config", config, option, data, "--workdir", workdir, "--steps", str(steps),
                      "--no-progress", *sets), watch="memory per device")
-    return {"first_step_s": r.get("at_s"), "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"],
+    return {"first_step_s": r.get("at_s"), "first_step_cpu_s": r.get("cpu_at_s"), "wall_s": r["wall_s"], "peak_rss_mb": r["peak_rss_mb"],
             "load": r["load"]}
 
 
@@ -126,15 +162,16 @@ def part_resume(config: str, data: str) -> dict:
     from nety_jax.training.prepare_data import open_prepared
     cfg = load_config(config)
     task = get_model(cfg.model).task  # the model's code, imported by any resume before its data
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     _, split = open_prepared(cfg, data)
     opened = time.perf_counter()
     iterator = task.batches(split.train, cfg, index=(len(split.train) // cfg.train.batch_size) // 2)
     next(iterator)
     end = time.perf_counter()
     return {"open_s": opened - start, "plan_and_batch_s": end - opened, "total_s": end - start,
+            "cpu_s": time.process_time() - cpu,
             "examples": len(split.train), "batches_per_epoch": iterator.batches_per_epoch,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "vm_hwm_mb": vm_hwm_mb()}
 
 
 def part_rates(config: str, data: str, batches: int, steps: int) -> dict:
@@ -171,7 +208,7 @@ def part_rates(config: str, data: str, batches: int, steps: int) -> dict:
 
 def run_part(*args: str) -> dict:
     r = measured([sys.executable, __file__, "--part", *args])
-    return {**json.loads(r["out"][-1]), "load": r["load"]}
+    return {**json.loads([line for line in r["out"] if line.startswith("{")][-1]), "load": r["load"]}
 
 
 def base_pairs(tmp: str, tok_sample: str) -> str:
@@ -190,6 +227,10 @@ def main() -> None:
     ap.add_argument("--pairs-m", type=float, default=10.0, help="millions of pairs")
     ap.add_argument("--steps", type=int, default=20, help="training steps of each train run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--block-mb", type=float, default=256, help="text generated once, then repeated to --gb")
+    ap.add_argument("--skip-rates", action="store_true", help="no pipeline-vs-step rates (they do not depend "
+                                                              "on the corpus size)")
+    ap.add_argument("--tmp", help="where the temporary directory goes (default: the system's)")
     ap.add_argument("--part", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.part:
@@ -199,16 +240,18 @@ def main() -> None:
         return
     from bench_data import synthetic_text
     gpt, tiny = os.path.join(CONFIGS, "gpt_tiny.yaml"), os.path.join(CONFIGS, "tiny.yaml")
-    tmp = tempfile.mkdtemp(prefix="bench-data-scale-")
+    tmp = tempfile.mkdtemp(prefix="bench-data-scale-", dir=args.tmp)
     say = lambda key, value: print(json.dumps({key: value}), flush=True)  # noqa: E731
     try:
         say("machine", {"cpus": os.cpu_count(), "load": load()})
         t0 = time.perf_counter()
         big, small = os.path.join(tmp, "big.txt"), os.path.join(tmp, "small.txt")
-        synthetic_text(big, args.gb * 1024)
+        copies = max(1, round(args.gb * 1024 / args.block_mb))
+        repeated(big, lambda p: synthetic_text(p, args.gb * 1024 / copies), copies)
         head(big, small, os.path.getsize(big) // 4)
         pairs = os.path.join(tmp, "pairs.jsonl")
-        synthetic_pairs(pairs, args.pairs_m)
+        copies = max(1, round(args.pairs_m))
+        repeated(pairs, lambda p: synthetic_pairs(p, args.pairs_m / copies), copies)
         sample, pairs_sample = os.path.join(tmp, "sample.txt"), os.path.join(tmp, "pairs_sample.jsonl")
         head(big, sample, 2**20)
         head(pairs, pairs_sample, 2**20)
@@ -228,6 +271,8 @@ def main() -> None:
             say(f"train_{name}", train_run(config, option, dirs[name], os.path.join(tmp, f"run-{name}"), args.steps))
         say("resume_big_text", run_part("resume", gpt, dirs["big_text"]))
         say("resume_pairs", run_part("resume", tiny, dirs["pairs"]))
+        if args.skip_rates:
+            return
         say("rates_gpt_tiny", run_part("rates", gpt, dirs["small_text"]))
         say("rates_tiny", run_part("rates", tiny, dirs["pairs"]))
         say("rates_base", run_part("rates", os.path.join(CONFIGS, "base.yaml"), base_pairs(tmp, pairs_sample)))

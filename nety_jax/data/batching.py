@@ -55,7 +55,8 @@ class BatchIterator:
             dtype = np.int32 if len(self.data) < 2**31 else np.int64
             order = rng.permutation(len(self.data))[: self.batches_per_epoch * self.batch_size].astype(dtype)
             size = self.WINDOW * self.batch_size
-            for start in range(0, len(order), size):  # windows hold whole batches: the epoch's are
+            sort = not getattr(self.data, "fixed_length", False)  # equal lengths: a stable sort keeps the order
+            for start in range(0, len(order) if sort else 0, size):  # windows hold whole batches
                 window = order[start: start + size]
                 order[start: start + size] = window[np.argsort(_lengths(self.data, window), kind="stable")]
             batches = order.reshape(-1, self.batch_size)

@@ -74,6 +74,7 @@ class StreamWindows:
     shorter). The windows are those of ``text.encode_text`` over the same stream."""
 
     reads_parts = True  # collate(idx, part) reads only that part of a batch
+    fixed_length = True  # every example has one length: the batcher has nothing to bucket
 
     def __init__(self, reader: ShardReader, shard_tokens: list[int], chunk: int, seq_len: int, stride: int):
         self.reader, self.chunk, self.seq_len = reader, chunk, seq_len
@@ -126,6 +127,7 @@ class PackedShards:
     reads_parts = True  # collate(idx, part) reads only that part of a batch
 
     KEYS = ("tokens", "targets", "segments", "positions")
+    fixed_length = True  # every example has one length: the batcher has nothing to bucket
 
     def __init__(self, reader: ShardReader, seq_len: int):
         self.reader, self.seq_len = reader, seq_len
