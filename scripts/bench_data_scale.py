@@ -122,8 +122,11 @@ def vm_hwm_mb() -> float:
         return [int(line.split()[1]) for line in f if line.startswith("VmHWM")][0] / 1024
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) a running process has used so far (``nice`` execs the command)."""
+def cpu_seconds(time_pid: int) -> float:
+    """CPU seconds (user + system) used so far by the command GNU time (``time_pid``) runs (``nice``
+    execs it: one process)."""
+    with open(f"/proc/{time_pid}/task/{time_pid}/children") as f:
+        pid = int(f.read().split()[0])
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
