@@ -53,7 +53,9 @@ class BatchIterator:
             self._batches = None  # the previous epoch's plan is freed before the next is built
             rng = np.random.default_rng([self.seed, epoch])
             dtype = np.int32 if len(self.data) < 2**31 else np.int64
-            order = rng.permutation(len(self.data))[: self.batches_per_epoch * self.batch_size].astype(dtype)
+            order = np.arange(len(self.data), dtype=dtype)
+            rng.shuffle(order)  # rng.permutation(n)'s draws, in place: no int64 copy of the epoch
+            order = order[: self.batches_per_epoch * self.batch_size]
             size = self.WINDOW * self.batch_size
             sort = not getattr(self.data, "fixed_length", False)  # equal lengths: a stable sort keeps the order
             for start in range(0, len(order) if sort else 0, size):  # windows hold whole batches
