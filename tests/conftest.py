@@ -12,9 +12,16 @@ first.
 import os
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# LLVM's optimizations of XLA's CPU code cost more than the tiny models' steps they speed up: at
+# -O0 a test compiles in about 60% of the CPU time (docs/PERFORMANCE.md, "The test suite"). XLA's
+# own (HLO) passes still run; only the CPU machine code is less optimized. CPU runs only, and an
+# opt level already in XLA_FLAGS wins (XLA_FLAGS=--xla_backend_optimization_level=2 tests as shipped).
+# Subprocesses inherit it; a test that sets XLA_FLAGS for one appends TEST_XLA_FLAGS.
+TEST_XLA_FLAGS = "" if os.environ["JAX_PLATFORMS"] != "cpu" or "xla_backend_optimization_level" in \
+    os.environ.get("XLA_FLAGS", "") else "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           f" --xla_force_host_platform_device_count=4 {TEST_XLA_FLAGS}").strip()
 os.environ.setdefault("NETY_JAX_COMPILE_CACHE", tempfile.mkdtemp(prefix="nety-jax-test-cache-"))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["NETY_JAX_COMPILE_CACHE"])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")

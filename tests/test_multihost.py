@@ -1,5 +1,5 @@
 """Multi-host for real: 2 processes on localhost (JAX's distributed runtime, gloo CPU collectives,
-2 fake devices each) against 1 process over 4 devices."""
+2 fake devices each) against 1 process over 4 devices (this one: `nety-jax` through run_main)."""
 import os
 import signal
 import socket
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nety_jax.runs.checkpoints import steps_on_disk
-from conftest import ROOT, TINY
+from conftest import ROOT, TEST_XLA_FLAGS, TINY, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,8 @@ def _args(workdir, steps, extra=()):
 
 
 def _env(devices: int, process: int = None, port: int = None) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}",
+           "JAX_PLATFORMS": "cpu"}
     for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(key, None)
     if process is not None:
@@ -55,7 +56,10 @@ def two_processes(workdir, steps, kill_after=None, extra=()):
 
 
 def one_process(workdir, steps, extra=()):
-    done = subprocess.run(_args(workdir, steps, extra), cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300)
+    """The same command in this process: one process over 4 devices, as conftest sets them up (no
+    interpreter start, no import, the programs already compiled here reused)."""
+    assert jax.process_count() == 1 and jax.device_count() == 4
+    done = run_main(*_args(workdir, steps, extra)[3:])
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
