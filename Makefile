@@ -38,7 +38,7 @@ demo: install
 	@echo "loss curves: $(DEMO_DIR)/loss.png   chat: $(BIN)/nety-jax chat --checkpoint $(DEMO_DIR)"
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=20 tests
 
 # the cheap files of the suite on another Python (default: the newest found, with the newest jax), no
 # torch: the models, the encoder, the GPU paths' CPU checks, configs, tasks, layers, the layering
