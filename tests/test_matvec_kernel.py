@@ -41,15 +41,19 @@ def test_matvec_kernel_equals_xla_product_and_its_gradient():
 def test_linear_uses_the_matvec_kernel_for_a_few_rows_only():
     from nety_jax.layers import Linear
     assert kernels.load()
-    layer = Linear(24)
-    variables = layer.init(jax.random.PRNGKey(0), jnp.ones((1, 16)))
-    text = lambda rows, dtype=jnp.float32: jax.jit(layer.apply).lower(variables, jnp.ones((rows, 16), dtype)).as_text()
+    k = 512  # a 512 x 512 kernel: MATVEC_MIN_WEIGHTS
+    layer = Linear(k)
+    variables = layer.init(jax.random.PRNGKey(0), jnp.ones((1, k)))
+    text = lambda rows, dtype=jnp.float32: jax.jit(layer.apply).lower(variables, jnp.ones((rows, k), dtype)).as_text()
     assert kernels.MATVEC_TARGET in text(1) and kernels.MATVEC_TARGET in text(kernels.MAX_ROWS)
     assert kernels.MATVEC_TARGET not in text(kernels.MAX_ROWS + 1)
     assert kernels.MATVEC_TARGET not in text(1, jnp.bfloat16)
     with kernels.portable():
         assert kernels.MATVEC_TARGET not in text(1)
-    x = jnp.asarray(np.random.default_rng(8).standard_normal((3, 16)), jnp.float32)
+    small = Linear(24)  # weights in cache: XLA's product
+    small_vars = small.init(jax.random.PRNGKey(0), jnp.ones((1, 16)))
+    assert kernels.MATVEC_TARGET not in jax.jit(small.apply).lower(small_vars, jnp.ones((1, 16))).as_text()
+    x = jnp.asarray(np.random.default_rng(8).standard_normal((3, k)), jnp.float32)
     with kernels.portable():
         want = layer.apply(variables, x)
     np.testing.assert_allclose(np.asarray(jax.jit(layer.apply)(variables, x)), np.asarray(want), rtol=1e-5,
@@ -62,11 +66,13 @@ def test_matvec_t_kernel_equals_xla_product_and_the_tied_head_uses_it():
     for m, n, k in [(1, 5, 7), (2, 1000, 33), (4, 5003, 64)]:
         x = jnp.asarray(rs.standard_normal((m, k)), jnp.float32)
         table = jnp.asarray(rs.standard_normal((n, k)), jnp.float32)
-        assert kernels.matmul_t_usable(x, table)
+        assert kernels.matmul_t_usable(x, table) == (table.size >= kernels.MATVEC_MIN_WEIGHTS)
         np.testing.assert_allclose(np.asarray(jax.jit(kernels.matmul_t)(x, table)),
                                    np.asarray(jnp.dot(x, table.T, precision="highest")), rtol=2e-5, atol=2e-4)
+    table = jnp.ones((kernels.MATVEC_MIN_WEIGHTS // k, k))
+    assert kernels.matmul_t_usable(jnp.ones((kernels.MAX_ROWS, k)), table)
     assert not kernels.matmul_t_usable(jnp.ones((kernels.MAX_ROWS + 1, k)), table)
-    x, table = x[:, :16] / 4, table[:40, :16] / 4
+    x, table = x[:, :16] / 4, table[:40, :16] / 4 + 0.1
     loss = lambda f: (lambda x, t: jnp.sum(jnp.tanh(f(x, t))))
     got = jax.grad(loss(kernels.matmul_t), argnums=(0, 1))(x, table)
     want = jax.grad(loss(lambda x, t: jnp.dot(x, t.T, precision="highest")), argnums=(0, 1))(x, table)
@@ -77,7 +83,7 @@ def test_matvec_t_kernel_equals_xla_product_and_the_tied_head_uses_it():
 def test_a_tied_gpt_decode_step_calls_the_transposed_kernel():
     from nety_jax.config import load_config
     from nety_jax.models import get_model
-    cfg = load_config("configs/gpt_tiny.yaml", ["model.tie_output=true"])
+    cfg = load_config("configs/gpt_tiny.yaml", ["model.tie_output=true", "model.vocab_size=4096"])
     model = get_model(cfg.model)
     variables = model.init(jax.random.PRNGKey(0))
     _, cache = model.start_decoding(variables, jnp.ones((1, 3), jnp.int32), jnp.asarray([3]), 4)

@@ -56,6 +56,9 @@ MATVEC_TARGET = "nety_matvec"
 MATVEC_T_TARGET = "nety_matvec_t"
 TARGETS = (TARGET, TOP_K_TARGET, ATTENTION_TARGET, MATMUL_TARGET, MATVEC_TARGET, MATVEC_T_TARGET)  # every custom call we register
 MAX_ROWS = 4  # above this many rows XLA's GEMM path wins (compute, not bytes, bounds it)
+# the smallest weight matrix (elements) nety_matvec / nety_matvec_t take: a smaller one sits in
+# cache and its product takes about as long as handing half of it to another thread
+MATVEC_MIN_WEIGHTS = 1 << 18
 # rows where nety_matmul measured faster than XLA's GEMM inside generation (docs/PERFORMANCE.md,
 # 2026-11-30: 56 rows 1.19x, 64 1.17x, 96 1.10x, 128 1.05x, 160 1.03x; 48 0.99x, 32 0.92x, 256 0.99x)
 MATMUL_ROWS = (56, 160)
@@ -233,16 +236,17 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def matmul_usable(x: jax.Array, dtype) -> bool:
-    """Whether ``Linear`` should compute its float32 product with ``matmul``: a few rows (up to
-    ``MAX_ROWS``: ``nety_matvec``), or ``MATMUL_ROWS`` rows with at least one block of 8 rows per
+def matmul_usable(x: jax.Array, dtype, features: int) -> bool:
+    """Whether ``Linear`` should compute its float32 product with ``matmul`` (x @ a (K, ``features``)
+    kernel): a few rows (up to ``MAX_ROWS``: ``nety_matvec``, weights of ``MATVEC_MIN_WEIGHTS``
+    or more), or ``MATMUL_ROWS`` rows with at least one block of 8 rows per
     core (``nety_matmul`` splits rows over threads; on a machine with more cores than that,
     XLA's GEMM, which can use them all, keeps the product)."""
     if not (jnp.dtype(dtype) == jnp.float32 and x.dtype == jnp.float32 and _static(x.shape)):
         return False
     rows = math.prod(x.shape[:-1])
     if 1 <= rows <= MAX_ROWS:
-        return enabled()
+        return x.shape[-1] * features >= MATVEC_MIN_WEIGHTS and enabled()
     return (MATMUL_ROWS[0] <= rows <= MATMUL_ROWS[1] and -(-rows // 8) >= _cores() and enabled()
             and _state.get("matmul", False))
 
@@ -285,9 +289,10 @@ def _matmul_t_call(x: jax.Array, table: jax.Array) -> jax.Array:
 
 
 def matmul_t_usable(x: jax.Array, table: jax.Array) -> bool:
-    """Whether ``matmul_t`` computes x @ table.T: float32, up to ``MAX_ROWS`` rows, on the CPU."""
+    """Whether ``matmul_t`` computes x @ table.T: float32, up to ``MAX_ROWS`` rows, a table of
+    ``MATVEC_MIN_WEIGHTS`` or more, on the CPU."""
     return (x.dtype == jnp.float32 and table.dtype == jnp.float32 and _static(x.shape, table.shape)
-            and 1 <= math.prod(x.shape[:-1]) <= MAX_ROWS and enabled())
+            and 1 <= math.prod(x.shape[:-1]) <= MAX_ROWS and table.size >= MATVEC_MIN_WEIGHTS and enabled())
 
 
 @jax.custom_vjp

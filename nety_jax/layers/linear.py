@@ -45,7 +45,7 @@ class Linear(nn.Module):
         kernel, scale = self._kernel(x.shape[-1])
         if scale is not None and kernels.int8_usable(x, dtype):
             y = kernels.int8_matmul(x, kernel, scale)
-        elif scale is None and kernels.matmul_usable(x, dtype):
+        elif scale is None and kernels.matmul_usable(x, dtype, self.features):
             y = kernels.matmul(x, kernel)
         else:
             y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
