@@ -104,6 +104,12 @@ def train_step(state: TrainState, batch: dict, *, model, tcfg: TrainConfig,
 
     if axis_name is not None:
         grads, sums = jax.lax.psum((grads, sums), axis_name)
+    # Every gradient is computed before anything reads one. Without the barrier XLA's CPU runtime
+    # starts the norm of a gradient as soon as it is ready: the output head's comes first in the
+    # backward pass, and its reduction (a YNNPACK fusion) then held one of the two threads,
+    # waiting for its parallel tasks, while the other ran the rest of the backward pass
+    # (docs/PERFORMANCE.md).
+    grads = jax.lax.optimization_barrier(grads)
     metrics = {**sums, "grad_norm": optax.tree.norm(grads)}
     return state.apply_gradients(grads, mutables), metrics
 
