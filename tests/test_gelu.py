@@ -19,6 +19,7 @@ def test_the_value_is_flax_exact_gelu():
     bf = X.astype(jnp.bfloat16)
     assert gelu_exact(bf).dtype == jnp.bfloat16
     np.testing.assert_array_equal(gelu_exact(bf), nn.gelu(bf, approximate=False))
+    assert jax.grad(lambda x: gelu_exact(x).sum())(bf).dtype == jnp.bfloat16
 
 
 def test_the_derivative_is_phi_plus_x_pdf():

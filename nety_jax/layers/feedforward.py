@@ -1,6 +1,8 @@
 """The position-wise feed-forward block: Dense -> activation -> dropout -> Dense."""
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,7 +23,8 @@ def _erfc(x):
 @_erfc.defjvp
 def _erfc_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
-    return _erfc(x), (-2.0 / np.sqrt(np.pi)) * (dx * jnp.exp(-jnp.square(x)))
+    # a Python float (weakly typed) keeps bfloat16 tangents bfloat16
+    return jax.lax.erfc(x), (-2.0 / math.sqrt(math.pi)) * (dx * jnp.exp(-jnp.square(x)))
 
 
 def gelu_exact(x):
