@@ -105,7 +105,7 @@ def trained_rnn_lm(tmp_path_factory):
 # `--dist loadscope --no-loadscope-reorder` (make test) xdist hands whole files to its workers in
 # this order, each worker taking the next when it is free: the long files start first and the
 # short ones fill the gaps, instead of a long file starting last and running alone.
-HEAVY = ["test_reliability.py", "test_hf.py", "test_gpu_check.py", "test_mesh.py", "test_cli.py",
+HEAVY = ["test_reliability.py", "test_hf.py", "test_gpu_check.py", "test_mesh.py", "test_mesh_restore.py", "test_cli.py",
          "test_multihost.py", "test_training.py", "test_writers.py"]
 
 

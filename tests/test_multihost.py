@@ -94,17 +94,6 @@ def test_two_processes_equal_one_process_resume_after_kill_and_across(tmp_path):
     assert steps_on_disk(str(two))[-1] == 12 and steps_on_disk(str(one))[-1] == 12
 
 
-def test_two_processes_with_fsdp_across_them_equal_one_device(tmp_path):
-    """train.parallel=mesh, fsdp=4 over 2 processes x 2 devices: each process holds a quarter of
-    the parameters and Adam's moments; the run equals one device's, and its checkpoint (each
-    process wrote its own shards) restores in this one process."""
-    two, one = tmp_path / "two", tmp_path / "one"
-    codes, outs = two_processes(two, 4, extra=("--parallel", "mesh", "--set", "train.mesh_fsdp=4"))
-    assert codes == [0, 0], outs
-    one_process(one, 4, extra=("--parallel", "none"))
-    assert _max_diff(_params(two), _params(one)) < 1e-5
-
-
 def test_two_processes_on_prepared_shards_equal_one_process(tmp_path):
     """`train --data DIR` over 2 processes: each reads only its rows of every global batch from the
     shards (a LocalBatch), and the run equals one process's (a resume on another process count is
