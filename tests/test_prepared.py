@@ -89,12 +89,12 @@ def test_each_process_reads_its_part_and_a_resume_on_another_count_continues(pai
     cfg, out = pairs
     _, data = open_prepared(cfg, out)
     full = BatchIterator(data.train, 16, 0)
-    idx = full._plan(0)[5]
+    idx = full.indices(0, 5)
     whole = data.train.collate(idx)
     parts = [data.train.collate(idx, (p, 2)) for p in range(2)]
     for k in whole:
         np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])
-    read, epoch = [], full._plan(0)
+    read, epoch = [], [full.indices(0, i) for i in range(full.batches_per_epoch)]
     its = [BatchIterator(data.train, 16, 0, part=(p, 2)) for p in range(2)]
     for it in its:  # spy on the records each process reads
         it.data = _Spy(data.train, read)
@@ -365,12 +365,12 @@ def tempfile_dir(path):
     return contextlib.nullcontext(str(path))
 
 
-def test_the_epoch_plan_is_one_array_of_4_bytes_an_example(pairs):
-    """A streamed epoch's only per-example memory: its batches as one int32 array, each example of
-    the epoch once (the plan of earlier versions, a list of per-batch arrays, took ~3x more)."""
+def test_a_streamed_epoch_plan_holds_one_window(pairs):
+    """A streamed epoch's only per-example memory: the window of 50 batches being handed out (the
+    plan of earlier versions held the whole epoch, 4 bytes an example); each example once."""
     cfg, out = pairs
     _, data = open_prepared(cfg, out)
     it = BatchIterator(data.train, 16, 0)
-    plan = it._plan(0)
-    assert plan.dtype == np.int32 and plan.shape == (it.batches_per_epoch, 16)
-    assert len(np.unique(plan)) == plan.size
+    epoch = np.stack([it.indices(0, i) for i in range(it.batches_per_epoch)])
+    assert it._cached[1].shape[0] <= BatchIterator.WINDOW and it._cached[1].shape[1] == 16
+    assert len(np.unique(epoch)) == epoch.size

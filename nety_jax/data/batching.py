@@ -17,7 +17,11 @@ from typing import Iterator
 import numpy as np
 
 from nety_jax.config.sections import PAD_ID
+from nety_jax.data.index_shuffle import index_shuffle, keys_of, shuffled_range
 from nety_jax.errors import DataError
+
+PLAN = 2  # the version of the order of an epoch's batches (1: a whole-epoch shuffle, before 2026-12)
+_EXAMPLES, _BATCHES = 0, 1  # the two shuffles of an epoch, keyed apart
 
 
 class LocalBatch(dict):
@@ -25,10 +29,18 @@ class LocalBatch(dict):
 
 
 class BatchIterator:
-    """Shuffle, sort by length within windows of 50 batches, shuffle the batches.
+    """Shuffle, sort by length within windows of 50 batches, shuffle the batches of each window.
 
     ``batches_per_epoch`` is fixed (the remainder is dropped), so the position
-    ``(epoch, index)`` identifies a batch exactly.
+    ``(epoch, index)`` identifies a batch exactly. The plan is computed window by window and
+    never built whole: the examples of window ``w`` are the positions ``[w * 50 * batch_size,
+    (w + 1) * 50 * batch_size)`` of the epoch's shuffle (``index_shuffle``, keyed by (seed,
+    epoch)), sorted by length (stable), cut into batches, and those handed out in a shuffled
+    order. A position's batch costs one window's work (50 batches' lengths) whatever the corpus
+    size, and the plan's memory is one window: a resume in the middle of an epoch reads nothing
+    before its position. A window is a uniform sample of the epoch, so its 50 batches span the
+    whole range of lengths: consecutive steps see short and long batches alike, as a
+    whole-epoch batch shuffle gives.
     """
 
     WINDOW = 50
@@ -42,29 +54,28 @@ class BatchIterator:
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.batches_per_epoch = len(data) // batch_size
         self.epoch, self.index = epoch + index // self.batches_per_epoch, index % self.batches_per_epoch
-        self._plan_epoch = None
+        self._cached = (None, None)  # ((epoch, window), its batches): replaced whole (a thread may read it)
         self.part = part  # (process, processes): only datasets read from shards honour it
 
-    def _plan(self, epoch: int) -> np.ndarray:
-        """(batches_per_epoch, batch_size) example indices of ``epoch``'s batches, in order: one
-        array of 4 bytes an example (8 past 2**31 examples), the only per-example memory of a
-        streamed epoch."""
-        if self._plan_epoch != epoch:
-            self._batches = None  # the previous epoch's plan is freed before the next is built
-            rng = np.random.default_rng([self.seed, epoch])
-            dtype = np.int32 if len(self.data) < 2**31 else np.int64
-            order = np.arange(len(self.data), dtype=dtype)
-            rng.shuffle(order)  # rng.permutation(n)'s draws, in place: no int64 copy of the epoch
-            order = order[: self.batches_per_epoch * self.batch_size]
-            size = self.WINDOW * self.batch_size
-            sort = not getattr(self.data, "fixed_length", False)  # equal lengths: a stable sort keeps the order
-            for start in range(0, len(order) if sort else 0, size):  # windows hold whole batches
-                window = order[start: start + size]
-                order[start: start + size] = window[np.argsort(_lengths(self.data, window), kind="stable")]
-            batches = order.reshape(-1, self.batch_size)
-            self._batches = batches[rng.permutation(len(batches))]
-            self._plan_epoch = epoch
-        return self._batches
+    def indices(self, epoch: int, index: int) -> np.ndarray:
+        """(batch_size,) int64: the example indices of the global batch at ``(epoch, index)``."""
+        window, k = divmod(index, self.WINDOW)
+        key, batches = self._cached
+        if key != (epoch, window):
+            batches = self._window(epoch, window)
+            self._cached = ((epoch, window), batches)
+        return batches[k]
+
+    def _window(self, epoch: int, window: int) -> np.ndarray:
+        """(batches, batch_size) example indices of ``window``'s batches in the order handed out."""
+        b, first = self.batch_size, window * self.WINDOW
+        count = min(self.WINDOW, self.batches_per_epoch - first)
+        slots = np.arange(first * b, (first + count) * b, dtype=np.int64)
+        examples = index_shuffle(slots, len(self.data), keys_of(self.seed, epoch, _EXAMPLES))
+        if not getattr(self.data, "fixed_length", False):  # equal lengths: a stable sort keeps the order
+            examples = examples[np.argsort(_lengths(self.data, examples), kind="stable")]
+        order = shuffled_range(count, keys_of(self.seed, epoch, _BATCHES, window, count=1)[0])
+        return examples.reshape(count, b)[order]
 
     def state(self) -> dict:
         return {"epoch": int(self.epoch), "index": int(self.index)}
@@ -73,7 +84,7 @@ class BatchIterator:
         return self
 
     def __next__(self) -> dict:
-        idx = self._plan(self.epoch)[self.index]
+        idx = self.indices(self.epoch, self.index)
         self.index += 1
         if self.index == self.batches_per_epoch:
             self.epoch, self.index = self.epoch + 1, 0
@@ -86,8 +97,11 @@ class BatchIterator:
         integer arrays of ids in the batch; a packed row's ``positions`` start every segment at
         0, which is no padding). Bounded: a streamed epoch is not read at start-up."""
         pads = total = 0
-        for idx in self._plan(self.epoch)[:limit]:
-            batch = self.data.collate(idx)
+        for index in range(min(limit, self.batches_per_epoch)):
+            window, k = divmod(index, self.WINDOW)
+            if not k:  # its own windows: the prefetch thread may be using the iterator's
+                batches = self._window(self.epoch, window)
+            batch = self.data.collate(batches[k])
             for key, value in batch.items():
                 if value.ndim == 2 and key != "positions":
                     total += value.size
@@ -104,7 +118,10 @@ def _lengths(data, idx) -> np.ndarray:
 def eval_batches(data, batch_size: int, limit: int = 0) -> list[dict]:
     """Fixed validation batches, sorted by length; the last one is padded with copies
     of its first row and a ``weight`` of 0 so every batch has the same size."""
-    order = np.argsort(_lengths(data, np.arange(len(data))), kind="stable")
+    if getattr(data, "fixed_length", False):  # the stable sort of one length is the identity: no
+        order = np.arange(min(len(data), limit * batch_size) if limit else len(data))  # per-example array
+    else:
+        order = np.argsort(_lengths(data, np.arange(len(data))), kind="stable")
     out = []
     for start in range(0, len(order), batch_size):
         idx = list(order[start: start + batch_size])

@@ -19,6 +19,7 @@ import numpy as np
 
 from nety_jax.config import Config, save_config
 from nety_jax.data import BatchIterator
+from nety_jax.data.batching import PLAN
 from nety_jax.data.coverage import check_coverage
 from nety_jax.data.tokenizer import SentencePieceTokenizer, WordTokenizer, load_tokenizer
 from nety_jax.errors import CheckpointError, ConfigError
@@ -213,12 +214,15 @@ def _data_position(saved: dict, data: DataSplit, cfg: Config, log) -> dict:
     if changed:
         log(f"{'; '.join(changed)}: the data order starts again at epoch 0")
         return {"epoch": 0, "index": 0}
+    if saved and saved.get("plan", 1) != PLAN and position["index"]:
+        log(f"the checkpoint's data position is in an earlier version's batch order: the rest of epoch "
+            f"{position['epoch']} follows this version's (some of its examples may repeat or be left out)")
     return position
 
 
 def data_meta(iterator: BatchIterator, data: DataSplit, cfg: Config) -> dict:
     return {**iterator.state(), "fingerprint": data.fingerprint, "batch_size": cfg.train.batch_size,
-            "seed": cfg.train.seed, "processes": jax.process_count()}
+            "seed": cfg.train.seed, "processes": jax.process_count(), "plan": PLAN}
 
 
 def count_tokens(batch: dict) -> int:
