@@ -177,9 +177,10 @@ def part_resume(config: str, data: str) -> dict:
             "vm_hwm_mb": vm_hwm_mb()}
 
 
-def part_rates(config: str, data: str, batches: int, steps: int) -> dict:
-    """In this process: examples/s of the prefetched input pipeline alone, and of the compiled
-    train step on one fixed batch (after its first call, which compiles)."""
+def part_rates(config: str, data: str, batches: int, steps: int, seconds: float = 2.0) -> dict:
+    """In this process: examples/s of the prefetched input pipeline alone (at least ``batches``
+    batches and ``seconds``), and of the compiled train step on one fixed batch (groups of ``steps``
+    calls, each waited for, for at least ``seconds``, after a first call, which compiles)."""
     import jax
     from nety_jax.config import load_config
     from nety_jax.data.prefetch import Prefetcher
@@ -190,23 +191,26 @@ def part_rates(config: str, data: str, batches: int, steps: int) -> dict:
     run.iterator.close()
     pipeline = Prefetcher(run.iterator.iterator)
     next(pipeline)
-    t0 = time.perf_counter()
-    for _ in range(batches):
+    n, t0 = 0, time.perf_counter()
+    while n < batches or time.perf_counter() - t0 < seconds:
         batch = next(pipeline)
+        n += 1
     pipe_s = time.perf_counter() - t0
     pipeline.close()
     state, _ = run.runner.train(run.state, batch)
     jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, _ = run.runner.train(state, batch)
-    jax.block_until_ready(state)
+    m, t0 = 0, time.perf_counter()
+    while m == 0 or time.perf_counter() - t0 < seconds:  # groups of ``steps``, dispatched ahead
+        for _ in range(steps):
+            state, _ = run.runner.train(state, batch)
+        jax.block_until_ready(state)
+        m += steps
     step_s = time.perf_counter() - t0
     shutil.rmtree(workdir, ignore_errors=True)
     b = cfg.train.batch_size
-    return {"config": os.path.basename(config), "batch_size": b, "pipeline_examples_per_s": batches * b / pipe_s,
-            "step_examples_per_s": steps * b / step_s, "ratio": (batches * b / pipe_s) / (steps * b / step_s),
-            "load": load()}
+    return {"config": os.path.basename(config), "batch_size": b, "batches": n, "steps": m,
+            "pipeline_examples_per_s": n * b / pipe_s, "step_examples_per_s": m * b / step_s,
+            "ratio": (n * b / pipe_s) / (m * b / step_s), "load": load()}
 
 
 def run_part(*args: str) -> dict:
@@ -224,6 +228,15 @@ def base_pairs(tmp: str, tok_sample: str) -> str:
     return out
 
 
+def train_and_resume(dirs: dict, steps: int, tmp: str, say) -> None:
+    gpt, tiny = os.path.join(CONFIGS, "gpt_tiny.yaml"), os.path.join(CONFIGS, "tiny.yaml")
+    for name, config, option in (("small_text", gpt, "--text"), ("big_text", gpt, "--text"),
+                                 ("pairs", tiny, "--data")):
+        say(f"train_{name}", train_run(config, option, dirs[name], os.path.join(tmp, f"run-{name}"), steps))
+    say("resume_big_text", run_part("resume", gpt, dirs["big_text"]))
+    say("resume_pairs", run_part("resume", tiny, dirs["pairs"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gb", type=float, default=2.0, help="GB of text (a second corpus is a quarter of it)")
@@ -233,6 +246,8 @@ def main() -> None:
     ap.add_argument("--block-mb", type=float, default=256, help="text generated once, then repeated to --gb")
     ap.add_argument("--skip-rates", action="store_true", help="no pipeline-vs-step rates (they do not depend "
                                                               "on the corpus size)")
+    ap.add_argument("--rates-only", action="store_true", help="only the pipeline-vs-step rates (no train "
+                                                              "runs, no resume)")
     ap.add_argument("--tmp", help="where the temporary directory goes (default: the system's)")
     ap.add_argument("--part", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -269,11 +284,8 @@ def main() -> None:
             dirs[name] = os.path.join(tmp, f"prepared-{name}")
             say(f"prepare_{name}", prepare(config, option, src, dirs[name], tok))
             os.remove(src)  # the disk holds the prepared copy only
-        for name, config, option in (("small_text", gpt, "--text"), ("big_text", gpt, "--text"),
-                                     ("pairs", tiny, "--data")):
-            say(f"train_{name}", train_run(config, option, dirs[name], os.path.join(tmp, f"run-{name}"), args.steps))
-        say("resume_big_text", run_part("resume", gpt, dirs["big_text"]))
-        say("resume_pairs", run_part("resume", tiny, dirs["pairs"]))
+        if not args.rates_only:
+            train_and_resume(dirs, args.steps, tmp, say)
         if args.skip_rates:
             return
         say("rates_gpt_tiny", run_part("rates", gpt, dirs["small_text"]))

@@ -184,12 +184,18 @@ class Encoded:
         return self.tgt[i][1:].tolist()
 
 
+def padded_widths(longest: tuple[int, int], cfg: DataConfig) -> tuple[int, int]:
+    """(source, target) widths of a batch whose longest framed source / target have ``longest``
+    ids: rounded up to ``bucket_multiple`` (the target without its last id, which is no input)."""
+    s_max, t_max = longest
+    return (min(_round_up(s_max, cfg.bucket_multiple), cfg.max_src_len),
+            min(_round_up(t_max - 1, cfg.bucket_multiple), cfg.max_tgt_len))
+
+
 def pad_pairs(srcs: list, tgts: list, cfg: DataConfig, longest: Optional[tuple[int, int]] = None) -> dict:
     """A batch of framed pairs padded to lengths rounded up to ``bucket_multiple``. ``longest``
     (source, target ids) sets the padded shape when the rows are one process's part of a batch."""
-    s_max, t_max = longest or (max(len(s) for s in srcs), max(len(t) for t in tgts))
-    s_len = min(_round_up(s_max, cfg.bucket_multiple), cfg.max_src_len)
-    t_len = min(_round_up(t_max - 1, cfg.bucket_multiple), cfg.max_tgt_len)
+    s_len, t_len = padded_widths(longest or (max(len(s) for s in srcs), max(len(t) for t in tgts)), cfg)
     src = np.full((len(srcs), s_len), PAD_ID, np.int32)
     tgt = np.full((len(tgts), t_len + 1), PAD_ID, np.int32)
     for row, (s, t) in enumerate(zip(srcs, tgts)):

@@ -12,15 +12,16 @@
   on, the tokenizer's digest, the sources' fingerprints, per-shard counts and digests and a
   length histogram; and the tokenizer's own files.
 
-Grain and ArrayRecord are imported on first use: the raw-file path needs neither.
+ArrayRecord is imported on first use: the raw-file path does not need it.
 """
 from __future__ import annotations
 
-import bisect
+import contextlib
 import hashlib
 import json
 import os
 import struct
+import threading
 import zlib
 from typing import Optional, Sequence
 
@@ -44,23 +45,37 @@ def encode_record(arrays: Sequence[np.ndarray]) -> bytes:
     return _HEAD.pack(zlib.crc32(body), len(arrays)) + body
 
 
-def decode_record(record: bytes, where) -> list[np.ndarray]:
-    """The arrays of one record; a damaged record is a ``DataError`` naming ``where()``."""
+def check_record(record: bytes) -> Optional[str]:
+    """Why ``record`` is damaged (its checksum or sizes do not match), or None when it is intact."""
     if len(record) < _HEAD.size:
-        raise DataError(f"{where()}: damaged (a record of {len(record)} bytes); prepare the data again")
+        return f"damaged (a record of {len(record)} bytes)"
     crc, n = _HEAD.unpack_from(record)
     body = memoryview(record)[_HEAD.size:]
-    if zlib.crc32(body) != crc or len(body) < 4 * n:
-        raise DataError(f"{where()}: damaged (checksum mismatch); prepare the data again")
-    sizes = struct.unpack_from(f"<{n}I", body)
-    values = np.frombuffer(body, np.int32, offset=4 * n)
-    if len(values) != sum(sizes):
-        raise DataError(f"{where()}: damaged (sizes do not match); prepare the data again")
+    if zlib.crc32(body) != crc or len(body) < 4 * n or len(body) % 4:
+        return "damaged (checksum mismatch)"
+    if 4 * (n + sum(struct.unpack_from(f"<{n}I", body))) != len(body):
+        return "damaged (sizes do not match)"
+    return None
+
+
+def split_record(record: bytes) -> list[np.ndarray]:
+    """The arrays of an intact record (``check_record``), as views of its bytes."""
+    n = _HEAD.unpack_from(record)[1]
+    sizes = struct.unpack_from(f"<{n}I", record, _HEAD.size)
+    values = np.frombuffer(record, np.int32, offset=_HEAD.size + 4 * n)
     out, at = [], 0
     for size in sizes:
         out.append(values[at: at + size])
         at += size
     return out
+
+
+def decode_record(record: bytes, where) -> list[np.ndarray]:
+    """The arrays of one record; a damaged record is a ``DataError`` naming ``where()``."""
+    problem = check_record(record)
+    if problem is not None:
+        raise DataError(f"{where()}: {problem}; prepare the data again")
+    return split_record(record)
 
 
 class ShardWriter:
@@ -114,64 +129,98 @@ class Damage:
 class ShardReader:
     """Random access to the records of a split's shards, in order (global record index).
 
+    ``records(indices)`` is a batch's records, each checksum checked; ``reader[i]`` one record's
+    arrays. Each shard has one ArrayRecord reader, without read-ahead or a thread pool (reads are
+    random and small), read by ``seek`` and ``read``: its batched ``read(positions)`` (what Grain's
+    ``ArrayRecordDataSource`` calls, for one record or many) costs a fixed ~0.3 ms a call in
+    thread hand-offs, many times the read itself (docs/PERFORMANCE.md). A reader holds a
+    position, so reads take a lock (the prefetch thread and the main thread share the reader).
+
     A damaged record (a checksum that does not match, a chunk ArrayRecord cannot read) or shard
     (truncated: its index is gone, so none of its records can be found) is a ``DataError`` naming
     the shard and record; with ``damage`` (``--skip-bad``) it is counted there instead and read
     as ``None``, which the datasets (``data.streamed``) turn into a row without loss."""
 
+    OPTIONS = "readahead_buffer_size:0,max_parallelism:1"
+    BUFFER = 32768  # bytes the file reader fetches a seek (Grain's choice)
+
     def __init__(self, directory: str, shards: list[dict], damage: Optional[Damage] = None):
         self.directory, self.shards, self.damage = directory, shards, damage
         self.offsets = np.cumsum([0] + [s["records"] for s in shards]).tolist()
-        self._sources: dict[int, object] = {}
+        self._starts = np.asarray(self.offsets[:-1], np.int64)
+        self._readers: dict[int, object] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return self.offsets[-1]
 
+    def _path(self, k: int) -> str:
+        return os.path.join(self.directory, self.shards[k]["file"])
+
     def _open(self, k: int):
-        import grain
-        path = os.path.join(self.directory, self.shards[k]["file"])
+        from array_record.python.array_record_module import ArrayRecordReader
+        path = self._path(k)
         if not os.path.isfile(path):
             raise DataError(f"{path}: missing (listed in {MANIFEST}); prepare the data again")
         try:
-            source = grain.sources.ArrayRecordDataSource([path])
-        except RuntimeError as e:
+            reader = ArrayRecordReader(path, self.OPTIONS, file_reader_buffer_size=self.BUFFER)
+            if not reader.ok():  # a truncated file opens failed; closing it raises its reason
+                reader.close()
+                raise RuntimeError("")
+        except (RuntimeError, ValueError) as e:
             raise DataError(f"{path}: damaged ({_first_line(e, 'truncated?')}); prepare the data again") \
                 from None
-        if len(source) != self.shards[k]["records"]:
-            raise DataError(f"{path}: holds {len(source)} records, {MANIFEST} says "
+        if reader.num_records() != self.shards[k]["records"]:
+            raise DataError(f"{path}: holds {reader.num_records()} records, {MANIFEST} says "
                             f"{self.shards[k]['records']}; prepare the data again")
-        return source
+        return reader
 
-    def _source(self, k: int):
-        """Shard ``k``'s source, or None when it is damaged and skipped."""
-        if k not in self._sources:
+    def _reader(self, k: int):
+        """Shard ``k``'s reader, or None when it is damaged and skipped."""
+        if k not in self._readers:
             try:
-                self._sources[k] = self._open(k)
+                self._readers[k] = self._open(k)
             except DataError as e:
                 if self.damage is None:
                     raise
                 self.damage.shard(self.shards[k]["file"], self.shards[k]["records"], str(e))
-                self._sources[k] = None
-        return self._sources[k]
+                self._readers[k] = None
+        return self._readers[k]
 
-    def __getitem__(self, i: int) -> Optional[list[np.ndarray]]:
-        k = bisect.bisect_right(self.offsets, i) - 1
-        local = i - self.offsets[k]
-        where = lambda: f"{os.path.join(self.directory, self.shards[k]['file'])}: record {local}"  # noqa: E731
-        source = self._source(k)
-        if source is None:
+    def _damaged(self, k: int, local: int, problem: str) -> None:
+        """Raises the ``DataError`` of shard ``k``'s record ``local``, or counts it (``--skip-bad``)."""
+        message = f"{self._path(k)}: record {local}: {problem}"
+        if self.damage is None:
+            raise DataError(message)
+        self.damage.record(self.shards[k]["file"], local, message)
+
+    def _read(self, k: int, local: int) -> Optional[bytes]:
+        """Shard ``k``'s record ``local``, checked (the caller holds the lock)."""
+        reader = self._reader(k)
+        if reader is None:
             return None
         try:
-            try:
-                record = source[local]
-            except RuntimeError as e:
-                raise DataError(f"{where()}: unreadable ({_first_line(e, 'no message')})") from None
-            return decode_record(record, where)
-        except DataError as e:
-            if self.damage is None:
-                raise
-            self.damage.record(self.shards[k]["file"], local, str(e))
-            return None
+            reader.seek(local)
+            record = reader.read()
+        except RuntimeError as e:
+            del self._readers[k]  # a reader that failed stays failed: the next read opens the shard again
+            with contextlib.suppress(RuntimeError):  # closing one reports its failure again
+                reader.close()
+            return self._damaged(k, local, f"unreadable ({_first_line(e, 'no message')})")
+        problem = check_record(record)
+        return record if problem is None else self._damaged(k, local, f"{problem}; prepare the data again")
+
+    def records(self, indices) -> list[Optional[bytes]]:
+        """The intact records at global ``indices`` (None: damaged and skipped), in their order."""
+        indices = np.asarray(indices, np.int64).reshape(-1)
+        shard = np.searchsorted(self._starts, indices, side="right") - 1
+        local = indices - self._starts[shard] if len(indices) else indices
+        with self._lock:
+            return [self._read(k, i) for k, i in zip(shard.tolist(), local.tolist())]
+
+    def __getitem__(self, i: int) -> Optional[list[np.ndarray]]:
+        record = self.records([i])[0]
+        return None if record is None else split_record(record)
 
 
 def length_histogram(lengths: np.ndarray) -> dict:

@@ -13,16 +13,31 @@ becomes all pads. The batch plan, its shapes and a resumed run's batches are unc
 """
 from __future__ import annotations
 
-import bisect
-
 import numpy as np
 
 from nety_jax.config.sections import EOS_ID, PAD_ID, SOS_ID, DataConfig
-from nety_jax.data.pairs import pad_pairs
-from nety_jax.data.shards import ShardReader
+from nety_jax.data.pairs import padded_widths
+from nety_jax.data.shards import ShardReader, encode_record
+from nety_jax.errors import DataError
 
 WHOLE = (0, 1)
 _SKIPPED_PAIR = [np.asarray([EOS_ID], np.int32), np.asarray([SOS_ID], np.int32)]  # no target token: no loss
+_SKIPPED_PAIR_RECORD = encode_record(_SKIPPED_PAIR)
+
+
+def joined(records: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """(words, starts): intact records' int32 words in one array (every record is a whole number of
+    them), and the word each record starts at: a batch is then cut with NumPy, not record by record."""
+    words = np.frombuffer(b"".join(records), np.int32)
+    sizes = np.fromiter(map(len, records), np.int64, len(records)) // 4
+    return words, np.cumsum(sizes) - sizes
+
+
+def rows_of(words: np.ndarray, starts: np.ndarray, sizes: np.ndarray, width: int) -> np.ndarray:
+    """(B, width) int32: row r is ``words[starts[r]: starts[r] + sizes[r]]``, then pads."""
+    col = np.arange(width)
+    at = np.minimum(starts[:, None] + col, max(len(words) - 1, 0))
+    return np.where(col < sizes[:, None], words[at], PAD_ID).astype(np.int32, copy=False)
 
 
 def part_of(idx, part: tuple[int, int]) -> np.ndarray:
@@ -56,9 +71,18 @@ class PairShards:
         return self._lengths[self._records(idx)].sum(axis=1)
 
     def collate(self, idx, part: tuple[int, int] = WHOLE) -> dict:
-        longest = tuple(int(v) for v in self._lengths[self._records(idx)].max(axis=0))
-        rows = [self._pair(int(i)) for i in self._records(part_of(idx, part))]
-        return pad_pairs([r[0] for r in rows], [r[1] for r in rows], self.cfg, longest)
+        records = self._records(idx)
+        s_len, t_len = padded_widths(tuple(int(v) for v in self._lengths[records].max(axis=0)), self.cfg)
+        raw = [_SKIPPED_PAIR_RECORD if r is None else r for r in self.reader.records(part_of(records, part))]
+        words, starts = joined(raw)
+        # a pair's record: crc32, 2 (arrays), source size, target size, source ids, target ids
+        s_size, t_size = words[starts + 2], words[starts + 3]
+        if (words[starts + 1] != 2).any() or (s_size > s_len).any() or (t_size > t_len + 1).any():
+            raise DataError(f"{self.reader.directory}: records that are not the pairs its lengths describe; "
+                            "prepare the data again")
+        tgt = rows_of(words, starts + 4 + s_size, t_size, t_len + 1)
+        return {"src": rows_of(words, starts + 4, s_size, s_len), "src_len": s_size.astype(np.int32),
+                "tgt_in": tgt[:, :-1], "targets": tgt[:, 1:]}
 
     def _pair(self, i: int) -> list[np.ndarray]:
         row = self.reader[i]
@@ -79,6 +103,9 @@ class StreamWindows:
     def __init__(self, reader: ShardReader, shard_tokens: list[int], chunk: int, seq_len: int, stride: int):
         self.reader, self.chunk, self.seq_len = reader, chunk, seq_len
         self.token_offsets = np.cumsum([0] + list(shard_tokens)).tolist()
+        self._token_starts = np.asarray(self.token_offsets[:-1], np.int64)
+        self._shard_tokens = np.asarray(shard_tokens, np.int64)
+        self._record_starts = np.asarray(reader.offsets[:-1], np.int64)
         last = self.token_offsets[-1] - (seq_len + 1)
         self.stride, self.count = stride, (last // stride + 1 if last >= 0 else 1)
 
@@ -91,34 +118,35 @@ class StreamWindows:
     def lengths(self, idx) -> np.ndarray:
         return np.full(len(idx), self.seq_len + 1, np.int64)
 
-    def tokens(self, start: int, stop: int) -> np.ndarray:
-        """Stream tokens ``[start, stop)`` (cut at the stream's end)."""
-        stop, out = min(stop, self.token_offsets[-1]), []
-        while start < stop:
-            k = bisect.bisect_right(self.token_offsets, start) - 1
-            local = start - self.token_offsets[k]
-            record = self.reader.offsets[k] + local // self.chunk
-            piece = self._chunk(k, record, local)[local % self.chunk:]
-            piece = piece[: stop - start]
-            out.append(piece)
-            start += len(piece)
-        return np.concatenate(out) if out else np.zeros(0, np.int32)
-
-    def _chunk(self, k: int, record: int, local: int) -> np.ndarray:
-        """The tokens of one record (shard ``k``, stream offset ``local`` in it); pads if skipped."""
-        got = self.reader[record]
-        if got is not None:
-            return got[0]
-        first = local - local % self.chunk
-        return np.full(min(self.chunk, self.token_offsets[k + 1] - self.token_offsets[k] - first), PAD_ID, np.int32)
-
     def collate(self, idx, part: tuple[int, int] = WHOLE) -> dict:
-        idx = part_of(idx, part)
-        rows = np.full((len(idx), self.seq_len + 1), PAD_ID, np.int32)
-        for r, i in enumerate(idx):
-            piece = self.tokens(int(i) * self.stride, int(i) * self.stride + self.seq_len + 1)
-            rows[r, : len(piece)] = piece
+        at = part_of(idx, part).astype(np.int64)[:, None] * self.stride + np.arange(self.seq_len + 1)
+        inside = at < self.token_offsets[-1]  # past the stream's end: pads
+        rows = np.full(at.shape, PAD_ID, np.int32)
+        if inside.any():
+            at = np.where(inside, at, 0)
+            shard = np.searchsorted(self._token_starts, at, side="right") - 1
+            local = at - self._token_starts[shard]
+            wanted, which = np.unique((self._record_starts[shard] + local // self.chunk).ravel(),
+                                      return_inverse=True)
+            words, starts = self._chunks(wanted)
+            # a chunk's record: crc32, 1 (array), its size, its ids
+            values = words[starts[which.reshape(at.shape)] + 3 + local % self.chunk]
+            rows = np.where(inside, values, PAD_ID).astype(np.int32)
         return {"tokens": rows[:, :-1], "targets": rows[:, 1:]}
+
+    def _chunks(self, records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``joined`` records (global indices) of stream chunks, each checked to hold its chunk's
+        size; a skipped one (damaged, ``--skip-bad``) is a chunk of pads."""
+        shard = np.searchsorted(self._record_starts, records, side="right") - 1
+        first = (records - self._record_starts[shard]) * self.chunk  # the chunk's first token in its shard
+        sizes = np.minimum(self.chunk, self._shard_tokens[shard] - first)
+        raw = [encode_record([np.full(int(n), PAD_ID, np.int32)]) if r is None else r
+               for r, n in zip(self.reader.records(records), sizes)]
+        words, starts = joined(raw)
+        if (words[starts + 1] != 1).any() or (words[starts + 2] != sizes).any():
+            raise DataError(f"{self.reader.directory}: records that are not the token stream's chunks of "
+                            f"{self.chunk}; prepare the data again")
+        return words, starts
 
 
 class PackedShards:
@@ -131,6 +159,7 @@ class PackedShards:
 
     def __init__(self, reader: ShardReader, seq_len: int):
         self.reader, self.seq_len = reader, seq_len
+        self._empty = encode_record([np.zeros(seq_len, np.int32)] * len(self.KEYS))  # a skipped row: all pads
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -142,7 +171,14 @@ class PackedShards:
         return np.full(len(idx), self.seq_len + 1, np.int64)
 
     def collate(self, idx, part: tuple[int, int] = WHOLE) -> dict:
-        rows = [self.reader[int(i)] for i in part_of(idx, part)]
-        empty = [np.zeros(self.seq_len, np.int32)] * len(self.KEYS)  # a skipped row: all pads
-        rows = [empty if r is None else r for r in rows]
-        return {k: np.stack([r[j] for r in rows]).astype(np.int32) for j, k in enumerate(self.KEYS)}
+        keys, empty = len(self.KEYS), self._empty
+        raw = [empty if r is None else r for r in self.reader.records(part_of(idx, part))]
+        words, _ = joined(raw)
+        head = 2 + keys  # crc32, the number of arrays, their sizes: then the arrays, seq_len ids each
+        width = len(empty) // 4
+        table = words.reshape(len(raw), width) if len(words) == len(raw) * width else None
+        if table is None or (table[:, 2: head] != self.seq_len).any():
+            raise DataError(f"{self.reader.directory}: records that are not packed rows of "
+                            f"{self.seq_len} ids; prepare the data again")
+        table = table[:, head:].reshape(len(raw), keys, self.seq_len)
+        return {k: np.ascontiguousarray(table[:, j]) for j, k in enumerate(self.KEYS)}
