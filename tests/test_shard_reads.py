@@ -1,6 +1,8 @@
 """Reads of prepared shards: a batch's records, every one checked, also from two threads at once;
 and the datasets' NumPy-cut batches equal to the ones padded row by row (shards written here, small)."""
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -58,19 +60,21 @@ def test_records_across_shards_in_any_order_are_the_written_ones(pair_shards):
         assert record is not None and len(record) == 4 * (4 + sum(len(a) for a in rows[i]))
 
 
-def test_two_threads_reading_one_reader_get_their_own_records(pair_shards):
-    """A reader seeks then reads: the prefetch thread and the main thread must not interleave."""
-    import threading
+def test_two_threads_reading_one_reader_get_their_own_records(pair_shards, monkeypatch):
+    """A reader seeks then reads: the prefetch thread and the main thread must not interleave (the
+    readers here yield the interpreter after each seek, as a reader releasing the GIL would)."""
     directory, shards, rows = pair_shards
     reader = ShardReader(directory, shards)
     want = [reader.records([i])[0] for i in range(len(rows))]
+    monkeypatch.setattr(reader, "_readers", {k: _Yielding(r) for k, r in reader._readers.items()})
     wrong = []
 
     def read(seed):
         rng = np.random.default_rng(seed)
-        for _ in range(300):
+        for _ in range(100):
             idx = rng.integers(0, len(rows), 5)
             wrong.extend(int(i) for i, r in zip(idx, reader.records(idx)) if r != want[i])
+            time.sleep(0)
 
     threads = [threading.Thread(target=read, args=(s,)) for s in range(2)]
     for t in threads:
@@ -78,6 +82,18 @@ def test_two_threads_reading_one_reader_get_their_own_records(pair_shards):
     for t in threads:
         t.join()
     assert not wrong
+
+
+class _Yielding:
+    def __init__(self, reader):
+        self.reader = reader
+
+    def seek(self, i):
+        self.reader.seek(i)
+        time.sleep(0)
+
+    def read(self):
+        return self.reader.read()
 
 
 def test_a_damaged_record_in_a_batch_is_named_or_skipped_alone(pair_shards):
