@@ -96,8 +96,8 @@ def compare(config: str, directory: str, batches: int, rounds: int, overrides=()
     cfg = load_config(config, ["data.subword_alpha=0", *overrides])
     _, split = open_prepared(cfg, directory)
     data, b = split.train, cfg.train.batch_size
-    plan = BatchIterator(data, b, cfg.train.seed)._plan(0)
-    plan = plan[np.arange(batches * rounds) % len(plan)]
+    it = BatchIterator(data, b, cfg.train.seed)
+    plan = [it.indices(0, i % it.batches_per_epoch) for i in range(batches * rounds)]
     ways = {"per_record": per_record(data), "batched": data.collate}
     for i in range(min(len(plan), 50)):  # the same batches, and warm caches for both
         a, c = ways["per_record"](plan[i]), ways["batched"](plan[i])
