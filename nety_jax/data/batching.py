@@ -92,10 +92,12 @@ class BatchIterator:
             return LocalBatch(self.data.collate(idx, self.part))
         return self.data.collate(idx)
 
-    def padding_fraction(self, limit: int = 256) -> float:
+    def padding_fraction(self, limit: int = WINDOW) -> float:
         """Fraction of pad tokens over (at most ``limit`` batches of) one epoch of batches (the
         integer arrays of ids in the batch; a packed row's ``positions`` start every segment at
-        0, which is no padding). Bounded: a streamed epoch is not read at start-up."""
+        0, which is no padding). Bounded: a streamed epoch is not read at start-up. One window
+        by default: a uniform sample of the epoch, bucketed as training buckets it, and every
+        (re)start reads it from the shards."""
         pads = total = 0
         for index in range(min(limit, self.batches_per_epoch)):
             window, k = divmod(index, self.WINDOW)
