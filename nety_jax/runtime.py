@@ -10,8 +10,10 @@ on by default; ``--no-compile-cache`` or ``NETY_JAX_COMPILE_CACHE=off`` turns it
 kernel: XLA on the CPU allocates each execution's temporaries (hundreds of MB for a train
 step) and frees them after it, and by default glibc returns them (``munmap`` or a heap
 trim), so the next execution page-faults every page in again (136,000 faults, about 0.1 s,
-per NETY-size train step). Every ``nety-jax`` command turns it on before JAX starts;
-``NETY_JAX_HOST_MALLOC=default`` leaves glibc alone. See docs/PERFORMANCE.md.
+per NETY-size train step). On jax 0.11+ part of them are YNNPACK's, allocated on XLA's
+worker threads, so there every thread shares malloc's main arena too. Every ``nety-jax``
+command turns it on before JAX starts; ``NETY_JAX_HOST_MALLOC=default`` leaves glibc alone.
+See docs/PERFORMANCE.md.
 Both settings are for JAX's CPU backend only: ``cpu_settings_apply()`` decides, before
 JAX starts, whether this process will run on it, and on any other backend (a GPU, or
 an installed accelerator plugin that JAX would pick) they stay off.
@@ -25,7 +27,7 @@ from typing import Optional
 ENV = "NETY_JAX_COMPILE_CACHE"
 MALLOC_ENV = "NETY_JAX_HOST_MALLOC"
 # glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
 def default_cache_dir() -> str:
@@ -81,18 +83,35 @@ def cpu_settings_apply() -> bool:
     return not _accelerator_plugins()
 
 
+def workers_allocate_temporaries() -> bool:
+    """Whether XLA:CPU allocates run-time temporaries on its worker threads (jaxlib 0.11+, read
+    without starting JAX): it fuses elementwise producers into its YNNPACK dot fusions, and
+    YNNPACK allocates their intermediates at every run, on whichever thread runs the fusion
+    (XLA's thunk executor goes on with the next operation on the worker that finished the last
+    one); jaxlib 0.10 kept such values in XLA's own buffers, allocated by the calling thread."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        major_minor = tuple(int(p) for p in version("jaxlib").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return True  # unknown: assume the newer runtime
+    return major_minor >= (0, 11)
+
+
 def keep_host_memory(mode: Optional[str] = None) -> bool:
     """Makes glibc's malloc keep XLA's freed temporaries for reuse (``mode``: ``"keep"``,
     ``"default"``, or None for $NETY_JAX_HOST_MALLOC, default ``"keep"``). Returns True when
     applied; a no-op off Linux/glibc and off JAX's CPU backend (``cpu_settings_apply``).
 
-    Single-device CPU programs then run in the thread that calls them (JAX's
-    ``jax_cpu_enable_async_dispatch`` off), so their temporaries come from malloc's main arena
-    (another thread's arena cannot hold a block over 64 MB and always maps it afresh), and two
-    ``mallopt`` settings keep them there: no mmap for large blocks, no trimming of the heap's top.
+    Single-device CPU programs run in the thread that calls them (JAX's
+    ``jax_cpu_enable_async_dispatch`` off), so the temporaries XLA allocates per execution come
+    from malloc's main arena, and two ``mallopt`` settings keep them there: no mmap for large
+    blocks, no trimming of the heap's top. Another thread's arena cannot hold a block over 64 MB
+    and always maps it afresh, so where XLA allocates temporaries on its worker threads
+    (``workers_allocate_temporaries``: jax 0.11+) every thread shares the main arena as well
+    (``M_ARENA_MAX=1``; on jax 0.10 that only slowed parallel compilation, so it is not set there).
     Resident memory stays at its peak instead of shrinking after each step. Call it before JAX
-    runs anything: the dispatch mode is fixed when JAX creates its CPU client. (One malloc arena
-    for every thread did the same but slowed XLA's parallel compilation by 1.3-3 s.)"""
+    runs anything: the dispatch mode is fixed when JAX creates its CPU client, and a thread keeps
+    the arena its first allocation got."""
     mode = (mode or os.environ.get(MALLOC_ENV) or "keep").lower()
     if mode not in ("keep", "default"):
         from nety_jax.errors import ConfigError
@@ -106,7 +125,10 @@ def keep_host_memory(mode: Optional[str] = None) -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    if not all(mallopt(param, value) == 1 for param, value in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))):
+    settings = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)]
+    if workers_allocate_temporaries():
+        settings.append((_M_ARENA_MAX, 1))
+    if not all(mallopt(param, value) == 1 for param, value in settings):
         return False
     import jax
     jax.config.update("jax_cpu_enable_async_dispatch", False)
