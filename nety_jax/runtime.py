@@ -108,7 +108,8 @@ def keep_host_memory(mode: Optional[str] = None) -> bool:
     blocks, no trimming of the heap's top. Another thread's arena cannot hold a block over 64 MB
     and always maps it afresh, so where XLA allocates temporaries on its worker threads
     (``workers_allocate_temporaries``: jax 0.11+) every thread shares the main arena as well
-    (``M_ARENA_MAX=1``; on jax 0.10 that only slowed parallel compilation, so it is not set there).
+    (``M_ARENA_MAX=1``; on jax 0.10 it removes no fault and slowed parallel compilation, so it is
+    not set there).
     Resident memory stays at its peak instead of shrinking after each step. Call it before JAX
     runs anything: the dispatch mode is fixed when JAX creates its CPU client, and a thread keeps
     the arena its first allocation got."""

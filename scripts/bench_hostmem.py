@@ -5,7 +5,9 @@
 
 Each (round, model, mode) is a fresh process (the host-memory setting is process-wide and fixed
 before JAX starts), so the modes alternate round by round on a shared machine and only their
-ratio in the same run means anything. A process compiles the step (timed: the first call), then
+ratio in the same run means anything. A process compiles the step (the first call: its wall and
+CPU seconds, and its voluntary context switches, which count waits on a contended lock such as
+one malloc arena shared by XLA's compiling threads), then
 times ``--steps`` calls one by one, each with its minor page faults (``getrusage``).
 
 - ``parity``: the hybrid train step of configs/nety_parity.yaml as scripts/bench_parts.py runs it
@@ -73,16 +75,21 @@ def child(model: str, mode: str, steps: int) -> dict:
     def faults() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
-    start = time.perf_counter()
+    usage, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     step()
     compile_s = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    # waits on a lock (one malloc arena for every thread) show as voluntary context switches
+    compile_waits = after.ru_nvcsw - usage.ru_nvcsw
+    compile_cpu_s = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
     seconds, page_faults = [], []
     for _ in range(steps):
         before, start = faults(), time.perf_counter()
         step()
         seconds.append(time.perf_counter() - start)
         page_faults.append(faults() - before)
-    return {"model": model, "mode": mode_name, "applied": applied, "compile_s": compile_s, "seconds": seconds,
+    return {"model": model, "mode": mode_name, "applied": applied, "compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
+            "compile_waits": compile_waits, "seconds": seconds,
             "faults": page_faults, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -106,6 +113,8 @@ def summarize(runs: list[dict], modes: list[str]) -> dict:
                          "s_per_step": statistics.median(s for r in mine for s in r["seconds"]),
                          "faults_per_step": statistics.median(f for r in mine for f in r["faults"]),
                          "compile_s": [round(r["compile_s"], 2) for r in mine],
+                         "compile_cpu_s": [round(r["compile_cpu_s"], 2) for r in mine],
+                         "compile_waits": [r["compile_waits"] for r in mine],
                          "rounds_s": [round(statistics.median(r["seconds"]), 4) for r in mine],
                          "peak_rss_mb": max(r["peak_rss_mb"] for r in mine)}
         for mode in modes:
