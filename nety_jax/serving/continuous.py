@@ -8,9 +8,11 @@ keeps their caches on the device). The worker thread loops:
 2. prefill: the admitted rows in one batch (its size rounded up to a power of two, the
    prompt length to ``data.bucket_multiple``: steady state never recompiles), each row
    written into a free slot (``SlotRunner.prefill``: the one place a prefix cache hooks in);
-3. decode: one compiled chunk of ``--chunk`` tokens over every slot, then the host reads
-   the new tokens: streamed rows get their text, stop strings end rows, rows of a cancelled
-   request (a client that went away) stop, and a row that ends frees its slot at once.
+3. decode: one compiled chunk of ``--chunk`` tokens over every slot is started; while the
+   device runs it, the host reads the text of the chunk before (streamed rows get their text,
+   stop strings end rows, rows of a cancelled request, a client that went away, stop, finished
+   requests are delivered); then it waits for the chunk: a row that ended there frees its
+   slot at once (its text is read while the next chunk runs).
 
 A request's rows finish independently; its reply is delivered when the last one ends.
 ``max_tokens`` is bounded by the model's room after the prompt (its context less the
@@ -98,22 +100,27 @@ class SlotRunner:
                              self.data_cfg.bucket_multiple, width=self.source_len)
 
     def step(self, stop: np.ndarray, start: np.ndarray, steps: int, width: int):
-        """One chunk of at most ``steps`` < ``width`` tokens (it ends early when a row
-        finishes); returns counts (S,), done (S,) and (S, width) tokens from ``start`` on."""
+        """Starts one chunk of at most ``steps`` < ``width`` tokens (it ends early when a row
+        finishes) without waiting for it; ``progress`` reads what it returns."""
         self.state, out = self.device.decode_chunk(self.variables, self.state, stop, np.asarray(start, np.int32),
                                                    np.int32(steps), model=self.model, spec=self.spec, width=width)
+        return out
+
+    @staticmethod
+    def progress(out):
+        """A chunk's counts (S,), done (S,) and (S, width) tokens from its ``start`` on."""
         out = np.asarray(out)  # the chunk's one wait for the device
         return out[:, 0], out[:, 1].astype(bool), out[:, 2:]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # compared by identity
 class _Request:
     job: Job
     state: _RowState
     left: int  # rows still running
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Seat:
     request: _Request
     index: int  # the row's index in its request
@@ -134,6 +141,7 @@ class ContinuousEngine(Worker):
 
         self.stop = np.zeros(slots, bool)  # rows the host ended since the last chunk
         self.streamed = False  # a streamed request was admitted since the last chunk
+        self.reads: list[tuple[_Seat, bool]] = []  # rows whose text the host reads next (and done)
         self._carry: Optional[Job] = None
         super().__init__(backend, queue_size, metrics)
 
@@ -153,11 +161,13 @@ class ContinuousEngine(Worker):
         while not self._stop.is_set():
             admitted = []
             try:
-                admitted = self._take(block=not any(self.seats))
+                admitted = self._take(block=not any(self.seats) and not self.reads)
                 if admitted:
                     self._prefill(admitted)
-                if any(self.seats):
-                    self._advance()
+                chunk = self._dispatch() if any(self.seats) else None
+                self._read()  # the last chunk's text, while the device runs this one
+                if chunk is not None:
+                    self._collect(*chunk)
             except Exception as e:  # never let one chunk take the server down
                 self._fail(admitted, e)
             if self.metrics:
@@ -197,34 +207,53 @@ class ContinuousEngine(Worker):
             self.seats[slot_ids[k]], self.stop[slot_ids[k]] = _Seat(requests[id(job)], i, []), False
         self.streamed = self.streamed or any(job.stream for job in jobs)
 
-    def _advance(self) -> None:
-        """One chunk: ``chunk`` tokens while a slot is free (a request arriving meanwhile waits
-        at most that long), up to ``LONG_CHUNK`` times more while every slot is taken (fewer
-        waits for the device; the chunk still ends when a row finishes and frees its slot), one
-        token after admitting a streamed request (its first text goes out at once)."""
+    def _dispatch(self):
+        """Starts one chunk on the device (its progress is read by ``_collect``): ``chunk``
+        tokens while a slot is free (a request arriving meanwhile waits at most that long), up
+        to ``LONG_CHUNK`` times more while every slot is taken (fewer waits for the device; the
+        chunk still ends when a row finishes and frees its slot), one token after admitting a
+        streamed request (its first text goes out at once)."""
         start = np.array([len(seat.ids) if seat else 0 for seat in self.seats], np.int32)
         stop, self.stop = self.stop, np.zeros_like(self.stop)
         steps = 1 if self.streamed else self.chunk if None in self.seats else self.chunk * LONG_CHUNK
         self.streamed = False
-        count, done, window = self.runner.step(stop, start, steps, self.width)
-        for slot, seat in enumerate(self.seats):
-            if seat is not None:
-                seat.ids += window[slot, : count[slot] - start[slot]].tolist()
-                self._update(slot, bool(done[slot]))
+        return self.runner.step(stop, start, steps, self.width), start
 
-    def _update(self, slot: int, done: bool) -> None:
-        """Reads a row's tokens so far (stream, stop strings, cancellation); frees its slot when
-        it has ended, and delivers its request when that was the request's last row."""
-        seat = self.seats[slot]
+    def _collect(self, out, start: np.ndarray) -> None:
+        """Waits for a chunk; keeps each row's new ids and frees the slots of rows that ended
+        at once (the next chunk can take requests there). The text is read later (``_read``),
+        while the device runs the next chunk: only rows that have text to send or check, or
+        have ended, are read."""
+        count, done, window = self.runner.progress(out)
+        for slot, seat in enumerate(self.seats):
+            if seat is None:
+                continue
+            seat.ids += window[slot, : count[slot] - start[slot]].tolist()
+            job = seat.request.job
+            if done[slot]:
+                self.seats[slot] = None
+                self.reads.append((seat, True))
+            elif job.stream or job.rows[seat.index].stop or job.cancelled.is_set():
+                self.reads.append((seat, False))
+
+    def _read(self) -> None:
+        reads, self.reads = self.reads, []
+        for seat, done in reads:
+            self._update(seat, done)
+
+    def _update(self, seat: _Seat, done: bool) -> None:
+        """Reads a row's tokens so far (stream, stop strings, cancellation); a row the host ends
+        (stop string, cancelled) frees its slot; a request is delivered with its last row."""
         request, i = seat.request, seat.index
         job = request.job
-        if not (done or job.stream or job.rows[i].stop or job.cancelled.is_set()):
-            return  # nothing to send or check before the row ends: no text to decode yet
+        if request.state.finish[i] is not None:
+            return  # ended by an earlier read
         request.state._read(i, job, job.rows[i], np.asarray(seat.ids, np.int32), done)
         if request.state.finish[i] is None:
             return
-        self.seats[slot] = None
-        self.stop[slot] = not done  # the device still runs it: end it with the next chunk
+        if not done:  # the device still runs it: end it with the next chunk
+            slot = self.seats.index(seat)
+            self.seats[slot], self.stop[slot] = None, True
         request.left -= 1
         if request.left == 0:
             results = [request.state.result(job, k) for k in range(len(job.rows))]
@@ -234,9 +263,10 @@ class ContinuousEngine(Worker):
 
     def _fail(self, admitted: list[Job], error: Exception) -> None:
         """A failed prefill or chunk: every request in flight gets the error; the slots restart."""
-        jobs = {id(s.request.job): s.request.job for s in self.seats if s is not None}
+        seats = [s for s in self.seats if s is not None] + [s for s, _ in self.reads]
+        jobs = {id(s.request.job): s.request.job for s in seats if s.request.left > 0}
         jobs.update({id(j): j for j in admitted})
         for job in jobs.values():
             job.deliver("error", f"{type(error).__name__}: {str(error)[:300]}")
-        self.seats, self.stop = [None] * len(self.seats), np.zeros_like(self.stop)
+        self.seats, self.stop, self.reads = [None] * len(self.seats), np.zeros_like(self.stop), []
         self.runner.reset()

@@ -108,11 +108,17 @@ class HybridModel(Model):
         cache, before = pending
         return self._on_decoder(cache, lambda c: rewind_cache(c, before + n))
 
-    def slot_prompt_length(self, length: int, source_len: int) -> int:
-        return source_len  # the memory is padded to it in every slot
-
     def slot_prefill(self, variables, tokens, lengths, source_len: int):
-        """Sources padded to ``source_len`` (so the memory has one shape in every slot; its mask
-        hides the padding) and a decoder cache for the longest reply."""
-        tokens = jnp.pad(tokens, ((0, 0), (0, source_len - tokens.shape[1])))
-        return self.start_decoding(variables, tokens, lengths, self.prompts.max_new_tokens())
+        """Sources encoded at their own bucket (as ``generate`` encodes them alone, and the
+        recurrence runs over that width only), then the memory padded to the slot layout's
+        ``source_len`` positions with its mask off there: one memory shape in every slot."""
+        net = self.network()
+        memory, mask = net.apply(variables, tokens, lengths, method=net.encode)
+        extra = source_len - tokens.shape[1]
+        tokens = jnp.pad(tokens, ((0, 0), (0, extra)))
+        if self.cfg.memory == "sequence":  # a pooled memory is one vector, whatever the width
+            memory = jnp.pad(memory, ((0, 0), (0, extra), (0, 0)))
+            mask = jnp.pad(mask, ((0, 0), (0, extra)))
+        cache = net.apply(variables, memory, mask, max(self.prompts.max_new_tokens(), 1), tokens,
+                          method=net.init_cache)
+        return self._first_step(variables, cache)
