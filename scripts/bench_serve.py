@@ -1,21 +1,24 @@
-"""Open-loop load on the HTTP server: dynamic vs continuous batching in the same run, and a flood.
+"""Load on the HTTP server: dynamic vs continuous batching in the same run, and a flood.
 
-    python scripts/bench_serve.py --model demo [--checkpoint runs/demo] [--seconds 10]
+    python scripts/bench_serve.py --model demo [--checkpoint runs/demo] [--seconds 10] [--overload 100]
     python scripts/bench_serve.py --model gpt   # a GPT (gpt_tiny widened to a 320-token context)
     python scripts/bench_serve.py --model demo --flood 10000 --only-flood
 
-Requests arrive as a Poisson process; each asks for a reply length drawn uniformly from 8 to
+Each request asks for a reply length drawn uniformly from 8 to
 256 tokens (at most the model's room after the prompt) and streams or not at random. The
 model's <eos> is disabled (decode.min_new_tokens) so every reply has its drawn length: the
 load is the same for both engines whatever the weights. Both servers run side by side (each
 a fresh process, its programs compiled before it listens; the idle one costs nothing):
 
-- saturation: arrivals far above capacity for --seconds (the bounded queue answers 429 to the
-  rest): tokens/s of the replies completed in the window's last two thirds (its first third
-  is the engine filling up); the two engines' windows are taken in turn, --rounds times (the
-  same arrivals for both in a round), so a drift in the machine's other load hits both alike;
-  the ratio reported is the median of the rounds';
-- half load: arrivals at half the DYNAMIC engine's measured capacity (requests/s), the same
+- saturation: for --seconds, 2 x --slots closed-loop clients (each sends its next request when
+  its last is answered: the engine's slots are full and as many requests wait in its queue, so
+  it always has work and nothing is refused), or with --overload R open-loop arrivals at R per
+  second (the bounded queue answers 429 to the rest: answering refusals and the generator's
+  thread per request then share the CPU with the engine): tokens/s of the replies completed in
+  the window's last two thirds (its first third is the engine filling up); the two engines'
+  windows are taken in turn, --rounds times (the same requests for both in a round), so a drift
+  in the machine's other load hits both alike; the ratio reported is the median of the rounds';
+- half load: open-loop Poisson arrivals at half the DYNAMIC engine's measured capacity (requests/s), the same
   rate for both: p50/p99 time to first token and per-token latency (streamed requests),
   p50/p99 request latency (all).
 
@@ -100,7 +103,8 @@ def compile_all(engine, pre, slots: int) -> None:
             rows = [Row(ids, 0.8, 0, 1.0, 9, i) for i in range(size)]
             if hasattr(engine, "runner"):  # continuous: prefill + insert of this many rows, one chunk
                 engine.runner.prefill(rows, list(range(size)))
-                engine.runner.step(np.zeros(slots, bool), np.zeros(slots, np.int32), engine.chunk, engine.width)
+                engine.runner.progress(engine.runner.step(np.zeros(slots, bool), np.zeros(slots, np.int32),
+                                                          engine.chunk, engine.width))
                 engine.runner.reset()
             else:
                 stop_first = lambda t, d: np.arange(len(t)) == 0  # the path of a row ending early
@@ -210,6 +214,28 @@ def open_loop(url: str, rate: float, seconds: float, room: int, seed: int) -> di
     return summary(results, start, seconds)
 
 
+def closed_loop(url: str, clients: int, seconds: float, room: int, seed: int) -> dict:
+    """``clients`` clients, each sending its next request as soon as its last one is answered,
+    for ``seconds``: with more clients than the server has rows, and a queue that holds the rest,
+    the engine always has work waiting and nothing is refused, so the window measures the
+    engine's capacity rather than the HTTP layer answering 429s (or the load generator's own
+    thread per request).
+    Request i has the same reply length, stream flag and seed for every engine."""
+    rng = random.Random(seed)
+    draws = [(rng.randint(8, min(256, room)), rng.random() < 0.5) for _ in range(100_000)]
+    results, counter, start = [], iter(range(len(draws))), time.perf_counter()
+
+    def client_loop(_):
+        with httpx.Client(base_url=url, timeout=600) as client:
+            while time.perf_counter() - start < seconds:
+                i = next(counter)
+                results.append(one(client, seed * 100_000 + i, *draws[i]))
+
+    with futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client_loop, range(clients)))
+    return summary(results, start, seconds)
+
+
 def quantile(values: list, q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
@@ -238,14 +264,17 @@ def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds
     """Both servers up at once (an idle one costs nothing), their saturation windows taken in
     turn ``rounds`` times, so a change in the machine's other load hits both engines alike:
     each engine's saturation figure is its median window, the ratio the median of the rounds'."""
-    servers = {b: start_server(checkpoint, b, slots, queue=slots) for b in ("dynamic", "continuous")}
+    # closed loop: a queue of 2 x slots holds the 2 x slots clients' requests even while the engine
+    # delivers a batch's replies before taking the next (a full queue would answer 429s)
+    queue = slots if overload > 0 else 2 * slots
+    servers = {b: start_server(checkpoint, b, slots, queue=queue) for b in ("dynamic", "continuous")}
     try:
         room = min(int(httpx.get(f"{servers['dynamic'][1]}/health").json()["max_tokens"]), 256)
         windows = {b: [] for b in servers}
         for r in range(rounds):
             for batching, (proc, url) in servers.items():
                 cpu, made = cpu_seconds(proc.pid), metric(url, "nety_generated_tokens_total")
-                windows[batching].append(open_loop(url, overload, seconds, room, seed=1 + r))
+                windows[batching].append(saturate(url, overload, slots, seconds, room, seed=1 + r))
                 made = metric(url, "nety_generated_tokens_total") - made
                 windows[batching][-1]["server_cpu_ms_per_token"] = 1000 * (cpu_seconds(proc.pid) - cpu) / max(made, 1)
                 print(f"[bench_serve] {batching} round {r + 1}: saturation {windows[batching][-1]}", flush=True)
@@ -265,6 +294,14 @@ def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds
         for proc, _ in servers.values():
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def saturate(url: str, overload: float, slots: int, seconds: float, room: int, seed: int) -> dict:
+    """A saturation window: ``overload`` open-loop arrivals per second, or (0) closed loop with
+    2 x ``slots`` clients (the slots full and as many requests waiting)."""
+    if overload > 0:
+        return open_loop(url, overload, seconds, room, seed)
+    return closed_loop(url, 2 * slots, seconds, room, seed)
 
 
 def median(values: list) -> float:
@@ -318,7 +355,8 @@ def main() -> int:
     p.add_argument("--model", choices=("demo", "gpt"), default="demo")
     p.add_argument("--checkpoint", default="", help="a run directory (default: per --model)")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each load window")
-    p.add_argument("--overload", type=float, default=40.0, help="arrivals per second at saturation")
+    p.add_argument("--overload", type=float, default=0.0,
+                   help="saturation as open-loop arrivals per second (0: closed loop, 2 x --slots clients)")
     p.add_argument("--slots", type=int, default=32, help="continuous slots = dynamic max batch = queue size")
     p.add_argument("--rounds", type=int, default=3,
                    help="saturation windows per engine, taken in turn (the machine's load drifts)")
