@@ -12,7 +12,8 @@ step) and frees them after it, and by default glibc returns them (``munmap`` or 
 trim), so the next execution page-faults every page in again (136,000 faults, about 0.1 s,
 per NETY-size train step). On jax 0.11+ part of them are YNNPACK's, allocated on XLA's
 worker threads, so there every thread shares malloc's main arena too. Every ``nety-jax``
-command turns it on before JAX starts; ``NETY_JAX_HOST_MALLOC=default`` leaves glibc alone.
+command turns it on before JAX starts; ``NETY_JAX_HOST_MALLOC=default`` leaves glibc alone,
+``NETY_JAX_HOST_MALLOC=keep-arenas`` keeps freed memory without the one arena.
 See docs/PERFORMANCE.md.
 Both settings are for JAX's CPU backend only: ``cpu_settings_apply()`` decides, before
 JAX starts, whether this process will run on it, and on any other backend (a GPU, or
@@ -26,6 +27,7 @@ from typing import Optional
 
 ENV = "NETY_JAX_COMPILE_CACHE"
 MALLOC_ENV = "NETY_JAX_HOST_MALLOC"
+MALLOC_MODES = ("keep", "keep-arenas", "default")
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
@@ -99,8 +101,9 @@ def workers_allocate_temporaries() -> bool:
 
 def keep_host_memory(mode: Optional[str] = None) -> bool:
     """Makes glibc's malloc keep XLA's freed temporaries for reuse (``mode``: ``"keep"``,
-    ``"default"``, or None for $NETY_JAX_HOST_MALLOC, default ``"keep"``). Returns True when
-    applied; a no-op off Linux/glibc and off JAX's CPU backend (``cpu_settings_apply``).
+    ``"keep-arenas"`` (the same without one arena for every thread), ``"default"``, or None for
+    $NETY_JAX_HOST_MALLOC, default ``"keep"``). Returns True when applied; a no-op off
+    Linux/glibc and off JAX's CPU backend (``cpu_settings_apply``).
 
     Single-device CPU programs run in the thread that calls them (JAX's
     ``jax_cpu_enable_async_dispatch`` off), so the temporaries XLA allocates per execution come
@@ -114,9 +117,9 @@ def keep_host_memory(mode: Optional[str] = None) -> bool:
     runs anything: the dispatch mode is fixed when JAX creates its CPU client, and a thread keeps
     the arena its first allocation got."""
     mode = (mode or os.environ.get(MALLOC_ENV) or "keep").lower()
-    if mode not in ("keep", "default"):
+    if mode not in MALLOC_MODES:
         from nety_jax.errors import ConfigError
-        raise ConfigError(f"{MALLOC_ENV} must be 'keep' or 'default', got {mode!r}")
+        raise ConfigError(f"{MALLOC_ENV} must be one of {', '.join(map(repr, MALLOC_MODES))}, got {mode!r}")
     if mode == "default" or not sys.platform.startswith("linux") or not cpu_settings_apply():
         return False
     import ctypes
@@ -127,7 +130,7 @@ def keep_host_memory(mode: Optional[str] = None) -> bool:
     except (OSError, AttributeError):
         return False
     settings = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)]
-    if workers_allocate_temporaries():
+    if mode == "keep" and workers_allocate_temporaries():
         settings.append((_M_ARENA_MAX, 1))
     if not all(mallopt(param, value) == 1 for param, value in settings):
         return False

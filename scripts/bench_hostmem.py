@@ -1,7 +1,7 @@
 """`runtime.keep_host_memory` on and off: page faults and seconds per train step, processes alternating.
 
-    python scripts/bench_hostmem.py [--models parity gpt probe] [--modes default keep keep-arenas] [--rounds 2]
-                                    [--steps 3] [--json FILE]
+    python scripts/bench_hostmem.py [--models parity gpt generate probe] [--rounds 2] [--steps 3]
+                                    [--modes default keep keep-arenas] [--json FILE]
 
 Each (round, model, mode) is a fresh process (the host-memory setting is process-wide and fixed
 before JAX starts), so the modes alternate round by round on a shared machine and only their
@@ -14,11 +14,13 @@ times ``--steps`` calls one by one, each with its minor page faults (``getrusage
   (V=8000, B=32, L=32, Adam);
 - ``gpt``: a GPT-2-size train step (configs/gpt2_124m.yaml, 4 of its 12 layers, batch 4 x 128
   tokens, AdamW): GPT-2's widths, vocabulary and logits, a step short enough for a shared machine;
+- ``generate``: that GPT's generation at batch 1 (16-token prompt, 32 new tokens, greedy), a
+  "step" being one call (many small programs' worth of allocations from every thread);
 - ``probe``: tests/test_runtime.py's probe (a jitted function with four 64 MB temporaries).
 
 Modes: ``default`` (glibc as it is), ``keep`` (what every ``nety-jax`` command sets),
-``keep-arenas`` (``keep`` without one malloc arena for every thread: what it was before jax
-0.11 needed that; on jax 0.10 the same as ``keep``).
+``keep-arenas`` (``keep`` without one malloc arena for every thread: ``keep`` before jax 0.11
+needed that; on jax 0.10 the same as ``keep``).
 Prints one JSON object: per model and mode the median faults and seconds per step, the compile
 seconds, and keep / default ratios.
 """
@@ -33,8 +35,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ("parity", "gpt", "probe")
-MODES = ("default", "keep", "keep-arenas")
+MODELS = ("parity", "gpt", "generate", "probe")
+MODES = ("default", "keep", "keep-arenas")  # runtime.MALLOC_MODES
 
 
 def _parity_step():
@@ -51,6 +53,12 @@ def _gpt_step():
     return lambda: trainer.steps(1)
 
 
+def _generate_step():
+    from bench_gpt import OurGenerator, gpt_config
+    gen = OurGenerator(gpt_config(extra=["model.layers=4"]), new_tokens=32, prompt_len=16)
+    return lambda: gen.call(1, "greedy")
+
+
 def _probe_step():
     import jax
     import jax.numpy as jnp
@@ -62,15 +70,12 @@ def _probe_step():
 def child(model: str, mode: str, steps: int) -> dict:
     """One process: the setting, then the model's step compiled and timed with its page faults."""
     import resource
-    mode_name = mode
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    from nety_jax import runtime
-    if mode == "keep-arenas":  # the setting before jax 0.11's worker-thread temporaries: no one arena
-        runtime.workers_allocate_temporaries = lambda: False
-        mode = "keep"
+    from nety_jax.runtime import keep_host_memory
     os.environ["NETY_JAX_HOST_MALLOC"] = mode  # bench_parts applies it too, at import
-    applied = runtime.keep_host_memory(mode)
-    step = {"parity": _parity_step, "gpt": _gpt_step, "probe": _probe_step}[model]()
+    applied = keep_host_memory(mode)
+    steps_of = {"parity": _parity_step, "gpt": _gpt_step, "generate": _generate_step, "probe": _probe_step}
+    step = steps_of[model]()
 
     def faults() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -88,15 +93,15 @@ def child(model: str, mode: str, steps: int) -> dict:
         step()
         seconds.append(time.perf_counter() - start)
         page_faults.append(faults() - before)
-    return {"model": model, "mode": mode_name, "applied": applied, "compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
-            "compile_waits": compile_waits, "seconds": seconds,
+    return {"model": model, "mode": mode, "applied": applied, "compile_s": compile_s,
+            "compile_cpu_s": compile_cpu_s, "compile_waits": compile_waits, "seconds": seconds,
             "faults": page_faults, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def run_child(model: str, mode: str, steps: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", model, mode, "--steps", str(steps)],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", model, mode, "--steps", str(steps)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"bench_hostmem: the {model}/{mode} process failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

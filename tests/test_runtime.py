@@ -57,9 +57,38 @@ def test_one_malloc_arena_only_where_xla_workers_allocate_temporaries(monkeypatc
     assert runtime.workers_allocate_temporaries() is workers
 
 
+@pytest.mark.parametrize("mode,workers,arena", [("keep", True, True), ("keep", False, False),
+                                                ("keep-arenas", True, False)])
+def test_what_each_mode_asks_of_malloc(monkeypatch, mode, workers, arena):
+    import ctypes
+
+    import jax
+
+    from nety_jax import runtime
+    calls = []
+
+    class Libc:
+        gnu_get_libc_version = None
+
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(runtime, "cpu_settings_apply", lambda: True)
+    monkeypatch.setattr(runtime, "workers_allocate_temporaries", lambda: workers)
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setattr(jax.config, "update", lambda name, value: calls.append((name, value)))
+    assert runtime.keep_host_memory(mode) is True
+    assert calls[:2] == [(-4, 0), (-1, 2**31 - 1)]  # M_MMAP_MAX, M_TRIM_THRESHOLD
+    assert ((-8, 1) in calls) is arena  # M_ARENA_MAX
+    assert calls[-1] == ("jax_cpu_enable_async_dispatch", False)
+
+
 def test_a_bad_setting_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("NETY_JAX_HOST_MALLOC", "sometimes")
     done = run_main("train", "--config", TINY, "--workdir", str(tmp_path / "w"))
     assert done.returncode == 2, done.stderr
-    assert "NETY_JAX_HOST_MALLOC must be 'keep' or 'default', got 'sometimes'" in done.stderr
+    assert ("NETY_JAX_HOST_MALLOC must be one of 'keep', 'keep-arenas', 'default', got 'sometimes'"
+            in done.stderr)
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
