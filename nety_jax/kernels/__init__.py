@@ -11,9 +11,11 @@
 - ``matmul``: float32 x @ w for a batched decode step (``MATMUL_ROWS`` rows), the next
   weight panel prefetched while one is computed: XLA's GEMM stalls on weights that
   stream from memory at every step. Differentiated as XLA's product. For a few rows (up to
-  ``MAX_ROWS``: a decode step at batch 1-4) the same call goes to ``nety_matvec``, which
-  splits the weights' rows over the threads: XLA runs a matrix-vector product on one
-  thread, so one core's share of the memory bandwidth bounded batch-1 decoding.
+  ``MATVEC_ROWS``: a decode step at batch 1-8, a speculative verification's last token and
+  draft) the same call goes to ``nety_matvec``, which reads the weights once for all rows and
+  splits their rows over the threads: XLA runs a matrix-vector product on one thread, so one
+  core's share of the memory bandwidth bounded batch-1 decoding, and 2+ rows go through its
+  GEMM, which reads the weights at about half that speed.
   ``matmul_t`` is the same for x @ w.T (``nety_matvec_t``: a tied output head).
 
 The kernels split their work over XLA's own intra-op threads (helper threads of our
@@ -55,7 +57,8 @@ MATMUL_TARGET = "nety_matmul"
 MATVEC_TARGET = "nety_matvec"
 MATVEC_T_TARGET = "nety_matvec_t"
 TARGETS = (TARGET, TOP_K_TARGET, ATTENTION_TARGET, MATMUL_TARGET, MATVEC_TARGET, MATVEC_T_TARGET)  # every custom call we register
-MAX_ROWS = 4  # above this many rows XLA's GEMM path wins (compute, not bytes, bounds it)
+MAX_ROWS = 4  # above this many rows XLA's GEMM path wins for int8 (compute, not bytes, bounds it)
+MATVEC_ROWS = 8  # nety_matvec / nety_matvec_t take up to this many float32 rows (kMatvecMaxRows)
 # the smallest weight matrix (elements) nety_matvec / nety_matvec_t take: a smaller one sits in
 # cache and its product takes about as long as handing half of it to another thread
 MATVEC_MIN_WEIGHTS = 1 << 18
@@ -238,14 +241,14 @@ def _cores() -> int:
 
 def matmul_usable(x: jax.Array, dtype, features: int) -> bool:
     """Whether ``Linear`` should compute its float32 product with ``matmul`` (x @ a (K, ``features``)
-    kernel): a few rows (up to ``MAX_ROWS``: ``nety_matvec``, weights of ``MATVEC_MIN_WEIGHTS``
+    kernel): a few rows (up to ``MATVEC_ROWS``: ``nety_matvec``, weights of ``MATVEC_MIN_WEIGHTS``
     or more), or ``MATMUL_ROWS`` rows with at least one block of 8 rows per
     core (``nety_matmul`` splits rows over threads; on a machine with more cores than that,
     XLA's GEMM, which can use them all, keeps the product)."""
     if not (jnp.dtype(dtype) == jnp.float32 and x.dtype == jnp.float32 and _static(x.shape)):
         return False
     rows = math.prod(x.shape[:-1])
-    if 1 <= rows <= MAX_ROWS:
+    if 1 <= rows <= MATVEC_ROWS:
         return x.shape[-1] * features >= MATVEC_MIN_WEIGHTS and enabled()
     return (MATMUL_ROWS[0] <= rows <= MATMUL_ROWS[1] and -(-rows // 8) >= _cores() and enabled()
             and _state.get("matmul", False))
@@ -254,7 +257,7 @@ def matmul_usable(x: jax.Array, dtype, features: int) -> bool:
 def _matmul_call(x: jax.Array, kernel: jax.Array) -> jax.Array:
     k, n = kernel.shape
     rows = x.reshape(-1, k)
-    target = MATVEC_TARGET if rows.shape[0] <= MAX_ROWS else MATMUL_TARGET
+    target = MATVEC_TARGET if rows.shape[0] <= MATVEC_ROWS else MATMUL_TARGET
     call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
                             vmap_method="sequential")
     return call(rows, kernel).reshape(x.shape[:-1] + (n,))
@@ -289,10 +292,11 @@ def _matmul_t_call(x: jax.Array, table: jax.Array) -> jax.Array:
 
 
 def matmul_t_usable(x: jax.Array, table: jax.Array) -> bool:
-    """Whether ``matmul_t`` computes x @ table.T: float32, up to ``MAX_ROWS`` rows, a table of
+    """Whether ``matmul_t`` computes x @ table.T: float32, up to ``MATVEC_ROWS`` rows, a table of
     ``MATVEC_MIN_WEIGHTS`` or more, on the CPU."""
     return (x.dtype == jnp.float32 and table.dtype == jnp.float32 and _static(x.shape, table.shape)
-            and 1 <= math.prod(x.shape[:-1]) <= MAX_ROWS and table.size >= MATVEC_MIN_WEIGHTS and enabled())
+            and 1 <= math.prod(x.shape[:-1]) <= MATVEC_ROWS and table.size >= MATVEC_MIN_WEIGHTS
+            and enabled())
 
 
 @jax.custom_vjp

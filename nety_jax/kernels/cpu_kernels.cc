@@ -491,11 +491,14 @@ ffi::Error MatmulImpl(ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::ResultB
 }
 #endif
 
-// -- float32 product for a few rows (a decode step at batch 1-4) ----------------------------
+// -- float32 product for a few rows (a decode step at batch 1-4, a verification of a draft) --
 
 // Adds x[0:m_rows, k:k+r] @ w[k:k+r, 0:n] to y[0:m_rows, 0:n] (x's rows k_dim apart, y's n
 // apart), r <= kMatvecDepth weight rows per pass, each weight read once for every row.
 constexpr int64_t kMatvecDepth = 8;
+// rows nety_matvec / nety_matvec_t take: a batch-1 verification feeds its last token and a draft
+// of up to 7 (XLA's GEMM, which takes 2+ rows otherwise, reads the weights at about half speed)
+constexpr int64_t kMatvecMaxRows = 8;
 
 template <int64_t m_rows>
 void MatvecRows(const float* x, const float* w, float* y, int64_t k_dim, int64_t k, int64_t r, int64_t n) {
@@ -540,12 +543,16 @@ void MatvecChunk(const float* x, const float* w, float* y, int64_t m_rows, int64
       case 1: MatvecRows<1>(x, w, y, k_dim, k, r, n); break;
       case 2: MatvecRows<2>(x, w, y, k_dim, k, r, n); break;
       case 3: MatvecRows<3>(x, w, y, k_dim, k, r, n); break;
-      default: MatvecRows<4>(x, w, y, k_dim, k, r, n); break;
+      case 4: MatvecRows<4>(x, w, y, k_dim, k, r, n); break;
+      case 5: MatvecRows<5>(x, w, y, k_dim, k, r, n); break;
+      case 6: MatvecRows<6>(x, w, y, k_dim, k, r, n); break;
+      case 7: MatvecRows<7>(x, w, y, k_dim, k, r, n); break;
+      default: MatvecRows<8>(x, w, y, k_dim, k, r, n); break;
     }
   }
 }
 
-// x (M <= 4, K) @ w (K, N): the weights' bytes bound it. XLA's CPU dot runs such a product
+// x (M <= 8, K) @ w (K, N): the weights' bytes bound it. XLA's CPU dot runs such a product
 // on one thread (a matrix-vector product is not split), so one core's share of the memory
 // bandwidth bounded a decode step at batch 1. Here the K rows of w split into contiguous
 // chunks, one per block of work, each summed into its own partial y; the partials are added
@@ -553,8 +560,8 @@ void MatvecChunk(const float* x, const float* w, float* y, int64_t m_rows, int64
 ffi::Error MatvecImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
                       ffi::ThreadPool pool) {
   const auto xd = x.dimensions(), wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[0] || xd[0] > kMaxRows) {
-    return ffi::Error::InvalidArgument("nety_matvec: expects x (M <= 4, K) and w (K, N)");
+  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[0] || xd[0] > kMatvecMaxRows) {
+    return ffi::Error::InvalidArgument("nety_matvec: expects x (M <= 8, K) and w (K, N)");
   }
   const int64_t m = xd[0], k = xd[1], n = wd[1], threads = Threads(pool);
   const float* xp = x.typed_data();
@@ -581,13 +588,14 @@ ffi::Error MatvecImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Res
   return ffi::Error::Success();
 }
 
-// x (M <= 4, K) @ w.T with w (N, K): a tied output head (the embedding table) at batch 1-4.
-// Each output is a dot of one contiguous row of w; blocks of w's rows go to the threads.
+// x (M <= 8, K) @ w.T with w (N, K): a tied output head (the embedding table) at batch 1-8.
+// Each output is a dot of one contiguous row of w (read from memory once, from L1 for the
+// other rows of x); blocks of w's rows go to the threads.
 ffi::Error MatvecTImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
                        ffi::ThreadPool pool) {
   const auto xd = x.dimensions(), wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[1] || xd[0] > kMaxRows) {
-    return ffi::Error::InvalidArgument("nety_matvec_t: expects x (M <= 4, K) and w (N, K)");
+  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[1] || xd[0] > kMatvecMaxRows) {
+    return ffi::Error::InvalidArgument("nety_matvec_t: expects x (M <= 8, K) and w (N, K)");
   }
   const int64_t m = xd[0], k = xd[1], n = wd[0], threads = Threads(pool);
   const float* xp = x.typed_data();

@@ -167,7 +167,7 @@ class TransformerDecoder(nn.Module):
         if s.tie_output:  # the embedding table as the head, in the compute dtype like every product
             table = self.embed.embedding.astype(s.compute_dtype)
             x = x.astype(s.compute_dtype)
-            if kernels.matmul_t_usable(x, table):  # a decode step at batch 1-4: on every core
+            if kernels.matmul_t_usable(x, table):  # a few rows (a decode step, a verification): every core
                 logits = kernels.matmul_t(x, table)
             else:
                 logits = jnp.dot(x, table.T).astype(jnp.float32)
