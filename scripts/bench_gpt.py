@@ -9,7 +9,8 @@
   random token ids; HF eager or ``torch.compile``-d; the loss is the same mean cross-entropy;
 - generation: N new tokens after a prompt of random ids, at batch B, greedy or top-k 50
   (temperature 1), every row forced to N tokens; HF ``generate`` with its KV cache
-  (dynamic cache eager; static cache under --hf-compile);
+  (dynamic cache eager; static cache under --hf-compile); batch-1 rows (about a second a
+  call) run at least B1_MIN_ROUNDS rounds whatever --repeats says;
 - MFU from the analytic FLOPs of scripts/flops.py over a matmul peak, and the fraction of the
   weight-bandwidth bound (tokens/s if a step only read the weights once, at the memory
   bandwidth of a 256 MB copy by one thread or by every core, whichever is faster). Both
@@ -54,6 +55,9 @@ TINY_SIZES = ["model.d_model=64", "model.heads=4", "model.layers=2", "model.d_ff
               "model.vocab_size=256", "data.seq_len=16",
               "decode.max_new_tokens=8"]
 MODES = ("greedy", "topk")  # top-k 50 at temperature 1, no nucleus cut
+# a batch-1 call takes about a second: its rows get at least this many rounds, so that one
+# disturbed round (another session's burst) does not move a median of two
+B1_MIN_ROUNDS = 5
 
 
 def timed(fn) -> float:
@@ -301,7 +305,8 @@ def bench_generate(cfg, cases, new_tokens: int, prompt_len: int, repeats: int, h
         fns = {"ours": lambda b=b, mode=mode: ours.call(b, mode)}
         if theirs is not None:
             fns["hf"] = lambda b=b, mode=mode: theirs.call(b, mode)
-        seconds = alternate(with_references(fns, refs, ("copy",) if b == 1 else ("matmul",)), repeats)
+        rounds = max(repeats, B1_MIN_ROUNDS) if b == 1 else repeats
+        seconds = alternate(with_references(fns, refs, ("copy",) if b == 1 else ("matmul",)), rounds)
         rows[f"b{b}_{mode}"] = {"batch": b, "mode": mode, **reference_values(seconds, refs), "seconds": seconds,
                                 "flops": gpt_generate_flops(cfg.model, b, prompt_len, new_tokens)}
     return {"new_tokens": new_tokens, "prompt_len": prompt_len, "hf_compile": hf_compile, "rows": rows,

@@ -42,11 +42,19 @@ def adjust_logits(logits, tokens, pos, spec: LoopSpec):
     return logits
 
 
+def chosen_log_prob(logits, ids):
+    """(B, V) logits, (B,) ids -> (B,) log-softmax at those ids, the same float operations as
+    ``jax.nn.log_softmax`` but without writing the whole (B, V) result."""
+    top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    total = jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
+    return (jnp.take_along_axis(logits, ids[:, None], axis=1) - top)[:, 0] - total
+
+
 def _emit(s: SampleState, logits, spec: LoopSpec) -> SampleState:
     """Chooses, writes and scores the token at ``s.pos`` for every row."""
     logits = adjust_logits(logits.astype(jnp.float32), s.tokens, s.pos, spec)
     nxt = sample_rows(logits, s.params, s.pos, spec.top_k_max)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), nxt[:, None], axis=1)[:, 0]
+    logp = chosen_log_prob(logits, nxt)
     nxt = jnp.where(s.done, PAD_ID, nxt)
     count = s.pos + 1
     done = s.done | (count >= s.params.max_new_tokens)

@@ -109,20 +109,22 @@ def _on_candidates(logits, params: SamplingParams, top_k_max: int, fn):
     vocab = logits.shape[-1]
     greedy = (params.temperature <= 0) | (params.top_k == 1)
     # a greedy row keeps its raw logits: the first of its sorted candidates is the argmax
-    temperature = jnp.where(greedy, 1.0, params.temperature)
-    scaled = logits.astype(jnp.float32) / temperature[:, None]
+    temperature = jnp.where(greedy, 1.0, params.temperature)[:, None]
     width = min(top_k_max, vocab)
 
+    # Candidates are chosen on the raw logits and only their values scaled: dividing by a positive
+    # temperature keeps the order, and the (B, V) pass over the whole vocabulary goes.
     def path(k):
         def draw(x):
             values, indices = kernels.top_k(x, k)
-            return fn(values, indices, greedy)
+            return fn(values / temperature, indices, greedy)
         return draw
 
     needs_full = (params.top_k <= 0) | (params.top_k > width)
+    logits = logits.astype(jnp.float32)
     if width == vocab:
-        return path(vocab)(scaled)
-    return jax.lax.cond(jnp.any(needs_full & ~greedy), path(vocab), path(width), scaled)
+        return path(vocab)(logits)
+    return jax.lax.cond(jnp.any(needs_full & ~greedy), path(vocab), path(width), logits)
 
 
 def sample_rows(logits: jax.Array, params: SamplingParams, step: jax.Array, top_k_max: int) -> jax.Array:

@@ -34,6 +34,7 @@ from nety_jax.layers.attention import CrossAttention, SelfAttention
 from nety_jax.layers.dropout import Dropout
 from nety_jax.layers.feedforward import FeedForward
 from nety_jax.layers.linear import Linear
+from nety_jax.layers.losses import head_cross_entropy_sums
 from nety_jax.layers.partitioning import embedding, layer_norm, named
 from nety_jax.layers.positions import Positions
 from nety_jax.layers.remat import checkpointed
@@ -179,6 +180,26 @@ class TransformerDecoder(nn.Module):
             blocked[list(s.blocked_ids)] = True
             logits = jnp.where(blocked, -1e9, logits)
         return logits
+
+    def fused_head_applies(self) -> bool:
+        """Whether ``loss_sums`` can skip the logits (``losses.head_cross_entropy_sums``): a
+        float32 head that is not int8-quantized."""
+        s = self.spec
+        return s.compute_dtype == jnp.float32 and s.quant == "none"
+
+    def loss_sums(self, tokens, targets, mask, train: bool = False,
+                  segments: Optional[jax.Array] = None, positions: Optional[jax.Array] = None):
+        """Teacher forcing straight to ``cross_entropy_sums`` (no label smoothing) without the
+        (B, T, V) logits: the output head and the loss run a chunk of rows at a time."""
+        s = self.spec
+        x = self.head_input(self.features(tokens, None, None, train, segments, positions))
+        if s.tie_output:
+            weight, bias = self.embed.embedding, (self.out_bias if s.output_bias else None)
+        else:
+            params = self.fc_out.variables["params"]
+            weight, bias = params["kernel"], params.get("bias")
+        return head_cross_entropy_sums(x.astype(jnp.float32), weight, bias, targets, mask,
+                                       transposed=s.tie_output, blocked=s.blocked_ids)
 
     def hidden(self, x, memory=None, memory_mask=None, train: bool = False,
                segments: Optional[jax.Array] = None):

@@ -53,6 +53,24 @@ class GPTModel(LanguageModel):
                 rows.append((name, count_params(params[name])))
         return rows + [("total", count_params(params))]
 
+    def loss_sums(self, variables, batch: dict, *, train: bool = False, rng=None, axis_name=None,
+                  label_smoothing: float = 0.0):
+        """The base class's sums, through the decoder's fused head and loss where it applies (no
+        label smoothing, a float32 head, not inside pmap / shard_map, whose per-device gradients
+        the fused gradient's accumulator does not declare): the (B, T, V) logits are never made
+        whole."""
+        net = self.network(axis_name)
+        if label_smoothing > 0.0 or axis_name is not None or not net.apply(variables,
+                                                                            method=net.fused_head_applies):
+            return super().loss_sums(variables, batch, train=train, rng=rng, axis_name=axis_name,
+                                     label_smoothing=label_smoothing)
+        from nety_jax.layers.losses import token_mask
+        mutable = [k for k in variables if k != "params"] if train else False
+        out = net.apply(variables, **self._call_args(batch), targets=batch["targets"], mask=token_mask(batch),
+                        train=train, rngs={"dropout": rng} if rng is not None else {}, mutable=mutable,
+                        method=net.loss_sums)
+        return (out, {}) if mutable is False else (out[0], dict(out[1]))
+
     def train_flops(self, batch: dict) -> float:
         return gpt_train_step_flops(self.cfg, *batch["tokens"].shape)
 
