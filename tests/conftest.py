@@ -6,8 +6,8 @@ subprocesses inherit it), so a program is compiled once per suite run.
 Cost rules (the whole suite has a time budget on CI's 2 cores, see README "Tests"): reuse the
 session fixtures below instead of training again; run `nety-jax` through ``run_main`` in this
 process unless the process itself is what a test checks (exit on a signal, a lock held by
-another process, a fresh interpreter); ``HEAVY`` lists the costliest files so xdist starts them
-first.
+another process, a fresh interpreter); ``COSTS`` lists the costliest tests and files so xdist
+starts them first.
 """
 import os
 import tempfile
@@ -101,14 +101,57 @@ def trained_rnn_lm(tmp_path_factory):
     return _trained_once(tmp_path_factory, "rnn_lm", RNN_LM, ["train.steps=200", "model.hidden=128"])
 
 
-# The costliest files, costliest first (per-file times: docs/PERFORMANCE.md, "The test suite"). With
-# `--dist loadscope --no-loadscope-reorder` (make test) xdist hands whole files to its workers in
-# this order, each worker taking the next when it is free: the long files start first and the
-# short ones fill the gaps, instead of a long file starting last and running alone.
-HEAVY = ["test_reliability.py", "test_hf.py", "test_gpu_check.py", "test_mesh.py", "test_mesh_restore.py", "test_cli.py",
-         "test_multihost.py", "test_training.py", "test_writers.py"]
+# Scheduling under `make test` (`-n 2 --dist loadscope --no-loadscope-reorder`): xdist's work units are
+# whole files (their module fixtures and in-memory compiled programs stay on one worker), except the
+# tests in SOLO, which are units of their own (they use no module-scoped fixture: each starts its own
+# processes). The units go out costliest first, each worker taking the next when it is about free,
+# so no long test starts last and runs alone while the other worker idles. COSTS: seconds a unit
+# took in CI (its `--durations`, solo tests; whole files without their solo tests: estimates);
+# a unit not listed costs 0 and keeps its place after them (docs/PERFORMANCE.md, "The test suite").
+SOLO = {
+    "test_cli.py::test_bench_script_runs_end_to_end_at_tiny_size": 145,
+    "test_multihost.py::test_two_processes_equal_one_process_resume_after_kill_and_across": 130,
+    "test_reliability.py::test_kill_minus_9_at_random_moments_resumes_exactly": 122,
+    "test_gpu_check.py::test_the_gpu_check_runs_end_to_end_on_the_cpu": 69,
+    "test_training.py::test_sigterm_saves_and_resume_is_exact": 61,
+    "test_multihost.py::test_two_processes_on_prepared_shards_equal_one_process": 47,
+    "test_mesh_restore.py::test_issue_meshes_on_8_devices_train_the_one_device_parameters_in_shards": 31,
+    "test_mesh_restore.py::test_a_2_process_fsdp_job_killed_resumes_exactly_and_generates_in_one_process": 29,
+}
+COSTS = {**SOLO, "test_reliability.py": 150, "test_hf.py": 120, "test_mesh.py": 90, "test_training.py": 90,
+         "test_cli.py": 80, "test_mesh_restore.py": 60, "test_writers.py": 60, "test_readme.py": 50,
+         "test_language_models.py": 50, "test_generate.py": 45, "test_learning.py": 30}
+
+
+def _unit(nodeid: str) -> str:
+    """The work unit of a test: its ``file::name`` when it is in SOLO, else its file."""
+    path, _, name = nodeid.partition("::")
+    name = name.split("[")[0]
+    short = f"{os.path.basename(path)}::{name}"
+    return short if short in SOLO else os.path.basename(path)
 
 
 def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(HEAVY)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(HEAVY)))  # stable: the rest keep their order
+    for item in items:
+        if "::" in _unit(item.nodeid):  # on another worker than its file, a module fixture runs twice
+            defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+            shared = [name for name, d in defs.items() if d and d[-1].scope in ("module", "class", "package")]
+            if shared:
+                raise pytest.UsageError(f"conftest.SOLO: {item.nodeid} uses the module fixture(s) {shared}")
+    cost = lambda item: COSTS.get(_unit(item.nodeid), 0)
+    items.sort(key=lambda item: -cost(item))  # stable: the rest keep their order
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: no error where it is absent
+def pytest_xdist_make_scheduler(config, log):
+    """loadscope, with the SOLO tests as work units of their own (the order: the items' order)."""
+    if config.getoption("dist") != "loadscope":
+        return None  # xdist's own scheduler
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduler(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            unit = _unit(nodeid)
+            return nodeid.split("::")[0] if "::" not in unit else nodeid
+
+    return Scheduler(config, log)
