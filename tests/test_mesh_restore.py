@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import GPT_TINY, QUIET, ROOT, run_main
+from conftest import GPT_TINY, QUIET, ROOT, TEST_XLA_FLAGS, run_main
 from nety_jax.config import load_config
 from nety_jax.errors import ConfigError
 
@@ -29,7 +29,8 @@ MESH8 = ["train.parallel=mesh", "train.mesh_data=1", "train.mesh_fsdp=4", "train
 
 
 def _env(devices: int) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}"}
     for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         env.pop(key, None)
     return env
