@@ -58,8 +58,17 @@ def check_record(record: bytes) -> Optional[str]:
     return None
 
 
+def checksum_matches(record: bytes) -> bool:
+    """``check_record``'s test of the bytes alone (the sizes are checked where they are used)."""
+    return len(record) >= _HEAD.size and not len(record) % 4 and \
+        zlib.crc32(memoryview(record)[_HEAD.size:]) == _HEAD.unpack_from(record)[0]
+
+
 def split_record(record: bytes) -> list[np.ndarray]:
-    """The arrays of an intact record (``check_record``), as views of its bytes."""
+    """The arrays of a record whose checksum matches, as views of its bytes."""
+    problem = check_record(record)
+    if problem is not None:
+        raise DataError(f"a record {problem}; prepare the data again")
     n = _HEAD.unpack_from(record)[1]
     sizes = struct.unpack_from(f"<{n}I", record, _HEAD.size)
     values = np.frombuffer(record, np.int32, offset=_HEAD.size + 4 * n)
@@ -194,29 +203,35 @@ class ShardReader:
             raise DataError(message)
         self.damage.record(self.shards[k]["file"], local, message)
 
-    def _read(self, k: int, local: int) -> Optional[bytes]:
-        """Shard ``k``'s record ``local``, checked (the caller holds the lock)."""
-        reader = self._reader(k)
-        if reader is None:
-            return None
-        try:
-            reader.seek(local)
-            record = reader.read()
-        except RuntimeError as e:
-            del self._readers[k]  # a reader that failed stays failed: the next read opens the shard again
-            with contextlib.suppress(RuntimeError):  # closing one reports its failure again
-                reader.close()
-            return self._damaged(k, local, f"unreadable ({_first_line(e, 'no message')})")
-        problem = check_record(record)
-        return record if problem is None else self._damaged(k, local, f"{problem}; prepare the data again")
+    def _unreadable(self, k: int, local: int, error: RuntimeError) -> None:
+        reader = self._readers.pop(k)  # a reader that failed stays failed: the next read opens the shard again
+        with contextlib.suppress(RuntimeError):  # closing one reports its failure again
+            reader.close()
+        self._damaged(k, local, f"unreadable ({_first_line(error, 'no message')})")
 
     def records(self, indices) -> list[Optional[bytes]]:
-        """The intact records at global ``indices`` (None: damaged and skipped), in their order."""
+        """The records at global ``indices`` whose checksums match (None: damaged and skipped), in
+        their order (their sizes are checked where they are cut). One loop: it runs for every example."""
         indices = np.asarray(indices, np.int64).reshape(-1)
         shard = np.searchsorted(self._starts, indices, side="right") - 1
         local = indices - self._starts[shard] if len(indices) else indices
+        out: list = []
         with self._lock:
-            return [self._read(k, i) for k, i in zip(shard.tolist(), local.tolist())]
+            for k, i in zip(shard.tolist(), local.tolist()):
+                reader = self._readers[k] if k in self._readers else self._reader(k)
+                if reader is None:
+                    out.append(None)
+                    continue
+                try:
+                    reader.seek(i)
+                    record = reader.read()
+                except RuntimeError as e:
+                    out.append(self._unreadable(k, i, e))
+                    continue
+                if not checksum_matches(record):
+                    record = self._damaged(k, i, f"{check_record(record)}; prepare the data again")
+                out.append(record)
+        return out
 
     def __getitem__(self, i: int) -> Optional[list[np.ndarray]]:
         record = self.records([i])[0]

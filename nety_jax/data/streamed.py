@@ -25,12 +25,13 @@ _SKIPPED_PAIR = [np.asarray([EOS_ID], np.int32), np.asarray([SOS_ID], np.int32)]
 _SKIPPED_PAIR_RECORD = encode_record(_SKIPPED_PAIR)
 
 
-def joined(records: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """(words, starts): intact records' int32 words in one array (every record is a whole number of
-    them), and the word each record starts at: a batch is then cut with NumPy, not record by record."""
+def joined(records: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(words, starts, sizes): the int32 words of records whose checksums matched in one array
+    (every record is a whole number of them), the word each record starts at and its number of
+    words: a batch is then cut with NumPy, not record by record."""
     words = np.frombuffer(b"".join(records), np.int32)
     sizes = np.fromiter(map(len, records), np.int64, len(records)) // 4
-    return words, np.cumsum(sizes) - sizes
+    return words, np.cumsum(sizes) - sizes, sizes
 
 
 def rows_of(words: np.ndarray, starts: np.ndarray, sizes: np.ndarray, width: int) -> np.ndarray:
@@ -74,10 +75,11 @@ class PairShards:
         records = self._records(idx)
         s_len, t_len = padded_widths(tuple(int(v) for v in self._lengths[records].max(axis=0)), self.cfg)
         raw = [_SKIPPED_PAIR_RECORD if r is None else r for r in self.reader.records(part_of(records, part))]
-        words, starts = joined(raw)
+        words, starts, sizes = joined(raw)
         # a pair's record: crc32, 2 (arrays), source size, target size, source ids, target ids
         s_size, t_size = words[starts + 2], words[starts + 3]
-        if (words[starts + 1] != 2).any() or (s_size > s_len).any() or (t_size > t_len + 1).any():
+        if (words[starts + 1] != 2).any() or (4 + s_size + t_size != sizes).any() or (s_size > s_len).any() \
+                or (t_size > t_len + 1).any():
             raise DataError(f"{self.reader.directory}: records that are not the pairs its lengths describe; "
                             "prepare the data again")
         tgt = rows_of(words, starts + 4 + s_size, t_size, t_len + 1)
@@ -142,8 +144,8 @@ class StreamWindows:
         sizes = np.minimum(self.chunk, self._shard_tokens[shard] - first)
         raw = [encode_record([np.full(int(n), PAD_ID, np.int32)]) if r is None else r
                for r, n in zip(self.reader.records(records), sizes)]
-        words, starts = joined(raw)
-        if (words[starts + 1] != 1).any() or (words[starts + 2] != sizes).any():
+        words, starts, lengths = joined(raw)
+        if (words[starts + 1] != 1).any() or (words[starts + 2] != sizes).any() or (lengths != 3 + sizes).any():
             raise DataError(f"{self.reader.directory}: records that are not the token stream's chunks of "
                             f"{self.chunk}; prepare the data again")
         return words, starts
@@ -173,11 +175,11 @@ class PackedShards:
     def collate(self, idx, part: tuple[int, int] = WHOLE) -> dict:
         keys, empty = len(self.KEYS), self._empty
         raw = [empty if r is None else r for r in self.reader.records(part_of(idx, part))]
-        words, _ = joined(raw)
+        words, _, sizes = joined(raw)
         head = 2 + keys  # crc32, the number of arrays, their sizes: then the arrays, seq_len ids each
         width = len(empty) // 4
-        table = words.reshape(len(raw), width) if len(words) == len(raw) * width else None
-        if table is None or (table[:, 2: head] != self.seq_len).any():
+        table = words.reshape(len(raw), width) if (sizes == width).all() else None
+        if table is None or (table[:, 1] != keys).any() or (table[:, 2: head] != self.seq_len).any():
             raise DataError(f"{self.reader.directory}: records that are not packed rows of "
                             f"{self.seq_len} ids; prepare the data again")
         table = table[:, head:].reshape(len(raw), keys, self.seq_len)
