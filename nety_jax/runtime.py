@@ -129,7 +129,9 @@ def keep_host_memory(mode: Optional[str] = None) -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    settings = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)]
+    # glibc reads the trim threshold as a size_t: -1 is "never"; 2**31 - 1, the largest positive
+    # int, still trimmed a heap whose top held more than 2 GB of a large step's temporaries
+    settings = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)]
     if mode == "keep" and workers_allocate_temporaries():
         settings.append((_M_ARENA_MAX, 1))
     if not all(mallopt(param, value) == 1 for param, value in settings):

@@ -47,6 +47,31 @@ def test_xla_temporaries_are_reused_without_page_faults():
     assert late[len(late) // 2] < min(plain[1:]) // 20, (plain, kept)
 
 
+# a heap whose top holds more than 2 GB freed (a large train step's temporaries): glibc trims
+# it after every step unless the trim threshold is past any size (faults counted per round)
+TRIM = """
+import json, resource, sys
+import numpy as np
+from nety_jax.runtime import keep_host_memory
+keep_host_memory("keep")
+rounds = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a, b = np.ones(2_600_000_000 // 8), np.ones(600_000_000 // 8)
+    del a, b
+    rounds.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps(rounds))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_a_heap_of_more_than_2_gb_is_not_trimmed_between_steps():
+    done = subprocess.run([sys.executable, "-c", TRIM], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    rounds = json.loads(done.stdout)
+    assert rounds[0] > 500 and max(rounds[1:]) < rounds[0] // 20, rounds
+
+
 @pytest.mark.parametrize("jaxlib,workers", [("0.10.2", False), ("0.11.2", True), ("0.12.0.1", True),
                                             ("0.11.0.dev20260716", True)])
 def test_one_malloc_arena_only_where_xla_workers_allocate_temporaries(monkeypatch, jaxlib, workers):
@@ -80,7 +105,7 @@ def test_what_each_mode_asks_of_malloc(monkeypatch, mode, workers, arena):
     monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
     monkeypatch.setattr(jax.config, "update", lambda name, value: calls.append((name, value)))
     assert runtime.keep_host_memory(mode) is True
-    assert calls[:2] == [(-4, 0), (-1, 2**31 - 1)]  # M_MMAP_MAX, M_TRIM_THRESHOLD
+    assert calls[:2] == [(-4, 0), (-1, -1)]  # M_MMAP_MAX, M_TRIM_THRESHOLD (never)
     assert ((-8, 1) in calls) is arena  # M_ARENA_MAX
     assert calls[-1] == ("jax_cpu_enable_async_dispatch", False)
 
