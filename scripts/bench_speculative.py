@@ -165,7 +165,9 @@ def step_costs(config: str, overrides: list, draft: int, rounds: int, new_tokens
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--demo", default=os.path.join(ROOT, "runs", "demo"), help="the demo run (make demo)")
-    p.add_argument("--gpt", help="a trained GPT run (default: train configs/gpt_tiny.yaml briefly)")
+    p.add_argument("--gpt", metavar="RUN",
+                   help="a trained GPT run, made by `nety-jax train --config configs/gpt_tiny.yaml --workdir RUN` "
+                        "(its 300 steps on the shipped text; default: the same, trained into a temporary directory)")
     p.add_argument("--draft-tokens", type=int, default=4)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--trained", default="gpt,demo", help="trained models to measure (gpt,demo; '' for none)")

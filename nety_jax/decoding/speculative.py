@@ -108,8 +108,15 @@ def accept_greedy(logits: jax.Array, draft: jax.Array):
     logits (B, K+1, V), draft (B, K) -> (emitted ids (B, K+1), kept draft counts (B,))."""
     target = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     k = draft.shape[1]
-    kept = jnp.sum(jnp.cumprod(target[:, :k] == draft, axis=1), axis=1).astype(jnp.int32)
+    kept = _leading(target[:, :k] == draft)
     return jnp.where(jnp.arange(k + 1)[None, :] <= kept[:, None], target, PAD_ID), kept
+
+
+def _leading(ok: jax.Array) -> jax.Array:
+    """(B, K) bool -> (B,) int32: how many leading entries of each row hold (one reduction, where
+    a cumulative product is a reduce-window)."""
+    miss = jnp.concatenate([~ok, jnp.ones_like(ok[:, :1])], axis=1)
+    return jnp.argmax(miss, axis=1).astype(jnp.int32)
 
 
 def accept_sampled(logits: jax.Array, draft: jax.Array, params: SamplingParams, count, spec: LoopSpec):
@@ -129,7 +136,7 @@ def accept(probs: jax.Array, draft: jax.Array, params: SamplingParams, count: ja
     positions = count[:, None] + jnp.arange(k)[None, :]
     uniform = jax.vmap(lambda steps: row_uniforms(params.key, steps), in_axes=1, out_axes=1)(positions)
     p_draft = jnp.take_along_axis(probs[:, :k], draft[..., None], axis=-1)[..., 0]
-    kept = jnp.sum(jnp.cumprod(uniform < p_draft, axis=1), axis=1).astype(jnp.int32)
+    kept = _leading(uniform < p_draft)
     p_next = jnp.take_along_axis(probs, kept[:, None, None], axis=1)[:, 0]
     if k > 0:
         rejected = jnp.take_along_axis(draft, jnp.minimum(kept, k - 1)[:, None], axis=1)
@@ -195,10 +202,22 @@ def _plain(step: Step, spec: LoopSpec, s: SpecState) -> SpecState:
     that found no draft looks again at the next token: the lookup costs little)."""
     logits, cache = step(_last(s)[:, 0], s.cache)
     logits = adjust_logits(logits.astype(jnp.float32), None, s.count, spec)
-    nxt = sample_rows(logits, s.params, s.count, spec.top_k_max)[:, None]
-    s = _emit(s.replace(cache=cache), nxt, jnp.zeros_like(s.count), _scores(logits[:, None], nxt), spec)
-    nobody = jnp.zeros_like(s.done)
-    return _pace(s, nobody, nobody)
+    nxt = sample_rows(logits, s.params, s.count, spec.top_k_max)
+    score = _scores(logits[:, None], nxt[:, None])[:, 0]
+    return _emit_one(s.replace(cache=cache, wait=jnp.maximum(s.wait - 1, 0)), nxt, score, spec)
+
+
+def _emit_one(s: SpecState, nxt, score, spec: LoopSpec) -> SpecState:
+    """``_emit`` of one token a row (the plain path: no draft kept), with fewer operations."""
+    limit = jnp.minimum(s.params.max_new_tokens, spec.max_new_tokens)
+    write = ~s.done & (s.count < limit)
+    nxt = jnp.where(write, nxt, PAD_ID)
+    at = (jnp.arange(s.history.shape[1])[None, :] == (s.start + s.count)[:, None]) & write[:, None]
+    count = s.count + write.astype(s.count.dtype)
+    ended = write & (nxt == EOS_ID) if not spec.ignore_eos else jnp.zeros_like(write)
+    return s.replace(history=jnp.where(at, nxt[:, None], s.history), count=count,
+                     done=s.done | ended | (count >= limit), logprob=s.logprob + jnp.where(write, score, 0.0),
+                     calls=s.calls + 1)
 
 
 def _one_step(steps: Steps, keep: Keep) -> Step:
