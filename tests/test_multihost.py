@@ -90,8 +90,9 @@ def test_two_processes_equal_one_process_resume_after_kill_and_across(tmp_path):
     assert codes == [0, 0] and all(f"at step {complete[-1]}" in o for o in outs), (complete, outs)
     one_process(one, 10)
     # the same global batch, mesh and math (and the resumed run continues exactly); only the
-    # order of cross-process sums differs
-    assert _max_diff(_params(two), _params(one)) < 1e-5
+    # order of cross-process sums differs, which moves BatchNorm's running statistics by up to
+    # ~2e-5 over 10 steps (seen 1.6e-5 on jax 0.12, 3.3e-5 on 0.10.2); a wrong resume moves 0.5
+    assert _max_diff(_params(two), _params(one)) < 1e-4
     # a 2-process checkpoint resumes in 1 process
     assert "at step 10" in one_process(two, 12)
     assert steps_on_disk(str(two))[-1] == 12
