@@ -78,7 +78,7 @@ def child(args) -> int:
     import uvicorn
     from nety_jax.serving.engine import PretrainedBackend
     from nety_jax.serving.pretrained import load_pretrained
-    from nety_jax.serving.server import create_app
+    from nety_jax.serving.server import create_app, settle
     pre = load_pretrained(args.checkpoint)
     room = pre.model.prompts.max_new_tokens()
     backend = PretrainedBackend(pre, min(room, 256) if args.batching == "dynamic" else None)  # 256: the longest draw
@@ -86,12 +86,17 @@ def child(args) -> int:
     app = create_app(backend, "bench", max_batch=args.slots, window_ms=5.0, queue_size=args.queue,
                      chunk=8, batching=args.batching, slots=args.slots)
     compile_all(app.state.server.engine, pre, args.slots)
+    settle()  # as `nety-jax serve` does before it listens
+    if os.environ.get("NETY_BENCH_TRACE"):
+        trace(app.state.server.engine, os.environ["NETY_BENCH_TRACE"], args.batching)
     uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning")).run()
     return 0
 
 
 def compile_all(engine, pre, slots: int) -> None:
     """Runs every batch bucket once before the server listens, so no window meets a compile."""
+    import dataclasses
+
     import numpy as np
     from nety_jax.serving.engine import Row
     from nety_jax.data.prompts import bucket
@@ -106,11 +111,61 @@ def compile_all(engine, pre, slots: int) -> None:
                 engine.runner.progress(engine.runner.step(np.zeros(slots, bool), np.zeros(slots, np.int32),
                                                           engine.chunk, engine.width))
                 engine.runner.reset()
-            else:
-                stop_first = lambda t, d: np.arange(len(t)) == 0  # the path of a row ending early
-                engine.backend.run(engine._prompt_batch(rows), rows, stop_first,
-                                   engine.chunk)
+            else:  # a row ending early (its done flags replaced), and chunks that follow chunks
+                long = [dataclasses.replace(r, max_new_tokens=3 * engine.chunk) for r in rows]
+                for stop in (lambda t, d: np.arange(len(t)) == 0, lambda t, d: np.zeros(len(t), bool)):
+                    engine.backend.run(engine._prompt_batch(long), long, stop, engine.chunk)
             size *= 2
+
+
+def trace(engine, path: str, name: str) -> None:
+    """Diagnostics for a slow first token (``--trace FILE``), one line per event, wall-clock
+    stamped: programs compiled after the warm-up, garbage-collector pauses over 2 ms, and every
+    request whose first text (or reply) took over 30 ms, with its wait in the queue."""
+    import gc
+    import logging
+    out = open(path, "a", buffering=1)
+    say = lambda text: out.write(f"{time.time():.3f} {name} {text}\n")
+
+    class Compiles(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if "ompil" in message:
+                say("compile " + (message[:100] + " ... " + message[-600:]).replace("\n", " "))
+    logging.getLogger("jax").addHandler(Compiles())
+    logging.getLogger("jax").setLevel(logging.WARNING)
+    import jax
+    jax.config.update("jax_log_compiles", True)
+    began = {}
+
+    def collected(phase, info):
+        if phase == "start":
+            began["t"] = time.perf_counter()
+        elif time.perf_counter() - began.get("t", time.perf_counter()) > 0.002:
+            say(f"gc gen {info['generation']} {1000 * (time.perf_counter() - began['t']):.1f} ms")
+    gc.callbacks.append(collected)
+    submit, take = engine.submit, getattr(engine, "_prefill", None) or engine._run
+
+    def timed_submit(job):
+        deliver, seen = job.deliver, {}
+
+        def timed(kind, payload):
+            if kind in ("delta", "done") and "first" not in seen:
+                seen["first"] = time.perf_counter() - job.created
+                if seen["first"] > 0.03:
+                    say(f"slow first {1000 * seen['first']:.0f} ms (waited {1000 * seen.get('admit', -1):.0f} "
+                        f"ms to be admitted; stream {job.stream})")
+            deliver(kind, payload)
+        job.deliver, job.seen = timed, seen
+        submit(job)
+
+    def timed_take(jobs):
+        now = time.perf_counter()
+        for job in jobs:
+            getattr(job, "seen", {})["admit"] = now - job.created
+        return take(jobs)
+    engine.submit = timed_submit
+    setattr(engine, "_prefill" if hasattr(engine, "_prefill") else "_run", timed_take)
 
 
 def free_port() -> int:
@@ -241,6 +296,12 @@ def quantile(values: list, q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
+def reply_lengths(tokens: list) -> tuple:
+    """(min, mean, max) tokens of the replies: the load's real mix (a model's room or <eos> would
+    cut the drawn lengths)."""
+    return (min(tokens), round(sum(tokens) / len(tokens), 1), max(tokens)) if tokens else (0, 0.0, 0)
+
+
 def summary(results: list, start: float, seconds: float) -> dict:
     ok = [r for r in results if r["status"] == 200]
     # completions in the window's last two thirds: its start is the engine filling up (nothing
@@ -254,6 +315,7 @@ def summary(results: list, start: float, seconds: float) -> dict:
             "tokens_per_s": sum(r["tokens"] for r in in_window) / (seconds - steady),
             "requests_per_s": len(in_window) / (seconds - steady),
             "whole_window_tokens_per_s": sum(r["tokens"] for r in ok if r["sent"] + r["done"] - start <= seconds) / seconds,
+            "reply_tokens": reply_lengths([r["tokens"] for r in ok]),
             "ttft": (quantile(ttft, 0.5), quantile(ttft, 0.99)), "tpot": (quantile(tpot, 0.5), quantile(tpot, 0.99)),
             "latency": (quantile([r["done"] for r in ok], 0.5), quantile([r["done"] for r in ok], 0.99))}
 
@@ -279,12 +341,11 @@ def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds
                 windows[batching][-1]["server_cpu_ms_per_token"] = 1000 * (cpu_seconds(proc.pid) - cpu) / max(made, 1)
                 print(f"[bench_serve] {batching} round {r + 1}: saturation {windows[batching][-1]}", flush=True)
         capacity = median([w["requests_per_s"] for w in windows["dynamic"]])  # the dynamic engine's, for both
+        halves = half_loads(servers, capacity / 2, seconds, room, rounds)
         rows = []
-        for batching, (_, url) in servers.items():
-            half = open_loop(url, max(capacity / 2, 0.05), seconds, room, seed=100)
-            print(f"[bench_serve] {batching}: half {half}", flush=True)
+        for batching in servers:
             saturated = sorted(windows[batching], key=lambda w: w["tokens_per_s"])[len(windows[batching]) // 2]
-            rows.append((batching, saturated, half, capacity / 2))
+            rows.append((batching, saturated, merge_halves(halves[batching]), capacity / 2))
         ratios = [c["tokens_per_s"] / max(d["tokens_per_s"], 1e-9) for d, c in zip(windows["dynamic"],
                                                                                    windows["continuous"])]
         cpu = {b: median([w["server_cpu_ms_per_token"] for w in windows[b]]) for b in windows}
@@ -296,12 +357,42 @@ def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds
             proc.wait(timeout=30)
 
 
+def half_loads(servers: dict, rate: float, seconds: float, room: int, rounds: int) -> dict:
+    """``rounds`` open-loop windows per engine at ``rate``, taken in turn: the same arrivals for
+    both engines in a round, other ones each round (a p99 over one window is a few requests)."""
+    halves = {b: [] for b in servers}
+    for r in range(rounds):
+        for batching, (_, url) in servers.items():
+            mark(f"{batching} half-load window {r + 1} starts")
+            halves[batching].append(open_loop(url, max(rate, 0.05), seconds, room, seed=100 + r))
+            mark(f"{batching} half-load window {r + 1} ends")
+            print(f"[bench_serve] {batching} round {r + 1}: half {halves[batching][-1]}", flush=True)
+    return halves
+
+
+def merge_halves(windows: list) -> dict:
+    """The half-load windows of one engine: each quantile the median of the windows' (and every
+    window's p99 time to first token, to show the spread)."""
+    merged = dict(windows[len(windows) // 2])
+    for key in ("ttft", "tpot", "latency"):
+        merged[key] = tuple(median([w[key][q] for w in windows]) for q in (0, 1))
+    merged["ttft_p99s"] = [w["ttft"][1] for w in windows]
+    return merged
+
+
 def saturate(url: str, overload: float, slots: int, seconds: float, room: int, seed: int) -> dict:
     """A saturation window: ``overload`` open-loop arrivals per second, or (0) closed loop with
     2 x ``slots`` clients (the slots full and as many requests waiting)."""
     if overload > 0:
         return open_loop(url, overload, seconds, room, seed)
     return closed_loop(url, 2 * slots, seconds, room, seed)
+
+
+def mark(text: str) -> None:
+    """A line in the --trace file (the servers write theirs there too)."""
+    if os.environ.get("NETY_BENCH_TRACE"):
+        with open(os.environ["NETY_BENCH_TRACE"], "a") as out:
+            out.write(f"{time.time():.3f} bench {text}\n")
 
 
 def median(values: list) -> float:
@@ -345,9 +436,11 @@ def table(model: str, rows: list, ratios: list) -> str:
     for batching, sat, half, rate in rows:
         lines.append(f"| {batching} | {sat['tokens_per_s']:,.0f} | {rate:.2f} | {ms(half['ttft'])} | "
                      f"{ms(half['tpot'])} | {half['latency'][0]:.1f} / {half['latency'][1]:.1f} s |")
+    p99s = "; ".join(f"{b} " + ", ".join(f"{t * 1000:.0f}" for t in half["ttft_p99s"]) for b, _, half, _ in rows)
     each = ", ".join(f"{r:.2f}x" for r in ratios)
     return "\n".join(lines) + (f"\n\ncontinuous / dynamic completed tokens/s at saturation: {median(ratios):.2f}x "
-                               f"(median of {len(ratios)} rounds: {each})")
+                               f"(median of {len(ratios)} rounds: {each})\nhalf-load TTFT p99 of each round "
+                               f"(ms; the table gives the medians): {p99s}")
 
 
 def main() -> int:
@@ -362,6 +455,8 @@ def main() -> int:
                    help="saturation windows per engine, taken in turn (the machine's load drifts)")
     p.add_argument("--flood", type=int, default=0, help="requests of the flood check (0: none)")
     p.add_argument("--only-flood", action="store_true")
+    p.add_argument("--trace", default="", help="a file for diagnostics of slow first tokens: compiles after "
+                   "the warm-up, garbage-collector pauses, slow requests with their wait in the queue")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batching", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -370,10 +465,15 @@ def main() -> int:
     if args.child:
         return child(args)
     checkpoint = checkpoint_for(args.model, args.checkpoint)
+    if args.trace:
+        os.environ["NETY_BENCH_TRACE"] = os.path.abspath(args.trace)
     if not args.only_flood:
         rows, ratios = compare(checkpoint, args.seconds, args.overload, args.slots, args.rounds)
-        print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s windows, replies 8-256 tokens "
-              f"(at most the model's room), half streamed\n\n{table(args.model, rows, ratios)}")
+        lengths = rows[-1][1]["reply_tokens"]
+        print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s windows, replies drawn from 8 to 256 tokens "
+              f"(at most the model's room), half streamed; replies completed "
+              f"at saturation: min {lengths[0]}, mean {lengths[1]}, max {lengths[2]} tokens"
+              f"\n\n{table(args.model, rows, ratios)}")
     if args.flood:
         result = flood(checkpoint, args.flood)
         print(f"\nflood: {json.dumps(result)}")
