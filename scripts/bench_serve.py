@@ -332,14 +332,7 @@ def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds
     servers = {b: start_server(checkpoint, b, slots, queue=queue) for b in ("dynamic", "continuous")}
     try:
         room = min(int(httpx.get(f"{servers['dynamic'][1]}/health").json()["max_tokens"]), 256)
-        windows = {b: [] for b in servers}
-        for r in range(rounds):
-            for batching, (proc, url) in servers.items():
-                cpu, made = cpu_seconds(proc.pid), metric(url, "nety_generated_tokens_total")
-                windows[batching].append(saturate(url, overload, slots, seconds, room, seed=1 + r))
-                made = metric(url, "nety_generated_tokens_total") - made
-                windows[batching][-1]["server_cpu_ms_per_token"] = 1000 * (cpu_seconds(proc.pid) - cpu) / max(made, 1)
-                print(f"[bench_serve] {batching} round {r + 1}: saturation {windows[batching][-1]}", flush=True)
+        windows = saturation_rounds(servers, overload, slots, seconds, room, rounds)
         capacity = median([w["requests_per_s"] for w in windows["dynamic"]])  # the dynamic engine's, for both
         halves = half_loads(servers, capacity / 2, seconds, room, rounds)
         rows = []
@@ -352,9 +345,55 @@ def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds
         print(f"[bench_serve] server CPU ms per generated token at saturation (median): {cpu}", flush=True)
         return rows, ratios
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(timeout=30)
+        stop_servers(servers)
+
+
+def saturation_rounds(servers: dict, overload: float, slots: int, seconds: float, room: int, rounds: int) -> dict:
+    """``rounds`` saturation windows per engine, taken in turn (the same requests for both in a
+    round), each with the server's CPU seconds per generated token."""
+    windows = {b: [] for b in servers}
+    for r in range(rounds):
+        for batching, (proc, url) in servers.items():
+            cpu, made = cpu_seconds(proc.pid), metric(url, "nety_generated_tokens_total")
+            windows[batching].append(saturate(url, overload, slots, seconds, room, seed=1 + r))
+            made = metric(url, "nety_generated_tokens_total") - made
+            windows[batching][-1]["server_cpu_ms_per_token"] = 1000 * (cpu_seconds(proc.pid) - cpu) / max(made, 1)
+            print(f"[bench_serve] {batching} {slots} slots, round {r + 1}: saturation {windows[batching][-1]}",
+                  flush=True)
+    return windows
+
+
+def sweep(checkpoint: str, seconds: float, counts: list, rounds: int) -> str:
+    """Saturation (closed loop) of both engines at each slot count (the dynamic engine's max
+    batch = the continuous engine's slots), both servers of a count up together, their windows
+    in turn: the ratio at EQUAL slots per count, and each engine at its own best count."""
+    lines = ["| slots | dynamic tokens/s | continuous tokens/s | continuous / dynamic (rounds) | "
+             "server CPU ms/token dynamic / continuous |", "|---|---|---|---|---|"]
+    best = {}
+    for slots in counts:
+        servers = {b: start_server(checkpoint, b, slots, queue=2 * slots) for b in ("dynamic", "continuous")}
+        try:
+            room = min(int(httpx.get(f"{servers['dynamic'][1]}/health").json()["max_tokens"]), 256)
+            windows = saturation_rounds(servers, 0, slots, seconds, room, rounds)
+        finally:
+            stop_servers(servers)
+        tps = {b: median([w["tokens_per_s"] for w in windows[b]]) for b in windows}
+        cpu = {b: median([w["server_cpu_ms_per_token"] for w in windows[b]]) for b in windows}
+        ratios = [c["tokens_per_s"] / max(d["tokens_per_s"], 1e-9) for d, c in zip(windows["dynamic"],
+                                                                                   windows["continuous"])]
+        lines.append(f"| {slots} | {tps['dynamic']:,.0f} | {tps['continuous']:,.0f} | {median(ratios):.2f}x "
+                     f"({', '.join(f'{r:.2f}' for r in ratios)}) | {cpu['dynamic']:.3f} / {cpu['continuous']:.3f} |")
+        for b in tps:
+            best[b] = max(best.get(b, (0, 0)), (tps[b], slots))
+    (d, ds), (c, cs) = best["dynamic"], best["continuous"]
+    return "\n".join(lines) + (f"\n\neach engine at its best slot count (NOT an equal-slot comparison): continuous "
+                               f"{c:,.0f} tokens/s at {cs} slots / dynamic {d:,.0f} at {ds} = {c / max(d, 1e-9):.2f}x")
+
+
+def stop_servers(servers: dict) -> None:
+    for proc, _ in servers.values():
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def half_loads(servers: dict, rate: float, seconds: float, room: int, rounds: int) -> dict:
@@ -455,6 +494,8 @@ def main() -> int:
                    help="saturation windows per engine, taken in turn (the machine's load drifts)")
     p.add_argument("--flood", type=int, default=0, help="requests of the flood check (0: none)")
     p.add_argument("--only-flood", action="store_true")
+    p.add_argument("--sweep", default="", help="slot counts, e.g. 8,16,32: saturation of both engines at "
+                   "each (instead of the half-load comparison)")
     p.add_argument("--trace", default="", help="a file for diagnostics of slow first tokens: compiles after "
                    "the warm-up, garbage-collector pauses, slow requests with their wait in the queue")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -467,7 +508,11 @@ def main() -> int:
     checkpoint = checkpoint_for(args.model, args.checkpoint)
     if args.trace:
         os.environ["NETY_BENCH_TRACE"] = os.path.abspath(args.trace)
-    if not args.only_flood:
+    if args.sweep:
+        counts = [int(n) for n in args.sweep.split(",")]
+        print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s closed-loop windows, {args.rounds} rounds\n\n"
+              f"{sweep(checkpoint, args.seconds, counts, args.rounds)}")
+    elif not args.only_flood:
         rows, ratios = compare(checkpoint, args.seconds, args.overload, args.slots, args.rounds)
         lengths = rows[-1][1]["reply_tokens"]
         print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s windows, replies drawn from 8 to 256 tokens "

@@ -13,6 +13,7 @@ import gc
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from typing import Optional
@@ -97,18 +98,48 @@ def _choice(kind: str, index: int, text: Optional[str], finish: Optional[str], d
     return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
 
 
+class _Mailbox:
+    """Events from the engine thread to one event loop, with one wake-up of the loop for all
+    the events posted before it runs (an engine step delivers to many requests at once) rather
+    than one ``call_soon_threadsafe`` per event: each is a write to the loop's wake-up pipe and
+    a turn of the loop, on the same cores as the engine."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.lock, self.items, self.waking = loop, threading.Lock(), [], False
+
+    def post(self, queue: asyncio.Queue, item) -> None:
+        with self.lock:
+            self.items.append((queue, item))
+            if self.waking:
+                return
+            self.waking = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items, self.waking = self.items, [], False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class Server:
     def __init__(self, backend, name: str, engine: Worker, metrics: Metrics):
         self.backend, self.name, self.engine, self.metrics = backend, name, engine, metrics
+        self.mail: Optional[_Mailbox] = None
+
+    def _mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
+        if self.mail is None or self.mail.loop is not loop:  # a test client may run several loops
+            self.mail = _Mailbox(loop)
+        return self.mail
 
     async def run(self, request: Request, prompts: list[str], req, kind: str, endpoint: str):
         rows, prompt_tokens = _rows(self.backend, self.engine, prompts, req)
         if len(rows) > self.engine.max_batch:
             raise ApiError(400, f"{len(rows)} completions in one request; this server batches at most "
                                 f"{self.engine.max_batch} (lower n or send fewer prompts)", "n")
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        job = Job(rows, lambda k, p: loop.call_soon_threadsafe(events.put_nowait, (k, p)), req.stream)
+        mail = self._mailbox(asyncio.get_running_loop())
+        job = Job(rows, lambda k, p: mail.post(events, (k, p)), req.stream)
         try:
             self.engine.submit(job)
         except QueueFull:
@@ -146,8 +177,7 @@ class Server:
             if kind != "text_completion":
                 for i in range(len(job.rows)):
                     yield sse({"choices": [{"index": i, "delta": {"role": "assistant"}, "finish_reason": None}]})
-            while True:
-                event, payload = await events.get()
+            async for event, payload in _merged(events):
                 if event == "delta":
                     index, text = payload
                     yield sse({"choices": [_choice(kind, index, text, None, True)]})
@@ -164,6 +194,25 @@ class Server:
             yield "data: [DONE]\n\n"
         finally:  # the client went away (or the stream ended): free its rows
             job.cancelled.set()
+
+
+async def _merged(events: asyncio.Queue):
+    """A stream's events as they come, the text of deltas for the same completion that are
+    already waiting joined into one (one server-sent event instead of several when the loop
+    falls behind the engine: the stream's text is the same)."""
+    pending = None
+    while True:
+        event, payload = pending or await events.get()
+        pending = None
+        if event == "delta":
+            index, text = payload
+            while not events.empty():
+                pending = events.get_nowait()
+                if pending[0] != "delta" or pending[1][0] != index:
+                    break
+                text, pending = text + pending[1][1], None
+            payload = (index, text)
+        yield event, payload
 
 
 def _usage(prompt_tokens: int, results) -> dict:
