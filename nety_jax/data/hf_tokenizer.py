@@ -168,11 +168,13 @@ def read_special_tokens(tokenizer_config_path: str) -> dict:
     try:
         with open(tokenizer_config_path, encoding="utf-8") as f:
             raw = json.load(f)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:  # its special tokens would be lost
+        raise DataError(f"{tokenizer_config_path}: unreadable ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{tokenizer_config_path}: expected a JSON object")
     out = {}
     for role in ("bos", "eos", "unk", "pad"):
-        value = raw.get(f"{role}_token") if isinstance(raw, dict) else None
+        value = raw.get(f"{role}_token")
         if isinstance(value, dict):  # an AddedToken written as a mapping
             value = value.get("content")
         if isinstance(value, str):

@@ -101,11 +101,18 @@ class ShardWriter:
         record = encode_record(arrays)
         self._hash.update(record)
         self._writer.write(record)
+        if not self.records:
+            self.first_crc = _HEAD.unpack_from(record)[0]
         self.records += 1
 
     def close(self) -> str:
         self._writer.close()
         return self._hash.hexdigest()
+
+    def identity(self) -> dict:
+        """What ``ShardReader`` checks when it opens the shard, after ``close``: its size in bytes and
+        its first record's checksum (a shard of another prepare, even of as many records, differs)."""
+        return {"bytes": os.path.getsize(self.path), "first_crc": getattr(self, "first_crc", None)}
 
 
 def _first_line(error: Exception, empty: str) -> str:
@@ -182,7 +189,26 @@ class ShardReader:
         if reader.num_records() != self.shards[k]["records"]:
             raise DataError(f"{path}: holds {reader.num_records()} records, {MANIFEST} says "
                             f"{self.shards[k]['records']}; prepare the data again")
+        if not self._is_listed_shard(k, path, reader):
+            reader.close()
+            raise DataError(f"{path}: is not the shard {MANIFEST} lists (another size or first record: a shard "
+                            "of another prepare?); prepare the data again")
         return reader
+
+    def _is_listed_shard(self, k: int, path: str, reader) -> bool:
+        """The size and first record's checksum the manifest recorded (manifests before they were
+        recorded: not checked). Checked once per shard, one record read."""
+        listed = self.shards[k]
+        if "bytes" in listed and os.path.getsize(path) != listed["bytes"]:
+            return False
+        if listed.get("first_crc") is None or not listed["records"]:
+            return True
+        try:
+            reader.seek(0)
+            first = reader.read()
+        except RuntimeError:
+            return True  # an unreadable record is reported where it is read, by its index
+        return len(first) >= _HEAD.size and _HEAD.unpack_from(first)[0] == listed["first_crc"]
 
     def _reader(self, k: int):
         """Shard ``k``'s reader, or None when it is damaged and skipped."""

@@ -74,12 +74,17 @@ class PairShards:
     def collate(self, idx, part: tuple[int, int] = WHOLE) -> dict:
         records = self._records(idx)
         s_len, t_len = padded_widths(tuple(int(v) for v in self._lengths[records].max(axis=0)), self.cfg)
-        raw = [_SKIPPED_PAIR_RECORD if r is None else r for r in self.reader.records(part_of(records, part))]
+        mine = part_of(records, part)
+        read = self.reader.records(mine)
+        raw = [_SKIPPED_PAIR_RECORD if r is None else r for r in read]
         words, starts, sizes = joined(raw)
         # a pair's record: crc32, 2 (arrays), source size, target size, source ids, target ids
         s_size, t_size = words[starts + 2], words[starts + 3]
+        # each intact record has the lengths prepare recorded for it (a record of another prepare has not)
+        listed = np.asarray(self._lengths[mine]).reshape(-1, 2)
+        intact = np.fromiter((r is not None for r in read), bool, len(read))
         if (words[starts + 1] != 2).any() or (4 + s_size + t_size != sizes).any() or (s_size > s_len).any() \
-                or (t_size > t_len + 1).any():
+                or (t_size > t_len + 1).any() or (intact & ((s_size != listed[:, 0]) | (t_size != listed[:, 1]))).any():
             raise DataError(f"{self.reader.directory}: records that are not the pairs its lengths describe; "
                             "prepare the data again")
         tgt = rows_of(words, starts + 4 + s_size, t_size, t_len + 1)

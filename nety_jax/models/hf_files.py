@@ -68,15 +68,23 @@ def _read_index(model_dir: str, index: str, reader) -> dict:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path}: not a shard index (expected a JSON 'weight_map'; {_first_line(e)})") \
             from None
-    out = {}
+    out, found_in = {}, {}
     for name in files:
         shard = os.path.join(model_dir, name)
         if not isinstance(name, str) or os.path.dirname(name) or not os.path.isfile(shard):
             raise CheckpointError(f"{path}: shard {name!r} is missing")
-        out.update(reader(shard))
+        for tensor, value in reader(shard).items():
+            # each tensor is read from the one shard the index names: a tensor in two shards, or in
+            # another shard than listed, means the index and its shards disagree (which is right?)
+            if tensor in found_in:
+                raise CheckpointError(f"{path}: {tensor} is in two shards, {found_in[tensor]} and {name}")
+            if weight_map.get(tensor, name) != name:
+                raise CheckpointError(f"{path}: lists {tensor} in {weight_map[tensor]}, but it is in {name}")
+            out[tensor], found_in[tensor] = value, name
     missing = sorted(set(weight_map) - set(out))
     if missing:
-        raise CheckpointError(f"{path}: {missing[0]} is listed but in none of its shards")
+        raise CheckpointError(f"{path}: {missing[0]} is listed in {weight_map[missing[0]]} but is in none of "
+                              "its shards")
     return out
 
 

@@ -37,8 +37,9 @@ import tempfile
 from typing import Iterator, Optional
 
 from nety_jax.errors import OutputError
-from nety_jax.runs.kinds import KIND_NAMES, WRITERS, Found, Writer, identify_dir, is_torch_file
-from nety_jax.runs.manifest import OWN_PREFIX, read_marker, write_marker
+from nety_jax.runs.kinds import EXPORT_FILES, KIND_NAMES, RUN_FILES, WRITERS, Found, Writer, identify_dir, \
+    is_torch_file
+from nety_jax.runs.manifest import MARKER, OWN_PREFIX, read_marker, write_marker
 
 MIN_FREE_BYTES = 1 << 20
 
@@ -131,6 +132,34 @@ def _check_replace(path: str, flag: str, w: Writer, found: Optional[Found], over
                           "--overwrite to replace it")
     if not own:
         raise OutputError(f"{flag} {path}: {found.describe()}; {_accepts(w)}")
+    added = None if w.is_file else _added_since(path, found)
+    if added is not None:  # --overwrite replaces the whole directory: this file would be deleted
+        raise OutputError(f"{flag} {path}: holds {added}, which {found.writer} did not write (added since); "
+                          f"--overwrite would delete it: move it out of {path} first")
+
+
+def _added_since(directory: str, found: Found) -> Optional[str]:
+    """The first file in an earlier output that its writer did not write, or None: a sealed
+    output's marker lists every file it wrote; a run holds only a run's files (its
+    checkpoints/ and damaged/ are its own); an export older than markers only an export's."""
+    listed = (read_marker(directory) or {}).get("files")
+    for root, dirs, files in os.walk(directory):
+        rel = os.path.relpath(root, directory)
+        if rel == "." and not isinstance(listed, dict) and found.kind == "run":
+            dirs[:] = [d for d in dirs if d not in RUN_FILES]  # a run's own folders
+        for name in sorted(files):
+            entry = name if rel == "." else os.path.join(rel, name)
+            if name.startswith(OWN_PREFIX) or entry == MARKER:
+                continue
+            if isinstance(listed, dict):
+                known = entry in listed
+            elif found.kind == "run":
+                known = entry in RUN_FILES or entry.startswith("events.out.tfevents")
+            else:
+                known = entry in EXPORT_FILES
+            if not known:
+                return entry
+    return None
 
 
 @dataclasses.dataclass(frozen=True)

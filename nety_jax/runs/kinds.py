@@ -21,7 +21,11 @@ KIND_NAMES = {"run": "a run directory", "export": "an export", "hf": "a HuggingF
               "shards": "a data-shard directory", "torch": "a PyTorch state dict"}
 # the files of a run that training writes (a run stopped before its first checkpoint has only these)
 RUN_FILES = {"config.yaml", "tokenizer.json", "tokenizer.model", "vocab.json", "metrics.jsonl", "loss.png",
-             ".lock", "checkpoints", "damaged", "torch_meta.json", "torch_pe.npy", "hf_tokenizer.json"}
+             ".lock", "checkpoints", "damaged", "torch_meta.json", "torch_pe.npy", "hf_tokenizer.json",
+             "init_from.json"}
+# the files of an export made before markers listed them
+EXPORT_FILES = {"generate.bin", "variables.npz", "config.yaml", "export.json", "tokenizer.json", "tokenizer.model",
+                "vocab.json", "hf_tokenizer.json"}
 
 
 @dataclasses.dataclass(frozen=True)

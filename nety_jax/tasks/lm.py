@@ -101,7 +101,7 @@ class LanguageModelTask(Task, name="lm", noun="a language model", data_option="-
                 writer.write([stream[start: start + STREAM_CHUNK]])
             tokens, examples, documents = len(stream), len(ids), len(ids)
         return {"records": writer.records, "examples": examples, "tokens": tokens,
-                "documents": documents, "sha256": writer.close(), "histogram": histogram}
+                "documents": documents, "sha256": writer.close(), **writer.identity(), "histogram": histogram}
 
     def open_prepared(self, cfg, directory: str, manifest: dict, damage=None) -> DataSplit:
         if cfg.data.subword_alpha > 0:
@@ -120,7 +120,10 @@ class LanguageModelTask(Task, name="lm", noun="a language model", data_option="-
             what = "windows"
         desc = (f"{len(tr)} training / {len(va)} validation {what} of {seq_len} tokens "
                 f"({splits['train']['tokens']:,} / {splits['val']['tokens']:,} tokens) streamed from {directory}")
-        return DataSplit(tr, va, fingerprint(manifest), desc, damage=damage)
+        # windows are cut at training: another seq_len or stride is other training examples, as on raw text
+        fp = fingerprint(manifest) if cfg.data.packing else \
+            hashlib.sha256(f"{fingerprint(manifest)}:{seq_len}:{stride}".encode()).hexdigest()[:16]
+        return DataSplit(tr, va, fp, desc, damage=damage)
 
     def example_prompt(self, item) -> str:
         return item

@@ -76,7 +76,7 @@ class Seq2SeqTask(Task, name="seq2seq", noun="a seq2seq model", data_option="--d
         lengths = np.asarray([[len(a), len(b)] for a, b in zip(enc.src, enc.tgt)], np.int32).reshape(-1, 2)
         np.save(path + ".lengths.npy", lengths)
         return {"records": writer.records, "examples": len(enc), "tokens": int(lengths.sum()),
-                "truncated": enc.truncated, "sha256": writer.close(),
+                "truncated": enc.truncated, "sha256": writer.close(), **writer.identity(),
                 "histogram": length_histogram(lengths.sum(axis=1)),
                 "lengths": os.path.basename(path) + ".lengths.npy"}
 

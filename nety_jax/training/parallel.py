@@ -130,15 +130,20 @@ class Runner:
         t = cfg.train
         self.mesh = meshlib.make_mesh(t)
         self.rules = meshlib.rules_of(t)
-        data, fsdp, _ = self.mesh.devices.shape
+        self.batch_sharding = meshlib.batch_sharding(self.mesh, self.rules)
+        # the batch rows are split over the mesh axes train.mesh_rules gives 'batch' (data x fsdp by default)
+        axes = self.batch_sharding.spec[0] if len(self.batch_sharding.spec) else None
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        shards = int(np.prod([self.mesh.shape[a] for a in axes]))
         per_process = t.batch_size // jax.process_count()
-        local_shards = data * fsdp // jax.process_count()
+        local_shards = shards // jax.process_count()
         if t.batch_size % jax.process_count() or per_process % (max(local_shards, 1) * t.grad_accum):
-            raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.mesh_data x "
-                              f"train.mesh_fsdp x train.grad_accum = {data} x {fsdp} x {t.grad_accum}")
+            split = " x ".join(f"train.mesh_{a}={self.mesh.shape[a]}" for a in axes) or "1 (batch replicated)"
+            raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the batch's mesh axes "
+                              f"x train.grad_accum = {split} x {t.grad_accum} (train.mesh_rules: "
+                              f"batch={'+'.join(axes)}) on {jax.process_count()} process(es)")
         self.abstract_state = meshlib.abstract_train_state(model, t, jax.random.PRNGKey(t.seed))
         self.state_shardings = meshlib.state_shardings(model, self.abstract_state, self.mesh, self.rules)
-        self.batch_sharding = meshlib.batch_sharding(self.mesh, self.rules)
         replicated = NamedSharding(self.mesh, P())
         common = {"model": model, "tcfg": t}
         self._train = jax.jit(functools.partial(train_step, **common), donate_argnums=0,

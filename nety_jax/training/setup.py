@@ -10,6 +10,7 @@ at epoch 0 and the log says so.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Callable, Optional, Sequence
 
@@ -37,6 +38,7 @@ from nety_jax.training.parallel import Runner, is_primary, local
 from nety_jax.training.prepare_data import open_prepared, prepared_dir
 
 TOKENIZER_FIELDS = ("tokenizer", "vocab_size", "spm_model_type", "lowercase", "word_split")
+SOURCE_FILE = "init_from.json"  # the weights a run fine-tuned from started from (train --init-from)
 
 
 def check_workdir(workdir: str) -> None:
@@ -136,6 +138,8 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
         raise CheckpointError(f"{workdir}: holds checkpoints but no {CONFIG_FILE}; "
                               "restore it or use another --workdir")
 
+    if has_checkpoint and init_from is not None:
+        check_same_source(workdir, init_from.where)
     init_from = None if has_checkpoint else init_from  # a resumed run has its own weights
     prepared = prepared_dir(paths)
     if prepared is not None:  # streamed from shards: the tokenizer is the one they were made with
@@ -172,6 +176,7 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
         guard.mark(workdir, "train")
         if not has_checkpoint:
             tokenizer.save(workdir)
+            _record_source(workdir, init_from)
         save_config(cfg, os.path.join(workdir, CONFIG_FILE))
     iterator = task.batches(data.train, cfg, **position)
     iterator.part = (jax.process_index(), jax.process_count())  # streamed data: each process its rows
@@ -183,6 +188,32 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
     val_batches = validation_batches(val_batches, len(data.val), log)
     return Run(cfg, model, tokenizer, data, runner, runner.place_state(state), manager, start, iterator,
                val_batches)
+
+
+def _record_source(workdir: str, init_from) -> None:
+    """Which weights a new run started from (``SOURCE_FILE``; none: it was initialised afresh)."""
+    path = os.path.join(workdir, SOURCE_FILE)
+    if init_from is None:
+        if os.path.isfile(path):
+            os.remove(path)
+        return
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"init_from": os.path.abspath(init_from.where)}, f)
+
+
+def check_same_source(workdir: str, where: str) -> None:
+    """``--init-from`` on a run that already has checkpoints: it resumes from its own, so only the
+    source it started from is accepted; another one (or a run started afresh) would be ignored."""
+    try:
+        with open(os.path.join(workdir, SOURCE_FILE), encoding="utf-8") as f:
+            recorded = json.load(f).get("init_from")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if recorded != os.path.abspath(where):
+        started = f"started from {recorded}" if recorded else "not started from --init-from weights"
+        raise CheckpointError(f"--workdir {workdir}: holds a run with checkpoints ({started}), which resumes from "
+                              f"its own weights, so --init-from {where} would be ignored: fine-tune into a new "
+                              "--workdir, or leave --init-from out to continue this run")
 
 
 def _read_raw(cfg: Config, task, workdir: str, paths, skip_bad: bool, has_checkpoint: bool, init_from, log):

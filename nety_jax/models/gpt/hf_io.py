@@ -63,6 +63,13 @@ def _int_field(raw: dict, name: str, path: str, default=None) -> int:
     return value
 
 
+def _prob_field(raw: dict, name: str, path: str, default: float) -> float:
+    value = raw.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise CheckpointError(f"{path}: {name}={value!r} must be a probability (a number in [0, 1])")
+    return float(value)
+
+
 def model_config(raw: dict, vocab_size: int, blocked_ids: tuple, path: str):
     """Our ``gpt`` model section for a GPT-2 config.json (``vocab_size``: ours, after the id map)."""
     from nety_jax.models.gpt.config import GPTConfig
@@ -70,7 +77,7 @@ def model_config(raw: dict, vocab_size: int, blocked_ids: tuple, path: str):
         if raw.get(name, value) != value:
             raise CheckpointError(f"{path}: {name}={raw[name]!r} is not supported (GPT-2 uses {value!r})")
     act = raw.get("activation_function", "gelu_new")
-    if act not in ACTIVATIONS:
+    if not isinstance(act, str) or act not in ACTIVATIONS:
         raise CheckpointError(f"{path}: activation_function={act!r} is not supported "
                               f"(one of {', '.join(ACTIVATIONS)})")
     d = _int_field(raw, "n_embd", path, 768)
@@ -78,12 +85,15 @@ def model_config(raw: dict, vocab_size: int, blocked_ids: tuple, path: str):
     eps = raw.get("layer_norm_epsilon", 1e-5)
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
         raise CheckpointError(f"{path}: layer_norm_epsilon={eps!r} must be a positive number")
+    tied = raw.get("tie_word_embeddings", True)
+    if not isinstance(tied, bool):  # "false" as a string would tie the head silently
+        raise CheckpointError(f"{path}: tie_word_embeddings={tied!r} must be true or false")
     cfg = GPTConfig(vocab_size=vocab_size, max_len=_int_field(raw, "n_positions", path, 1024), d_model=d,
                     heads=_int_field(raw, "n_head", path, 12), layers=_int_field(raw, "n_layer", path, 12),
                     d_ff=4 * d if inner is None else _int_field(raw, "n_inner", path),
                     activation=ACTIVATIONS[act], norm="pre", positions="learned", qkv_bias=True,
-                    tie_output=bool(raw.get("tie_word_embeddings", True)), output_bias=False,
-                    dropout=float(raw.get("resid_pdrop", 0.1)), attention_dropout=float(raw.get("attn_pdrop", 0.1)),
+                    tie_output=tied, output_bias=False, dropout=_prob_field(raw, "resid_pdrop", path, 0.1),
+                    attention_dropout=_prob_field(raw, "attn_pdrop", path, 0.1),
                     norm_eps=float(eps), blocked_ids=tuple(blocked_ids))
     try:
         cfg.validate()
@@ -168,6 +178,12 @@ def check_tensors(sd: dict, m, hf_vocab: int, where: str) -> None:
         if tuple(sd[name].shape) != shapes[name]:
             raise CheckpointError(f"{where}: {name} has shape {tuple(sd[name].shape)}, but config.json "
                                   f"implies {shapes[name]}")
+        if np.asarray(sd[name]).dtype.kind != "f":  # float16 / bfloat16 files were widened on reading
+            raise CheckpointError(f"{where}: {name} holds {np.asarray(sd[name]).dtype} values; GPT-2's weights "
+                                  "are floating point")
+        if not np.isfinite(sd[name]).all():
+            raise CheckpointError(f"{where}: {name} holds NaN or infinite values (a damaged or diverged "
+                                  "checkpoint); it would generate nothing meaningful")
 
 
 def _get(tree, path):
