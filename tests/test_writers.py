@@ -184,9 +184,13 @@ def test_a_read_only_directory_is_refused_before_any_work(trained_run, tmp_path,
 def test_overwrite_replaces_only_its_own_output(targets, tmp_path, capsys):
     out = tmp_path / "q"
     shutil.copytree(targets["quantized run"], out)
-    (out / "stale.txt").write_text("from the earlier output\n")
+    (out / "stale.txt").write_text("mine\n")  # a file quantize did not write: --overwrite would lose it
+    assert main(["quantize", "--checkpoint", targets["run"], "--out", str(out), "--overwrite"]) == 2
+    assert "holds stale.txt, which quantize did not write" in capsys.readouterr().err
+    os.remove(out / "stale.txt")
+    (out / "metrics.jsonl").write_text("from the earlier output\n")  # a run's own file: replaced
     assert main(["quantize", "--checkpoint", targets["run"], "--out", str(out), "--overwrite"]) == 0
-    assert not (out / "stale.txt").exists() and (out / "checkpoints").is_dir()
+    assert not (out / "metrics.jsonl").exists() and (out / "checkpoints").is_dir()
     assert json.loads((out / MARKER).read_text())["writer"] == "quantize"
     from nety_jax.serving.pretrained import load_pretrained
     assert load_pretrained(str(out)).config.model.quant == "int8"  # the renamed Orbax checkpoint loads

@@ -81,6 +81,13 @@ def _blocked_mask(vocab: int, blocked: tuple):
     return jnp.asarray(out)
 
 
+def _zeros(shape, *like):
+    """float32 zeros as varying (over shard_map's manual axes) as ``like``: a scan's carry must
+    start with the varying axes of what its body adds (jnp.zeros alone is device-invariant)."""
+    probe = sum(x[(0,) * x.ndim].astype(jnp.float32) for x in like if x is not None)
+    return jnp.zeros_like(probe, shape=shape)
+
+
 def _fused_forward(h, weight, bias, targets, mask, transposed, blocked, rows):
     vocab = weight.shape[0 if transposed else 1]
     hs, ts, ms = _chunked(h, targets, mask, rows)
@@ -89,7 +96,7 @@ def _fused_forward(h, weight, bias, targets, mask, transposed, blocked, rows):
         hc, tc, mc = xs
         _, lse, top, target = _head_chunk(hc, weight, bias, tc, transposed, _blocked_mask(vocab, blocked))
         return sums + _head_sums(lse, top, target, mc), None
-    sums, _ = jax.lax.scan(one, jnp.zeros((2,), jnp.float32), (hs, ts, ms))
+    sums, _ = jax.lax.scan(one, _zeros((2,), hs, ts, ms, weight, bias), (hs, ts, ms))
     return sums
 
 
@@ -118,8 +125,8 @@ def _fused_fwd(h, weight, bias, targets, mask, transposed, blocked, rows):
         dw = dw + (jnp.dot(d.T, hc) if transposed else jnp.dot(hc.T, d))
         db = None if db is None else db + jnp.sum(d, axis=0)
         return (sums + _head_sums(lse, top, target, mc), dw, db), dh
-    zeros = (jnp.zeros((2,), jnp.float32), jnp.zeros(weight.shape, jnp.float32),
-             None if bias is None else jnp.zeros(bias.shape, jnp.float32))
+    like = (hs, ts, ms, weight, bias)
+    zeros = (_zeros((2,), *like), _zeros(weight.shape, *like), None if bias is None else _zeros(bias.shape, *like))
     (sums, dw, db), dh = jax.lax.scan(one, zeros, (hs, ts, ms))
     return sums, (dh.reshape(-1, h.shape[1])[:n], dw, db, targets, mask)
 

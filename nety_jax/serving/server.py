@@ -133,6 +133,9 @@ class Server:
         return self.mail
 
     async def run(self, request: Request, prompts: list[str], req, kind: str, endpoint: str):
+        if req.model is not None and req.model != self.name:  # as OpenAI and vLLM: never another model's reply
+            raise ApiError(404, f"the model {req.model!r} does not exist; this server has {self.name!r}", "model",
+                           "not_found_error")
         rows, prompt_tokens = _rows(self.backend, self.engine, prompts, req)
         if len(rows) > self.engine.max_batch:
             raise ApiError(400, f"{len(rows)} completions in one request; this server batches at most "
