@@ -64,6 +64,15 @@ def test_a_shard_of_another_prepare_is_refused_naming_it(two_prepares, tmp_path)
         _read_all(cfg, mixed)
 
 
+def test_a_config_with_another_validation_split_is_refused(two_prepares):
+    """The split is made at prepare: data.val_fraction=0.5 trained on the prepared 5% silently."""
+    from nety_jax.errors import ConfigError
+    cfg, a, _ = two_prepares
+    with pytest.raises(ConfigError, match="prepared with data.val_fraction=0.05 .*the config has 0.5"):
+        open_prepared(load_config(TINY, ["data.vocab_size=60", "data.val_fraction=0.5"]), a)
+    open_prepared(load_config(TINY, ["data.vocab_size=60", "data.val_fraction=0.05"]), a)  # the same: fine
+
+
 def test_windows_cut_another_way_are_other_training_data(tmp_path):
     """Prepared text: data.seq_len and data.stride are cut at training, so a resume with others
     must restart the data order (as on the raw text) rather than continue at the old position."""

@@ -215,6 +215,10 @@ def _check_config(cfg: Config, task, directory: str, manifest: dict) -> None:
         if recorded.get(field) != getattr(data_cfg, field):
             raise ConfigError(f"{directory}: prepared with data.{field}={recorded.get(field)!r}, the config "
                               f"has {getattr(data_cfg, field)!r}: set it, or prepare the data again")
+    split = manifest.get("split") or {}  # the held-out split is made at prepare: another one is not honoured
+    if "val_fraction" in split and split["val_fraction"] != task.val_fraction(cfg.data):
+        raise ConfigError(f"{directory}: prepared with data.val_fraction={split['val_fraction']!r} (its validation "
+                          f"split), the config has {task.val_fraction(cfg.data)!r}: set it, or prepare the data again")
 
 
 def _same_tokenizer(directory: str, tokenizer, other: str, manifest: dict) -> None:
