@@ -2,6 +2,7 @@
 resume, and `--overwrite` over an output holding files its writer did not write."""
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -130,3 +131,35 @@ def test_overwrite_of_runs_and_legacy_exports_keeps_foreign_files(tmp_path):
     (export / "results.csv").write_text("1,2\n")
     with pytest.raises(OutputError, match="holds results.csv"):
         guard.claim(str(export), "export", overwrite=True)
+
+
+def test_damaged_side_files_of_a_prepared_directory_are_one_error(two_prepares, tmp_path):
+    """A truncated or misshapen lengths / order file or a manifest of another shape was a
+    traceback (ValueError, IndexError, KeyError) from deep inside the batcher."""
+    cfg, a, _ = two_prepares
+
+    def damaged(name, damage):
+        d = tmp_path / name
+        shutil.copytree(a, d)
+        damage(d)
+        return str(d)
+
+    def truncate(path):
+        path.write_bytes(path.read_bytes()[:100])
+
+    def manifest(d, edit):
+        m = json.loads((d / "prepared.json").read_text())
+        edit(m)
+        (d / "prepared.json").write_text(json.dumps(m))
+
+    cases = {"lengths": (lambda d: truncate(d / "train.lengths.npy"), "train.lengths.npy: unreadable"),
+             "order": (lambda d: np.save(d / "train.order.npy", np.arange(7)), "train.order.npy: holds int64[7]"),
+             "order values": (lambda d: np.save(d / "train.order.npy", np.load(d / "train.order.npy") + 1000),
+                              "its order file names records it does not have"),
+             "shards": (lambda d: manifest(d, lambda m: m["splits"]["train"].pop("shards")),
+                        "prepared.json: splits.train.shards is not a list"),
+             "records": (lambda d: manifest(d, lambda m: m["splits"]["val"]["shards"][0].update(records="3")),
+                         "prepared.json: splits.val.shards[0] is not a shard")}
+    for name, (damage, message) in cases.items():
+        with pytest.raises(DataError, match=re.escape(message)):
+            _read_all(cfg, damaged(name.replace(" ", "_"), damage))

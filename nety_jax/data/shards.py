@@ -310,7 +310,28 @@ def read_manifest(directory: str) -> dict:
         raise DataError(f"{path}: unreadable ({str(e)[:160]}); prepare the data again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "splits" not in manifest:
         raise DataError(f"{path}: not a manifest of this version (format {FORMAT}); prepare the data again")
+    problem = _malformed(manifest)
+    if problem:
+        raise DataError(f"{path}: {problem}; prepare the data again")
     return manifest
+
+
+def _malformed(manifest: dict) -> Optional[str]:
+    """What in a manifest's structure is not what ``prepare`` writes (None: nothing)."""
+    count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if not isinstance(manifest.get("data"), dict):
+        return "'data' is not a mapping"
+    splits = manifest["splits"]
+    for split in ("train", "val"):
+        info = splits.get(split) if isinstance(splits, dict) else None
+        shards = info.get("shards") if isinstance(info, dict) else None
+        if not isinstance(shards, list):
+            return f"splits.{split}.shards is not a list"
+        for k, shard in enumerate(shards):
+            if not (isinstance(shard, dict) and isinstance(shard.get("file"), str) and count(shard.get("records"))
+                    and count(shard.get("tokens", 0)) and not os.path.dirname(shard["file"])):
+                return f"splits.{split}.shards[{k}] is not a shard (a file name, counts of records and tokens)"
+    return None
 
 
 def write_manifest(directory: str, manifest: dict) -> None:

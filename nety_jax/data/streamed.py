@@ -63,7 +63,13 @@ class PairShards:
 
     def _records(self, idx) -> np.ndarray:
         idx = np.asarray(idx)
-        return idx if self.order is None else np.asarray(self.order[idx])
+        if self.order is None:
+            return idx
+        records = np.asarray(self.order[idx])
+        if records.size and not (0 <= records.min() and records.max() < len(self.reader)):
+            raise DataError(f"{self.reader.directory}: its order file names records it does not have; prepare "
+                            "the data again")
+        return records
 
     def length(self, i: int) -> int:
         return int(self._lengths[self._records(i)].sum())

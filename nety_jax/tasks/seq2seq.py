@@ -85,10 +85,12 @@ class Seq2SeqTask(Task, name="seq2seq", noun="a seq2seq model", data_option="--d
             raise ConfigError(f"data.subword_alpha={cfg.data.subword_alpha} re-segments the pairs' texts at "
                               f"every batch; {directory} holds fixed ids: set it to 0 or train from the "
                               "pairs file")
-        tr, va = (PairShards(ShardReader(directory, manifest["splits"][split]["shards"], damage),
-                             _mapped(directory, manifest["splits"][split].get("lengths"), (0, 2)), cfg.data,
-                             _mapped(directory, manifest["splits"][split].get("order"), None))
-                  for split in ("train", "val"))
+        def split_data(split: str) -> PairShards:
+            info = manifest["splits"][split]
+            reader = ShardReader(directory, info["shards"], damage)
+            return PairShards(reader, _mapped(directory, info.get("lengths"), (len(reader), 2)), cfg.data,
+                              _mapped(directory, info.get("order"), None if info.get("order") is None else (len(reader),)))
+        tr, va = split_data("train"), split_data("val")
         desc = f"{len(tr)} training / {len(va)} validation pairs streamed from {directory}"
         truncated = sum(manifest["splits"][split].get("truncated", 0) for split in ("train", "val"))
         return DataSplit(tr, va, fingerprint(manifest), desc, truncated, damage)
@@ -141,11 +143,20 @@ def _one_file(paths: Sequence[str]) -> None:
         raise DataError("a seq2seq model trains on one pairs file (--data FILE)")
 
 
-def _mapped(directory: str, name, empty):
-    """A prepared split's ``.npy`` file, memory-mapped; ``empty``: the shape when there is none (or None)."""
+def _mapped(directory: str, name, shape):
+    """A prepared split's ``.npy`` file of integers of ``shape`` (one row per record), memory-mapped;
+    None when there is none and no shape; a damaged, missing or misshapen file is a DataError."""
     if not name:
-        return None if empty is None else np.zeros(empty, np.int32)
-    return np.load(os.path.join(directory, name), mmap_mode="r")
+        return None if shape is None else np.zeros((0,) + tuple(shape[1:]), np.int32)
+    path = os.path.join(directory, str(name))
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:  # missing, truncated, not an .npy file (never unpickled)
+        raise DataError(f"{path}: unreadable ({str(e).splitlines()[0][:120]}); prepare the data again") from None
+    if array.dtype.kind not in "iu" or array.shape != tuple(shape):
+        raise DataError(f"{path}: holds {array.dtype}{list(array.shape)}, expected integers of shape "
+                        f"{list(shape)} (one row per record); prepare the data again")
+    return array
 
 
 def _fingerprint(encoded) -> str:
