@@ -155,3 +155,39 @@ def pytest_xdist_make_scheduler(config, log):
             return nodeid.split("::")[0] if "::" not in unit else nodeid
 
     return Scheduler(config, log)
+
+
+# What CI's log needs to see whether the schedule works: per xdist worker, the seconds its tests
+# took and when its last one finished; the gap between the workers' finishes is the tail in
+# which one core idled (printed by the controller, after --durations)
+_WORKERS: dict = {}
+_STARTED = [None]
+
+
+def pytest_sessionstart(session):
+    import time
+    _STARTED[0] = time.monotonic()
+
+
+def pytest_runtest_logreport(report):
+    node = getattr(report, "node", None)  # set by pytest-xdist on the controller only
+    if node is None or _STARTED[0] is None:
+        return
+    import time
+    worker = node.gateway.id
+    busy, _, units = _WORKERS.get(worker, (0.0, 0.0, []))
+    unit = _unit(report.nodeid)
+    if report.when == "setup" and (not units or units[-1] != unit):
+        units.append(unit)
+    _WORKERS[worker] = (busy + report.duration, time.monotonic() - _STARTED[0], units)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if len(_WORKERS) < 2:
+        return
+    finishes = [done for _, done, _ in _WORKERS.values()]
+    terminalreporter.write_sep("=", "xdist workers (conftest.COSTS orders the units)")
+    for worker, (busy, done, units) in sorted(_WORKERS.items()):
+        terminalreporter.write_line(f"{worker}: tests {busy:.1f} s, last done at {done:.1f} s, {len(units)} units, "
+                                    f"the last: {', '.join(units[-3:])}")
+    terminalreporter.write_line(f"tail (one worker idle): {max(finishes) - min(finishes):.1f} s")
