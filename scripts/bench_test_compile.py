@@ -33,8 +33,15 @@ def _parse(argv: list) -> tuple[dict, list]:
         if argv[i] != "--set" or i + 1 >= len(argv) or "=" not in argv[i + 1]:
             sys.exit(f"usage: {__doc__.splitlines()[2].strip()}")
         key, value = argv[i + 1].split("=", 1)
-        options[key], i = value, i + 2
-    return options or {"xla_cpu_parallel_codegen_split_count": "1"}, argv[i + 1:]
+        options[key], i = _value(value), i + 2
+    return options or {"xla_cpu_parallel_codegen_split_count": 1}, argv[i + 1:]
+
+
+def _value(text: str):
+    """An XLA option's value as XLA parses it: a bool or an int as such, else the string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def _timed_compiles(options: dict, totals: dict) -> None:
