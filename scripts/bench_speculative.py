@@ -1,12 +1,17 @@
 """Speculative decoding (prompt lookup) against plain decoding, at batch 1, in one run.
 
-    python scripts/bench_speculative.py [--demo runs/demo] [--gpt RUN] [--draft-tokens 4]
-                                        [--rounds 3] [--json FILE]
+    python scripts/bench_speculative.py [--demo runs/demo] [--gpt RUN] [--copy RUN] [--draft-tokens 4]
+                                        [--rounds 3] [--trained gpt,demo,copy] [--json FILE]
 
-Two trained models: the demo (the hybrid of ``make demo``) and a GPT (configs/gpt_tiny.yaml;
-one is trained briefly into a temporary directory when --gpt is not given). Two prompt sets
-each: prompts whose reply repeats their text (the hybrid echoes names, places and objects of
-its input; the GPT continues a passage it was just shown) and prompts whose reply does not.
+Three trained models: the demo (the hybrid of ``make demo``), a tiny GPT (configs/gpt_tiny.yaml;
+one is trained briefly into a temporary directory when --gpt is not given) and the copy GPT
+(configs/gpt_copy_bench.yaml: weight-bound, trained by this script on documents that quote their
+own passages, so that it copies its context; made once into --copy, default runs/bench-spec-copy,
+and reused: ``copy_corpus`` and ``train_copy`` say how). The tiny models' steps cost tens of
+microseconds, against a fixed cost per call of about half a millisecond: speculation cannot pay
+much there; the copy GPT is the case speculation is for. Two prompt sets each: prompts whose
+reply repeats their text (the hybrid echoes names, places and objects of its input; the GPTs
+continue a passage they were just shown) and prompts whose reply does not.
 Every prompt runs alone (batch 1) through the compiled generate function (``generate_jit``,
 what ``Pretrained.generate`` calls), greedy, plain and with ``speculate=ngram``, alternating
 round by round (the machine is shared: only the ratio of the two, measured in the same run,
@@ -41,7 +46,16 @@ PROMPTS = {
                     "Chloé achète des pommes de terre et de la crème. Chloé achète des pommes"],
         "does not": ["Le vendredi,", "Souvent, le chat", "En automne, à Marseille,"],
     },
+    "copy": {  # passages of two lines of the shipped text, not adjacent there, then their start again
+        "repeats": ["Léa va au marché pour acheter des légumes frais. Le soir, Julien peint un tableau. Léa va au",
+                    "Inès habite à Rennes et travaille en voiture. Zoé regarde la poule qui mange du grain. Inès",
+                    "Quand il pleut à Grenoble, on prend un parapluie. Antoine prépare des crêpes pour le dîner. "
+                    "Quand il"],
+        "does not": ["Le vendredi,", "Souvent, le chat", "En automne, à Marseille,"],
+    },
 }
+COPY_CONFIG = os.path.join(ROOT, "configs", "gpt_copy_bench.yaml")
+COPY_DOCUMENTS = 4000
 
 
 def train_gpt(workdir: str) -> str:
@@ -49,6 +63,43 @@ def train_gpt(workdir: str) -> str:
     from nety_jax.training.loop import train
     train(load_config(os.path.join(ROOT, "configs", "gpt_tiny.yaml"), ["train.steps=300"]), workdir,
           progress=False, log=lambda *_: None)
+    return workdir
+
+
+def copy_corpus(path: str, documents: int = COPY_DOCUMENTS, seed: int = 0) -> str:
+    """The copy GPT's training text: one document a line, 1-3 lines of the shipped text drawn at
+    random, and in half the documents the same passage again, verbatim (a quotation: what a
+    summary, an edit or a chat history does to its context)."""
+    import random
+    from nety_jax.data.text import default_text_path
+    with open(default_text_path(), encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(documents):
+        n = rng.choice([1, 2, 3])
+        rng.randrange(len(lines) - n)  # unused; kept so that the corpus is the one the documented run had
+        passage = " ".join(rng.sample(lines, n))
+        docs.append(f"{passage} {passage}" if rng.random() < 0.5 else passage)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(docs) + "\n")
+    return path
+
+
+def train_copy(workdir: str) -> str:
+    """The copy GPT in ``workdir``: trained there from configs/gpt_copy_bench.yaml on
+    ``copy_corpus`` unless a finished run is there already (then reused as it is)."""
+    from nety_jax.config import load_config
+    from nety_jax.training.loop import train
+    cfg = load_config(COPY_CONFIG)
+    os.makedirs(workdir, exist_ok=True)
+    corpus = os.path.join(workdir, "copy_corpus.txt")
+    if not os.path.exists(corpus):
+        copy_corpus(corpus)
+    start = time.perf_counter()
+    summary = train(cfg, workdir, data=corpus, progress=False, log=lambda *_: None)
+    if summary["start_step"] < cfg.train.steps:
+        print(f"trained the copy GPT in {workdir}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return workdir
 
 
@@ -107,6 +158,7 @@ def measure(pretrained, prompts: list[str], new_tokens: int, draft: int, rounds:
 
 COST_MODELS = {  # random weights: what a step costs does not depend on them
     "gpt tiny": ("gpt_tiny.yaml", []),
+    "gpt copy": ("gpt_copy_bench.yaml", ["model.vocab_size=400"]),
     "gpt 124M": ("gpt2_124m.yaml", ["model.max_len=256", "model.dropout=0.0", "model.attention_dropout=0.0"]),
 }
 
@@ -168,9 +220,12 @@ def main() -> int:
     p.add_argument("--gpt", metavar="RUN",
                    help="a trained GPT run, made by `nety-jax train --config configs/gpt_tiny.yaml --workdir RUN` "
                         "(its 300 steps on the shipped text; default: the same, trained into a temporary directory)")
+    p.add_argument("--copy", metavar="RUN", default=os.path.join(ROOT, "runs", "bench-spec-copy"),
+                   help="the copy GPT's run: reused if trained, else trained there first (train_copy)")
     p.add_argument("--draft-tokens", type=int, default=4)
     p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--trained", default="gpt,demo", help="trained models to measure (gpt,demo; '' for none)")
+    p.add_argument("--trained", default="gpt,demo,copy",
+                   help="trained models to measure (gpt,demo,copy; '' for none)")
     p.add_argument("--costs", default=",".join(COST_MODELS),
                    help=f"random-weight models whose step costs to measure ({', '.join(COST_MODELS)}; '' for none)")
     p.add_argument("--json", help="also write the results here")
@@ -212,6 +267,8 @@ def trained_rows(args) -> list:
         runs["gpt"] = (args.gpt or train_gpt(tempfile.mkdtemp(prefix="bench-spec-gpt-")), 32)
     if "demo" in wanted:
         runs["demo"] = (args.demo, 40)
+    if "copy" in wanted:
+        runs["copy"] = (train_copy(args.copy), 48)
     rows = []
     for name, (path, new_tokens) in runs.items():
         model = load_pretrained(path, warn=lambda *_: None)

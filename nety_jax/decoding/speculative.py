@@ -244,9 +244,8 @@ def start(first_logits, cache, prompt, lengths, params: SamplingParams, spec: Lo
                       backoff=jnp.ones((b,), jnp.int32))
     first = adjust_logits(first_logits.astype(jnp.float32), None, jnp.zeros((), jnp.int32), spec)
     nxt = sample_rows(first, params, jnp.zeros((), jnp.int32), spec.top_k_max)
-    scores = _scores(first[:, None], nxt[:, None])
-    return _emit(state, nxt[:, None], jnp.zeros((b,), jnp.int32), scores, spec).replace(
-        calls=jnp.zeros((), jnp.int32))
+    scores = _scores(first[:, None], nxt[:, None])[:, 0]
+    return _emit_one(state, nxt, scores, spec).replace(calls=jnp.zeros((), jnp.int32))
 
 
 def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None,
