@@ -19,11 +19,14 @@
 // nety_matmul: y = x @ w in float32 for a decode step's batch (tens of rows), with w
 // (K, N) row-major as the model stores it, read unpacked. The weights of a decode step
 // (92 MB for NETY) stream from memory every step; XLA's GEMM stalls on them (296 GFLOP/s
-// against 403 with the same weights in cache). Here each thread takes its own rows (blocks
-// of 8) across every panel of 48 columns, the threads walking the panels side by side, so
-// a panel is read from memory once (into the shared L3) and from L2 for the row blocks
-// after the first; while a panel is computed the next one is prefetched, an eighth per
-// row block. AVX-512 only (nety_matmul_fast() says whether this build has it).
+// against 403 with the same weights in cache). Here the work is chunks of kChunkPanels
+// panels of 48 columns, each chunk all rows (blocks of 8), claimed one at a time by
+// whichever thread is free: a panel is read from memory by one core only, into its L2,
+// and from L2 for the row blocks after the first; while a panel is computed the next one
+// is prefetched, an eighth per row block. (Until 2026-12-05 each thread took a fixed half
+// of the rows across every panel: both cores read every weight, and a call waited for
+// the slower half: docs/PERFORMANCE.md.) AVX-512 only (nety_matmul_fast() says whether
+// this build has it).
 //
 // Work splits into blocks shared by the calling thread and XLA's intra-op threads (the
 // handler's ThreadPool context). Our own helper threads did this until 2026-11-30: they
@@ -388,6 +391,7 @@ ffi::Error DecodeAttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
 constexpr int64_t kPanel = 48;  // columns of w per panel: three 16-float vectors
 constexpr int64_t kBlockRows = 8;
 constexpr int64_t kDepth = 512;  // rows of w per pass: a panel's slice and x's columns stay in L2
+constexpr int64_t kChunkPanels = 4;  // panels a thread claims at a time (192 columns)
 
 // y[0:8, 0:48] (+)= x[0:8, 0:k_dim] @ w[0:k_dim, 0:48] with 24 accumulators in registers; x's
 // rows are ldx apart. ``next``: the next panel at the same depth, whose rows [block * k_dim/8,
@@ -442,7 +446,7 @@ inline void RowTail(const float* x, const float* w, float* y, int64_t k_dim, int
 
 // Columns [j, j + 48) of y, kDepth rows of w at a time.
 void Panel(const float* x, const float* w, float* y, int64_t m_dim, int64_t k_dim, int64_t n, int64_t j,
-           const float* next, int64_t first_block) {
+           const float* next) {
   const int64_t cols = std::min(kPanel, n - j);
   for (int64_t k0 = 0; k0 < k_dim; k0 += kDepth) {
     const int64_t depth = std::min(kDepth, k_dim - k0);
@@ -452,8 +456,7 @@ void Panel(const float* x, const float* w, float* y, int64_t m_dim, int64_t k_di
     if (cols == kPanel) {
       for (; m + kBlockRows <= m_dim; m += kBlockRows)
         Block8x48(x + m * k_dim + k0, k_dim, wk, y + m * n + j, depth, n, nk,
-                  (first_block + m / kBlockRows) & 7,
-                   k0 > 0);
+                  (m / kBlockRows) & 7, k0 > 0);
     }
     for (; m < m_dim; ++m) RowTail(x + m * k_dim + k0, wk, y + m * n + j, depth, n, cols, k0 > 0);
   }
@@ -469,17 +472,14 @@ ffi::Error MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Res
   const float* xp = x.typed_data();
   const float* wp = w.typed_data();
   float* yp = y->typed_data();
-  // each thread a range of rows (blocks of 8) across every panel: the threads walk the panels
-  // side by side, so a panel comes from memory once, into the shared L3
-  const int64_t panels = (n + kPanel - 1) / kPanel, blocks = (m + kBlockRows - 1) / kBlockRows;
-  const int64_t threads = std::min(blocks, Threads(pool));
-  ParallelFor(pool, threads, [=](int64_t t) {
-    const int64_t m0 = t * blocks / threads * kBlockRows;
-    const int64_t m1 = std::min(m, (t + 1) * blocks / threads * kBlockRows);
-    for (int64_t p = 0; p < panels; ++p) {
+  // chunks of panels, every row, claimed by whichever thread is free: each weight is read by
+  // one core, and a core that another process slows takes fewer chunks
+  const int64_t panels = (n + kPanel - 1) / kPanel, chunks = (panels + kChunkPanels - 1) / kChunkPanels;
+  ParallelFor(pool, chunks, [=](int64_t c) {
+    for (int64_t p = c * kChunkPanels; p < std::min(panels, (c + 1) * kChunkPanels); ++p) {
       const int64_t j = p * kPanel;
       const float* next = n - j >= 2 * kPanel ? wp + j + kPanel : nullptr;
-      Panel(xp + m0 * k, wp, yp + m0 * n, m1 - m0, k, n, j, next, m0 / kBlockRows);
+      Panel(xp, wp, yp, m, k, n, j, next);
     }
   });
   return ffi::Error::Success();
