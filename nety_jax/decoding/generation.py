@@ -11,6 +11,7 @@ import functools
 
 import jax
 
+from nety_jax import kernels
 from nety_jax.decoding import loop, speculative
 from nety_jax.decoding.beam import beam_search
 from nety_jax.decoding.spec import LoopSpec
@@ -22,8 +23,11 @@ def _callbacks(model, variables, tokens, lengths, spec: LoopSpec):
     if spec.speculative:  # a verification writes a whole draft past a row's last position
         cache = model.draft_room(cache, spec.draft_tokens + 1)
 
+    # the weights' panels packed once here, outside the loop, for every step's batched products
+    packed = kernels.with_packed(variables, tokens.shape[0] * max(spec.beam_size, 1))
+
     def step(last, cache):
-        return model.decode_step(variables, last, cache)
+        return model.decode_step(packed, last, cache)
     return first, cache, step
 
 

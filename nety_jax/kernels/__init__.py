@@ -17,6 +17,11 @@
   core's share of the memory bandwidth bounded batch-1 decoding, and 2+ rows go through its
   GEMM, which reads the weights at about half that speed.
   ``matmul_t`` is the same for x @ w.T (``nety_matvec_t``: a tied output head).
+- ``matmul_packed``: ``nety_matmul``'s product (bit-identical) with the weights' 48-column
+  panels packed contiguous (``pack_panels``). Generation packs them once per call, before its
+  loop (``with_packed``: a ``packed`` variable collection beside ``params`` that ``Linear``
+  reads), so every step streams each panel as one run of memory instead of 192 bytes from
+  each of K rows a page apart.
 
 The kernels split their work over XLA's own intra-op threads (helper threads of our
 own competed with them for the cores: docs/PERFORMANCE.md).
@@ -46,6 +51,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +62,10 @@ ATTENTION_TARGET = "nety_decode_attention"
 MATMUL_TARGET = "nety_matmul"
 MATVEC_TARGET = "nety_matvec"
 MATVEC_T_TARGET = "nety_matvec_t"
-TARGETS = (TARGET, TOP_K_TARGET, ATTENTION_TARGET, MATMUL_TARGET, MATVEC_TARGET, MATVEC_T_TARGET)  # every custom call we register
+MATMUL_PACKED_TARGET = "nety_matmul_packed"
+TARGETS = (TARGET, TOP_K_TARGET, ATTENTION_TARGET, MATMUL_TARGET, MATVEC_TARGET, MATVEC_T_TARGET,
+           MATMUL_PACKED_TARGET)  # every custom call we register
+PANEL = 48  # columns of a packed panel (kPanel in cpu_kernels.cc)
 MAX_ROWS = 4  # above this many rows XLA's GEMM path wins for int8 (compute, not bytes, bounds it)
 MATVEC_ROWS = 8  # nety_matvec / nety_matvec_t take up to this many float32 rows (kMatvecMaxRows)
 # the smallest weight matrix (elements) nety_matvec / nety_matvec_t take: a smaller one sits in
@@ -125,6 +134,8 @@ def load() -> bool:
                 jax.ffi.register_ffi_target(MATMUL_TARGET, jax.ffi.pycapsule(lib.NetyMatmul), platform="cpu")
                 jax.ffi.register_ffi_target(MATVEC_TARGET, jax.ffi.pycapsule(lib.NetyMatvec), platform="cpu")
                 jax.ffi.register_ffi_target(MATVEC_T_TARGET, jax.ffi.pycapsule(lib.NetyMatvecT), platform="cpu")
+                jax.ffi.register_ffi_target(MATMUL_PACKED_TARGET, jax.ffi.pycapsule(lib.NetyMatmulPacked),
+                                            platform="cpu")
                 _state["matmul"] = bool(lib.NetyMatmulFast())
                 _state["ok"] = True
             except Exception as e:  # a missing compiler must not stop generation
@@ -317,3 +328,53 @@ def _matmul_t_bwd(saved, g):
 
 
 matmul_t.defvjp(_matmul_t_fwd, _matmul_t_bwd)
+
+
+def pack_panels(kernel: jax.Array) -> jax.Array:
+    """(K, N) -> (N // PANEL, K, PANEL): column panel p of ``kernel`` with its K rows contiguous
+    (the columns past the last full panel are left out: ``matmul_packed`` reads them from the
+    kernel itself)."""
+    k, n = kernel.shape
+    panels = n // PANEL
+    return kernel[:, :panels * PANEL].reshape(k, panels, PANEL).transpose(1, 0, 2)
+
+
+def matmul_packed(x: jax.Array, packed: jax.Array, kernel: jax.Array) -> jax.Array:
+    """(..., K) float32 @ (K, N) ``kernel`` -> (..., N), with ``packed = pack_panels(kernel)``:
+    the same floats as ``matmul`` (its kernel's panels read contiguous). Not differentiable: a
+    decoding path (``with_packed``)."""
+    k, n = kernel.shape
+    rows = x.reshape(-1, k)
+    call = jax.ffi.ffi_call(MATMUL_PACKED_TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+                            vmap_method="sequential")
+    return call(rows, packed, kernel).reshape(x.shape[:-1] + (n,))
+
+
+def _packable(leaf, rows: int) -> bool:
+    """Whether a float32 (K, N) kernel would go through ``nety_matmul`` for ``rows`` rows."""
+    shape = getattr(leaf, "shape", ())
+    return (len(shape) == 2 and getattr(leaf, "dtype", None) == jnp.float32 and shape[1] >= PANEL
+            and matmul_usable(jax.ShapeDtypeStruct((rows, shape[0]), jnp.float32), jnp.float32, shape[1])
+            and rows > MATVEC_ROWS)
+
+
+def with_packed(variables: dict, rows: int) -> dict:
+    """``variables`` plus a ``packed`` collection: ``pack_panels`` of every float32 ``kernel``
+    in ``params`` that a product of ``rows`` rows sends through ``nety_matmul`` (``Linear``
+    then calls ``matmul_packed``); ``variables`` unchanged when none does. Call it inside the
+    jitted program, before a decode loop: the packed copies are made once per call (and cost
+    the kernels' size in memory while it runs)."""
+    def walk(tree):
+        out = {}
+        for name, value in tree.items():
+            if isinstance(value, Mapping):
+                sub = walk(value)
+                if sub:
+                    out[name] = sub
+            elif name == "kernel" and _packable(value, rows):
+                out[name] = pack_panels(value)
+        return out
+    if "packed" in variables or not isinstance(variables.get("params"), Mapping):
+        return variables
+    packed = walk(variables["params"])
+    return {**variables, "packed": packed} if packed else variables

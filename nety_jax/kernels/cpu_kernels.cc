@@ -394,21 +394,22 @@ constexpr int64_t kDepth = 512;  // rows of w per pass: a panel's slice and x's 
 constexpr int64_t kChunkPanels = 4;  // panels a thread claims at a time (192 columns)
 
 // y[0:8, 0:48] (+)= x[0:8, 0:k_dim] @ w[0:k_dim, 0:48] with 24 accumulators in registers; x's
-// rows are ldx apart. ``next``: the next panel at the same depth, whose rows [block * k_dim/8,
-// (block + 1) * k_dim/8) this row block prefetches into L2 (one every 8 k; into L1 measured no better).
-inline void Block8x48(const float* x, int64_t ldx, const float* w, float* y, int64_t k_dim, int64_t n,
-                      const float* next, int64_t block, bool accumulate) {
+// rows are ldx apart, w's ldw (n as the model stores it, 48 packed), y's ldy. ``next``: the
+// next panel at the same depth (rows ldw apart), whose rows [block * k_dim/8, (block + 1) *
+// k_dim/8) this row block prefetches into L2 (one every 8 k; into L1 measured no better).
+inline void Block8x48(const float* x, int64_t ldx, const float* w, int64_t ldw, float* y, int64_t ldy,
+                      int64_t k_dim, const float* next, int64_t block, bool accumulate) {
 #define NETY_ROW(m) __m512 c##m##0 = _mm512_setzero_ps(), c##m##1 = c##m##0, c##m##2 = c##m##0; \
   const float* x##m = x + m * ldx; \
-  if (accumulate) { c##m##0 = _mm512_loadu_ps(y + m * n); c##m##1 = _mm512_loadu_ps(y + m * n + 16); \
-                    c##m##2 = _mm512_loadu_ps(y + m * n + 32); }
+  if (accumulate) { c##m##0 = _mm512_loadu_ps(y + m * ldy); c##m##1 = _mm512_loadu_ps(y + m * ldy + 16); \
+                    c##m##2 = _mm512_loadu_ps(y + m * ldy + 32); }
   NETY_ROW(0) NETY_ROW(1) NETY_ROW(2) NETY_ROW(3) NETY_ROW(4) NETY_ROW(5) NETY_ROW(6) NETY_ROW(7)
 #undef NETY_ROW
   const int64_t slice = block * (k_dim >> 3);
   for (int64_t k = 0; k < k_dim; ++k) {
-    const float* wk = w + k * n;
+    const float* wk = w + k * ldw;
     if (next != nullptr && (k & 7) == 0) {
-      const char* p = reinterpret_cast<const char*>(next + (slice + (k >> 3)) * n);
+      const char* p = reinterpret_cast<const char*>(next + (slice + (k >> 3)) * ldw);
       _mm_prefetch(p, _MM_HINT_T2);
       _mm_prefetch(p + 64, _MM_HINT_T2);
       _mm_prefetch(p + 128, _MM_HINT_T2);
@@ -419,8 +420,8 @@ inline void Block8x48(const float* x, int64_t ldx, const float* w, float* y, int
     NETY_FMA(0) NETY_FMA(1) NETY_FMA(2) NETY_FMA(3) NETY_FMA(4) NETY_FMA(5) NETY_FMA(6) NETY_FMA(7)
 #undef NETY_FMA
   }
-#define NETY_STORE(m) _mm512_storeu_ps(y + m * n, c##m##0); _mm512_storeu_ps(y + m * n + 16, c##m##1); \
-  _mm512_storeu_ps(y + m * n + 32, c##m##2);
+#define NETY_STORE(m) _mm512_storeu_ps(y + m * ldy, c##m##0); _mm512_storeu_ps(y + m * ldy + 16, c##m##1); \
+  _mm512_storeu_ps(y + m * ldy + 32, c##m##2);
   NETY_STORE(0) NETY_STORE(1) NETY_STORE(2) NETY_STORE(3) NETY_STORE(4) NETY_STORE(5) NETY_STORE(6) NETY_STORE(7)
 #undef NETY_STORE
 }
@@ -455,8 +456,8 @@ void Panel(const float* x, const float* w, float* y, int64_t m_dim, int64_t k_di
     int64_t m = 0;
     if (cols == kPanel) {
       for (; m + kBlockRows <= m_dim; m += kBlockRows)
-        Block8x48(x + m * k_dim + k0, k_dim, wk, y + m * n + j, depth, n, nk,
-                  (m / kBlockRows) & 7, k0 > 0);
+        Block8x48(x + m * k_dim + k0, k_dim, wk, n, y + m * n + j, n, depth, nk, (m / kBlockRows) & 7,
+                  k0 > 0);
     }
     for (; m < m_dim; ++m) RowTail(x + m * k_dim + k0, wk, y + m * n + j, depth, n, cols, k0 > 0);
   }
@@ -484,7 +485,55 @@ ffi::Error MatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Res
   });
   return ffi::Error::Success();
 }
+
+// The same product with w's full panels packed (P, K, 48): panel p is columns [48p, 48p + 48)
+// of w with its K rows contiguous (kernels.pack_panels, once per generate call, outside the
+// loop). A panel then streams from memory as one run of pages and from L2 in order, where the
+// model's layout reads 192 bytes from each of K rows n * 4 bytes apart (a page each). Each
+// output is the same chain of FMAs over k as MatmulImpl's (its 512-deep passes store and
+// reload the running sums exactly): the results are bit-identical. Columns past the last full
+// panel come from w itself.
+void PackedPanel(const float* x, const float* wp, const float* next, float* y, int64_t m_dim, int64_t k_dim,
+                 int64_t n) {
+  int64_t m = 0;
+  for (; m + kBlockRows <= m_dim; m += kBlockRows)
+    Block8x48(x + m * k_dim, k_dim, wp, kPanel, y + m * n, n, k_dim, next, (m / kBlockRows) & 7, false);
+  for (; m < m_dim; ++m) RowTail(x + m * k_dim, wp, y + m * n, k_dim, kPanel, kPanel, false);
+}
+
+ffi::Error PackedMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> packed, ffi::Buffer<ffi::F32> w,
+                            ffi::ResultBuffer<ffi::F32> y, ffi::ThreadPool pool) {
+  const auto xd = x.dimensions(), pd = packed.dimensions(), wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || pd.size() != 3 || xd[1] != wd[0] || pd[1] != wd[0] ||
+      pd[2] != kPanel || pd[0] != wd[1] / kPanel) {
+    return ffi::Error::InvalidArgument(
+        "nety_matmul_packed: expects x (M, K), packed (N // 48, K, 48) and w (K, N)");
+  }
+  const int64_t m = xd[0], k = xd[1], n = wd[1], panels = pd[0];
+  const float* xp = x.typed_data();
+  const float* pp = packed.typed_data();
+  const float* wp = w.typed_data();
+  float* yp = y->typed_data();
+  const int64_t chunks = (panels + kChunkPanels - 1) / kChunkPanels;
+  ParallelFor(pool, chunks + 1, [=](int64_t c) {
+    if (c == chunks) {  // the columns past the last full panel
+      for (int64_t r = 0; n > panels * kPanel && r < m; ++r)
+        RowTail(xp + r * k, wp + panels * kPanel, yp + r * n + panels * kPanel, k, n, n - panels * kPanel, false);
+      return;
+    }
+    for (int64_t p = c * kChunkPanels; p < std::min(panels, (c + 1) * kChunkPanels); ++p) {
+      const float* panel = pp + p * k * kPanel;
+      PackedPanel(xp, panel, p + 1 < panels ? panel + k * kPanel : nullptr, yp + p * kPanel, m, k, n);
+    }
+  });
+  return ffi::Error::Success();
+}
 #else
+ffi::Error PackedMatmulImpl(ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>,
+                            ffi::ResultBuffer<ffi::F32>, ffi::ThreadPool) {
+  return ffi::Error::Internal("nety_matmul_packed: built without AVX-512 (nety_matmul_fast() is 0)");
+}
+
 ffi::Error MatmulImpl(ffi::Buffer<ffi::F32>, ffi::Buffer<ffi::F32>, ffi::ResultBuffer<ffi::F32>,
                       ffi::ThreadPool) {
   return ffi::Error::Internal("nety_matmul: built without AVX-512 (nety_matmul_fast() is 0)");
@@ -637,6 +686,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyDecodeAttention, DecodeAttentionImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyMatmul, MatmulImpl,
                               ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ctx<ffi::ThreadPool>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NetyMatmulPacked, PackedMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()

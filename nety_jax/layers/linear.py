@@ -5,7 +5,8 @@ channel (``scale``: max |w| of the column / 127); activations stay in the comput
 dtype (float32 or bfloat16). On the CPU, a product of a few float32 rows (a decode
 step) goes through our int8 kernel (``nety_jax.kernels``: it reads one byte per weight);
 everywhere else the kernel is widened on the fly for XLA's dot. Float32 products of a
-batched decode step (``kernels.MATMUL_ROWS`` rows) go through our float32 kernel. ``nety-jax
+batched decode step (``kernels.MATMUL_ROWS`` rows) go through our float32 kernel, from the
+kernel's packed panels when generation made them (a ``packed`` collection). ``nety-jax
 quantize`` converts a trained run; nothing trains in int8.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Linear(nn.Module):
         if scale is not None and kernels.int8_usable(x, dtype):
             y = kernels.int8_matmul(x, kernel, scale)
         elif scale is None and kernels.matmul_usable(x, dtype, self.features):
-            y = kernels.matmul(x, kernel)
+            y = self._float_product(x, kernel)
         else:
             y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
             if scale is not None:
@@ -55,6 +56,13 @@ class Linear(nn.Module):
             bias = self.param("bias", named(nn.initializers.zeros, (self.axes[1],)), (self.features,), jnp.float32)
             y = y + bias.astype(dtype)
         return y
+
+    def _float_product(self, x, kernel):
+        """Through our kernel; from the kernel's packed panels where decoding made them
+        (``kernels.with_packed``) and the product is not a few rows' (``nety_matvec``)."""
+        if self.has_variable("packed", "kernel") and x.size // x.shape[-1] > kernels.MATVEC_ROWS:
+            return kernels.matmul_packed(x, self.get_variable("packed", "kernel"), kernel)
+        return kernels.matmul(x, kernel)
 
     def weight(self) -> jax.Array:
         """The (dequantized) float32 kernel, for callers that use it directly (after a call)."""
