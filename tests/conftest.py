@@ -43,23 +43,6 @@ RNN_LM = str(CONFIGS / "rnn_lm.yaml")
 QUIET = {"progress": False, "log": lambda *_: None}
 
 
-def _suite_cache_threshold() -> None:
-    """The CLI caches a program on disk only if it compiled in 0.2 s or more (its
-    ``enable_compilation_cache``); in this process, which runs `nety-jax` many times through
-    ``run_main``, that left every smaller program to be compiled again by each run (new jitted
-    functions: only the persistent cache holds them). Here the CLI caches what the suite's
-    threshold above allows (docs/PERFORMANCE.md, "The test suite")."""
-    import functools
-
-    from nety_jax import runtime
-    seconds = float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])
-    runtime.enable_compilation_cache = functools.partial(runtime.enable_compilation_cache,
-                                                         min_compile_seconds=seconds)
-
-
-_suite_cache_threshold()
-
-
 def run_main(*argv) -> subprocess.CompletedProcess:
     """`nety-jax ARGV` in this process (no interpreter start, no JAX import, programs already
     compiled here reused): the exit code and what it printed, as subprocess.run returns them."""
