@@ -97,7 +97,7 @@ def table(r: dict) -> str:
                  f"{r['recompiles']['shapes']} bucket shapes warmed up, then {r['recompiles']['steps']} steps |")
     lines += gpt_rows(r)
     lines.append(f"| peak RSS | train {r['peak_rss_train_mb']:,.0f} MB, generate "
-                 f"{r['peak_rss_generate_mb']:,.0f} MB, GPT part (ours and HF) {r['peak_rss_gpt_mb']:,.0f} MB | - | - | one process each |")
+                 f"{r['peak_rss_generate_mb']:,.0f} MB, GPT part (the larger of ours and HF) {r['peak_rss_gpt_mb']:,.0f} MB | - | - | one process each |")
     return "\n".join(lines)
 
 

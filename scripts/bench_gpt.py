@@ -1,8 +1,9 @@
-"""Our `gpt` (configs/gpt2_124m.yaml) against HuggingFace `GPT2LMHeadModel` in PyTorch, in one process.
+"""Our `gpt` (configs/gpt2_124m.yaml) against HuggingFace `GPT2LMHeadModel` in PyTorch.
 
     python scripts/bench_gpt.py [--tiny] [--batch 8] [--len 256] [--dtype float32] [--hf-compile]
                                 [--gen 1:greedy 1:topk 64:topk] [--new-tokens 64] [--repeats 3]
-                                [--skip-hf] [--skip-import] [--json FILE]
+                                [--skip-hf] [--skip-gen] [--skip-import] [--json FILE]
+                                [--arrangement processes|shared] [--hf-malloc default|keep]
 
 - training: one AdamW step (clipping at train.clip_norm, the same learning rate, betas,
   epsilon and weight decay; dropout as the config says, in both) on the same batch of
@@ -28,14 +29,23 @@ biases (our gpt2_124m has none). Compute dtype: ours is model.dtype (float32 par
 HF runs under ``torch.autocast`` for bfloat16 (float32 parameters too). The platform is
 whatever JAX and PyTorch find (PyTorch uses CUDA when it sees it).
 
-Frameworks alternate round by round (the machine is shared); medians over rounds, warm-up
-(compilation) excluded. Prints one JSON object (``--json FILE`` also writes it).
+Each framework runs in a process of its own (``--arrangement processes``, the default), started
+for the train rows and again for the generation rows; this process sends each a request per
+round and they take turns (the machine is shared: a slow moment hits both), as scripts/bench.py
+runs NETY's PyTorch step. Each process warms up its own step (compilation) before the timed
+rounds. Ours runs with glibc's malloc as `nety-jax` sets it (runtime.keep_host_memory), HF's as
+a PyTorch user's process gets it (``--hf-malloc keep``: ours too). In one shared process
+(``--arrangement shared``, the arrangement before 2026-12-05) our step ran slower right after
+PyTorch's than alone (docs/PERFORMANCE.md). The references (matmul peak, copy) are timed in
+this process between the rounds. Medians over rounds, warm-up excluded. Prints one JSON object
+(``--json FILE`` also writes it).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -58,6 +68,10 @@ MODES = ("greedy", "topk")  # top-k 50 at temperature 1, no nucleus cut
 # a batch-1 call takes about a second: its rows get at least this many rounds, so that one
 # disturbed round (another session's burst) does not move a median of two
 B1_MIN_ROUNDS = 5
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def timed(fn) -> float:
@@ -246,11 +260,13 @@ class References:
         return 2 * self.src.nbytes / seconds / 1e9
 
 
-def alternate(fns: dict, repeats: int) -> dict:
-    """Median seconds of each function, called in turns round by round (after one warm-up call).
-    A function may return its own seconds (a reference timing only part of its work)."""
-    for fn in fns.values():
-        fn()
+def alternate(fns: dict, repeats: int, warm=()) -> dict:
+    """Median seconds of each function, called in turns round by round (after one warm-up call
+    each but those named in ``warm``). A function may return its own seconds (a reference timing
+    only part of its work, or a process of its own timing its step)."""
+    for name, fn in fns.items():
+        if name not in warm:
+            fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -278,39 +294,178 @@ def reference_values(seconds: dict, refs: "References | None") -> dict:
     return out
 
 
+# -- each framework's side, in a worker process ------------------------------------------------------
+class LocalSide:
+    """One framework (``ours`` or ``hf``) in the process it is made in (a Worker's): answers
+    requests (``train`` at a batch and length, ``generate`` at a batch and mode) with the
+    seconds of one step or call. A request
+    builds what it needs the first time (the build is not timed; the first step's compilation
+    is, in the first request's seconds)."""
+
+    def __init__(self, side: str, cfg, new_tokens: int = 0, prompt_len: int = 0, hf_compile: bool = False):
+        self.side, self.cfg, self.hf_compile = side, cfg, hf_compile
+        self.new_tokens, self.prompt_len = new_tokens, prompt_len
+        self.trainers, self.generator = {}, None
+
+    def _trainer(self, batch: int, length: int):
+        key = (batch, length)
+        if key not in self.trainers:
+            tokens = token_batch(self.cfg.model.vocab_size, batch, length)
+            self.trainers[key] = OurTrainer(self.cfg, tokens) if self.side == "ours" else \
+                HFTrainer(self.cfg, tokens, compile=self.hf_compile)
+        return self.trainers[key]
+
+    def _generator(self):
+        if self.generator is None:
+            self.generator = OurGenerator(self.cfg, self.new_tokens, self.prompt_len) if self.side == "ours" else \
+                HFGenerator(self.cfg, self.new_tokens, self.prompt_len, compile=self.hf_compile)
+        return self.generator
+
+    def request(self, op: str, batch: int, length: int = 0, mode: str = "") -> float:
+        if op == "train":
+            trainer = self._trainer(batch, length)
+            return timed(lambda: trainer.steps(1))
+        generator = self._generator()
+        return timed(lambda: generator.call(batch, mode))
+
+class Worker:
+    """A process of its own (``bench_gpt.py --serve SIDE...``) holding one framework's side, or
+    several: it answers each request line with the seconds the request took there."""
+
+    REPLY = "@bench_gpt "  # marks the worker's answers among anything a library prints
+
+    def __init__(self, sides: tuple, cfg, new_tokens: int = 0, prompt_len: int = 0, hf_compile: bool = False,
+                 malloc: str = "keep"):
+        import subprocess
+        import tempfile
+        from nety_jax.config.loader import save_config
+        fd, self.config_path = tempfile.mkstemp(prefix="bench-gpt-", suffix=".yaml")
+        os.close(fd)
+        save_config(cfg, self.config_path)
+        cmd = [sys.executable, os.path.abspath(__file__), "--serve", *sides, "--config", self.config_path,
+               "--new-tokens", str(new_tokens), "--prompt-len", str(prompt_len), "--malloc", malloc] \
+            + ["--hf-compile"] * hf_compile
+        self.name, self.rss, self.last = "+".join(sides), None, {}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def _reply(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith(self.REPLY):
+                return json.loads(line[len(self.REPLY):])
+            sys.stderr.write(line)
+        raise SystemExit(f"bench_gpt: the {self.name} process exited (code {self.proc.wait()})")
+
+    def request(self, side: str, op: str, batch: int, length: int = 0, mode: str = "") -> float:
+        req = {"side": side, "op": op, "batch": batch, "length": length, "mode": mode}
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        self.last = self._reply()  # also the request's CPU seconds and minor page faults there
+        return self.last["seconds"]
+
+    def close(self) -> float:
+        """Its peak RSS in MB (once; later calls repeat it)."""
+        if self.rss is None:
+            self.proc.stdin.close()
+            self.rss = self._reply()["peak_rss_mb"]
+            self.proc.wait()
+            os.unlink(self.config_path)
+        return self.rss
+
+
+class ProcessSide:
+    """One framework's side held by a Worker (alone, or with the other framework's)."""
+
+    def __init__(self, worker: Worker, side: str):
+        self.worker, self.side = worker, side
+
+    def request(self, op: str, batch: int, length: int = 0, mode: str = "") -> float:
+        return self.worker.request(self.side, op, batch, length, mode)
+
+    def close(self) -> dict:
+        return {"peak_rss_mb": self.worker.close()}
+
+
+def serve(argv) -> int:
+    """The Worker's process: the sides named, a JSON request per stdin line, a reply per
+    request on stdout; its peak RSS when stdin closes."""
+    p = argparse.ArgumentParser(prog="bench_gpt.py --serve")
+    p.add_argument("sides", nargs="+", choices=("ours", "hf"))
+    p.add_argument("--config", required=True)
+    p.add_argument("--new-tokens", type=int, default=0)
+    p.add_argument("--prompt-len", type=int, default=0)
+    p.add_argument("--hf-compile", action="store_true")
+    p.add_argument("--malloc", choices=("keep", "default"), default="keep")
+    args = p.parse_args(argv)
+    from nety_jax.config import load_config
+    from nety_jax.runtime import keep_host_memory
+    keep_host_memory(args.malloc)  # before JAX or PyTorch runs anything
+    cfg = load_config(args.config)
+    sides = {name: LocalSide(name, cfg, args.new_tokens, args.prompt_len, args.hf_compile) for name in args.sides}
+    for line in sys.stdin:
+        req = json.loads(line)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        seconds = sides[req.pop("side")].request(**req)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        print(Worker.REPLY + json.dumps({"seconds": seconds, "cpu_s": cpu, "faults": after.ru_minflt - before.ru_minflt}),
+              flush=True)
+    print(Worker.REPLY + json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
+    return 0
+
+
+def make_sides(cfg, hf: bool, arrangement: str, hf_malloc: str, **kw) -> dict:
+    """{"ours": side, "hf": side (when ``hf``)}: each in a process of its own ("processes"; ours
+    with runtime.keep_host_memory, HF's with ``hf_malloc``), or both in one ("shared", ours's
+    malloc setting, as this script ran them before 2026-12-05)."""
+    names = ("ours", "hf") if hf else ("ours",)
+    if arrangement == "shared":
+        worker = Worker(names, cfg, **kw)
+        return {name: ProcessSide(worker, name) for name in names}
+    return {name: ProcessSide(Worker((name,), cfg, malloc="keep" if name == "ours" else hf_malloc, **kw), name)
+            for name in names}
+
+
+def close_sides(sides: dict) -> dict:
+    """Each side's peak RSS in MB (its process's)."""
+    return {name: side.close()["peak_rss_mb"] for name, side in sides.items()}
+
+
 def bench_train(cfg, batch: int, length: int, repeats: int, hf: bool = True, hf_compile: bool = False,
-                refs: "References | None" = None) -> dict:
-    """Seconds per AdamW step, ours and HF's, on the same (batch, length) token batch."""
-    tokens = token_batch(cfg.model.vocab_size, batch, length)
-    ours = OurTrainer(cfg, tokens)
-    compile_s = timed(lambda: ours.steps(1))
-    fns = {"ours": lambda: ours.steps(1)}
-    if hf:
-        theirs = HFTrainer(cfg, tokens, compile=hf_compile)
-        fns["hf"] = lambda: theirs.steps(1)
-    seconds = alternate(with_references(fns, refs, ("matmul",)), repeats)
+                refs: "References | None" = None, arrangement: str = "processes", hf_malloc: str = "default") -> dict:
+    """Seconds per AdamW step, ours and HF's, on the same (batch, length) token batch, each side
+    warmed up (its first step: ours compiles) before the rounds."""
+    sides = make_sides(cfg, hf, arrangement, hf_malloc, hf_compile=hf_compile)
+    try:
+        fns = {name: (lambda side=side: side.request("train", batch, length)) for name, side in sides.items()}
+        compile_s = fns["ours"]()  # its first step: tracing and compilation
+        seconds = alternate(with_references(fns, refs, ("matmul",)), repeats, warm=("ours",))
+    finally:
+        rss = close_sides(sides)
     return {"batch": batch, "len": length, "flops": gpt_train_step_flops(cfg.model, batch, length),
-            "compile_s": compile_s, "hf_compile": hf_compile, **reference_values(seconds, refs),
-            "seconds": seconds}
+            "compile_s": compile_s, "hf_compile": hf_compile, "arrangement": arrangement,
+            **reference_values(seconds, refs), "seconds": seconds, "peak_rss_mb": rss}
 
 
 def bench_generate(cfg, cases, new_tokens: int, prompt_len: int, repeats: int, hf: bool = True,
-                   hf_compile: bool = False, refs: "References | None" = None) -> dict:
+                   hf_compile: bool = False, refs: "References | None" = None, arrangement: str = "processes",
+                   hf_malloc: str = "default") -> dict:
     """``cases``: (batch, mode) pairs; seconds per generate call of each, ours and HF's, with the
     reference of its target between the rounds (batch 1: the bandwidth; larger: the matmul peak)."""
-    ours = OurGenerator(cfg, new_tokens, prompt_len)
-    theirs = HFGenerator(cfg, new_tokens, prompt_len, compile=hf_compile) if hf else None
+    sides = make_sides(cfg, hf, arrangement, hf_malloc, new_tokens=new_tokens, prompt_len=prompt_len,
+                       hf_compile=hf_compile) if cases else {}
     rows = {}
-    for b, mode in cases:
-        fns = {"ours": lambda b=b, mode=mode: ours.call(b, mode)}
-        if theirs is not None:
-            fns["hf"] = lambda b=b, mode=mode: theirs.call(b, mode)
-        rounds = max(repeats, B1_MIN_ROUNDS) if b == 1 else repeats
-        seconds = alternate(with_references(fns, refs, ("copy",) if b == 1 else ("matmul",)), rounds)
-        rows[f"b{b}_{mode}"] = {"batch": b, "mode": mode, **reference_values(seconds, refs), "seconds": seconds,
-                                "flops": gpt_generate_flops(cfg.model, b, prompt_len, new_tokens)}
+    try:
+        for b, mode in cases:
+            fns = {name: (lambda side=side, b=b, mode=mode: side.request("generate", b, mode=mode))
+                   for name, side in sides.items()}
+            rounds = max(repeats, B1_MIN_ROUNDS) if b == 1 else repeats
+            seconds = alternate(with_references(fns, refs, ("copy",) if b == 1 else ("matmul",)), rounds)
+            rows[f"b{b}_{mode}"] = {"batch": b, "mode": mode, **reference_values(seconds, refs),
+                                    "seconds": seconds, "flops": gpt_generate_flops(cfg.model, b, prompt_len, new_tokens)}
+    finally:
+        rss = close_sides(sides)
     return {"new_tokens": new_tokens, "prompt_len": prompt_len, "hf_compile": hf_compile, "rows": rows,
-            "weight_mb": gpt_decode_weight_bytes(cfg.model) / 1e6}
+            "weight_mb": gpt_decode_weight_bytes(cfg.model) / 1e6, "arrangement": arrangement, "peak_rss_mb": rss}
 
 
 def summarize(train: dict, gen: dict, peak_gflops: float, copy_gbs: float) -> dict:
@@ -395,9 +550,10 @@ def run(args, peak_gflops: float = 0.0, copy_gbs: float = 0.0) -> dict:
     if not peak_gflops:
         peak_gflops, copy_gbs = machine_peak(args.dtype, args.tiny)
     hf, refs = not args.skip_hf, References(args.dtype, args.tiny)
-    train = bench_train(cfg, args.batch, args.len, args.repeats, hf, args.hf_compile, refs)
-    gen = bench_generate(cfg, parse_cases(args.gen), args.new_tokens, args.prompt_len, args.repeats, hf,
-                         args.hf_compile, refs)
+    place = dict(arrangement=args.arrangement, hf_malloc=args.hf_malloc)
+    train = bench_train(cfg, args.batch, args.len, args.repeats, hf, args.hf_compile, refs, **place)
+    gen = bench_generate(cfg, [] if args.skip_gen else parse_cases(args.gen), args.new_tokens, args.prompt_len,
+                         args.repeats, hf, args.hf_compile, refs, **place)
     imported = {} if args.skip_import else bench_import(args.tiny)
     out = {"device": f"{jax.devices()[0].platform} {jax.devices()[0].device_kind}", "dtype": args.dtype,
            "load_average": os.getloadavg(), "peak_gflops": peak_gflops, "copy_gbs": copy_gbs, **imported,
@@ -413,7 +569,12 @@ def arguments(argv=None):
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
     p.add_argument("--hf-compile", action="store_true", help="torch.compile HF's model (default: eager)")
     p.add_argument("--skip-hf", action="store_true", help="ours only")
+    p.add_argument("--skip-gen", action="store_true", help="no generation rows (the train step only)")
     p.add_argument("--skip-import", action="store_true", help="no import-hf timing (it builds a 500 MB directory)")
+    p.add_argument("--arrangement", choices=("processes", "shared"), default="processes",
+                   help="each framework in a process of its own (default), or all in this one")
+    p.add_argument("--hf-malloc", choices=("default", "keep"), default="default",
+                   help="glibc malloc of HF's process: as PyTorch gets it (default) or as ours (keep)")
     p.add_argument("--gen", nargs="+", default=["1:greedy", "1:topk", "64:topk"], metavar="BATCH:MODE",
                    help="generation cases (MODE: greedy | topk, top-k 50)")
     p.add_argument("--new-tokens", type=int, help="tokens generated per row (default 64; 8 with --tiny)")
@@ -432,6 +593,9 @@ def arguments(argv=None):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve"]:
+        return serve(argv[1:])
     args = arguments(argv)
     from nety_jax.runtime import keep_host_memory
     keep_host_memory()  # ours runs as `nety-jax` runs it (before JAX starts; runtime.py)
