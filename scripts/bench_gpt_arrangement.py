@@ -1,11 +1,13 @@
 """Does our GPT-2 train step run slower in a process that also runs PyTorch's? Same-run check.
 
     python scripts/bench_gpt_arrangement.py [--batch 8] [--len 256] [--repeats 3] [--tiny]
+                                            [--workers shared ours hf]
 
 Three worker processes of scripts/bench_gpt.py take turns round by round: ``shared`` runs our
 AdamW step and HF GPT-2's one after the other (the arrangement bench_gpt.py had before
 2026-12-05, glibc's malloc as `nety-jax` sets it), ``ours`` runs our step alone (the same
-malloc setting), ``hf`` runs HF's step alone (malloc as PyTorch gets it). Prints each step's
+malloc setting), ``hf`` runs HF's step alone (malloc as PyTorch gets it); ``--workers`` picks some of them (memory: each holds a
+model, its optimizer state and its step's temporaries). Prints each step's
 median wall seconds, CPU seconds and minor page faults (process-wide, every thread) as JSON.
 """
 from __future__ import annotations
@@ -27,11 +29,14 @@ def main(argv=None) -> int:
     p.add_argument("--len", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tiny", action="store_true", help="tiny GPT sizes: a smoke run")
+    p.add_argument("--workers", nargs="+", choices=("shared", "ours", "hf"), default=["shared", "ours", "hf"])
     args = p.parse_args(argv)
     cfg = bench_gpt.gpt_config(args.tiny)
-    workers = {"shared": bench_gpt.Worker(("ours", "hf"), cfg), "ours": bench_gpt.Worker(("ours",), cfg),
-               "hf": bench_gpt.Worker(("hf",), cfg, malloc="default")}
-    turns = [("shared", "ours"), ("shared", "hf"), ("ours", "ours"), ("hf", "hf")]
+    made = {"shared": lambda: bench_gpt.Worker(("ours", "hf"), cfg), "ours": lambda: bench_gpt.Worker(("ours",), cfg),
+            "hf": lambda: bench_gpt.Worker(("hf",), cfg, malloc="default")}
+    workers = {name: made[name]() for name in args.workers}
+    turns = [(w, side) for w, side in (("shared", "ours"), ("shared", "hf"), ("ours", "ours"), ("hf", "hf"))
+             if w in workers]
     for w, side in turns:  # warm-up: each process compiles / runs its step once
         workers[w].request(side, "train", args.batch, args.len)
     runs = {f"{w}/{side}": [] for w, side in turns}
