@@ -116,3 +116,26 @@ def test_init_from_into_a_run_with_checkpoints_is_refused_unless_it_is_its_sourc
     check_same_source(str(ft), hf_dir)  # its own source: the run resumes
     with pytest.raises(Exception, match="started from"):
         check_same_source(str(ft), str(tmp_path / "other"))
+
+
+def test_generation_config_eos_is_where_generation_stops(hf_dir, tmp_path):
+    """transformers' generate stops at generation_config.json's eos_token_id; the import used
+    config.json's alone and generated past it (a fine-tune whose end token is set there)."""
+    import torch
+    import transformers
+    from nety_jax.models.gpt.hf_io import import_hf
+    from nety_jax.serving.pretrained import load_pretrained
+    d = _copy(hf_dir, tmp_path, "gen_eos")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(d)).eval()
+    ids = transformers.AutoTokenizer.from_pretrained(str(d)).encode("le chat mange la souris")
+    with torch.no_grad():
+        free = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                           do_sample=False, max_new_tokens=12, pad_token_id=0)[0, len(ids):].tolist()
+    end = free[2]  # a token greedy decoding reaches: make it the end token
+    gen = json.loads((d / "generation_config.json").read_text())
+    (d / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": end}))
+    model = load_pretrained(import_hf(str(d), str(tmp_path / "run")))
+    assert model.tokenizer.specials["eos"] == end
+    out = model.generate_ids(["le chat mange la souris"], temperature=0.0, max_new_tokens=12)
+    ours = model.tokenizer.to_hf[out["tokens"][0][: out["lengths"][0]]].tolist()
+    assert ours[:2] == free[:2] and len(ours) <= 3 and end not in ours[:2], (ours, free)

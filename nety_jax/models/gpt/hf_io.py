@@ -238,6 +238,22 @@ def _special_id(raw: dict, name: str, path: str) -> Optional[int]:
     return value
 
 
+def _generation_eos(model_dir: str) -> Optional[int]:
+    """generation_config.json's eos_token_id (the first of a list), which transformers' generate
+    uses over config.json's; None when there is no such file or field."""
+    path = os.path.join(model_dir, "generation_config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({str(e).splitlines()[0][:160]})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return _special_id(raw, "eos_token_id", path)
+
+
 def hf_specials(raw: dict, tok, model_dir: str) -> dict:
     """Which HF ids play our pad, sos, eos and unk roles: config.json's eos / bos / pad ids,
     tokenizer_config.json's unk token; an id already taken keeps its first role (GPT-2's
@@ -246,7 +262,9 @@ def hf_specials(raw: dict, tok, model_dir: str) -> dict:
     path = os.path.join(model_dir, CONFIG)
     named = read_special_tokens(os.path.join(model_dir, "tokenizer_config.json"))
     out, taken = {}, set()
-    for role, hf_id in (("eos", _special_id(raw, "eos_token_id", path)), ("sos", _special_id(raw, "bos_token_id", path)),
+    eos = _generation_eos(model_dir)  # what transformers' generate stops at, when it says
+    eos = _special_id(raw, "eos_token_id", path) if eos is None else eos
+    for role, hf_id in (("eos", eos), ("sos", _special_id(raw, "bos_token_id", path)),
                         ("pad", _special_id(raw, "pad_token_id", path)),
                         ("unk", tok.token_to_id(named["unk"]) if "unk" in named else None)):
         if hf_id is not None and hf_id not in taken:
