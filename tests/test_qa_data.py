@@ -163,3 +163,22 @@ def test_damaged_side_files_of_a_prepared_directory_are_one_error(two_prepares, 
     for name, (damage, message) in cases.items():
         with pytest.raises(DataError, match=re.escape(message)):
             _read_all(cfg, damaged(name.replace(" ", "_"), damage))
+
+
+def test_prepare_with_a_tokenizer_of_another_kind_than_the_config_is_refused(two_prepares, tmp_path):
+    """`prepare --tokenizer RUN` with a word (or hf) tokenizer under a sentencepiece config recorded
+    data.tokenizer=sentencepiece for shards encoded otherwise: the run then claimed a tokenizer it
+    did not have (export-hf refused it, `--init-from` of the real one was refused)."""
+    from nety_jax.data.tokenizer import WordTokenizer
+    from nety_jax.errors import ConfigError
+    cfg, a, _ = two_prepares
+    word = tmp_path / "word_run"
+    word.mkdir()
+    WordTokenizer.build([p["input"] + " " + p["target"] for p in _pairs(0)], 50).save(str(word))
+    source = _pairs_file(tmp_path / "p.jsonl", _pairs(0))
+    with pytest.raises(ConfigError, match="is a word tokenizer, the config has data.tokenizer='sentencepiece'"):
+        prepare_data(cfg, [source], str(tmp_path / "out"), tokenizer_from=str(word), workers=1, **QUIET)
+    lower = load_config(TINY, ["data.vocab_size=60", "data.lowercase=true"])
+    with pytest.raises(ConfigError, match="lowercases=False, the config has data.lowercase=True"):
+        prepare_data(lower, [source], str(tmp_path / "out"), tokenizer_from=a, workers=1, **QUIET)
+    assert not (tmp_path / "out").exists()

@@ -66,6 +66,20 @@ def take_tokenizer(source: str, lowercase: bool = False):
     return tokenizer
 
 
+def _check_kind(source: str, tokenizer, data_cfg) -> None:
+    """``prepared.json`` records the config's tokenizer fields, which training checks and a run
+    keeps: a tokenizer of another kind (or lowercasing otherwise) than the config says would be
+    recorded, and trained with, as what it is not."""
+    kind = {"SentencePieceTokenizer": "sentencepiece", "WordTokenizer": "word", "HFTokenizer": "hf"}.get(
+        type(tokenizer).__name__, data_cfg.tokenizer)
+    if kind != data_cfg.tokenizer:
+        raise ConfigError(f"--tokenizer {source}: is a {kind} tokenizer, the config has data.tokenizer="
+                          f"{data_cfg.tokenizer!r}: set --set data.tokenizer={kind}")
+    if kind == "sentencepiece" and bool(getattr(tokenizer, "lowercase", False)) != bool(data_cfg.lowercase):
+        raise ConfigError(f"--tokenizer {source}: lowercases={bool(tokenizer.lowercase)}, the config has "
+                          f"data.lowercase={data_cfg.lowercase}: set it the same")
+
+
 def _scan(task, cfg, paths, skip_bad: bool, progress: bool) -> tuple[int, Skips]:
     """Pass 1: reads and validates every line (the ``file:line`` errors), counting the examples."""
     from tqdm import tqdm
@@ -176,6 +190,7 @@ def prepare_data(cfg: Config, paths: Sequence[str], out: str, tokenizer_from: Op
     plan = task.split_plan(cfg, count)
     if tokenizer_from:
         tokenizer = take_tokenizer(tokenizer_from, cfg.data.lowercase)
+        _check_kind(tokenizer_from, tokenizer, cfg.data)
     else:
         from nety_jax.training.setup import build_tokenizer
         tokenizer = build_tokenizer(cfg, _tokenizer_texts(task, cfg, paths, plan))
