@@ -182,3 +182,29 @@ def test_prepare_with_a_tokenizer_of_another_kind_than_the_config_is_refused(two
     with pytest.raises(ConfigError, match="lowercases=False, the config has data.lowercase=True"):
         prepare_data(lower, [source], str(tmp_path / "out"), tokenizer_from=a, workers=1, **QUIET)
     assert not (tmp_path / "out").exists()
+
+
+def test_prepare_stops_with_one_error_when_a_worker_dies(tmp_path):
+    """A worker process that died (`kill -9`, the out-of-memory killer) left `prepare` waiting for
+    its shard forever: multiprocessing.Pool replaced the worker and lost the task. Here the workers
+    die at start-up (their tokenizer directory is gone), which hung the Pool the same way."""
+    import threading
+    from tqdm import tqdm
+    from nety_jax.models import get_model
+    from nety_jax.training.prepare_data import _run_jobs
+    cfg = load_config(GPT_TINY)
+    task = get_model(cfg.model).task
+    jobs = [("train", k, ["le chat dort."] * 3, str(tmp_path / f"train-{k:05d}.arrayrecord")) for k in range(4)]
+    outcome = []
+
+    def run():
+        try:
+            _run_jobs(iter(jobs), len(jobs), task, task.resolved_data(cfg), str(tmp_path / "gone"), 2,
+                      tqdm(disable=True))
+        except Exception as e:  # noqa: BLE001 - the outcome is what the test checks
+            outcome.append(e)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "prepare hung after its workers died"
+    assert outcome and isinstance(outcome[0], DataError) and "a prepare worker process died" in str(outcome[0])

@@ -21,6 +21,8 @@ import hashlib
 import multiprocessing
 import os
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -150,15 +152,23 @@ def _run_jobs(jobs, n_jobs: int, task, data_cfg, tok_dir: str, workers: int, bar
         for job in jobs:
             done(write_job(job))
         return results
-    # spawned, not forked: the parent may hold threads (JAX, tokenizer training) a fork would copy broken
+    # spawned, not forked: the parent may hold threads (JAX, tokenizer training) a fork would copy broken.
+    # An executor, not a Pool: a worker that dies (killed, out of memory) breaks it and every waiting
+    # shard fails, where a Pool replaced the worker and waited for its lost shard forever
     ctx, pending = multiprocessing.get_context("spawn"), collections.deque()
-    with ctx.Pool(min(workers, n_jobs), initializer=init_worker, initargs=args) as pool:
-        for job in jobs:
-            pending.append(pool.apply_async(write_job, (job,)))
-            while len(pending) >= 2 * workers:
-                done(pending.popleft().get())
-        while pending:
-            done(pending.popleft().get())
+    try:
+        with ProcessPoolExecutor(min(workers, n_jobs), mp_context=ctx, initializer=init_worker,
+                                 initargs=args) as pool:
+            for job in jobs:
+                pending.append(pool.submit(write_job, job))
+                while len(pending) >= 2 * workers:
+                    done(pending.popleft().result())
+            while pending:
+                done(pending.popleft().result())
+    except BrokenProcessPool:
+        raise DataError("a prepare worker process died (killed, or out of memory?) before its shard was "
+                        "written; nothing was written: prepare again (fewer --workers or a smaller "
+                        "--shard-size use less memory)") from None
     return results
 
 
