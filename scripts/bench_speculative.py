@@ -2,14 +2,16 @@
 
     python scripts/bench_speculative.py [--demo runs/demo] [--gpt RUN] [--copy RUN] [--draft-tokens 4]
                                         [--rounds 3] [--trained gpt,demo,copy] [--json FILE]
+    python scripts/bench_speculative.py --prepare [--copy RUN]   # train the copy GPT only
 
 Three trained models: the demo (the hybrid of ``make demo``), a tiny GPT (configs/gpt_tiny.yaml;
 one is trained briefly into a temporary directory when --gpt is not given) and the copy GPT
 (configs/gpt_copy_bench.yaml: weight-bound, trained by this script on documents that quote their
 own passages, so that it copies its context; made once into --copy, default runs/bench-spec-copy,
-and reused: ``copy_corpus`` and ``train_copy`` say how). The tiny models' steps cost tens of
-microseconds, against a fixed cost per call of about half a millisecond: speculation cannot pay
-much there; the copy GPT is the case speculation is for. Two prompt sets each: prompts whose
+and reused: ``copy_corpus`` and ``train_copy`` say how; its 400 steps take tens of minutes on a
+2-core CPU, so make it before timing anything: ``--prepare`` trains it and stops). The tiny
+models' steps cost tens of microseconds, against a fixed cost per call of about half a
+millisecond: speculation cannot pay much there; the copy GPT is the case speculation is for. Two prompt sets each: prompts whose
 reply repeats their text (the hybrid echoes names, places and objects of its input; the GPTs
 continue a passage they were just shown) and prompts whose reply does not.
 Every prompt runs alone (batch 1) through the compiled generate function (``generate_jit``,
@@ -222,6 +224,7 @@ def main() -> int:
                         "(its 300 steps on the shipped text; default: the same, trained into a temporary directory)")
     p.add_argument("--copy", metavar="RUN", default=os.path.join(ROOT, "runs", "bench-spec-copy"),
                    help="the copy GPT's run: reused if trained, else trained there first (train_copy)")
+    p.add_argument("--prepare", action="store_true", help="only make the copy GPT's run (--copy) and exit")
     p.add_argument("--draft-tokens", type=int, default=4)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--trained", default="gpt,demo,copy",
@@ -230,6 +233,9 @@ def main() -> int:
                    help=f"random-weight models whose step costs to measure ({', '.join(COST_MODELS)}; '' for none)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
+    if args.prepare:
+        train_copy(args.copy)
+        return 0
     rows = trained_rows(args)
     costs = []
     for name in filter(None, args.costs.split(",")):
