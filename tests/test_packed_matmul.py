@@ -42,7 +42,7 @@ def test_generation_packs_the_weights_and_draws_the_same_tokens(monkeypatch):
     loop, not in its body), and the tokens and scores equal those of the unpacked kernel."""
     _needs_matmul()
     from nety_jax.config import load_config
-    from nety_jax.decoding import LoopSpec, SamplingParams, generate
+    from nety_jax.decoding import LoopSpec, SamplingParams, generate, generation
     from nety_jax.models import get_model
     monkeypatch.setattr(kernels, "_cores", lambda: 2)
     model = get_model(load_config(os.path.join(ROOT, "configs", "gpt_tiny.yaml"), ["model.vocab_size=96"]).model)
@@ -55,7 +55,10 @@ def test_generation_packs_the_weights_and_draws_the_same_tokens(monkeypatch):
     rs = np.random.default_rng(2)
     args = (variables, jnp.asarray(rs.integers(4, 96, (rows, 5)), jnp.int32), jnp.full((rows,), 5, jnp.int32),
             SamplingParams.create(rows, temperature=1.0, top_k=20, seed=3))
-    spec = LoopSpec(max_new_tokens=5, ignore_eos=True)
+    short = LoopSpec(max_new_tokens=generation.PACK_MIN_TOKENS - 1, ignore_eos=True)
+    assert kernels.MATMUL_PACKED_TARGET not in jax.jit(  # a few steps do not repay the copy
+        lambda v, t, l, p: generate(v, t, l, p, model=model, spec=short)).lower(*args).as_text()
+    spec = LoopSpec(max_new_tokens=generation.PACK_MIN_TOKENS, ignore_eos=True)
     fn = lambda v, t, l, p: generate(v, t, l, p, model=model, spec=spec)  # noqa: E731
     compiled = jax.jit(fn).lower(*args).compile().as_text()
     assert kernels.MATMUL_PACKED_TARGET in compiled

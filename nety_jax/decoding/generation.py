@@ -18,13 +18,18 @@ from nety_jax.decoding.spec import LoopSpec
 from nety_jax.decoding.sampling import SamplingParams
 
 
+PACK_MIN_TOKENS = 8  # the fewest new tokens for which generation packs the weights (kernels.with_packed)
+
+
 def _callbacks(model, variables, tokens, lengths, spec: LoopSpec):
     first, cache = model.start_decoding(variables, tokens, lengths, spec.max_new_tokens)
     if spec.speculative:  # a verification writes a whole draft past a row's last position
         cache = model.draft_room(cache, spec.draft_tokens + 1)
 
     # the weights' panels packed once here, outside the loop, for every step's batched products
-    packed = kernels.with_packed(variables, tokens.shape[0] * max(spec.beam_size, 1))
+    # (a call of a few steps does not repay the copy)
+    packed = variables if spec.max_new_tokens < PACK_MIN_TOKENS else kernels.with_packed(
+        variables, tokens.shape[0] * max(spec.beam_size, 1))
 
     def step(last, cache):
         return model.decode_step(packed, last, cache)
