@@ -97,25 +97,25 @@ def test_import_hf_refuses_a_directory_that_lies(hf_dir, tmp_path):
     assert run_main("import-hf", "--model", hf_dir, "--out", tmp_path / "ok").returncode == 0
 
 
-def test_init_from_into_a_run_with_checkpoints_is_refused_unless_it_is_its_source(hf_dir, tmp_path):
+def test_init_from_into_a_run_started_from_another_source_is_refused(hf_dir, tmp_path):
     """A run with checkpoints resumes from its own weights: --init-from another source was ignored
     silently (the run went on from its own step and weights)."""
-    from nety_jax.training.setup import SOURCE_FILE, _record_source, check_same_source
     from nety_jax.training.init_from import Source
+    from nety_jax.training.setup import SOURCE_FILE, _record_source, check_same_source
     run = tmp_path / "run"
     assert run_main("import-hf", "--model", hf_dir, "--out", run).returncode == 0  # a run at step 0
+    _record_source(str(run), Source(None, None, None, str(tmp_path / "first_source")))  # as a fine-tune records
     before = sorted(os.listdir(run))
     result = run_main("train", "--init-from", hf_dir, "--workdir", run, "--no-progress")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert f"--init-from {hf_dir} would be ignored" in result.stderr
+    assert "started from" in result.stderr and f"--init-from {hf_dir} would be ignored" in result.stderr
     assert sorted(n for n in os.listdir(run) if n != ".lock") == before  # the lock: training's own
-    ft = tmp_path / "ft"
-    ft.mkdir()
-    _record_source(str(ft), Source(None, None, None, hf_dir))  # what a fine-tuning run records
-    assert (ft / SOURCE_FILE).is_file()
-    check_same_source(str(ft), hf_dir)  # its own source: the run resumes
-    with pytest.raises(Exception, match="started from"):
-        check_same_source(str(ft), str(tmp_path / "other"))
+    assert (run / SOURCE_FILE).is_file()
+    check_same_source(str(run), str(tmp_path / "first_source"))  # its own source: the run resumes
+    said = []
+    os.remove(run / SOURCE_FILE)  # a run that records no source (older, afresh): resumes, and says so
+    check_same_source(str(run), hf_dir, said.append)
+    assert said and "is ignored" in said[0]
 
 
 def test_generation_config_eos_is_where_generation_stops(hf_dir, tmp_path):

@@ -139,7 +139,7 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
                               "restore it or use another --workdir")
 
     if has_checkpoint and init_from is not None:
-        check_same_source(workdir, init_from.where)
+        check_same_source(workdir, init_from.where, log)
     init_from = None if has_checkpoint else init_from  # a resumed run has its own weights
     prepared = prepared_dir(paths)
     if prepared is not None:  # streamed from shards: the tokenizer is the one they were made with
@@ -201,19 +201,23 @@ def _record_source(workdir: str, init_from) -> None:
         json.dump({"init_from": os.path.abspath(init_from.where)}, f)
 
 
-def check_same_source(workdir: str, where: str) -> None:
+def check_same_source(workdir: str, where: str, log: Callable[[str], None] = print) -> None:
     """``--init-from`` on a run that already has checkpoints: it resumes from its own, so only the
-    source it started from is accepted; another one (or a run started afresh) would be ignored."""
+    source it recorded starting from is accepted; another one would be ignored. A run that
+    records none (started afresh, imported, or older than the record) resumes, and says that it
+    ignores ``--init-from``."""
     try:
         with open(os.path.join(workdir, SOURCE_FILE), encoding="utf-8") as f:
             recorded = json.load(f).get("init_from")
     except (OSError, ValueError, AttributeError):
         recorded = None
-    if recorded != os.path.abspath(where):
-        started = f"started from {recorded}" if recorded else "not started from --init-from weights"
-        raise CheckpointError(f"--workdir {workdir}: holds a run with checkpoints ({started}), which resumes from "
-                              f"its own weights, so --init-from {where} would be ignored: fine-tune into a new "
-                              "--workdir, or leave --init-from out to continue this run")
+    if recorded is None:
+        log(f"--init-from {where} is ignored: {workdir} holds a run with checkpoints, which resumes from its "
+            "own weights (use a new --workdir to fine-tune from it)")
+    elif recorded != os.path.abspath(where):
+        raise CheckpointError(f"--workdir {workdir}: holds a run with checkpoints started from {recorded}, which "
+                              f"resumes from its own weights, so --init-from {where} would be ignored: fine-tune "
+                              "into a new --workdir, or give its own source to continue it")
 
 
 def _read_raw(cfg: Config, task, workdir: str, paths, skip_bad: bool, has_checkpoint: bool, init_from, log):
