@@ -38,6 +38,9 @@ class Row:
     max_new_tokens: int
     seed: int
     stop: tuple = ()
+    # the prompt's last ids when the text continues the prompt (/v1/completions of a language model):
+    # the text is what follows their decoding, so a reply that starts a word keeps its leading space
+    context: tuple = ()
 
 
 @dataclasses.dataclass
@@ -185,6 +188,7 @@ class _RowState:
         self.ntok = [0] * len(rows)
         self.clean = [0] * len(rows)  # ids read without a stop string (the next scan starts there)
         self.finish = [None] * len(rows)
+        self.decoders: dict = {}  # rows whose text continues their prompt: their _Continuing
 
     def update(self, tokens: np.ndarray, done: np.ndarray, final: bool = False) -> np.ndarray:
         """Reads the tokens so far; returns the rows to stop now (stop string, cancelled)."""
@@ -199,9 +203,11 @@ class _RowState:
         ids = [int(t) for t in tokens[: row.max_new_tokens]]
         ended = EOS_ID in ids
         ids = ids[: ids.index(EOS_ID)] if ended else [t for t in ids if t != PAD_ID]
-        text = self.tokenizer.decode(ids)
+        decoder = self.tokenizer if not row.context else self.decoders.setdefault(k, _Continuing(self.tokenizer,
+                                                                                                 row.context))
+        text = decoder.decode(ids)
         self.ntok[k] = len(ids) + (1 if ended else 0)
-        stopped = stop_at(self.tokenizer, ids, row.stop, text, self.clean[k])
+        stopped = stop_at(decoder, ids, row.stop, text, self.clean[k])
         self.clean[k] = len(ids)
         if stopped is not None:
             text, self.ntok[k] = stopped
@@ -229,6 +235,20 @@ class _RowState:
     def result(self, job: Job, i: int) -> RowResult:
         k = self.index[(id(job), i)]
         return RowResult(self.text[k], self.ntok[k], self.finish[k] or "length")
+
+
+class _Continuing:
+    """Decodes a reply as the continuation of ``context`` (its prompt's last ids): the text that
+    decoding them together adds, as OpenAI's completions return it (prompt + text is the whole
+    text: a first token that starts a word keeps its space, which decoding it alone drops)."""
+
+    def __init__(self, tokenizer, context):
+        self.tokenizer, self.context = tokenizer, list(context)
+        self.head = tokenizer.decode(self.context)
+
+    def decode(self, ids) -> str:
+        whole = self.tokenizer.decode(self.context + list(ids))
+        return whole[len(self.head):] if whole.startswith(self.head) else self.tokenizer.decode(ids)
 
 
 def first_stop(text: str, stops) -> int:

@@ -58,10 +58,14 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _rows(backend, engine, prompts: list[str], req) -> tuple[list[Row], int]:
+CONTEXT_IDS = 8  # prompt ids a continuation's text is decoded after (enough for a split UTF-8 character)
+
+
+def _rows(backend, engine, prompts: list[str], req, continues: bool = False) -> tuple[list[Row], int]:
     """Per-row settings from a request: prompts checked against the model, defaults filled. A
     reply's length is bounded by ``engine.reply_room`` (the room after the prompt); without
-    ``max_tokens`` it is the run's ``decode.max_new_tokens``, or that room if less."""
+    ``max_tokens`` it is the run's ``decode.max_new_tokens``, or that room if less. ``continues``:
+    the text continues the prompt (a language model's completion), decoded after its last ids."""
     d = backend.decode
     field = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
     asked = getattr(req, field)
@@ -86,7 +90,8 @@ def _rows(backend, engine, prompts: list[str], req) -> tuple[list[Row], int]:
             seed = (base_seed + p * req.n + j) % (1 << 32) if base_seed is not None else random_seed()
             rows.append(Row(ids, d.temperature if req.temperature is None else req.temperature,
                             d.top_k if req.top_k is None else req.top_k,
-                            d.top_p if req.top_p is None else req.top_p, max_new, seed, tuple(req.stop or ())))
+                            d.top_p if req.top_p is None else req.top_p, max_new, seed, tuple(req.stop or ()),
+                            tuple(ids[-CONTEXT_IDS:]) if continues else ()))
     return rows, prompt_tokens
 
 
@@ -136,7 +141,8 @@ class Server:
         if req.model is not None and req.model != self.name:  # as OpenAI and vLLM: never another model's reply
             raise ApiError(404, f"the model {req.model!r} does not exist; this server has {self.name!r}", "model",
                            "not_found_error")
-        rows, prompt_tokens = _rows(self.backend, self.engine, prompts, req)
+        continues = kind == "text_completion" and getattr(self.backend.task, "continues_text", False)
+        rows, prompt_tokens = _rows(self.backend, self.engine, prompts, req, continues)
         if len(rows) > self.engine.max_batch:
             raise ApiError(400, f"{len(rows)} completions in one request; this server batches at most "
                                 f"{self.engine.max_batch} (lower n or send fewer prompts)", "n")
