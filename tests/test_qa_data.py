@@ -208,3 +208,12 @@ def test_prepare_stops_with_one_error_when_a_worker_dies(tmp_path):
     thread.join(60)
     assert not thread.is_alive(), "prepare hung after its workers died"
     assert outcome and isinstance(outcome[0], DataError) and "a prepare worker process died" in str(outcome[0])
+
+
+def test_prepare_refuses_a_negative_worker_count(tmp_path):
+    """`--workers -1` was taken silently as one process."""
+    (tmp_path / "t.txt").write_text("le chat dort.\n" * 20, encoding="utf-8")
+    result = run_main("prepare", "--config", GPT_TINY, "--text", tmp_path / "t.txt", "--out", tmp_path / "p",
+                      "--workers", "-1")
+    assert result.returncode == 2 and "--workers=-1 must be >= 0" in result.stderr, result.stderr
+    assert not (tmp_path / "p").exists()

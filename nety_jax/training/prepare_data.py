@@ -191,6 +191,8 @@ def prepare_data(cfg: Config, paths: Sequence[str], out: str, tokenizer_from: Op
     """Writes ``out`` (see the module docstring); returns its manifest."""
     if per_shard < 1:
         raise ConfigError(f"--shard-size={per_shard} must be >= 1")
+    if workers < 0:  # it ran in one process, as if 1 had been given
+        raise ConfigError(f"--workers={workers} must be >= 0 (0: one per core)")
     task = get_model(cfg.model).task
     claim = guard.claim(out, "prepare", overwrite)  # before any work
     paths = list(paths) if paths else task.default_paths()
