@@ -298,9 +298,8 @@ def reference_values(seconds: dict, refs: "References | None") -> dict:
 class LocalSide:
     """One framework (``ours`` or ``hf``) in the process it is made in (a Worker's): answers
     requests (``train`` at a batch and length, ``generate`` at a batch and mode) with the
-    seconds of one step or call. A request
-    builds what it needs the first time (the build is not timed; the first step's compilation
-    is, in the first request's seconds)."""
+    seconds of one step or call. A request builds what it needs the first time (the build is
+    not timed; the first step's compilation is, in the first request's seconds)."""
 
     def __init__(self, side: str, cfg, new_tokens: int = 0, prompt_len: int = 0, hf_compile: bool = False):
         self.side, self.cfg, self.hf_compile = side, cfg, hf_compile
@@ -407,8 +406,8 @@ def serve(argv) -> int:
         seconds = sides[req.pop("side")].request(**req)
         after = resource.getrusage(resource.RUSAGE_SELF)
         cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-        print(Worker.REPLY + json.dumps({"seconds": seconds, "cpu_s": cpu, "faults": after.ru_minflt - before.ru_minflt}),
-              flush=True)
+        faults = after.ru_minflt - before.ru_minflt
+        print(Worker.REPLY + json.dumps({"seconds": seconds, "cpu_s": cpu, "faults": faults}), flush=True)
     print(Worker.REPLY + json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
     return 0
 
@@ -460,8 +459,9 @@ def bench_generate(cfg, cases, new_tokens: int, prompt_len: int, repeats: int, h
                    for name, side in sides.items()}
             rounds = max(repeats, B1_MIN_ROUNDS) if b == 1 else repeats
             seconds = alternate(with_references(fns, refs, ("copy",) if b == 1 else ("matmul",)), rounds)
+            flops = gpt_generate_flops(cfg.model, b, prompt_len, new_tokens)
             rows[f"b{b}_{mode}"] = {"batch": b, "mode": mode, **reference_values(seconds, refs),
-                                    "seconds": seconds, "flops": gpt_generate_flops(cfg.model, b, prompt_len, new_tokens)}
+                                    "seconds": seconds, "flops": flops}
     finally:
         rss = close_sides(sides)
     return {"new_tokens": new_tokens, "prompt_len": prompt_len, "hf_compile": hf_compile, "rows": rows,
