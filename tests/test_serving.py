@@ -93,17 +93,17 @@ def test_openai_client_and_streaming_equals_non_streaming(server):
     assert client.models.retrieve(name).id == name
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client.models.retrieve("gpt-4")
-    chat = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Salut !"}],
+    chat = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Salut !"}],
                                           max_tokens=8, temperature=0.9, seed=5, n=2)
     assert len(chat.choices) == 2 and chat.usage.completion_tokens > 0
-    streamed = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Salut !"}],
+    streamed = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Salut !"}],
                                               max_tokens=8, temperature=0.9, seed=5, n=2, stream=True)
     texts = ["", ""]
     for chunk in streamed:
         for choice in chunk.choices:
             texts[choice.index] += choice.delta.content or ""
     assert texts == [c.message.content for c in chat.choices]
-    ask = dict(model="m", messages=[{"role": "user", "content": "Salut !"}], temperature=0.9, seed=5)
+    ask = dict(model=name, messages=[{"role": "user", "content": "Salut !"}], temperature=0.9, seed=5)
     limited = client.chat.completions.create(max_tokens=3, **ask)
     newer = client.chat.completions.create(max_completion_tokens=3, **ask)  # OpenAI's newer name
     assert limited.choices[0].finish_reason == "length" and limited.usage.completion_tokens == 3
@@ -119,10 +119,10 @@ def test_openai_client_and_streaming_equals_non_streaming(server):
                                                  **ask))
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == limited.usage.model_dump()
     assert all(c.usage is None for c in chunks[:-1])
-    done = client.completions.create(model="m", prompt="Bonjour !", max_tokens=10, seed=2, temperature=1.0,
+    done = client.completions.create(model=name, prompt="Bonjour !", max_tokens=10, seed=2, temperature=1.0,
                                      extra_body={"top_k": 20})
     pieces = "".join(c.choices[0].text for c in client.completions.create(
-        model="m", prompt="Bonjour !", max_tokens=10, seed=2, temperature=1.0, extra_body={"top_k": 20},
+        model=name, prompt="Bonjour !", max_tokens=10, seed=2, temperature=1.0, extra_body={"top_k": 20},
         stream=True))
     assert pieces == done.choices[0].text
 
