@@ -12,6 +12,7 @@ stopped. A full queue refuses new requests (``QueueFull``: HTTP 429).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import queue
 import threading
@@ -27,6 +28,10 @@ from nety_jax.errors import NetyError
 
 class QueueFull(Exception):
     """The request queue is at its bound."""
+
+
+class EngineDown(Exception):
+    """The engine's thread has stopped: no request can be answered any more (HTTP 503)."""
 
 
 @dataclasses.dataclass
@@ -67,16 +72,44 @@ class Worker:
         self.backend, self.metrics = backend, metrics
         self.jobs: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._work, name="nety-engine", daemon=True)
+        self.failure: Optional[str] = None  # why the thread stopped, if it died
+        self._live: dict[int, Job] = {}  # requests submitted and not yet answered
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._serve, name="nety-engine", daemon=True)
         self.thread.start()
 
     def submit(self, job: Job) -> None:
-        try:
-            self.jobs.put_nowait(job)
-        except queue.Full:
-            raise QueueFull() from None
+        with self._lock:  # against the thread's death: a request is either refused or answered
+            if self.failure is not None:
+                raise EngineDown(self.failure)
+            try:
+                self.jobs.put_nowait(job)
+            except queue.Full:
+                raise QueueFull() from None
+            self._live[id(job)] = job
+            deliver = job.deliver
+
+            def answered(kind: str, payload, key=id(job)) -> None:
+                if kind != "delta":
+                    self._live.pop(key, None)
+                deliver(kind, payload)
+            job.deliver = answered
         if self.metrics:
             self.metrics.queue_depth.set(self.jobs.qsize())
+
+    def _serve(self) -> None:
+        """The thread's body. ``_work`` survives a failed batch; if it dies itself (a failure
+        in its own error handling, a BaseException), every request waiting or running gets an
+        error and later ones a refusal, so no client waits for a thread that is gone."""
+        try:
+            self._work()
+        except BaseException as e:  # noqa: B036 - the thread is gone either way; answer everyone
+            logging.getLogger("nety_jax.serving").exception("the engine stopped")
+            with self._lock:
+                self.failure = f"{type(e).__name__}: {str(e)[:300]}"
+                waiting = list(self._live.values())
+            for job in waiting:
+                job.deliver("error", f"the engine stopped ({self.failure}); restart the server")
 
     def close(self) -> None:
         self._stop.set()

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nety_jax.serving.api import ChatRequest, CompletionRequest
-from nety_jax.serving.engine import Engine, Job, QueueFull, Row, Worker, random_seed
+from nety_jax.serving.engine import Engine, EngineDown, Job, QueueFull, Row, Worker, random_seed
 
 log = logging.getLogger("nety_jax.serve")
 
@@ -154,6 +154,9 @@ class Server:
         except QueueFull:
             raise ApiError(429, "the server is busy (its request queue is full); retry later", None,
                            "rate_limit_error") from None
+        except EngineDown as e:
+            raise ApiError(503, f"the server's engine stopped ({e}); restart the server", None,
+                           "server_error") from None
         meta = {"id": f"{'cmpl' if kind == 'text_completion' else 'chatcmpl'}-{uuid.uuid4().hex[:24]}",
                 "created": int(time.time()), "model": self.name}
         if req.stream:
@@ -359,6 +362,8 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
 
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
+        if engine.failure is not None:  # a load balancer takes a server whose engine died out of service
+            return JSONResponse({"status": "failed", "model": name, "error": engine.failure}, status_code=503)
         return {"status": "ok", "model": name, "queue": engine.jobs.qsize(),
                 "max_batch": engine.max_batch, "max_tokens": engine.max_tokens,
                 "batching": "continuous" if engine.__class__.__name__ == "ContinuousEngine" else "dynamic"}
