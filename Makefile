@@ -48,7 +48,7 @@ SMOKE_PYTHON ?= $(OLDEST_PYTHON)
 SMOKE_VENV ?= .venv-smoke
 SMOKE_TESTS ?= tests/test_model.py tests/test_encoder.py tests/test_gpu_paths.py tests/test_kernels.py \
 	tests/test_gelu.py tests/test_remat.py tests/test_config.py tests/test_tasks.py tests/test_layers.py \
-	tests/test_runs_layer.py tests/test_runtime.py \
+	tests/test_layering.py tests/test_runtime.py \
 	tests/test_training.py::test_pmap_and_shard_map_equal_single_device
 test-smoke:
 	@test -n "$(SMOKE_PYTHON)" || { echo "make: no Python for the smoke tests (set SMOKE_PYTHON=...)" >&2; exit 2; }

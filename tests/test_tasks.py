@@ -1,61 +1,9 @@
-"""The task objects (nety_jax/tasks/): one per task, reached from every architecture, and
-the only code that names a task."""
-import ast
-import pathlib
-import re
-
+"""The task objects (nety_jax/tasks/): one per task, reached from every architecture (that only
+tasks/ names a task: tests/test_layering.py)."""
 import numpy as np
 import pytest
 
 from conftest import GPT_TINY, RNN_LM, TINY
-
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "nety_jax"
-TASK_LITERAL = re.compile(r"""(["'])(seq2seq|lm)\1""")
-# The architecture registry pairs each architecture with its task's name: the one place
-# outside tasks/ that may name one.
-ALLOWED = {PACKAGE / "models" / "registry.py"}
-
-
-def task_literals(root: pathlib.Path) -> list[str]:
-    """``file:line`` of every quoted task name in the package's source outside tasks/."""
-    found = []
-    for path in sorted(root.rglob("*.py")):
-        if path in ALLOWED or (root / "tasks") in path.parents:
-            continue
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if TASK_LITERAL.search(line):
-                found.append(f"{path.relative_to(root.parent)}:{lineno}: {line.strip()}")
-    return found
-
-
-def test_no_task_named_outside_tasks():
-    assert task_literals(PACKAGE) == []
-
-
-def test_the_literal_check_finds_a_task_name(tmp_path):
-    (tmp_path / "serving").mkdir()
-    (tmp_path / "serving" / "x.py").write_text("ok = 1\nif task == 'lm':\n    pass\n")
-    (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "y.py").write_text('name = "seq2seq"\n')
-    assert task_literals(tmp_path) == [f"{tmp_path.name}/serving/x.py:2: if task == 'lm':"]
-
-
-def _imports(path: pathlib.Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-        elif isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-    return names
-
-
-def test_tasks_sit_below_training_and_serving():
-    for path in (PACKAGE / "tasks").rglob("*.py"):
-        above = [m for m in _imports(path) if m.startswith(("nety_jax.training", "nety_jax.serving",
-                                                            "nety_jax.cli"))]
-        assert above == [], f"{path.name} imports {above}"
 
 
 @pytest.mark.parametrize("config,name,option,continues",

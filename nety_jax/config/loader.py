@@ -15,8 +15,8 @@ SECTIONS = ("model", "data", "train", "decode")
 
 
 def _default_model() -> ModelConfig:
-    from nety_jax.models.registry import config_class
-    return config_class("hybrid")()
+    from nety_jax.models.registry import DEFAULT_ARCH, config_class
+    return config_class(DEFAULT_ARCH)()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +55,10 @@ _CLASSES = {"data": DataConfig, "train": TrainConfig, "decode": DecodeConfig}
 
 
 def _model_section(body, where: str) -> ModelConfig:
-    from nety_jax.models.registry import ARCHITECTURES, config_class
+    from nety_jax.models.registry import ARCHITECTURES, DEFAULT_ARCH, config_class
     if not isinstance(body, dict):
         raise ConfigError(f"{where}: section 'model' must be a mapping, got {type(body).__name__}")
-    arch = body.get("arch", "hybrid")
+    arch = body.get("arch", DEFAULT_ARCH)
     F.choice("model", "arch", arch, tuple(ARCHITECTURES))
     return F.build("model", config_class(arch), body, where)
 

@@ -20,7 +20,7 @@ MAX_VOCAB = 1 << 22
 class ModelConfig:
     """Fields every architecture has. Frozen and hashable: a static jit argument."""
 
-    arch: str = "hybrid"
+    arch: str = ""  # each architecture's section sets its name (models/registry.py)
     vocab_size: int = 8000  # replaced by the trained tokenizer's size
     max_len: int = 512  # positions the model has (decoder positions, LM context)
     dropout: float = 0.1

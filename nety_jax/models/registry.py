@@ -13,9 +13,13 @@ ARCHITECTURES = {
     "rnn_lm": ("nety_jax.models.rnn_lm.config:RNNLMConfig", "nety_jax.models.rnn_lm.model:RNNLMModel"),
 }
 TASK_OF = {"hybrid": "seq2seq", "gpt": "lm", "rnn_lm": "lm"}
+# the architecture of a config that names no model.arch: NETY's
+DEFAULT_ARCH = "hybrid"
 
 # the converter of HuggingFace model directories (config.json + weights + tokenizer): GPT-2
 HF_CONVERTER = "nety_jax.models.gpt.hf_io"
+# the converter of NETY's PyTorch state dicts (``import_torch``, ``export_torch``): the hybrid
+TORCH_CONVERTER = "nety_jax.models.hybrid.torch_io"
 
 
 def _load(path: str):
@@ -46,6 +50,11 @@ def architectures_of(task) -> list[str]:
 def hf_converter():
     """The module with ``load_hf(dir)``, ``import_hf(dir, out)`` and ``export_hf(run, out)``."""
     return importlib.import_module(HF_CONVERTER)
+
+
+def torch_converter():
+    """The module with ``import_torch(state_dict, vocab, out, ...)`` and ``export_torch(run, out)``."""
+    return importlib.import_module(TORCH_CONVERTER)
 
 
 def load_hf(model_dir: str):
