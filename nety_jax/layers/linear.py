@@ -21,8 +21,6 @@ import numpy as np
 from nety_jax import kernels
 from nety_jax.layers.partitioning import named
 
-QUANT = ("none", "int8")
-
 
 class Linear(nn.Module):
     features: int

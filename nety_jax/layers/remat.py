@@ -22,7 +22,6 @@ import flax.linen as nn
 import jax
 
 POLICIES = ("none", "full", "dots")
-SCAN_UNITS = ("layer", "step")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,6 @@ from nety_jax.errors import CheckpointError
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
 DAMAGED = "damaged"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -6,7 +6,6 @@ such a run starts its optimizer afresh from these weights (training/setup.py).
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Callable, Optional
 

@@ -16,7 +16,6 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from nety_jax.config import Config, save_config
 from nety_jax.data import BatchIterator
@@ -258,7 +257,3 @@ def _data_position(saved: dict, data: DataSplit, cfg: Config, log) -> dict:
 def data_meta(iterator: BatchIterator, data: DataSplit, cfg: Config) -> dict:
     return {**iterator.state(), "fingerprint": data.fingerprint, "batch_size": cfg.train.batch_size,
             "seed": cfg.train.seed, "processes": jax.process_count(), "plan": PLAN}
-
-
-def count_tokens(batch: dict) -> int:
-    return int(np.sum(batch["targets"] != 0))

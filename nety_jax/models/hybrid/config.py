@@ -68,7 +68,3 @@ class HybridConfig(ModelConfig):
         if cfg.decode.max_new_tokens + 1 > self.max_len:
             raise ConfigError(f"decode.max_new_tokens={cfg.decode.max_new_tokens} must be < "
                               f"model.max_len={self.max_len}")
-
-    @property
-    def enc_out_dim(self) -> int:
-        return self.enc_hidden * (2 if self.bidirectional else 1)
