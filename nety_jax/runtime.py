@@ -9,7 +9,7 @@ on by default; ``--no-compile-cache`` or ``NETY_JAX_COMPILE_CACHE=off`` turns it
 ``keep_host_memory()`` stops glibc's malloc from handing large freed blocks back to the
 kernel: XLA on the CPU allocates each execution's temporaries (hundreds of MB for a train
 step) and frees them after it, and by default glibc returns them (``munmap`` or a heap
-trim), so the next execution page-faults every page in again (136,000 faults, about 0.1 s,
+trim), so the next execution page-faults every page in again (docs/PERFORMANCE.md counts them
 per NETY-size train step). On jax 0.11+ part of them are YNNPACK's, allocated on XLA's
 worker threads, so there every thread shares malloc's main arena too. Every ``nety-jax``
 command turns it on before JAX starts; ``NETY_JAX_HOST_MALLOC=default`` leaves glibc alone,
@@ -130,7 +130,7 @@ def keep_host_memory(mode: Optional[str] = None) -> bool:
     except (OSError, AttributeError):
         return False
     # glibc reads the trim threshold as a size_t: -1 is "never"; 2**31 - 1, the largest positive
-    # int, still trimmed a heap whose top held more than 2 GB of a large step's temporaries
+    # int, still trims a heap whose top holds more than that of a large step's temporaries
     settings = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)]
     if mode == "keep" and workers_allocate_temporaries():
         settings.append((_M_ARENA_MAX, 1))

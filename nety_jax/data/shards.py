@@ -148,8 +148,8 @@ class ShardReader:
     ``records(indices)`` is a batch's records, each checksum checked; ``reader[i]`` one record's
     arrays. Each shard has one ArrayRecord reader, without read-ahead or a thread pool (reads are
     random and small), read by ``seek`` and ``read``: its batched ``read(positions)`` (what Grain's
-    ``ArrayRecordDataSource`` calls, for one record or many) costs a fixed ~0.3 ms a call in
-    thread hand-offs, many times the read itself (docs/PERFORMANCE.md). A reader holds a
+    ``ArrayRecordDataSource`` calls, for one record or many) pays thread hand-offs on every call,
+    many times the read itself (docs/PERFORMANCE.md). A reader holds a
     position, so reads take a lock (the prefetch thread and the main thread share the reader).
 
     A damaged record (a checksum that does not match, a chunk ArrayRecord cannot read) or shard

@@ -5,7 +5,7 @@
   the kernel streams the int8 bytes. ``Linear`` uses it for a few rows (a decode
   step's batch).
 - ``top_k``: each row's k largest values and indices, as ``lax.top_k`` (sorted,
-  ties to the lower index). XLA's CPU TopK was 9% of a decode step at batch 64.
+  ties to the lower index). XLA's CPU TopK sat on a batched decode step's critical path.
 - ``decode_attention``: one query a row over the filled positions of its KV cache
   only (XLA's masked product reads every position of every cache every step).
 - ``matmul``: float32 x @ w for a batched decode step (``MATMUL_ROWS`` rows), the next
@@ -71,8 +71,8 @@ MATVEC_ROWS = 8  # nety_matvec / nety_matvec_t take up to this many float32 rows
 # the smallest weight matrix (elements) nety_matvec / nety_matvec_t take: a smaller one sits in
 # cache and its product takes about as long as handing half of it to another thread
 MATVEC_MIN_WEIGHTS = 1 << 18
-# rows where nety_matmul measured faster than XLA's GEMM inside generation (docs/PERFORMANCE.md,
-# 2026-11-30: 56 rows 1.19x, 64 1.17x, 96 1.10x, 128 1.05x, 160 1.03x; 48 0.99x, 32 0.92x, 256 0.99x)
+# rows where nety_matmul beat XLA's GEMM inside generation (docs/PERFORMANCE.md, the optimisation
+# table's nety_matmul rows: XLA's GEMM is fast up to 48 rows, ours falls behind past 160)
 MATMUL_ROWS = (56, 160)
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC")

@@ -1,8 +1,8 @@
 """Dropout whose mask comes from a cheap counter-based hash instead of Threefry.
 
 flax's ``nn.Dropout`` draws one Threefry value per element: on XLA's CPU backend
-that was 19% of NETY's training step and 4 s of its compile time
-(docs/PERFORMANCE.md). Here the step's dropout key gives two 32-bit seeds (one
+that was a large share of NETY's training step and of its compile time
+(docs/PERFORMANCE.md has the figures). Here the step's dropout key gives two 32-bit seeds (one
 Threefry call per layer) and each element's bits are a 32-bit integer hash of its
 index and the seeds (two rounds of Wellons' lowbias32, a bijection each): a few
 integer operations per element, fused into the consumer. Masks of different

@@ -36,7 +36,8 @@ def cross_entropy_sums(logits, targets, mask, label_smoothing: float = 0.0) -> d
         loss = (1.0 - label_smoothing) * nll + label_smoothing * uniform
     else:
         loss = nll
-    # the target is the argmax (a max-reduce: XLA's CPU argmax is 40x slower); ties count as correct
+    # the target is the argmax (a max-reduce: XLA's CPU argmax, a variadic reduce, is far slower:
+    # docs/PERFORMANCE.md); ties count as correct
     correct = (target_logit >= jnp.max(logits, axis=-1)).astype(jnp.float32)
     return {"loss_sum": jnp.sum(loss * mask), "nll_sum": jnp.sum(nll * mask),
             "correct": jnp.sum(correct * mask), "tokens": jnp.sum(mask)}
