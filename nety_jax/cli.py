@@ -269,6 +269,13 @@ def cmd_quantize(args) -> int:
 
 
 def _add_commands(sub) -> None:
+    """Every subcommand, in the order ``nety-jax --help`` lists them."""
+    for add in (_add_training_commands, _add_inference_commands, _add_export_and_serve_commands,
+                _add_conversion_commands):
+        add(sub)
+
+
+def _add_training_commands(sub) -> None:
     p = sub.add_parser("info", help="parameter count per module and memory footprint")
     _config_args(p)
     p.add_argument("--checkpoint", help="a run directory: its config and trained vocabulary")
@@ -314,6 +321,8 @@ def _add_commands(sub) -> None:
     p.add_argument("--parallel", choices=("none", "pmap", "shard_map", "mesh"), help="train.parallel")
     p.set_defaults(fn=cmd_plan)
 
+
+def _add_inference_commands(sub) -> None:
     for name, fn, text in (("generate", cmd_generate, "replies (or continuations) to prompts, batched"),
                            ("complete", cmd_complete, "language models: prompt + continuation")):
         p = sub.add_parser(name, help=text)
@@ -343,6 +352,8 @@ def _add_commands(sub) -> None:
     _decode_args(p)
     p.set_defaults(fn=cmd_chat)
 
+
+def _add_export_and_serve_commands(sub) -> None:
     p = sub.add_parser("export", help="serialize the jitted generate function (jax.export)")
     p.add_argument("--checkpoint", required=True, help="run directory")
     p.add_argument("--out", required=True, help="output directory")
@@ -378,6 +389,8 @@ def _add_commands(sub) -> None:
     p.add_argument("--draft-tokens", type=int, default=4, help="speculation: tokens drafted per step (1-16)")
     p.set_defaults(fn=cmd_serve)
 
+
+def _add_conversion_commands(sub) -> None:
     p = sub.add_parser("quantize", help="int8 weight-only copy of a run, for inference")
     p.add_argument("--checkpoint", required=True, help="run directory")
     p.add_argument("--out", required=True, help="new run directory")
