@@ -177,6 +177,13 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
             tokenizer.save(workdir)
             _record_source(workdir, init_from)
         save_config(cfg, os.path.join(workdir, CONFIG_FILE))
+    iterator, val_batches = _batches(task, data, cfg, position, log)
+    return Run(cfg, model, tokenizer, data, runner, runner.place_state(state), manager, start, iterator,
+               val_batches)
+
+
+def _batches(task, data: DataSplit, cfg: Config, position: dict, log):
+    """The training batches from ``position`` (prefetched) and the fixed validation batches."""
     iterator = task.batches(data.train, cfg, **position)
     iterator.part = (jax.process_index(), jax.process_count())  # streamed data: each process its rows
     if jax.process_count() > 1 and getattr(data.train, "reads_parts", False):
@@ -184,9 +191,7 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
             f"{cfg.train.batch_size // jax.process_count()} rows of every batch from the shards")
     iterator = Prefetcher(iterator)
     val_batches = task.eval_batches(data.val, cfg)
-    val_batches = validation_batches(val_batches, len(data.val), log)
-    return Run(cfg, model, tokenizer, data, runner, runner.place_state(state), manager, start, iterator,
-               val_batches)
+    return iterator, validation_batches(val_batches, len(data.val), log)
 
 
 def _record_source(workdir: str, init_from) -> None:
