@@ -434,7 +434,7 @@ def write_doc(text: str, path: str) -> None:
         f.write(new)
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny budgets: checks the script, not the model")
     p.add_argument("--no-doc", action="store_true", help="do not write docs/QUALITY.md and the plot "
@@ -457,7 +457,11 @@ def main() -> int:
                    "set; about 2.5 minutes a share")
     p.add_argument("--corpus-effect", action="store_true", help="only: the dialogue table trained with "
                    "and without the templates added to enrich the corpus, on the same test set (about 6 min)")
-    args = p.parse_args()
+    return p
+
+
+def main() -> int:
+    args = _parser().parse_args()
     b, start = Budget(args.quick), time.perf_counter()
     log = lambda msg: print(f"[{time.perf_counter() - start:6.0f} s] {msg}", flush=True)
     if args.sweep:
