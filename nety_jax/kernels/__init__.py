@@ -205,14 +205,19 @@ def int8_usable(x: jax.Array, dtype) -> bool:
             and math.prod(x.shape[:-1]) <= MAX_ROWS and enabled())
 
 
+def _product(target: str, x: jax.Array, k: int, n: int, *weights: jax.Array) -> jax.Array:
+    """(..., K) rows through the product kernel ``target`` (which also takes ``weights``) -> (..., N)
+    float32: the leading axes flattened into one of rows and restored after."""
+    rows = x.reshape(-1, k)
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
+                            vmap_method="sequential")
+    return call(rows, *weights).reshape(x.shape[:-1] + (n,))
+
+
 def int8_matmul(x: jax.Array, kernel: jax.Array, scale: jax.Array) -> jax.Array:
     """(..., K) float32 @ (K, N) int8, times (N,) scales -> (..., N) float32, through the kernel."""
     k, n = kernel.shape
-    rows = x.reshape(-1, k).astype(jnp.float32)
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
-                            vmap_method="sequential")
-    y = call(rows, kernel, scale.astype(jnp.float32))
-    return y.reshape(x.shape[:-1] + (n,))
+    return _product(TARGET, x.astype(jnp.float32), k, n, kernel, scale.astype(jnp.float32))
 
 
 def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
@@ -267,11 +272,8 @@ def matmul_usable(x: jax.Array, dtype, features: int) -> bool:
 
 def _matmul_call(x: jax.Array, kernel: jax.Array) -> jax.Array:
     k, n = kernel.shape
-    rows = x.reshape(-1, k)
-    target = MATVEC_TARGET if rows.shape[0] <= MATVEC_ROWS else MATMUL_TARGET
-    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
-                            vmap_method="sequential")
-    return call(rows, kernel).reshape(x.shape[:-1] + (n,))
+    target = MATVEC_TARGET if math.prod(x.shape[:-1]) <= MATVEC_ROWS else MATMUL_TARGET
+    return _product(target, x, k, n, kernel)
 
 
 @jax.custom_vjp
@@ -296,10 +298,7 @@ matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 def _matmul_t_call(x: jax.Array, table: jax.Array) -> jax.Array:
     n, k = table.shape
-    rows = x.reshape(-1, k)
-    call = jax.ffi.ffi_call(MATVEC_T_TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
-                            vmap_method="sequential")
-    return call(rows, table).reshape(x.shape[:-1] + (n,))
+    return _product(MATVEC_T_TARGET, x, k, n, table)
 
 
 def matmul_t_usable(x: jax.Array, table: jax.Array) -> bool:
@@ -344,10 +343,7 @@ def matmul_packed(x: jax.Array, packed: jax.Array, kernel: jax.Array) -> jax.Arr
     the same floats as ``matmul`` (its kernel's panels read contiguous). Not differentiable: a
     decoding path (``with_packed``)."""
     k, n = kernel.shape
-    rows = x.reshape(-1, k)
-    call = jax.ffi.ffi_call(MATMUL_PACKED_TARGET, jax.ShapeDtypeStruct((rows.shape[0], n), jnp.float32),
-                            vmap_method="sequential")
-    return call(rows, packed, kernel).reshape(x.shape[:-1] + (n,))
+    return _product(MATMUL_PACKED_TARGET, x, k, n, packed, kernel)
 
 
 def _packable(leaf, rows: int) -> bool:
