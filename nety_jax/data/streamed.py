@@ -105,13 +105,25 @@ class PairShards:
         return self._pair(int(self._records(i)))[1][1:].tolist()
 
 
-class StreamWindows:
+class _FixedLength:
+    """Examples of one length, ``seq_len + 1`` tokens (``seq_len`` inputs and their targets)."""
+
+    fixed_length = True  # the batcher has nothing to bucket
+    seq_len: int
+
+    def length(self, i: int) -> int:
+        return self.seq_len + 1
+
+    def lengths(self, idx) -> np.ndarray:
+        return np.full(len(idx), self.seq_len + 1, np.int64)
+
+
+class StreamWindows(_FixedLength):
     """Windows of ``seq_len + 1`` tokens every ``stride`` over a token stream stored in chunks:
     each shard holds a contiguous run of the stream in records of ``chunk`` tokens (its last one
     shorter). The windows are those of ``text.encode_text`` over the same stream."""
 
     reads_parts = True  # collate(idx, part) reads only that part of a batch
-    fixed_length = True  # every example has one length: the batcher has nothing to bucket
 
     def __init__(self, reader: ShardReader, shard_tokens: list[int], chunk: int, seq_len: int, stride: int):
         self.reader, self.chunk, self.seq_len = reader, chunk, seq_len
@@ -124,12 +136,6 @@ class StreamWindows:
 
     def __len__(self) -> int:
         return self.count
-
-    def length(self, i: int) -> int:
-        return self.seq_len + 1
-
-    def lengths(self, idx) -> np.ndarray:
-        return np.full(len(idx), self.seq_len + 1, np.int64)
 
     def collate(self, idx, part: tuple[int, int] = WHOLE) -> dict:
         at = part_of(idx, part).astype(np.int64)[:, None] * self.stride + np.arange(self.seq_len + 1)
@@ -162,13 +168,12 @@ class StreamWindows:
         return words, starts
 
 
-class PackedShards:
+class PackedShards(_FixedLength):
     """Packed rows (``packing.PackedRows``), one record each: tokens, targets, segments, positions."""
 
     reads_parts = True  # collate(idx, part) reads only that part of a batch
 
     KEYS = ("tokens", "targets", "segments", "positions")
-    fixed_length = True  # every example has one length: the batcher has nothing to bucket
 
     def __init__(self, reader: ShardReader, seq_len: int):
         self.reader, self.seq_len = reader, seq_len
@@ -176,12 +181,6 @@ class PackedShards:
 
     def __len__(self) -> int:
         return len(self.reader)
-
-    def length(self, i: int) -> int:
-        return self.seq_len + 1
-
-    def lengths(self, idx) -> np.ndarray:
-        return np.full(len(idx), self.seq_len + 1, np.int64)
 
     def collate(self, idx, part: tuple[int, int] = WHOLE) -> dict:
         keys, empty = len(self.KEYS), self._empty
