@@ -62,33 +62,46 @@ def _source_module(root: pathlib.Path, path: pathlib.Path) -> list:
     return ["nety_jax"] + (parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported_modules(root: pathlib.Path, path: pathlib.Path) -> set:
-    """The nety_jax modules ``path`` imports: statements (relative ones resolved), names taken from
-    the package itself, and strings that are import paths (``"nety_jax.x.y"``, ``"nety_jax.x:Name"``)."""
+def imports(root: pathlib.Path, path: pathlib.Path) -> list:
+    """(line, module) of every nety_jax module ``path`` imports: statements (relative ones resolved,
+    ``from package import module`` as that module, ``from nety_jax import name`` as the public API
+    unless it is a module), and strings that are import paths (``"nety_jax.x.y"``, ``"nety_jax.x:Name"``)."""
     here = _source_module(root, path)
     package = here if path.name == "__init__.py" else here[:-1]
-    found = set()
+    found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
+            found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = package[:len(package) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
-            if module == "nety_jax":  # `from nety_jax import x`: the module x, or the public API's x
-                found.update(_from_package(root, a.name) for a in node.names)
-            else:
-                found.add(module)
+            found += [(node.lineno, _from(root, module, a.name)) for a in node.names]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             match = MODULE_PATH.fullmatch(node.value.split(":")[0])
-            if match and _from_package(root, _layer(match.group(0))) != "nety_jax":  # not a logger's name
-                found.add(match.group(0))
-    return {m for m in found if m == "nety_jax" or (m.startswith("nety_jax.") and m != "nety_jax.__dunder__")}
+            if match and _is_module(root, match.group(0)):  # not a logger's name
+                found.append((node.lineno, match.group(0)))
+    return [(n, m) for n, m in found
+            if m == "nety_jax" or (m.startswith("nety_jax.") and m != "nety_jax.__dunder__")]
 
 
-def _from_package(root: pathlib.Path, name: str) -> str:
-    if (root / name).is_dir() or (root / f"{name}.py").is_file():
-        return f"nety_jax.{name}"
-    return "nety_jax.__dunder__" if name.startswith("__") else "nety_jax"  # __version__: no layer
+def imported_modules(root: pathlib.Path, path: pathlib.Path) -> set:
+    return {module for _, module in imports(root, path)}
+
+
+def _is_module(root: pathlib.Path, module: str) -> bool:
+    """Whether the dotted ``module``'s top level (below nety_jax) exists under ``root``."""
+    parts = module.split(".")[1:2]
+    return bool(parts) and ((root / parts[0]).is_dir() or (root / f"{parts[0]}.py").is_file())
+
+
+def _from(root: pathlib.Path, module: str, name: str) -> str:
+    """What ``from module import name`` imports: the module ``module.name`` where there is one."""
+    where = root.joinpath(*module.split(".")[1:], name)
+    if where.is_dir() or where.with_suffix(".py").is_file():
+        return f"{module}.{name}"
+    if module == "nety_jax":  # a name of the package itself: the public API, or __version__ (no layer)
+        return "nety_jax.__dunder__" if name.startswith("__") else "nety_jax"
+    return module
 
 
 def import_violations(root: pathlib.Path) -> list:
@@ -116,15 +129,16 @@ def named_outside(root: pathlib.Path, names, home: str, excepted=()) -> list:
     """``file:line`` of every quoted name in ``names``, and every import of ``home``'s modules of
     those names, in the package's source outside ``home/``."""
     literal = re.compile(r"""(["'])(%s)\1""" % "|".join(names))
-    subpackage = re.compile(r"nety_jax\.%s\.(%s)\b" % (home, "|".join(names)))
+    subpackage = re.compile(r"nety_jax\.%s\.(%s)(\..*)?" % (home, "|".join(names)))
     found = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
         if rel.startswith(f"{home}/") or rel in excepted:
             continue
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if literal.search(line) or (subpackage.search(line) and "import" in line):
-                found.append(f"{rel}:{lineno}: {line.strip()}")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        hits = {n for n, line in enumerate(lines, 1) if literal.search(line)}
+        hits |= {n for n, module in imports(root, path) if subpackage.fullmatch(module)}
+        found += [f"{rel}:{n}: {lines[n - 1].strip()}" for n in sorted(hits)]
     return found
 
 
@@ -182,6 +196,8 @@ def test_the_import_check_finds_every_form_of_a_higher_import(tmp_path):
         "layers/e.py": "import importlib\nimportlib.import_module('nety_jax.training.steps')\n",
         "layers/f.py": "TABLE = {'x': 'nety_jax.models.gpt.model:GPTModel'}\n",
         "layers/g.py": "from nety_jax import train\n",
+        "layers/j.py": "from nety_jax.training import loop\n",
+        "training/loop.py": "from nety_jax import __version__\n",
         "layers/ok.py": "from nety_jax.config import sections\nfrom . import a\nfrom nety_jax.kernels import matmul\n",
         "runs/h.py": "def f():\n    from nety_jax.models.registry import get_model\n",
         "widgets/i.py": "",
@@ -191,13 +207,15 @@ def test_the_import_check_finds_every_form_of_a_higher_import(tmp_path):
         "layers/c.py -> nety_jax.models", "layers/d.py -> nety_jax.tasks",
         "layers/e.py -> nety_jax.training.steps", "layers/f.py -> nety_jax.models.gpt.model",
         "layers/g.py -> nety_jax (the public API sits above every layer)",
-        "runs/h.py -> nety_jax.models.registry", "widgets/i.py: widgets has no place in SITS_ON"]
+        "layers/j.py -> nety_jax.training.loop", "runs/h.py -> nety_jax.models.registry", "widgets/i.py: widgets has no place in SITS_ON"]
 
 
 def test_the_name_checks_find_an_architecture_and_a_task(tmp_path):
     root = _fake(tmp_path, {
         "training/x.py": "ok = 1\nif cfg.arch == 'gpt':\n    pass\n",
         "cli.py": "from nety_jax.models.hybrid.torch_io import import_torch\n",
+        "serving/v.py": "from nety_jax.models import rnn_lm\n",
+        "models/rnn_lm/__init__.py": "",
         "serving/y.py": "if task == \"lm\":\n    pass\n",
         "models/gpt/z.py": "arch = 'gpt'\n",
         "tasks/w.py": 'name = "seq2seq"\n',
@@ -205,5 +223,5 @@ def test_the_name_checks_find_an_architecture_and_a_task(tmp_path):
     })
     assert named_outside(root, ARCH_NAMES, "models") == [
         "cli.py:1: from nety_jax.models.hybrid.torch_io import import_torch",
-        "training/x.py:2: if cfg.arch == 'gpt':"]
+        "serving/v.py:1: from nety_jax.models import rnn_lm", "training/x.py:2: if cfg.arch == 'gpt':"]
     assert named_outside(root, TASK_NAMES, "tasks", TASK_NAMED_IN) == ["serving/y.py:1: if task == \"lm\":"]
