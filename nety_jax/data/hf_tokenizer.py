@@ -26,7 +26,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from nety_jax.config.sections import UNK_ID
-from nety_jax.data.tokenizer import SPECIALS, Tokenizer, _write_descriptor
+from nety_jax.data.tokenizer import SPECIALS, Tokenizer, write_descriptor
 from nety_jax.errors import DataError
 
 FILE = "hf_tokenizer.json"
@@ -34,7 +34,8 @@ ROLES = ("pad", "sos", "eos", "unk")  # our ids 0, 1, 2, 3
 BYTE_ALPHABET = 256
 
 
-def _tokenizers():
+def require_tokenizers():
+    """The `tokenizers` package, or a one-line DataError saying how to install it."""
     try:
         import tokenizers
     except ImportError:
@@ -100,12 +101,12 @@ class HFTokenizer(Tokenizer):
     def save(self, directory: str) -> None:
         with open(os.path.join(directory, FILE), "w", encoding="utf-8") as f:
             f.write(self.tok.to_str())
-        _write_descriptor(directory, {"type": "hf", "file": FILE, "specials": self.specials,
-                                      "model_vocab": self.model_vocab})
+        write_descriptor(directory, {"type": "hf", "file": FILE, "specials": self.specials,
+                                     "model_vocab": self.model_vocab})
 
     @classmethod
     def from_file(cls, path: str, specials: dict, model_vocab: Optional[int] = None) -> "HFTokenizer":
-        tokenizers = _tokenizers()
+        tokenizers = require_tokenizers()
         try:
             tok = tokenizers.Tokenizer.from_file(path)
         except OSError as e:
@@ -117,7 +118,7 @@ class HFTokenizer(Tokenizer):
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, lowercase: bool = False) -> "HFTokenizer":
         """A byte-level BPE (GPT-2's kind) with our four specials at ids 0-3."""
-        tokenizers = _tokenizers()
+        tokenizers = require_tokenizers()
         from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
         if vocab_size < BYTE_ALPHABET + len(SPECIALS) + 1:
             raise DataError(f"data.vocab_size={vocab_size} is too small for a byte-level BPE: use at least "
@@ -136,7 +137,7 @@ class HFTokenizer(Tokenizer):
 def byte_level_bpe(vocab_path: str, merges_path: str, special_tokens: Sequence[str] = ()):
     """GPT-2's slow-tokenizer files (vocab.json + merges.txt) as a ``tokenizers`` byte-level BPE,
     as transformers converts them: the GPT-2 split pattern, no prefix space, ByteLevel decoding."""
-    _tokenizers()
+    require_tokenizers()
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     try:
         bpe = models.BPE.from_file(vocab_path, merges_path)

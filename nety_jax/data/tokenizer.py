@@ -127,8 +127,8 @@ class SentencePieceTokenizer(Tokenizer):
     def save(self, directory: str) -> None:
         with open(os.path.join(directory, self.FILE), "wb") as f:
             f.write(self.proto)
-        _write_descriptor(directory, {"type": "sentencepiece", "file": self.FILE,
-                                      "lowercase": self.lowercase})
+        write_descriptor(directory, {"type": "sentencepiece", "file": self.FILE,
+                                     "lowercase": self.lowercase})
 
 
 SPM_MAX_BYTES = 4000  # SentencePiece's trainer silently drops sentences over 4192 bytes
@@ -241,10 +241,11 @@ class WordTokenizer(Tokenizer):
             json.dump({"word_to_idx": self.word_to_idx,
                        "idx_to_word": {str(i): w for i, w in self.idx_to_word.items()}},
                       f, ensure_ascii=False)
-        _write_descriptor(directory, {"type": "word", "file": self.FILE, "split": self.split})
+        write_descriptor(directory, {"type": "word", "file": self.FILE, "split": self.split})
 
 
-def _write_descriptor(directory: str, info: dict) -> None:
+def write_descriptor(directory: str, info: dict) -> None:
+    """A run directory's ``tokenizer.json``: which tokenizer it holds (``type``), in which file."""
     with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
         json.dump(info, f)
 

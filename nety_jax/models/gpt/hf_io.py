@@ -275,7 +275,8 @@ def hf_specials(raw: dict, tok, model_dir: str) -> dict:
 
 def read_tokenizer(model_dir: str, raw: dict):
     """tokenizer.json, or vocab.json + merges.txt (GPT-2's byte-level BPE), with its id map."""
-    from nety_jax.data.hf_tokenizer import HFTokenizer, _tokenizers, byte_level_bpe, read_special_tokens
+    from nety_jax.data.hf_tokenizer import (HFTokenizer, byte_level_bpe, read_special_tokens,
+                                            require_tokenizers)
     path = os.path.join(model_dir, "tokenizer.json")
     vocab, merges = os.path.join(model_dir, "vocab.json"), os.path.join(model_dir, "merges.txt")
     if os.path.isfile(path):
@@ -285,7 +286,7 @@ def read_tokenizer(model_dir: str, raw: dict):
         tok = byte_level_bpe(vocab, merges, sorted(set(named.values()) | {"<|endoftext|>"}))
     else:
         raise DataError(f"{model_dir}: no tokenizer (expected tokenizer.json, or vocab.json and merges.txt)")
-    _tokenizers()
+    require_tokenizers()
     n = raw.get("vocab_size", 50257)
     if tok.get_vocab_size(with_added_tokens=True) > n:
         raise DataError(f"{model_dir}: the tokenizer has {tok.get_vocab_size(with_added_tokens=True)} ids, "
