@@ -366,8 +366,9 @@ def _add_export_and_serve_commands(sub) -> None:
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching")
     p.add_argument("--checkpoint", help="run directory")
     p.add_argument("--exported", help="directory written by `nety-jax export`")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)")
     p.add_argument("--batching", choices=("continuous", "dynamic"),
                    help="continuous (default with --checkpoint): rows join and leave a running batch; "
                         "dynamic (with --exported): gather for --batch-window-ms, run to the end")
