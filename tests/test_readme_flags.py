@@ -1,5 +1,6 @@
-"""README against the command's parser: every option of every subcommand is documented, and every
-option a README command line gives exists (no subprocess: the parser is built in-process)."""
+"""README against the command's parser: every option of every subcommand is documented and has
+help text, and every option a README command line gives exists (no subprocess: the parser is
+built in-process)."""
 import argparse
 import re
 
@@ -49,3 +50,14 @@ def test_the_checks_find_a_missing_and_an_unknown_option():
     readme = "nety-jax train --steps 3 --sede 1\n`nety-jax --no-compile-cache serve --port 0 --nme x`\n"
     assert undocumented(readme, subcommands) == ["train --seed"]
     assert unknown(readme, {"--no-compile-cache"}, subcommands) == ["train --sede", "serve --nme"]
+
+
+def test_every_option_has_help_text():
+    """What ``nety-jax SUBCOMMAND --help`` shows: no option without a line of its own."""
+    from nety_jax.cli import build_parser
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    bare = [f"{name} {a.option_strings[0] if a.option_strings else a.dest}"
+            for name, p in [("", parser), *subs.items()] for a in p._actions
+            if not a.help and not isinstance(a, argparse._SubParsersAction)]
+    assert bare == []
