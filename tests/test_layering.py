@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "nety_jax"
 SITS_ON = {
     "errors": (), "_lazy": (), "runtime": ("errors",),
     "config": ("errors",),
-    "kernels": ("errors",),
+    "kernels": ("config",),
     "layers": ("config", "kernels"),
     "data": ("config",),  # readers and tokenizers: runs/ and the models' weight converters read them
     "runs": ("data", "_lazy"),  # the run directory, below everything that reads or writes one
