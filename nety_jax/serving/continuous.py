@@ -248,7 +248,7 @@ class ContinuousEngine(Worker):
         job = request.job
         if request.state.finish[i] is not None:
             return  # ended by an earlier read
-        request.state._read(i, job, job.rows[i], np.asarray(seat.ids, np.int32), done)
+        request.state._read(i, job, job.rows[i], seat.ids, done)
         if request.state.finish[i] is None:
             return
         if not done:  # the device still runs it: end it with the next chunk

@@ -24,6 +24,7 @@ import numpy as np
 from nety_jax.config.sections import EOS_ID, PAD_ID
 from nety_jax.data.prompts import PromptBatch, batch_bucket, bucket
 from nety_jax.errors import NetyError
+from nety_jax.serving.detokenize import IncrementalText
 
 
 class QueueFull(Exception):
@@ -221,26 +222,27 @@ class _RowState:
         self.ntok = [0] * len(rows)
         self.clean = [0] * len(rows)  # ids read without a stop string (the next scan starts there)
         self.finish = [None] * len(rows)
-        self.decoders: dict = {}  # rows whose text continues their prompt: their _Continuing
+        # each row's text so far, decoding only what each read adds (a continuation after its prompt)
+        self.texts = [IncrementalText(tokenizer, row.context) for _, _, row in rows]
 
     def update(self, tokens: np.ndarray, done: np.ndarray, final: bool = False) -> np.ndarray:
-        """Reads the tokens so far; returns the rows to stop now (stop string, cancelled)."""
+        """Reads the tokens so far (B, T); returns the rows to stop now (stop string, cancelled)."""
         stop_now = np.zeros(len(tokens), bool)
         for k, (job, _, row) in enumerate(self.rows):
             if self.finish[k] is None:
-                self._read(k, job, row, tokens[k], bool(done[k]) or final)
+                self._read(k, job, row, tokens[k][: row.max_new_tokens].tolist(), bool(done[k]) or final)
             stop_now[k] = self.finish[k] is not None
         return stop_now
 
-    def _read(self, k: int, job: Job, row: Row, tokens: np.ndarray, done: bool) -> None:
-        ids = [int(t) for t in tokens[: row.max_new_tokens]]
-        ended = EOS_ID in ids
-        ids = ids[: ids.index(EOS_ID)] if ended else [t for t in ids if t != PAD_ID]
-        decoder = self.tokenizer if not row.context else self.decoders.setdefault(k, _Continuing(self.tokenizer,
-                                                                                                 row.context))
-        text = decoder.decode(ids)
+    def _read(self, k: int, job: Job, row: Row, generated: list, done: bool) -> None:
+        """Reads row ``k``'s generated ids so far (a list of ints that only grows)."""
+        ids, ended = reply_ids(generated)
+        text = self.texts[k].update(ids)
         self.ntok[k] = len(ids) + (1 if ended else 0)
-        stopped = stop_at(decoder, ids, row.stop, text, self.clean[k])
+        stopped = None
+        if row.stop and first_stop(text, row.stop) >= 0:
+            decoder = _Continuing(self.tokenizer, row.context) if row.context else self.tokenizer
+            stopped = stop_at(decoder, ids, row.stop, text, self.clean[k])
         self.clean[k] = len(ids)
         if stopped is not None:
             text, self.ntok[k] = stopped
@@ -282,6 +284,14 @@ class _Continuing:
     def decode(self, ids) -> str:
         whole = self.tokenizer.decode(self.context + list(ids))
         return whole[len(self.head):] if whole.startswith(self.head) else self.tokenizer.decode(ids)
+
+
+def reply_ids(generated: list) -> tuple[list, bool]:
+    """(the reply's ids, whether <eos> ended it): ``generated`` up to its first <eos>, without
+    padding (a row that is not live yet)."""
+    ended = EOS_ID in generated
+    ids = generated[: generated.index(EOS_ID)] if ended else generated
+    return ([t for t in ids if t != PAD_ID] if PAD_ID in ids else ids), ended
 
 
 def first_stop(text: str, stops) -> int:
