@@ -259,7 +259,7 @@ def cmd_serve(args) -> int:
     from nety_jax.serving.server import serve
     return serve(args.checkpoint, args.exported, args.host, args.port, args.max_batch, args.batch_window_ms,
                  args.queue_size, args.max_tokens, args.chunk, args.name, args.batching, args.slots,
-                 _prefix_cache_mb(args), args.mesh_tensor, args.speculate, args.draft_tokens)
+                 _prefix_cache_mb(args), args.mesh_tensor, args.speculate, args.draft_tokens, args.warm_up)
 
 
 def cmd_quantize(args) -> int:
@@ -388,6 +388,9 @@ def _add_export_and_serve_commands(sub) -> None:
                    help="ngram: every request speculates with prompt-lookup drafts (same replies; needs "
                         "--batching dynamic, the default with it)")
     p.add_argument("--draft-tokens", type=int, default=4, help="speculation: tokens drafted per step (1-16)")
+    p.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                   help="skip compiling every prompt and batch shape before listening (they then compile "
+                        "on first use, under load)")
     p.set_defaults(fn=cmd_serve)
 
 

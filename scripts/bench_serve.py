@@ -31,6 +31,8 @@ The CPU may be shared with other work: compare the two engines only within one r
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import concurrent.futures as futures
 import json
 import os
@@ -50,6 +52,45 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 PROMPTS = ["Bonjour !", "Salut !", "Merci beaucoup !", "Ça va ?", "Bonne nuit !", "À demain !", "Je suis là.",
            "Il pleut."]  # short: one prompt bucket, so warming up compiles every program a window meets
 CACHE = os.path.join(tempfile.gettempdir(), "nety-bench-serve-cache")  # compiled programs, across runs
+SHORTEST, LONGEST = 8, 256  # reply lengths drawn (issue #29), at most the model's room
+
+
+@dataclasses.dataclass(frozen=True)
+class Mix:
+    """Reply lengths from ``low`` to ``high`` tokens: ``uniform`` (every length equally likely:
+    the default, the issue names no distribution) or ``loguniform`` (the log of the length
+    uniform: many short replies and few long, closer to chat traffic such as ShareGPT's)."""
+    kind: str
+    high: int
+    low: int = SHORTEST
+
+    def draw(self, rng: random.Random) -> int:
+        if self.kind == "uniform":
+            return rng.randint(self.low, self.high)
+        return min(self.high, int(math.exp(rng.uniform(math.log(self.low), math.log(self.high + 1)))))
+
+    def probabilities(self) -> list:
+        """P(length = low + i) for each length, exactly (the floor of a log-uniform draw)."""
+        if self.kind == "uniform":
+            return [1 / (self.high - self.low + 1)] * (self.high - self.low + 1)
+        span = math.log((self.high + 1) / self.low)
+        return [math.log((k + 1) / k) / span for k in range(self.low, self.high + 1)]
+
+    def ceiling(self, rows: int) -> float:
+        """The head-of-line factor at ``rows`` rows a batch: the expected longest of ``rows``
+        draws over the mean draw, the most continuous batching can gain over a dynamic batch
+        that runs to its longest row, at equal cost per token."""
+        p, below, longest = self.probabilities(), 0.0, 0.0
+        for i, q in enumerate(p):
+            longest += (self.low + i) * ((below + q) ** rows - below ** rows)
+            below += q
+        return longest / sum((self.low + i) * q for i, q in enumerate(p))
+
+    def describe(self, slots) -> str:
+        ceilings = ", ".join(f"{self.ceiling(n):.2f}x at {n} slots" for n in slots)
+        return (f"replies drawn {self.kind} from {self.low} to {self.high} tokens (mean "
+                f"{sum((self.low + i) * q for i, q in enumerate(self.probabilities())):.1f}); head-of-line "
+                f"ceiling {ceilings}")
 
 
 def checkpoint_for(model: str, given: str) -> str:
@@ -85,7 +126,7 @@ def child(args) -> int:
     backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1 << 20)
     app = create_app(backend, "bench", max_batch=args.slots, window_ms=5.0, queue_size=args.queue,
                      chunk=8, batching=args.batching, slots=args.slots)
-    compile_all(app.state.server.engine, pre, args.slots)
+    compile_all(app.state.server.engine, pre)
     settle()  # as `nety-jax serve` does before it listens
     if os.environ.get("NETY_BENCH_TRACE"):
         trace(app.state.server.engine, os.environ["NETY_BENCH_TRACE"], args.batching)
@@ -93,29 +134,10 @@ def child(args) -> int:
     return 0
 
 
-def compile_all(engine, pre, slots: int) -> None:
-    """Runs every batch bucket once before the server listens, so no window meets a compile."""
-    import dataclasses
-
-    import numpy as np
-    from nety_jax.serving.engine import Row
-    from nety_jax.data.prompts import bucket
-    every = [pre.model.prompts.ids(pre.tokenizer, p, pre.config.data) for p in PROMPTS]
-    by_bucket = {bucket(len(ids), pre.config.data.bucket_multiple): ids for ids in every}
-    for ids in by_bucket.values():
-        size = 1
-        while size <= slots:
-            rows = [Row(ids, 0.8, 0, 1.0, 9, i) for i in range(size)]
-            if hasattr(engine, "runner"):  # continuous: prefill + insert of this many rows, one chunk
-                engine.runner.prefill(rows, list(range(size)))
-                engine.runner.progress(engine.runner.step(np.zeros(slots, bool), np.zeros(slots, np.int32),
-                                                          engine.chunk, engine.width))
-                engine.runner.reset()
-            else:  # a row ending early (its done flags replaced), and chunks that follow chunks
-                long = [dataclasses.replace(r, max_new_tokens=3 * engine.chunk) for r in rows]
-                for stop in (lambda t, d: np.arange(len(t)) == 0, lambda t, d: np.zeros(len(t), bool)):
-                    engine.backend.run(engine._prompt_batch(long), long, stop, engine.chunk)
-            size *= 2
+def compile_all(engine, pre) -> None:
+    """The engine's start-up warm-up for the prompt buckets of ``PROMPTS`` (what ``nety-jax
+    serve`` does for every bucket), so no window meets a compile."""
+    engine.warm_up([len(pre.model.prompts.ids(pre.tokenizer, p, pre.config.data)) for p in PROMPTS])
 
 
 def trace(engine, path: str, name: str) -> None:
@@ -174,15 +196,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(checkpoint: str, batching: str, slots: int, queue: int):
-    print(f"[bench_serve] starting a {batching} server ({slots} slots, queue {queue}; compiling) ...", flush=True)
+def start_server(checkpoint: str, batching: str, slots: int, queue: int, root: str = ROOT):
+    """A server of the code in ``root`` (this tree, or another for ``--against``)."""
+    print(f"[bench_serve] starting a {batching} server of {root} ({slots} slots, queue {queue}; compiling) ...",
+          flush=True)
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.1",
-               PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", "--checkpoint", checkpoint,
-                             "--batching", batching, "--port", str(port), "--slots", str(slots), "--queue",
-                             str(queue)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+               PYTHONPATH=root)
+    proc = subprocess.Popen([sys.executable, os.path.join(root, "scripts", "bench_serve.py"), "--child",
+                             "--checkpoint", checkpoint, "--batching", batching, "--port", str(port), "--slots",
+                             str(slots), "--queue", str(queue)], cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                            env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
         if proc.poll() is not None:
@@ -246,7 +271,7 @@ def one(client: httpx.Client, i: int, max_tokens: int, stream: bool) -> dict:
     return out
 
 
-def open_loop(url: str, rate: float, seconds: float, room: int, seed: int) -> dict:
+def open_loop(url: str, rate: float, seconds: float, mix: Mix, seed: int) -> dict:
     """Poisson arrivals at ``rate`` per second for ``seconds``; waits for every answer."""
     rng = random.Random(seed)
     results, threads = [], []
@@ -258,7 +283,7 @@ def open_loop(url: str, rate: float, seconds: float, room: int, seed: int) -> di
         if t > seconds:
             break
         time.sleep(max(0.0, start + t - time.perf_counter()))
-        args = (client, seed * 100_000 + i, rng.randint(8, min(256, room)), rng.random() < 0.5)
+        args = (client, seed * 100_000 + i, mix.draw(rng), rng.random() < 0.5)
         th = threading.Thread(target=lambda a=args: results.append(one(*a)), daemon=True)
         th.start()
         threads.append(th)
@@ -269,7 +294,7 @@ def open_loop(url: str, rate: float, seconds: float, room: int, seed: int) -> di
     return summary(results, start, seconds)
 
 
-def closed_loop(url: str, clients: int, seconds: float, room: int, seed: int) -> dict:
+def closed_loop(url: str, clients: int, seconds: float, mix: Mix, seed: int) -> dict:
     """``clients`` clients, each sending its next request as soon as its last one is answered,
     for ``seconds``: with more clients than the server has rows, and a queue that holds the rest,
     the engine always has work waiting and nothing is refused, so the window measures the
@@ -277,7 +302,7 @@ def closed_loop(url: str, clients: int, seconds: float, room: int, seed: int) ->
     thread per request).
     Request i has the same reply length, stream flag and seed for every engine."""
     rng = random.Random(seed)
-    draws = [(rng.randint(8, min(256, room)), rng.random() < 0.5) for _ in range(100_000)]
+    draws = [(mix.draw(rng), rng.random() < 0.5) for _ in range(100_000)]
     results, counter, start = [], iter(range(len(draws))), time.perf_counter()
 
     def client_loop(_):
@@ -322,7 +347,7 @@ def summary(results: list, start: float, seconds: float) -> dict:
 
 # -- the comparison and the flood -------------------------------------------------------------------
 
-def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds: int) -> list:
+def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds: int, kind: str) -> list:
     """Both servers up at once (an idle one costs nothing), their saturation windows taken in
     turn ``rounds`` times, so a change in the machine's other load hits both engines alike:
     each engine's saturation figure is its median window, the ratio the median of the rounds'."""
@@ -331,10 +356,10 @@ def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds
     queue = slots if overload > 0 else 2 * slots
     servers = {b: start_server(checkpoint, b, slots, queue=queue) for b in ("dynamic", "continuous")}
     try:
-        room = min(int(httpx.get(f"{servers['dynamic'][1]}/health").json()["max_tokens"]), 256)
-        windows = saturation_rounds(servers, overload, slots, seconds, room, rounds)
+        mix = mix_of(servers["dynamic"][1], kind)
+        windows = saturation_rounds(servers, overload, slots, seconds, mix, rounds)
         capacity = median([w["requests_per_s"] for w in windows["dynamic"]])  # the dynamic engine's, for both
-        halves = half_loads(servers, capacity / 2, seconds, room, rounds)
+        halves = half_loads(servers, capacity / 2, seconds, mix, rounds)
         rows = []
         for batching in servers:
             saturated = sorted(windows[batching], key=lambda w: w["tokens_per_s"])[len(windows[batching]) // 2]
@@ -343,19 +368,19 @@ def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds
                                                                                    windows["continuous"])]
         cpu = {b: median([w["server_cpu_ms_per_token"] for w in windows[b]]) for b in windows}
         print(f"[bench_serve] server CPU ms per generated token at saturation (median): {cpu}", flush=True)
-        return rows, ratios
+        return rows, ratios, mix
     finally:
         stop_servers(servers)
 
 
-def saturation_rounds(servers: dict, overload: float, slots: int, seconds: float, room: int, rounds: int) -> dict:
+def saturation_rounds(servers: dict, overload: float, slots: int, seconds: float, mix: Mix, rounds: int) -> dict:
     """``rounds`` saturation windows per engine, taken in turn (the same requests for both in a
     round), each with the server's CPU seconds per generated token."""
     windows = {b: [] for b in servers}
     for r in range(rounds):
         for batching, (proc, url) in servers.items():
             cpu, made = cpu_seconds(proc.pid), metric(url, "nety_generated_tokens_total")
-            windows[batching].append(saturate(url, overload, slots, seconds, room, seed=1 + r))
+            windows[batching].append(saturate(url, overload, slots, seconds, mix, seed=1 + r))
             made = metric(url, "nety_generated_tokens_total") - made
             windows[batching][-1]["server_cpu_ms_per_token"] = 1000 * (cpu_seconds(proc.pid) - cpu) / max(made, 1)
             print(f"[bench_serve] {batching} {slots} slots, round {r + 1}: saturation {windows[batching][-1]}",
@@ -363,7 +388,7 @@ def saturation_rounds(servers: dict, overload: float, slots: int, seconds: float
     return windows
 
 
-def sweep(checkpoint: str, seconds: float, counts: list, rounds: int) -> str:
+def sweep(checkpoint: str, seconds: float, counts: list, rounds: int, kind: str) -> str:
     """Saturation (closed loop) of both engines at each slot count (the dynamic engine's max
     batch = the continuous engine's slots), both servers of a count up together, their windows
     in turn: the ratio at EQUAL slots per count, and each engine at its own best count."""
@@ -373,8 +398,8 @@ def sweep(checkpoint: str, seconds: float, counts: list, rounds: int) -> str:
     for slots in counts:
         servers = {b: start_server(checkpoint, b, slots, queue=2 * slots) for b in ("dynamic", "continuous")}
         try:
-            room = min(int(httpx.get(f"{servers['dynamic'][1]}/health").json()["max_tokens"]), 256)
-            windows = saturation_rounds(servers, 0, slots, seconds, room, rounds)
+            mix = mix_of(servers["dynamic"][1], kind)
+            windows = saturation_rounds(servers, 0, slots, seconds, mix, rounds)
         finally:
             stop_servers(servers)
         tps = {b: median([w["tokens_per_s"] for w in windows[b]]) for b in windows}
@@ -386,8 +411,37 @@ def sweep(checkpoint: str, seconds: float, counts: list, rounds: int) -> str:
         for b in tps:
             best[b] = max(best.get(b, (0, 0)), (tps[b], slots))
     (d, ds), (c, cs) = best["dynamic"], best["continuous"]
-    return "\n".join(lines) + (f"\n\neach engine at its best slot count (NOT an equal-slot comparison): continuous "
-                               f"{c:,.0f} tokens/s at {cs} slots / dynamic {d:,.0f} at {ds} = {c / max(d, 1e-9):.2f}x")
+    return "\n".join(lines) + (f"\n\n{mix.describe(counts)}\neach engine at its best slot count (NOT an equal-slot "
+                               f"comparison): continuous {c:,.0f} tokens/s at {cs} slots / dynamic {d:,.0f} at {ds} = "
+                               f"{c / max(d, 1e-9):.2f}x")
+
+
+def mix_of(url: str, kind: str) -> Mix:
+    """The reply-length mix for a server: from 8 to 256 tokens, at most the model's room."""
+    return Mix(kind, min(int(httpx.get(f"{url}/health").json()["max_tokens"]), LONGEST))
+
+
+def against(checkpoint: str, other: str, seconds: float, slots: int, rounds: int, kind: str) -> str:
+    """Continuous servers of this tree and of ``other`` (another checkout: the code before a
+    change) side by side, their closed-loop saturation windows in turn: tokens/s and server
+    CPU per generated token of each, every round (a same-run A/B of two versions)."""
+    servers = {name: start_server(checkpoint, "continuous", slots, 2 * slots, root)
+               for name, root in (("this tree", ROOT), ("other", os.path.abspath(other)))}
+    try:
+        mix = mix_of(servers["this tree"][1], kind)
+        windows = saturation_rounds(servers, 0, slots, seconds, mix, rounds)
+    finally:
+        stop_servers(servers)
+    lines = [f"| round | this tree tokens/s | {other} tokens/s | ratio | server CPU ms/token this / other |",
+             "|---|---|---|---|---|"]
+    for r, (new, old) in enumerate(zip(windows["this tree"], windows["other"])):
+        lines.append(f"| {r + 1} | {new['tokens_per_s']:,.0f} | {old['tokens_per_s']:,.0f} | "
+                     f"{new['tokens_per_s'] / max(old['tokens_per_s'], 1e-9):.2f}x | "
+                     f"{new['server_cpu_ms_per_token']:.3f} / {old['server_cpu_ms_per_token']:.3f} |")
+    cpu = {n: median([w["server_cpu_ms_per_token"] for w in windows[n]]) for n in windows}
+    return "\n".join(lines) + (f"\n\n{mix.describe([slots])}\nmedian server CPU ms per generated token: this tree "
+                               f"{cpu['this tree']:.3f}, {other} {cpu['other']:.3f} "
+                               f"({cpu['other'] / max(cpu['this tree'], 1e-9):.2f}x less with this tree)")
 
 
 def stop_servers(servers: dict) -> None:
@@ -396,14 +450,14 @@ def stop_servers(servers: dict) -> None:
         proc.wait(timeout=30)
 
 
-def half_loads(servers: dict, rate: float, seconds: float, room: int, rounds: int) -> dict:
+def half_loads(servers: dict, rate: float, seconds: float, mix: Mix, rounds: int) -> dict:
     """``rounds`` open-loop windows per engine at ``rate``, taken in turn: the same arrivals for
     both engines in a round, other ones each round (a p99 over one window is a few requests)."""
     halves = {b: [] for b in servers}
     for r in range(rounds):
         for batching, (_, url) in servers.items():
             mark(f"{batching} half-load window {r + 1} starts")
-            halves[batching].append(open_loop(url, max(rate, 0.05), seconds, room, seed=100 + r))
+            halves[batching].append(open_loop(url, max(rate, 0.05), seconds, mix, seed=100 + r))
             mark(f"{batching} half-load window {r + 1} ends")
             print(f"[bench_serve] {batching} round {r + 1}: half {halves[batching][-1]}", flush=True)
     return halves
@@ -419,12 +473,12 @@ def merge_halves(windows: list) -> dict:
     return merged
 
 
-def saturate(url: str, overload: float, slots: int, seconds: float, room: int, seed: int) -> dict:
+def saturate(url: str, overload: float, slots: int, seconds: float, mix: Mix, seed: int) -> dict:
     """A saturation window: ``overload`` open-loop arrivals per second, or (0) closed loop with
     2 x ``slots`` clients (the slots full and as many requests waiting)."""
     if overload > 0:
-        return open_loop(url, overload, seconds, room, seed)
-    return closed_loop(url, 2 * slots, seconds, room, seed)
+        return open_loop(url, overload, seconds, mix, seed)
+    return closed_loop(url, 2 * slots, seconds, mix, seed)
 
 
 def mark(text: str) -> None:
@@ -498,6 +552,11 @@ def main() -> int:
                    "each (instead of the half-load comparison)")
     p.add_argument("--trace", default="", help="a file for diagnostics of slow first tokens: compiles after "
                    "the warm-up, garbage-collector pauses, slow requests with their wait in the queue")
+    p.add_argument("--mix", choices=("uniform", "loguniform"), default="uniform",
+                   help="reply lengths from 8 to 256 tokens: uniform (default), or loguniform (many short "
+                   "replies and few long, closer to chat traffic)")
+    p.add_argument("--against", default="", help="another checkout (e.g. a git worktree of the code before a "
+                   "change): its continuous server against this tree's, saturation rounds only (an A/B)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batching", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -508,17 +567,19 @@ def main() -> int:
     checkpoint = checkpoint_for(args.model, args.checkpoint)
     if args.trace:
         os.environ["NETY_BENCH_TRACE"] = os.path.abspath(args.trace)
-    if args.sweep:
+    if args.against:
+        print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s closed-loop windows, {args.rounds} rounds, "
+              f"{args.slots} slots\n\n{against(checkpoint, args.against, args.seconds, args.slots, args.rounds, args.mix)}")
+    elif args.sweep:
         counts = [int(n) for n in args.sweep.split(",")]
         print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s closed-loop windows, {args.rounds} rounds\n\n"
-              f"{sweep(checkpoint, args.seconds, counts, args.rounds)}")
+              f"{sweep(checkpoint, args.seconds, counts, args.rounds, args.mix)}")
     elif not args.only_flood:
-        rows, ratios = compare(checkpoint, args.seconds, args.overload, args.slots, args.rounds)
+        rows, ratios, mix = compare(checkpoint, args.seconds, args.overload, args.slots, args.rounds, args.mix)
         lengths = rows[-1][1]["reply_tokens"]
-        print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s windows, replies drawn from 8 to 256 tokens "
-              f"(at most the model's room), half streamed; replies completed "
-              f"at saturation: min {lengths[0]}, mean {lengths[1]}, max {lengths[2]} tokens"
-              f"\n\n{table(args.model, rows, ratios)}")
+        print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s windows, {mix.describe([args.slots])}, "
+              f"half streamed; replies completed at saturation: min {lengths[0]}, mean {lengths[1]}, max "
+              f"{lengths[2]} tokens\n\n{table(args.model, rows, ratios)}")
     if args.flood:
         result = flood(checkpoint, args.flood)
         print(f"\nflood: {json.dumps(result)}")

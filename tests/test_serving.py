@@ -49,7 +49,7 @@ def server(trained_run):
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "nety_jax.cli", "serve", "--checkpoint", trained_run,
                              "--port", str(port), "--max-batch", "8", "--queue-size", "16",
-                             "--batch-window-ms", "30"], cwd=ROOT, stdout=subprocess.PIPE,
+                             "--batch-window-ms", "30", "--no-warm-up"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120

@@ -5,8 +5,9 @@ keeps their caches on the device). The worker thread loops:
 
 1. admit: take waiting requests while their rows fit the free slots (first come, first
    served: a request that does not fit waits at the head); cancelled ones are dropped;
-2. prefill: the admitted rows in one batch (its size rounded up to a power of two, the
-   prompt length to ``data.bucket_multiple``: steady state never recompiles), each row
+2. prefill: the admitted rows in batches of one prompt bucket and at most ``ADMIT_ROWS``
+   rows (the size rounded up to a power of two, the prompt length to
+   ``data.bucket_multiple``: every program is compiled at start-up by ``warm_up``), each row
    written into a free slot (``SlotRunner.prefill``: the one place a prefix cache hooks in);
 3. decode: one compiled chunk of ``--chunk`` tokens over every slot is started; while the
    device runs it, the host reads the text of the chunk before (streamed rows get their text,
@@ -28,11 +29,14 @@ from typing import Optional
 
 import numpy as np
 
-from nety_jax.config.sections import PAD_ID
+from nety_jax.config.sections import EOS_ID, PAD_ID
 from nety_jax.data.prompts import batch_bucket, bucket
 from nety_jax.serving.engine import Job, Row, Worker, _RowState
 
 LONG_CHUNK = 4  # a chunk's length while every slot is taken, in --chunk units
+# the most rows one prefill program takes (more are prefilled in several): bounds the batch
+# buckets, so the programs compiled at start-up (``warm_up``), whatever --slots
+ADMIT_ROWS = 8
 
 
 class SlotRunner:
@@ -63,13 +67,36 @@ class SlotRunner:
         for k, r in enumerate(rows):
             groups.setdefault(self._width(len(r.ids)), []).append(k)
         for width, members in groups.items():
-            self._prefill_group([rows[k] for k in members], [slot_ids[k] for k in members], width)
+            for first in range(0, len(members), ADMIT_ROWS):
+                part = members[first: first + ADMIT_ROWS]
+                self._prefill_group([rows[k] for k in part], [slot_ids[k] for k in part], width)
 
     def _width(self, length: int) -> int:
         p = min(bucket(length, self.data_cfg.bucket_multiple), self.source_len)
         return self.model.slot_prompt_length(p, self.source_len)
 
-    def _prefill_group(self, rows: list[Row], slot_ids: list[int], p: int) -> None:
+    def warm_up(self, width: int, lengths=None) -> int:
+        """Runs every program an admission can meet once, on throwaway slots, so that a live
+        server never compiles under load (as JetStream warms its prefill buckets): the
+        prefill + insert of each prompt width x batch bucket, and the decode chunk of ``width``
+        tokens (``ContinuousEngine.width``). ``lengths``:
+        the prompt lengths to cover (default: every length the model takes). A prefix cache
+        is bypassed (its programs for a miss are warmed; a hit's, from a kept prefix of some
+        width, compile on first use). Returns how many admissions it ran."""
+        width_of = {self._width(n): n for n in (lengths or range(1, self.source_len + 1))}
+        runs = 0
+        for prompt_width, n in sorted(width_of.items()):
+            b = 1
+            while b <= batch_bucket(min(self.slots, ADMIT_ROWS)):
+                rows = [Row([EOS_ID + 2] * n, 0.0, 0, 1.0, 2, i) for i in range(min(b, self.slots))]
+                self._prefill_group(rows, list(range(len(rows))), prompt_width, through_cache=False)
+                runs, b = runs + 1, 2 * b
+        stop, start = np.zeros(self.slots, bool), np.zeros(self.slots, np.int32)
+        self.progress(self.step(stop, start, 1, width))
+        self.reset()
+        return runs
+
+    def _prefill_group(self, rows: list[Row], slot_ids: list[int], p: int, through_cache: bool = True) -> None:
         n, b = len(rows), batch_bucket(len(rows))
         tokens, lengths = np.full((b, p), PAD_ID, np.int32), np.ones((b,), np.int32)
         for i, r in enumerate(rows):
@@ -82,11 +109,14 @@ class SlotRunner:
             fill([r.seed for r in rows], 0))
         where = np.full((b,), self.slots, np.int32)  # padding rows land nowhere
         where[:n] = slot_ids
+        static = {"model": self.model, "spec": self.spec, "source_len": self.source_len}
         if self.prefix_cache is None:
-            self.state = self.device.admit(self.variables, self.state, tokens, lengths, settings, where,
-                                           model=self.model, spec=self.spec, source_len=self.source_len)
+            self.state = self.device.admit(self.variables, self.state, tokens, lengths, settings, where, **static)
             return
-        out = self._prefill(tokens, lengths, n, settings)
+        if through_cache:
+            out = self._prefill(tokens, lengths, n, settings)
+        else:  # the programs of a miss, nothing kept
+            out = self.device.prefill_rows(self.variables, tokens, lengths, settings, **static)
         self.state = self.device.insert_rows(self.state, out, where, model=self.model)
 
     def _prefill(self, tokens: np.ndarray, lengths: np.ndarray, n: int, settings):
@@ -144,6 +174,10 @@ class ContinuousEngine(Worker):
         self.reads: list[tuple[_Seat, bool]] = []  # rows whose text the host reads next (and done)
         self._carry: Optional[Job] = None
         super().__init__(backend, queue_size, metrics)
+
+    def warm_up(self, lengths=None) -> int:
+        """``SlotRunner.warm_up`` (before the server takes requests)."""
+        return self.runner.warm_up(self.width, lengths)
 
     @functools.lru_cache(maxsize=4096)
     def reply_room(self, prompt_len: int) -> int:

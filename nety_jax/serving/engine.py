@@ -196,6 +196,28 @@ class Engine(Worker):
                 self.metrics.tokens.inc(sum(r.tokens for r in results))
             job.deliver("done", results)
 
+    def warm_up(self, lengths=None) -> int:
+        """Runs every batch shape once (each prompt bucket up to the longest prompt x each batch
+        bucket; ``lengths``: only these prompt lengths' buckets), a row ending early and chunks
+        that follow chunks, so that a live server never compiles under load. Returns how many
+        batches it ran. A prefix cache is emptied after."""
+        multiple = self.backend.data_cfg.bucket_multiple
+        length_of = {min(bucket(n, multiple), self.longest_prompt): n
+                     for n in (lengths or range(1, self.longest_prompt + 1))}
+        fixed, runs = getattr(self.backend, "fixed_batch", 0), 0
+        for n in length_of.values():
+            b = 1
+            while b <= (fixed or batch_bucket(self.max_batch)):
+                rows = [Row([EOS_ID + 2] * n, 0.0, 0, 1.0, min(4 * self.chunk, self.max_tokens), i)
+                        for i in range(min(b, self.max_batch))]
+                self.backend.run(self._prompt_batch(rows), rows, _StopFirstRowLater(), self.chunk)
+                runs, b = runs + 1, 2 * b if not fixed else fixed + 1
+        cache = getattr(getattr(self.backend, "model", None), "prefix_cache", None)
+        if cache is not None:  # the warm-up's prompts are nobody's
+            cache.clear()
+            cache.stats = type(cache.stats)()
+        return runs
+
     def _prompt_batch(self, rows: list[Row]) -> PromptBatch:
         b = getattr(self.backend, "fixed_batch", 0) or batch_bucket(len(rows))
         # the bucket never exceeds the longest prompt the model takes with the compiled maximum of
@@ -209,6 +231,18 @@ class Engine(Worker):
             lengths[i] = len(r.ids)
         tokens[len(rows):, 0] = rows[0].ids[0]
         return PromptBatch(tokens, lengths, len(rows), [])
+
+
+class _StopFirstRowLater:
+    """A warm-up batch's ``on_chunk``: a chunk after a chunk, then the first row stopped by the
+    host (its ``done`` flags replaced) while the others go on."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, tokens: np.ndarray, done: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return (np.arange(len(tokens)) == 0) & (self.calls == 2)
 
 
 class _RowState:

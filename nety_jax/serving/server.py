@@ -181,50 +181,64 @@ class Server:
     async def _stream(self, job: Job, events: asyncio.Queue, kind: str, meta: dict,
                       prompt_tokens: Optional[int]):
         """Server-sent events; with ``prompt_tokens`` (stream_options.include_usage), every chunk
-        has ``usage: null`` and one more chunk, with no choices, has the request's usage."""
+        has ``usage: null`` and one more chunk, with no choices, has the request's usage. The
+        events waiting when the loop gets to this stream go out in one write (a reply's last
+        text, its finish reason, usage and ``[DONE]`` usually arrive together)."""
         obj = "text_completion" if kind == "text_completion" else "chat.completion.chunk"
         extra = {} if prompt_tokens is None else {"usage": None}
         sse = lambda body: f"data: {json.dumps({**meta, 'object': obj, **extra, **body})}\n\n"
         try:
             if kind != "text_completion":
-                for i in range(len(job.rows)):
-                    yield sse({"choices": [{"index": i, "delta": {"role": "assistant"}, "finish_reason": None}]})
-            async for event, payload in _merged(events):
-                if event == "delta":
-                    index, text = payload
-                    yield sse({"choices": [_choice(kind, index, text, None, True)]})
-                elif event == "error":
-                    yield f"data: {json.dumps(error_body(f'generation failed: {payload}', None, 'server_error'))}\n\n"
+                yield "".join(sse({"choices": [{"index": i, "delta": {"role": "assistant"}, "finish_reason": None}]})
+                              for i in range(len(job.rows)))
+            async for ready in _merged(events):
+                out, ended = [], False
+                for event, payload in ready:
+                    ended = self._event_text(out, sse, kind, prompt_tokens, event, payload)
+                    if ended:
+                        out.append("data: [DONE]\n\n")
+                        break
+                yield "".join(out)
+                if ended:
                     break
-                else:
-                    for i, r in enumerate(payload):
-                        yield sse({"choices": [_choice(kind, i, None if kind != "text_completion" else "",
-                                                       r.finish_reason, True)]})
-                    if prompt_tokens is not None:
-                        yield sse({"choices": [], "usage": _usage(prompt_tokens, payload)})
-                    break
-            yield "data: [DONE]\n\n"
         finally:  # the client went away (or the stream ended): free its rows
             job.cancelled.set()
 
-
-async def _merged(events: asyncio.Queue):
-    """A stream's events as they come, the text of deltas for the same completion that are
-    already waiting joined into one (one server-sent event instead of several when the loop
-    falls behind the engine: the stream's text is the same)."""
-    pending = None
-    while True:
-        event, payload = pending or await events.get()
-        pending = None
+    @staticmethod
+    def _event_text(out: list, sse, kind: str, prompt_tokens: Optional[int], event: str, payload) -> bool:
+        """Appends one engine event's server-sent events to ``out``; True when the stream ends."""
         if event == "delta":
             index, text = payload
-            while not events.empty():
-                pending = events.get_nowait()
-                if pending[0] != "delta" or pending[1][0] != index:
-                    break
-                text, pending = text + pending[1][1], None
-            payload = (index, text)
-        yield event, payload
+            out.append(sse({"choices": [_choice(kind, index, text, None, True)]}))
+            return False
+        if event == "error":
+            out.append(f"data: {json.dumps(error_body(f'generation failed: {payload}', None, 'server_error'))}\n\n")
+            return True
+        for i, r in enumerate(payload):
+            out.append(sse({"choices": [_choice(kind, i, None if kind != "text_completion" else "", r.finish_reason,
+                                                True)]}))
+        if prompt_tokens is not None:
+            out.append(sse({"choices": [], "usage": _usage(prompt_tokens, payload)}))
+        return True
+
+
+async def _merged(events: asyncio.Queue):
+    """A stream's events in lists: each list every event waiting when the loop got to it (one
+    write for all), the text of consecutive deltas for the same completion joined into one
+    (one server-sent event instead of several when the loop falls behind the engine: the
+    stream's text is the same)."""
+    while True:
+        ready = [await events.get()]
+        while not events.empty():
+            ready.append(events.get_nowait())
+        merged = []
+        for event, payload in ready:
+            last = merged[-1] if merged else None
+            if event == "delta" and last and last[0] == "delta" and last[1][0] == payload[0]:
+                merged[-1] = ("delta", (payload[0], last[1][1] + payload[1]))
+            else:
+                merged.append((event, payload))
+        yield merged
 
 
 def _usage(prompt_tokens: int, results) -> dict:
@@ -379,7 +393,7 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
           max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64, max_tokens: Optional[int] = None,
           chunk: int = 8, name: Optional[str] = None, batching: Optional[str] = None, slots: int = 32,
           prefix_cache_mb: float = 0, mesh_tensor: int = 1, speculate: str = "none",
-          draft_tokens: int = 4) -> int:
+          draft_tokens: int = 4, warm_up: bool = True) -> int:
     import os
 
     import uvicorn
@@ -415,11 +429,24 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
         how += f", tensor-parallel over {mesh_tensor} devices"
     if speculate != "none":
         how += f", speculating ({speculate}, {draft_tokens} draft tokens)"
+    if warm_up:
+        warm(engine)
     print(f"serving {name} ({backend.task.name}) on http://{host}:{port}/v1 ({how}, queue {queue_size}, "
           f"max_tokens up to {engine.max_tokens}, prompts up to {engine.longest_prompt} tokens)", flush=True)
     settle()
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
     return 0
+
+
+def warm(engine) -> None:
+    """Compiles every program the engine can meet (each prompt bucket x batch bucket) before the
+    server listens, so that no request waits for a compile under load (``--no-warm-up``: on
+    first use instead)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    print("warming up (compiling every prompt and batch shape; --no-warm-up skips this) ...", flush=True)
+    runs = engine.warm_up()
+    print(f"warmed up: {runs} admission shapes in {time.perf_counter() - start:.1f} s "
+          f"({time.process_time() - cpu:.1f} s of CPU)", flush=True)
 
 
 def settle() -> None:
