@@ -23,6 +23,11 @@ Use, for a new writer (one call; the checks run on entering, before the work)::
     # sealed output) is written and tmp replaces ``out`` in one rename; on an error tmp is
     # removed and ``out`` is as it was
 
+A process that reads an output for as long as it runs (``train`` streaming from a prepared
+directory) holds ``with guard.reading(directory):``, a shared kernel lock on the directory;
+``--overwrite`` of a directory someone holds is refused, checked again while the replacing
+rename runs under an exclusive lock (replacing shards under a training fed it other data).
+
 ``guard.claim(path, writer, ...)`` runs the checks alone (``train``, which writes
 in place, then calls ``guard.mark(workdir, "train")``), and
 ``manifest.verify(directory, kind, redo)`` checks a sealed output at load.
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -132,6 +139,9 @@ def _check_replace(path: str, flag: str, w: Writer, found: Optional[Found], over
                           "--overwrite to replace it")
     if not own:
         raise OutputError(f"{flag} {path}: {found.describe()}; {_accepts(w)}")
+    if not w.is_file:
+        with _replacing(path, flag):
+            pass
     added = None if w.is_file else _added_since(path, found)
     if added is not None:  # --overwrite replaces the whole directory: this file would be deleted
         raise OutputError(f"{flag} {path}: holds {added}, which {found.writer} did not write (added since); "
@@ -208,9 +218,64 @@ class Claim:
             return
         old = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(self.path))}.old-",
                                dir=os.path.dirname(os.path.abspath(self.path)))
-        os.replace(self.path, os.path.join(old, "out"))
-        os.replace(tmp, self.path)
+        with _replacing(self.path, self.flag):  # no reader can start between the check and the rename
+            os.replace(self.path, os.path.join(old, "out"))
+            os.replace(tmp, self.path)
         shutil.rmtree(old, ignore_errors=True)
+
+
+# flock failures that mean "this file system cannot lock" (NFS without lockd, some FUSE): no lock is
+# taken and nothing is refused for it, as before locks existed
+_NO_LOCKS = (errno.EBADF, errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP)
+
+
+def _lock(fd: int, how: int) -> bool:
+    """``flock(fd, how | LOCK_NB)``: False when another process holds a conflicting lock."""
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in _NO_LOCKS:
+            return True
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _replacing(path: str, flag: str) -> Iterator[None]:
+    """An exclusive lock on the directory ``path`` while it is replaced: refused while a reader
+    (``reading``) holds it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # vanished or unreadable: the other checks say what it is
+        yield
+        return
+    try:
+        if not _lock(fd, fcntl.LOCK_EX):
+            raise OutputError(f"{flag} {path}: is in use (a running training streams from it); replacing it "
+                              "would change its data under that training: wait for it to end, or write "
+                              "another --out")
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def reading(directory: str, flag: str = "--data") -> Iterator[None]:
+    """Holds ``directory`` (an output) for as long as the caller reads it: the writers'
+    ``--overwrite`` refuses to replace it meanwhile. The kernel drops the lock with the process."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise OutputError(f"{flag} {directory}: cannot be read ({e.strerror or e})") from None
+    try:
+        if not _lock(fd, fcntl.LOCK_SH):
+            raise OutputError(f"{flag} {directory}: is being replaced (an --overwrite is writing it); "
+                              "retry when it has finished")
+        if os.stat(directory).st_ino != os.fstat(fd).st_ino:  # replaced between the open and the lock
+            raise OutputError(f"{flag} {directory}: was replaced while being opened; retry")
+        yield
+    finally:
+        os.close(fd)
 
 
 def claim(path: str, writer: str, overwrite: bool = False, flag: str = "--out", need_bytes: int = 0) -> Claim:

@@ -27,6 +27,7 @@ from nety_jax.training.memory import check_step
 from nety_jax.training.metrics import MetricsWriter, NullWriter, plot_losses
 from nety_jax.training.optim import make_schedule
 from nety_jax.training.parallel import is_primary, local, maybe_initialize_distributed
+from nety_jax.training.prepare_data import prepared_dir
 from nety_jax.training.setup import Run, check_workdir, data_meta, prepare
 
 
@@ -179,6 +180,13 @@ def train(cfg: Config, workdir: str, data: Union[str, Sequence[str], None] = Non
         raise CheckpointError(f"{where}: cannot write ({e.strerror or e}); {kept}") from None
 
 
+def _holding(paths) -> contextlib.AbstractContextManager:
+    """A prepared directory is held while training streams from it (``prepare --overwrite`` of
+    it is refused meanwhile: it would replace the shards under the run)."""
+    prepared = prepared_dir(paths)
+    return guard.reading(prepared, "--data/--text") if prepared is not None else contextlib.nullcontext()
+
+
 def _train(cfg: Config, workdir: str, data, skip_bad: bool, log, progress: bool, init_from=None) -> dict:
     maybe_initialize_distributed()
     check_workdir(workdir)
@@ -189,7 +197,7 @@ def _train(cfg: Config, workdir: str, data, skip_bad: bool, log, progress: bool,
     except OSError as e:
         raise CheckpointError(f"{workdir}: cannot create the run directory ({e.strerror})") from None
     paths = [data] if isinstance(data, str) else data
-    with RunLock(workdir) if is_primary() else contextlib.nullcontext():
+    with RunLock(workdir) if is_primary() else contextlib.nullcontext(), _holding(paths):
         run = prepare(cfg, workdir, paths, skip_bad, log, init_from)
         if run.start >= run.cfg.train.steps:
             log(f"{workdir} is already at step {run.start} >= train.steps={run.cfg.train.steps}: "
