@@ -14,6 +14,11 @@ MAX_PROMPT_CHARS = 100_000
 # OpenAI fields this server does not implement. Clients send them at their "off" values, which are
 # accepted; any other value is refused rather than ignored, since the reply would lack what it asks
 # (completions' logprobs=0 too: it asks for the chosen tokens' log-probabilities).
+# Types are strict, as OpenAI's API is: "seed": "3", "max_tokens": 5.0, "stream": "yes", "n": true are
+# 400s naming the field, never coerced (pydantic's lax mode read "stream": "yes" as true and "temperature":
+# true as 1.0, so a client's mistake got a reply it did not ask for). An integer is a valid float.
+STRICT = ConfigDict(extra="ignore", strict=True)
+
 OFF_VALUES = {"logprobs": (False,), "top_logprobs": (0,), "echo": (False,), "suffix": ("",),
               "best_of": (1,), "logit_bias": ({},), "presence_penalty": (0,), "frequency_penalty": (0,),
               "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
@@ -21,7 +26,7 @@ OFF_VALUES = {"logprobs": (False,), "top_logprobs": (0,), "echo": (False,), "suf
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     include_usage: bool = False  # one more chunk before [DONE]: the whole request's usage
 
@@ -30,7 +35,7 @@ _Unimplemented = create_model("_Unimplemented", **{name: (Any, None) for name in
 
 
 class _Sampling(_Unimplemented):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(None, ge=1)
@@ -93,7 +98,7 @@ class CompletionRequest(_Sampling):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str

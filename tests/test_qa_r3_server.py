@@ -1,0 +1,42 @@
+"""QA round 3: the server's request types are strict, as OpenAI's API is."""
+import pytest
+from fastapi.testclient import TestClient
+
+from nety_jax.serving.server import create_app
+from test_server_robustness import TEXT, ScriptBackend
+
+CHAT = {"messages": [{"role": "user", "content": "le chat"}]}
+
+
+@pytest.fixture(scope="module")
+def client():
+    from nety_jax.data.tokenizer import WordTokenizer
+    with TestClient(create_app(ScriptBackend(WordTokenizer.build(TEXT, 400)), "tiny", window_ms=0.0)) as c:
+        yield c
+
+
+@pytest.mark.parametrize("field,value", [
+    ("seed", "3"), ("max_tokens", 5.0), ("max_tokens", "5"), ("stream", "yes"), ("stream", 1),
+    ("n", True), ("temperature", "0.5"), ("temperature", True), ("top_k", 2.0), ("top_p", "1"),
+    ("stream_options", {"include_usage": "yes"})])
+def test_a_field_of_the_wrong_type_is_a_400_naming_it(client, field, value):
+    """pydantic's lax mode coerced them: "stream": "yes" streamed, "temperature": true sampled at 1.0,
+    "seed": "3" was seed 3, "max_tokens": 5.0 five tokens; OpenAI's API answers each with a 400."""
+    extra = {"stream": True} if field == "stream_options" else {}
+    for path, body in (("/v1/completions", {"prompt": "le chat"}), ("/v1/chat/completions", CHAT)):
+        r = client.post(path, json={**body, "max_tokens": 2, **extra, field: value})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["param"].startswith(field), error
+
+
+def test_right_types_still_pass(client):
+    """An integer is a number (temperature 1), JSON's booleans and integers are what they say."""
+    for path, body in (("/v1/completions", {"prompt": "le chat"}), ("/v1/chat/completions", CHAT)):
+        r = client.post(path, json={**body, "max_tokens": 2, "temperature": 1, "top_p": 1, "seed": 3,
+                                    "n": 2, "stream": False, "top_k": 0, "stop": ["x"], "user": "u"})
+        assert r.status_code == 200 and len(r.json()["choices"]) == 2, r.text
+    r = client.post("/v1/chat/completions", json={**CHAT, "max_completion_tokens": 2.0})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": 5}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content"
