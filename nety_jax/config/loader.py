@@ -104,6 +104,30 @@ def apply_overrides(raw, overrides: list[str]) -> dict:
     return raw
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, mark):
+        super().__init__(f"{key!r} is given twice: the later one would silently replace the earlier")
+        self.problem, self.problem_mark = str(self), mark
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last, so
+    a second ``train:`` section dropped every field of the first without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges, which may override
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) or key is None:
+                    if key in seen:
+                        raise _DuplicateKey(key, key_node.start_mark)
+                    seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str):
     if os.path.isdir(path):
         raise ConfigError(f"{path}: is a directory, not a config file")
@@ -111,7 +135,7 @@ def read_yaml(path: str):
         raise ConfigError(f"{path}: config file not found")
     try:
         with open(path, encoding="utf-8-sig") as f:
-            return yaml.safe_load(f)
+            return yaml.load(f, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
