@@ -40,3 +40,32 @@ def test_right_types_still_pass(client):
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": 5}]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content"
+
+
+def test_a_half_sent_request_does_not_keep_the_server_from_stopping():
+    """SIGTERM (uvicorn's should_exit) waited for every connection to end: a client that sent half
+    a request's body held the server up for as long as it kept its socket (forever). Now the
+    requests still held after the grace period are cancelled and the server stops."""
+    import socket
+    import threading
+    import time
+
+    from nety_jax.data.tokenizer import WordTokenizer
+    from nety_jax.serving.server import http_server, listen_socket
+    app = create_app(ScriptBackend(WordTokenizer.build(TEXT, 400)), "tiny", window_ms=0.0)
+    server, sock = http_server(app, grace_s=0.5), listen_socket("127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    client = socket.create_connection(sock.getsockname())
+    try:
+        client.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 100\r\n\r\n{\"prompt\":")
+        time.sleep(0.3)  # the request is being read
+        server.should_exit = True
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the server waited for a client that never finishes its request"
+    finally:
+        client.close()
+        thread.join(timeout=10)

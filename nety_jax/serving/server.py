@@ -396,7 +396,6 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
           draft_tokens: int = 4, warm_up: bool = True) -> int:
     import os
 
-    import uvicorn
     from nety_jax.errors import NetyError
     from nety_jax.serving.engine import ExportedBackend, PretrainedBackend
     if bool(checkpoint) == bool(exported):
@@ -434,7 +433,7 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
     print(f"serving {name} ({backend.task.name}) on http://{host}:{port}/v1 ({how}, queue {queue_size}, "
           f"max_tokens up to {engine.max_tokens}, prompts up to {engine.longest_prompt} tokens)", flush=True)
     settle()
-    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
+    http_server(app).run(sockets=[sock])
     return 0
 
 
@@ -447,6 +446,17 @@ def warm(engine) -> None:
     runs = engine.warm_up()
     print(f"warmed up: {runs} admission shapes in {time.perf_counter() - start:.1f} s "
           f"({time.process_time() - cpu:.1f} s of CPU)", flush=True)
+
+
+SHUTDOWN_GRACE_S = 30.0  # as Kubernetes' default grace period before its SIGKILL
+
+
+def http_server(app: FastAPI, grace_s: float = SHUTDOWN_GRACE_S):
+    """uvicorn over ``app``. On SIGTERM / Ctrl-C it stops accepting, lets the requests it holds
+    finish for ``grace_s`` seconds and then cancels what is left: without that bound one client
+    that sent half a request (or stops reading its stream) kept the server from stopping."""
+    import uvicorn
+    return uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace_s))
 
 
 def settle() -> None:
