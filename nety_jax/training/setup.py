@@ -70,14 +70,19 @@ def build_tokenizer(cfg: Config, texts: list[str]):
     return SentencePieceTokenizer.train(texts, d.vocab_size, d.spm_model_type, d.lowercase)
 
 
-def reconcile(saved: Config, requested: Config) -> list[str]:
-    """Refuses changes a resumed run cannot honour; returns notes on the ones it honours."""
+def reconcile(saved: Config, requested: Config, trained: bool = True) -> list[str]:
+    """Refuses changes a resumed run cannot honour; returns notes on the ones it honours.
+    ``trained``: the run has taken steps (an import at step 0 has no validation history yet)."""
     s, r = saved.to_dict(), requested.to_dict()
     refused = model_differences(s, r)
     refused += [f"data.{k}: saved {s['data'][k]!r}, requested {r['data'][k]!r} (the tokenizer is fixed)"
                 for k in TOKENIZER_FIELDS if s["data"][k] != r["data"][k]]
     if saved.train.seed != requested.train.seed:
         refused.append(f"train.seed: saved {saved.train.seed}, requested {requested.train.seed} "
+                       "(the validation split depends on it)")
+    held_out = get_model(requested.model).task.val_fraction  # None: the task's default
+    if trained and held_out(saved.data) != held_out(requested.data):  # trained-on examples would be validated
+        refused.append(f"data.val_fraction: saved {held_out(saved.data)}, requested {held_out(requested.data)} "
                        "(the validation split depends on it)")
     if saved.train.optimizer != requested.train.optimizer or \
             (saved.train.clip_norm > 0) != (requested.train.clip_norm > 0):
@@ -151,7 +156,7 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
         log(f"tokenizer: {tokenizer.vocab_size} ids (data.vocab_size={cfg.data.vocab_size} is more than "
             "this text supports)")
     cfg = cfg.replace_model(vocab_size=tokenizer.vocab_size)
-    notes = reconcile(saved_cfg, cfg) if has_checkpoint else []
+    notes = reconcile(saved_cfg, cfg, ckpt.latest_step(workdir) != 0) if has_checkpoint else []
     model = get_model(cfg.model)
     data = data if prepared is not None else task.encode(cfg, tokenizer, data, ", ".join(paths))
     if data.truncated:
