@@ -456,7 +456,15 @@ def http_server(app: FastAPI, grace_s: float = SHUTDOWN_GRACE_S):
     finish for ``grace_s`` seconds and then cancels what is left: without that bound one client
     that sent half a request (or stops reading its stream) kept the server from stopping."""
     import uvicorn
-    return uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace_s))
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace_s)
+    logging.getLogger("uvicorn.error").addFilter(_no_cancelled_traceback)  # after Config sets logging up
+    return uvicorn.Server(config)
+
+
+def _no_cancelled_traceback(record: logging.LogRecord) -> bool:
+    """uvicorn logs each request it cancels at the end of the grace period with a traceback; its
+    one line "Cancel N running task(s)" says it."""
+    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
 
 
 def settle() -> None:
