@@ -69,3 +69,23 @@ def test_a_half_sent_request_does_not_keep_the_server_from_stopping():
     finally:
         client.close()
         thread.join(timeout=10)
+
+
+def test_a_huge_body_is_a_413_and_a_long_conversation_a_400(client):
+    """Each message was bounded, their number and the body were not: 3,000 messages (240 MB) were
+    read, parsed and tokenized on the event loop for about a minute (every other request waited)
+    and took gigabytes. The body is refused by its length before it is read (413), and so is one
+    sent in chunks once it passes the limit; a conversation is bounded as a prompt is (400)."""
+    import json
+
+    from nety_jax.serving.server import MAX_BODY_BYTES
+    big = json.dumps({**CHAT, "max_tokens": 2, "user": "x" * MAX_BODY_BYTES}).encode()
+    for content in (big, (big[i: i + (1 << 20)] for i in range(0, len(big), 1 << 20))):  # sized, chunked
+        r = client.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        assert f"this server takes at most {MAX_BODY_BYTES:,}" in r.json()["error"]["message"]
+    long = [{"role": "user", "content": "le chat " * 10_000}] * 2  # each message within its bound
+    r = client.post("/v1/chat/completions", json={"messages": long, "max_tokens": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+    assert "the conversation is 160,001 characters; at most 100,000" in r.json()["error"]["message"]
+    assert client.post("/v1/chat/completions", json={**CHAT, "max_tokens": 2}).status_code == 200

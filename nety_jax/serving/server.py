@@ -18,12 +18,12 @@ import time
 import uuid
 from typing import Optional
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nety_jax.serving.api import ChatRequest, CompletionRequest
+from nety_jax.serving.api import MAX_PROMPT_CHARS, ChatRequest, CompletionRequest
 from nety_jax.serving.engine import Engine, EngineDown, Job, QueueFull, Row, Worker, random_seed
 
 log = logging.getLogger("nety_jax.serve")
@@ -287,6 +287,51 @@ class _Count:
             _observe(self.metrics, scope, status[0], start)
 
 
+MAX_BODY_BYTES = 32 << 20  # 64 prompts of MAX_PROMPT_CHARS, JSON-escaped, fit many times over
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while the body is read: FastAPI passes its HTTPExceptions through (any other error
+    there becomes a 400 "error parsing the body")."""
+
+    def __init__(self, message: str):
+        super().__init__(413, message, {"Connection": "close"})
+
+
+class _BodyLimit:
+    """Refuses a request body over ``limit`` bytes (413), by its Content-Length before reading it
+    or, sent in chunks, as soon as it passes the limit: the whole body was read into memory and
+    parsed, and its text tokenized on the event loop, so one client's 240 MB of messages froze
+    every request for a minute and took gigabytes."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", ())).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            body = json.dumps(error_body(_too_large(int(length)), None)).encode()
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+            return await send({"type": "http.response.body", "body": body})
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge(_too_large(seen))
+            return message
+        await self.app(scope, counted, send)
+
+
+def _too_large(size: int) -> str:
+    return f"the request body is {size:,} bytes or more; this server takes at most {MAX_BODY_BYTES:,}"
+
+
 def _observe(metrics: Metrics, scope: dict, status: int, start: float) -> None:
     """Counts a request under its route's template (``/v1/models/{model_id:path}``), never the raw
     path: a client inventing paths must not grow /metrics; every unknown path is one label."""
@@ -329,6 +374,7 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
     app = FastAPI(title="nety-jax", version="1")
     app.state.server = server
 
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(_Count, metrics=metrics)
 
     @app.exception_handler(RequestValidationError)
@@ -359,7 +405,11 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request):
-        return await server.run(request, [req.prompt(backend.task)], req, "chat", "chat")
+        prompt = req.prompt(backend.task)
+        if len(prompt) > MAX_PROMPT_CHARS:  # each message is bounded, their number is not
+            raise ApiError(400, f"the conversation is {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,}",
+                           "messages")
+        return await server.run(request, [prompt], req, "chat", "chat")
 
     card = {"id": name, "object": "model", "created": 0, "owned_by": "nety-jax"}
 
