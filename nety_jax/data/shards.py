@@ -17,6 +17,7 @@ ArrayRecord is imported on first use: the raw-file path does not need it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -87,6 +88,17 @@ def decode_record(record: bytes, where) -> list[np.ndarray]:
     return split_record(record)
 
 
+def _write_error(path: str, error: RuntimeError) -> OSError:
+    """ArrayRecord's failed write (a full disk, a vanished directory) as the ``OSError`` naming
+    the file that Python's own writes raise, which the output guard reports in one line (it was
+    a RuntimeError and a traceback)."""
+    text = _first_line(error, "write failed")
+    code = next((c for c, name in ((errno.ENOSPC, "No space left"), (errno.EDQUOT, "Disk quota"),
+                                   (errno.EROFS, "Read-only"), (errno.EACCES, "Permission denied"),
+                                   (errno.ENOENT, "No such file")) if name in text), errno.EIO)
+    return OSError(code, os.strerror(code) if code != errno.EIO else text, path)
+
+
 class ShardWriter:
     """Writes records to one ArrayRecord file; ``digest`` is the sha256 of all its records."""
 
@@ -95,18 +107,27 @@ class ShardWriter:
         self.path, self.records, self._hash = path, 0, hashlib.sha256()
         # one record per chunk, uncompressed: random reads of single records (zstd, the default,
         # made each read several times slower: docs/PERFORMANCE.md)
-        self._writer = ArrayRecordWriter(path, "group_size:1,uncompressed")
+        try:
+            self._writer = ArrayRecordWriter(path, "group_size:1,uncompressed")
+        except RuntimeError as e:
+            raise _write_error(path, e) from None
 
     def write(self, arrays: Sequence[np.ndarray]) -> None:
         record = encode_record(arrays)
         self._hash.update(record)
-        self._writer.write(record)
+        try:
+            self._writer.write(record)
+        except RuntimeError as e:
+            raise _write_error(self.path, e) from None
         if not self.records:
             self.first_crc = _HEAD.unpack_from(record)[0]
         self.records += 1
 
     def close(self) -> str:
-        self._writer.close()
+        try:
+            self._writer.close()
+        except RuntimeError as e:
+            raise _write_error(self.path, e) from None
         return self._hash.hexdigest()
 
     def identity(self) -> dict:
