@@ -25,7 +25,7 @@ from orbax.checkpoint import checkpoint_managers as cm
 from nety_jax.config import Config
 from nety_jax.errors import CheckpointError
 from nety_jax.runs.files import DAMAGED, checkpoint_dir
-from nety_jax.runs.quiet import first_line, quiet_orbax
+from nety_jax.runs.quiet import first_line, one_line_save_errors, quiet_orbax
 
 
 def make_manager(workdir: str, cfg: Config, read_only: bool = False) -> ocp.CheckpointManager:
@@ -34,6 +34,8 @@ def make_manager(workdir: str, cfg: Config, read_only: bool = False) -> ocp.Chec
     if t.keep_best > 0:
         policies.append(cm.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=t.keep_best,
                                  keep_checkpoints_without_metrics=False))
+    if not read_only:
+        one_line_save_errors()
     with quiet_orbax():
         options = ocp.CheckpointManagerOptions(
             preservation_policy=cm.AnyPreservationPolicy(policies), create=not read_only,

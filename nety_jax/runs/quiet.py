@@ -51,6 +51,34 @@ def quiet_orbax():
             lg.setLevel(level)
 
 
+class _OneLineSaveErrors(logging.Filter):
+    """Orbax's background save threads log a failed write (a full disk) through absl with its
+    whole traceback, once per thread that sees it; the training reports it at its next save as one
+    line naming the newest complete checkpoint. Here each becomes one line, said once."""
+
+    def __init__(self):
+        super().__init__()
+        self.said: set = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not (record.exc_info and str(record.msg).startswith("[process=")):  # orbax's own prefix
+            return True
+        line = first_line(record.exc_info[1])
+        if line in self.said:
+            return False
+        self.said.add(line)
+        record.msg, record.args, record.exc_info, record.exc_text = \
+            f"a checkpoint write failed in the background: {line}", None, None, None
+        return True
+
+
+def one_line_save_errors() -> None:
+    """Installs ``_OneLineSaveErrors`` on absl's logger (once)."""
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _OneLineSaveErrors) for f in logger.filters):
+        logger.addFilter(_OneLineSaveErrors())
+
+
 def first_line(e: BaseException) -> str:
     """An exception's first line (at most 200 characters), for one-line reports."""
     text = str(e).strip()
