@@ -48,16 +48,17 @@ PROMPTS = {
                     "Chloé achète des pommes de terre et de la crème. Chloé achète des pommes"],
         "does not": ["Le vendredi,", "Souvent, le chat", "En automne, à Marseille,"],
     },
-    "copy": {  # passages of two lines of the shipped text, not adjacent there, then their start again
-        "repeats": ["Léa va au marché pour acheter des légumes frais. Le soir, Julien peint un tableau. Léa va au",
-                    "Inès habite à Rennes et travaille en voiture. Zoé regarde la poule qui mange du grain. Inès",
-                    "Quand il pleut à Grenoble, on prend un parapluie. Antoine prépare des crêpes pour le dîner. "
-                    "Quand il"],
+    "copy": {  # "repeats": copy_prompts(), unseen passages quoted again
         "does not": ["Le vendredi,", "Souvent, le chat", "En automne, à Marseille,"],
     },
 }
 COPY_CONFIG = os.path.join(ROOT, "configs", "gpt_copy_bench.yaml")
 COPY_DOCUMENTS = 4000
+PUNCTUATION = ".,!?;:«»\""
+PROMPT_SEED = 2026  # the copy prompts' passages: fixed before any model saw them
+FINETUNE_STEPS = 200
+FINETUNE = [f"train.steps={FINETUNE_STEPS}", "train.warmup_steps=20", "train.checkpoint_every=50",
+            "train.eval_every=50"]
 
 
 def train_gpt(workdir: str) -> str:
@@ -68,14 +69,21 @@ def train_gpt(workdir: str) -> str:
     return workdir
 
 
-def copy_corpus(path: str, documents: int = COPY_DOCUMENTS, seed: int = 0) -> str:
-    """The copy GPT's training text: one document a line, 1-3 lines of the shipped text drawn at
-    random, and in half the documents the same passage again, verbatim (a quotation: what a
-    summary, an edit or a chat history does to its context)."""
-    import random
+def _shipped() -> tuple[list[str], list[str]]:
+    """The shipped text's lines and its distinct words (punctuation stripped), in a fixed order."""
     from nety_jax.data.text import default_text_path
     with open(default_text_path(), encoding="utf-8") as f:
         lines = [line.strip() for line in f if line.strip()]
+    words = sorted({w.strip(PUNCTUATION) for line in lines for w in line.split()} - {""})
+    return lines, words
+
+
+def base_corpus(path: str, documents: int = COPY_DOCUMENTS, seed: int = 0) -> str:
+    """The base run's training text (stage 1): one document a line, 1-3 lines of the shipped text
+    drawn at random, and in half the documents the same passage again, verbatim. The model learns
+    French from it, but memorises the 780 lines instead of learning to copy (``copy_corpus``)."""
+    import random
+    lines, _ = _shipped()
     rng = random.Random(seed)
     docs = []
     for _ in range(documents):
@@ -88,21 +96,134 @@ def copy_corpus(path: str, documents: int = COPY_DOCUMENTS, seed: int = 0) -> st
     return path
 
 
-def train_copy(workdir: str) -> str:
-    """The copy GPT in ``workdir``: trained there from configs/gpt_copy_bench.yaml on
-    ``copy_corpus`` unless a finished run is there already (then reused as it is)."""
+def random_passage(rng, words: list[str], low: int, high: int) -> str:
+    """low..high words of the shipped vocabulary drawn independently: a passage no training
+    text holds, so that only copying it from the context predicts its second occurrence."""
+    drawn = [rng.choice(words) for _ in range(rng.randint(low, high))]
+    return " ".join([drawn[0][:1].upper() + drawn[0][1:]] + drawn[1:]) + "."
+
+
+def copy_corpus(path: str, documents: int = COPY_DOCUMENTS, seed: int = 1) -> str:
+    """The copy GPT's fine-tuning text (stage 2), one document a line. Half the documents are
+    natural (1-3 shipped lines, not repeated: the language stays learned); the other half quote an
+    unmemorisable passage (``random_passage``, 4-14 words) twice, in half of them with a shipped
+    line between the two (a summary, an edit or a chat history quoting its context), as
+    induction-head studies train copying on repeated random sequences."""
+    import random
+    lines, words = _shipped()
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(documents):
+        if rng.random() < 0.5:
+            docs.append(" ".join(rng.sample(lines, rng.choice([1, 2, 3]))))
+            continue
+        passage = random_passage(rng, words, 4, 14)
+        between = [rng.choice(lines)] if rng.random() < 0.5 else []
+        docs.append(" ".join([passage, *between, passage]))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(docs) + "\n")
+    return path
+
+
+def copy_prompts(count: int = 4, seed: int = PROMPT_SEED) -> list[str]:
+    """The copy GPT's repeating prompts: a passage of 8-12 random shipped words no training
+    document holds (another seed than the corpus'), in every other prompt a shipped line after it,
+    then its first two words again; the reply should go on quoting it. Fixed by the seed, not
+    chosen by looking at the model's replies."""
+    import random
+    lines, words = _shipped()
+    rng = random.Random(seed)
+    prompts = []
+    for i in range(count):
+        passage = random_passage(rng, words, 8, 12)
+        between = [rng.choice(lines)] if i % 2 == 0 else []
+        prompts.append(" ".join([passage, *between, *passage.split()[:2]]))
+    return prompts
+
+
+def seen_passages(prompts: list[str], texts: list[str]) -> list[str]:
+    """The prompts whose quoted passage (up to its first full stop: the text before the second
+    occurrence of the prompt's first two words) is in one of ``texts``: the bench needs none, or
+    it measures recall of training text, not copying."""
+    seen = []
+    for prompt in prompts:
+        head = " ".join(prompt.split()[:2])
+        again = prompt.find(" " + head, 1)
+        passage = (prompt[:again] if again > 0 else prompt).split(".")[0]
+        if any(passage in text for text in texts):
+            seen.append(prompt)
+    return seen
+
+
+PROMPTS["copy"] = {"repeats": copy_prompts(), **PROMPTS["copy"]}
+
+
+def _corpus_path(workdir: str) -> str:
+    """Beside the run, not in it: train writes only into an empty directory or a run."""
+    os.makedirs(os.path.dirname(os.path.abspath(workdir)), exist_ok=True)
+    return os.path.abspath(workdir).rstrip(os.sep) + "-corpus.txt"
+
+
+def _finished(workdir: str, steps: int) -> bool:
+    from nety_jax.runs.checkpoints import latest_step
+    return (latest_step(workdir) or 0) >= steps
+
+
+def train_base(workdir: str) -> str:
+    """Stage 1 in ``workdir``: configs/gpt_copy_bench.yaml from scratch on ``base_corpus``
+    (reused when finished there)."""
     from nety_jax.config import load_config
     from nety_jax.training.loop import train
     cfg = load_config(COPY_CONFIG)
-    os.makedirs(workdir, exist_ok=True)
-    corpus = os.path.join(workdir, "copy_corpus.txt")
+    corpus = _corpus_path(workdir)
     if not os.path.exists(corpus):
-        copy_corpus(corpus)
+        base_corpus(corpus)
     start = time.perf_counter()
     summary = train(cfg, workdir, data=corpus, progress=False, log=lambda *_: None)
     if summary["start_step"] < cfg.train.steps:
-        print(f"trained the copy GPT in {workdir}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        print(f"trained the copy GPT's base in {workdir}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return workdir
+
+
+def train_copy(workdir: str, base: str) -> str:
+    """The copy GPT in ``workdir`` (reused when finished there): stage 1, the base run in
+    ``base`` (``train_base``), then stage 2, ``FINETUNE`` steps from the base's weights and
+    tokenizer (``train --init-from``) on ``copy_corpus``."""
+    from nety_jax.training.init_from import finetune_config, load_source
+    from nety_jax.training.loop import train
+    if _finished(workdir, FINETUNE_STEPS):
+        return workdir
+    source = load_source(train_base(base))
+    cfg = finetune_config(source, COPY_CONFIG, FINETUNE)
+    corpus = _corpus_path(workdir)
+    if not os.path.exists(corpus):
+        copy_corpus(corpus)
+    start = time.perf_counter()
+    train(cfg, workdir, data=corpus, progress=False, log=lambda *_: None, init_from=source)
+    print(f"fine-tuned the copy GPT in {workdir}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return workdir
+
+
+def copy_losses(pretrained, count: int = 16, seed: int = PROMPT_SEED + 1) -> dict:
+    """Mean loss (nats a token) of ``count`` unseen random passages shown twice, on their first
+    and on their second occurrence: a model that copies its context predicts the second far
+    better than the first (one that only knows the language predicts both alike)."""
+    import random
+    import numpy as np
+    _, words = _shipped()
+    rng = random.Random(seed)
+    first = second = 0.0
+    for _ in range(count):
+        ids = pretrained.tokenizer.encode(random_passage(rng, words, 8, 12))
+        tokens = np.asarray([ids + ids], np.int32)
+        logits = pretrained.logits({"tokens": tokens})[0].astype(np.float64)
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - logits.max(-1, keepdims=True)
+        nll = -logp[np.arange(tokens.shape[1] - 1), tokens[0, 1:]]
+        n = len(ids)
+        first += nll[:n - 1].mean() / count
+        second += nll[n:].mean() / count  # the second occurrence less its first token
+    return {"first_occurrence_loss": float(first), "second_occurrence_loss": float(second)}
 
 
 def _instrumented(model, spec):
@@ -222,8 +343,11 @@ def main() -> int:
     p.add_argument("--gpt", metavar="RUN",
                    help="a trained GPT run, made by `nety-jax train --config configs/gpt_tiny.yaml --workdir RUN` "
                         "(its 300 steps on the shipped text; default: the same, trained into a temporary directory)")
-    p.add_argument("--copy", metavar="RUN", default=os.path.join(ROOT, "runs", "bench-spec-copy"),
-                   help="the copy GPT's run: reused if trained, else trained there first (train_copy)")
+    p.add_argument("--copy", metavar="RUN", default=os.path.join(ROOT, "runs", "bench-spec-copier"),
+                   help="the copy GPT's run: reused if trained, else fine-tuned there first from --copy-base "
+                        "(train_copy)")
+    p.add_argument("--copy-base", metavar="RUN", default=os.path.join(ROOT, "runs", "bench-spec-copy"),
+                   help="the copy GPT's stage 1 (train_base): reused if trained, else trained there first")
     p.add_argument("--prepare", action="store_true", help="only make the copy GPT's run (--copy) and exit")
     p.add_argument("--draft-tokens", type=int, default=4)
     p.add_argument("--rounds", type=int, default=7)
@@ -234,7 +358,7 @@ def main() -> int:
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     if args.prepare:
-        train_copy(args.copy)
+        train_copy(args.copy, args.copy_base)
         return 0
     rows = trained_rows(args)
     costs = []
@@ -245,9 +369,12 @@ def main() -> int:
         print("| model | the reply repeats the prompt? | tokens | tokens per model call | drafts kept | "
               "plain tok/s | ngram tok/s | speed-up | same replies |")
         print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
+    for r in (r for r in rows if "tokens" in r):
         print(f"| {r['model']} | {r['prompts']} | {r['tokens']} | {r['tokens_per_call']:.2f} | {r['kept']:.0%} | "
               f"{r['plain_tok_s']:.0f} | {r['ngram_tok_s']:.0f} | {r['speedup']:.2f}x | {r['identical']} |")
+    for r in (r for r in rows if "second_occurrence_loss" in r):
+        print(f"{r['model']}: unseen passages shown twice, loss {r['first_occurrence_loss']:.2f} nats a token on "
+              f"the first occurrence, {r['second_occurrence_loss']:.2f} on the second")
     if costs:
         print("| model (random weights) | plain step | verification (K+1 tokens) | its cost in plain steps | "
               "tokens per model call | drafts kept | speed-up | same replies |")
@@ -274,10 +401,13 @@ def trained_rows(args) -> list:
     if "demo" in wanted:
         runs["demo"] = (args.demo, 40)
     if "copy" in wanted:
-        runs["copy"] = (train_copy(args.copy), 48)
+        runs["copy"] = (train_copy(args.copy, args.copy_base), 48)
     rows = []
     for name, (path, new_tokens) in runs.items():
         model = load_pretrained(path, warn=lambda *_: None)
+        if name == "copy":
+            rows.append({"model": name, "prompts": "copy check", **copy_losses(model)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         for kind, prompts in PROMPTS[name].items():
             res = measure(model, prompts, new_tokens, args.draft_tokens, args.rounds)
             rows.append({"model": name, "prompts": kind, **res})

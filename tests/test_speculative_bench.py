@@ -1,20 +1,35 @@
-"""The copy GPT of scripts/bench_speculative.py: its training text quotes its own passages (the
-case prompt-lookup speculation is for), its weights do not fit a CPU's cache, and its run
-directory holds the corpus it is trained on (train() itself resumes or reuses a finished run)."""
+"""The copy GPT of scripts/bench_speculative.py: a base run on the shipped lines (quoted in half
+the documents), fine-tuned on documents that quote unmemorisable passages (so that only copying
+its context lowers the loss); the bench's repeating prompts quote passages no training text holds;
+its weights do not fit a CPU's cache; its corpora live beside the runs (train writes only into an
+empty directory or a run)."""
+import math
 import os
 import sys
+
+import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import bench_speculative as B  # noqa: E402
 
 from nety_jax.config import load_config  # noqa: E402
-from nety_jax.data.text import default_text_path  # noqa: E402
+
+# the copy prompts before the fine-tuned model: two shipped lines, then the first one's start again
+SHIPPED_PROMPTS = ["Léa va au marché pour acheter des légumes frais. Le soir, Julien peint un tableau. Léa va au",
+                   "Inès habite à Rennes et travaille en voiture. Zoé regarde la poule qui mange du grain. Inès"]
 
 
-def test_copy_corpus_documents_are_shipped_lines_half_of_them_quoted_again(tmp_path):
-    with open(default_text_path(), encoding="utf-8") as f:
-        shipped = {line.strip() for line in f if line.strip()}
-    docs = open(B.copy_corpus(str(tmp_path / "c.txt"), documents=400), encoding="utf-8").read().splitlines()
+def _quoted(doc: str):
+    """(passage, between) when ``doc`` is a passage, maybe a line, then the passage again; else None."""
+    first = doc.split(".")[0] + "."
+    if doc.count(first) >= 2 and doc.endswith(first):
+        return first, doc[len(first):-len(first)].strip()
+    return None
+
+
+def test_base_corpus_documents_are_shipped_lines_half_of_them_quoted_again(tmp_path):
+    lines, _ = B._shipped()
+    docs = open(B.base_corpus(str(tmp_path / "c.txt"), documents=400), encoding="utf-8").read().splitlines()
     assert len(docs) == 400
     quoted = 0
     for doc in docs:
@@ -22,9 +37,64 @@ def test_copy_corpus_documents_are_shipped_lines_half_of_them_quoted_again(tmp_p
         repeated = len(doc) % 2 == 1 and doc[:half] == doc[half + 1:] and doc[half] == " "
         passage = doc[:half] if repeated else doc
         quoted += repeated
-        # a passage is 1-3 whole shipped lines (each ends its sentence with . ! or ?)
-        assert any(passage.startswith(line) for line in shipped), doc
+        assert any(passage.startswith(line) for line in lines), doc
     assert 150 < quoted < 250
+
+
+def test_copy_corpus_quotes_unmemorisable_passages_in_half_the_documents(tmp_path):
+    lines, words = B._shipped()
+    docs = open(B.copy_corpus(str(tmp_path / "c.txt"), documents=400), encoding="utf-8").read().splitlines()
+    quoted = [q for q in map(_quoted, docs) if q]
+    assert 150 < len(quoted) < 250
+    for passage, between in quoted:
+        assert 4 <= len(passage.split()) <= 14
+        assert {w.strip(".").lower() for w in passage.split()} <= {w.lower() for w in words}
+        assert not any(passage[:-1] in line for line in lines)  # not a shipped line: only copying predicts it
+        assert between == "" or between in lines
+    assert len({p for p, _ in quoted}) == len(quoted)  # never the same passage twice
+    natural = [d for d in docs if not _quoted(d)]
+    assert all(any(d.startswith(line) for line in lines) for d in natural)
+
+
+def test_the_copy_prompts_are_unseen_and_the_check_catches_seen_ones(tmp_path):
+    lines, _ = B._shipped()
+    prompts = B.PROMPTS["copy"]["repeats"]
+    assert prompts == B.copy_prompts() and len(prompts) == 4
+    training = lines + [open(f(str(tmp_path / f.__name__)), encoding="utf-8").read()
+                        for f in (B.base_corpus, B.copy_corpus)]
+    assert B.seen_passages(prompts, training) == []
+    assert B.seen_passages(SHIPPED_PROMPTS, training) == SHIPPED_PROMPTS  # the check fails on seen passages
+    for p in prompts:  # the passage, maybe a line, then the passage's first two words again
+        head = " ".join(p.split()[:2])
+        assert p.endswith(" " + head) and 10 <= len(p.split()) <= 30
+
+
+def test_copy_losses_tell_a_copier_from_a_model_that_does_not_copy():
+    vocab = 50
+
+    class Tokenizer:
+        def encode(self, text):
+            return [4 + sum(map(ord, w)) % (vocab - 4) for w in text.split()]
+
+    class Model:
+        tokenizer = Tokenizer()
+
+        def __init__(self, copies):
+            self.copies = copies
+
+        def logits(self, batch):
+            tokens = batch["tokens"][0]
+            out = np.zeros((1, len(tokens), vocab), np.float32)
+            n = len(tokens) // 2
+            if self.copies:  # a perfect copier: certain of each token of the second occurrence
+                out[0, np.arange(n, 2 * n - 1), tokens[n + 1:]] = 100.0
+            return out
+
+    plain, copier = B.copy_losses(Model(False), count=3), B.copy_losses(Model(True), count=3)
+    assert math.isclose(plain["first_occurrence_loss"], math.log(vocab), rel_tol=1e-6)
+    assert math.isclose(plain["second_occurrence_loss"], math.log(vocab), rel_tol=1e-6)
+    assert math.isclose(copier["first_occurrence_loss"], math.log(vocab), rel_tol=1e-6)
+    assert copier["second_occurrence_loss"] < 1e-6
 
 
 def test_the_copy_config_is_weight_bound_and_fits_the_prompts():
@@ -34,9 +104,22 @@ def test_the_copy_config_is_weight_bound_and_fits_the_prompts():
     assert cfg.max_len >= 128
 
 
-def test_train_copy_writes_its_corpus_into_the_run_and_trains_on_it(tmp_path, monkeypatch):
+def test_train_copy_trains_the_base_then_fine_tunes_it_on_the_copy_corpus(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("nety_jax.training.loop.train",
-                        lambda cfg, workdir, data, **kw: calls.append(data) or {"start_step": cfg.train.steps})
-    assert B.train_copy(str(tmp_path)) == str(tmp_path)
-    assert calls == [str(tmp_path / "copy_corpus.txt")] and os.path.exists(calls[0])
+
+    def fake_train(cfg, workdir, data, init_from=None, **kw):
+        calls.append((workdir, data, init_from))
+        os.makedirs(os.path.join(workdir, "checkpoints", str(cfg.train.steps)))
+        return {"start_step": 0}
+
+    monkeypatch.setattr("nety_jax.training.loop.train", fake_train)
+    monkeypatch.setattr("nety_jax.training.init_from.load_source", lambda path: f"source {path}")
+    monkeypatch.setattr("nety_jax.training.init_from.finetune_config",
+                        lambda source, path, overrides: load_config(path, overrides))
+    run, base = str(tmp_path / "copier"), str(tmp_path / "base")
+    assert B.train_copy(run, base) == run
+    assert calls == [(base, base + "-corpus.txt", None), (run, run + "-corpus.txt", f"source {base}")]
+    assert open(run + "-corpus.txt").read() == open(B.copy_corpus(str(tmp_path / "c.txt"))).read()
+    assert open(base + "-corpus.txt").read() == open(B.base_corpus(str(tmp_path / "b.txt"))).read()
+    B.train_copy(run, base)  # a finished run is reused as it is
+    assert len(calls) == 2
