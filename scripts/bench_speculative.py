@@ -56,9 +56,12 @@ COPY_CONFIG = os.path.join(ROOT, "configs", "gpt_copy_bench.yaml")
 COPY_DOCUMENTS = 4000
 PUNCTUATION = ".,!?;:«»\""
 PROMPT_SEED = 2026  # the copy prompts' passages: fixed before any model saw them
-FINETUNE_STEPS = 200
-FINETUNE = [f"train.steps={FINETUNE_STEPS}", "train.warmup_steps=20", "train.checkpoint_every=50",
-            "train.eval_every=50"]
+COPY_STAGES = (  # the fine-tunes on copy_corpus, each from the run before: (steps, documents, corpus seed,
+    (200, 4000, 1, []),  # overrides); this one alone did not learn to copy
+    # fresh passages (a second epoch of the same ones would let it memorise them), and one document
+    # a row from position 0 (``data.packing``), as a prompt is, not windows cut across documents
+    (300, 20000, 2, ["data.packing=true"]),
+)
 
 
 def train_gpt(workdir: str) -> str:
@@ -185,23 +188,32 @@ def train_base(workdir: str) -> str:
     return workdir
 
 
+def copy_stage_runs(workdir: str) -> list[str]:
+    """The fine-tunes' run directories: ``workdir-1``, ... then ``workdir`` itself, the copy GPT."""
+    return [f"{workdir.rstrip(os.sep)}-{i + 1}" for i in range(len(COPY_STAGES) - 1)] + [workdir]
+
+
 def train_copy(workdir: str, base: str) -> str:
-    """The copy GPT in ``workdir`` (reused when finished there): stage 1, the base run in
-    ``base`` (``train_base``), then stage 2, ``FINETUNE`` steps from the base's weights and
-    tokenizer (``train --init-from``) on ``copy_corpus``."""
+    """The copy GPT in ``workdir`` (reused when finished there): the base run in ``base``
+    (``train_base``), then each of ``COPY_STAGES`` from the run before it (``train --init-from``:
+    its weights and tokenizer) on a ``copy_corpus`` of its own (``copy_stage_runs``)."""
+    previous = None if _finished(workdir, COPY_STAGES[-1][0]) else train_base(base)
+    for run, (steps, documents, seed, overrides) in zip(copy_stage_runs(workdir), COPY_STAGES):
+        if previous is not None and not _finished(run, steps):
+            _fine_tune(previous, run, steps, copy_corpus(_corpus_path(run), documents, seed), overrides)
+        previous = run
+    return workdir
+
+
+def _fine_tune(source_run: str, workdir: str, steps: int, corpus: str, overrides: list) -> None:
     from nety_jax.training.init_from import finetune_config, load_source
     from nety_jax.training.loop import train
-    if _finished(workdir, FINETUNE_STEPS):
-        return workdir
-    source = load_source(train_base(base))
-    cfg = finetune_config(source, COPY_CONFIG, FINETUNE)
-    corpus = _corpus_path(workdir)
-    if not os.path.exists(corpus):
-        copy_corpus(corpus)
+    source = load_source(source_run)
+    cfg = finetune_config(source, COPY_CONFIG, [f"train.steps={steps}", "train.warmup_steps=20",
+                                                "train.checkpoint_every=50", "train.eval_every=50", *overrides])
     start = time.perf_counter()
     train(cfg, workdir, data=corpus, progress=False, log=lambda *_: None, init_from=source)
-    print(f"fine-tuned the copy GPT in {workdir}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return workdir
+    print(f"fine-tuned {workdir} from {source_run}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
 
 def copy_losses(pretrained, count: int = 16, seed: int = PROMPT_SEED + 1) -> dict:

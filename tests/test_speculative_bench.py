@@ -104,11 +104,11 @@ def test_the_copy_config_is_weight_bound_and_fits_the_prompts():
     assert cfg.max_len >= 128
 
 
-def test_train_copy_trains_the_base_then_fine_tunes_it_on_the_copy_corpus(tmp_path, monkeypatch):
+def test_train_copy_trains_the_base_then_each_fine_tune_from_the_run_before(tmp_path, monkeypatch):
     calls = []
 
     def fake_train(cfg, workdir, data, init_from=None, **kw):
-        calls.append((workdir, data, init_from))
+        calls.append((workdir, data, init_from, cfg.train.steps))
         os.makedirs(os.path.join(workdir, "checkpoints", str(cfg.train.steps)))
         return {"start_step": 0}
 
@@ -116,10 +116,14 @@ def test_train_copy_trains_the_base_then_fine_tunes_it_on_the_copy_corpus(tmp_pa
     monkeypatch.setattr("nety_jax.training.init_from.load_source", lambda path: f"source {path}")
     monkeypatch.setattr("nety_jax.training.init_from.finetune_config",
                         lambda source, path, overrides: load_config(path, overrides))
+    monkeypatch.setattr(B, "COPY_STAGES", ((30, 40, 1, []), (50, 60, 2, ["data.packing=true"])))
     run, base = str(tmp_path / "copier"), str(tmp_path / "base")
     assert B.train_copy(run, base) == run
-    assert calls == [(base, base + "-corpus.txt", None), (run, run + "-corpus.txt", f"source {base}")]
-    assert open(run + "-corpus.txt").read() == open(B.copy_corpus(str(tmp_path / "c.txt"))).read()
+    assert calls == [(base, base + "-corpus.txt", None, load_config(B.COPY_CONFIG).train.steps),
+                     (run + "-1", run + "-1-corpus.txt", f"source {base}", 30),
+                     (run, run + "-corpus.txt", f"source {run}-1", 50)]
     assert open(base + "-corpus.txt").read() == open(B.base_corpus(str(tmp_path / "b.txt"))).read()
-    B.train_copy(run, base)  # a finished run is reused as it is
-    assert len(calls) == 2
+    assert open(run + "-1-corpus.txt").read() == open(B.copy_corpus(str(tmp_path / "1.txt"), 40, 1)).read()
+    assert open(run + "-corpus.txt").read() == open(B.copy_corpus(str(tmp_path / "2.txt"), 60, 2)).read()
+    B.train_copy(run, base)  # a finished run is reused as it is, and its stages are not needed
+    assert len(calls) == 3
