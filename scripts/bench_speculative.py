@@ -57,10 +57,11 @@ COPY_DOCUMENTS = 4000
 PUNCTUATION = ".,!?;:«»\""
 PROMPT_SEED = 2026  # the copy prompts' passages: fixed before any model saw them
 COPY_STAGES = (  # the fine-tunes on copy_corpus, each from the run before: (steps, documents, corpus seed,
-    (200, 4000, 1, []),  # overrides); this one alone did not learn to copy
-    # fresh passages (a second epoch of the same ones would let it memorise them), and one document
-    # a row from position 0 (``data.packing``), as a prompt is, not windows cut across documents
-    (300, 20000, 2, ["data.packing=true"]),
+    (200, 4000, 1, 2, []),  # passage quoted up to N times, overrides); this one alone did not learn to copy
+    # fresh passages (a second epoch of the same ones would let it memorise them), quoted 2-4 times;
+    # one document a row from position 0 (``data.packing``), as a prompt is, not windows cut across
+    # documents; a higher rate
+    (400, 20000, 2, 4, ["data.packing=true", "train.learning_rate=2e-3"]),
 )
 
 
@@ -106,12 +107,13 @@ def random_passage(rng, words: list[str], low: int, high: int) -> str:
     return " ".join([drawn[0][:1].upper() + drawn[0][1:]] + drawn[1:]) + "."
 
 
-def copy_corpus(path: str, documents: int = COPY_DOCUMENTS, seed: int = 1) -> str:
+def copy_corpus(path: str, documents: int = COPY_DOCUMENTS, seed: int = 1, quotes: int = 2) -> str:
     """The copy GPT's fine-tuning text (stage 2), one document a line. Half the documents are
     natural (1-3 shipped lines, not repeated: the language stays learned); the other half quote an
     unmemorisable passage (``random_passage``, 4-14 words) twice, in half of them with a shipped
-    line between the two (a summary, an edit or a chat history quoting its context), as
-    induction-head studies train copying on repeated random sequences."""
+    line between the first two (a summary, an edit or a chat history quoting its context), as
+    induction-head studies train copying on repeated random sequences; ``quotes`` > 2: the passage
+    occurs 2 to ``quotes`` times (more of the text rewards copying)."""
     import random
     lines, words = _shipped()
     rng = random.Random(seed)
@@ -122,7 +124,8 @@ def copy_corpus(path: str, documents: int = COPY_DOCUMENTS, seed: int = 1) -> st
             continue
         passage = random_passage(rng, words, 4, 14)
         between = [rng.choice(lines)] if rng.random() < 0.5 else []
-        docs.append(" ".join([passage, *between, passage]))
+        again = [passage] * (rng.randint(1, quotes - 1) if quotes > 2 else 1)
+        docs.append(" ".join([passage, *between, *again]))
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(docs) + "\n")
     return path
@@ -198,9 +201,9 @@ def train_copy(workdir: str, base: str) -> str:
     (``train_base``), then each of ``COPY_STAGES`` from the run before it (``train --init-from``:
     its weights and tokenizer) on a ``copy_corpus`` of its own (``copy_stage_runs``)."""
     previous = None if _finished(workdir, COPY_STAGES[-1][0]) else train_base(base)
-    for run, (steps, documents, seed, overrides) in zip(copy_stage_runs(workdir), COPY_STAGES):
+    for run, (steps, documents, seed, quotes, overrides) in zip(copy_stage_runs(workdir), COPY_STAGES):
         if previous is not None and not _finished(run, steps):
-            _fine_tune(previous, run, steps, copy_corpus(_corpus_path(run), documents, seed), overrides)
+            _fine_tune(previous, run, steps, copy_corpus(_corpus_path(run), documents, seed, quotes), overrides)
         previous = run
     return workdir
 

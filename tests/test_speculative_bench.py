@@ -8,6 +8,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 import bench_speculative as B  # noqa: E402
@@ -20,11 +21,16 @@ SHIPPED_PROMPTS = ["Léa va au marché pour acheter des légumes frais. Le soir,
 
 
 def _quoted(doc: str):
-    """(passage, between) when ``doc`` is a passage, maybe a line, then the passage again; else None."""
+    """(passage, between, occurrences) when ``doc`` is a passage, maybe a line, then the passage
+    again one or more times; else None."""
     first = doc.split(".")[0] + "."
-    if doc.count(first) >= 2 and doc.endswith(first):
-        return first, doc[len(first):-len(first)].strip()
-    return None
+    count = doc.count(first)
+    if count < 2:
+        return None
+    rest = doc[len(first):].strip()
+    between = rest[:rest.index(first)].strip()
+    assert rest[len(between):].strip() == " ".join([first] * (count - 1)), doc
+    return first, between, count
 
 
 def test_base_corpus_documents_are_shipped_lines_half_of_them_quoted_again(tmp_path):
@@ -41,17 +47,19 @@ def test_base_corpus_documents_are_shipped_lines_half_of_them_quoted_again(tmp_p
     assert 150 < quoted < 250
 
 
-def test_copy_corpus_quotes_unmemorisable_passages_in_half_the_documents(tmp_path):
+@pytest.mark.parametrize("quotes", [2, 4])
+def test_copy_corpus_quotes_unmemorisable_passages_in_half_the_documents(tmp_path, quotes):
     lines, words = B._shipped()
-    docs = open(B.copy_corpus(str(tmp_path / "c.txt"), documents=400), encoding="utf-8").read().splitlines()
+    docs = open(B.copy_corpus(str(tmp_path / "c.txt"), 400, 1, quotes), encoding="utf-8").read().splitlines()
     quoted = [q for q in map(_quoted, docs) if q]
     assert 150 < len(quoted) < 250
-    for passage, between in quoted:
+    assert {n for _, _, n in quoted} == set(range(2, quotes + 1))
+    for passage, between, _ in quoted:
         assert 4 <= len(passage.split()) <= 14
         assert {w.strip(".").lower() for w in passage.split()} <= {w.lower() for w in words}
         assert not any(passage[:-1] in line for line in lines)  # not a shipped line: only copying predicts it
         assert between == "" or between in lines
-    assert len({p for p, _ in quoted}) == len(quoted)  # never the same passage twice
+    assert len({p for p, _, _ in quoted}) == len(quoted)  # never the same passage twice
     natural = [d for d in docs if not _quoted(d)]
     assert all(any(d.startswith(line) for line in lines) for d in natural)
 
@@ -116,7 +124,7 @@ def test_train_copy_trains_the_base_then_each_fine_tune_from_the_run_before(tmp_
     monkeypatch.setattr("nety_jax.training.init_from.load_source", lambda path: f"source {path}")
     monkeypatch.setattr("nety_jax.training.init_from.finetune_config",
                         lambda source, path, overrides: load_config(path, overrides))
-    monkeypatch.setattr(B, "COPY_STAGES", ((30, 40, 1, []), (50, 60, 2, ["data.packing=true"])))
+    monkeypatch.setattr(B, "COPY_STAGES", ((30, 40, 1, 2, []), (50, 60, 2, 3, ["data.packing=true"])))
     run, base = str(tmp_path / "copier"), str(tmp_path / "base")
     assert B.train_copy(run, base) == run
     assert calls == [(base, base + "-corpus.txt", None, load_config(B.COPY_CONFIG).train.steps),
@@ -124,6 +132,6 @@ def test_train_copy_trains_the_base_then_each_fine_tune_from_the_run_before(tmp_
                      (run, run + "-corpus.txt", f"source {run}-1", 50)]
     assert open(base + "-corpus.txt").read() == open(B.base_corpus(str(tmp_path / "b.txt"))).read()
     assert open(run + "-1-corpus.txt").read() == open(B.copy_corpus(str(tmp_path / "1.txt"), 40, 1)).read()
-    assert open(run + "-corpus.txt").read() == open(B.copy_corpus(str(tmp_path / "2.txt"), 60, 2)).read()
+    assert open(run + "-corpus.txt").read() == open(B.copy_corpus(str(tmp_path / "2.txt"), 60, 2, 3)).read()
     B.train_copy(run, base)  # a finished run is reused as it is, and its stages are not needed
     assert len(calls) == 3
