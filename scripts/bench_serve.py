@@ -373,12 +373,15 @@ def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds
         stop_servers(servers)
 
 
-def saturation_rounds(servers: dict, overload: float, slots: int, seconds: float, mix: Mix, rounds: int) -> dict:
+def saturation_rounds(servers: dict, overload: float, slots: int, seconds: float, mix: Mix, rounds: int,
+                      alternate: bool = False) -> dict:
     """``rounds`` saturation windows per engine, taken in turn (the same requests for both in a
-    round), each with the server's CPU seconds per generated token."""
+    round), each with the server's CPU seconds per generated token; ``alternate``: the servers'
+    order reversed every other round (no server always first)."""
     windows = {b: [] for b in servers}
     for r in range(rounds):
-        for batching, (proc, url) in servers.items():
+        order = list(servers.items())[::-1 if alternate and r % 2 else 1]
+        for batching, (proc, url) in order:
             cpu, made = cpu_seconds(proc.pid), metric(url, "nety_generated_tokens_total")
             windows[batching].append(saturate(url, overload, slots, seconds, mix, seed=1 + r))
             made = metric(url, "nety_generated_tokens_total") - made
@@ -424,12 +427,13 @@ def mix_of(url: str, kind: str) -> Mix:
 def against(checkpoint: str, other: str, seconds: float, slots: int, rounds: int, kind: str) -> str:
     """Continuous servers of this tree and of ``other`` (another checkout: the code before a
     change) side by side, their closed-loop saturation windows in turn: tokens/s and server
-    CPU per generated token of each, every round (a same-run A/B of two versions)."""
+    CPU per generated token of each, every round (a same-run A/B of two versions; which server
+    goes first alternates between rounds)."""
     servers = {name: start_server(checkpoint, "continuous", slots, 2 * slots, root)
                for name, root in (("this tree", ROOT), ("other", os.path.abspath(other)))}
     try:
         mix = mix_of(servers["this tree"][1], kind)
-        windows = saturation_rounds(servers, 0, slots, seconds, mix, rounds)
+        windows = saturation_rounds(servers, 0, slots, seconds, mix, rounds, alternate=True)
     finally:
         stop_servers(servers)
     lines = [f"| round | this tree tokens/s | {other} tokens/s | ratio | server CPU ms/token this / other |",
