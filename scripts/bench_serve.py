@@ -3,9 +3,12 @@
     python scripts/bench_serve.py --model demo [--checkpoint runs/demo] [--seconds 10] [--overload 100]
     python scripts/bench_serve.py --model gpt   # a GPT (gpt_tiny widened to a 320-token context)
     python scripts/bench_serve.py --model demo --flood 10000 --only-flood
+    python scripts/bench_serve.py --model demo --mix loguniform   # many short replies, few long
+    python scripts/bench_serve.py --model demo --against DIR      # this tree's server against DIR's
 
-Each request asks for a reply length drawn uniformly from 8 to
-256 tokens (at most the model's room after the prompt) and streams or not at random. The
+Each request asks for a reply length drawn from 8 to 256 tokens (at most the model's room after
+the prompt): uniformly (``--mix uniform``, the default) or log-uniformly (``--mix loguniform``);
+the output names the mix and its head-of-line ceiling. It streams or not at random. The
 model's <eos> is disabled (decode.min_new_tokens) so every reply has its drawn length: the
 load is the same for both engines whatever the weights. Both servers run side by side (each
 a fresh process, its programs compiled before it listens; the idle one costs nothing):
