@@ -4,6 +4,8 @@
 
 Each part runs in its own process (so peak memory is its own), and inside a part the
 frameworks alternate round by round (the machine is shared: a slow moment hits both).
+--tiny (a smoke run, not a measurement) runs every part in one process, one PyTorch process
+for both NETY rows, one GPT worker per framework for all its rows, and generates 8 tokens.
 Medians over the rounds, warm-up excluded, the same number of threads for every
 framework. Prints a Markdown table, appends it to docs/PERFORMANCE.md with the date
 and machine, and writes bench-results.json in the working directory.
@@ -42,16 +44,28 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("machine", "train", "generate", "recompiles", "gpt")
 
 
-def run_part(name: str, args) -> dict:
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench_parts.py"), name,
+def run_parts(names: tuple, args) -> dict:
+    """{part: its results}, the parts ``names`` run in turn in one process of scripts/bench_parts.py."""
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench_parts.py"), *names,
            "--repeats", str(args.repeats), "--dtype", args.dtype] + (["--tiny"] if args.tiny else []) \
         + (["--skip-hf"] if args.skip_hf else []) + (["--hf-compile"] if args.hf_compile else [])
-    print(f"[bench] {name} ...", flush=True)
+    print(f"[bench] {', '.join(names)} ...", flush=True)
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
-        raise SystemExit(f"bench part {name!r} failed (exit {done.returncode})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"bench part(s) {', '.join(names)} failed (exit {done.returncode})")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return out if len(names) > 1 else {names[0]: out}
+
+
+def run_all(args) -> dict:
+    """Every part: each in a process of its own (its peak memory its own, its compilation cold);
+    --tiny, a smoke run and not a measurement, runs them all in one process (their start-ups
+    were much of its time)."""
+    parts = {}
+    for names in [PARTS] if args.tiny else [(name,) for name in PARTS]:
+        parts.update(run_parts(names, args))
+    return parts
 
 
 def _fmt(x, spec=",.0f"):
@@ -172,7 +186,7 @@ def main() -> int:
     p.add_argument("--no-doc", action="store_true", help="do not append to docs/PERFORMANCE.md")
     p.add_argument("--json", default="bench-results.json", help="results file (working directory)")
     args = p.parse_args()
-    results = summarize({name: run_part(name, args) for name in PARTS})
+    results = summarize(run_all(args))
     text = table(results)
     print(text)
     with open(args.json, "w", encoding="utf-8") as f:

@@ -430,16 +430,21 @@ def close_sides(sides: dict) -> dict:
 
 
 def bench_train(cfg, batch: int, length: int, repeats: int, hf: bool = True, hf_compile: bool = False,
-                refs: "References | None" = None, arrangement: str = "processes", hf_malloc: str = "default") -> dict:
+                refs: "References | None" = None, arrangement: str = "processes", hf_malloc: str = "default",
+                sides: "dict | None" = None) -> dict:
     """Seconds per AdamW step, ours and HF's, on the same (batch, length) token batch, each side
-    warmed up (its first step: ours compiles) before the rounds."""
-    sides = make_sides(cfg, hf, arrangement, hf_malloc, hf_compile=hf_compile)
+    warmed up (its first step: ours compiles) before the rounds. ``sides``: workers already
+    started (``bench_rows`` under --tiny), left open; their peak RSS is then None here."""
+    own = sides is None
+    sides = make_sides(cfg, hf, arrangement, hf_malloc, hf_compile=hf_compile) if own else sides
+    rss = None
     try:
         fns = {name: (lambda side=side: side.request("train", batch, length)) for name, side in sides.items()}
         compile_s = fns["ours"]()  # its first step: tracing and compilation
         seconds = alternate(with_references(fns, refs, ("matmul",)), repeats, warm=("ours",))
     finally:
-        rss = close_sides(sides)
+        if own:
+            rss = close_sides(sides)
     return {"batch": batch, "len": length, "flops": gpt_train_step_flops(cfg.model, batch, length),
             "compile_s": compile_s, "hf_compile": hf_compile, "arrangement": arrangement,
             **reference_values(seconds, refs), "seconds": seconds, "peak_rss_mb": rss}
@@ -447,12 +452,15 @@ def bench_train(cfg, batch: int, length: int, repeats: int, hf: bool = True, hf_
 
 def bench_generate(cfg, cases, new_tokens: int, prompt_len: int, repeats: int, hf: bool = True,
                    hf_compile: bool = False, refs: "References | None" = None, arrangement: str = "processes",
-                   hf_malloc: str = "default") -> dict:
+                   hf_malloc: str = "default", sides: "dict | None" = None) -> dict:
     """``cases``: (batch, mode) pairs; seconds per generate call of each, ours and HF's, with the
-    reference of its target between the rounds (batch 1: the bandwidth; larger: the matmul peak)."""
-    sides = make_sides(cfg, hf, arrangement, hf_malloc, new_tokens=new_tokens, prompt_len=prompt_len,
-                       hf_compile=hf_compile) if cases else {}
-    rows = {}
+    reference of its target between the rounds (batch 1: the bandwidth; larger: the matmul peak).
+    ``sides``: as bench_train's."""
+    own = sides is None
+    if own:
+        sides = make_sides(cfg, hf, arrangement, hf_malloc, new_tokens=new_tokens, prompt_len=prompt_len,
+                           hf_compile=hf_compile) if cases else {}
+    rows, rss = {}, None
     try:
         for b, mode in cases:
             fns = {name: (lambda side=side, b=b, mode=mode: side.request("generate", b, mode=mode))
@@ -463,9 +471,30 @@ def bench_generate(cfg, cases, new_tokens: int, prompt_len: int, repeats: int, h
             rows[f"b{b}_{mode}"] = {"batch": b, "mode": mode, **reference_values(seconds, refs),
                                     "seconds": seconds, "flops": flops}
     finally:
-        rss = close_sides(sides)
+        if own:
+            rss = close_sides(sides)
     return {"new_tokens": new_tokens, "prompt_len": prompt_len, "hf_compile": hf_compile, "rows": rows,
             "weight_mb": gpt_decode_weight_bytes(cfg.model) / 1e6, "arrangement": arrangement, "peak_rss_mb": rss}
+
+
+def bench_rows(cfg, args, refs: "References | None" = None) -> tuple[dict, dict]:
+    """bench_train then bench_generate for ``args`` (``arguments``'s). Each starts its own worker
+    per framework, except under --tiny (a smoke run, not a measurement: the workers' start-ups
+    are most of its time), where one worker per framework serves every row; both results then
+    carry its peak RSS."""
+    hf, place = not args.skip_hf, dict(arrangement=args.arrangement, hf_malloc=args.hf_malloc)
+    cases = [] if args.skip_gen else parse_cases(args.gen)
+    sides = make_sides(cfg, hf, args.arrangement, args.hf_malloc, new_tokens=args.new_tokens,
+                       prompt_len=args.prompt_len, hf_compile=args.hf_compile) if args.tiny else None
+    try:
+        train = bench_train(cfg, args.batch, args.len, args.repeats, hf, args.hf_compile, refs, **place, sides=sides)
+        gen = bench_generate(cfg, cases, args.new_tokens, args.prompt_len, args.repeats, hf, args.hf_compile, refs,
+                             **place, sides=sides)
+    finally:
+        rss = sides and close_sides(sides)
+    if sides:
+        train["peak_rss_mb"] = gen["peak_rss_mb"] = rss
+    return train, gen
 
 
 def summarize(train: dict, gen: dict, peak_gflops: float, copy_gbs: float) -> dict:
@@ -549,11 +578,7 @@ def run(args, peak_gflops: float = 0.0, copy_gbs: float = 0.0) -> dict:
     cfg = gpt_config(args.tiny, args.dtype)
     if not peak_gflops:
         peak_gflops, copy_gbs = machine_peak(args.dtype, args.tiny)
-    hf, refs = not args.skip_hf, References(args.dtype, args.tiny)
-    place = dict(arrangement=args.arrangement, hf_malloc=args.hf_malloc)
-    train = bench_train(cfg, args.batch, args.len, args.repeats, hf, args.hf_compile, refs, **place)
-    gen = bench_generate(cfg, [] if args.skip_gen else parse_cases(args.gen), args.new_tokens, args.prompt_len,
-                         args.repeats, hf, args.hf_compile, refs, **place)
+    train, gen = bench_rows(cfg, args, References(args.dtype, args.tiny))
     imported = {} if args.skip_import else bench_import(args.tiny)
     out = {"device": f"{jax.devices()[0].platform} {jax.devices()[0].device_kind}", "dtype": args.dtype,
            "load_average": os.getloadavg(), "peak_gflops": peak_gflops, "copy_gbs": copy_gbs, **imported,

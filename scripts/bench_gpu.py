@@ -358,6 +358,8 @@ def gpt_generate(args, machine, bench_gpt, cfg, batches) -> list:
 def part_gpt(args, machine, budget) -> dict:
     """GPT-2 124M in bfloat16 without dropout (as llm.c measures it), both sides."""
     import bench_gpt
+    if args.tiny:  # HF's models take bench_gpt's PyTorch threads: as bench.py --tiny, one (a smoke run)
+        bench_gpt.THREADS = 1
     cfg = bench_gpt.gpt_config(args.tiny, "bfloat16", ["model.dropout=0.0", "model.attention_dropout=0.0"])
     out = {"config": "gpt2_124m.yaml" + (" (tiny sizes)" if args.tiny else ""), "dtype": "bfloat16"}
     if budget.allows("gpt train", 60):

@@ -1,6 +1,8 @@
 """The parts of scripts/bench.py, one process each: ``python scripts/bench_parts.py PART``.
 
-Prints one JSON line (the part's results) last. See bench.py for what is measured.
+Prints one JSON line (the part's results) last. See bench.py for what is measured. Several parts
+(``bench_parts.py PART PART...``, bench.py --tiny) run in turn in one process and print one JSON
+object of every part's results.
 """
 from __future__ import annotations
 
@@ -27,8 +29,13 @@ import numpy as np  # noqa: E402
 
 from flops import decode_weight_bytes, generate_flops, train_step_flops  # noqa: E402
 
-THREADS = os.cpu_count() or 1
+THREADS = os.cpu_count() or 1  # PyTorch's threads (1 under --tiny: main)
 NEW_TOKENS, SRC_LEN = 64, 32
+TINY_NEW_TOKENS = 8  # --tiny: NETY's loop reruns the whole model per token (most of the part's time)
+
+
+def new_tokens(args) -> int:
+    return TINY_NEW_TOKENS if args.tiny else NEW_TOKENS
 
 
 def peak_rss_mb() -> float:
@@ -43,7 +50,9 @@ def timed(fn) -> float:
 
 def fresh_cache() -> str:
     """A new persistent compilation cache: the first compile is cold, a later one loads it."""
+    from jax.experimental.compilation_cache import compilation_cache
     path = tempfile.mkdtemp(prefix="bench-jax-cache-")
+    compilation_cache.reset_cache()  # a process running several parts (bench.py --tiny) switches caches
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -176,6 +185,16 @@ def part_torch_train(args) -> dict:
     return {"peak_rss_mb": peak_rss_mb()}
 
 
+def torch_processes(args) -> dict:
+    """NETY's PyTorch step as NETY's train.py gets glibc's malloc ("torch") and with ours
+    ("torch_same_malloc"), a process each; --tiny (a smoke run, not a measurement): one process
+    serves both rows, as its start-up (imports, model) is most of what it costs."""
+    if args.tiny:
+        proc = TorchProcess(args, "default")
+        return {"torch": proc, "torch_same_malloc": proc}
+    return {"torch": TorchProcess(args, "default"), "torch_same_malloc": TorchProcess(args, "keep")}
+
+
 def part_train(args) -> dict:
     b, n = (4, 8) if args.tiny else (32, 32)
     parity, base = config(args, "nety_parity.yaml"), config(args, "base.yaml")
@@ -187,15 +206,14 @@ def part_train(args) -> dict:
     jb.steps(1)
     jp.steps(1)
     rss = peak_rss_mb()
-    refs = {} if args.tiny and args.skip_torch else \
-        {"torch": TorchProcess(args, "default"), "torch_same_malloc": TorchProcess(args, "keep")}
+    refs = {} if args.tiny and args.skip_torch else torch_processes(args)
     times = {"parity": [], "base": [], **{key: [] for key in refs}}
     for _ in range(args.repeats):
         times["parity"].append(timed(lambda: jp.steps(2)) / 2)
         for key, proc in refs.items():
             times[key].append(proc.seconds_per_step(2))
         times["base"].append(timed(lambda: jb.steps(2)) / 2)
-    for proc in refs.values():
+    for proc in set(refs.values()):
         proc.close()
     flops = {k: train_step_flops(c.model, b, n, n)["total"] for k, c in (("parity", parity), ("base", base))}
     out = {"vocab": parity.model.vocab_size, "batch": b, "len": n, "peak_rss_mb": rss,
@@ -214,9 +232,12 @@ class JaxGenerator:
     """Our generate, as ``nety-jax`` runs it; ``xla_only``: XLA's operations only (no CPU kernels
     of nety_jax.kernels: what an exported artifact runs), a program of its own."""
 
-    def __init__(self, cfg, xla_only: bool = False, variables=None):
+    new_tokens = NEW_TOKENS
+
+    def __init__(self, cfg, xla_only: bool = False, variables=None, new_tokens: int = NEW_TOKENS):
         from nety_jax.decoding import generate_jit
         from nety_jax.models import get_model
+        self.new_tokens = new_tokens
         self.model = get_model(cfg.model)
         self.variables = self.model.init(jax.random.PRNGKey(0)) if variables is None else variables
         self.fn = _portable_generate if xla_only else generate_jit
@@ -226,7 +247,7 @@ class JaxGenerator:
         src = jnp.asarray(np.random.default_rng(b).integers(4, self.model.cfg.vocab_size, (b, SRC_LEN)), jnp.int32)
         params = SamplingParams.create(b, temperature=0.8, top_k=50, top_p=0.9, seed=b)
         return (self.variables, src, jnp.full((b,), SRC_LEN, jnp.int32), params), \
-            dict(model=self.model, spec=LoopSpec(max_new_tokens=NEW_TOKENS, ignore_eos=True))
+            dict(model=self.model, spec=LoopSpec(max_new_tokens=self.new_tokens, ignore_eos=True))
 
     def call(self, b: int):
         args, static = self._args(b)
@@ -262,18 +283,18 @@ def _hf_model(m):
     return BartForConditionalGeneration(cfg).eval()
 
 
-def _torch_refs(m, skip_hf: bool):
+def _torch_refs(m, skip_hf: bool, new_tokens: int = NEW_TOKENS):
     import torch
     from nety_jax.models.hybrid.torch_reference import HybridRNNTransformer, nety_generate
     torch.set_num_threads(THREADS)
     nety = HybridRNNTransformer(m.vocab_size, m.d_model, m.enc_hidden, m.enc_layers, m.enc_heads,
                                 m.dec_heads, m.dec_layers, m.d_ff, m.dropout, m.max_len).eval()
     src = {b: torch.randint(4, m.vocab_size, (b, SRC_LEN)) for b in (1, 64)}
-    refs = {"nety": lambda b: nety_generate(nety, src[b], NEW_TOKENS, force_length=True)}
+    refs = {"nety": lambda b: nety_generate(nety, src[b], new_tokens, force_length=True)}
     if not skip_hf:
         hf = _hf_model(m)
-        kw = dict(do_sample=True, top_k=50, top_p=0.9, temperature=0.8, max_new_tokens=NEW_TOKENS,
-                  min_new_tokens=NEW_TOKENS)
+        kw = dict(do_sample=True, top_k=50, top_p=0.9, temperature=0.8, max_new_tokens=new_tokens,
+                  min_new_tokens=new_tokens)
 
         def hf_call(b):
             with torch.no_grad():
@@ -284,20 +305,20 @@ def _torch_refs(m, skip_hf: bool):
 
 def part_generate(args) -> dict:
     cfg = config(args, "nety_parity.yaml")
-    batches = (1, 4) if args.tiny else (1, 64)
+    batches, tokens = ((1, 4) if args.tiny else (1, 64)), new_tokens(args)
     fresh_cache()
-    gen = JaxGenerator(cfg)
+    gen = JaxGenerator(cfg, new_tokens=tokens)
     compile_s = timed(lambda: gen.call(batches[0]))
     jax.clear_caches()
     compile_cached_s = timed(lambda: gen.call(batches[0]))
     for b in batches:
         gen.call(b)
     rss = peak_rss_mb()
-    xla = JaxGenerator(cfg, xla_only=True, variables=gen.variables)
+    xla = JaxGenerator(cfg, xla_only=True, variables=gen.variables, new_tokens=tokens)
     kernel_calls = {"ours": gen.kernel_calls(batches[-1]), "xla_only": xla.kernel_calls(batches[-1])}
     if kernel_calls["xla_only"]:
         raise SystemExit(f"the XLA-only program calls our kernels: {kernel_calls['xla_only']}")
-    refs = _torch_refs(cfg.model, args.skip_hf or args.tiny)
+    refs = _torch_refs(cfg.model, args.skip_hf or args.tiny, tokens)
     for b in batches:  # warm-up
         refs.get("hf", lambda b: None)(b)
         xla.call(b)
@@ -314,14 +335,14 @@ def part_generate(args) -> dict:
     rows = {}
     for i, b in enumerate(batches):
         key = "1" if i == 0 else "64"
-        rows[key] = {"batch": b, "flops": generate_flops(cfg.model, b, SRC_LEN, NEW_TOKENS),
+        rows[key] = {"batch": b, "flops": generate_flops(cfg.model, b, SRC_LEN, tokens),
                      "weight_mb": decode_weight_bytes(cfg.model) / 1e6}
         for name in ("jax", "xla", "hf", "nety"):
             if times[(name, b)]:
-                rows[key][name] = b * NEW_TOKENS / statistics.median(times[(name, b)])
+                rows[key][name] = b * tokens / statistics.median(times[(name, b)])
         rows[key]["seconds"] = statistics.median(times[("jax", b)])
         rows[key]["seconds_xla"] = statistics.median(times[("xla", b)])
-    return {"new_tokens": NEW_TOKENS, "batches": rows, "compile_s": compile_s, "kernel_calls": kernel_calls,
+    return {"new_tokens": tokens, "batches": rows, "compile_s": compile_s, "kernel_calls": kernel_calls,
             "compile_cached_s": compile_cached_s, "peak_rss_mb": rss}
 
 
@@ -375,18 +396,17 @@ def part_gpt(args) -> dict:
     argv = ["--repeats", str(min(args.repeats, 3)), "--dtype", args.dtype, "--gen", "1:greedy", "1:topk",
             "64:topk"] + ["--tiny"] * args.tiny + ["--skip-hf"] * args.skip_hf + ["--hf-compile"] * args.hf_compile
     gargs = bench_gpt.arguments(argv)
-    cfg = bench_gpt.gpt_config(gargs.tiny, gargs.dtype)
-    train = bench_gpt.bench_train(cfg, gargs.batch, gargs.len, gargs.repeats, not gargs.skip_hf, gargs.hf_compile)
-    gen = bench_gpt.bench_generate(cfg, bench_gpt.parse_cases(gargs.gen), gargs.new_tokens, gargs.prompt_len,
-                                   gargs.repeats, not gargs.skip_hf, gargs.hf_compile)
+    train, gen = bench_gpt.bench_rows(bench_gpt.gpt_config(gargs.tiny, gargs.dtype), gargs)
     # each framework ran in a process of its own: the largest of them
     rss = [peak_rss_mb(), *train["peak_rss_mb"].values(), *gen["peak_rss_mb"].values()]
     return {"train": train, "generate": gen, "peak_rss_mb": max(rss)}
 
 
 def main() -> int:
+    global THREADS
     p = argparse.ArgumentParser()
-    p.add_argument("part", choices=("machine", "train", "torch-train", "generate", "recompiles", "gpt"))
+    p.add_argument("part", nargs="+", choices=("machine", "train", "torch-train", "generate", "recompiles", "gpt"),
+                   help="several: run in turn in this process, one JSON object {part: results}")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--tiny", action="store_true")
@@ -395,10 +415,12 @@ def main() -> int:
     p.add_argument("--hf-compile", action="store_true", help="gpt: torch.compile HF's GPT-2")
     p.add_argument("--host-malloc", choices=("keep", "default"), help="torch-train: glibc's malloc setting")
     args = p.parse_args()
-    if args.part == "torch-train":
+    if args.tiny:  # a smoke run, on machines busy with other work: PyTorch's threads wait for each
+        THREADS = 1  # other at every operation, which a descheduled thread makes cost milliseconds
+    if args.part == ["torch-train"]:
         keep_host_memory(args.host_malloc)
-    result = globals()[f"part_{args.part.replace('-', '_')}"](args)
-    print(json.dumps(result))
+    results = {part: globals()[f"part_{part.replace('-', '_')}"](args) for part in args.part}
+    print(json.dumps(results[args.part[0]] if len(args.part) == 1 else results))
     return 0
 
 
