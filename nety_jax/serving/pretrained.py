@@ -22,7 +22,7 @@ from nety_jax.models import get_model
 from nety_jax.runs.files import load_run_tokenizer, read_run_config
 from nety_jax.runs.weights import restore_inference_variables
 from nety_jax.serving.settings import (check_batch, check_bool, check_int, check_num_samples, check_texts,
-                                       in_parts, resolve, seeds_per_row)
+                                       fit_prompts, in_parts, resolve, seeds_per_row)
 
 
 def _stderr(message: str) -> None:
@@ -118,7 +118,8 @@ class Pretrained:
                       {k: expand(v) for k, v in settings.items()})
         repeated = [t for t in texts for _ in range(num_samples)]
         batch = encode_prompts(self.model.prompts, self.tokenizer, repeated, self.config.data,
-                               req.spec.max_new_tokens)
+                               max(req.rows["max_new_tokens"]))  # cut for what is asked, not the compiled maximum
+        req = fit_prompts(req, batch.tokens.shape[1], self.model.prompts)
         for i in sorted({i // num_samples for i in batch.cut}):
             self.warn(f"warning: prompt {first_row // num_samples + i + 1} was cut to {batch.tokens.shape[1]} tokens "
                       "(the longest this model takes)")

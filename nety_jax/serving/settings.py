@@ -80,6 +80,17 @@ def resolve(base: DecodeConfig, policy, n: int, overrides: dict,
     return Request(spec, rows)
 
 
+def fit_prompts(req: Request, width: int, policy) -> Request:
+    """``req`` with its compiled maximum (a power of two above the longest row's request) within
+    the room prompts ``width`` tokens wide leave; never below what a row asked for, since prompts
+    are cut for the longest request, not for that rounded maximum (which cut a 16-token prompt
+    to its last 2 tokens when 49 new ones were asked of a 64-position GPT)."""
+    room = policy.reply_room(width)
+    if req.spec.max_new_tokens <= room:
+        return req
+    return dataclasses.replace(req, spec=dataclasses.replace(req.spec, max_new_tokens=room))
+
+
 def seeds_per_row(seed: Union[int, Sequence[int]], n_texts: int, num_samples: int):
     """One seed for the batch (row i draws from fold_in(seed, i)) or one per prompt (sample j of
     prompt i from seed_i + j)."""

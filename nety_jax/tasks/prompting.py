@@ -30,6 +30,10 @@ class SourcePrompts:
         """The most tokens one reply can have (the decoder's positions)."""
         return self.model_cfg.max_len - 1
 
+    def reply_room(self, width: int) -> int:
+        """The most tokens a reply can have after prompts of ``width`` tokens."""
+        return self.max_new_tokens()
+
 
 class PrefixPrompts(SourcePrompts):
     kind = "prefix"
@@ -42,4 +46,7 @@ class PrefixPrompts(SourcePrompts):
 
     def cut(self, ids: list[int], limit: int) -> list[int]:
         return ids[-limit:] if limit > 0 else []
+
+    def reply_room(self, width: int) -> int:
+        return self.model_cfg.max_len - width + 1  # the prompt and the reply share the context
 
