@@ -13,6 +13,13 @@ one-token step (``decode_step``) and plain sampling, so text that does not repea
 lookup; a verification of greedy rows only compares the argmax with the
 draft (the distributions below are built only when some row samples).
 
+Draft lengths adapt per row (the "heuristic" schedule of Hugging Face's assisted generation):
+a row starts at DRAFT_START tokens (at most ``draft_tokens``), drafts 2 more after a draft kept
+whole and 1 fewer after one that was not, between DRAFT_START and ``draft_tokens``; a draft also
+stops where the row's text does. A verification is compiled at a few widths (``widths``: 2, 4, 8
+below ``draft_tokens``, and it) and runs at the narrowest that holds every verifying row's draft,
+so its cost follows what the drafts are worth: the forward over T tokens costs more with T.
+
 Acceptance is the speculative-sampling rule (Leviathan et al. 2023, Chen et al. 2023)
 with a deterministic draft, i.e. q a point mass on the drafted token d: keep d with
 probability min(1, p(d) / q(d)) = p(d); on rejection draw from the normalised residual
@@ -38,6 +45,7 @@ from nety_jax.decoding.spec import LoopSpec
 
 NGRAMS = (3, 2)  # lookup sizes, the longest match first (a match of one id drafts too poorly to pay)
 MAX_WAIT = 32  # iterations without looking for a draft, at most, after misses
+DRAFT_START = 2  # a row's first and shortest draft (at most ``draft_tokens``); the schedule moves it
 # (B, T) tokens, cache -> ((B, T, V) logits, pending); (pending, (B,) kept counts) -> cache
 Steps = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 Keep = Callable[[Any, jax.Array], Any]
@@ -58,6 +66,7 @@ class SpecState:
     accepted: jax.Array  # (B,) int32: drafted tokens kept
     wait: jax.Array  # (B,) int32: iterations before the row looks for a draft again
     backoff: jax.Array  # (B,) int32: the wait after its next miss
+    draft_len: jax.Array  # (B,) int32: the length of the row's next draft (1..draft_tokens)
 
     @property
     def pos(self) -> jax.Array:
@@ -65,28 +74,42 @@ class SpecState:
         return jnp.min(jnp.where(self.done, self.history.shape[1], self.count))
 
 
-def ngram_draft(history: jax.Array, end: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """One row: (H,) ids of which ``end`` are written -> (the k ids that followed the latest
-    earlier occurrence of the row's last n ids, n as long as NGRAMS allows; whether one was found).
+def ngram_lookup(history: jax.Array, end: jax.Array) -> jax.Array:
+    """One row: (H,) ids of which ``end`` are written -> () int32: where the continuation of the
+    latest earlier occurrence of the row's last n ids starts, n as long as NGRAMS allows; -1 if
+    none.
 
-    One pass for every n: ``same[i]`` says whether the id at j - i equals the row's i-th last id,
-    for every candidate j (the last id of an earlier occurrence); an n-gram matches at j where
-    the first n hold. Candidates end before the row's last id, so the draft starts in the
-    written part."""
-    longest = max(NGRAMS)
-    tail = history[jnp.maximum(end - 1 - jnp.arange(longest), 0)]  # the last id first
-    j = jnp.arange(history.shape[0])
-    match = (j + 1 < end)[None, :]
-    latest = []
-    for i in range(longest):
-        shifted = jnp.roll(history, i)  # shifted[j] = history[j - i]
-        match = match & (shifted == tail[i]) & (j >= i) & (end > i)
-        latest.append(jnp.max(jnp.where(match[0], j + 1, -1)).astype(jnp.int32))
-    cont = jnp.asarray(-1, jnp.int32)
-    for n in NGRAMS:
-        cont = jnp.where(cont >= 0, cont, latest[n - 1])
-    draft = jax.lax.dynamic_slice_in_dim(history, jnp.maximum(cont, 0), k)
-    return draft, cont >= 0
+    ``match`` says, for every candidate j (the last id of an earlier occurrence), whether the ids
+    at j, j - 1, ... equal the row's last ids; each n in NGRAMS scores its matches j + 1 in its own
+    band (longer n above), so ONE max over the history picks the longest n, then the latest j:
+    the lookup runs at every token without a draft (the inner loop's condition), as one fusion.
+    Candidates end before the row's last id, so the draft starts in the written part."""
+    h = history.shape[0]
+    tail = history[jnp.maximum(end - 1 - jnp.arange(max(NGRAMS)), 0)]  # the last id first
+    j = jnp.arange(h)
+    match = j + 1 < end
+    score = jnp.full((h,), -1, jnp.int32)
+    for i in range(max(NGRAMS)):
+        earlier = jnp.pad(history[:h - i], (i, 0))  # earlier[j] = history[j - i]
+        match = match & (earlier == tail[i]) & (j >= i) & (end > i)
+        if i + 1 in NGRAMS:
+            band = sorted(NGRAMS).index(i + 1) * (h + 1)
+            score = jnp.maximum(score, jnp.where(match, j + 1 + band, -1))
+    best = jnp.max(score)
+    return jnp.where(best >= 0, best % (h + 1), -1).astype(jnp.int32)
+
+
+def ngram_draft(history: jax.Array, end: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """One row: (H,) ids of which ``end`` are written -> (the k ids from ``ngram_lookup``'s
+    continuation, whether there was one)."""
+    cont = ngram_lookup(history, end)
+    return jax.lax.dynamic_slice_in_dim(history, jnp.maximum(cont, 0), k), cont >= 0
+
+
+def widths(draft_tokens: int) -> tuple[int, ...]:
+    """The draft widths a verification is compiled at: DRAFT_START, 4, 8 below ``draft_tokens``,
+    and it (each width compiles the model's forward once more: a few, not every length)."""
+    return tuple(w for w in (DRAFT_START, 4, 8) if w < draft_tokens) + (draft_tokens,)
 
 
 def _adjusted(logits, s: SpecState, spec: LoopSpec):
@@ -168,14 +191,18 @@ def _emit(s: SpecState, out, kept, scores, spec: LoopSpec) -> SpecState:
                      accepted=s.accepted + jnp.minimum(kept, n), calls=s.calls + 1)
 
 
-def _pace(s: SpecState, looked, hit) -> SpecState:
+def _pace(s: SpecState, looked, kept, length, spec: LoopSpec) -> SpecState:
     """A row whose draft was kept looks again at once; one whose verified draft was refused
     whole waits, twice as long as last time (up to MAX_WAIT): where text does not repeat,
-    verifying drafts would only cost time."""
+    verifying drafts would only cost time. The next draft of a row that verified is 2 tokens
+    longer if this one (``length`` tokens) was kept whole, else 1 shorter."""
+    hit = kept > 0
     missed = looked & ~hit
     wait = jnp.where(hit, 0, jnp.where(missed, s.backoff, jnp.maximum(s.wait - 1, 0)))
     backoff = jnp.where(hit, 1, jnp.where(missed, jnp.minimum(2 * s.backoff, MAX_WAIT), s.backoff))
-    return s.replace(wait=wait, backoff=backoff)
+    grown = jnp.where(kept >= length, s.draft_len + 2, s.draft_len - 1)
+    draft_len = jnp.where(looked, jnp.clip(grown, widths(spec.draft_tokens)[0], spec.draft_tokens), s.draft_len)
+    return s.replace(wait=wait, backoff=backoff, draft_len=draft_len)
 
 
 def _last(s: SpecState) -> jax.Array:
@@ -187,14 +214,29 @@ def _greedy(s: SpecState) -> jax.Array:
     return jnp.all((s.params.temperature <= 0) | (s.params.top_k == 1) | s.done)
 
 
-def _verify(steps: Steps, keep: Keep, spec: LoopSpec, draft, looked, s: SpecState) -> SpecState:
-    """Verifies each row's draft (B, K) in one call and emits what is kept."""
+def _verify(steps: Steps, keep: Keep, spec: LoopSpec, draft, looked, length, s: SpecState) -> SpecState:
+    """Verifies each row's draft (B, W) in one call and emits what is kept (a row may keep more
+    than its own ``length`` where another row's draft set the width: those tokens are exact too)."""
     logits, pending = steps(jnp.concatenate([_last(s), draft], axis=1), s.cache)
     logits = _adjusted(logits, s, spec)
     out, kept = jax.lax.cond(_greedy(s), lambda: accept_greedy(logits, draft),
                              lambda: accept_sampled(logits, draft, s.params, s.count, spec))
     s = _emit(s.replace(cache=keep(pending, kept + 1)), out, kept, _scores(logits, out), spec)
-    return _pace(s.replace(drafted=s.drafted + jnp.where(looked, draft.shape[1], 0)), looked, kept > 0)
+    return _pace(s.replace(drafted=s.drafted + jnp.where(looked, draft.shape[1], 0)), looked, kept, length, spec)
+
+
+def _verify_drafts(steps: Steps, keep: Keep, spec: LoopSpec, cont, looked, s: SpecState) -> SpecState:
+    """Verifies the drafts of the rows that ``looked`` (if any) at the narrowest compiled width
+    that holds each one's length (its ``draft_len``, cut where its text ends)."""
+    length = jnp.where(looked, jnp.minimum(s.draft_len, s.start + s.count - cont), 0)
+
+    def at(w):
+        def verify(s):
+            draft = jax.vmap(lambda h, c: jax.lax.dynamic_slice_in_dim(h, jnp.maximum(c, 0), w))(s.history, cont)
+            return _verify(steps, keep, spec, draft, looked, length, s)
+        return verify
+    ws = (0,) + widths(spec.draft_tokens)  # 0: no row verifies
+    return jax.lax.switch(jnp.sum(jnp.max(length) > jnp.asarray(ws[:-1])), [lambda s: s] + [at(w) for w in ws[1:]], s)
 
 
 def _plain(step: Step, spec: LoopSpec, s: SpecState) -> SpecState:
@@ -241,7 +283,8 @@ def start(first_logits, cache, prompt, lengths, params: SamplingParams, spec: Lo
                       logprob=jnp.zeros((b,), jnp.float32), params=params,
                       calls=jnp.zeros((), jnp.int32), drafted=jnp.zeros((b,), jnp.int32),
                       accepted=jnp.zeros((b,), jnp.int32), wait=jnp.zeros((b,), jnp.int32),
-                      backoff=jnp.ones((b,), jnp.int32))
+                      backoff=jnp.ones((b,), jnp.int32),
+                      draft_len=jnp.full((b,), min(DRAFT_START, k), jnp.int32))
     first = adjust_logits(first_logits.astype(jnp.float32), None, jnp.zeros((), jnp.int32), spec)
     nxt = sample_rows(first, params, jnp.zeros((), jnp.int32), spec.top_k_max)
     scores = _scores(first[:, None], nxt[:, None])[:, 0]
@@ -256,21 +299,22 @@ def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None,
 
     Plain steps run in an inner ``while_loop`` whose condition is the lookup (no row has a draft
     to verify): a loop condition is a point where the host waits for the device anyway, so a
-    token without a draft costs what a plain step costs plus the lookup, with no ``lax.cond``."""
+    token without a draft costs what a plain step costs plus the lookup. Each iteration of the
+    outer loop verifies the drafts found (no row has one at the start), then runs that inner loop:
+    a reply without drafts is one outer iteration (``lax.switch``'s branch 0 does nothing)."""
     step = step or _one_step(steps, keep)
 
     def live(s: SpecState):
         return jnp.any(~s.done if until is None else ~s.done & (s.count < until))
 
-    def drafts(s: SpecState):
-        draft, found = jax.vmap(lambda h, e: ngram_draft(h, e, spec.draft_tokens))(s.history, s.start + s.count)
-        return draft, found & (s.wait == 0) & ~s.done
+    def lookups(s: SpecState):
+        cont = jax.vmap(ngram_lookup)(s.history, s.start + s.count)
+        return cont, (cont >= 0) & (s.wait == 0) & ~s.done
 
     def body(s: SpecState):
-        s = jax.lax.while_loop(lambda s: live(s) & ~jnp.any(drafts(s)[1]), functools.partial(_plain, step, spec), s)
-        draft, verifying = drafts(s)
-        return jax.lax.cond(live(s) & jnp.any(verifying),
-                            functools.partial(_verify, steps, keep, spec, draft, verifying), lambda s: s, s)
+        s = _verify_drafts(steps, keep, spec, *lookups(s), s)
+        return jax.lax.while_loop(lambda s: live(s) & ~jnp.any(lookups(s)[1]),
+                                  functools.partial(_plain, step, spec), s)
 
     return jax.lax.while_loop(live, body, state)
 
