@@ -148,14 +148,14 @@ def _wilson_hilferty(df: int, z: float = 5.0) -> float:
     return df * (1 - 2 / (9 * df) + z * np.sqrt(2 / (9 * df))) ** 3
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p, min_new",
-                         [(1.0, 0, 1.0, 0), (0.7, 3, 1.0, 2), (1.3, 0, 0.8, 0)])
-def test_speculative_sampling_follows_the_plain_distribution(temperature, top_k, top_p, min_new):
+@pytest.mark.parametrize("temperature, top_k, top_p, min_new, draft",  # drafts of 2 to 4: every width
+                         [(1.0, 0, 1.0, 0, 2), (0.7, 3, 1.0, 2, 4), (1.3, 0, 0.8, 0, 3)])
+def test_speculative_sampling_follows_the_plain_distribution(temperature, top_k, top_p, min_new, draft):
     rows = 40_000
     table = jnp.asarray(TABLE)
     steps = lambda fed, cache: (table[fed], cache)  # the next token's logits depend on the last one
     keep = lambda pending, n: pending
-    spec = LoopSpec(max_new_tokens=NEW, min_new_tokens=min_new, speculate="ngram", draft_tokens=2)
+    spec = LoopSpec(max_new_tokens=NEW, min_new_tokens=min_new, speculate="ngram", draft_tokens=draft)
     params = SamplingParams.create(rows, temperature=temperature, top_k=top_k, top_p=top_p, seed=11)
     prompt = jnp.tile(jnp.asarray([PROMPT], jnp.int32), (rows, 1))
     lengths = jnp.full((rows,), len(PROMPT), jnp.int32)
@@ -179,6 +179,56 @@ def test_speculative_sampling_follows_the_plain_distribution(temperature, top_k,
     observed = np.asarray([seen.get(s, 0) for s in big] + [rows - sum(seen.get(s, 0) for s in big)])
     chi2 = float(((observed - expected) ** 2 / np.maximum(expected, 1e-9)).sum())
     assert chi2 < _wilson_hilferty(len(big)), (chi2, len(big))
+
+
+# -- draft lengths: the heuristic schedule, verified at the narrowest compiled width ------------------
+
+CYCLE = np.full((10, 10), -5.0, np.float32)
+CYCLE[np.arange(10), 3 + (np.arange(10) - 2) % 7] = 5.0  # greedy: after id t comes the next of 3..9, cyclically
+
+
+def _fake(spec: LoopSpec, prompt: list, first: int):
+    """The state after ``prompt`` and its first token under CYCLE's fake model, with its callbacks."""
+    table = jnp.asarray(CYCLE)
+    tokens, lengths = jnp.asarray([prompt], jnp.int32), jnp.asarray([len(prompt)], jnp.int32)
+    state = speculative.start(table[first - 1][None], jnp.zeros(()), tokens, lengths,
+                              SamplingParams.create(1, temperature=0.0), spec)
+    return state, (lambda fed, cache: (table[fed], cache)), (lambda pending, n: pending)
+
+
+def test_draft_lengths_follow_the_heuristic_schedule():
+    spec = LoopSpec(max_new_tokens=8, speculate="ngram", draft_tokens=7)
+    assert speculative.widths(7) == (2, 4, 7) and speculative.widths(4) == (2, 4)
+    assert speculative.widths(2) == (2,) and speculative.widths(1) == (1,)
+    state, _, _ = _fake(spec, [3, 4, 5], 6)
+    assert np.asarray(state.draft_len).tolist() == [2]  # rows start short
+    state = state.replace(draft_len=jnp.asarray([2, 6, 4, 2, 5]), wait=jnp.zeros(5, jnp.int32),
+                          backoff=jnp.ones(5, jnp.int32))
+    looked = jnp.asarray([True, True, True, True, False])
+    kept, length = jnp.asarray([2, 6, 1, 0, 0]), jnp.asarray([2, 6, 3, 2, 0])
+    after = speculative._pace(state, looked, kept, length, spec)
+    # kept whole: 2 more (at most draft_tokens); not: 1 fewer (at least the narrowest width); not looked: as it was
+    assert np.asarray(after.draft_len).tolist() == [4, 7, 3, 2, 5]
+
+
+def test_a_draft_cut_where_the_text_ends_verifies_at_a_narrower_width():
+    spec = LoopSpec(max_new_tokens=8, speculate="ngram", draft_tokens=4)
+    state, steps, keep = _fake(spec, [5, 6, 5], 6)  # 5 6 5 6: "5 6" again, 2 ids written after it
+    state = state.replace(draft_len=jnp.asarray([4]))
+    cont = jax.vmap(speculative.ngram_lookup)(state.history, state.start + state.count)
+    assert np.asarray(cont).tolist() == [2]
+    after = speculative._verify_drafts(steps, keep, spec, cont, cont >= 0, state)
+    assert np.asarray(after.drafted).tolist() == [2]  # width 2, not 4
+
+
+def test_drafts_grow_while_they_are_kept_whole():
+    spec = LoopSpec(max_new_tokens=19, speculate="ngram", draft_tokens=4, ignore_eos=True)
+    state, steps, keep = _fake(spec, [3, 4, 5, 6, 7, 8, 9, 3], 4)  # the model continues the cycle it was shown
+    state = jax.jit(lambda s: speculative.run(steps, keep, s, spec))(state)
+    assert np.asarray(speculative.reply(state, spec))[0].tolist() == [3 + (1 + i) % 7 for i in range(19)]
+    # every draft kept whole: 2 drafted ids, then 4 (the most): 1 + 3 + 5 + 5 + 5 tokens in 4 calls
+    assert np.asarray(state.draft_len).tolist() == [4] and int(state.calls) == 4
+    assert int(state.drafted[0]) == int(state.accepted[0]) == 2 + 4 + 4 + 4
 
 
 def test_config_checks_the_speculation_fields():
