@@ -16,9 +16,10 @@ draft (the distributions below are built only when some row samples).
 Draft lengths adapt per row (the "heuristic" schedule of Hugging Face's assisted generation):
 a row starts at DRAFT_START tokens (at most ``draft_tokens``), drafts 2 more after a draft kept
 whole and 1 fewer after one that was not, between DRAFT_START and ``draft_tokens``; a draft also
-stops where the row's text does. A verification is compiled at a few widths (``widths``: 2, 4, 8
-below ``draft_tokens``, and it) and runs at the narrowest that holds every verifying row's draft,
-so its cost follows what the drafts are worth: the forward over T tokens costs more with T.
+stops where the row's text does. A verification runs at the narrowest of ``widths`` that holds
+every verifying row's draft. Only ``draft_tokens`` itself is compiled today: on XLA's CPU
+backend every further width adds to the fixed cost of EVERY call, verifying or not, more than
+the narrower forward saves on the models we have (docs/PERFORMANCE.md).
 
 Acceptance is the speculative-sampling rule (Leviathan et al. 2023, Chen et al. 2023)
 with a deterministic draft, i.e. q a point mass on the drafted token d: keep d with
@@ -107,9 +108,9 @@ def ngram_draft(history: jax.Array, end: jax.Array, k: int) -> tuple[jax.Array, 
 
 
 def widths(draft_tokens: int) -> tuple[int, ...]:
-    """The draft widths a verification is compiled at: DRAFT_START, 4, 8 below ``draft_tokens``,
-    and it (each width compiles the model's forward once more: a few, not every length)."""
-    return tuple(w for w in (DRAFT_START, 4, 8) if w < draft_tokens) + (draft_tokens,)
+    """The draft widths a verification is compiled at (each compiles the model's forward once
+    more, and a bigger program costs more per call: the module's docstring)."""
+    return (draft_tokens,)
 
 
 def _adjusted(logits, s: SpecState, spec: LoopSpec):
@@ -201,7 +202,7 @@ def _pace(s: SpecState, looked, kept, length, spec: LoopSpec) -> SpecState:
     wait = jnp.where(hit, 0, jnp.where(missed, s.backoff, jnp.maximum(s.wait - 1, 0)))
     backoff = jnp.where(hit, 1, jnp.where(missed, jnp.minimum(2 * s.backoff, MAX_WAIT), s.backoff))
     grown = jnp.where(kept >= length, s.draft_len + 2, s.draft_len - 1)
-    draft_len = jnp.where(looked, jnp.clip(grown, widths(spec.draft_tokens)[0], spec.draft_tokens), s.draft_len)
+    draft_len = jnp.where(looked, jnp.clip(grown, min(DRAFT_START, spec.draft_tokens), spec.draft_tokens), s.draft_len)
     return s.replace(wait=wait, backoff=backoff, draft_len=draft_len)
 
 
@@ -225,18 +226,13 @@ def _verify(steps: Steps, keep: Keep, spec: LoopSpec, draft, looked, length, s: 
     return _pace(s.replace(drafted=s.drafted + jnp.where(looked, draft.shape[1], 0)), looked, kept, length, spec)
 
 
-def _verify_drafts(steps: Steps, keep: Keep, spec: LoopSpec, cont, looked, s: SpecState) -> SpecState:
-    """Verifies the drafts of the rows that ``looked`` (if any) at the narrowest compiled width
-    that holds each one's length (its ``draft_len``, cut where its text ends)."""
-    length = jnp.where(looked, jnp.minimum(s.draft_len, s.start + s.count - cont), 0)
-
-    def at(w):
-        def verify(s):
-            draft = jax.vmap(lambda h, c: jax.lax.dynamic_slice_in_dim(h, jnp.maximum(c, 0), w))(s.history, cont)
-            return _verify(steps, keep, spec, draft, looked, length, s)
-        return verify
-    ws = (0,) + widths(spec.draft_tokens)  # 0: no row verifies
-    return jax.lax.switch(jnp.sum(jnp.max(length) > jnp.asarray(ws[:-1])), [lambda s: s] + [at(w) for w in ws[1:]], s)
+def _verify_at(steps: Steps, keep: Keep, spec: LoopSpec, lookups, w: int):
+    """The verification of every row's draft of at most ``w`` ids, as a loop body."""
+    def verify(s: SpecState) -> SpecState:
+        cont, looked, length = lookups(s)
+        draft = jax.vmap(lambda h, c: jax.lax.dynamic_slice_in_dim(h, jnp.maximum(c, 0), w))(s.history, cont)
+        return _verify(steps, keep, spec, draft, looked, length, s)
+    return verify
 
 
 def _plain(step: Step, spec: LoopSpec, s: SpecState) -> SpecState:
@@ -299,22 +295,31 @@ def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None,
 
     Plain steps run in an inner ``while_loop`` whose condition is the lookup (no row has a draft
     to verify): a loop condition is a point where the host waits for the device anyway, so a
-    token without a draft costs what a plain step costs plus the lookup. Each iteration of the
-    outer loop verifies the drafts found (no row has one at the start), then runs that inner loop:
-    a reply without drafts is one outer iteration (``lax.switch``'s branch 0 does nothing)."""
+    token without a draft costs what a plain step costs plus the lookup. Then one ``while_loop``
+    per compiled width verifies while the longest draft (``draft_len`` cut where the row's text
+    ends) needs that width, usually once or not at all. Loops, not ``lax.cond`` / ``switch``: a
+    loop updates its carry (the cache, the history) in place, where XLA copies a conditional's
+    operands into its result, at every call."""
     step = step or _one_step(steps, keep)
 
     def live(s: SpecState):
         return jnp.any(~s.done if until is None else ~s.done & (s.count < until))
 
     def lookups(s: SpecState):
-        cont = jax.vmap(ngram_lookup)(s.history, s.start + s.count)
-        return cont, (cont >= 0) & (s.wait == 0) & ~s.done
+        end = s.start + s.count
+        cont = jax.vmap(ngram_lookup)(s.history, end)
+        looked = (cont >= 0) & (s.wait == 0) & ~s.done
+        return cont, looked, jnp.where(looked, jnp.minimum(s.draft_len, end - cont), 0)
+
+    def needs(low: int, high: int):
+        return lambda s: live(s) & (low < (need := jnp.max(lookups(s)[2]))) & (need <= high)
 
     def body(s: SpecState):
-        s = _verify_drafts(steps, keep, spec, *lookups(s), s)
-        return jax.lax.while_loop(lambda s: live(s) & ~jnp.any(lookups(s)[1]),
-                                  functools.partial(_plain, step, spec), s)
+        s = jax.lax.while_loop(lambda s: live(s) & ~jnp.any(lookups(s)[1]), functools.partial(_plain, step, spec), s)
+        ws = widths(spec.draft_tokens)
+        for low, w in zip((0,) + ws[:-1], ws):
+            s = jax.lax.while_loop(needs(low, w), _verify_at(steps, keep, spec, lookups, w), s)
+        return s
 
     return jax.lax.while_loop(live, body, state)
 
