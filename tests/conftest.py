@@ -117,9 +117,9 @@ def trained_rnn_lm(tmp_path_factory):
 # (docs/PERFORMANCE.md, "The test suite"; `make test` ends with each worker's seconds and tail).
 SOLO = {
     "test_multihost.py::test_two_processes_equal_one_process_resume_after_kill_and_across": 143,
-    "test_cli.py::test_bench_script_runs_end_to_end_at_tiny_size": 130,
+    "test_cli.py::test_bench_script_runs_end_to_end_at_tiny_size": 140,
     "test_reliability.py::test_kill_minus_9_at_random_moments_resumes_exactly": 80,
-    "test_gpu_check.py::test_the_gpu_check_runs_end_to_end_on_the_cpu": 70,
+    "test_gpu_check.py::test_the_gpu_check_runs_end_to_end_on_the_cpu": 75,
     "test_multihost.py::test_two_processes_on_prepared_shards_equal_one_process": 58,
     "test_training.py::test_sigterm_saves_and_resume_is_exact": 50,
     "test_mesh_restore.py::test_issue_meshes_on_8_devices_train_the_one_device_parameters_in_shards": 39,
