@@ -1,15 +1,17 @@
 """Speculative decoding (prompt lookup) against plain decoding, at batch 1, in one run.
 
-    python scripts/bench_speculative.py [--demo runs/demo] [--gpt RUN] [--copy RUN] [--draft-tokens 4]
-                                        [--rounds 3] [--trained gpt,demo,copy] [--json FILE]
-    python scripts/bench_speculative.py --prepare [--copy RUN]   # train the copy GPT only
+    python scripts/bench_speculative.py [--demo runs/demo] [--gpt RUN] [--copy RUN] [--copy-base RUN]
+                                        [--draft-tokens 4] [--rounds 3] [--trained gpt,demo,copy] [--json FILE]
+    python scripts/bench_speculative.py --prepare [--copy RUN] [--copy-base RUN]   # make the copy GPT only
 
 Three trained models: the demo (the hybrid of ``make demo``), a tiny GPT (configs/gpt_tiny.yaml;
 one is trained briefly into a temporary directory when --gpt is not given) and the copy GPT
-(configs/gpt_copy_bench.yaml: weight-bound, trained by this script on documents that quote their
-own passages, so that it copies its context; made once into --copy, default runs/bench-spec-copy,
-and reused: ``copy_corpus`` and ``train_copy`` say how; its 400 steps take tens of minutes on a
-2-core CPU, so make it before timing anything: ``--prepare`` trains it and stops). The tiny
+(configs/gpt_copy_bench.yaml: weight-bound; ``train_copy`` makes it once into --copy, default
+runs/bench-spec-copier, and reuses it: a base run on the shipped lines (--copy-base, default
+runs/bench-spec-copy), then fine-tunes (``COPY_STAGES``) on documents that quote passages of random
+words (``copy_corpus``), which only copying predicts; about two hours on a loaded 2-core CPU, so
+make it before timing anything: ``--prepare`` trains it and stops). Its repeating prompts quote
+passages no training text holds (``copy_prompts``); every copy run also prints ``copy_losses``. The tiny
 models' steps cost tens of microseconds, against a fixed cost per call of about half a
 millisecond: speculation cannot pay much there; the copy GPT is the case speculation is for. Two prompt sets each: prompts whose
 reply repeats their text (the hybrid echoes names, places and objects of its input; the GPTs
