@@ -75,7 +75,7 @@ def test_speculative_greedy_equals_plain_greedy(arch):
     tokens, lengths = _prompts(48)
     params = SamplingParams.create(3, temperature=0.0, max_new_tokens=[30, 17, 30])
     plain = LoopSpec(max_new_tokens=30, min_new_tokens=3)
-    spec = dataclasses.replace(plain, speculate="ngram", draft_tokens=3)
+    spec = dataclasses.replace(plain, speculate="ngram", draft_tokens=6)  # widths 4 and 6
     want = generate_jit(variables, tokens, lengths, params, model=model, spec=plain)
 
     @jax.jit
@@ -207,6 +207,15 @@ def test_draft_lengths_follow_the_heuristic_schedule():
     after = speculative._pace(state, looked, kept, length, spec)
     # kept whole: 2 more (at most draft_tokens); not: 1 fewer (at least the narrowest width); not looked: as it was
     assert np.asarray(after.draft_len).tolist() == [4, 7, 3, 2, 5]
+
+
+def test_a_draft_cut_where_the_text_ends_verifies_at_a_narrower_width():
+    spec = LoopSpec(max_new_tokens=8, speculate="ngram", draft_tokens=7)
+    assert speculative.widths(7) == (4, 7) and speculative.widths(4) == (4,) and speculative.widths(2) == (2,)
+    state, steps, keep = _fake(spec, [5, 6, 5], 6)  # 5 6 5 6: "5 6" again, 2 ids written after it
+    state = state.replace(draft_len=jnp.asarray([7]))
+    after = speculative.run(steps, keep, state, spec, until=2)  # one verification (its draft refused)
+    assert np.asarray(after.drafted).tolist() == [4] and int(after.count[0]) == 2  # width 4, not 7
 
 
 def test_drafts_grow_while_they_are_kept_whole():

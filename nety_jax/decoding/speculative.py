@@ -17,9 +17,11 @@ Draft lengths adapt per row (the "heuristic" schedule of Hugging Face's assisted
 a row starts at DRAFT_START tokens (at most ``draft_tokens``), drafts 2 more after a draft kept
 whole and 1 fewer after one that was not, between DRAFT_START and ``draft_tokens``; a draft also
 stops where the row's text does. A verification runs at the narrowest of ``widths`` that holds
-every verifying row's draft. Only ``draft_tokens`` itself is compiled today: on XLA's CPU
-backend every further width adds to the fixed cost of EVERY call, verifying or not, more than
-the narrower forward saves on the models we have (docs/PERFORMANCE.md).
+every verifying row's draft: 4, and ``draft_tokens`` above it. Not more: on XLA's CPU backend
+every compiled width adds to the fixed cost of EVERY call, verifying or not (tens of
+microseconds: docs/PERFORMANCE.md), which only a model whose step costs milliseconds repays, so
+drafts of up to 4 (the default) compile one width, and longer ones (up to 7 for the 8-row
+product kernel) two.
 
 Acceptance is the speculative-sampling rule (Leviathan et al. 2023, Chen et al. 2023)
 with a deterministic draft, i.e. q a point mass on the drafted token d: keep d with
@@ -110,7 +112,7 @@ def ngram_draft(history: jax.Array, end: jax.Array, k: int) -> tuple[jax.Array, 
 def widths(draft_tokens: int) -> tuple[int, ...]:
     """The draft widths a verification is compiled at (each compiles the model's forward once
     more, and a bigger program costs more per call: the module's docstring)."""
-    return (draft_tokens,)
+    return tuple(w for w in (4,) if w < draft_tokens) + (draft_tokens,)
 
 
 def _adjusted(logits, s: SpecState, spec: LoopSpec):
