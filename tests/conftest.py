@@ -14,7 +14,7 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # LLVM's optimizations of XLA's CPU code cost more than the tiny models' steps they speed up: at
-# -O0 a test compiles in about 60% of the CPU time (docs/PERFORMANCE.md, "The test suite"). XLA's
+# -O0 a test compiles in much less CPU time (figures in docs/PERFORMANCE.md, "The test suite"). XLA's
 # own (HLO) passes still run; only the CPU machine code is less optimized. CPU runs only, and an
 # opt level already in XLA_FLAGS wins (XLA_FLAGS=--xla_backend_optimization_level=2 tests as shipped).
 # Subprocesses inherit it; a test that sets XLA_FLAGS for one appends TEST_XLA_FLAGS.

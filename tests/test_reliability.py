@@ -25,10 +25,6 @@ CLI = [sys.executable, "-m", "nety_jax.cli"]
 cli = run_main
 
 
-def cli_process(*args, timeout=300, **kw):
-    return subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
-
-
 def one_line_error(done, message):
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr, done.stderr

@@ -35,7 +35,6 @@ import numpy as np
 from flax import struct
 
 from nety_jax.config.sections import EOS_ID, PAD_ID
-from nety_jax.decoding.loop import adjust_logits
 from nety_jax.decoding.sampling import NEG_INF, SamplingParams, ban_repeated_ngrams, sample_rows
 from nety_jax.decoding.spec import LoopSpec
 

@@ -392,7 +392,6 @@ class PretrainedBackend:
 
     def run(self, batch: PromptBatch, rows: list[Row], on_chunk, chunk: int):
         import jax
-        import jax.numpy as jnp
         from nety_jax.decoding import SamplingParams, continue_stream
         from nety_jax.decoding.generation import stream_result, stream_tokens
         from nety_jax.serving.prefix_cache import prefill
