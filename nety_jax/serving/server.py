@@ -364,19 +364,33 @@ def make_engine(backend, batching: Optional[str], max_batch: int, window_ms: flo
 def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64,
                chunk: int = 8, batching: Optional[str] = None, slots: int = 32) -> FastAPI:
     check_options(max_batch, window_ms, queue_size, None, chunk, batching, slots)  # without `serve` too
+    metrics = _metrics_for(backend)
+    engine = make_engine(backend, batching, max_batch, window_ms, queue_size, chunk, slots, metrics)
+    server = Server(backend, name, engine, metrics)
+    app = FastAPI(title="nety-jax", version="1")
+    app.state.server = server
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(_Count, metrics=metrics)
+    _add_error_handlers(app)
+    _add_generation_routes(app, server, backend)
+    _add_model_routes(app, name)
+    _add_status_routes(app, name, engine, metrics)
+    return app
+
+
+def _metrics_for(backend) -> Metrics:
+    """The server's metrics, with the prefix cache's counters where the backend's model has one."""
     metrics = Metrics()
     cache = getattr(getattr(backend, "model", None), "prefix_cache", None)
     if cache is not None:  # backends without a model (exported artifacts, test doubles) have no cache
         from nety_jax.serving.prefix_cache import CacheCollector
         metrics.registry.register(CacheCollector(cache))
-    engine = make_engine(backend, batching, max_batch, window_ms, queue_size, chunk, slots, metrics)
-    server = Server(backend, name, engine, metrics)
-    app = FastAPI(title="nety-jax", version="1")
-    app.state.server = server
+    return metrics
 
-    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
-    app.add_middleware(_Count, metrics=metrics)
 
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as an OpenAI-style JSON body: 400 for a bad field, 404/405 for a wrong
+    path or method, the ApiError's own status, and 500 (logged) for anything else."""
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         param, message = _first_param(exc)
@@ -399,6 +413,8 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
         return JSONResponse(error_body(f"internal error: {type(exc).__name__}", None, "server_error"),
                             status_code=500)
 
+
+def _add_generation_routes(app: FastAPI, server: Server, backend) -> None:
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         return await server.run(request, req.prompt, req, "text_completion", "completions")
@@ -411,6 +427,8 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
                            "messages")
         return await server.run(request, [prompt], req, "chat", "chat")
 
+
+def _add_model_routes(app: FastAPI, name: str) -> None:
     card = {"id": name, "object": "model", "created": 0, "owned_by": "nety-jax"}
 
     @app.get("/v1/models")
@@ -424,6 +442,8 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
                            "not_found_error")
         return card
 
+
+def _add_status_routes(app: FastAPI, name: str, engine: Worker, metrics: Metrics) -> None:
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         if engine.failure is not None:  # a load balancer takes a server whose engine died out of service
@@ -435,8 +455,6 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
     @app.get("/metrics")
     async def prometheus():
         return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
-
-    return app
 
 
 def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0.0.1", port: int = 8000,
