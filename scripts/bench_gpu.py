@@ -37,6 +37,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # PyTorch share
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.append(os.path.join(ROOT, "tests"))  # nety_torch_reference: NETY re-created in PyTorch
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -151,11 +152,11 @@ class JaxTrainer:
 
 
 class TorchTrainer:
-    """NETY's PyTorch step (the re-creation in models/hybrid/torch_reference.py) on ``device``;
+    """NETY's PyTorch step (the re-creation in tests/nety_torch_reference.py) on ``device``;
     bfloat16 through ``torch.autocast`` (float32 weights and optimizer, as ours)."""
 
     def __init__(self, cfg, batch, torch, device: str):
-        from nety_jax.models.hybrid.torch_reference import HybridRNNTransformer
+        from nety_torch_reference import HybridRNNTransformer
         m = cfg.model
         self.torch, self.vocab, self.device = torch, m.vocab_size, device
         self.bf16 = m.dtype == "bfloat16"

@@ -17,6 +17,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.append(os.path.join(ROOT, "tests"))  # nety_torch_reference: NETY re-created in PyTorch
 
 from nety_jax.runtime import keep_host_memory  # noqa: E402
 
@@ -122,7 +123,7 @@ class JaxTrainer:
 class TorchTrainer:
     def __init__(self, cfg, batch):
         import torch
-        from nety_jax.models.hybrid.torch_reference import HybridRNNTransformer
+        from nety_torch_reference import HybridRNNTransformer
         torch.set_num_threads(THREADS)
         m = cfg.model
         self.torch, self.vocab = torch, m.vocab_size
@@ -285,7 +286,7 @@ def _hf_model(m):
 
 def _torch_refs(m, skip_hf: bool, new_tokens: int = NEW_TOKENS):
     import torch
-    from nety_jax.models.hybrid.torch_reference import HybridRNNTransformer, nety_generate
+    from nety_torch_reference import HybridRNNTransformer, nety_generate
     torch.set_num_threads(THREADS)
     nety = HybridRNNTransformer(m.vocab_size, m.d_model, m.enc_hidden, m.enc_layers, m.enc_heads,
                                 m.dec_heads, m.dec_layers, m.d_ff, m.dropout, m.max_len).eval()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from nety_jax.training.setup import build_tokenizer
 from nety_jax.training.steps import create_train_state, train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
 CONFIGS = os.path.join(ROOT, "configs")
 
 
@@ -188,7 +190,9 @@ class NetyRecipe:
     def __init__(self, all_texts: list[str], dims: dict, seed: int = 0):
         import torch
         from nety_jax.data.tokenizer import WordTokenizer
-        from nety_jax.models.hybrid.torch_reference import HybridRNNTransformer
+        if TESTS not in sys.path:  # NETY re-created in PyTorch is a test reference
+            sys.path.append(TESTS)
+        from nety_torch_reference import HybridRNNTransformer
         torch.manual_seed(seed)
         self.torch, self.seed = torch, seed
         self.tokenizer = WordTokenizer.build(all_texts, 1 << 30)

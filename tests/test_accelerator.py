@@ -44,7 +44,7 @@ def test_parity_with_pytorch_nety_on_the_device():
     torch = pytest.importorskip("torch")
     from nety_jax.models.hybrid import torch_io
     from nety_jax.models.hybrid.network import HybridSeq2Seq
-    from nety_jax.models.hybrid.torch_reference import HybridRNNTransformer
+    from nety_torch_reference import HybridRNNTransformer
     device = "cuda" if ON_GPU else "cpu"
     cfg = load_config(PARITY, ["model.vocab_size=64", "model.d_model=64", "model.enc_hidden=32",
                                "model.enc_layers=2", "model.enc_heads=4", "model.dec_heads=8",

@@ -10,9 +10,9 @@ torch = pytest.importorskip("torch")
 from nety_jax.cli import main  # noqa: E402
 from nety_jax.models.hybrid import torch_io  # noqa: E402
 from nety_jax.models.hybrid.network import HybridSeq2Seq  # noqa: E402
-from nety_jax.models.hybrid.torch_reference import HybridRNNTransformer  # noqa: E402
 from nety_jax.serving.pretrained import load_pretrained  # noqa: E402
 from conftest import PARITY, run_main  # noqa: E402
+from nety_torch_reference import HybridRNNTransformer  # noqa: E402
 
 V = 40
 DIMS = dict(d_model=64, hidden=32, layers=2, enc_heads=4, dec_heads=8, dec_layers=2, d_ff=96, max_len=64)
