@@ -190,13 +190,7 @@ class WordTokenizer(Tokenizer):
 
     @classmethod
     def load_vocab(cls, path: str, split: str = "whitespace") -> "WordTokenizer":
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except FileNotFoundError:
-            raise DataError(f"{path}: vocabulary file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: not a JSON vocabulary ({e})") from None
+        raw = read_json(path, "vocabulary file not found", "not a JSON vocabulary")
         if not isinstance(raw, dict):
             raise DataError(f"{path}: expected a JSON object with 'word_to_idx'")
         w2i = raw.get("word_to_idx", raw if all(isinstance(v, int) for v in raw.values()) else None)
@@ -244,6 +238,20 @@ class WordTokenizer(Tokenizer):
         write_descriptor(directory, {"type": "word", "file": self.FILE, "split": self.split})
 
 
+def read_json(path: str, missing: str, malformed: str):
+    """``path``'s JSON; a missing, malformed or unreadable file (a directory, no permission) is a
+    DataError naming it, ``missing`` and ``malformed`` saying what the file should have been."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: {missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: {malformed} ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def write_descriptor(directory: str, info: dict) -> None:
     """A run directory's ``tokenizer.json``: which tokenizer it holds (``type``), in which file."""
     with open(os.path.join(directory, "tokenizer.json"), "w", encoding="utf-8") as f:
@@ -252,15 +260,7 @@ def write_descriptor(directory: str, info: dict) -> None:
 
 def load_tokenizer(directory: str) -> Tokenizer:
     path = os.path.join(directory, "tokenizer.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no tokenizer in this run directory") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: unreadable ({e})") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    info = read_json(path, "no tokenizer in this run directory", "unreadable")
     if not isinstance(info, dict) or not isinstance(info.get("file"), str):
         raise DataError(f"{path}: not a tokenizer descriptor (expected type and file)")
     file = os.path.join(directory, info["file"])
