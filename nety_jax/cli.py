@@ -228,16 +228,15 @@ def cmd_export(args) -> int:
 
 
 def cmd_import_torch(args) -> int:
-    from nety_jax.models.registry import torch_converter
-    out = torch_converter().import_torch(args.state_dict, args.vocab, args.out, args.config, args.overrides,
-                                         warn=lambda m: print(m, file=sys.stderr), overwrite=args.overwrite)
+    from nety_jax.models.registry import import_torch
+    out = import_torch(args.state_dict, args.vocab, args.out, args.config, args.overrides, args.overwrite)
     print(f"imported {args.state_dict} into {out}")
     return 0
 
 
 def cmd_export_torch(args) -> int:
-    from nety_jax.models.registry import torch_converter
-    torch_converter().export_torch(args.checkpoint, args.out, overwrite=args.overwrite)
+    from nety_jax.models.registry import export_torch
+    export_torch(args.checkpoint, args.out, args.overwrite)
     print(f"wrote {args.out}")
     return 0
 

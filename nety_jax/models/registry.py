@@ -6,6 +6,7 @@ Entries are import paths, so loading a config (or an exported artifact) imports 
 from __future__ import annotations
 
 import importlib
+from typing import Optional, Sequence
 
 ARCHITECTURES = {
     "hybrid": ("nety_jax.models.hybrid.config:HybridConfig", "nety_jax.models.hybrid.adapter:HybridModel"),
@@ -70,3 +71,17 @@ def import_hf(model_dir: str, out: str, overwrite: bool = False) -> str:
 def export_hf(run: str, out: str, overwrite: bool = False) -> str:
     """A run directory -> a new HuggingFace model directory ``out`` (``nety-jax export-hf``)."""
     return hf_converter().export_hf(run, out, overwrite)
+
+
+def import_torch(state_dict: str, vocab: str, out: str, config: Optional[str] = None,
+                 overrides: Sequence[str] = (), overwrite: bool = False) -> str:
+    """NETY's PyTorch ``state_dict`` (.pt) and its ``vocab.json`` -> a new run directory ``out``
+    (``nety-jax import-torch``); ``config``/``overrides`` set what the state dict does not fix."""
+    import sys
+    return torch_converter().import_torch(state_dict, vocab, out, config, overrides,
+                                          warn=lambda m: print(m, file=sys.stderr), overwrite=overwrite)
+
+
+def export_torch(run: str, out: str, overwrite: bool = False) -> str:
+    """A NETY-parity run directory -> NETY's PyTorch state dict file ``out`` (``nety-jax export-torch``)."""
+    return torch_converter().export_torch(run, out, overwrite=overwrite)

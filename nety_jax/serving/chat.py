@@ -103,6 +103,9 @@ def _reply(model, history: list, settings: dict, turn: int, stdout) -> str:
 
 
 def chat(model, seed: int = 0, stdin=None, stdout=None, **decode_overrides) -> int:
+    """``nety-jax chat``: a conversation with ``model`` (a ``Pretrained``) on ``stdin``/``stdout``
+    until end of input or Ctrl-C; ``decode_overrides`` (temperature, top_k, top_p,
+    max_new_tokens) replace the run's ``decode`` settings. Returns the exit status, 0."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     settings = {"temperature": model.config.decode.temperature, "top_k": model.config.decode.top_k,
                 "top_p": model.config.decode.top_p, "max_new_tokens": model.config.decode.max_new_tokens}
