@@ -34,9 +34,9 @@ The CPU may be shared with other work: compare the two engines only within one r
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import math
-import concurrent.futures as futures
 import json
 import os
 import random
@@ -45,7 +45,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import httpx
@@ -119,10 +118,9 @@ def child(args) -> int:
     """Serves ``--checkpoint`` with <eos> disabled, so replies have the length clients ask."""
     import dataclasses
 
-    import uvicorn
     from nety_jax.serving.engine import PretrainedBackend
     from nety_jax.serving.pretrained import load_pretrained
-    from nety_jax.serving.server import create_app, settle
+    from nety_jax.serving.server import create_app, http_server, listen_socket, settle
     pre = load_pretrained(args.checkpoint)
     room = pre.model.prompts.max_new_tokens()
     backend = PretrainedBackend(pre, min(room, 256) if args.batching == "dynamic" else None)  # 256: the longest draw
@@ -133,7 +131,7 @@ def child(args) -> int:
     settle()  # as `nety-jax serve` does before it listens
     if os.environ.get("NETY_BENCH_TRACE"):
         trace(app.state.server.engine, os.environ["NETY_BENCH_TRACE"], args.batching)
-    uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning")).run()
+    http_server(app).run(sockets=[listen_socket("127.0.0.1", args.port)])  # as `nety-jax serve` serves
     return 0
 
 
@@ -237,86 +235,163 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> tuple:
+    """(CPU seconds of the process's threads the interpreter made: the HTTP thread, the engine
+    thread; of the others: XLA's and the compiler's pools), from /proc per thread (threads that
+    ended are not counted)."""
+    python = other = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
+            fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        python, other = (python + seconds, other) if name.startswith("python") else (python, other + seconds)
+    return python, other
+
+
 def rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
 
 
-# -- one request ----------------------------------------------------------------------------------
+# -- the load generator: one thread, asyncio, keep-alive HTTP/1.1 ----------------------------------
+# A real client runs on other machines; here it shares the 2 cores with the server it measures, so
+# every CPU-second it spends is taken from the engines (both alike: it dilutes their ratio). It
+# therefore does only what the measures need, on raw sockets: the status, when the first text
+# arrived, the reply's usage (one JSON parse a request, not one a server-sent event).
 
-def one(client: httpx.Client, i: int, max_tokens: int, stream: bool) -> dict:
-    """Sends request ``i``; returns its status, tokens, id and timings (seconds from sending)."""
+class Client:
+    """Keep-alive HTTP/1.1 connections to one server (``http://host:port``), reused across
+    requests; a request on a connection the server closed meanwhile is sent again on a new one."""
+
+    def __init__(self, url: str):
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.host, self.port, self.idle = host, int(port), []
+
+    async def post(self, path: str, body: bytes, on_piece) -> int:
+        """Sends ``body`` (JSON); ``on_piece`` gets each piece of the answer's body as it arrives
+        (a streamed answer's chunks); returns the status."""
+        head = (f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n\r\n").encode() + body
+        for attempt in (0, 1):
+            reused = bool(self.idle)
+            reader, writer = self.idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
+            try:
+                writer.write(head)
+                status, keep = await _answer(reader, on_piece)
+            except (ConnectionError, asyncio.IncompleteReadError) as e:
+                writer.close()
+                if reused and attempt == 0 and getattr(e, "partial", b"") == b"":
+                    continue  # the server closed an idle connection: not this request's failure
+                raise
+            (self.idle.append((reader, writer)) if keep else writer.close())
+            return status
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle = []
+
+
+async def _answer(reader: asyncio.StreamReader, on_piece) -> tuple:
+    """Reads one HTTP/1.1 answer: (status, whether the connection stays open)."""
+    head = (await reader.readuntil(b"\r\n\r\n")).lower()
+    status = int(head[9:12])
+    if b"transfer-encoding: chunked" in head:
+        while True:
+            size = int((await reader.readline()).split(b";")[0], 16)
+            if size == 0:
+                await reader.readline()
+                break
+            on_piece((await reader.readexactly(size + 2))[:-2])
+    else:
+        on_piece(await reader.readexactly(int(re.search(rb"content-length: *(\d+)", head).group(1))))
+    return status, b"connection: close" not in head
+
+
+def _events(piece: bytes):
+    """The JSON events of a piece of a server-sent event stream."""
+    return [json.loads(line[6:]) for line in piece.split(b"\n\n") if line.startswith(b"data: {")]
+
+
+async def one(client: Client, i: int, max_tokens: int, stream: bool) -> dict:
+    """Sends request ``i``; returns its status, tokens, id and timings (seconds from sending).
+    A stream's first text is the first event with text; its usage the event that carries it."""
     body = {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": max_tokens, "temperature": 0.8, "seed": i,
             "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
     start = time.perf_counter()
     out = {"sent": start, "stream": stream, "tokens": 0, "first": None}
+    last = []
+
+    def piece(data: bytes) -> None:
+        if stream and out["first"] is None and any(e.get("choices") and e["choices"][0].get("text")
+                                                   for e in _events(data)):
+            out["first"] = time.perf_counter() - start
+        if not stream or b'"usage": {' in data:
+            last[:] = [data]
     try:
-        if not stream:
-            r = client.post("/v1/completions", json=body)
-            out.update(status=r.status_code, done=time.perf_counter() - start)
-            if r.status_code == 200:
-                out.update(tokens=r.json()["usage"]["completion_tokens"], id=r.json()["id"])
-            return out
-        body["stream_options"] = {"include_usage": True}
-        with client.stream("POST", "/v1/completions", json=body) as r:
-            out["status"] = r.status_code
-            for line in r.iter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                event = json.loads(line[6:])
-                if out["first"] is None and event.get("choices") and event["choices"][0].get("text"):
-                    out["first"] = time.perf_counter() - start
-                if event.get("usage"):
-                    out.update(tokens=event["usage"]["completion_tokens"], id=event["id"])
-            out["done"] = time.perf_counter() - start
-    except httpx.HTTPError as e:
+        out["status"] = await client.post("/v1/completions", json.dumps(body).encode(), piece)
+    except (OSError, asyncio.IncompleteReadError, ValueError) as e:
         out.update(status=f"error {type(e).__name__}", done=time.perf_counter() - start)
+        return out
+    out["done"] = time.perf_counter() - start
+    if out["status"] == 200 and last:
+        answer = json.loads(last[0]) if not stream else [e for e in _events(last[0]) if e.get("usage")][-1]
+        out.update(tokens=answer["usage"]["completion_tokens"], id=answer["id"])
     return out
+
+
+def measured(load) -> tuple:
+    """Runs the coroutine ``load`` (returning (results, start)) on a fresh event loop: (results,
+    start, the load generator's CPU seconds: this process's, the servers being children)."""
+    cpu = time.process_time()
+    results, start = asyncio.run(load)
+    return results, start, time.process_time() - cpu
 
 
 def open_loop(url: str, rate: float, seconds: float, mix: Mix, seed: int) -> dict:
     """Poisson arrivals at ``rate`` per second for ``seconds``; waits for every answer."""
-    rng = random.Random(seed)
-    results, threads = [], []
-    client = httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=2048))
-    start = time.perf_counter()
-    t, i = 0.0, 0
-    while True:
-        t += rng.expovariate(rate)
-        if t > seconds:
-            break
-        time.sleep(max(0.0, start + t - time.perf_counter()))
-        args = (client, seed * 100_000 + i, mix.draw(rng), rng.random() < 0.5)
-        th = threading.Thread(target=lambda a=args: results.append(one(*a)), daemon=True)
-        th.start()
-        threads.append(th)
-        i += 1
-    for th in threads:
-        th.join()
-    client.close()
-    return summary(results, start, seconds)
+    async def arrivals():
+        rng, client, tasks = random.Random(seed), Client(url), []
+        start, t, i = time.perf_counter(), 0.0, 0
+        while True:
+            t += rng.expovariate(rate)
+            if t > seconds:
+                break
+            await asyncio.sleep(max(0.0, start + t - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(client, seed * 100_000 + i, mix.draw(rng), rng.random() < 0.5)))
+            i += 1
+        results = await asyncio.gather(*tasks)
+        client.close()
+        return results, start
+    return summary(*measured(arrivals()), seconds)
 
 
 def closed_loop(url: str, clients: int, seconds: float, mix: Mix, seed: int) -> dict:
     """``clients`` clients, each sending its next request as soon as its last one is answered,
     for ``seconds``: with more clients than the server has rows, and a queue that holds the rest,
     the engine always has work waiting and nothing is refused, so the window measures the
-    engine's capacity rather than the HTTP layer answering 429s (or the load generator's own
-    thread per request).
+    engine's capacity rather than the HTTP layer answering 429s.
     Request i has the same reply length, stream flag and seed for every engine."""
     rng = random.Random(seed)
     draws = [(mix.draw(rng), rng.random() < 0.5) for _ in range(100_000)]
-    results, counter, start = [], iter(range(len(draws))), time.perf_counter()
 
-    def client_loop(_):
-        with httpx.Client(base_url=url, timeout=600) as client:
+    async def clients_loop():
+        results, counter, start = [], iter(range(len(draws))), time.perf_counter()
+
+        async def client_loop():
+            client = Client(url)
             while time.perf_counter() - start < seconds:
                 i = next(counter)
-                results.append(one(client, seed * 100_000 + i, *draws[i]))
-
-    with futures.ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client_loop, range(clients)))
-    return summary(results, start, seconds)
+                results.append(await one(client, seed * 100_000 + i, *draws[i]))
+            client.close()
+        await asyncio.gather(*(client_loop() for _ in range(clients)))
+        return results, start
+    return summary(*measured(clients_loop()), seconds)
 
 
 def quantile(values: list, q: float) -> float:
@@ -330,7 +405,9 @@ def reply_lengths(tokens: list) -> tuple:
     return (min(tokens), round(sum(tokens) / len(tokens), 1), max(tokens)) if tokens else (0, 0.0, 0)
 
 
-def summary(results: list, start: float, seconds: float) -> dict:
+def summary(results: list, start: float, client_cpu: float, seconds: float) -> dict:
+    """A window's figures; ``client_cpu``: the load generator's CPU seconds, printed per token
+    received (its share of the CPU the window's figures were measured under)."""
     ok = [r for r in results if r["status"] == 200]
     # completions in the window's last two thirds: its start is the engine filling up (nothing
     # completes before the first replies are decoded, which on a loaded machine takes seconds)
@@ -345,7 +422,8 @@ def summary(results: list, start: float, seconds: float) -> dict:
             "whole_window_tokens_per_s": sum(r["tokens"] for r in ok if r["sent"] + r["done"] - start <= seconds) / seconds,
             "reply_tokens": reply_lengths([r["tokens"] for r in ok]),
             "ttft": (quantile(ttft, 0.5), quantile(ttft, 0.99)), "tpot": (quantile(tpot, 0.5), quantile(tpot, 0.99)),
-            "latency": (quantile([r["done"] for r in ok], 0.5), quantile([r["done"] for r in ok], 0.99))}
+            "latency": (quantile([r["done"] for r in ok], 0.5), quantile([r["done"] for r in ok], 0.99)),
+            "client_cpu_ms_per_token": 1000 * client_cpu / max(sum(r["tokens"] for r in ok), 1)}
 
 
 # -- the comparison and the flood -------------------------------------------------------------------
@@ -371,6 +449,9 @@ def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds
                                                                                    windows["continuous"])]
         cpu = {b: median([w["server_cpu_ms_per_token"] for w in windows[b]]) for b in windows}
         print(f"[bench_serve] server CPU ms per generated token at saturation (median): {cpu}", flush=True)
+        python = {b: median([w["server_python_ms_per_token"] for w in windows[b]]) for b in windows}
+        print(f"[bench_serve] of which the Python threads' (HTTP, engine; median): {python}", flush=True)
+        print(f"[bench_serve] {client_share(windows)}", flush=True)
         return rows, ratios, mix
     finally:
         stop_servers(servers)
@@ -386,9 +467,13 @@ def saturation_rounds(servers: dict, overload: float, slots: int, seconds: float
         order = list(servers.items())[::-1 if alternate and r % 2 else 1]
         for batching, (proc, url) in order:
             cpu, made = cpu_seconds(proc.pid), metric(url, "nety_generated_tokens_total")
+            threads = thread_cpu(proc.pid)
             windows[batching].append(saturate(url, overload, slots, seconds, mix, seed=1 + r))
-            made = metric(url, "nety_generated_tokens_total") - made
-            windows[batching][-1]["server_cpu_ms_per_token"] = 1000 * (cpu_seconds(proc.pid) - cpu) / max(made, 1)
+            made = max(metric(url, "nety_generated_tokens_total") - made, 1)
+            window = windows[batching][-1]
+            window["server_cpu_ms_per_token"] = 1000 * (cpu_seconds(proc.pid) - cpu) / made
+            window["server_python_ms_per_token"], window["server_xla_ms_per_token"] = (
+                1000 * (after - before) / made for after, before in zip(thread_cpu(proc.pid), threads))
             print(f"[bench_serve] {batching} {slots} slots, round {r + 1}: saturation {windows[batching][-1]}",
                   flush=True)
     return windows
@@ -422,6 +507,13 @@ def sweep(checkpoint: str, seconds: float, counts: list, rounds: int, kind: str)
                                f"{c / max(d, 1e-9):.2f}x")
 
 
+def client_share(windows: dict) -> str:
+    """The load generator's CPU per token received at saturation (median per engine): CPU the
+    servers did not get on this shared machine."""
+    each = ", ".join(f"{b} {median([w['client_cpu_ms_per_token'] for w in windows[b]]):.4f}" for b in windows)
+    return f"load generator CPU ms per token received at saturation (median): {each}"
+
+
 def mix_of(url: str, kind: str) -> Mix:
     """The reply-length mix for a server: from 8 to 256 tokens, at most the model's room."""
     return Mix(kind, min(int(httpx.get(f"{url}/health").json()["max_tokens"]), LONGEST))
@@ -439,16 +531,18 @@ def against(checkpoint: str, other: str, seconds: float, slots: int, rounds: int
         windows = saturation_rounds(servers, 0, slots, seconds, mix, rounds, alternate=True)
     finally:
         stop_servers(servers)
-    lines = [f"| round | this tree tokens/s | {other} tokens/s | ratio | server CPU ms/token this / other |",
-             "|---|---|---|---|---|"]
+    lines = [f"| round | this tree tokens/s | {other} tokens/s | ratio | server CPU ms/token this / other | "
+             "of which Python threads this / other |", "|---|---|---|---|---|---|"]
     for r, (new, old) in enumerate(zip(windows["this tree"], windows["other"])):
         lines.append(f"| {r + 1} | {new['tokens_per_s']:,.0f} | {old['tokens_per_s']:,.0f} | "
                      f"{new['tokens_per_s'] / max(old['tokens_per_s'], 1e-9):.2f}x | "
-                     f"{new['server_cpu_ms_per_token']:.3f} / {old['server_cpu_ms_per_token']:.3f} |")
+                     f"{new['server_cpu_ms_per_token']:.3f} / {old['server_cpu_ms_per_token']:.3f} | "
+                     f"{new['server_python_ms_per_token']:.3f} / {old['server_python_ms_per_token']:.3f} |")
     cpu = {n: median([w["server_cpu_ms_per_token"] for w in windows[n]]) for n in windows}
     return "\n".join(lines) + (f"\n\n{mix.describe([slots])}\nmedian server CPU ms per generated token: this tree "
                                f"{cpu['this tree']:.3f}, {other} {cpu['other']:.3f} "
-                               f"({cpu['other'] / max(cpu['this tree'], 1e-9):.2f}x less with this tree)")
+                               f"({cpu['other'] / max(cpu['this tree'], 1e-9):.2f}x less with this tree)\n"
+                               f"{client_share(windows)}")
 
 
 def stop_servers(servers: dict) -> None:
@@ -503,23 +597,25 @@ def flood(checkpoint: str, n: int, clients: int = 128) -> dict:
     proc, url = start_server(checkpoint, "continuous", slots=16, queue=16)
     try:
         before = metric(url, "nety_generated_tokens_total")
-        codes, ids, tokens, rss, lock = {}, [], [0], [rss_mb(proc.pid)], threading.Lock()
+        codes, ids, tokens, rss = {}, [], [0], [rss_mb(proc.pid)]
         counter = iter(range(n))
 
-        def client_loop(_):
-            with httpx.Client(base_url=url, timeout=600) as client:
-                for i in counter:
-                    r = one(client, i, 2 + i % 7, i % 2 == 0)
-                    with lock:
-                        codes[r["status"]] = codes.get(r["status"], 0) + 1
-                        if r["status"] == 200:
-                            ids.append(r.get("id"))
-                            tokens[0] += r["tokens"]
-                        if sum(codes.values()) % 1000 == 0:
-                            rss.append(rss_mb(proc.pid))
+        async def client_loop():
+            client = Client(url)
+            for i in counter:
+                r = await one(client, i, 2 + i % 7, i % 2 == 0)
+                codes[r["status"]] = codes.get(r["status"], 0) + 1
+                if r["status"] == 200:
+                    ids.append(r.get("id"))
+                    tokens[0] += r["tokens"]
+                if sum(codes.values()) % 1000 == 0:
+                    rss.append(rss_mb(proc.pid))
+            client.close()
+
+        async def clients_loop():
+            await asyncio.gather(*(client_loop() for _ in range(clients)))
         start = time.perf_counter()
-        with futures.ThreadPoolExecutor(clients) as pool:
-            list(pool.map(client_loop, range(clients)))
+        asyncio.run(clients_loop())
         elapsed = time.perf_counter() - start
         generated = metric(url, "nety_generated_tokens_total") - before
     finally:
@@ -540,7 +636,9 @@ def table(model: str, rows: list, ratios: list) -> str:
     each = ", ".join(f"{r:.2f}x" for r in ratios)
     return "\n".join(lines) + (f"\n\ncontinuous / dynamic completed tokens/s at saturation: {median(ratios):.2f}x "
                                f"(median of {len(ratios)} rounds: {each})\nhalf-load TTFT p99 of each round "
-                               f"(ms; the table gives the medians): {p99s}")
+                               f"(ms; the table gives the medians): {p99s}\nload generator CPU ms per token "
+                               f"received (median saturation window): "
+                               + ", ".join(f"{b} {sat['client_cpu_ms_per_token']:.4f}" for b, sat, _, _ in rows))
 
 
 def main() -> int:

@@ -76,8 +76,7 @@ def test_a_cancelled_row_frees_its_slot_for_the_next_request(trained_gpt):
 @pytest.fixture(scope="module")
 def live_server(trained_gpt):
     """An in-process uvicorn over a one-slot continuous engine whose rows end at their length only."""
-    import uvicorn
-    from nety_jax.serving.server import create_app
+    from nety_jax.serving.server import create_app, http_server
     backend = PretrainedBackend(load_pretrained(trained_gpt[0]))
     backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1000)  # no <eos>: rows end at their length
     app = create_app(backend, "tiny", slots=1, chunk=1)
@@ -86,7 +85,7 @@ def live_server(trained_gpt):
     runner.step = lambda *a, **k: (time.sleep(0.05), step(*a, **k))[1]
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = http_server(app)  # as `nety-jax serve`: one write per turn of the loop, streams' headers with their first text
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -161,7 +161,7 @@ class Server:
                 "created": int(time.time()), "model": self.name}
         if req.stream:
             usage = prompt_tokens if req.stream_options and req.stream_options.include_usage else None
-            return StreamingResponse(self._stream(job, events, kind, meta, usage), media_type="text/event-stream")
+            return _EventStream(self._stream(job, events, kind, meta, usage), media_type="text/event-stream")
         while True:
             try:
                 event, payload = await asyncio.wait_for(events.get(), timeout=0.25)
@@ -220,6 +220,21 @@ class Server:
         if prompt_tokens is not None:
             out.append(sse({"choices": [], "usage": _usage(prompt_tokens, payload)}))
         return True
+
+
+class _EventStream(StreamingResponse):
+    """A stream whose status line and headers wait for its first events, so that both go out in
+    one write (``_OneWrite``); a client sees the first text at the same time either way."""
+
+    async def stream_response(self, send) -> None:
+        pieces = self.body_iterator.__aiter__()
+        first = await anext(pieces, None)
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if first is not None:
+            await send({"type": "http.response.body", "body": first.encode(self.charset), "more_body": True})
+            async for piece in pieces:
+                await send({"type": "http.response.body", "body": piece.encode(self.charset), "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _merged(events: asyncio.Queue):
@@ -522,11 +537,53 @@ SHUTDOWN_GRACE_S = 30.0  # as Kubernetes' default grace period before its SIGKIL
 def http_server(app: FastAPI, grace_s: float = SHUTDOWN_GRACE_S):
     """uvicorn over ``app``. On SIGTERM / Ctrl-C it stops accepting, lets the requests it holds
     finish for ``grace_s`` seconds and then cancels what is left: without that bound one client
-    that sent half a request (or stops reading its stream) kept the server from stopping."""
+    that sent half a request (or stops reading its stream) kept the server from stopping. Each
+    connection's writes made in one turn of the event loop go out as one (``_OneWrite``)."""
     import uvicorn
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace_s)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace_s, http=_one_write_protocol())
     logging.getLogger("uvicorn.error").addFilter(_no_cancelled_traceback)  # after Config sets logging up
     return uvicorn.Server(config)
+
+
+class _OneWrite:
+    """A connection's transport whose writes made in one turn of the event loop go out as ONE
+    write, at the end of the turn. uvicorn writes a response's status line and headers, each
+    piece of its body and a chunked body's end marker separately, each a system call that on a
+    local connection also runs the receiver's side of TCP, holding the interpreter lock the
+    engine thread needs: the HTTP thread's largest cost at saturation. A whole JSON reply is
+    written in one turn, so it becomes one write; so are a stream's last events and its end."""
+
+    def __init__(self, transport, loop):
+        self._transport, self._loop, self._pending = transport, loop, []
+
+    def write(self, data) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and not self._transport.is_closing():
+            self._transport.write(b"".join(pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name):  # everything else as the transport's own
+        return getattr(self._transport, name)
+
+
+def _one_write_protocol():
+    """uvicorn's HTTP protocol (the one ``http="auto"`` picks) over ``_OneWrite`` transports."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class OneWriteProtocol(AutoHTTPProtocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(_OneWrite(transport, self.loop))
+    return OneWriteProtocol
 
 
 def _no_cancelled_traceback(record: logging.LogRecord) -> bool:
