@@ -135,13 +135,7 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
     os.makedirs(workdir, exist_ok=True)
     task = get_model(cfg.model).task
     paths = list(paths) if paths else task.default_paths()
-    saved_cfg = read_run_config(workdir) if os.path.isfile(os.path.join(workdir, CONFIG_FILE)) \
-        else None
-    has_checkpoint = bool(ckpt.steps_on_disk(workdir))
-    if has_checkpoint and saved_cfg is None:
-        raise CheckpointError(f"{workdir}: holds checkpoints but no {CONFIG_FILE}; "
-                              "restore it or use another --workdir")
-
+    saved_cfg, has_checkpoint = _existing_run(workdir)
     if has_checkpoint and init_from is not None:
         check_same_source(workdir, init_from.where, log)
     init_from = None if has_checkpoint else init_from  # a resumed run has its own weights
@@ -177,14 +171,31 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
         log(f"resumed from {workdir} at step {start}" + (f"; honoured: {', '.join(notes)}" if notes else ""))
         position = _data_position(meta.get("data", {}), data, cfg, log)
     if is_primary() and start < cfg.train.steps:  # a run that has nothing to do changes nothing
-        guard.mark(workdir, "train")
-        if not has_checkpoint:
-            tokenizer.save(workdir)
-            _record_source(workdir, init_from)
-        save_config(cfg, os.path.join(workdir, CONFIG_FILE))
+        _write_run_files(workdir, cfg, tokenizer, init_from, resumed=has_checkpoint)
     iterator, val_batches = _batches(task, data, cfg, position, log)
     return Run(cfg, model, tokenizer, data, runner, runner.place_state(state), manager, start, iterator,
                val_batches)
+
+
+def _existing_run(workdir: str) -> tuple[Optional[Config], bool]:
+    """``workdir``'s saved config (None in a new run) and whether it holds checkpoints; checkpoints
+    without their config cannot be resumed."""
+    saved_cfg = read_run_config(workdir) if os.path.isfile(os.path.join(workdir, CONFIG_FILE)) else None
+    has_checkpoint = bool(ckpt.steps_on_disk(workdir))
+    if has_checkpoint and saved_cfg is None:
+        raise CheckpointError(f"{workdir}: holds checkpoints but no {CONFIG_FILE}; "
+                              "restore it or use another --workdir")
+    return saved_cfg, has_checkpoint
+
+
+def _write_run_files(workdir: str, cfg: Config, tokenizer, init_from, resumed: bool) -> None:
+    """The run's own files (by the primary process): its writer's mark and resolved config, and for
+    a new run its tokenizer and fine-tuning source."""
+    guard.mark(workdir, "train")
+    if not resumed:
+        tokenizer.save(workdir)
+        _record_source(workdir, init_from)
+    save_config(cfg, os.path.join(workdir, CONFIG_FILE))
 
 
 def _batches(task, data: DataSplit, cfg: Config, position: dict, log):
