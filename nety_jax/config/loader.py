@@ -27,6 +27,7 @@ class Config:
     decode: DecodeConfig = DecodeConfig()
 
     def validate(self) -> "Config":
+        """Checks every section, then the model's checks across sections; raises ConfigError."""
         for section in SECTIONS:
             getattr(self, section).validate()
         cross = getattr(self.model, "validate_with", None)
@@ -35,12 +36,15 @@ class Config:
         return self
 
     def replace(self, **sections) -> "Config":
+        """A copy with whole sections replaced (``cfg.replace(decode=...)``), not validated again."""
         return dataclasses.replace(self, **sections)
 
     def replace_model(self, **changes) -> "Config":
+        """A copy with model fields changed (``cfg.replace_model(vocab_size=n)``)."""
         return self.replace(model=dataclasses.replace(self.model, **changes))
 
     def to_dict(self) -> dict:
+        """``{section: {field: value}}`` with tuples as lists: what ``config.yaml`` holds."""
         out = {}
         for section in SECTIONS:
             body = dataclasses.asdict(getattr(self, section))
@@ -48,6 +52,7 @@ class Config:
         return out
 
     def to_yaml(self) -> str:
+        """``to_dict()`` as YAML, in the fields' order."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 

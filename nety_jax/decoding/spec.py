@@ -27,4 +27,5 @@ class LoopSpec:
 
     @classmethod
     def from_config(cls, dcfg: DecodeConfig) -> "LoopSpec":
+        """The loop's static settings as a run's ``decode`` section sets them."""
         return cls(**{f.name: getattr(dcfg, f.name) for f in dataclasses.fields(cls)})

@@ -57,6 +57,7 @@ class Pretrained:
 
     @property
     def task(self) -> str:
+        """The model's task object (``nety_jax.tasks``: how prompts and chats become ids)."""
         return self.model.task
 
     def generate(self, texts: Sequence[str], seed=0, num_samples: int = 1, with_prompt: bool = False,
@@ -131,6 +132,9 @@ class Pretrained:
         return req, batch, params
 
     def generate_ids(self, texts: Sequence[str], seed=0, num_samples: int = 1, **settings) -> dict:
+        """``generate``'s ids before decoding: ``{"tokens": (R, N), "lengths": (R,), "scores":
+        (R,)}`` numpy (beam search adds its beams), R = len(texts) * num_samples rows, each text's
+        samples in turn, padded after <eos>; the same settings as ``generate``."""
         texts, num_samples = check_texts(texts), check_num_samples(num_samples)
         if not texts:
             raise NetyError("texts: no prompt given")
@@ -185,6 +189,8 @@ class Pretrained:
         return np.asarray(self._logits(self.variables, {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}))
 
     def predict_next(self, text: str, top_k: int = 5) -> list[tuple[str, float]]:
+        """Language models: the ``top_k`` likeliest next words after ``text`` as (word,
+        probability) pairs, likeliest first (``nety-jax predict-next``)."""
         from nety_jax.serving.next_word import predict_next
         if not isinstance(text, str) or not text.strip() or unencodable(text):
             why = f"a string, got {type(text).__name__}" if not isinstance(text, str) else \
