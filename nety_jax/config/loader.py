@@ -140,7 +140,7 @@ def read_yaml(path: str):
         raise ConfigError(f"{path}: config file not found")
     try:
         with open(path, encoding="utf-8-sig") as f:
-            return yaml.load(f, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
+            raw = yaml.load(f, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -149,6 +149,10 @@ def read_yaml(path: str):
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    if raw is None:  # an empty file (truncated, or saved before it was written) silently gave the defaults
+        raise ConfigError(f"{path}: holds no settings (the file is empty or only comments); "
+                          "leave --config out for the defaults")
+    return raw
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:

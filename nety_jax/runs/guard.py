@@ -251,9 +251,9 @@ def _replacing(path: str, flag: str) -> Iterator[None]:
         return
     try:
         if not _lock(fd, fcntl.LOCK_EX):
-            raise OutputError(f"{flag} {path}: is in use (a running training streams from it); replacing it "
-                              "would change its data under that training: wait for it to end, or write "
-                              "another --out")
+            raise OutputError(f"{flag} {path}: is in use (a running training streams from it or trains in "
+                              "it); replacing it would change its files under that training: wait for it to "
+                              "end, or write another --out")
         yield
     finally:
         os.close(fd)

@@ -197,7 +197,11 @@ def _train(cfg: Config, workdir: str, data, skip_bad: bool, log, progress: bool,
     except OSError as e:
         raise CheckpointError(f"{workdir}: cannot create the run directory ({e.strerror})") from None
     paths = [data] if isinstance(data, str) else data
-    with RunLock(workdir) if is_primary() else contextlib.nullcontext(), _holding(paths):
+    # held from here to the end: an importer's --overwrite of the directory (a run it made, which
+    # train continues) is refused meanwhile; it replaced the run under a starting training
+    with guard.reading(workdir, "--workdir"), RunLock(workdir) if is_primary() else contextlib.nullcontext(), \
+            _holding(paths):
+        check_workdir(workdir)  # again, held: what was checked may have been replaced before the lock
         run = prepare(cfg, workdir, paths, skip_bad, log, init_from)
         if run.start >= run.cfg.train.steps:
             log(f"{workdir} is already at step {run.start} >= train.steps={run.cfg.train.steps}: "
