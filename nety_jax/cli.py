@@ -258,7 +258,8 @@ def cmd_serve(args) -> int:
     from nety_jax.serving.server import serve
     return serve(args.checkpoint, args.exported, args.host, args.port, args.max_batch, args.batch_window_ms,
                  args.queue_size, args.max_tokens, args.chunk, args.name, args.batching, args.slots,
-                 _prefix_cache_mb(args), args.mesh_tensor, args.speculate, args.draft_tokens, args.warm_up)
+                 _prefix_cache_mb(args), args.mesh_tensor, args.speculate, args.draft_tokens, args.warm_up,
+                 args.stream_interval_ms)
 
 
 def cmd_quantize(args) -> int:
@@ -379,6 +380,9 @@ def _add_export_and_serve_commands(sub) -> None:
                    help="the most max_tokens a request may ask (continuous default: the model's room "
                         "after the prompt; dynamic: the compiled maximum, default the run's)")
     p.add_argument("--chunk", type=int, default=8, help="tokens per decode chunk (between stream updates)")
+    p.add_argument("--stream-interval-ms", type=float,
+                   help="the least time between two pieces of a streamed reply (default 20; its first text "
+                        "and its end go at once; 0: a piece every chunk)")
     p.add_argument("--name", help="the model id clients see (default: the directory name)")
     p.add_argument("--prefix-cache-mb", type=float, default=256,
                    help="keep the prefill of recent prompts up to this size for prompts sharing their start; 0: off")

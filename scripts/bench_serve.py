@@ -11,7 +11,12 @@ the prompt): uniformly (``--mix uniform``, the default) or log-uniformly (``--mi
 the output names the mix and its head-of-line ceiling. It streams or not at random. The
 model's <eos> is disabled (decode.min_new_tokens) so every reply has its drawn length: the
 load is the same for both engines whatever the weights. Both servers run side by side (each
-a fresh process, its programs compiled before it listens; the idle one costs nothing):
+a fresh process, its programs compiled before it listens; the idle one costs nothing), served
+as ``nety-jax serve`` serves (``server.http_server``, the default ``--stream-interval-ms``).
+The load generator is one asyncio thread on raw keep-alive connections (a real client runs on
+other machines; here its CPU is taken from the servers): it prints its CPU per token received,
+and each saturation window the servers' CPU per generated token, all threads and the Python
+ones (HTTP, engine) apart:
 
 - saturation: for --seconds, 2 x --slots closed-loop clients (each sends its next request when
   its last is answered: the engine's slots are full and as many requests wait in its queue, so

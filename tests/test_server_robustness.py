@@ -196,6 +196,7 @@ def test_metrics_label_routes_not_paths_and_count_5xx(tokenizer):
     ("--queue-size", "-5", "--queue-size=-5 must be between 1"),
     ("--chunk", "0", "--chunk=0 must be between 1"),
     ("--max-tokens", "0", "--max-tokens=0 must be between 1"),
+    ("--stream-interval-ms", "-1", "--stream-interval-ms=-1.0 must be a finite number between 0.0"),
 ])
 def test_serve_options_are_checked_before_anything_loads(capsys, flag, value, message):
     from nety_jax.cli import main
@@ -239,6 +240,7 @@ def test_an_exports_max_tokens_is_at_most_its_compiled_maximum(trained_gpt):
 def test_create_app_checks_its_options_too(tokenizer):
     from nety_jax.errors import NetyError
     for kwargs, name in (({"window_ms": float("inf")}, "--batch-window-ms"), ({"max_batch": 0}, "--max-batch"),
-                         ({"chunk": 1.5}, "--chunk"), ({"queue_size": "8"}, "--queue-size")):
+                         ({"chunk": 1.5}, "--chunk"), ({"queue_size": "8"}, "--queue-size"),
+                         ({"stream_interval_ms": float("nan")}, "--stream-interval-ms")):
         with pytest.raises(NetyError, match=name):
             create_app(ScriptBackend(tokenizer), "script", **kwargs)

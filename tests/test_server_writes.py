@@ -41,3 +41,24 @@ def test_writes_of_one_turn_go_out_as_one_and_close_flushes_first():
         await asyncio.sleep(0)
         assert inner.writes[-1] == b"last"  # nothing written to a closing transport
     asyncio.run(run())
+
+
+def test_a_stream_gets_its_first_text_at_once_then_a_piece_per_interval_and_its_end_at_once(monkeypatch):
+    from nety_jax.data.tokenizer import WordTokenizer
+    from nety_jax.serving import engine
+    from nety_jax.serving.engine import Job, Row, _RowState
+    tok = WordTokenizer.build("le chat mange du pain et le chien dort", 100)
+    ids = tok.encode("le chat mange du pain et le chien dort")
+    pieces, now = [], [0.0]
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: now[0])
+    job = Job([Row([5], 0.0, 0, 1.0, len(ids), 0)], lambda kind, payload: pieces.append(payload[1]), stream=True)
+    state = _RowState(tok, [(job, 0, job.rows[0])], interval=0.02)
+    reads = [(2, 0.0), (3, 0.005), (5, 0.015), (6, 0.021), (7, 0.030), (8, 0.035)]
+    for n, t in reads:  # a read every chunk: the first text goes out, then one piece per 20 ms
+        now[0] = t
+        assert state.due(0) == (n in (2, 6)), (n, t)
+        state._read(0, job, job.rows[0], ids[:n], False)
+    assert pieces == [tok.decode(ids[:2]), tok.decode(ids[:6])[len(tok.decode(ids[:2])):]]
+    now[0] = 0.036
+    state._read(0, job, job.rows[0], ids, True)  # its end goes at once, whatever the interval
+    assert "".join(pieces) == tok.decode(ids) and len(pieces) == 3 and state.finish[0] == "length"

@@ -158,7 +158,8 @@ class _Seat:
 
 
 class ContinuousEngine(Worker):
-    def __init__(self, backend, slots: int = 32, chunk: int = 8, queue_size: int = 64, metrics=None):
+    def __init__(self, backend, slots: int = 32, chunk: int = 8, queue_size: int = 64, metrics=None,
+                 stream_interval_ms: float = 0.0):
         self.runner, self.max_batch, self.chunk = SlotRunner(backend, slots), slots, chunk
         self.width = chunk * LONG_CHUNK + 1  # the most tokens one chunk can bring a row (its first too)
         given = backend.max_tokens_asked
@@ -173,7 +174,7 @@ class ContinuousEngine(Worker):
         self.streamed = False  # a streamed request was admitted since the last chunk
         self.reads: list[tuple[_Seat, bool]] = []  # rows whose text the host reads next (and done)
         self._carry: Optional[Job] = None
-        super().__init__(backend, queue_size, metrics)
+        super().__init__(backend, queue_size, metrics, stream_interval_ms)
 
     def warm_up(self, lengths=None) -> int:
         """``SlotRunner.warm_up`` (before the server takes requests)."""
@@ -235,8 +236,8 @@ class ContinuousEngine(Worker):
         self.runner.prefill([r for _, _, r in rows], slot_ids)
         if self.metrics:
             self.metrics.batch_size.observe(len(rows))
-        requests = {id(j): _Request(j, _RowState(self.backend.tokenizer, [(j, i, r) for i, r in enumerate(j.rows)]),
-                                    len(j.rows)) for j in jobs}
+        requests = {id(j): _Request(j, _RowState(self.backend.tokenizer, [(j, i, r) for i, r in enumerate(j.rows)],
+                                                 self.stream_interval), len(j.rows)) for j in jobs}
         for k, (job, i, _) in enumerate(rows):  # their first tokens come with the next chunk
             self.seats[slot_ids[k]], self.stop[slot_ids[k]] = _Seat(requests[id(job)], i, []), False
         self.streamed = self.streamed or any(job.stream for job in jobs)
@@ -256,8 +257,8 @@ class ContinuousEngine(Worker):
     def _collect(self, out, start: np.ndarray) -> None:
         """Waits for a chunk; keeps each row's new ids and frees the slots of rows that ended
         at once (the next chunk can take requests there). The text is read later (``_read``),
-        while the device runs the next chunk: only rows that have text to send or check, or
-        have ended, are read."""
+        while the device runs the next chunk: only rows that have ended, have text to check
+        (stop strings, cancelled) or a stream due a piece (``--stream-interval-ms``) are read."""
         count, done, window = self.runner.progress(out)
         for slot, seat in enumerate(self.seats):
             if seat is None:
@@ -267,7 +268,8 @@ class ContinuousEngine(Worker):
             if done[slot]:
                 self.seats[slot] = None
                 self.reads.append((seat, True))
-            elif job.stream or job.rows[seat.index].stop or job.cancelled.is_set():
+            elif (job.stream and seat.request.state.due(seat.index)) or job.rows[seat.index].stop \
+                    or job.cancelled.is_set():
                 self.reads.append((seat, False))
 
     def _read(self) -> None:

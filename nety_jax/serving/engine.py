@@ -69,8 +69,9 @@ class Worker:
     """The bounded queue and the thread both engines share; a subclass sets ``max_batch`` (the
     most rows one request may have), ``max_tokens`` and ``longest_prompt`` and runs ``_work``."""
 
-    def __init__(self, backend, queue_size: int, metrics=None):
+    def __init__(self, backend, queue_size: int, metrics=None, stream_interval_ms: float = 0.0):
         self.backend, self.metrics = backend, metrics
+        self.stream_interval = stream_interval_ms / 1000.0  # the least time between a stream's pieces
         self.jobs: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self.failure: Optional[str] = None  # why the thread stopped, if it died
@@ -128,14 +129,14 @@ class Engine(Worker):
     """Dynamic batching: gather requests for ``window_ms``, run them as one batch to the end."""
 
     def __init__(self, backend, max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64,
-                 chunk: int = 8, metrics=None):
+                 chunk: int = 8, metrics=None, stream_interval_ms: float = 0.0):
         fixed = getattr(backend, "fixed_batch", 0)
         self.max_batch, self.window = min(max_batch, fixed or max_batch), window_ms / 1000.0
         self.chunk = chunk
         # the compiled maximum of new tokens fixes both bounds
         self.max_tokens, self.longest_prompt = backend.max_new_tokens, backend.prompt_limit
         self.max_tokens_why = f"this server's maximum of {backend.max_new_tokens} (nety-jax serve --max-tokens)"
-        super().__init__(backend, queue_size, metrics)
+        super().__init__(backend, queue_size, metrics, stream_interval_ms)
 
     # -- the worker -----------------------------------------------------------------------------
     def _collect(self) -> list[Job]:
@@ -181,7 +182,7 @@ class Engine(Worker):
     def _run(self, jobs: list[Job]) -> None:
         rows = [(j, i, r) for j in jobs for i, r in enumerate(j.rows)]
         batch = self._prompt_batch([r for _, _, r in rows])
-        state = _RowState(self.backend.tokenizer, rows)
+        state = _RowState(self.backend.tokenizer, rows, self.stream_interval)
         if self.metrics:
             self.metrics.batch_size.observe(len(rows))
 
@@ -246,10 +247,14 @@ class _StopFirstRowLater:
 
 
 class _RowState:
-    """Per row: the text so far, what was streamed, whether a stop string or <eos> ended it."""
+    """Per row: the text so far, what was streamed, whether a stop string or <eos> ended it. A
+    stream gets its first text at once, then at most one piece every ``interval`` seconds (and
+    its end at once): each piece is work on both server threads and a write that wakes the
+    client, so pieces faster than anyone reads them only cost throughput."""
 
-    def __init__(self, tokenizer, rows):
+    def __init__(self, tokenizer, rows, interval: float = 0.0):
         self.tokenizer, self.rows = tokenizer, rows
+        self.interval, self.sent_at = interval, [0.0] * len(rows)
         self.index = {(id(j), i): k for k, (j, i, _) in enumerate(rows)}
         self.text = [""] * len(rows)
         self.sent = [""] * len(rows)  # text already streamed
@@ -296,10 +301,17 @@ class _RowState:
         still become a stop string (or an incomplete UTF-8 character) is held back, so the
         streamed pieces join to exactly the non-streamed text."""
         if self.finish[k] is None:
+            if not self.due(k):
+                return
             text = text[: len(text) - held_back(text, row.stop)]
         if len(text) > len(self.sent[k]) and text.startswith(self.sent[k]):
             job.deliver("delta", (self.rows[k][1], text[len(self.sent[k]):]))
-            self.sent[k] = text
+            self.sent[k], self.sent_at[k] = text, time.perf_counter()
+
+    def due(self, k: int) -> bool:
+        """Whether row ``k``'s stream may get text now: its first text at once, then at most one
+        piece every ``interval`` seconds (its end at once too)."""
+        return not self.sent[k] or time.perf_counter() - self.sent_at[k] >= self.interval
 
     def result(self, job: Job, i: int) -> RowResult:
         k = self.index[(id(job), i)]

@@ -58,6 +58,9 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+# the least time between two pieces of a stream (its first text and its end go at once): faster
+# than a reader reads, while each piece costs both server threads and a write that wakes the client
+STREAM_INTERVAL_MS = 20.0
 CONTEXT_IDS = 8  # prompt ids a continuation's text is decoded after (enough for a split UTF-8 character)
 
 
@@ -357,7 +360,7 @@ def _observe(metrics: Metrics, scope: dict, status: int, start: float) -> None:
 
 
 def make_engine(backend, batching: Optional[str], max_batch: int, window_ms: float, queue_size: int,
-                chunk: int, slots: int, metrics=None) -> Worker:
+                chunk: int, slots: int, metrics=None, stream_interval_ms: float = 0.0) -> Worker:
     """The engine ``batching`` names; by default continuous batching where the backend can
     pause its loop (a run directory), dynamic batching otherwise (an exported artifact)."""
     from nety_jax.errors import NetyError
@@ -371,16 +374,20 @@ def make_engine(backend, batching: Optional[str], max_batch: int, window_ms: flo
             raise NetyError("--batching continuous needs --checkpoint: an exported artifact runs its "
                             "compiled loop to the end, so it batches dynamically")
         from nety_jax.serving.continuous import ContinuousEngine
-        return ContinuousEngine(backend, slots=slots, chunk=chunk, queue_size=queue_size, metrics=metrics)
+        return ContinuousEngine(backend, slots=slots, chunk=chunk, queue_size=queue_size, metrics=metrics,
+                                stream_interval_ms=stream_interval_ms)
     return Engine(backend, max_batch=max_batch, window_ms=window_ms, queue_size=queue_size, chunk=chunk,
-                  metrics=metrics)
+                  metrics=metrics, stream_interval_ms=stream_interval_ms)
 
 
 def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64,
-               chunk: int = 8, batching: Optional[str] = None, slots: int = 32) -> FastAPI:
-    check_options(max_batch, window_ms, queue_size, None, chunk, batching, slots)  # without `serve` too
+               chunk: int = 8, batching: Optional[str] = None, slots: int = 32,
+               stream_interval_ms: float = STREAM_INTERVAL_MS) -> FastAPI:
+    check_options(max_batch, window_ms, queue_size, None, chunk, batching, slots,
+                  stream_interval_ms)  # without `serve` too
     metrics = _metrics_for(backend)
-    engine = make_engine(backend, batching, max_batch, window_ms, queue_size, chunk, slots, metrics)
+    engine = make_engine(backend, batching, max_batch, window_ms, queue_size, chunk, slots, metrics,
+                         stream_interval_ms)
     server = Server(backend, name, engine, metrics)
     app = FastAPI(title="nety-jax", version="1")
     app.state.server = server
@@ -476,14 +483,15 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
           max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64, max_tokens: Optional[int] = None,
           chunk: int = 8, name: Optional[str] = None, batching: Optional[str] = None, slots: int = 32,
           prefix_cache_mb: float = 0, mesh_tensor: int = 1, speculate: str = "none",
-          draft_tokens: int = 4, warm_up: bool = True) -> int:
+          draft_tokens: int = 4, warm_up: bool = True, stream_interval_ms: Optional[float] = None) -> int:
     import os
 
     from nety_jax.errors import NetyError
     from nety_jax.serving.engine import ExportedBackend, PretrainedBackend
     if bool(checkpoint) == bool(exported):
         raise NetyError("give exactly one of --checkpoint DIR or --exported DIR")
-    check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching, slots)
+    stream_interval_ms = STREAM_INTERVAL_MS if stream_interval_ms is None else stream_interval_ms
+    check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching, slots, stream_interval_ms)
     check_speculation(speculate, draft_tokens, batching, exported)
     if batching == "continuous" and exported:
         raise NetyError("--batching continuous needs --checkpoint: an exported artifact runs its compiled "
@@ -501,7 +509,7 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
                                                    mesh_tensor=mesh_tensor), max_tokens,
                                     speculate, draft_tokens)
     name = name or os.path.basename(os.path.abspath(checkpoint or exported))
-    app = create_app(backend, name, max_batch, window_ms, queue_size, chunk, batching, slots)
+    app = create_app(backend, name, max_batch, window_ms, queue_size, chunk, batching, slots, stream_interval_ms)
     engine = app.state.server.engine
     how = (f"continuous batching, {slots} slots, chunk {chunk}" if engine.__class__.__name__ == "ContinuousEngine"
            else f"dynamic batching, max batch {max_batch}, window {window_ms:g} ms")
@@ -606,7 +614,8 @@ MAX_WINDOW_MS = 10_000.0  # a longer wait to fill a batch makes every client tim
 MAX_QUEUE = 100_000
 
 
-def check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching=None, slots=32) -> None:
+def check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching=None, slots=32,
+                  stream_interval_ms=0.0) -> None:
     """Every option in its range, before anything loads: one line naming the flag."""
     from nety_jax.config.sections import MAX_POSITIONS
     from nety_jax.errors import NetyError
@@ -616,6 +625,7 @@ def check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching=
     check_int("--slots", slots, 1, 4096)
     check_int("--max-batch", max_batch, 1, 4096)
     check_float("--batch-window-ms", window_ms, 0.0, MAX_WINDOW_MS)
+    check_float("--stream-interval-ms", stream_interval_ms, 0.0, MAX_WINDOW_MS)
     check_int("--queue-size", queue_size, 1, MAX_QUEUE)
     check_int("--chunk", chunk, 1, MAX_POSITIONS)
     if max_tokens is not None:
