@@ -30,7 +30,10 @@ def test_hostile_prompts_get_replies_and_long_ones_a_warning(trained_run, tmp_pa
     out = tmp_path / "export"
     assert main(["export", "--checkpoint", trained_run, "--out", str(out)]) == 0
     from nety_jax.serving.export import load_exported
-    assert load_exported(str(out)).generate(HOSTILE, temperature=0.0) == replies
+    exported = load_exported(str(out))
+    assert exported.generate(HOSTILE, temperature=0.0) == replies
+    # a per-text setting as an array, with samples: each text's value for its rows, as load_pretrained's
+    assert exported.generate(HOSTILE[:2], num_samples=2, temperature=np.zeros(2)) == [r * 2 for r in replies[:2]]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -38,8 +38,8 @@ from nety_jax.errors import CheckpointError, NetyError
 from nety_jax.runs import guard
 from nety_jax.runs.manifest import sha256, verify
 from nety_jax.tasks import task_of_signature
-from nety_jax.serving.settings import (RUNTIME, check_bool, check_int, check_num_samples, in_parts, resolve,
-                                       seeds_per_row)
+from nety_jax.serving.settings import (RUNTIME, check_bool, check_int, check_num_samples, in_parts, per_sample,
+                                       resolve, seeds_per_row)
 
 ARTIFACT = "generate.bin"
 VARIABLES = "variables.npz"
@@ -253,8 +253,8 @@ class ExportedModel:
                   first_row: int) -> list[list[str]]:
         n = len(texts) * num_samples
         base = self.config.decode
-        expand = lambda v: [x for x in v for _ in range(num_samples)] if isinstance(v, (list, tuple)) else v
-        req = resolve(base, self.prompts, n, {k: expand(v) for k, v in settings.items() if k in RUNTIME},
+        rows = {k: per_sample(v, num_samples) for k, v in settings.items() if k in RUNTIME}
+        req = resolve(base, self.prompts, n, rows,
                       compiled_max=self.info["max_new_tokens"], static_fixed=True)
         fixed = self.info.get("batch")
         repeated = [t for t in texts for _ in range(num_samples)]

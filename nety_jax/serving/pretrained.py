@@ -22,7 +22,7 @@ from nety_jax.models import get_model
 from nety_jax.runs.files import load_run_tokenizer, read_run_config
 from nety_jax.runs.weights import restore_inference_variables
 from nety_jax.serving.settings import (check_batch, check_bool, check_int, check_num_samples, check_texts,
-                                       fit_prompts, in_parts, resolve, seeds_per_row)
+                                       fit_prompts, in_parts, per_sample, resolve, seeds_per_row)
 
 
 def _stderr(message: str) -> None:
@@ -113,10 +113,8 @@ class Pretrained:
     def _prepare(self, texts: Sequence[str], seed, num_samples: int, settings: dict, first_row: int = 0):
         """(request, prompt batch, sampling params) for ``num_samples`` rows per text."""
         n = len(texts) * num_samples
-        expand = lambda v: [x for x in v for _ in range(num_samples)] \
-            if isinstance(v, (list, tuple, np.ndarray)) else v
         req = resolve(self.config.decode, self.model.prompts, n,
-                      {k: expand(v) for k, v in settings.items()})
+                      {k: per_sample(v, num_samples) for k, v in settings.items()})
         repeated = [t for t in texts for _ in range(num_samples)]
         batch = encode_prompts(self.model.prompts, self.tokenizer, repeated, self.config.data,
                                max(req.rows["max_new_tokens"]))  # cut for what is asked, not the compiled maximum

@@ -91,6 +91,14 @@ def fit_prompts(req: Request, width: int, policy) -> Request:
     return dataclasses.replace(req, spec=dataclasses.replace(req.spec, max_new_tokens=room))
 
 
+def per_sample(value, num_samples: int):
+    """A per-text setting (list, tuple or array) with each text's value repeated for its
+    ``num_samples`` rows; one value for the batch as it is."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [x for x in value for _ in range(num_samples)]
+    return value
+
+
 def seeds_per_row(seed: Union[int, Sequence[int]], n_texts: int, num_samples: int):
     """One seed for the batch (row i draws from fold_in(seed, i)) or one per prompt (sample j of
     prompt i from seed_i + j)."""
