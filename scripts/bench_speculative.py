@@ -59,11 +59,15 @@ COPY_DOCUMENTS = 4000
 PUNCTUATION = ".,!?;:«»\""
 PROMPT_SEED = 2026  # the copy prompts' passages: fixed before any model saw them
 COPY_STAGES = (  # the fine-tunes on copy_corpus, each from the run before: (steps, documents, corpus seed,
-    (200, 4000, 1, 2, []),  # passage quoted up to N times, overrides); this one alone did not learn to copy
+    # passage quoted up to N times, overrides[, share of copy documents, default a half])
+    (200, 4000, 1, 2, []),  # this one alone did not learn to copy
     # fresh passages (a second epoch of the same ones would let it memorise them), quoted 2-4 times;
     # one document a row from position 0 (``data.packing``), as a prompt is, not windows cut across
     # documents; a higher rate
     (400, 20000, 2, 4, ["data.packing=true", "train.learning_rate=2e-3"]),
+    # it copied the passage's words but not in their order: fresh passages again, three quarters of the
+    # documents quoting one (share of copy documents, the 6th field), at a steady rate
+    (800, 30000, 3, 4, ["data.packing=true", "train.learning_rate=1e-3", "train.schedule=constant"], 0.75),
 )
 
 
@@ -109,9 +113,11 @@ def random_passage(rng, words: list[str], low: int, high: int) -> str:
     return " ".join([drawn[0][:1].upper() + drawn[0][1:]] + drawn[1:]) + "."
 
 
-def copy_corpus(path: str, documents: int = COPY_DOCUMENTS, seed: int = 1, quotes: int = 2) -> str:
+def copy_corpus(path: str, documents: int = COPY_DOCUMENTS, seed: int = 1, quotes: int = 2,
+                copy_share: float = 0.5) -> str:
     """The copy GPT's fine-tuning text (stage 2), one document a line. Half the documents are
-    natural (1-3 shipped lines, not repeated: the language stays learned); the other half quote an
+    natural (1-3 shipped lines, not repeated: the language stays learned; ``copy_share``: the share
+    of the others); the other half quote an
     unmemorisable passage (``random_passage``, 4-14 words) twice, in half of them with a shipped
     line between the first two (a summary, an edit or a chat history quoting its context), as
     induction-head studies train copying on repeated random sequences; ``quotes`` > 2: the passage
@@ -121,7 +127,7 @@ def copy_corpus(path: str, documents: int = COPY_DOCUMENTS, seed: int = 1, quote
     rng = random.Random(seed)
     docs = []
     for _ in range(documents):
-        if rng.random() < 0.5:
+        if rng.random() < 1.0 - copy_share:
             docs.append(" ".join(rng.sample(lines, rng.choice([1, 2, 3]))))
             continue
         passage = random_passage(rng, words, 4, 14)
@@ -201,11 +207,15 @@ def copy_stage_runs(workdir: str) -> list[str]:
 def train_copy(workdir: str, base: str) -> str:
     """The copy GPT in ``workdir`` (reused when finished there): the base run in ``base``
     (``train_base``), then each of ``COPY_STAGES`` from the run before it (``train --init-from``:
-    its weights and tokenizer) on a ``copy_corpus`` of its own (``copy_stage_runs``)."""
-    previous = None if _finished(workdir, COPY_STAGES[-1][0]) else train_base(base)
-    for run, (steps, documents, seed, quotes, overrides) in zip(copy_stage_runs(workdir), COPY_STAGES):
-        if previous is not None and not _finished(run, steps):
-            _fine_tune(previous, run, steps, copy_corpus(_corpus_path(run), documents, seed, quotes), overrides)
+    its weights and tokenizer) on a ``copy_corpus`` of its own (``copy_stage_runs``). Only the
+    stages after the latest finished one are trained: a finished stage's run is all the next needs."""
+    runs = copy_stage_runs(workdir)
+    done = [i for i, (run, stage) in enumerate(zip(runs, COPY_STAGES)) if _finished(run, stage[0])]
+    start = done[-1] + 1 if done else 0
+    previous = runs[start - 1] if start else (train_base(base) if start < len(runs) else None)
+    for run, (steps, documents, seed, quotes, overrides, *share) in zip(runs[start:], COPY_STAGES[start:]):
+        corpus = copy_corpus(_corpus_path(run), documents, seed, quotes, *share)
+        _fine_tune(previous, run, steps, corpus, overrides)
         previous = run
     return workdir
 

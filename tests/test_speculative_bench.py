@@ -135,3 +135,31 @@ def test_train_copy_trains_the_base_then_each_fine_tune_from_the_run_before(tmp_
     assert open(run + "-corpus.txt").read() == open(B.copy_corpus(str(tmp_path / "2.txt"), 60, 2, 3)).read()
     B.train_copy(run, base)  # a finished run is reused as it is, and its stages are not needed
     assert len(calls) == 3
+
+
+def test_train_copy_starts_after_the_latest_finished_stage(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_train(cfg, workdir, data, init_from=None, **kw):
+        calls.append((workdir, init_from, cfg.train.steps, cfg.train.schedule))
+        os.makedirs(os.path.join(workdir, "checkpoints", str(cfg.train.steps)))
+        return {"start_step": 0}
+
+    monkeypatch.setattr("nety_jax.training.loop.train", fake_train)
+    monkeypatch.setattr("nety_jax.training.init_from.load_source", lambda path: f"source {path}")
+    monkeypatch.setattr("nety_jax.training.init_from.finetune_config",
+                        lambda source, path, overrides: load_config(path, overrides))
+    monkeypatch.setattr(B, "COPY_STAGES", ((30, 40, 1, 2, []), (50, 60, 2, 3, []),
+                                           (70, 80, 3, 4, ["train.schedule=constant"], 0.75)))
+    run, base = str(tmp_path / "copier"), str(tmp_path / "base")
+    os.makedirs(os.path.join(run + "-2", "checkpoints", "50"))  # stage 2 copied in: neither base nor stage 1 needed
+    assert B.train_copy(run, base) == run
+    assert calls == [(run, f"source {run}-2", 70, "constant")]
+    assert open(run + "-corpus.txt").read() == open(B.copy_corpus(str(tmp_path / "3.txt"), 80, 3, 4, 0.75)).read()
+
+
+def test_the_copy_share_sets_the_share_of_quoting_documents(tmp_path):
+    def quoting(share):
+        docs = open(B.copy_corpus(str(tmp_path / f"{share}.txt"), 2000, 5, 2, share)).read().splitlines()
+        return sum(d.split(".")[0] + "." in d[len(d.split(".")[0]) + 1:] for d in docs) / len(docs)
+    assert abs(quoting(0.5) - 0.5) < 0.05 and abs(quoting(0.75) - 0.75) < 0.05
