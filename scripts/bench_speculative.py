@@ -7,7 +7,7 @@
 Three trained models: the demo (the hybrid of ``make demo``), a tiny GPT (configs/gpt_tiny.yaml;
 one is trained briefly into a temporary directory when --gpt is not given) and the copy GPT
 (configs/gpt_copy_bench.yaml: weight-bound; ``train_copy`` makes it once into --copy, default
-runs/bench-spec-copier, and reuses it: a base run on the shipped lines (--copy-base, default
+runs/bench-spec-induct, and reuses it: a base run on the shipped lines (--copy-base, default
 runs/bench-spec-copy), then fine-tunes (``COPY_STAGES``) on documents that quote passages of random
 words (``copy_corpus``), which only copying predicts; about two hours on a loaded 2-core CPU, so
 make it before timing anything: ``--prepare`` trains it and stops). Its repeating prompts quote
@@ -370,7 +370,7 @@ def main() -> int:
     p.add_argument("--gpt", metavar="RUN",
                    help="a trained GPT run, made by `nety-jax train --config configs/gpt_tiny.yaml --workdir RUN` "
                         "(its 300 steps on the shipped text; default: the same, trained into a temporary directory)")
-    p.add_argument("--copy", metavar="RUN", default=os.path.join(ROOT, "runs", "bench-spec-copier"),
+    p.add_argument("--copy", metavar="RUN", default=os.path.join(ROOT, "runs", "bench-spec-induct"),
                    help="the copy GPT's run: reused if trained, else fine-tuned there first from --copy-base "
                         "(train_copy)")
     p.add_argument("--copy-base", metavar="RUN", default=os.path.join(ROOT, "runs", "bench-spec-copy"),
