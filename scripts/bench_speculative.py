@@ -9,7 +9,7 @@ one is trained briefly into a temporary directory when --gpt is not given) and t
 (configs/gpt_copy_bench.yaml: weight-bound; ``train_copy`` makes it once into --copy, default
 runs/bench-spec-induct, and reuses it: a base run on the shipped lines (--copy-base, default
 runs/bench-spec-copy), then fine-tunes (``COPY_STAGES``) on documents that quote passages of random
-words (``copy_corpus``), which only copying predicts; about two hours on a loaded 2-core CPU, so
+words (``copy_corpus``), which only copying predicts; about three hours on a loaded 2-core CPU, so
 make it before timing anything: ``--prepare`` trains it and stops). Its repeating prompts quote
 passages no training text holds (``copy_prompts``); every copy run also prints ``copy_losses``. The tiny
 models' steps cost tens of microseconds, against a fixed cost per call of about half a
@@ -66,8 +66,10 @@ COPY_STAGES = (  # the fine-tunes on copy_corpus, each from the run before: (ste
     # documents; a higher rate
     (400, 20000, 2, 4, ["data.packing=true", "train.learning_rate=2e-3"]),
     # it copied the passage's words but not in their order: fresh passages again, three quarters of the
-    # documents quoting one (share of copy documents, the 6th field), at a steady rate
-    (800, 30000, 3, 4, ["data.packing=true", "train.learning_rate=1e-3", "train.schedule=constant"], 0.75),
+    # documents quoting one (the 6th field), at a steady rate, then the rate decays to a tenth on
+    # fresh ones (warmup-stable-decay: the loss falls most while the rate decays, as in stage 2's end)
+    (250, 30000, 3, 4, ["data.packing=true", "train.learning_rate=1e-3", "train.schedule=constant"], 0.75),
+    (250, 20000, 4, 4, ["data.packing=true", "train.learning_rate=1e-3", "train.schedule=linear"], 0.75),
 )
 
 

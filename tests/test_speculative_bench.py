@@ -68,8 +68,10 @@ def test_the_copy_prompts_are_unseen_and_the_check_catches_seen_ones(tmp_path):
     lines, _ = B._shipped()
     prompts = B.PROMPTS["copy"]["repeats"]
     assert prompts == B.copy_prompts() and len(prompts) == 4
-    training = lines + [open(f(str(tmp_path / f.__name__)), encoding="utf-8").read()
-                        for f in (B.base_corpus, B.copy_corpus)]
+    training = lines + [open(B.base_corpus(str(tmp_path / "base.txt")), encoding="utf-8").read()]
+    for i, (_, documents, seed, quotes, _, *share) in enumerate(B.COPY_STAGES):  # every stage's corpus
+        training.append(open(B.copy_corpus(str(tmp_path / f"{i}.txt"), documents, seed, quotes, *share),
+                             encoding="utf-8").read())
     assert B.seen_passages(prompts, training) == []
     assert B.seen_passages(SHIPPED_PROMPTS, training) == SHIPPED_PROMPTS  # the check fails on seen passages
     for p in prompts:  # the passage, maybe a line, then the passage's first two words again
