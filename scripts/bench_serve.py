@@ -15,8 +15,8 @@ a fresh process, its programs compiled before it listens; the idle one costs not
 as ``nety-jax serve`` serves (``server.http_server``, the default ``--stream-interval-ms``).
 The load generator is one asyncio thread on raw keep-alive connections (a real client runs on
 other machines; here its CPU is taken from the servers): it prints its CPU per token received,
-and each saturation window the servers' CPU per generated token, all threads and the Python
-ones (HTTP, engine) apart:
+and each saturation window the servers' CPU per generated token, all threads and the
+interpreter's (HTTP, engine) apart:
 
 - saturation: for --seconds, 2 x --slots closed-loop clients (each sends its next request when
   its last is answered: the engine's slots are full and as many requests wait in its queue, so
@@ -242,8 +242,10 @@ def cpu_seconds(pid: int) -> float:
 
 def thread_cpu(pid: int) -> tuple:
     """(CPU seconds of the process's threads the interpreter made: the HTTP thread, the engine
-    thread; of the others: XLA's and the compiler's pools), from /proc per thread (threads that
-    ended are not counted)."""
+    thread, JAX's own; of the others: XLA's and the compiler's pools), from /proc per thread
+    (threads that ended are not counted). XLA runs some programs on the thread that calls them
+    (the dynamic engine's decode loop is almost all in its engine thread), so the first is not
+    the Python work alone."""
     python = other = 0.0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -455,7 +457,8 @@ def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds
         cpu = {b: median([w["server_cpu_ms_per_token"] for w in windows[b]]) for b in windows}
         print(f"[bench_serve] server CPU ms per generated token at saturation (median): {cpu}", flush=True)
         python = {b: median([w["server_python_ms_per_token"] for w in windows[b]]) for b in windows}
-        print(f"[bench_serve] of which the Python threads' (HTTP, engine; median): {python}", flush=True)
+        print(f"[bench_serve] of which the interpreter's threads' (HTTP, engine, and XLA programs run on "
+              f"them; median): {python}", flush=True)
         print(f"[bench_serve] {client_share(windows)}", flush=True)
         return rows, ratios, mix
     finally:
@@ -537,7 +540,7 @@ def against(checkpoint: str, other: str, seconds: float, slots: int, rounds: int
     finally:
         stop_servers(servers)
     lines = [f"| round | this tree tokens/s | {other} tokens/s | ratio | server CPU ms/token this / other | "
-             "of which Python threads this / other |", "|---|---|---|---|---|---|"]
+             "of which the interpreter's threads this / other |", "|---|---|---|---|---|---|"]
     for r, (new, old) in enumerate(zip(windows["this tree"], windows["other"])):
         lines.append(f"| {r + 1} | {new['tokens_per_s']:,.0f} | {old['tokens_per_s']:,.0f} | "
                      f"{new['tokens_per_s'] / max(old['tokens_per_s'], 1e-9):.2f}x | "
