@@ -57,6 +57,22 @@ def _micro_batches(batch: dict, k: int) -> dict:
     return jax.tree_util.tree_map(lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
 
 
+def _accumulated(grad_fn, params, mutables, batch: dict, rng, k: int):
+    """(gradients, loss sums, mutables) summed over ``batch``'s ``k`` micro-batches in a scan, the
+    mutables (batch statistics) carried from one to the next; micro-batch i draws from fold_in(rng, i)."""
+    def accumulate(carry, xs):
+        g_acc, s_acc, stats = carry
+        mb, i = xs
+        g, (s, stats) = grad_fn(params, stats, mb, jax.random.fold_in(rng, i))
+        return (_tree_add(g_acc, g), _tree_add(s_acc, s), stats), None
+
+    zeros_g = jax.tree_util.tree_map(jnp.zeros_like, params)
+    zeros_s = {name: jnp.zeros((), jnp.float32) for name in ("loss_sum", "nll_sum", "correct", "tokens")}
+    (grads, sums, mutables), _ = jax.lax.scan(accumulate, (zeros_g, zeros_s, mutables),
+                                              (_micro_batches(batch, k), jnp.arange(k)))
+    return grads, sums, mutables
+
+
 def train_step(state: TrainState, batch: dict, *, model, tcfg: TrainConfig,
                axis_name: Optional[str] = None):
     """One optimizer step on ``batch`` (split into ``tcfg.grad_accum`` micro-batches).
@@ -86,22 +102,10 @@ def train_step(state: TrainState, batch: dict, *, model, tcfg: TrainConfig,
         # shard_map (which pmap is built on) would already sum the gradient over devices.
         # Marking them varying keeps per-device gradients, reduced once by the psum below.
         params = jax.lax.pcast(params, axis_name, to="varying")
-    k = tcfg.grad_accum
-    if k == 1:
+    if tcfg.grad_accum == 1:
         grads, (sums, mutables) = grad_fn(params, state.mutables, batch, rng)
     else:
-        def accumulate(carry, xs):
-            g_acc, s_acc, stats = carry
-            mb, i = xs
-            g, (s, stats) = grad_fn(params, stats, mb, jax.random.fold_in(rng, i))
-            return (_tree_add(g_acc, g), _tree_add(s_acc, s), stats), None
-
-        zeros_g = jax.tree_util.tree_map(jnp.zeros_like, params)
-        zeros_s = {name: jnp.zeros((), jnp.float32)
-                   for name in ("loss_sum", "nll_sum", "correct", "tokens")}
-        (grads, sums, mutables), _ = jax.lax.scan(
-            accumulate, (zeros_g, zeros_s, state.mutables), (_micro_batches(batch, k), jnp.arange(k)))
-
+        grads, sums, mutables = _accumulated(grad_fn, params, state.mutables, batch, rng, tcfg.grad_accum)
     if axis_name is not None:
         grads, sums = jax.lax.psum((grads, sums), axis_name)
     # Every gradient is computed before anything reads one. Without the barrier XLA's CPU runtime
