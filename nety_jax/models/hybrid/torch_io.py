@@ -350,6 +350,18 @@ def _import_into(state_dict_path: str, vocab_path: str, out: str, config_path: O
     write_weights(out, cfg, variables, 0, {"imported_from": os.path.abspath(state_dict_path)})
 
 
+def _read_meta(path: str) -> dict:
+    """What import-torch recorded beside the run (``TORCH_META``); {} for a run trained here."""
+    from nety_jax.data.tokenizer import read_json
+    if not os.path.isfile(path):
+        return {}
+    meta = read_json(path, "missing", "malformed; import the state dict again")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not import-torch's record (expected a JSON object); import the "
+                              "state dict again")
+    return meta
+
+
 def export_torch(checkpoint: str, out_file: str, overwrite: bool = False) -> str:
     from nety_jax.models import get_model
     target = guard.claim(out_file, "export-torch", overwrite)  # before any work
@@ -361,11 +373,7 @@ def export_torch(checkpoint: str, out_file: str, overwrite: bool = False) -> str
                           f"(train with configs/nety_parity.yaml); this one has "
                           f"{', '.join(wrong[:1] if cfg.model.arch != 'hybrid' else wrong[:3])}")
     torch = _torch()  # after the checks that need no PyTorch: without it, a wrong model is still named
-    meta = {}
-    meta_path = os.path.join(checkpoint, TORCH_META)
-    if os.path.isfile(meta_path):
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+    meta = _read_meta(os.path.join(checkpoint, TORCH_META))
     pe_path = os.path.join(checkpoint, TORCH_PE)
     pe = np.load(pe_path) if os.path.isfile(pe_path) else None
     variables, _ = restore_inference_variables(checkpoint, cfg, get_model(cfg.model).abstract_variables())
