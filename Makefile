@@ -46,17 +46,19 @@ test: install
 # GELU and remat gradients, pmap/shard_map steps, configs, tasks, layers, the layering
 SMOKE_PYTHON ?= $(OLDEST_PYTHON)
 SMOKE_VENV ?= .venv-smoke
-SMOKE_TESTS ?= tests/test_model.py tests/test_encoder.py tests/test_gpu_paths.py tests/test_kernels.py \
-	tests/test_gelu.py tests/test_remat.py tests/test_config.py tests/test_tasks.py tests/test_layers.py \
-	tests/test_layering.py tests/test_runtime.py \
-	tests/test_training.py::test_pmap_and_shard_map_equal_single_device
+# (costliest first: with --no-loadscope-reorder xdist hands the files out in this order, after
+# conftest.COSTS's; xdist's own order, by test count, left the 2-test pmap file to run alone at the end)
+SMOKE_TESTS ?= tests/test_training.py::test_pmap_and_shard_map_equal_single_device \
+	tests/test_remat.py tests/test_encoder.py tests/test_gpu_paths.py tests/test_runtime.py tests/test_model.py \
+	tests/test_kernels.py tests/test_gelu.py tests/test_layers.py tests/test_tasks.py tests/test_config.py \
+	tests/test_layering.py
 test-smoke:
 	@test -n "$(SMOKE_PYTHON)" || { echo "make: no Python for the smoke tests (set SMOKE_PYTHON=...)" >&2; exit 2; }
 	test -x $(SMOKE_VENV)/bin/python || $(SMOKE_PYTHON) -m venv $(SMOKE_VENV)
 	$(SMOKE_VENV)/bin/pip install -q --upgrade pip
 	$(SMOKE_VENV)/bin/pip install -q -e . pytest pytest-xdist hypothesis
 	$(SMOKE_VENV)/bin/python -c 'import jax, sys; print("smoke:", sys.version.split()[0], "jax", jax.__version__)'
-	$(SMOKE_VENV)/bin/python -m pytest -q -n 2 --dist loadscope $(SMOKE_TESTS)
+	$(SMOKE_VENV)/bin/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder $(SMOKE_TESTS)
 
 # CI (.ci/run): the whole suite on the newest Python found (3.12: the jax `make install` gives users),
 # the smoke on the oldest (3.11, jax 0.10.2), when both are there (README "Two commands")
