@@ -15,15 +15,11 @@ import re
 import numpy as np
 
 from nety_jax.errors import CheckpointError
+from nety_jax.runs.quiet import first_line
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 TORCH_BIN, TORCH_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, TORCH_BIN_INDEX)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
 def _as_float32(a: np.ndarray) -> np.ndarray:
@@ -36,7 +32,7 @@ def read_safetensors(path: str) -> dict:
         with safe_open(path, framework="np") as f:
             return {name: _as_float32(f.get_tensor(name)) for name in f.keys()}
     except Exception as e:  # safetensors raises SafetensorError and others for damaged files
-        raise CheckpointError(f"{path}: not a complete safetensors file ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a complete safetensors file ({first_line(e)})") from None
 
 
 def read_torch_bin(path: str) -> dict:
@@ -51,7 +47,7 @@ def read_torch_bin(path: str) -> dict:
         text = str(e)
         pickled = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         why = (f"a pickle that is not weights only (it holds {pickled[1]}); it is not loaded" if pickled
-               else f"not a PyTorch weights file ({_first_line(e)})")
+               else f"not a PyTorch weights file ({first_line(e)})")
         raise CheckpointError(f"{path}: {why}") from None
     if not isinstance(obj, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
         raise CheckpointError(f"{path}: not a state dict (expected a mapping of names to tensors)")
@@ -66,7 +62,7 @@ def _read_index(model_dir: str, index: str, reader) -> dict:
             weight_map = json.load(f)["weight_map"]
         files = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{path}: not a shard index (expected a JSON 'weight_map'; {_first_line(e)})") \
+        raise CheckpointError(f"{path}: not a shard index (expected a JSON 'weight_map'; {first_line(e)})") \
             from None
     out, found_in = {}, {}
     for name in files:

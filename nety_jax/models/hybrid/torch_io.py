@@ -28,6 +28,7 @@ from nety_jax.errors import CheckpointError, ConfigError, DataError, NetyError
 from nety_jax.layers.linear import dequantize_variables
 from nety_jax.runs import guard
 from nety_jax.runs.files import read_run_config, write_run_config
+from nety_jax.runs.quiet import first_line
 from nety_jax.runs.weights import restore_inference_variables, write_weights
 
 TORCH_META = "torch_meta.json"
@@ -362,6 +363,16 @@ def _read_meta(path: str) -> dict:
     return meta
 
 
+def _read_pe(path: str) -> Optional[np.ndarray]:
+    """NETY's own position buffer as import-torch kept it; None for a run trained here."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path}: unreadable ({first_line(e)}); import the state dict again") from None
+
+
 def export_torch(checkpoint: str, out_file: str, overwrite: bool = False) -> str:
     from nety_jax.models import get_model
     target = guard.claim(out_file, "export-torch", overwrite)  # before any work
@@ -374,8 +385,7 @@ def export_torch(checkpoint: str, out_file: str, overwrite: bool = False) -> str
                           f"{', '.join(wrong[:1] if cfg.model.arch != 'hybrid' else wrong[:3])}")
     torch = _torch()  # after the checks that need no PyTorch: without it, a wrong model is still named
     meta = _read_meta(os.path.join(checkpoint, TORCH_META))
-    pe_path = os.path.join(checkpoint, TORCH_PE)
-    pe = np.load(pe_path) if os.path.isfile(pe_path) else None
+    pe = _read_pe(os.path.join(checkpoint, TORCH_PE))
     variables, _ = restore_inference_variables(checkpoint, cfg, get_model(cfg.model).abstract_variables())
     variables = jax.device_get(variables)
     if cfg.model.quant != "none":  # PyTorch's NETY has float weights: int8 kernels times their scales
