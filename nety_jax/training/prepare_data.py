@@ -159,17 +159,31 @@ def _run_jobs(jobs, n_jobs: int, task, data_cfg, tok_dir: str, workers: int, bar
     try:
         with ProcessPoolExecutor(min(workers, n_jobs), mp_context=ctx, initializer=init_worker,
                                  initargs=args) as pool:
-            for job in jobs:
-                pending.append(pool.submit(write_job, job))
-                while len(pending) >= 2 * workers:
+            try:
+                for job in jobs:
+                    pending.append(pool.submit(write_job, job))
+                    while len(pending) >= 2 * workers:
+                        done(pending.popleft().result())
+                while pending:
                     done(pending.popleft().result())
-            while pending:
-                done(pending.popleft().result())
+            except BaseException:
+                _stop_workers(pool)
+                raise
     except BrokenProcessPool:
         raise DataError("a prepare worker process died (killed, or out of memory?) before its shard was "
                         "written; nothing was written: prepare again (fewer --workers or a smaller "
                         "--shard-size use less memory)") from None
     return results
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Stops the workers now (Ctrl-C, a bad line, a full disk): leaving the executor waited for
+    every shard already handed out, which kept Ctrl-C from stopping `prepare` for tens of seconds.
+    Python < 3.14 has no public way to end an executor's processes."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
 
 
 def _split_summary(directory: str, split: str, stats: list[dict], order) -> dict:
