@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import multiprocessing
 import os
 import tempfile
@@ -29,6 +30,7 @@ import numpy as np
 
 from nety_jax.config import Config
 from nety_jax.data import shards
+from nety_jax.data.coverage import SAMPLE, check_coverage
 from nety_jax.data.readers import Skips
 from nety_jax.data.tokenizer import SentencePieceTokenizer, load_tokenizer
 from nety_jax.errors import CheckpointError, ConfigError, DataError
@@ -217,6 +219,9 @@ def prepare_data(cfg: Config, paths: Sequence[str], out: str, tokenizer_from: Op
     if tokenizer_from:
         tokenizer = take_tokenizer(tokenizer_from, cfg.data.lowercase)
         _check_kind(tokenizer_from, tokenizer, cfg.data)
+        first = itertools.islice(_split_items(task, cfg, paths, plan, "train"), SAMPLE)  # a cheap sample
+        check_coverage(tokenizer, [t for item in first for t in task.texts_of(item)], ", ".join(paths), log,
+                       f"the tokenizer of {tokenizer_from}", "prepare it without --tokenizer (one is trained on it)")
     else:
         from nety_jax.training.setup import build_tokenizer
         tokenizer = build_tokenizer(cfg, _tokenizer_texts(task, cfg, paths, plan))

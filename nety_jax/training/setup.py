@@ -251,7 +251,8 @@ def _read_raw(cfg: Config, task, workdir: str, paths, skip_bad: bool, has_checkp
     elif init_from is not None:
         tokenizer = init_from.tokenizer
         log(f"starting from the weights and tokenizer of {init_from.where}")
-        check_coverage(tokenizer, corpus.texts, ", ".join(paths), log)
+        check_coverage(tokenizer, corpus.texts, ", ".join(paths), log, f"the tokenizer of --init-from {init_from.where}",
+                       "fine-tune a model whose tokenizer knows it, or train a new run on it without --init-from")
     else:
         if os.path.isfile(os.path.join(workdir, "tokenizer.json")):
             log(f"retraining the tokenizer in {workdir}: no checkpoint was trained with it")
