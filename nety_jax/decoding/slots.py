@@ -169,14 +169,32 @@ def admit(variables, state: Slots, tokens, lengths, settings: RowSettings, slots
     return _insert(state, rows, slots, model)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "spec", "width"), donate_argnums=(1,))
-def decode_chunk(variables, state: Slots, stop, start, steps, *, model, spec: LoopSpec, width: int):
+@functools.partial(jax.jit, static_argnames=("model", "spec", "width", "memory"), donate_argnums=(1,))
+def decode_chunk(variables, state: Slots, stop, start, steps, *, model, spec: LoopSpec, width: int,
+                 memory: int = 0):
     """Up to ``steps`` (a runtime count < ``width``) tokens for every live slot; ``stop`` (S,)
     ends rows first (a stop string or a cancelled request, seen by the host). The loop also
-    ends once a row finishes. Returns the state and its ``progress`` from ``start`` (S,)."""
+    ends once a row finishes. Returns the state and its ``progress`` from ``start`` (S,).
+
+    ``memory`` > 0: the steps read only the first ``memory`` positions of the slots' memory
+    (``model.slot_memory`` of the widest prompt among the live slots; the positions past a
+    row's own are masked, so its tokens are the same): the slot layout pads every memory to the
+    longest source the model takes, and the cross-attention and copy head read all of it."""
     state = state.replace(done=state.done | stop)
-    rows = jnp.arange(state.last.shape[0])
     entered = state.done
+    if memory:
+        narrow = _steps(variables, state.replace(cache=model.slot_narrow(state.cache, memory)), entered, steps,
+                        model, spec)
+        state = narrow.replace(cache=model.slot_widen(state.cache, narrow.cache))
+    else:
+        state = _steps(variables, state, entered, steps, model, spec)
+    return state, progress(state, start, width)
+
+
+def _steps(variables, state: Slots, entered, steps, model, spec: LoopSpec) -> Slots:
+    """The chunk's loop: one token a live slot per step, until ``steps``, no slot live, or a
+    row not ``entered`` done finishing."""
+    index = jnp.arange(state.tokens.shape[1])[None, :]
 
     def body(carry):
         i, s = carry
@@ -186,7 +204,9 @@ def decode_chunk(variables, state: Slots, stop, start, steps, *, model, spec: Lo
         # send the live rows through the full-vocabulary path of sampling
         params = s.params.replace(temperature=jnp.where(live, s.params.temperature, 0.0))
         nxt = jnp.where(live, _choose(logits, params, s.tokens, s.count, spec), PAD_ID)
-        tokens = s.tokens.at[rows, jnp.where(live, s.count, s.tokens.shape[1])].set(nxt, mode="drop")
+        # each live row's token at its own index, as one select over the (S, R) ids: XLA's CPU
+        # scatter of S single elements costs several times that
+        tokens = jnp.where(live[:, None] & (index == s.count[:, None]), nxt[:, None], s.tokens)
         count = s.count + live
         done = s.done | (live & _finished(nxt, count, s.params, spec))
         return i + 1, s.replace(cache=cache, last=jnp.where(live, nxt, s.last), count=count, done=done,
@@ -196,8 +216,7 @@ def decode_chunk(variables, state: Slots, stop, start, steps, *, model, spec: Lo
         i, s = carry
         return (i < steps) & ~jnp.all(s.done) & ~jnp.any(s.done & ~entered)
 
-    state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]
-    return state, progress(state, start, width)
+    return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]
 
 
 def progress(state: Slots, start, width: int):

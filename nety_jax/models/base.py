@@ -189,6 +189,23 @@ class Model(abc.ABC):
         keep = lambda n, o: jnp.where(live, n, o) if n.ndim == 1 else n
         return logits, jax.tree_util.tree_map(keep, new, cache)
 
+    def slot_memory(self, prompt_width: int, source_len: int) -> int:
+        """How many memory positions the slots read when the widest prompt among them was
+        prefilled at ``prompt_width`` (a seq2seq model's encoder memory, padded to the layout's
+        ``source_len``): a decode chunk then reads only those (``slot_narrow``). 0: all of them
+        (the prompt fills the layout, or the layout has no memory axis)."""
+        return 0
+
+    def slot_narrow(self, cache, size: int):
+        """The slot cache with its memory cut to the first ``size`` positions (every position a
+        live slot reads: the rest are masked, so the step's outputs are the same)."""
+        return cache
+
+    def slot_widen(self, full, narrow):
+        """``narrow`` (a ``slot_narrow`` of ``full`` after some steps) with ``full``'s memory back:
+        a step never writes the memory."""
+        return narrow
+
     # -- prompt-state reuse (a prefix cache) ---------------------------------------------------
     # "none": nothing; "prefix": the state after a prompt's first P tokens continues with the rest
     # (start_from_states gets the suffixes); "whole": the state of a whole padded prompt is reused

@@ -54,6 +54,9 @@ class SlotRunner:
 
     def reset(self) -> None:
         self.state = self.device.empty(self.model, self.variables, self.slots, self.room, self.source_len)
+        # each slot's prompt width at its last prefill (a freed slot keeps it until reused): their
+        # maximum bounds the memory every live slot reads (``model.slot_memory``)
+        self.widths = np.zeros(self.slots, np.int64)
 
     def prefill(self, rows: list[Row], slot_ids: list[int]) -> None:
         """Prefills ``rows`` into ``slot_ids`` without waiting for the device (their first
@@ -85,14 +88,14 @@ class SlotRunner:
         width, compile on first use). Returns how many admissions it ran."""
         width_of = {self._width(n): n for n in (lengths or range(1, self.source_len + 1))}
         runs = 0
+        stop, start = np.zeros(self.slots, bool), np.zeros(self.slots, np.int32)
         for prompt_width, n in sorted(width_of.items()):
             b = 1
             while b <= batch_bucket(min(self.slots, ADMIT_ROWS)):
                 rows = [Row([EOS_ID + 2] * n, 0.0, 0, 1.0, 2, i) for i in range(min(b, self.slots))]
                 self._prefill_group(rows, list(range(len(rows))), prompt_width, through_cache=False)
                 runs, b = runs + 1, 2 * b
-        stop, start = np.zeros(self.slots, bool), np.zeros(self.slots, np.int32)
-        self.progress(self.step(stop, start, 1, width))
+            self.progress(self.step(stop, start, 1, width))  # the chunk reading this width's memory
         self.reset()
         return runs
 
@@ -109,6 +112,7 @@ class SlotRunner:
             fill([r.seed for r in rows], 0))
         where = np.full((b,), self.slots, np.int32)  # padding rows land nowhere
         where[:n] = slot_ids
+        self.widths[slot_ids] = p
         static = {"model": self.model, "spec": self.spec, "source_len": self.source_len}
         if self.prefix_cache is None:
             self.state = self.device.admit(self.variables, self.state, tokens, lengths, settings, where, **static)
@@ -132,8 +136,10 @@ class SlotRunner:
     def step(self, stop: np.ndarray, start: np.ndarray, steps: int, width: int):
         """Starts one chunk of at most ``steps`` < ``width`` tokens (it ends early when a row
         finishes) without waiting for it; ``progress`` reads what it returns."""
+        memory = self.model.slot_memory(int(self.widths.max()), self.source_len)
         self.state, out = self.device.decode_chunk(self.variables, self.state, stop, np.asarray(start, np.int32),
-                                                   np.int32(steps), model=self.model, spec=self.spec, width=width)
+                                                   np.int32(steps), model=self.model, spec=self.spec, width=width,
+                                                   memory=memory)
         return out
 
     @staticmethod

@@ -122,3 +122,32 @@ class HybridModel(Model):
         cache = net.apply(variables, memory, mask, max(self.prompts.max_new_tokens(), 1), tokens,
                           method=net.init_cache)
         return self._first_step(variables, cache)
+
+    # The memory's leaves in the slot layout: each layer's cross-attention keys, values and mask,
+    # and the copy head's view; a pooled memory (one vector, no "mask") has no memory axis.
+    def slot_memory(self, prompt_width: int, source_len: int) -> int:
+        if self.cfg.memory != "sequence" or prompt_width >= source_len:
+            return 0
+        return prompt_width + int(self.cfg.memory_prepend_pooled)
+
+    def slot_narrow(self, cache, size: int):
+        cut = lambda x, axis: jax.lax.slice_in_dim(x, 0, size, axis=axis)
+        return self._with_memory(cache, lambda cross: {"k": cut(cross["k"], 2), "v": cut(cross["v"], 2),
+                                                       "mask": cut(cross["mask"], 1)},
+                                 lambda view: {name: cut(x, 1) for name, x in view.items()})
+
+    def slot_widen(self, full, narrow):
+        layers = self._decoder_cache(full)["layers"]
+        cross = iter(entry["cross"] for entry in layers)
+        return self._with_memory(narrow, lambda _: next(cross), lambda _: full["copy"])
+
+    def _decoder_cache(self, cache):
+        return cache["decoder"] if self.cfg.copy else cache
+
+    def _with_memory(self, cache, cross_fn, copy_fn):
+        """``cache`` with each layer's cross-attention entry replaced by ``cross_fn(entry)`` and
+        the copy head's view by ``copy_fn(view)``."""
+        dec = self._decoder_cache(cache)
+        layers = tuple({**entry, "cross": cross_fn(entry["cross"])} for entry in dec["layers"])
+        dec = {**dec, "layers": layers}
+        return {"decoder": dec, "copy": copy_fn(cache["copy"])} if self.cfg.copy else dec
