@@ -18,30 +18,27 @@ def hybrid(tiny_cfg):
     return model, model.init(jax.random.PRNGKey(1)), cfg.data.max_src_len
 
 
-def _slots(model, variables, source_len, widths, spec):
-    """One slot per prompt width, greedy and seeded rows, every slot live."""
-    rows, room = len(widths), model.prompts.max_new_tokens()
-    state = device.empty(model, variables, rows, room, source_len)
-    rs = np.random.default_rng(0)
-    for slot, width in enumerate(widths):
-        tokens = rs.integers(4, model.cfg.vocab_size, (1, width)).astype(np.int32)
-        settings = device.RowSettings.create([0.0 if slot % 2 else 0.9], [0], [1.0], [room], [slot])
-        state = device.admit(variables, state, tokens, np.full((1,), width - 3, np.int32), settings,
-                             np.array([slot], np.int32), model=model, spec=spec, source_len=source_len)
-    return state
+def _slots(model, variables, source_len, width, spec):
+    """Two live slots from one prefill at ``width``: a greedy row and a seeded one, prompts of
+    5 and ``width`` tokens."""
+    room = model.prompts.max_new_tokens()
+    tokens = np.random.default_rng(0).integers(4, model.cfg.vocab_size, (2, width)).astype(np.int32)
+    settings = device.RowSettings.create([0.0, 0.9], [0, 0], [1.0, 1.0], [room, room], [1, 2])
+    state = device.empty(model, variables, 2, room, source_len)
+    return device.admit(variables, state, tokens, np.array([5, width], np.int32), settings,
+                        np.arange(2, dtype=np.int32), model=model, spec=spec, source_len=source_len)
 
 
 def test_a_chunk_over_the_live_memory_gives_the_tokens_of_the_whole_layout(hybrid):
     model, variables, source_len = hybrid
-    widths = (8, 16, 8)  # greedy, sampled, greedy; the memory read is the 16-token prompt's
     spec = LoopSpec(max_new_tokens=model.prompts.max_new_tokens(), ignore_eos=True)
-    memory = model.slot_memory(max(widths), source_len)
-    assert 0 < memory < source_len + 1  # the pooled vector first, then one position per token
+    memory = model.slot_memory(16, source_len)
+    assert memory == 17  # the pooled vector first, then one position per token
     outs = {}
     for m in (0, memory):
-        state = _slots(model, variables, source_len, widths, spec)
-        args = (variables, state, np.zeros(len(widths), bool), np.zeros(len(widths), np.int32), np.int32(12))
-        state, progress = device.decode_chunk(*args, model=model, spec=spec, width=13, memory=m)
+        state = _slots(model, variables, source_len, 16, spec)
+        args = (variables, state, np.zeros(2, bool), np.zeros(2, np.int32), np.int32(8))
+        state, progress = device.decode_chunk(*args, model=model, spec=spec, width=9, memory=m)
         outs[m] = (np.asarray(state.tokens), np.asarray(progress))
         # the memory kept whole in the state: later chunks may read more of it
         assert state.cache["copy"]["memory"].shape[1] == source_len + 1
@@ -52,11 +49,11 @@ def test_a_chunk_over_the_live_memory_gives_the_tokens_of_the_whole_layout(hybri
 def test_the_narrowed_step_attends_over_the_live_memory_only(hybrid):
     model, variables, source_len = hybrid
     spec = LoopSpec(max_new_tokens=model.prompts.max_new_tokens(), ignore_eos=True)
-    state = _slots(model, variables, source_len, (8, 8), spec)
+    state = device.empty(model, variables, 2, model.prompts.max_new_tokens(), source_len)
     args = (variables, state, np.zeros(2, bool), np.zeros(2, np.int32), np.int32(2))
     heads = model.cfg.dec_heads
 
-    def scores(m):  # the cross-attention's (S, H, 1, M) scores in the chunk's program
+    def scores(m):  # the widths of the cross-attention's (S, H, 1, M) scores in the chunk's program
         text = device.decode_chunk.lower(*args, model=model, spec=spec, width=3, memory=m).as_text()
         return {n for n in (9, source_len + 1) if f"tensor<2x{heads}x1x{n}xf32>" in text}
     assert scores(0) == {source_len + 1}

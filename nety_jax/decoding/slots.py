@@ -194,7 +194,7 @@ def decode_chunk(variables, state: Slots, stop, start, steps, *, model, spec: Lo
 def _steps(variables, state: Slots, entered, steps, model, spec: LoopSpec) -> Slots:
     """The chunk's loop: one token a live slot per step, until ``steps``, no slot live, or a
     row not ``entered`` done finishing."""
-    index = jnp.arange(state.tokens.shape[1])[None, :]
+    rows = jnp.arange(state.last.shape[0])
 
     def body(carry):
         i, s = carry
@@ -204,9 +204,7 @@ def _steps(variables, state: Slots, entered, steps, model, spec: LoopSpec) -> Sl
         # send the live rows through the full-vocabulary path of sampling
         params = s.params.replace(temperature=jnp.where(live, s.params.temperature, 0.0))
         nxt = jnp.where(live, _choose(logits, params, s.tokens, s.count, spec), PAD_ID)
-        # each live row's token at its own index, as one select over the (S, R) ids: XLA's CPU
-        # scatter of S single elements costs several times that
-        tokens = jnp.where(live[:, None] & (index == s.count[:, None]), nxt[:, None], s.tokens)
+        tokens = s.tokens.at[rows, jnp.where(live, s.count, s.tokens.shape[1])].set(nxt, mode="drop")
         count = s.count + live
         done = s.done | (live & _finished(nxt, count, s.params, spec))
         return i + 1, s.replace(cache=cache, last=jnp.where(live, nxt, s.last), count=count, done=done,
