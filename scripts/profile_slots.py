@@ -5,11 +5,16 @@ Both at the same rows (``--rows``, every one live), the same sampling settings a
 <eos> masked) and the same number of steps: ``decoding.slots.decode_chunk`` over
 ``--rows`` slots against ``decoding.generation.continue_stream`` (the dynamic engine's
 loop) on a batch of ``--rows`` prompts. Timed alternately in one process (only ratios
-within a run mean anything on a shared machine), then a per-HLO-op profile of each
-(``scripts/profile_ops.py``'s machinery).
+within a run mean anything on a shared machine; $PROFILE_SLOTS_MIN=1 takes each program's
+fastest call instead of the median, steadier when other processes hold the cores), then a
+per-HLO-op profile of each (``scripts/profile_ops.py``'s machinery).
 
     python scripts/profile_slots.py --checkpoint runs/demo
     python scripts/profile_slots.py --checkpoint /tmp/nety-bench-serve-gpt   # bench_serve.py's GPT
+
+On a model whose slots have a memory (the hybrid) the chunk as the engine runs it (the memory
+narrowed to the prompts' bucket: ``decode_chunk(memory=...)``) is also timed against the same
+chunk reading the whole slot layout's memory (``continuous, whole memory``).
 """
 from __future__ import annotations
 
@@ -47,8 +52,10 @@ def _setup(checkpoint: str, rows: int, prompt_len: int):
     return pre, dynamic, spec, tokens, lengths
 
 
-def continuous_program(pre, spec, tokens, lengths, steps: int):
-    """(compiled chunk, its args): ``steps`` tokens over len(tokens) live slots."""
+def continuous_program(pre, spec, tokens, lengths, steps: int, whole_memory: bool = False):
+    """(compiled chunk, its args): ``steps`` tokens over len(tokens) live slots, reading the
+    memory the engine has them read (``model.slot_memory`` of the prompts' width), or all of
+    the slot layout's (``whole_memory``: the chunk before the memory was narrowed)."""
     from nety_jax.decoding import slots as device
     from nety_jax.data.prompts import bucket
     model, variables = pre.model, pre.variables
@@ -63,7 +70,8 @@ def continuous_program(pre, spec, tokens, lengths, steps: int):
     state = device.admit(variables, state, padded, lengths, settings, np.arange(rows, dtype=np.int32),
                          model=model, spec=spec, source_len=source_len)
     args = (variables, state, np.zeros(rows, bool), np.zeros(rows, np.int32), np.int32(steps))
-    static = {"model": model, "spec": spec, "width": steps + 1}
+    memory = 0 if whole_memory else model.slot_memory(width, source_len)
+    static = {"model": model, "spec": spec, "width": steps + 1, "memory": memory}
     return functools.partial(device.decode_chunk, **static), args
 
 
@@ -101,7 +109,8 @@ def alternate(programs: dict, rounds: int) -> dict:
             jax.block_until_ready(fn(*call))
             wall[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
-    return {name: (float(np.median(wall[name])), float(np.median(cpu[name]))) for name in programs}
+    pick = np.min if os.environ.get("PROFILE_SLOTS_MIN") else np.median
+    return {name: (float(pick(wall[name])), float(pick(cpu[name]))) for name in programs}
 
 
 def _trace(fn, args, runs: int) -> collections.Counter:
@@ -153,14 +162,17 @@ def main() -> int:
     pre, _, spec, tokens, lengths = _setup(args.checkpoint, args.rows, args.prompt_len)
     programs = {"continuous": continuous_program(pre, spec, tokens, lengths, args.steps),
                 "dynamic": dynamic_program(pre, spec, tokens, lengths, args.steps)}
+    if programs["continuous"][0].keywords["memory"]:  # the A/B of the memory narrowing
+        programs["continuous, whole memory"] = continuous_program(pre, spec, tokens, lengths, args.steps, True)
     med = alternate(programs, args.rounds)
     per = lambda x: 1e3 * x / (args.steps * args.rows)
     print(f"{pre.config.model.arch}, {args.rows} rows x {args.steps} steps, load {os.getloadavg()[0]:.1f}, "
-          f"medians of {args.rounds} alternating calls:")
+          f"{'minima' if os.environ.get('PROFILE_SLOTS_MIN') else 'medians'} of {args.rounds} alternating calls:")
     for k, (w, c) in med.items():
         print(f"  {k}: wall {1e3 * w:.2f} ms ({per(w):.4f} per row-step), CPU {1e3 * c:.2f} ms ({per(c):.4f})")
-    (cw, cc), (dw, dc) = med["continuous"], med["dynamic"]
-    print(f"  continuous / dynamic: wall {cw / dw:.2f}x, CPU {cc / dc:.2f}x")
+    for k, (w, c) in med.items():
+        if k != "continuous":
+            print(f"  continuous / {k}: wall {med['continuous'][0] / w:.3f}x, CPU {med['continuous'][1] / c:.3f}x")
     if not args.no_profile:
         for name, (fn, fargs) in programs.items():
             lowered = fn.func.lower(*fargs, **fn.keywords)  # the program the calls run
