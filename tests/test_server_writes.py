@@ -62,3 +62,37 @@ def test_a_stream_gets_its_first_text_at_once_then_a_piece_per_interval_and_its_
     now[0] = 0.036
     state._read(0, job, job.rows[0], ids, True)  # its end goes at once, whatever the interval
     assert "".join(pieces) == tok.decode(ids) and len(pieces) == 3 and state.finish[0] == "length"
+
+
+def test_an_engine_burst_wakes_the_event_loop_once_at_its_end_even_when_it_fails():
+    from nety_jax.serving import server
+    from nety_jax.serving.engine import Worker
+
+    class Loop:  # records wake-ups instead of running them
+        def __init__(self):
+            self.calls = []
+
+        def call_soon_threadsafe(self, fn):
+            self.calls.append(fn)
+    loop, events = Loop(), asyncio.Queue()
+    mail = server._Mailbox(loop)
+    worker = Worker.__new__(Worker)  # its burst only: no thread
+    worker.bursts = [mail]
+    with worker._burst():
+        mail.post(events, 1)
+        loop.calls and loop.calls.pop()()  # a wake-up now would run at once
+        mail.post(events, 2)
+        assert loop.calls == [] and events.empty()
+    assert len(loop.calls) == 1
+    loop.calls.pop()()
+    assert [events.get_nowait(), events.get_nowait()] == [1, 2]
+    with worker._burst():  # nothing delivered: nothing to wake for
+        pass
+    assert loop.calls == []
+    try:
+        with worker._burst():
+            mail.post(events, 3)
+            raise RuntimeError("a failed read")
+    except RuntimeError:
+        pass
+    assert len(loop.calls) == 1 and mail.held == 0  # released all the same

@@ -206,7 +206,8 @@ class ContinuousEngine(Worker):
                 if admitted:
                     self._prefill(admitted)
                 chunk = self._dispatch() if any(self.seats) else None
-                self._read()  # the last chunk's text, while the device runs this one
+                with self._burst():  # the clients' thread woken once, when all is read
+                    self._read()  # the last chunk's text, while the device runs this one
                 if chunk is not None:
                     self._collect(*chunk)
             except Exception as e:  # never let one chunk take the server down

@@ -11,6 +11,7 @@ stopped. A full queue refuses new requests (``QueueFull``: HTTP 429).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -72,6 +73,9 @@ class Worker:
     def __init__(self, backend, queue_size: int, metrics=None, stream_interval_ms: float = 0.0):
         self.backend, self.metrics = backend, metrics
         self.stream_interval = stream_interval_ms / 1000.0  # the least time between a stream's pieces
+        # who passes deliveries on to another thread (``server._Mailbox``): told when a burst starts
+        # and ends, so that a burst wakes that thread once, at its end
+        self.bursts: list = []
         self.jobs: queue.Queue = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self.failure: Optional[str] = None  # why the thread stopped, if it died
@@ -115,6 +119,21 @@ class Worker:
 
     def close(self) -> None:
         self._stop.set()
+
+    @contextlib.contextmanager
+    def _burst(self):
+        """Deliveries made inside go on together at its end (each of ``bursts`` holds them),
+        so the thread that answers clients is woken once for all of them, after this thread
+        is done with them, rather than at the first and then contending for the interpreter
+        lock with this thread while it makes the rest."""
+        held = list(self.bursts)
+        for b in held:
+            b.hold()
+        try:
+            yield
+        finally:
+            for b in held:
+                b.release()
 
     def reply_room(self, prompt_len: int) -> int:
         """The most new tokens a row may ask for after a prompt of ``prompt_len`` (0: the
@@ -187,15 +206,17 @@ class Engine(Worker):
             self.metrics.batch_size.observe(len(rows))
 
         def on_chunk(tokens: np.ndarray, done: np.ndarray) -> np.ndarray:
-            return state.update(tokens, done)
+            with self._burst():
+                return state.update(tokens, done)
 
         tokens, lengths = self.backend.run(batch, [r for _, _, r in rows], on_chunk, self.chunk)
-        state.update(tokens, np.ones(len(tokens), bool), final=True)
-        for job in jobs:
-            results = [state.result(job, i) for i in range(len(job.rows))]
-            if self.metrics:
-                self.metrics.tokens.inc(sum(r.tokens for r in results))
-            job.deliver("done", results)
+        with self._burst():
+            state.update(tokens, np.ones(len(tokens), bool), final=True)
+            for job in jobs:
+                results = [state.result(job, i) for i in range(len(job.rows))]
+                if self.metrics:
+                    self.metrics.tokens.inc(sum(r.tokens for r in results))
+                job.deliver("done", results)
 
     def warm_up(self, lengths=None) -> int:
         """Runs every batch shape once (each prompt bucket up to the longest prompt x each batch

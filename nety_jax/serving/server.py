@@ -113,12 +113,25 @@ class _Mailbox:
     a turn of the loop, on the same cores as the engine."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.lock, self.items, self.waking = loop, threading.Lock(), [], False
+        self.loop, self.lock, self.items, self.waking, self.held = loop, threading.Lock(), [], False, 0
 
     def post(self, queue: asyncio.Queue, item) -> None:
         with self.lock:
             self.items.append((queue, item))
-            if self.waking:
+            if self.waking or self.held:
+                return
+            self.waking = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def hold(self) -> None:
+        """Posts wait for ``release`` (the engine's burst of deliveries: ``Worker._burst``)."""
+        with self.lock:
+            self.held += 1
+
+    def release(self) -> None:
+        with self.lock:
+            self.held -= 1
+            if self.held or self.waking or not self.items:
                 return
             self.waking = True
         self.loop.call_soon_threadsafe(self._deliver)
@@ -137,7 +150,9 @@ class Server:
 
     def _mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
         if self.mail is None or self.mail.loop is not loop:  # a test client may run several loops
-            self.mail = _Mailbox(loop)
+            old, self.mail = self.mail, _Mailbox(loop)
+            bursts = self.engine.bursts
+            bursts[:] = [b for b in bursts if b is not old] + [self.mail]
         return self.mail
 
     async def run(self, request: Request, prompts: list[str], req, kind: str, endpoint: str):
