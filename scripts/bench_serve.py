@@ -5,6 +5,7 @@
     python scripts/bench_serve.py --model demo --flood 10000 --only-flood
     python scripts/bench_serve.py --model demo --mix loguniform   # many short replies, few long
     python scripts/bench_serve.py --model demo --against DIR      # this tree's server against DIR's
+    python scripts/bench_serve.py --model gpt --against DIR --against-engine dynamic
 
 Each request asks for a reply length drawn from 8 to 256 tokens (at most the model's room after
 the prompt): uniformly (``--mix uniform``, the default) or log-uniformly (``--mix loguniform``);
@@ -527,12 +528,13 @@ def mix_of(url: str, kind: str) -> Mix:
     return Mix(kind, min(int(httpx.get(f"{url}/health").json()["max_tokens"]), LONGEST))
 
 
-def against(checkpoint: str, other: str, seconds: float, slots: int, rounds: int, kind: str) -> str:
-    """Continuous servers of this tree and of ``other`` (another checkout: the code before a
+def against(checkpoint: str, other: str, seconds: float, slots: int, rounds: int, kind: str,
+            engine: str = "continuous") -> str:
+    """``engine`` servers of this tree and of ``other`` (another checkout: the code before a
     change) side by side, their closed-loop saturation windows in turn: tokens/s and server
     CPU per generated token of each, every round (a same-run A/B of two versions; which server
     goes first alternates between rounds)."""
-    servers = {name: start_server(checkpoint, "continuous", slots, 2 * slots, root)
+    servers = {name: start_server(checkpoint, engine, slots, 2 * slots, root)
                for name, root in (("this tree", ROOT), ("other", os.path.abspath(other)))}
     try:
         mix = mix_of(servers["this tree"][1], kind)
@@ -670,6 +672,8 @@ def main() -> int:
                    "replies and few long, closer to chat traffic)")
     p.add_argument("--against", default="", help="another checkout (e.g. a git worktree of the code before a "
                    "change): its continuous server against this tree's, saturation rounds only (an A/B)")
+    p.add_argument("--against-engine", choices=("continuous", "dynamic"), default="continuous",
+                   help="--against: which engine the two checkouts' servers run")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batching", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -681,8 +685,9 @@ def main() -> int:
     if args.trace:
         os.environ["NETY_BENCH_TRACE"] = os.path.abspath(args.trace)
     if args.against:
-        print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s closed-loop windows, {args.rounds} rounds, "
-              f"{args.slots} slots\n\n{against(checkpoint, args.against, args.seconds, args.slots, args.rounds, args.mix)}")
+        table = against(checkpoint, args.against, args.seconds, args.slots, args.rounds, args.mix, args.against_engine)
+        print(f"\n{args.model} ({checkpoint}), {args.against_engine} servers, {args.seconds:g} s closed-loop windows, "
+              f"{args.rounds} rounds, {args.slots} slots\n\n{table}")
     elif args.sweep:
         counts = [int(n) for n in args.sweep.split(",")]
         print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s closed-loop windows, {args.rounds} rounds\n\n"
