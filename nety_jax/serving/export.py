@@ -260,9 +260,9 @@ class ExportedModel:
         repeated = [t for t in texts for _ in range(num_samples)]
         batch = encode_prompts(self.prompts, self.tokenizer, repeated, self.config.data,
                                self.info["max_new_tokens"], fixed_batch=fixed if isinstance(fixed, int) else 0)
-        for i in sorted({i // num_samples for i in batch.cut}):  # as Pretrained warns
+        for i in sorted({i // num_samples for i in batch.cut}):  # as Pretrained warns, with the export's limit
             self.warn(f"warning: prompt {first_row // num_samples + i + 1} was cut to {batch.tokens.shape[1]} "
-                      "tokens (the longest this model takes)")
+                      f"tokens (the longest this {self._prompt_limit()})")
         b = batch.tokens.shape[0]
         rows = {k: v + [v[0]] * (b - len(v)) for k, v in req.rows.items()}
         seeds = seeds_per_row(seed, len(texts), num_samples)
@@ -270,6 +270,16 @@ class ExportedModel:
         tokens, _, _ = self.generate_ids(batch.tokens, batch.lengths, seeds, first_row, **rows)
         replies = decode_replies(self.tokenizer, tokens, n, batch if with_prompt else None)
         return [replies[i * num_samples: (i + 1) * num_samples] for i in range(len(texts))]
+
+
+    def _prompt_limit(self) -> str:
+        """Why prompts are cut where they are: a language model's export keeps room for the longest
+        reply it was compiled for, which a new export with a shorter one gives back to prompts."""
+        compiled = self.info["max_new_tokens"]
+        if self.prompts.limit(self.config.data, compiled) >= self.prompts.limit(self.config.data, 1):
+            return "model takes"
+        return (f"export takes: model.max_len={self.config.model.max_len} less the {compiled}-token replies it "
+                "was compiled for; export again with a smaller --set decode.max_new_tokens for longer prompts")
 
 
 def load_exported(directory: str, warn: Callable[[str], None] = _stderr) -> ExportedModel:
