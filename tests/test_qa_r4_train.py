@@ -58,3 +58,15 @@ def test_fine_tuning_on_text_the_source_tokenizer_does_not_know_is_refused(train
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert f"the tokenizer of --init-from {trained_gpt[0]}" in result.stderr, result.stderr
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_resume_says_which_model_settings_it_changes():
+    """`train --set model.dropout=0.1` on a resume trained with the new dropout (and saved it in
+    config.yaml) while its "honoured:" line listed only data, train and decode fields: a changed
+    model.dropout / attention_dropout / dtype is said too."""
+    from nety_jax.config import load_config
+    from nety_jax.training.setup import reconcile
+    saved = load_config(GPT_TINY)
+    requested = load_config(GPT_TINY, ["model.dropout=0.1", "model.dtype=bfloat16", "train.steps=400"])
+    assert reconcile(saved, requested) == ["model.dropout: 0.0 -> 0.1", "model.dtype: 'float32' -> 'bfloat16'",
+                                           "train.steps: 300 -> 400"]

@@ -45,3 +45,33 @@ def test_an_importer_cannot_overwrite_a_run_a_training_is_starting_in(tmp_path, 
     with guard.output(str(run), "import-hf", overwrite=True) as tmp:
         open(os.path.join(tmp, "config.yaml"), "w").write("model:\n  arch: gpt\n  layers: 9\n")
     assert "layers: 9" in (run / "config.yaml").read_text()
+
+
+def test_an_interrupted_overwrite_leaves_one_whole_output(tmp_path, monkeypatch):
+    """`--overwrite` renamed the earlier output aside, then the new one into place: a Ctrl-C (or a
+    kill) between the two left no output at all, the earlier one hidden in a `.NAME.old-*` folder
+    nothing reads. The two directories are now swapped in one step."""
+    from nety_jax.runs import guard
+    out = tmp_path / "export"
+    for text in ("first", "second"):
+        with guard.output(str(out), "export", overwrite=True) as tmp:
+            open(os.path.join(tmp, "generate.bin"), "w").write(text)
+    calls = []
+    real = os.replace
+
+    def interrupted(src, dst):  # Ctrl-C right after the earlier output is renamed aside
+        if calls:
+            raise KeyboardInterrupt
+        real(src, dst)
+        if os.fspath(src) == str(out):
+            calls.append(dst)
+
+    monkeypatch.setattr(guard.os, "replace", interrupted)
+    try:
+        with guard.output(str(out), "export", overwrite=True) as tmp:
+            open(os.path.join(tmp, "generate.bin"), "w").write("third")
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    assert (out / "generate.bin").read_text() in ("second", "third")
+    assert sorted(os.listdir(tmp_path)) == ["export"]  # no staging or .old- folder left

@@ -35,6 +35,7 @@ in place, then calls ``guard.mark(workdir, "train")``), and
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import fcntl
@@ -216,12 +217,26 @@ class Claim:
         if w.is_file or not os.path.isdir(self.path):
             os.replace(tmp, self.path)
             return
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(self.path))}.old-",
-                               dir=os.path.dirname(os.path.abspath(self.path)))
         with _replacing(self.path, self.flag):  # no reader can start between the check and the rename
+            if _exchange(tmp, self.path):  # tmp now holds the earlier output, which staging removes
+                return
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(self.path))}.old-",
+                                   dir=os.path.dirname(os.path.abspath(self.path)))
             os.replace(self.path, os.path.join(old, "out"))
             os.replace(tmp, self.path)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swaps two directories in one step (Linux's ``renameat2(RENAME_EXCHANGE)``): two renames left
+    no output at all, the earlier one hidden in a ``.old-`` folder, when Ctrl-C or a kill came between
+    them. False where the kernel, the C library or the file system cannot (then two renames)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 # flock failures that mean "this file system cannot lock" (NFS without lockd, some FUSE): no lock is

@@ -26,7 +26,7 @@ from nety_jax.errors import CheckpointError, ConfigError
 from nety_jax.models import get_model
 from nety_jax.runs import checkpoints as ckpt
 from nety_jax.runs import guard
-from nety_jax.runs.compat import check_fits, describe_differences, model_differences
+from nety_jax.runs.compat import RUNTIME_MODEL_FIELDS, check_fits, describe_differences, model_differences
 from nety_jax.runs.files import CONFIG_FILE, checkpoint_dir, read_run_config
 from nety_jax.runs.weights import split_variables
 from nety_jax.tasks import DataSplit
@@ -90,8 +90,10 @@ def reconcile(saved: Config, requested: Config, trained: bool = True) -> list[st
     if refused:
         raise CheckpointError(f"the run directory holds a run with another config: "
                               f"{describe_differences(refused)}; use another --workdir")
-    return [f"{sec}.{k}: {s[sec][k]!r} -> {r[sec][k]!r}" for sec in ("data", "train", "decode")
-            for k in r[sec] if s[sec][k] != r[sec][k]]
+    changed_model = [k for k in sorted(RUNTIME_MODEL_FIELDS) if k in s["model"] and s["model"][k] != r["model"].get(k)]
+    return [f"model.{k}: {s['model'][k]!r} -> {r['model'][k]!r}" for k in changed_model] + \
+        [f"{sec}.{k}: {s[sec][k]!r} -> {r[sec][k]!r}" for sec in ("data", "train", "decode")
+         for k in r[sec] if s[sec][k] != r[sec][k]]
 
 
 def _restore_weights(workdir: str, cfg: Config, step: int, abstract) -> dict:
