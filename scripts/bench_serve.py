@@ -685,9 +685,9 @@ def main() -> int:
     if args.trace:
         os.environ["NETY_BENCH_TRACE"] = os.path.abspath(args.trace)
     if args.against:
-        table = against(checkpoint, args.against, args.seconds, args.slots, args.rounds, args.mix, args.against_engine)
+        ab = against(checkpoint, args.against, args.seconds, args.slots, args.rounds, args.mix, args.against_engine)
         print(f"\n{args.model} ({checkpoint}), {args.against_engine} servers, {args.seconds:g} s closed-loop windows, "
-              f"{args.rounds} rounds, {args.slots} slots\n\n{table}")
+              f"{args.rounds} rounds, {args.slots} slots\n\n{ab}")
     elif args.sweep:
         counts = [int(n) for n in args.sweep.split(",")]
         print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s closed-loop windows, {args.rounds} rounds\n\n"
