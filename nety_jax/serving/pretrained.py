@@ -47,6 +47,12 @@ class Pretrained:
         if isinstance(megabytes, bool) or not isinstance(megabytes, (int, float)) \
                 or not 0 <= megabytes < float("inf"):
             raise NetyError(f"prefix cache size must be a number of megabytes >= 0, got {megabytes!r}")
+        from nety_jax.training.memory import device_limit
+        limit, where = device_limit(self.config.train, 1)
+        if limit is not None and megabytes * 2 ** 20 > limit:  # a bound that never binds: the server grew until killed
+            raise NetyError(f"prefix cache size (--prefix-cache-mb) {megabytes:g} MB is more than a device holds "
+                            f"({limit / 2 ** 20:,.0f} MB, {where}): it would fill the memory before evicting "
+                            "anything; give at most that")
         self.prefix_cache = make_cache(self.model, megabytes)
 
     def _start(self, req, batch, params):
