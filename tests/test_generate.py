@@ -18,12 +18,14 @@ GREEDY = SamplingParams.create(3, temperature=0.0)
 
 
 def recompute_greedy(model, variables, n):
-    """NETY's way, as a reference: rerun encoder and decoder on the whole prefix every step."""
+    """NETY's way, as a reference: rerun encoder and decoder on the whole prefix every step. The
+    prefix sits in one width of n + 1 (padded after it), so one program serves every step instead
+    of one compile per length; the decoder is causal, so step i reads the logits at position i."""
     logits_fn = jax.jit(lambda tgt: model.logits(variables, {"src": SRC, "src_len": LEN, "tgt_in": tgt})[0])
-    tgt = np.full((3, 1), SOS_ID, np.int32)
-    for _ in range(n):
-        nxt = np.asarray(logits_fn(jnp.asarray(tgt)))[:, -1].argmax(-1)
-        tgt = np.concatenate([tgt, nxt[:, None].astype(np.int32)], axis=1)
+    tgt = np.zeros((3, n + 1), np.int32)
+    tgt[:, 0] = SOS_ID
+    for i in range(n):
+        tgt[:, i + 1] = np.asarray(logits_fn(jnp.asarray(tgt)))[:, i].argmax(-1)
     return tgt[:, 1:]
 
 

@@ -39,12 +39,16 @@ def _batch(prompts):
 
 
 def _recompute_greedy(model, variables, prompt, n):
-    """The reference: the whole prefix through the teacher-forced network at every step."""
+    """The reference: the whole prefix through the teacher-forced network at every step. The
+    prefix sits in one width (padded after it), so one program serves every step and prompt
+    instead of one compile per length; the network is causal, so the next token is read at the
+    prefix's last position."""
     logits_fn = jax.jit(lambda t: model.logits(variables, {"tokens": t})[0])
-    seq = list(prompt)
-    for _ in range(n):
-        seq.append(int(np.asarray(logits_fn(jnp.asarray([seq])))[0, -1].argmax()))
-    return seq[len(prompt):]
+    seq = np.zeros((1, max(map(len, PROMPTS)) + n), np.int32)
+    seq[0, :len(prompt)] = prompt
+    for i in range(len(prompt), len(prompt) + n):
+        seq[0, i] = np.asarray(logits_fn(jnp.asarray(seq)))[0, i - 1].argmax()
+    return seq[0, len(prompt):len(prompt) + n].tolist()
 
 
 LM_CONFIGS = {"gpt": (GPT_TINY, ["model.vocab_size=50"]),
