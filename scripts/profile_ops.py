@@ -32,7 +32,7 @@ def op_table(compiled) -> dict:
     """HLO op name -> (shape, opcode, source path) from the compiled module's text."""
     info = {}
     for line in compiled.as_text().splitlines():
-        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) (\w[\w\-]*)\(", line)
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\([^)]*\)|\S+) (\w[\w\-]*)\(", line)  # tuple shapes too
         if m:
             name, shape, op = m.groups()
             meta = re.search(r'op_name="([^"]+)"', line)
@@ -40,13 +40,15 @@ def op_table(compiled) -> dict:
     return info
 
 
-def trace_ops(compiled, args, runs: int = 3) -> collections.Counter:
-    """Microseconds per HLO op, averaged over ``runs`` executions."""
-    jax.block_until_ready(compiled(*args))
+def trace_ops(compiled, args, runs: int = 3, fresh=None) -> collections.Counter:
+    """Microseconds per HLO op, averaged over ``runs`` executions; ``fresh(args)``: each execution's
+    own arguments, made before the trace starts (a program that donates an input)."""
+    calls = [args if fresh is None else fresh(args) for _ in range(runs + 1)]
+    jax.block_until_ready(compiled(*calls.pop()))
     out = tempfile.mkdtemp()
     jax.profiler.start_trace(out, create_perfetto_trace=True)
-    for _ in range(runs):
-        jax.block_until_ready(compiled(*args))
+    for call in calls:
+        jax.block_until_ready(compiled(*call))
     jax.profiler.stop_trace()
     path = sorted(glob.glob(out + "/plugins/profile/*/perfetto_trace.json.gz"))[-1]
     events = json.load(gzip.open(path))

@@ -19,16 +19,10 @@ chunk reading the whole slot layout's memory (``continuous, whole memory``).
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import functools
-import glob
-import gzip
-import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import jax
@@ -113,33 +107,12 @@ def alternate(programs: dict, rounds: int) -> dict:
     return {name: (float(pick(wall[name])), float(pick(cpu[name]))) for name in programs}
 
 
-def _trace(fn, args, runs: int) -> collections.Counter:
-    """Microseconds per HLO op of ``fn``'s program per call (profile_ops.trace_ops, but each
-    call on its own copy of the donated state, made before the trace starts)."""
-    calls = [_fresh(args) for _ in range(runs + 1)]
-    jax.block_until_ready(fn(*calls.pop()))
-    out = tempfile.mkdtemp()
-    jax.profiler.start_trace(out, create_perfetto_trace=True)
-    for call in calls:
-        jax.block_until_ready(fn(*call))
-    jax.profiler.stop_trace()
-    path = sorted(glob.glob(out + "/plugins/profile/*/perfetto_trace.json.gz"))[-1]
-    events = json.load(gzip.open(path))
-    events = events["traceEvents"] if isinstance(events, dict) else events
-    total = collections.Counter()
-    for e in events:
-        if e.get("ph") == "X" and "hlo_op" in e.get("args", {}):
-            total[e["args"]["hlo_op"]] += e["dur"] / runs
-    shutil.rmtree(out)
-    return total
-
-
 def top_ops(fn, lowered, args, title: str, top: int, runs: int = 5) -> None:
     """The ``top`` HLO ops by time per call, with their opcode, shape and source; and the
     op time by source (``profile_ops._source``)."""
-    from profile_ops import _source, op_table
+    from profile_ops import _source, op_table, trace_ops
     info = op_table(lowered.compile())
-    times = {n: us for n, us in _trace(fn, args, runs).items()
+    times = {n: us for n, us in trace_ops(fn, args, runs, fresh=_fresh).items()
              if info.get(n, ("", "", ""))[1] not in ("while", "conditional", "call")}
     total = sum(times.values())
     print(f"\n### {title}: {total / 1e3:.2f} ms of op time per call (threads overlap)")
