@@ -35,6 +35,7 @@ import numpy as np
 from flax import struct
 
 from nety_jax.config.sections import EOS_ID, PAD_ID
+from nety_jax.decoding.keys import seed_keys
 from nety_jax.decoding.sampling import NEG_INF, SamplingParams, ban_repeated_ngrams, sample_rows
 from nety_jax.decoding.spec import LoopSpec
 
@@ -57,18 +58,18 @@ class RowSettings:
     top_k: jax.Array  # int32
     top_p: jax.Array  # float32
     max_new_tokens: jax.Array  # int32
-    seed: jax.Array  # uint32: the row's seed modulo 2**32
+    seed: jax.Array  # (B, 2) uint32: the row's key (``keys.seed_keys``)
 
     @classmethod
     def create(cls, temperature, top_k, top_p, max_new_tokens, seed) -> "RowSettings":
-        seed = (np.asarray(seed, np.int64) % (1 << 32)).astype(np.uint32)
+        seed = seed_keys(np.asarray(seed, np.uint64))
         return cls(np.asarray(temperature, np.float32), np.asarray(top_k, np.int32), np.asarray(top_p, np.float32),
                    np.minimum(np.asarray(max_new_tokens, np.int64), np.iinfo(np.int32).max).astype(np.int32), seed)
 
     def params(self) -> SamplingParams:
         """The same keys as ``decoding.keys.row_keys`` gives for these seeds."""
         return SamplingParams(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                              max_new_tokens=self.max_new_tokens, key=jax.vmap(jax.random.PRNGKey)(self.seed))
+                              max_new_tokens=self.max_new_tokens, key=self.seed)
 
 
 @struct.dataclass

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nety_jax.serving.api import MAX_PROMPT_CHARS, ChatRequest, CompletionRequest
 from nety_jax.serving.engine import Engine, EngineDown, Job, QueueFull, Row, Worker, random_seed
+from nety_jax.serving.settings import MAX_SEED
 
 log = logging.getLogger("nety_jax.serve")
 
@@ -90,7 +91,7 @@ def _rows(backend, engine, prompts: list[str], req, continues: bool = False) -> 
         max_new = asked or min(d.max_new_tokens, room)
         prompt_tokens += len(ids)  # OpenAI counts a prompt once, whatever n
         for j in range(req.n):
-            seed = (base_seed + p * req.n + j) % (1 << 32) if base_seed is not None else random_seed()
+            seed = (base_seed + p * req.n + j) % (MAX_SEED + 1) if base_seed is not None else random_seed()
             rows.append(Row(ids, d.temperature if req.temperature is None else req.temperature,
                             d.top_k if req.top_k is None else req.top_k,
                             d.top_p if req.top_p is None else req.top_p, max_new, seed, tuple(req.stop or ()),

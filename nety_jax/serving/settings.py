@@ -19,7 +19,7 @@ from nety_jax.decoding.spec import LoopSpec
 from nety_jax.errors import ConfigError, NetyError
 
 RUNTIME = ("temperature", "top_k", "top_p", "max_new_tokens")
-MAX_SEED = 2 ** 63 - 1  # a seed becomes an int64 (jax.random.PRNGKey), as the server's field says
+MAX_SEED = 2 ** 63 - 1  # as the server's field says; every bit of it reaches the key (decoding.keys.seed_keys)
 STATIC = tuple(f.name for f in dataclasses.fields(LoopSpec) if f.name != "max_new_tokens")
 
 
