@@ -114,11 +114,13 @@ def test_the_copy_config_is_weight_bound_and_fits_the_prompts():
     assert cfg.max_len >= 128
 
 
-def test_train_copy_trains_the_base_then_each_fine_tune_from_the_run_before(tmp_path, monkeypatch):
+def _fake_training(monkeypatch, record) -> list:
+    """train_copy's training calls, recorded by ``record`` (each writes its final checkpoint's
+    folder, as a finished run has) instead of run."""
     calls = []
 
     def fake_train(cfg, workdir, data, init_from=None, **kw):
-        calls.append((workdir, data, init_from, cfg.train.steps))
+        calls.append(record(cfg, workdir, data, init_from))
         os.makedirs(os.path.join(workdir, "checkpoints", str(cfg.train.steps)))
         return {"start_step": 0}
 
@@ -126,6 +128,12 @@ def test_train_copy_trains_the_base_then_each_fine_tune_from_the_run_before(tmp_
     monkeypatch.setattr("nety_jax.training.init_from.load_source", lambda path: f"source {path}")
     monkeypatch.setattr("nety_jax.training.init_from.finetune_config",
                         lambda source, path, overrides: load_config(path, overrides))
+    return calls
+
+
+def test_train_copy_trains_the_base_then_each_fine_tune_from_the_run_before(tmp_path, monkeypatch):
+    calls = _fake_training(monkeypatch, lambda cfg, workdir, data, init_from: (workdir, data, init_from,
+                                                                               cfg.train.steps))
     monkeypatch.setattr(B, "COPY_STAGES", ((30, 40, 1, 2, []), (50, 60, 2, 3, ["data.packing=true"])))
     run, base = str(tmp_path / "copier"), str(tmp_path / "base")
     assert B.train_copy(run, base) == run
@@ -140,17 +148,8 @@ def test_train_copy_trains_the_base_then_each_fine_tune_from_the_run_before(tmp_
 
 
 def test_train_copy_starts_after_the_latest_finished_stage(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_train(cfg, workdir, data, init_from=None, **kw):
-        calls.append((workdir, init_from, cfg.train.steps, cfg.train.schedule))
-        os.makedirs(os.path.join(workdir, "checkpoints", str(cfg.train.steps)))
-        return {"start_step": 0}
-
-    monkeypatch.setattr("nety_jax.training.loop.train", fake_train)
-    monkeypatch.setattr("nety_jax.training.init_from.load_source", lambda path: f"source {path}")
-    monkeypatch.setattr("nety_jax.training.init_from.finetune_config",
-                        lambda source, path, overrides: load_config(path, overrides))
+    calls = _fake_training(monkeypatch, lambda cfg, workdir, data, init_from: (workdir, init_from,
+                                                                               cfg.train.steps, cfg.train.schedule))
     monkeypatch.setattr(B, "COPY_STAGES", ((30, 40, 1, 2, []), (50, 60, 2, 3, []),
                                            (70, 80, 3, 4, ["train.schedule=constant"], 0.75)))
     run, base = str(tmp_path / "copier"), str(tmp_path / "base")
