@@ -154,11 +154,10 @@ def _read_prompts(args) -> list[str]:
 
 
 def _load(args):
-    if bool(getattr(args, "checkpoint", None)) == bool(getattr(args, "exported", None)):
-        raise NetyError("give exactly one of --checkpoint DIR or --exported DIR")
+    from nety_jax.serving.options import check_exported, check_source
+    check_source(getattr(args, "checkpoint", None), getattr(args, "exported", None))
     if args.exported:
-        if args.mesh_tensor != 1:
-            raise NetyError("--mesh-tensor needs --checkpoint: an export holds its weights whole")
+        check_exported(args.exported, None, args.mesh_tensor)
         from nety_jax.serving.export import load_exported
         return load_exported(args.exported)
     from nety_jax.serving.pretrained import load_pretrained

@@ -1,4 +1,5 @@
-"""OpenAI-compatible request bodies, validated with pydantic (each error names its field)."""
+"""OpenAI-compatible request bodies, validated with pydantic (each error names its field), and the
+error a refused request gets (``ApiError``, ``error_body``)."""
 from __future__ import annotations
 
 import json
@@ -23,6 +24,20 @@ OFF_VALUES = {"logprobs": (False,), "top_logprobs": (0,), "echo": (False,), "suf
               "best_of": (1,), "logit_bias": ({},), "presence_penalty": (0,), "frequency_penalty": (0,),
               "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
               "function_call": ("none", "auto"), "response_format": ({"type": "text"},)}
+
+
+class ApiError(Exception):
+    """A request refused with an HTTP status and an OpenAI-style error body (``error_body``)."""
+
+    def __init__(self, status: int, message: str, param: Optional[str] = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+def error_body(message: str, param: Optional[str] = None, kind: str = "invalid_request_error") -> dict:
+    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
 class StreamOptions(BaseModel):

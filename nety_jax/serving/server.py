@@ -12,52 +12,21 @@ import asyncio
 import gc
 import json
 import logging
-import re
 import threading
 import time
 import uuid
 from typing import Optional
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from nety_jax.serving.api import MAX_PROMPT_CHARS, ChatRequest, CompletionRequest
+from nety_jax.serving.api import MAX_PROMPT_CHARS, ApiError, ChatRequest, CompletionRequest, error_body
 from nety_jax.serving.engine import Engine, EngineDown, Job, QueueFull, Row, Worker, random_seed
+from nety_jax.serving.metrics import Metrics, metrics_for
+from nety_jax.serving.middleware import MAX_BODY_BYTES, BodyLimit, CountRequests, add_error_handlers
+from nety_jax.serving.options import (CONTINUOUS_NEEDS_CHECKPOINT, SPECULATE_NEEDS_DYNAMIC, check_exported,
+                                      check_options, check_source, check_speculation, listen_socket)
 from nety_jax.serving.settings import MAX_SEED
-
-log = logging.getLogger("nety_jax.serve")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: Optional[str] = None,
-                 kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
-
-
-def error_body(message: str, param: Optional[str] = None, kind: str = "invalid_request_error") -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
-
-
-class Metrics:
-    def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-        self.registry = CollectorRegistry()
-        self.requests = Counter("nety_requests", "HTTP requests", ["endpoint", "status"], registry=self.registry)
-        self.tokens = Counter("nety_generated_tokens", "tokens generated", registry=self.registry)
-        self.batch_size = Histogram("nety_batch_size", "rows per compiled batch", registry=self.registry,
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-        self.latency = Histogram("nety_request_latency_seconds", "request latency", ["endpoint"],
-                                 registry=self.registry,
-                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
-        self.queue_depth = Gauge("nety_queue_depth", "requests waiting", registry=self.registry)
-
-    def text(self) -> bytes:
-        from prometheus_client import generate_latest
-        return generate_latest(self.registry)
-
 
 # the least time between two pieces of a stream (its first text and its end go at once): faster
 # than a reader reads, while each piece costs both server threads and a write that wakes the client
@@ -281,99 +250,6 @@ def _usage(prompt_tokens: int, results) -> dict:
             "total_tokens": prompt_tokens + completion}
 
 
-_FIELDS = set(CompletionRequest.model_fields) | set(ChatRequest.model_fields) | {"role", "content"}
-
-
-def _first_param(exc: RequestValidationError) -> tuple[Optional[str], str]:
-    errors = exc.errors()
-    if not errors:
-        return None, "invalid request"
-    err = errors[0]
-    if err.get("type") == "json_invalid":
-        return None, "malformed JSON body"
-    # pydantic adds union members ("str", "list[str]") to the location: they are not fields
-    loc = [str(x) for x in err.get("loc", ()) if x != "body" and not re.fullmatch(r"[a-z-]+(\[.*\])?", str(x))
-           or isinstance(x, str) and x in _FIELDS]
-    param = ".".join(loc) or None
-    return param, f"{param or 'body'}: {err.get('msg', 'invalid').removeprefix('Value error, ')}"
-
-
-class _Count:
-    """Counts every HTTP request and its latency (to the end of its body, streams too). A plain
-    ASGI middleware: ``@app.middleware("http")`` would pass every response, and every piece of
-    a stream, through extra tasks and queues, work that competes with the engine for the CPU."""
-
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]  # an exception is answered 500 by the crash handler
-
-        async def send_seen(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-        try:
-            await self.app(scope, receive, send_seen)
-        finally:
-            _observe(self.metrics, scope, status[0], start)
-
-
-MAX_BODY_BYTES = 32 << 20  # 64 prompts of MAX_PROMPT_CHARS, JSON-escaped, fit many times over
-
-
-class BodyTooLarge(HTTPException):
-    """Raised while the body is read: FastAPI passes its HTTPExceptions through (any other error
-    there becomes a 400 "error parsing the body")."""
-
-    def __init__(self, message: str):
-        super().__init__(413, message, {"Connection": "close"})
-
-
-class _BodyLimit:
-    """Refuses a request body over ``limit`` bytes (413), by its Content-Length before reading it
-    or, sent in chunks, as soon as it passes the limit: the whole body was read into memory and
-    parsed, and its text tokenized on the event loop, so one client's 240 MB of messages froze
-    every request for a minute and took gigabytes."""
-
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers", ())).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.limit:
-            body = json.dumps(error_body(_too_large(int(length)), None)).encode()
-            await send({"type": "http.response.start", "status": 413,
-                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
-            return await send({"type": "http.response.body", "body": body})
-        seen = 0
-
-        async def counted():
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise BodyTooLarge(_too_large(seen))
-            return message
-        await self.app(scope, counted, send)
-
-
-def _too_large(size: int) -> str:
-    return f"the request body is {size:,} bytes or more; this server takes at most {MAX_BODY_BYTES:,}"
-
-
-def _observe(metrics: Metrics, scope: dict, status: int, start: float) -> None:
-    """Counts a request under its route's template (``/v1/models/{model_id:path}``), never the raw
-    path: a client inventing paths must not grow /metrics; every unknown path is one label."""
-    route = scope.get("route")
-    endpoint = getattr(route, "path", None) or "(unknown)"
-    metrics.requests.labels(endpoint, str(status)).inc()
-    metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-
 
 def make_engine(backend, batching: Optional[str], max_batch: int, window_ms: float, queue_size: int,
                 chunk: int, slots: int, metrics=None, stream_interval_ms: float = 0.0) -> Worker:
@@ -384,11 +260,9 @@ def make_engine(backend, batching: Optional[str], max_batch: int, window_ms: flo
     batching = batching or ("continuous" if can else "dynamic")
     if batching == "continuous":
         if getattr(getattr(backend, "spec", None), "speculative", False):
-            raise NetyError("--speculate needs --batching dynamic: continuous batching's slots decode one "
-                            "token a row per step")
+            raise NetyError(SPECULATE_NEEDS_DYNAMIC)
         if not can:
-            raise NetyError("--batching continuous needs --checkpoint: an exported artifact runs its "
-                            "compiled loop to the end, so it batches dynamically")
+            raise NetyError(CONTINUOUS_NEEDS_CHECKPOINT)
         from nety_jax.serving.continuous import ContinuousEngine
         return ContinuousEngine(backend, slots=slots, chunk=chunk, queue_size=queue_size, metrics=metrics,
                                 stream_interval_ms=stream_interval_ms)
@@ -401,55 +275,19 @@ def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, 
                stream_interval_ms: float = STREAM_INTERVAL_MS) -> FastAPI:
     check_options(max_batch, window_ms, queue_size, None, chunk, batching, slots,
                   stream_interval_ms)  # without `serve` too
-    metrics = _metrics_for(backend)
+    metrics = metrics_for(backend)
     engine = make_engine(backend, batching, max_batch, window_ms, queue_size, chunk, slots, metrics,
                          stream_interval_ms)
     server = Server(backend, name, engine, metrics)
     app = FastAPI(title="nety-jax", version="1")
     app.state.server = server
-    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
-    app.add_middleware(_Count, metrics=metrics)
-    _add_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(CountRequests, metrics=metrics)
+    add_error_handlers(app)
     _add_generation_routes(app, server, backend)
     _add_model_routes(app, name)
     _add_status_routes(app, name, engine, metrics)
     return app
-
-
-def _metrics_for(backend) -> Metrics:
-    """The server's metrics, with the prefix cache's counters where the backend's model has one."""
-    metrics = Metrics()
-    cache = getattr(getattr(backend, "model", None), "prefix_cache", None)
-    if cache is not None:  # backends without a model (exported artifacts, test doubles) have no cache
-        from nety_jax.serving.prefix_cache import CacheCollector
-        metrics.registry.register(CacheCollector(cache))
-    return metrics
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    """Every error leaves as an OpenAI-style JSON body: 400 for a bad field, 404/405 for a wrong
-    path or method, the ApiError's own status, and 500 (logged) for anything else."""
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        param, message = _first_param(exc)
-        return JSONResponse(error_body(message, param), status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):  # unknown path, wrong method
-        message = f"{request.method} {request.url.path}: {exc.detail}"
-        return JSONResponse(error_body(message, None, "not_found_error" if exc.status_code == 404 else
-                                       "invalid_request_error"), status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError):
-        headers = {"Retry-After": "1"} if exc.status == 429 else None
-        return JSONResponse(error_body(exc.message, exc.param, exc.kind), status_code=exc.status, headers=headers)
-
-    @app.exception_handler(Exception)
-    async def crash(request: Request, exc: Exception):
-        log.exception("request failed")
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", None, "server_error"),
-                            status_code=500)
 
 
 def _add_generation_routes(app: FastAPI, server: Server, backend) -> None:
@@ -502,18 +340,12 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
           draft_tokens: int = 4, warm_up: bool = True, stream_interval_ms: Optional[float] = None) -> int:
     import os
 
-    from nety_jax.errors import NetyError
     from nety_jax.serving.engine import ExportedBackend, PretrainedBackend
-    if bool(checkpoint) == bool(exported):
-        raise NetyError("give exactly one of --checkpoint DIR or --exported DIR")
+    check_source(checkpoint, exported)
     stream_interval_ms = STREAM_INTERVAL_MS if stream_interval_ms is None else stream_interval_ms
     check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching, slots, stream_interval_ms)
     check_speculation(speculate, draft_tokens, batching, exported)
-    if batching == "continuous" and exported:
-        raise NetyError("--batching continuous needs --checkpoint: an exported artifact runs its compiled "
-                        "loop to the end, so it batches dynamically (--batching dynamic)")
-    if exported and mesh_tensor != 1:
-        raise NetyError("--mesh-tensor needs --checkpoint: an export holds its weights whole")
+    check_exported(exported, batching, mesh_tensor)
     sock = listen_socket(host, port)  # before the model loads: a taken port fails at once
     port = sock.getsockname()[1]
     if exported:
@@ -625,61 +457,3 @@ def settle() -> None:
     gc.collect()  # what is garbage now is freed, not frozen
     gc.freeze()
 
-
-MAX_WINDOW_MS = 10_000.0  # a longer wait to fill a batch makes every client time out
-MAX_QUEUE = 100_000
-
-
-def check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching=None, slots=32,
-                  stream_interval_ms=0.0) -> None:
-    """Every option in its range, before anything loads: one line naming the flag."""
-    from nety_jax.config.sections import MAX_POSITIONS
-    from nety_jax.errors import NetyError
-    from nety_jax.serving.settings import check_float, check_int
-    if batching not in (None, "dynamic", "continuous"):
-        raise NetyError(f"--batching={batching!r} must be dynamic or continuous")
-    check_int("--slots", slots, 1, 4096)
-    check_int("--max-batch", max_batch, 1, 4096)
-    check_float("--batch-window-ms", window_ms, 0.0, MAX_WINDOW_MS)
-    check_float("--stream-interval-ms", stream_interval_ms, 0.0, MAX_WINDOW_MS)
-    check_int("--queue-size", queue_size, 1, MAX_QUEUE)
-    check_int("--chunk", chunk, 1, MAX_POSITIONS)
-    if max_tokens is not None:
-        check_int("--max-tokens", max_tokens, 1, MAX_POSITIONS)
-
-
-def check_speculation(speculate: str, draft_tokens: int, batching: Optional[str], exported) -> None:
-    """``--speculate`` / ``--draft-tokens`` in range and with a backend that can speculate."""
-    from nety_jax.errors import NetyError
-    from nety_jax.serving.settings import check_int
-    if speculate not in ("none", "ngram"):
-        raise NetyError(f"--speculate={speculate!r} must be none or ngram")
-    check_int("--draft-tokens", draft_tokens, 1, 16)
-    if speculate == "none":
-        return
-    if exported:
-        raise NetyError("--speculate needs --checkpoint: an exported artifact's compiled loop does not speculate")
-    if batching == "continuous":
-        raise NetyError("--speculate needs --batching dynamic: continuous batching's slots decode one token a "
-                        "row per step")
-
-
-def listen_socket(host: str, port: int):
-    """A socket bound to ``host:port`` (0: any free port), or a one-line error naming the flag."""
-    import socket
-    from nety_jax.errors import NetyError
-    if not 0 <= port <= 65535:
-        raise NetyError(f"--port={port} must be between 0 and 65535")
-    try:
-        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                         flags=socket.AI_PASSIVE)[0]
-    except (socket.gaierror, UnicodeError) as e:
-        raise NetyError(f"--host={host!r}: not an address of this machine ({e})") from None
-    sock = socket.socket(family, kind)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as e:
-        sock.close()
-        raise NetyError(f"--port={port}: cannot listen on {host} ({e.strerror or e})") from None
-    return sock

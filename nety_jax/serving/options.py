@@ -1,0 +1,81 @@
+"""``nety-jax serve``'s options, checked before anything loads: each in its range and with a backend
+that can honour it, or a one-line error naming the flag; and the listening socket, bound before the
+model loads so that a taken port fails at once."""
+from __future__ import annotations
+
+from typing import Optional
+
+from nety_jax.config.sections import MAX_POSITIONS
+from nety_jax.errors import NetyError
+from nety_jax.serving.settings import check_float, check_int
+
+MAX_WINDOW_MS = 10_000.0  # a longer wait to fill a batch makes every client time out
+MAX_QUEUE = 100_000
+
+SPECULATE_NEEDS_DYNAMIC = ("--speculate needs --batching dynamic: continuous batching's slots decode one token a "
+                           "row per step")
+CONTINUOUS_NEEDS_CHECKPOINT = ("--batching continuous needs --checkpoint: an exported artifact runs its compiled "
+                               "loop to the end, so it batches dynamically")
+MESH_NEEDS_CHECKPOINT = "--mesh-tensor needs --checkpoint: an export holds its weights whole"
+
+
+def check_source(checkpoint, exported) -> None:
+    """Exactly one model to load: a run directory or an exported artifact."""
+    if bool(checkpoint) == bool(exported):
+        raise NetyError("give exactly one of --checkpoint DIR or --exported DIR")
+
+
+def check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching=None, slots=32,
+                  stream_interval_ms=0.0) -> None:
+    """Every option in its range, before anything loads: one line naming the flag."""
+    if batching not in (None, "dynamic", "continuous"):
+        raise NetyError(f"--batching={batching!r} must be dynamic or continuous")
+    check_int("--slots", slots, 1, 4096)
+    check_int("--max-batch", max_batch, 1, 4096)
+    check_float("--batch-window-ms", window_ms, 0.0, MAX_WINDOW_MS)
+    check_float("--stream-interval-ms", stream_interval_ms, 0.0, MAX_WINDOW_MS)
+    check_int("--queue-size", queue_size, 1, MAX_QUEUE)
+    check_int("--chunk", chunk, 1, MAX_POSITIONS)
+    if max_tokens is not None:
+        check_int("--max-tokens", max_tokens, 1, MAX_POSITIONS)
+
+
+def check_speculation(speculate: str, draft_tokens: int, batching: Optional[str], exported) -> None:
+    """``--speculate`` / ``--draft-tokens`` in range and with a backend that can speculate."""
+    if speculate not in ("none", "ngram"):
+        raise NetyError(f"--speculate={speculate!r} must be none or ngram")
+    check_int("--draft-tokens", draft_tokens, 1, 16)
+    if speculate == "none":
+        return
+    if exported:
+        raise NetyError("--speculate needs --checkpoint: an exported artifact's compiled loop does not speculate")
+    if batching == "continuous":
+        raise NetyError(SPECULATE_NEEDS_DYNAMIC)
+
+
+def check_exported(exported, batching: Optional[str], mesh_tensor: int) -> None:
+    """What an exported artifact cannot do: pause its compiled loop, or be split over devices."""
+    if batching == "continuous" and exported:
+        raise NetyError(f"{CONTINUOUS_NEEDS_CHECKPOINT} (--batching dynamic)")
+    if exported and mesh_tensor != 1:
+        raise NetyError(MESH_NEEDS_CHECKPOINT)
+
+
+def listen_socket(host: str, port: int):
+    """A socket bound to ``host:port`` (0: any free port), or a one-line error naming the flag."""
+    import socket
+    if not 0 <= port <= 65535:
+        raise NetyError(f"--port={port} must be between 0 and 65535")
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise NetyError(f"--host={host!r}: not an address of this machine ({e})") from None
+    sock = socket.socket(family, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise NetyError(f"--port={port}: cannot listen on {host} ({e.strerror or e})") from None
+    return sock
