@@ -59,7 +59,9 @@ class Found:
     def describe(self) -> str:
         if self.kind is None:
             return f"is a non-empty directory nety-jax did not write (it holds {self.detail!r})"
-        return f"is {KIND_NAMES[self.kind]} ({self.writer})"
+        # a kind this version does not know (a newer nety-jax's output): still never written over
+        what = KIND_NAMES.get(self.kind) or f"a nety-jax output of a kind this version does not know ({self.kind!r})"
+        return f"is {what} ({self.writer})"
 
 
 def _legacy_run_writer(directory: str) -> str:

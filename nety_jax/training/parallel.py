@@ -87,26 +87,50 @@ def _place(value, sharding):
     return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
 
+def check_layout(cfg: Config, backend: str | None = None) -> None:
+    """The device layout's one-line errors (the backend for this many processes, the batch split
+    over devices and ``train.grad_accum``, the mesh's shape and rules), from the config and the
+    devices alone: ``train`` calls it before reading data or training a tokenizer, which a bad
+    ``--parallel`` / ``train.mesh_*`` setting would otherwise wait for."""
+    t, backend = cfg.train, backend or cfg.train.parallel
+    if backend not in ("none", "pmap", "shard_map", "mesh"):
+        raise ConfigError(f"train.parallel={backend!r} must be one of none, pmap, shard_map, mesh")
+    if jax.process_count() > 1 and backend not in ("shard_map", "mesh"):
+        raise ConfigError(f"train.parallel={backend} runs on one host; a job of "
+                          f"{jax.process_count()} processes needs --parallel shard_map or mesh")
+    per_process = t.batch_size // jax.process_count()
+    if backend == "mesh":
+        mesh, rules = meshlib.make_mesh(t), meshlib.rules_of(t)
+        # the batch rows are split over the mesh axes train.mesh_rules gives 'batch' (data x fsdp by default)
+        spec = meshlib.batch_sharding(mesh, rules).spec
+        axes = spec[0] if len(spec) else None
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        local_shards = int(np.prod([mesh.shape[a] for a in axes])) // jax.process_count()
+        if t.batch_size % jax.process_count() or per_process % (max(local_shards, 1) * t.grad_accum):
+            split = " x ".join(f"train.mesh_{a}={mesh.shape[a]}" for a in axes) or "1 (batch replicated)"
+            raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the batch's mesh axes "
+                              f"x train.grad_accum = {split} x {t.grad_accum} (train.mesh_rules: "
+                              f"batch={'+'.join(axes)}) on {jax.process_count()} process(es)")
+        return
+    devices = 1 if backend == "none" else jax.local_device_count()
+    if t.batch_size % jax.process_count() or per_process % (devices * t.grad_accum):
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} must be divisible by processes x devices x "
+            f"train.grad_accum = {jax.process_count()} x {devices} x {t.grad_accum}")
+
+
 class Runner:
     """Compiled ``train(state, batch)`` and ``evaluate(state, batch)`` for one backend."""
 
     def __init__(self, cfg: Config, model, backend: str | None = None):
         self.backend = backend or cfg.train.parallel
+        check_layout(cfg, self.backend)
         # the compiled steps' model: train.remat changes what the backward pass keeps, not the parameters
         model = self.model = dataclasses.replace(model, remat=Remat(cfg.train.remat, cfg.train.remat_scan))
-        if jax.process_count() > 1 and self.backend not in ("shard_map", "mesh"):
-            raise ConfigError(f"train.parallel={self.backend} runs on one host; a job of "
-                              f"{jax.process_count()} processes needs --parallel shard_map or mesh")
         self.num_devices = 1 if self.backend == "none" else jax.local_device_count()
         if self.backend == "mesh":
             self._init_mesh(cfg, model)
             return
-        per_process = cfg.train.batch_size // jax.process_count()
-        if cfg.train.batch_size % jax.process_count() or \
-                per_process % (self.num_devices * cfg.train.grad_accum):
-            raise ConfigError(
-                f"train.batch_size={cfg.train.batch_size} must be divisible by processes x devices x "
-                f"train.grad_accum = {jax.process_count()} x {self.num_devices} x {cfg.train.grad_accum}")
         common = {"model": model, "tcfg": cfg.train}
         if self.backend == "none":
             self._train = jax.jit(functools.partial(train_step, **common), donate_argnums=0)
@@ -117,31 +141,18 @@ class Runner:
         if self.backend == "pmap":
             self._train = jax.pmap(step, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None))
             self._eval = jax.pmap(evaluate, axis_name=AXIS, in_axes=(None, 0), out_axes=None)
-        elif self.backend == "shard_map":
+        else:  # shard_map (check_layout refused any other name)
             self.mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
             wrap = lambda fn, out: jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)),
                                                  out_specs=out)
             self._train = jax.jit(wrap(step, (P(), P())), donate_argnums=0)
             self._eval = jax.jit(wrap(evaluate, P()))
-        else:
-            raise ConfigError(f"train.parallel={self.backend!r} must be one of none, pmap, shard_map")
 
     def _init_mesh(self, cfg: Config, model) -> None:
         t = cfg.train
         self.mesh = meshlib.make_mesh(t)
         self.rules = meshlib.rules_of(t)
         self.batch_sharding = meshlib.batch_sharding(self.mesh, self.rules)
-        # the batch rows are split over the mesh axes train.mesh_rules gives 'batch' (data x fsdp by default)
-        axes = self.batch_sharding.spec[0] if len(self.batch_sharding.spec) else None
-        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-        shards = int(np.prod([self.mesh.shape[a] for a in axes]))
-        per_process = t.batch_size // jax.process_count()
-        local_shards = shards // jax.process_count()
-        if t.batch_size % jax.process_count() or per_process % (max(local_shards, 1) * t.grad_accum):
-            split = " x ".join(f"train.mesh_{a}={self.mesh.shape[a]}" for a in axes) or "1 (batch replicated)"
-            raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the batch's mesh axes "
-                              f"x train.grad_accum = {split} x {t.grad_accum} (train.mesh_rules: "
-                              f"batch={'+'.join(axes)}) on {jax.process_count()} process(es)")
         self.abstract_state = meshlib.abstract_train_state(model, t, jax.random.PRNGKey(t.seed))
         self.state_shardings = meshlib.state_shardings(model, self.abstract_state, self.mesh, self.rules)
         replicated = NamedSharding(self.mesh, P())

@@ -33,7 +33,7 @@ from nety_jax.tasks import DataSplit
 from nety_jax.data.prefetch import Prefetcher
 from nety_jax.training.evaluation import validation_batches
 from nety_jax.training.memory import check_state
-from nety_jax.training.parallel import Runner, is_primary, local
+from nety_jax.training.parallel import Runner, check_layout, is_primary, local
 from nety_jax.training.prepare_data import open_prepared, prepared_dir
 
 TOKENIZER_FIELDS = ("tokenizer", "vocab_size", "spm_model_type", "lowercase", "word_split")
@@ -133,6 +133,7 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
     if cfg.model.quant != "none":
         raise ConfigError(f"model.quant={cfg.model.quant} is for inference: train the float32 run and "
                           "quantize it again")
+    check_layout(cfg)  # a bad --parallel / train.mesh_* setting before the data is read and tokenized
     check_workdir(workdir)
     os.makedirs(workdir, exist_ok=True)
     task = get_model(cfg.model).task
