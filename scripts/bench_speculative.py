@@ -6,11 +6,11 @@
 
 Three trained models: the demo (the hybrid of ``make demo``), a tiny GPT (configs/gpt_tiny.yaml;
 one is trained briefly into a temporary directory when --gpt is not given) and the copy GPT
-(configs/gpt_copy_bench.yaml: weight-bound; ``train_copy`` makes it once into --copy, default
-runs/bench-spec-induct, and reuses it: a base run on the shipped lines (--copy-base, default
+(configs/gpt_copy_bench.yaml: weight-bound; ``--prepare`` makes it into --copy, default
+runs/bench-spec-induct, with ``train_copy``: a base run on the shipped lines (--copy-base, default
 runs/bench-spec-copy), then fine-tunes (``COPY_STAGES``) on documents that quote passages of random
-words (``copy_corpus``), which only copying predicts; about three hours on a loaded 2-core CPU, so
-make it before timing anything: ``--prepare`` trains it and stops). Its repeating prompts quote
+words (``copy_corpus``), which only copying predicts; over an hour on a loaded 2-core CPU, so timing
+never trains it: a --copy run short of its steps is refused with one line). Its repeating prompts quote
 passages no training text holds (``copy_prompts``); every copy run also prints ``copy_losses``. The tiny
 models' steps cost tens of microseconds, against a fixed cost per call of about half a
 millisecond: speculation cannot pay much there; the copy GPT is the case speculation is for. Two prompt sets each: prompts whose
@@ -60,16 +60,13 @@ PUNCTUATION = ".,!?;:«»\""
 PROMPT_SEED = 2026  # the copy prompts' passages: fixed before any model saw them
 COPY_STAGES = (  # the fine-tunes on copy_corpus, each from the run before: (steps, documents, corpus seed,
     # passage quoted up to N times, overrides[, share of copy documents, default a half])
-    (200, 4000, 1, 2, []),  # this one alone did not learn to copy
-    # fresh passages (a second epoch of the same ones would let it memorise them), quoted 2-4 times;
-    # one document a row from position 0 (``data.packing``), as a prompt is, not windows cut across
-    # documents; a higher rate
-    (400, 20000, 2, 4, ["data.packing=true", "train.learning_rate=2e-3"]),
-    # it copied the passage's words but not in their order: fresh passages again, three quarters of the
-    # documents quoting one (the 6th field), at a steady rate, then the rate decays to a tenth on
-    # fresh ones (warmup-stable-decay: the loss falls most while the rate decays, as in stage 2's end)
-    (250, 30000, 3, 4, ["data.packing=true", "train.learning_rate=1e-3", "train.schedule=constant"], 0.75),
-    (250, 20000, 4, 4, ["data.packing=true", "train.learning_rate=1e-3", "train.schedule=linear"], 0.75),
+    # One stage from the base, dense in copying: four fifths of the documents quote a fresh passage
+    # 2-6 times (most of their tokens predictable only by copying: induction heads form on repeated
+    # random sequences), packed one document a segment from position 0 as a prompt is read, rows of
+    # 128 (every position a prompt and its reply reach; 12 rows keep a step's tokens), at the rate
+    # the earlier recipe copied best at, decaying linearly (the copy gap widened most in a decay).
+    (400, 20000, 5, 6, ["data.packing=true", "data.seq_len=128", "train.batch_size=12",
+                        "train.learning_rate=2e-3", "train.schedule=linear"], 0.8),
 )
 
 
@@ -183,6 +180,21 @@ def _corpus_path(workdir: str) -> str:
 def _finished(workdir: str, steps: int) -> bool:
     from nety_jax.runs.checkpoints import latest_step
     return (latest_step(workdir) or 0) >= steps
+
+
+def unfinished_copy(workdir: str):
+    """Why ``workdir`` cannot be timed as the copy GPT (not a run, or short of its own
+    ``train.steps``), or None. Timing never trains it: that takes hours (``--prepare``)."""
+    import yaml
+    try:
+        with open(os.path.join(workdir, "config.yaml"), encoding="utf-8") as f:
+            steps = int(yaml.safe_load(f)["train"]["steps"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return f"{workdir}: not a trained run (no readable config.yaml)"
+    if not _finished(workdir, steps):
+        from nety_jax.runs.checkpoints import latest_step
+        return f"{workdir}: at step {latest_step(workdir) or 0} of {steps}, still training or stopped"
+    return None
 
 
 def train_base(workdir: str) -> str:
@@ -373,8 +385,8 @@ def main() -> int:
                    help="a trained GPT run, made by `nety-jax train --config configs/gpt_tiny.yaml --workdir RUN` "
                         "(its 300 steps on the shipped text; default: the same, trained into a temporary directory)")
     p.add_argument("--copy", metavar="RUN", default=os.path.join(ROOT, "runs", "bench-spec-induct"),
-                   help="the copy GPT's run: reused if trained, else fine-tuned there first from --copy-base "
-                        "(train_copy)")
+                   help="the copy GPT's run, made by --prepare (train_copy, from --copy-base); timing refuses "
+                        "one that is not finished")
     p.add_argument("--copy-base", metavar="RUN", default=os.path.join(ROOT, "runs", "bench-spec-copy"),
                    help="the copy GPT's stage 1 (train_base): reused if trained, else trained there first")
     p.add_argument("--prepare", action="store_true", help="only make the copy GPT's run (--copy) and exit")
@@ -389,6 +401,10 @@ def main() -> int:
     if args.prepare:
         train_copy(args.copy, args.copy_base)
         return 0
+    if "copy" in args.trained.split(",") and (why := unfinished_copy(args.copy)):
+        print(f"bench_speculative.py: --copy {why}: make it first with --prepare (hours on a loaded CPU)",
+              file=sys.stderr)
+        return 2
     rows = trained_rows(args)
     costs = []
     for name in filter(None, args.costs.split(",")):
@@ -430,7 +446,7 @@ def trained_rows(args) -> list:
     if "demo" in wanted:
         runs["demo"] = (args.demo, 40)
     if "copy" in wanted:
-        runs["copy"] = (train_copy(args.copy, args.copy_base), 48)
+        runs["copy"] = (args.copy, 48)  # finished (main checked): made by --prepare, never here
     rows = []
     for name, (path, new_tokens) in runs.items():
         model = load_pretrained(path, warn=lambda *_: None)

@@ -164,3 +164,24 @@ def test_the_copy_share_sets_the_share_of_quoting_documents(tmp_path):
         docs = open(B.copy_corpus(str(tmp_path / f"{share}.txt"), 2000, 5, 2, share)).read().splitlines()
         return sum(d.split(".")[0] + "." in d[len(d.split(".")[0]) + 1:] for d in docs) / len(docs)
     assert abs(quoting(0.5) - 0.5) < 0.05 and abs(quoting(0.75) - 0.75) < 0.05
+
+
+def _run(path, steps: int, at: int) -> str:
+    """A run directory whose config asks ``steps`` steps, with its newest checkpoint at ``at``."""
+    os.makedirs(os.path.join(path, "checkpoints", str(at)))
+    with open(os.path.join(path, "config.yaml"), "w") as f:
+        f.write(f"train:\n  steps: {steps}\n")
+    return str(path)
+
+
+def test_timing_refuses_a_copy_run_that_is_not_finished_and_never_trains_it(tmp_path, monkeypatch, capsys):
+    trained = []
+    monkeypatch.setattr(B, "train_copy", lambda *a: trained.append(a))
+    for run, why in [(str(tmp_path / "none"), "not a trained run"),
+                     (_run(tmp_path / "half", 400, 200), "at step 200 of 400")]:
+        monkeypatch.setattr(sys, "argv", ["bench_speculative.py", "--trained", "copy", "--costs", "", "--copy", run])
+        assert B.main() == 2
+        err = capsys.readouterr().err
+        assert why in err and "--prepare" in err and len(err.strip().splitlines()) == 1
+    assert trained == []
+    assert B.unfinished_copy(_run(tmp_path / "done", 400, 400)) is None
