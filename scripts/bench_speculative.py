@@ -65,7 +65,7 @@ COPY_STAGES = (  # the fine-tunes on copy_corpus, each from the run before: (ste
     # random sequences), packed one document a segment from position 0 as a prompt is read, rows of
     # 128 (every position a prompt and its reply reach; 12 rows keep a step's tokens), at the rate
     # the earlier recipe copied best at, decaying linearly (the copy gap widened most in a decay).
-    (400, 20000, 5, 6, ["data.packing=true", "data.seq_len=128", "train.batch_size=12",
+    (350, 10000, 5, 6, ["data.packing=true", "data.seq_len=128", "train.batch_size=12",
                         "train.learning_rate=2e-3", "train.schedule=linear"], 0.8),
 )
 
