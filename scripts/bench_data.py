@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from bench_util import peak_rss_mb  # noqa: E402
+
 CONFIG = os.path.join(ROOT, "configs", "gpt_tiny.yaml")
 BATCHES = 300
 
@@ -46,10 +48,6 @@ def synthetic_text(path: str, mb: float, seed: int = 0) -> None:
             block = "".join(" ".join(words[i] for i in row[:n]) + "\n" for row, n in zip(ids, lens))
             f.write(block)
             written += len(block.encode())
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def current_rss_mb() -> float:

@@ -33,6 +33,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+from bench_util import status_mb  # noqa: E402
+
 CONFIGS = os.path.join(ROOT, "configs")
 ENV = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
 TRAIN_SET = ["train.log_every=5", "train.eval_batches=1", "train.bleu_samples=0", "train.warmup_steps=1",
@@ -116,12 +119,6 @@ def measured(cmd: list[str], watch: str = "") -> dict:
             "load": load(), **seen, "out": [line for line in lines if not line.startswith(MAXRSS)]}
 
 
-def vm_hwm_mb() -> float:
-    """This process's peak RSS since its exec (``VmHWM``; ``ru_maxrss`` may hold its parent's)."""
-    with open("/proc/self/status") as f:
-        return [int(line.split()[1]) for line in f if line.startswith("VmHWM")][0] / 1024
-
-
 def cpu_seconds(time_pid: int) -> float:
     """CPU seconds (user + system) used so far by the command GNU time (``time_pid``) runs (``nice``
     execs it: one process)."""
@@ -174,7 +171,7 @@ def part_resume(config: str, data: str) -> dict:
     return {"open_s": opened - start, "plan_and_batch_s": end - opened, "total_s": end - start,
             "cpu_s": time.process_time() - cpu,
             "examples": len(split.train), "batches_per_epoch": iterator.batches_per_epoch,
-            "vm_hwm_mb": vm_hwm_mb()}
+            "vm_hwm_mb": status_mb("VmHWM")}
 
 
 def part_rates(config: str, data: str, batches: int, steps: int, seconds: float = 2.0) -> dict:

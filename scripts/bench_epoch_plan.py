@@ -29,6 +29,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench_util import status_mb  # noqa: E402
 from nety_jax.data.batching import BatchIterator, _lengths  # noqa: E402
 
 
@@ -79,20 +80,15 @@ class HashedLengths:
         return {"idx": np.asarray(idx)}
 
 
-def rss_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        return [int(line.split()[1]) for line in f if line.startswith(field)][0] / 1024
-
-
 def part_resume(plan: str, examples: int, batch: int, fixed: bool) -> dict:
     """In this fresh process: the iterator at the middle of epoch 3 and its first batch."""
     data = HashedLengths(examples, 64, fixed)
     np.random.SeedSequence(0).generate_state(1)  # NumPy loads numpy.random on first use: not the plan's memory
-    before, wall, cpu = rss_mb("VmRSS"), time.perf_counter(), time.process_time()
+    before, wall, cpu = status_mb("VmRSS"), time.perf_counter(), time.process_time()
     it = PLANS[plan](data, batch, seed=0, epoch=3, index=(examples // batch) // 2)
     next(it)
     return {"plan": plan, "fixed_length": fixed, "wall_s": time.perf_counter() - wall,
-            "cpu_s": time.process_time() - cpu, "peak_rss_growth_mb": rss_mb("VmHWM") - before}
+            "cpu_s": time.process_time() - cpu, "peak_rss_growth_mb": status_mb("VmHWM") - before}
 
 
 def steady_us_per_batch(examples: int, batch: int, n: int = 20_000) -> float:

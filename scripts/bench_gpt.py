@@ -58,6 +58,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench_util import peak_rss_mb, timed  # noqa: E402
 from flops import gpt_decode_weight_bytes, gpt_generate_flops, gpt_train_step_flops  # noqa: E402
 
 THREADS = os.cpu_count() or 1
@@ -68,16 +69,6 @@ MODES = ("greedy", "topk")  # top-k 50 at temperature 1, no nucleus cut
 # a batch-1 call takes about a second: its rows get at least this many rounds, so that one
 # disturbed round (another session's burst) does not move a median of two
 B1_MIN_ROUNDS = 5
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def gpt_config(tiny: bool = False, dtype: str = "float32", extra=()):

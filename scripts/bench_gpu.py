@@ -43,6 +43,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import bench_util  # noqa: E402
 from flops import generate_flops, train_step_flops  # noqa: E402
 
 # dense bfloat16 FLOP/s by the vendor's datasheet (SXM parts; leads, not readings)
@@ -59,11 +60,7 @@ def sync(torch=None):
 
 
 def timed(fn, torch=None) -> float:
-    sync(torch)
-    start = time.perf_counter()
-    fn()
-    sync(torch)
-    return time.perf_counter() - start
+    return bench_util.timed(fn, lambda: sync(torch))
 
 
 class Budget:

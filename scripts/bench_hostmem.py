@@ -71,6 +71,7 @@ def child(model: str, mode: str, steps: int) -> dict:
     """One process: the setting, then the model's step compiled and timed with its page faults."""
     import resource
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from bench_util import peak_rss_mb
     from nety_jax.runtime import keep_host_memory
     os.environ["NETY_JAX_HOST_MALLOC"] = mode  # bench_parts applies it too, at import
     applied = keep_host_memory(mode)
@@ -95,7 +96,7 @@ def child(model: str, mode: str, steps: int) -> dict:
         page_faults.append(faults() - before)
     return {"model": model, "mode": mode, "applied": applied, "compile_s": compile_s,
             "compile_cpu_s": compile_cpu_s, "compile_waits": compile_waits, "seconds": seconds,
-            "faults": page_faults, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "faults": page_faults, "peak_rss_mb": peak_rss_mb()}
 
 
 def run_child(model: str, mode: str, steps: int) -> dict:

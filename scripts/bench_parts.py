@@ -9,11 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench_util import peak_rss_mb, timed  # noqa: E402
 from flops import decode_weight_bytes, generate_flops, train_step_flops  # noqa: E402
 
 THREADS = os.cpu_count() or 1  # PyTorch's threads (1 under --tiny: main)
@@ -37,16 +36,6 @@ TINY_NEW_TOKENS = 8  # --tiny: NETY's loop reruns the whole model per token (mos
 
 def new_tokens(args) -> int:
     return TINY_NEW_TOKENS if args.tiny else NEW_TOKENS
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def fresh_cache() -> str:
