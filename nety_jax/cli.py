@@ -26,6 +26,12 @@ def _mesh_arg(p: argparse.ArgumentParser) -> None:
                         "(heads, MLP width, vocabulary), for a model one device cannot hold (default 1)")
 
 
+def _out_args(p: argparse.ArgumentParser, out: str, replaces: str) -> None:
+    """``--out`` (what ``out`` says) and ``--overwrite``: replace ``replaces`` found there."""
+    p.add_argument("--out", required=True, help=out)
+    p.add_argument("--overwrite", action="store_true", help=f"replace {replaces} in --out")
+
+
 def _decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, help="0 = greedy (default: the run's decode config)")
     p.add_argument("--top-k", type=int, help="keep the k most likely tokens (0 = all)")
@@ -304,13 +310,12 @@ def _add_training_commands(sub) -> None:
     _config_args(p)
     p.add_argument("--data", help="JSONL or TSV pairs (seq2seq models)")
     p.add_argument("--text", nargs="+", help="plain text file(s) (language models)")
-    p.add_argument("--out", required=True, help="new directory for the shards and their manifest")
+    _out_args(p, "new directory for the shards and their manifest", "an earlier prepare output")
     p.add_argument("--tokenizer", metavar="RUN_OR_FILE",
                    help="use this tokenizer (a run directory or a SentencePiece .model file) instead of training one")
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per core)")
     p.add_argument("--shard-size", type=int, default=50_000, help="examples (pairs or lines) per shard")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines (counted in the log)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier prepare output in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_prepare)
 
@@ -355,9 +360,8 @@ def _add_inference_commands(sub) -> None:
 def _add_export_and_serve_commands(sub) -> None:
     p = sub.add_parser("export", help="serialize the jitted generate function (jax.export)")
     p.add_argument("--checkpoint", required=True, help="run directory")
-    p.add_argument("--out", required=True, help="output directory")
+    _out_args(p, "output directory", "an earlier export")
     p.add_argument("--batch-size", type=int, default=0, help="fixed batch size (0: symbolic)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="decode.KEY=VALUE", help="decode defaults and static settings baked in")
     p.set_defaults(fn=cmd_export)
@@ -399,36 +403,31 @@ def _add_export_and_serve_commands(sub) -> None:
 def _add_conversion_commands(sub) -> None:
     p = sub.add_parser("quantize", help="int8 weight-only copy of a run, for inference")
     p.add_argument("--checkpoint", required=True, help="run directory")
-    p.add_argument("--out", required=True, help="new run directory")
+    _out_args(p, "new run directory", "an earlier quantize output")
     p.add_argument("--activations", default="float32", choices=("float32", "bfloat16"),
                    help="compute dtype of the quantized model")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier quantize output in --out")
     p.set_defaults(fn=cmd_quantize)
 
     p = sub.add_parser("import-torch", help="NETY PyTorch state dict -> run directory")
     p.add_argument("--state-dict", required=True, help="NETY's state_dict (.pt)")
     p.add_argument("--vocab", required=True, help="NETY's vocab.json")
-    p.add_argument("--out", required=True, help="output run directory (new or empty)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier import-torch output in --out")
+    _out_args(p, "output run directory (new or empty)", "an earlier import-torch output")
     _config_args(p)
     p.set_defaults(fn=cmd_import_torch)
 
     p = sub.add_parser("import-hf", help="HuggingFace GPT-2 directory -> run directory")
     p.add_argument("--model", required=True, help="a directory as save_pretrained writes it (config.json, weights, tokenizer)")
-    p.add_argument("--out", required=True, help="new run directory")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier import-hf output in --out")
+    _out_args(p, "new run directory", "an earlier import-hf output")
     p.set_defaults(fn=cmd_import_hf)
 
     p = sub.add_parser("export-hf", help="GPT run directory -> HuggingFace GPT-2 directory")
     p.add_argument("--checkpoint", required=True, help="run directory (model.arch gpt, data.tokenizer hf)")
-    p.add_argument("--out", required=True, help="new directory")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier export-hf output in --out")
+    _out_args(p, "new directory", "an earlier export-hf output")
     p.set_defaults(fn=cmd_export_hf)
 
     p = sub.add_parser("export-torch", help="parity-mode run directory -> NETY state dict")
     p.add_argument("--checkpoint", required=True, help="run directory")
-    p.add_argument("--out", required=True, help="output .pt file")
-    p.add_argument("--overwrite", action="store_true", help="replace a PyTorch state dict in --out")
+    _out_args(p, "output .pt file", "a PyTorch state dict")
     p.set_defaults(fn=cmd_export_torch)
 
 
