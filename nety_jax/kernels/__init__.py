@@ -23,6 +23,11 @@
   reads), so every step streams each panel as one run of memory instead of 192 bytes from
   each of K rows a page apart.
 
+Each kernel's Python side is a module of its own (``int8.py``, ``topk.py``, ``attention.py``,
+``products.py``: its ``*_usable`` check and its call), re-exported here; this module builds and
+registers the library and decides, at trace time, whether a trace may use it (``enabled``,
+``portable``, ``gpu_path``).
+
 The kernels split their work over XLA's own intra-op threads (helper threads of our
 own competed with them for the cores: docs/PERFORMANCE.md).
 
@@ -44,14 +49,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import math
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -199,10 +202,11 @@ def _static(*shapes) -> bool:
     return all(isinstance(d, int) for shape in shapes for d in shape)
 
 
-def int8_usable(x: jax.Array, dtype) -> bool:
-    """Whether ``Linear`` should call the int8 kernel for input ``x``."""
-    return (jnp.dtype(dtype) == jnp.float32 and _static(x.shape)
-            and math.prod(x.shape[:-1]) <= MAX_ROWS and enabled())
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _product(target: str, x: jax.Array, k: int, n: int, *weights: jax.Array) -> jax.Array:
@@ -214,163 +218,16 @@ def _product(target: str, x: jax.Array, k: int, n: int, *weights: jax.Array) -> 
     return call(rows, *weights).reshape(x.shape[:-1] + (n,))
 
 
-def int8_matmul(x: jax.Array, kernel: jax.Array, scale: jax.Array) -> jax.Array:
-    """(..., K) float32 @ (K, N) int8, times (N,) scales -> (..., N) float32, through the kernel."""
-    k, n = kernel.shape
-    return _product(TARGET, x.astype(jnp.float32), k, n, kernel, scale.astype(jnp.float32))
+# each kernel's module uses the names above (defined before these imports run)
+from nety_jax.kernels.attention import decode_attention, decode_attention_usable  # noqa: E402
+from nety_jax.kernels.int8 import int8_matmul, int8_usable  # noqa: E402
+from nety_jax.kernels.products import (matmul, matmul_packed, matmul_t, matmul_t_usable,  # noqa: E402
+                                       matmul_usable, pack_panels, with_packed)
+from nety_jax.kernels.topk import top_k  # noqa: E402
 
-
-def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """``lax.top_k`` over the last axis: our kernel for float32 rows on the CPU, XLA's otherwise."""
-    if x.dtype != jnp.float32 or not _static(x.shape) or x.ndim < 1 or not 1 <= k <= x.shape[-1] \
-            or not enabled():
-        return jax.lax.top_k(x, k)
-    rows = x.reshape(-1, x.shape[-1])
-    call = jax.ffi.ffi_call(TOP_K_TARGET, (jax.ShapeDtypeStruct((rows.shape[0], k), jnp.float32),
-                                           jax.ShapeDtypeStruct((rows.shape[0], k), jnp.int32)),
-                            vmap_method="sequential")
-    values, indices = call(rows)
-    return values.reshape(x.shape[:-1] + (k,)), indices.reshape(x.shape[:-1] + (k,))
-
-
-def decode_attention_usable(q: jax.Array, k: jax.Array) -> bool:
-    """Whether a cached step may use our one-query attention: float32, one query, static shapes."""
-    return (q.ndim == 4 and q.shape[2] == 1 and q.dtype == jnp.float32 and k.dtype == jnp.float32
-            and _static(q.shape, k.shape) and enabled())
-
-
-def decode_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array) -> jax.Array:
-    """q (B, H, 1, D), caches (B, H, L, D), lengths (B,) filled positions -> (B, H, 1, D):
-    softmax attention over each row's first ``lengths`` cache positions."""
-    b, h, _, d = q.shape
-    call = jax.ffi.ffi_call(ATTENTION_TARGET, jax.ShapeDtypeStruct((b, h, d), jnp.float32),
-                            vmap_method="sequential")
-    return call(q[:, :, 0], k, v, lengths.astype(jnp.int32))[:, :, None]
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def matmul_usable(x: jax.Array, dtype, features: int) -> bool:
-    """Whether ``Linear`` should compute its float32 product with ``matmul`` (x @ a (K, ``features``)
-    kernel): a few rows (up to ``MATVEC_ROWS``: ``nety_matvec``, weights of ``MATVEC_MIN_WEIGHTS``
-    or more), or ``MATMUL_ROWS`` rows with at least one block of 8 rows per
-    core (``nety_matmul`` splits rows over threads; on a machine with more cores than that,
-    XLA's GEMM, which can use them all, keeps the product)."""
-    if not (jnp.dtype(dtype) == jnp.float32 and x.dtype == jnp.float32 and _static(x.shape)):
-        return False
-    rows = math.prod(x.shape[:-1])
-    if 1 <= rows <= MATVEC_ROWS:
-        return x.shape[-1] * features >= MATVEC_MIN_WEIGHTS and enabled()
-    return (MATMUL_ROWS[0] <= rows <= MATMUL_ROWS[1] and -(-rows // 8) >= _cores() and enabled()
-            and _state.get("matmul", False))
-
-
-def _matmul_call(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    k, n = kernel.shape
-    target = MATVEC_TARGET if math.prod(x.shape[:-1]) <= MATVEC_ROWS else MATMUL_TARGET
-    return _product(target, x, k, n, kernel)
-
-
-@jax.custom_vjp
-def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """(..., K) float32 @ (K, N) float32 -> (..., N) through nety_matmul. Its gradient is XLA's
-    (the kernel has none of its own), so a training batch of that many rows may take it too."""
-    return _matmul_call(x, kernel)
-
-
-def _matmul_fwd(x, kernel):
-    return _matmul_call(x, kernel), (x, kernel)
-
-
-def _matmul_bwd(saved, g):
-    x, kernel = saved
-    rows, grads = x.reshape(-1, kernel.shape[0]), g.reshape(-1, kernel.shape[1])
-    return jnp.dot(g, kernel.T), jnp.dot(rows.T, grads)
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-def _matmul_t_call(x: jax.Array, table: jax.Array) -> jax.Array:
-    n, k = table.shape
-    return _product(MATVEC_T_TARGET, x, k, n, table)
-
-
-def matmul_t_usable(x: jax.Array, table: jax.Array) -> bool:
-    """Whether ``matmul_t`` computes x @ table.T: float32, up to ``MATVEC_ROWS`` rows, a table of
-    ``MATVEC_MIN_WEIGHTS`` or more, on the CPU."""
-    return (x.dtype == jnp.float32 and table.dtype == jnp.float32 and _static(x.shape, table.shape)
-            and 1 <= math.prod(x.shape[:-1]) <= MATVEC_ROWS and table.size >= MATVEC_MIN_WEIGHTS
-            and enabled())
-
-
-@jax.custom_vjp
-def matmul_t(x: jax.Array, table: jax.Array) -> jax.Array:
-    """(..., K) float32 @ (N, K).T -> (..., N) through nety_matvec_t (``matmul_t_usable`` rows);
-    differentiated as XLA's product."""
-    return _matmul_t_call(x, table)
-
-
-def _matmul_t_fwd(x, table):
-    return _matmul_t_call(x, table), (x, table)
-
-
-def _matmul_t_bwd(saved, g):
-    x, table = saved
-    rows, grads = x.reshape(-1, table.shape[1]), g.reshape(-1, table.shape[0])
-    return jnp.dot(g, table), jnp.dot(grads.T, rows)
-
-
-matmul_t.defvjp(_matmul_t_fwd, _matmul_t_bwd)
-
-
-def pack_panels(kernel: jax.Array) -> jax.Array:
-    """(K, N) -> (N // PANEL, K, PANEL): column panel p of ``kernel`` with its K rows contiguous
-    (the columns past the last full panel are left out: ``matmul_packed`` reads them from the
-    kernel itself)."""
-    k, n = kernel.shape
-    panels = n // PANEL
-    return kernel[:, :panels * PANEL].reshape(k, panels, PANEL).transpose(1, 0, 2)
-
-
-def matmul_packed(x: jax.Array, packed: jax.Array, kernel: jax.Array) -> jax.Array:
-    """(..., K) float32 @ (K, N) ``kernel`` -> (..., N), with ``packed = pack_panels(kernel)``:
-    the same floats as ``matmul`` (its kernel's panels read contiguous). Not differentiable: a
-    decoding path (``with_packed``)."""
-    k, n = kernel.shape
-    return _product(MATMUL_PACKED_TARGET, x, k, n, packed, kernel)
-
-
-def _packable(leaf, rows: int) -> bool:
-    """Whether a float32 (K, N) kernel would go through ``nety_matmul`` for ``rows`` rows."""
-    shape = getattr(leaf, "shape", ())
-    return (len(shape) == 2 and getattr(leaf, "dtype", None) == jnp.float32 and shape[1] >= PANEL
-            and matmul_usable(jax.ShapeDtypeStruct((rows, shape[0]), jnp.float32), jnp.float32, shape[1])
-            and rows > MATVEC_ROWS)
-
-
-def with_packed(variables: dict, rows: int) -> dict:
-    """``variables`` plus a ``packed`` collection: ``pack_panels`` of every float32 ``kernel``
-    in ``params`` that a product of ``rows`` rows sends through ``nety_matmul`` (``Linear``
-    then calls ``matmul_packed``); ``variables`` unchanged when none does. Call it inside the
-    jitted program, before a decode loop: the packed copies are made once per call (and cost
-    the kernels' size in memory while it runs)."""
-    def walk(tree):
-        out = {}
-        for name, value in tree.items():
-            if isinstance(value, Mapping):
-                sub = walk(value)
-                if sub:
-                    out[name] = sub
-            elif name == "kernel" and _packable(value, rows):
-                out[name] = pack_panels(value)
-        return out
-    if "packed" in variables or not isinstance(variables.get("params"), Mapping):
-        return variables
-    packed = walk(variables["params"])
-    return {**variables, "packed": packed} if packed else variables
+__all__ = ["ATTENTION_TARGET", "FLAGS", "GPU_ENV", "GPU_PATHS", "MATMUL_PACKED_TARGET", "MATMUL_ROWS", "MATMUL_TARGET",
+           "MATVEC_MIN_WEIGHTS", "MATVEC_ROWS", "MATVEC_TARGET", "MATVEC_T_TARGET", "MAX_ROWS", "PANEL", "SOURCE",
+           "TARGET", "TARGETS", "TOP_K_TARGET", "backend", "cache_dir",
+           "decode_attention", "decode_attention_usable", "enabled", "gpu_path", "int8_matmul", "int8_usable",
+           "is_portable", "load", "matmul", "matmul_packed", "matmul_t", "matmul_t_usable", "matmul_usable",
+           "pack_panels", "portable", "top_k", "with_packed"]
