@@ -12,6 +12,7 @@ A run directory holds::
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from nety_jax import config as config_lib
 from nety_jax.config import Config
@@ -43,6 +44,15 @@ def write_run_config(workdir: str, cfg: Config) -> None:
     config_lib.save_config(cfg, config_path(workdir))
 
 
-def load_run_tokenizer(workdir: str):
+def load_run_tokenizer(workdir: str, cfg: Optional[Config] = None):
+    """The run's tokenizer. With ``cfg`` (the run's config), one with more ids than the model's
+    vocabulary is refused naming it: it is not the tokenizer the run was trained with (another
+    run's, copied in), and its ids past the embedding table would be clamped silently."""
     from nety_jax.data.tokenizer import load_tokenizer
-    return load_tokenizer(workdir)
+    tokenizer = load_tokenizer(workdir)
+    if cfg is not None and tokenizer.vocab_size > cfg.model.vocab_size:
+        raise CheckpointError(f"{os.path.join(workdir, 'tokenizer.json')}: a tokenizer of {tokenizer.vocab_size:,} "
+                              f"ids, more than the model's vocabulary (model.vocab_size={cfg.model.vocab_size:,} "
+                              f"in {config_path(workdir)}): not the tokenizer this run was trained with; "
+                              "put the run's own back")
+    return tokenizer

@@ -221,7 +221,7 @@ def load_pretrained(workdir: str, step: Optional[int] = None,
     (0: no prefix cache); ``mesh_tensor``: tensor-parallel generation over that many of this
     process's devices (1: the whole model on one device)."""
     cfg = read_run_config(workdir)
-    tokenizer = load_run_tokenizer(workdir)
+    tokenizer = load_run_tokenizer(workdir, cfg)
     abstract = _placed_abstract(get_model(cfg.model), cfg, mesh_tensor)
     variables, step = restore_inference_variables(workdir, cfg, abstract, step, warn)
     model = Pretrained(cfg, tokenizer, variables, step, warn)

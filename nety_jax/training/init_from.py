@@ -19,12 +19,11 @@ from typing import Optional, Sequence
 
 from nety_jax import config as config_lib
 from nety_jax.config import Config
-from nety_jax.data.tokenizer import load_tokenizer
 from nety_jax.errors import CheckpointError, ConfigError
 from nety_jax.models import get_model
 from nety_jax.runs import checkpoints as ckpt
 from nety_jax.runs.compat import RUNTIME_MODEL_FIELDS
-from nety_jax.runs.files import CONFIG_FILE, checkpoint_dir, read_run_config
+from nety_jax.runs.files import CONFIG_FILE, checkpoint_dir, load_run_tokenizer, read_run_config
 from nety_jax.runs.weights import split_variables
 from nety_jax.training.setup import TOKENIZER_FIELDS
 
@@ -63,7 +62,7 @@ def load_source(path: str) -> Source:
         if cfg.model.quant != "none":
             raise ConfigError(f"--init-from {path}: model.quant={cfg.model.quant} is an inference copy; "
                               "fine-tune the float32 run it was quantized from")
-        return Source(cfg, load_tokenizer(path), _run_variables(path, cfg), path)
+        return Source(cfg, load_run_tokenizer(path, cfg), _run_variables(path, cfg), path)
     if os.path.isfile(os.path.join(path, "config.json")):
         from nety_jax.models.registry import hf_converter
         cfg, tokenizer, variables = hf_converter().load_hf(path)

@@ -21,13 +21,13 @@ from nety_jax.config import Config, save_config
 from nety_jax.data import BatchIterator
 from nety_jax.data.batching import PLAN
 from nety_jax.data.coverage import check_coverage
-from nety_jax.data.tokenizer import SentencePieceTokenizer, WordTokenizer, load_tokenizer
+from nety_jax.data.tokenizer import SentencePieceTokenizer, WordTokenizer
 from nety_jax.errors import CheckpointError, ConfigError
 from nety_jax.models import get_model
 from nety_jax.runs import checkpoints as ckpt
 from nety_jax.runs import guard
 from nety_jax.runs.compat import RUNTIME_MODEL_FIELDS, check_fits, describe_differences, model_differences
-from nety_jax.runs.files import CONFIG_FILE, checkpoint_dir, read_run_config
+from nety_jax.runs.files import CONFIG_FILE, checkpoint_dir, load_run_tokenizer, read_run_config
 from nety_jax.runs.weights import split_variables
 from nety_jax.tasks import DataSplit
 from nety_jax.data.prefetch import Prefetcher
@@ -144,7 +144,7 @@ def prepare(cfg: Config, workdir: str, paths: Optional[Sequence[str]], skip_bad:
     init_from = None if has_checkpoint else init_from  # a resumed run has its own weights
     prepared = prepared_dir(paths)
     if prepared is not None:  # streamed from shards: the tokenizer is the one they were made with
-        run_tok = load_tokenizer(workdir) if has_checkpoint else getattr(init_from, "tokenizer", None)
+        run_tok = load_run_tokenizer(workdir, saved_cfg) if has_checkpoint else getattr(init_from, "tokenizer", None)
         tokenizer, data = open_prepared(cfg, prepared, run_tok, workdir if has_checkpoint else
                                         getattr(init_from, "where", ""), skip_bad)
     else:
@@ -249,7 +249,7 @@ def _read_raw(cfg: Config, task, workdir: str, paths, skip_bad: bool, has_checkp
     if corpus.skipped:
         log(f"skipped {corpus.skipped} bad lines in {', '.join(paths)} (first: {corpus.first_error})")
     if has_checkpoint:
-        tokenizer = load_tokenizer(workdir)
+        tokenizer = load_run_tokenizer(workdir, read_run_config(workdir))
         check_coverage(tokenizer, corpus.texts, ", ".join(paths), log)
     elif init_from is not None:
         tokenizer = init_from.tokenizer

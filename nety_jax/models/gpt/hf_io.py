@@ -348,7 +348,7 @@ def _export_into(checkpoint: str, out: str) -> None:
     cfg = read_run_config(checkpoint)
     m = cfg.model
     exportable(m, checkpoint)
-    tokenizer = load_run_tokenizer(checkpoint)
+    tokenizer = load_run_tokenizer(checkpoint, cfg)
     if not isinstance(tokenizer, HFTokenizer):
         raise ConfigError(f"{checkpoint}: data.tokenizer={cfg.data.tokenizer!r}; export-hf writes a "
                           "HuggingFace tokenizer, so it needs a run trained with data.tokenizer: hf "
