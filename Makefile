@@ -39,7 +39,7 @@ demo: install
 	@echo "loss curves: $(DEMO_DIR)/loss.png   chat: $(BIN)/nety-jax chat --checkpoint $(DEMO_DIR)"
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=40 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=40 --cpu-durations=40 tests
 
 # the suite's version-sensitive files on another Python (default: the oldest found, with the oldest
 # jax we support), no torch: the models, the encoder, the GPU paths' CPU checks, the CPU kernels, exact

@@ -164,6 +164,51 @@ def pytest_xdist_make_scheduler(config, log):
     return Scheduler(config, log)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--cpu-durations", type=int, default=None, metavar="N",
+                     help="list the N tests that used the most CPU seconds (0: all): user + sys of the test's "
+                          "process and of the subprocesses it waited for, setup, call and teardown together; "
+                          "unlike --durations' wall seconds, comparable between runs on a loaded machine")
+
+
+def _cpu_seconds() -> float:
+    import resource
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report carries its CPU seconds (``user_properties``: xdist sends them to the
+    controller), measured from the phase's start, which pytest_runtest_{setup,call,teardown} note."""
+    outcome = yield
+    started = item.stash.get(_CPU_START, None)
+    if started is not None and started[0] == call.when:
+        outcome.get_result().user_properties.append(("cpu_s", _cpu_seconds() - started[1]))
+
+
+_CPU_START = pytest.StashKey[tuple]()
+
+
+def _note_cpu_start(item, when: str) -> None:
+    item.stash[_CPU_START] = (when, _cpu_seconds())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _note_cpu_start(item, "setup")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    _note_cpu_start(item, "call")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item):
+    _note_cpu_start(item, "teardown")
+
+
 # What CI's log needs to see whether the schedule works: per xdist worker, the seconds its tests
 # took and when its last one finished; the gap between the workers' finishes is the tail in
 # which one core idled (printed by the controller, after --durations)
@@ -176,7 +221,13 @@ def pytest_sessionstart(session):
     _STARTED[0] = time.monotonic()
 
 
+_CPU_BY_TEST: dict = {}
+
+
 def pytest_runtest_logreport(report):
+    for name, value in report.user_properties:
+        if name == "cpu_s":
+            _CPU_BY_TEST[report.nodeid] = _CPU_BY_TEST.get(report.nodeid, 0.0) + value
     node = getattr(report, "node", None)  # set by pytest-xdist on the controller only
     if node is None or _STARTED[0] is None:
         return
@@ -190,7 +241,13 @@ def pytest_runtest_logreport(report):
 
 
 @pytest.hookimpl(trylast=True)  # after --durations
-def pytest_terminal_summary(terminalreporter):
+def pytest_terminal_summary(terminalreporter, config):
+    count = config.getoption("cpu_durations")
+    if count is not None and _CPU_BY_TEST:
+        ranked = sorted(_CPU_BY_TEST.items(), key=lambda kv: -kv[1])
+        terminalreporter.write_sep("=", f"CPU seconds per test (all {len(ranked)}: {sum(_CPU_BY_TEST.values()):.1f})")
+        for nodeid, seconds in ranked[:count or None]:
+            terminalreporter.write_line(f"{seconds:8.2f} CPU-s  {nodeid}")
     if len(_WORKERS) < 2:
         return
     finishes = [done for _, done, _ in _WORKERS.values()]
