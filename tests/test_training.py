@@ -42,6 +42,12 @@ def _run(cfg, backend, batches):
     return jax.device_get(state), losses, grad_norms
 
 
+# One layer of each kind (encoder, decoder, head): what the tests below compare is where the sums and
+# the BatchNorm statistics of several devices or micro-batches meet, which a layer more does not
+# change; a train step compiles in less time with fewer layers (docs/PERFORMANCE.md, "The test suite")
+ONE_LAYER = ["model.enc_layers=1", "model.dec_layers=1", "model.head_dims=[16]"]
+
+
 def _max_diff(a, b):
     return max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
         lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b)))
@@ -53,7 +59,7 @@ def test_pmap_and_shard_map_equal_single_device(head_norm):
     # attention key biases have an exactly-zero gradient; Adam with a tiny eps would turn
     # their float noise into full-size steps, so eps is raised above that noise here
     cfg = load_config(TINY, ["train.batch_size=8", f"model.head_norm={head_norm}",
-                             "train.optimizer=adam", "train.eps=1e-6"])
+                             "train.optimizer=adam", "train.eps=1e-6", *ONE_LAYER])
     batches = [_batch(seed=i) for i in range(3)]
     ref_state, ref_losses, ref_norms = _run(cfg, "none", batches)
     for backend in ("pmap", "shard_map"):
@@ -67,7 +73,7 @@ def test_pmap_and_shard_map_equal_single_device(head_norm):
 
 def test_gradient_accumulation_equals_one_big_step():
     common = ["train.batch_size=16", "model.head_norm=layer", "train.optimizer=adam", "train.eps=1e-6",
-              "train.clip_norm=0"]
+              "train.clip_norm=0", *ONE_LAYER]
     base = load_config(TINY, common)
     accum = load_config(TINY, common + ["train.grad_accum=4"])
     batches = [_batch(b=16, seed=i) for i in range(2)]
