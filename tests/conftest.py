@@ -46,6 +46,11 @@ PARITY = str(CONFIGS / "nety_parity.yaml")
 GPT_TINY = str(CONFIGS / "gpt_tiny.yaml")
 RNN_LM = str(CONFIGS / "rnn_lm.yaml")
 QUIET = {"progress": False, "log": lambda *_: None}
+# The tiny hybrid with one layer of each kind (encoder, decoder, head; the head keeps its 2
+# BatchNorms), for tests whose property does not depend on depth (the sums of several devices or
+# micro-batches): a train step traces and compiles in less time with fewer layers
+# (docs/PERFORMANCE.md, "The test suite")
+ONE_LAYER = ["model.enc_layers=1", "model.dec_layers=1", "model.head_dims=[16]"]
 
 
 def run_main(*argv) -> subprocess.CompletedProcess:

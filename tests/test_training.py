@@ -14,7 +14,7 @@ from nety_jax.training.metrics import read_metrics
 from nety_jax.training.parallel import Runner
 from nety_jax.training.steps import create_train_state
 from nety_jax.training.loop import train
-from conftest import ROOT, TINY, run_main
+from conftest import ONE_LAYER, ROOT, TINY, run_main
 
 
 def _batch(b=8, s=10, t=9, seed=0):
@@ -40,12 +40,6 @@ def _run(cfg, backend, batches):
         losses.append(float(m["loss_sum"]) / float(m["tokens"]))
         grad_norms.append(float(m["grad_norm"]))
     return jax.device_get(state), losses, grad_norms
-
-
-# One layer of each kind (encoder, decoder, head): what the tests below compare is where the sums and
-# the BatchNorm statistics of several devices or micro-batches meet, which a layer more does not
-# change; a train step compiles in less time with fewer layers (docs/PERFORMANCE.md, "The test suite")
-ONE_LAYER = ["model.enc_layers=1", "model.dec_layers=1", "model.head_dims=[16]"]
 
 
 def _max_diff(a, b):
