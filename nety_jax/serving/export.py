@@ -38,8 +38,8 @@ from nety_jax.errors import CheckpointError, NetyError
 from nety_jax.runs import guard
 from nety_jax.runs.manifest import sha256, verify
 from nety_jax.tasks import task_of_signature
-from nety_jax.serving.settings import (RUNTIME, check_bool, check_int, check_num_samples, in_parts, per_sample,
-                                       resolve, seeds_per_row)
+from nety_jax.serving.settings import (RUNTIME, check_bool, check_int, check_num_samples, check_texts, chunks,
+                                       in_parts, per_sample, resolve, seeds_per_row)
 
 ARTIFACT = "generate.bin"
 VARIABLES = "variables.npz"
@@ -159,7 +159,8 @@ def _read_info(directory: str) -> dict:
 
 
 class ExportedModel:
-    """Generation from an export directory: tokenizer + deserialized function + weights."""
+    """Generation from an export directory: tokenizer + deserialized function + weights. Its
+    ``generate`` and ``generate_ids`` are ``Pretrained``'s (``serving.protocol.InferenceModel``)."""
 
     def __init__(self, directory: str, warn: Callable[[str], None] = _stderr):
         self.warn = warn
@@ -214,9 +215,10 @@ class ExportedModel:
                                       f"{ARTIFACT} expects {aval.dtype}{list(aval.shape)}")
         return jax.tree_util.tree_map(jnp.asarray, variables)
 
-    def generate_ids(self, tokens: np.ndarray, lengths: np.ndarray, seed=0, first_row: int = 0, **settings):
-        """Runs the artifact on an id batch; settings are per-row values or scalars; with one
-        seed, row i draws from fold_in(PRNGKey(seed), first_row + i)."""
+    def call_ids(self, tokens: np.ndarray, lengths: np.ndarray, seed=0, first_row: int = 0, **settings):
+        """Runs the artifact on an id batch: (B, T) right-padded prompt ids and their (B,) lengths ->
+        (tokens (B, N), lengths (B,), scores (B,)) numpy. Settings are per-row values or scalars;
+        with one seed, row i draws from fold_in(PRNGKey(seed), first_row + i)."""
         first_row = check_int("first_row", first_row, 0)
         b = tokens.shape[0]
         defaults = self.info.get("defaults", {})
@@ -228,29 +230,65 @@ class ExportedModel:
                                  jnp.asarray(keys, jnp.uint32))
         return tuple(np.asarray(x) for x in out)
 
+    def generate_ids(self, texts, *args, **settings):
+        """``generate_ids(texts, seed=0, num_samples=1, **settings)``, as ``Pretrained.generate_ids``:
+        ``{"tokens": (R, N), "lengths": (R,), "scores": (R,)}`` numpy, R = len(texts) * num_samples
+        rows, each text's samples in turn, N the compiled ``max_new_tokens``; the settings
+        ``generate`` takes. Given an id batch instead of texts (numpy ``tokens, lengths, ...``: this
+        method's arguments before ``call_ids`` had them), it returns what ``call_ids`` returns."""
+        if isinstance(texts, np.ndarray):
+            return self.call_ids(texts, *args, **settings)
+        return self._generate_ids(texts, *args, **settings)
+
+    def _generate_ids(self, texts: Sequence[str], seed=0, num_samples: int = 1, **settings) -> dict:
+        texts = check_texts(texts)
+        num_samples = self._check_request(settings, num_samples)
+        if not texts:
+            raise NetyError("texts: no prompt given")
+        parts = [self._run(part, part_seed, num_samples, part_settings, first_row)[1]
+                 for first_row, part, part_seed, part_settings
+                 in chunks(texts, seed, num_samples, self._part_size(None), settings)]
+        return {k: np.concatenate([part[i] for part in parts]) for i, k in enumerate(("tokens", "lengths", "scores"))}
+
     def generate(self, texts: Sequence[str], seed=0, num_samples: int = 1, with_prompt: bool = False,
                  batch_size: Optional[int] = None, **settings) -> list[list[str]]:
         """As ``Pretrained.generate``, with the settings the export takes at run time."""
         if isinstance(texts, str):
             texts = [texts]
+        num_samples = self._check_request(settings, num_samples)
+        with_prompt = check_bool("with_prompt", with_prompt)
+        part = lambda texts, seed, settings, first_row: self._generate(texts, seed, num_samples, with_prompt,
+                                                                       settings, first_row)
+        return in_parts(part, texts, seed, num_samples, self._part_size(batch_size), settings)
+
+    def _check_request(self, settings: dict, num_samples) -> int:
+        """``num_samples``, checked, after the settings: only those the export takes at run time."""
         unsupported = sorted(k for k, v in settings.items() if v is not None and k not in self.info["options"])
         if unsupported:
             raise NetyError(f"this export does not take {unsupported[0]} at run time "
                             f"(it takes: {', '.join(self.info['options']) or 'nothing'}); re-export "
                             f"with --set decode.{unsupported[0]}=VALUE")
-        num_samples, with_prompt = check_num_samples(num_samples), check_bool("with_prompt", with_prompt)
+        num_samples = check_num_samples(num_samples)
         if num_samples > 1 and self.config.decode.beam_size > 1:
             raise NetyError(f"num_samples={num_samples}: this export runs beam search and returns one "
                             "reply per prompt; the N best replies need the run directory (--checkpoint)")
+        return num_samples
+
+    def _part_size(self, batch_size: Optional[int]) -> Optional[int]:
+        """Rows per call: a fixed-batch export takes parts of at most its size."""
         fixed = self.info.get("batch")
-        if isinstance(fixed, int) and fixed > 0:  # a fixed-batch export: parts of at most its size
-            batch_size = fixed if batch_size is None else min(batch_size, fixed)
-        part = lambda texts, seed, settings, first_row: self._generate(texts, seed, num_samples, with_prompt,
-                                                                       settings, first_row)
-        return in_parts(part, texts, seed, num_samples, batch_size, settings)
+        if isinstance(fixed, int) and fixed > 0:
+            return fixed if batch_size is None else min(batch_size, fixed)
+        return batch_size
 
     def _generate(self, texts: Sequence[str], seed, num_samples: int, with_prompt: bool, settings: dict,
                   first_row: int) -> list[list[str]]:
+        batch, (tokens, _, _) = self._run(texts, seed, num_samples, settings, first_row)
+        replies = decode_replies(self.tokenizer, tokens, len(texts) * num_samples, batch if with_prompt else None)
+        return [replies[i * num_samples: (i + 1) * num_samples] for i in range(len(texts))]
+
+    def _run(self, texts: Sequence[str], seed, num_samples: int, settings: dict, first_row: int):
+        """(the prompt batch, ``call_ids``' outputs cut to the rows asked) for ``num_samples`` rows a text."""
         n = len(texts) * num_samples
         base = self.config.decode
         rows = {k: per_sample(v, num_samples) for k, v in settings.items() if k in RUNTIME}
@@ -267,10 +305,8 @@ class ExportedModel:
         rows = {k: v + [v[0]] * (b - len(v)) for k, v in req.rows.items()}
         seeds = seeds_per_row(seed, len(texts), num_samples)
         seeds = seeds if isinstance(seeds, int) else seeds + [seeds[0]] * (b - len(seeds))
-        tokens, _, _ = self.generate_ids(batch.tokens, batch.lengths, seeds, first_row, **rows)
-        replies = decode_replies(self.tokenizer, tokens, n, batch if with_prompt else None)
-        return [replies[i * num_samples: (i + 1) * num_samples] for i in range(len(texts))]
-
+        out = self.call_ids(batch.tokens, batch.lengths, seeds, first_row, **rows)
+        return batch, tuple(x[:n] for x in out)
 
     def _prompt_limit(self) -> str:
         """Why prompts are cut where they are: a language model's export keeps room for the longest

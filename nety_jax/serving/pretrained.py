@@ -30,7 +30,9 @@ def _stderr(message: str) -> None:
 
 
 class Pretrained:
-    """A trained model with its config and tokenizer, ready for generation."""
+    """A trained model with its config and tokenizer, ready for generation (``generate``,
+    ``generate_ids``: ``serving.protocol.InferenceModel``, as an ``ExportedModel``), streaming,
+    chat, teacher-forced logits and next-word prediction."""
 
     def __init__(self, cfg: Config, tokenizer: Tokenizer, variables: dict, step: int = 0,
                  warn: Callable[[str], None] = _stderr):
@@ -62,9 +64,14 @@ class Pretrained:
                        batch.count, params, req.spec, self.config.data.bucket_multiple)
 
     @property
-    def task(self) -> str:
+    def task(self):
         """The model's task object (``nety_jax.tasks``: how prompts and chats become ids)."""
         return self.model.task
+
+    @property
+    def prompts(self):
+        """The task's prompt policy (``tasks/prompting.py``: how a text becomes ids, how long it may be)."""
+        return self.model.prompts
 
     def generate(self, texts: Sequence[str], seed=0, num_samples: int = 1, with_prompt: bool = False,
                  batch_size: Optional[int] = None, **settings) -> list[list[str]]:
