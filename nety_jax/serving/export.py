@@ -236,7 +236,7 @@ class ExportedModel:
         rows, each text's samples in turn, N the compiled ``max_new_tokens``; the settings
         ``generate`` takes. Given an id batch instead of texts (numpy ``tokens, lengths, ...``: this
         method's arguments before ``call_ids`` had them), it returns what ``call_ids`` returns."""
-        if isinstance(texts, np.ndarray):
+        if isinstance(texts, (np.ndarray, jax.Array)):
             return self.call_ids(texts, *args, **settings)
         return self._generate_ids(texts, *args, **settings)
 
