@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-from bench_util import status_mb  # noqa: E402
+from bench_util import cpu_seconds, status_mb  # noqa: E402
 
 CONFIGS = os.path.join(ROOT, "configs")
 ENV = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
@@ -105,7 +105,7 @@ def measured(cmd: list[str], watch: str = "") -> dict:
             lines.append(line)
             if watch and watch in line and "at_s" not in seen:
                 seen["at_s"] = time.perf_counter() - start
-                seen["cpu_at_s"] = cpu_seconds(proc.pid)
+                seen["cpu_at_s"] = timed_command_cpu_seconds(proc.pid)
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -119,14 +119,11 @@ def measured(cmd: list[str], watch: str = "") -> dict:
             "load": load(), **seen, "out": [line for line in lines if not line.startswith(MAXRSS)]}
 
 
-def cpu_seconds(time_pid: int) -> float:
+def timed_command_cpu_seconds(time_pid: int) -> float:
     """CPU seconds (user + system) used so far by the command GNU time (``time_pid``) runs (``nice``
     execs it: one process)."""
     with open(f"/proc/{time_pid}/task/{time_pid}/children") as f:
-        pid = int(f.read().split()[0])
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(int(f.read().split()[0]))
 
 
 def cli(*args: str) -> list[str]:

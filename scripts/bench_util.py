@@ -1,10 +1,11 @@
-"""What several benchmark scripts measure alike: a call's wall time and this process's memory.
+"""What several benchmark scripts measure alike: a call's wall time, a process's memory and CPU time.
 
 Imported by the scripts beside it (``scripts/`` is on their ``sys.path``); no JAX, so a script
 imports it before it sets up JAX's flags.
 """
 from __future__ import annotations
 
+import os
 import resource
 import time
 from typing import Callable, Optional
@@ -20,6 +21,13 @@ def status_mb(field: str, pid: str = "self") -> float:
     exec, which ``ru_maxrss`` may not be, as it can hold the parent's), in MB."""
     with open(f"/proc/{pid}/status") as f:
         return [int(line.split()[1]) for line in f if line.startswith(field)][0] / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time so far, from ``/proc/PID/stat``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after the command's name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(fn: Callable[[], object], sync: Optional[Callable[[], None]] = None) -> float:
