@@ -6,6 +6,7 @@
     python scripts/bench_serve.py --model demo --mix loguniform   # many short replies, few long
     python scripts/bench_serve.py --model demo --against DIR      # this tree's server against DIR's
     python scripts/bench_serve.py --model gpt --against DIR --against-engine dynamic
+    python scripts/bench_serve.py --model gpt --slots 8 --old-dynamic DIR   # + DIR's dynamic server
 
 Each request asks for a reply length drawn from 8 to 256 tokens (at most the model's room after
 the prompt): uniformly (``--mix uniform``, the default) or log-uniformly (``--mix loguniform``);
@@ -30,6 +31,18 @@ interpreter's (HTTP, engine) apart:
 - half load: open-loop Poisson arrivals at half the DYNAMIC engine's measured capacity (requests/s), the same
   rate for both: p50/p99 time to first token and per-token latency (streamed requests),
   p50/p99 request latency (all).
+
+--old-dynamic DIR adds a third server to that comparison: the dynamic server of another tree,
+e.g. the issue's own baseline, the tree #29 was filed against (``git archive 8f4c995 | tar -x -C
+DIR``; continuous batching came in its child ba7d0fe), started with the same max batch (--slots),
+queue, chunk and 5 ms window, its programs compiled before it listens. The three servers' windows
+are taken in turn, the order rotated every round; printed per round and as medians: continuous /
+this tree's dynamic, continuous / DIR's dynamic, this tree's dynamic / DIR's dynamic. The half load
+is then half DIR's dynamic capacity, for all three. Every server child, this tree's or another's,
+runs THIS file's harness with the other tree first on PYTHONPATH (an older tree's own
+bench_serve.py has no child mode); a run whose config.yaml has ``train`` fields the older tree does
+not know (8f4c995: train.remat, train.remat_scan, train.memory_limit_gb; they do not change the
+served model) is loaded there from a view of the run without them.
 
 --flood N sends N requests from 128 closed-loop clients to a continuous server with a small
 queue: counts 200s and 429s, checks that every request got exactly one answer, that ids are
@@ -121,24 +134,119 @@ def checkpoint_for(model: str, given: str) -> str:
 # -- the server (a child process running this file with --child) --------------------------------
 
 def child(args) -> int:
-    """Serves ``--checkpoint`` with <eos> disabled, so replies have the length clients ask."""
-    import dataclasses
+    """Serves ``--checkpoint`` with <eos> disabled, so replies have the length clients ask. The
+    code served is the tree on PYTHONPATH (this one, or another's for ``--against`` and
+    ``--old-dynamic``): a tree from before continuous batching is served by ``legacy_child``."""
+    import inspect
 
+    from nety_jax.serving import server
+    if "batching" not in inspect.signature(server.create_app).parameters:
+        return legacy_child(args)
     from nety_jax.serving.engine import PretrainedBackend
     from nety_jax.serving.pretrained import load_pretrained
-    from nety_jax.serving.server import create_app, http_server, listen_socket, settle
     pre = load_pretrained(args.checkpoint)
     room = pre.model.prompts.max_new_tokens()
     backend = PretrainedBackend(pre, min(room, 256) if args.batching == "dynamic" else None)  # 256: the longest draw
     backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1 << 20)
-    app = create_app(backend, "bench", max_batch=args.slots, window_ms=5.0, queue_size=args.queue,
-                     chunk=8, batching=args.batching, slots=args.slots)
+    app = server.create_app(backend, "bench", max_batch=args.slots, window_ms=5.0, queue_size=args.queue,
+                            chunk=8, batching=args.batching, slots=args.slots)
     compile_all(app.state.server.engine, pre)
-    settle()  # as `nety-jax serve` does before it listens
+    getattr(server, "settle", lambda: None)()  # as `nety-jax serve` does before it listens
     if os.environ.get("NETY_BENCH_TRACE"):
         trace(app.state.server.engine, os.environ["NETY_BENCH_TRACE"], args.batching)
-    http_server(app).run(sockets=[listen_socket("127.0.0.1", args.port)])  # as `nety-jax serve` serves
+    sockets = [server.listen_socket("127.0.0.1", args.port)]
+    if hasattr(server, "http_server"):
+        server.http_server(app).run(sockets=sockets)  # as `nety-jax serve` serves
+    else:
+        _uvicorn(app, args.port, sockets)
     return 0
+
+
+def _uvicorn(app, port: int, sockets: list) -> None:
+    """uvicorn as a tree without ``server.http_server`` ran it in its ``nety-jax serve``."""
+    import uvicorn
+    uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).run(sockets=sockets)
+
+
+def legacy_child(args) -> int:
+    """The dynamic server of a tree from before continuous batching (e.g. the issue-day commit
+    8f4c995), as its ``nety-jax serve --max-batch S --queue-size Q --chunk 8 --max-tokens N``
+    (5 ms window) ran it: its create_app has no batching or slots, its engine no warm-up (its
+    programs are compiled here before it listens, one per batch bucket, as this tree's start-up
+    does), no heap freeze, plain uvicorn. <eos> disabled as for this tree's servers."""
+    from nety_jax.serving.engine import PretrainedBackend
+    from nety_jax.serving.server import create_app, listen_socket
+    if args.batching != "dynamic":
+        raise SystemExit(f"{os.environ.get('PYTHONPATH')}: this tree has dynamic batching only (its "
+                         f"create_app takes no batching): serve it as dynamic")
+    pre = load_for_old_code(args.checkpoint)
+    backend = PretrainedBackend(pre, min(pre.model.prompts.max_new_tokens(), LONGEST))
+    backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1 << 20)
+    app = create_app(backend, "bench", max_batch=args.slots, window_ms=5.0, queue_size=args.queue, chunk=8)
+    legacy_warm_up(app.state.server.engine, pre)
+    _uvicorn(app, args.port, [listen_socket("127.0.0.1", args.port)])
+    return 0
+
+
+UNKNOWN_FIELD = re.compile(r"unknown field (train)\.(\w+)$")
+
+
+def load_for_old_code(checkpoint: str):
+    """``load_pretrained(checkpoint)`` in an older tree. Its config loader refuses fields added
+    since (e.g. train.remat, train.remat_scan, train.memory_limit_gb for 8f4c995): a field of the
+    ``train`` section does not change the served model, so it is left out of a view of the run
+    (a temporary directory: the run's files linked, config.yaml without it), and the child says
+    so; any other unknown field ends the child with the loader's one-line error."""
+    from nety_jax.errors import ConfigError
+    from nety_jax.serving.pretrained import load_pretrained
+    import yaml
+    path, dropped = checkpoint, []
+    while True:
+        try:
+            pre = load_pretrained(path)
+            break
+        except ConfigError as e:
+            found = UNKNOWN_FIELD.search(str(e))
+            if not found:
+                raise SystemExit(f"the older tree cannot load {checkpoint}: {e}") from None
+            dropped.append(found.group(2))
+            path = run_view(checkpoint, dropped, yaml)
+    if dropped:
+        print(f"[bench_serve child] {checkpoint}: train.{', train.'.join(dropped)} left out of its config for the "
+              f"older tree (training-only fields it does not know)", flush=True)
+    return pre
+
+
+def run_view(checkpoint: str, dropped: list, yaml) -> str:
+    """A directory with ``checkpoint``'s files linked and its config.yaml less ``train.<dropped>``."""
+    view = tempfile.mkdtemp(prefix="nety-bench-old-run-")
+    for name in os.listdir(checkpoint):
+        if name != "config.yaml":
+            os.symlink(os.path.join(os.path.abspath(checkpoint), name), os.path.join(view, name))
+    with open(os.path.join(checkpoint, "config.yaml")) as f:
+        config = yaml.safe_load(f)
+    for name in dropped:
+        config["train"].pop(name, None)
+    with open(os.path.join(view, "config.yaml"), "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    return view
+
+
+def legacy_warm_up(engine, pre) -> None:
+    """The older engine's programs (start and continue of the stream, per batch bucket up to its
+    max batch, per prompt bucket of ``PROMPTS``), compiled before it listens."""
+    import numpy as np
+    from nety_jax.data.prompts import batch_bucket
+    from nety_jax.serving.engine import Row
+    shapes = set()
+    for prompt in PROMPTS:
+        ids = pre.model.prompts.ids(pre.tokenizer, prompt, pre.config.data)
+        for n in sorted({batch_bucket(k) for k in range(1, engine.max_batch + 1)}):
+            rows = [Row(ids, 0.8, 0, 1.0, 2, i) for i in range(n)]
+            batch = engine._prompt_batch(rows)
+            if batch.tokens.shape not in shapes:
+                shapes.add(batch.tokens.shape)
+                engine.backend.run(batch, rows, lambda tokens, done: np.zeros(len(tokens), bool), engine.chunk)
 
 
 def compile_all(engine, pre) -> None:
@@ -203,24 +311,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_command(checkpoint: str, batching: str, port: int, slots: int, queue: int, root: str = ROOT) -> tuple:
+    """(argv, environment, working directory) of a server child serving the code in ``root``:
+    always THIS file's ``--child`` (the same harness for every tree; an older tree's own
+    bench_serve.py may have none), with ``root`` first on PYTHONPATH and as the working
+    directory, and the run given as an absolute path (``root`` may have no runs/)."""
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.1",
+               PYTHONPATH=os.path.abspath(root))
+    argv = [sys.executable, os.path.abspath(__file__), "--child", "--checkpoint", os.path.abspath(checkpoint),
+            "--batching", batching, "--port", str(port), "--slots", str(slots), "--queue", str(queue)]
+    return argv, env, os.path.abspath(root)
+
+
 def start_server(checkpoint: str, batching: str, slots: int, queue: int, root: str = ROOT):
-    """A server of the code in ``root`` (this tree, or another for ``--against``)."""
+    """A server of the code in ``root`` (this tree, or another for ``--against`` / ``--old-dynamic``)."""
     print(f"[bench_serve] starting a {batching} server of {root} ({slots} slots, queue {queue}; compiling) ...",
           flush=True)
     port = free_port()
     log = tempfile.TemporaryFile(mode="w+")
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.1",
-               PYTHONPATH=root)
-    proc = subprocess.Popen([sys.executable, os.path.join(root, "scripts", "bench_serve.py"), "--child",
-                             "--checkpoint", checkpoint, "--batching", batching, "--port", str(port), "--slots",
-                             str(slots), "--queue", str(queue)], cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                            env=env)
+    argv, env, cwd = server_command(checkpoint, batching, port, slots, queue, root)
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
         if proc.poll() is not None:
             break
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                log.seek(0)
+                for line in log.read().splitlines():  # what the child says of the run (an older tree's view)
+                    if line.startswith("[bench_serve child]"):
+                        print(line, flush=True)
+                log.seek(0, os.SEEK_END)  # the child shares this offset: it writes on at the end
                 return proc, url
         except httpx.HTTPError:
             time.sleep(0.1)
@@ -436,45 +557,69 @@ def summary(results: list, start: float, client_cpu: float, seconds: float) -> d
 
 # -- the comparison and the flood -------------------------------------------------------------------
 
-def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds: int, kind: str) -> list:
-    """Both servers up at once (an idle one costs nothing), their saturation windows taken in
-    turn ``rounds`` times, so a change in the machine's other load hits both engines alike:
-    each engine's saturation figure is its median window, the ratio the median of the rounds'."""
+def compare(checkpoint: str, seconds: float, overload: float, slots: int, rounds: int, kind: str,
+            old: str = "") -> tuple:
+    """This tree's dynamic and continuous servers (and with ``old``, that tree's dynamic server:
+    ``--old-dynamic``) up at once (an idle one costs nothing), their saturation windows taken in
+    turn ``rounds`` times, the order rotated every round, so a change in the machine's other load
+    hits every server alike: each server's saturation figure is its median window, each ratio
+    the median of the rounds'. The half-load rate is half the capacity (requests/s) of the
+    baseline dynamic server: ``old``'s when given (the issue's "today's"), else this tree's."""
     # closed loop: a queue of 2 x slots holds the 2 x slots clients' requests even while the engine
     # delivers a batch's replies before taking the next (a full queue would answer 429s)
     queue = slots if overload > 0 else 2 * slots
     servers = {b: start_server(checkpoint, b, slots, queue=queue) for b in ("dynamic", "continuous")}
     try:
+        if old:
+            servers[old_label(old)] = start_server(checkpoint, "dynamic", slots, queue, root=old)
         mix = mix_of(servers["dynamic"][1], kind)
-        windows = saturation_rounds(servers, overload, slots, seconds, mix, rounds)
-        capacity = median([w["requests_per_s"] for w in windows["dynamic"]])  # the dynamic engine's, for both
-        halves = half_loads(servers, capacity / 2, seconds, mix, rounds)
+        windows = saturation_rounds(servers, overload, slots, seconds, mix, rounds, alternate=bool(old))
+        basis = old_label(old) if old else "dynamic"
+        capacity = median([w["requests_per_s"] for w in windows[basis]])  # the baseline's, for all
+        halves = half_loads(servers, capacity / 2, seconds, mix, rounds, alternate=bool(old))
         rows = []
         for batching in servers:
             saturated = sorted(windows[batching], key=lambda w: w["tokens_per_s"])[len(windows[batching]) // 2]
             rows.append((batching, saturated, merge_halves(halves[batching]), capacity / 2))
-        ratios = [c["tokens_per_s"] / max(d["tokens_per_s"], 1e-9) for d, c in zip(windows["dynamic"],
-                                                                                   windows["continuous"])]
+        ratios = round_ratios(windows, old_label(old) if old else "")
         cpu = {b: median([w["server_cpu_ms_per_token"] for w in windows[b]]) for b in windows}
         print(f"[bench_serve] server CPU ms per generated token at saturation (median): {cpu}", flush=True)
         python = {b: median([w["server_python_ms_per_token"] for w in windows[b]]) for b in windows}
         print(f"[bench_serve] of which the interpreter's threads' (HTTP, engine, and XLA programs run on "
               f"them; median): {python}", flush=True)
         print(f"[bench_serve] {client_share(windows)}", flush=True)
-        return rows, ratios, mix
+        return rows, ratios, mix, basis
     finally:
         stop_servers(servers)
 
 
+def old_label(old: str) -> str:
+    """The name of ``--old-dynamic DIR``'s server in the output: ``dynamic (DIR's last folder)``."""
+    return f"dynamic ({os.path.basename(os.path.normpath(old))})"
+
+
+def round_ratios(windows: dict, old: str = "") -> dict:
+    """Completed tokens/s ratios of the saturation windows, round by round: continuous / this
+    tree's dynamic, and with ``old`` (the older tree's dynamic server's name in ``windows``)
+    continuous / old and this tree's dynamic / old. {label: [ratio of round 1, 2, ...]}."""
+    pairs = [("continuous", "dynamic")] + ([("continuous", old), ("dynamic", old)] if old else [])
+    ratios = {}
+    for new, base in pairs:
+        label = f"{new} / {base}" if old else "continuous / dynamic"
+        ratios[label] = [n["tokens_per_s"] / max(b["tokens_per_s"], 1e-9) for n, b in zip(windows[new],
+                                                                                          windows[base])]
+    return ratios
+
+
 def saturation_rounds(servers: dict, overload: float, slots: int, seconds: float, mix: Mix, rounds: int,
                       alternate: bool = False) -> dict:
-    """``rounds`` saturation windows per engine, taken in turn (the same requests for both in a
+    """``rounds`` saturation windows per server, taken in turn (the same requests for all in a
     round), each with the server's CPU seconds per generated token; ``alternate``: the servers'
-    order reversed every other round (no server always first)."""
+    order rotated every round (no server always first; with two, reversed every other round)."""
     windows = {b: [] for b in servers}
     for r in range(rounds):
-        order = list(servers.items())[::-1 if alternate and r % 2 else 1]
-        for batching, (proc, url) in order:
+        for batching in round_order(list(servers), r if alternate else 0):
+            proc, url = servers[batching]
             cpu, made = cpu_seconds(proc.pid), metric(url, "nety_generated_tokens_total")
             threads = thread_cpu(proc.pid)
             windows[batching].append(saturate(url, overload, slots, seconds, mix, seed=1 + r))
@@ -486,6 +631,12 @@ def saturation_rounds(servers: dict, overload: float, slots: int, seconds: float
             print(f"[bench_serve] {batching} {slots} slots, round {r + 1}: saturation {windows[batching][-1]}",
                   flush=True)
     return windows
+
+
+def round_order(names: list, r: int) -> list:
+    """The servers' order in round ``r``: ``names`` rotated by ``r``."""
+    k = r % len(names)
+    return names[k:] + names[:k]
 
 
 def sweep(checkpoint: str, seconds: float, counts: list, rounds: int, kind: str) -> str:
@@ -561,12 +712,14 @@ def stop_servers(servers: dict) -> None:
         proc.wait(timeout=30)
 
 
-def half_loads(servers: dict, rate: float, seconds: float, mix: Mix, rounds: int) -> dict:
-    """``rounds`` open-loop windows per engine at ``rate``, taken in turn: the same arrivals for
-    both engines in a round, other ones each round (a p99 over one window is a few requests)."""
+def half_loads(servers: dict, rate: float, seconds: float, mix: Mix, rounds: int, alternate: bool = False) -> dict:
+    """``rounds`` open-loop windows per server at ``rate``, taken in turn: the same arrivals for
+    every server in a round, other ones each round (a p99 over one window is a few requests);
+    ``alternate``: the order rotated every round."""
     halves = {b: [] for b in servers}
     for r in range(rounds):
-        for batching, (_, url) in servers.items():
+        for batching in round_order(list(servers), r if alternate else 0):
+            url = servers[batching][1]
             mark(f"{batching} half-load window {r + 1} starts")
             halves[batching].append(open_loop(url, max(rate, 0.05), seconds, mix, seed=100 + r))
             mark(f"{batching} half-load window {r + 1} ends")
@@ -635,7 +788,7 @@ def flood(checkpoint: str, n: int, clients: int = 128) -> dict:
             "tokens_received": tokens[0], "tokens_generated": int(generated), "rss_mb": rss, "seconds": elapsed}
 
 
-def table(model: str, rows: list, ratios: list) -> str:
+def table(model: str, rows: list, ratios: dict) -> str:
     ms = lambda pair: f"{pair[0] * 1000:.0f} / {pair[1] * 1000:.0f} ms"
     lines = [f"| {model} | saturation tokens/s | half load (req/s) | TTFT p50 / p99 | per-token p50 / p99 | "
              "latency p50 / p99 |", "|---|---|---|---|---|---|"]
@@ -643,15 +796,19 @@ def table(model: str, rows: list, ratios: list) -> str:
         lines.append(f"| {batching} | {sat['tokens_per_s']:,.0f} | {rate:.2f} | {ms(half['ttft'])} | "
                      f"{ms(half['tpot'])} | {half['latency'][0]:.1f} / {half['latency'][1]:.1f} s |")
     p99s = "; ".join(f"{b} " + ", ".join(f"{t * 1000:.0f}" for t in half["ttft_p99s"]) for b, _, half, _ in rows)
-    each = ", ".join(f"{r:.2f}x" for r in ratios)
-    return "\n".join(lines) + (f"\n\ncontinuous / dynamic completed tokens/s at saturation: {median(ratios):.2f}x "
-                               f"(median of {len(ratios)} rounds: {each})\nhalf-load TTFT p99 of each round "
-                               f"(ms; the table gives the medians): {p99s}\nload generator CPU ms per token "
-                               f"received (median saturation window): "
-                               + ", ".join(f"{b} {sat['client_cpu_ms_per_token']:.4f}" for b, sat, _, _ in rows))
+    return "\n".join(lines) + "\n\n" + ratio_lines(ratios) + (
+        f"\nhalf-load TTFT p99 of each round (ms; the table gives the medians): {p99s}\nload generator CPU ms "
+        "per token received (median saturation window): "
+        + ", ".join(f"{b} {sat['client_cpu_ms_per_token']:.4f}" for b, sat, _, _ in rows))
 
 
-def main() -> int:
+def ratio_lines(ratios: dict) -> str:
+    """One line per ratio: its median over the rounds, then each round's."""
+    return "\n".join(f"{label} completed tokens/s at saturation: {median(each):.2f}x (median of {len(each)} "
+                     f"rounds: {', '.join(f'{r:.2f}x' for r in each)})" for label, each in ratios.items())
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=("demo", "gpt"), default="demo")
     p.add_argument("--checkpoint", default="", help="a run directory (default: per --model)")
@@ -674,13 +831,35 @@ def main() -> int:
                    "change): its continuous server against this tree's, saturation rounds only (an A/B)")
     p.add_argument("--against-engine", choices=("continuous", "dynamic"), default="continuous",
                    help="--against: which engine the two checkouts' servers run")
+    p.add_argument("--old-dynamic", default="", metavar="DIR",
+                   help="a third server in the default comparison: the dynamic server of another tree (e.g. "
+                   "the issue-day commit: git archive 8f4c995 | tar -x -C DIR), in the same rounds; ratios "
+                   "against both dynamic servers, half load at half DIR's capacity")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batching", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--queue", type=int, default=32, help=argparse.SUPPRESS)
+    return p
+
+
+def check_args(args) -> str:
+    """A one-line error for options that do not go together or a tree that is none; "" if fine."""
+    if args.old_dynamic and (args.against or args.sweep or args.only_flood):
+        return "--old-dynamic adds a server to the default comparison: not with --against, --sweep or --only-flood"
+    for flag, tree in (("--old-dynamic", args.old_dynamic), ("--against", args.against)):
+        if tree and not os.path.isfile(os.path.join(tree, "nety_jax", "serving", "server.py")):
+            return (f"{flag}={tree}: not a nety-jax tree (no nety_jax/serving/server.py); make one with "
+                    f"`git archive COMMIT | tar -x -C {tree}`")
+    return ""
+
+
+def main() -> int:
+    p = parser()
     args = p.parse_args()
     if args.child:
         return child(args)
+    if check_args(args):
+        p.error(check_args(args))
     checkpoint = checkpoint_for(args.model, args.checkpoint)
     if args.trace:
         os.environ["NETY_BENCH_TRACE"] = os.path.abspath(args.trace)
@@ -693,11 +872,13 @@ def main() -> int:
         print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s closed-loop windows, {args.rounds} rounds\n\n"
               f"{sweep(checkpoint, args.seconds, counts, args.rounds, args.mix)}")
     elif not args.only_flood:
-        rows, ratios, mix = compare(checkpoint, args.seconds, args.overload, args.slots, args.rounds, args.mix)
-        lengths = rows[-1][1]["reply_tokens"]
+        rows, ratios, mix, basis = compare(checkpoint, args.seconds, args.overload, args.slots, args.rounds, args.mix,
+                                           args.old_dynamic)
+        lengths = {name: sat for name, sat, _, _ in rows}["continuous"]["reply_tokens"]
         print(f"\n{args.model} ({checkpoint}), {args.seconds:g} s windows, {mix.describe([args.slots])}, "
               f"half streamed; replies completed at saturation: min {lengths[0]}, mean {lengths[1]}, max "
-              f"{lengths[2]} tokens\n\n{table(args.model, rows, ratios)}")
+              f"{lengths[2]} tokens; half load: half the {basis} server's capacity"
+              f"{f' ({args.old_dynamic})' if args.old_dynamic else ''}\n\n{table(args.model, rows, ratios)}")
     if args.flood:
         result = flood(checkpoint, args.flood)
         print(f"\nflood: {json.dumps(result)}")
