@@ -184,6 +184,8 @@ def legacy_child(args) -> int:
     backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1 << 20)
     app = create_app(backend, "bench", max_batch=args.slots, window_ms=5.0, queue_size=args.queue, chunk=8)
     legacy_warm_up(app.state.server.engine, pre)
+    if os.environ.get("NETY_BENCH_TRACE"):
+        trace(app.state.server.engine, os.environ["NETY_BENCH_TRACE"], "dynamic-old")
     _uvicorn(app, args.port, [listen_socket("127.0.0.1", args.port)])
     return 0
 
@@ -729,11 +731,13 @@ def half_loads(servers: dict, rate: float, seconds: float, mix: Mix, rounds: int
 
 def merge_halves(windows: list) -> dict:
     """The half-load windows of one engine: each quantile the median of the windows' (and every
-    window's p99 time to first token, to show the spread)."""
+    window's p99 time to first token, to show the spread), the requests sent and refused (429:
+    not in the quantiles) summed over the windows."""
     merged = dict(windows[len(windows) // 2])
     for key in ("ttft", "tpot", "latency"):
         merged[key] = tuple(median([w[key][q] for w in windows]) for q in (0, 1))
     merged["ttft_p99s"] = [w["ttft"][1] for w in windows]
+    merged["sent"], merged["refused"] = (sum(w[key] for w in windows) for key in ("sent", "refused"))
     return merged
 
 
@@ -790,11 +794,11 @@ def flood(checkpoint: str, n: int, clients: int = 128) -> dict:
 
 def table(model: str, rows: list, ratios: dict) -> str:
     ms = lambda pair: f"{pair[0] * 1000:.0f} / {pair[1] * 1000:.0f} ms"
-    lines = [f"| {model} | saturation tokens/s | half load (req/s) | TTFT p50 / p99 | per-token p50 / p99 | "
-             "latency p50 / p99 |", "|---|---|---|---|---|---|"]
+    lines = [f"| {model} | saturation tokens/s | half load (req/s) | half load refused (429) / sent | TTFT p50 / p99 "
+             "| per-token p50 / p99 | latency p50 / p99 |", "|---|---|---|---|---|---|---|"]
     for batching, sat, half, rate in rows:
-        lines.append(f"| {batching} | {sat['tokens_per_s']:,.0f} | {rate:.2f} | {ms(half['ttft'])} | "
-                     f"{ms(half['tpot'])} | {half['latency'][0]:.1f} / {half['latency'][1]:.1f} s |")
+        lines.append(f"| {batching} | {sat['tokens_per_s']:,.0f} | {rate:.2f} | {half['refused']} / {half['sent']} | "
+                     f"{ms(half['ttft'])} | {ms(half['tpot'])} | {half['latency'][0]:.1f} / {half['latency'][1]:.1f} s |")
     p99s = "; ".join(f"{b} " + ", ".join(f"{t * 1000:.0f}" for t in half["ttft_p99s"]) for b, _, half, _ in rows)
     return "\n".join(lines) + "\n\n" + ratio_lines(ratios) + (
         f"\nhalf-load TTFT p99 of each round (ms; the table gives the medians): {p99s}\nload generator CPU ms "
