@@ -235,20 +235,24 @@ def run_view(checkpoint: str, dropped: list, yaml) -> str:
 
 
 def legacy_warm_up(engine, pre) -> None:
-    """The older engine's programs (start and continue of the stream, per batch bucket up to its
-    max batch, per prompt bucket of ``PROMPTS``), compiled before it listens."""
-    import numpy as np
+    """The older engine's programs, compiled before it listens, per batch bucket up to its max
+    batch and per prompt bucket of ``PROMPTS``: the stream's start and continuation, and the
+    continuation after a row ended while others go on (its engine then stops that row with a
+    ``done`` array made on the host: in 8f4c995 a new signature, compiled on first use)."""
     from nety_jax.data.prompts import batch_bucket
     from nety_jax.serving.engine import Row
-    shapes = set()
+    # row 0 ends after one continuation (from the start's state), the others go on from a state
+    # whose done flags the host replaced
+    shapes, first, longer = set(), engine.chunk + 1, 3 * engine.chunk + 1
     for prompt in PROMPTS:
         ids = pre.model.prompts.ids(pre.tokenizer, prompt, pre.config.data)
         for n in sorted({batch_bucket(k) for k in range(1, engine.max_batch + 1)}):
-            rows = [Row(ids, 0.8, 0, 1.0, 2, i) for i in range(n)]
+            rows = [Row(ids, 0.8, 0, 1.0, first if i == 0 else longer, i) for i in range(n)]
             batch = engine._prompt_batch(rows)
             if batch.tokens.shape not in shapes:
                 shapes.add(batch.tokens.shape)
-                engine.backend.run(batch, rows, lambda tokens, done: np.zeros(len(tokens), bool), engine.chunk)
+                # the rows the device has ended are stopped, as the engine's _RowState.update does
+                engine.backend.run(batch, rows, lambda tokens, done: done.copy(), engine.chunk)
 
 
 def compile_all(engine, pre) -> None:
