@@ -129,3 +129,81 @@ def test_max_tokens_beyond_the_runs_default_is_bounded_by_the_models_room(live_s
     over = httpx.post(f"{url}/v1/completions", json={"prompt": "Le chat", "max_tokens": room + 1}, timeout=60)
     assert over.status_code == 400 and over.json()["error"]["param"] == "max_tokens", over.text
     assert f"room for {room}" in over.json()["error"]["message"]
+
+
+def _gated_engine(backend, **kwargs):
+    """(engine, gate): the engine's thread starts working once ``gate`` is set, so that requests
+    submitted before are all waiting when it takes its first."""
+    gate = threading.Event()
+
+    class Gated(ContinuousEngine):
+        def _work(self):
+            gate.wait(60)
+            super()._work()
+    return Gated(backend, **kwargs), gate
+
+
+def _prefill_sizes(engine) -> list:
+    """A list that records the rows of each prefill program the engine runs."""
+    sizes, group = [], engine.runner._prefill_group
+    engine.runner._prefill_group = lambda rows, *a, **k: (sizes.append(len(rows)), group(rows, *a, **k))[1]
+    return sizes
+
+
+def test_rows_that_finish_while_requests_wait_are_refilled_by_one_prefill(trained_gpt):
+    """Two slots full, two requests waiting: the chunk runs on until both rows have finished
+    (not just the first), and the two waiting requests are prefilled together; every reply is
+    the one the request gets alone (greedy and seeded rows)."""
+    pre = load_pretrained(trained_gpt[0])
+    backend = PretrainedBackend(pre)
+    backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1000)  # no <eos>: rows end at their length
+    ids = pre.model.prompts.ids(pre.tokenizer, "Le chat", pre.config.data)
+    rows = [Row(ids, 0.0, 0, 1.0, 3, 0), Row(ids, 0.9, 0, 1.0, 9, 1), Row(ids, 0.8, 5, 0.9, 4, 2),
+            Row(ids, 0.0, 0, 1.0, 5, 3)]
+    engine, gate = _gated_engine(backend, slots=2, chunk=3, admit_batch=2)
+    sizes = _prefill_sizes(engine)
+    submitted = [_submit(engine, [r]) for r in rows]
+    gate.set()
+    together = []
+    for _, finished, results in submitted:
+        assert finished.wait(120)
+        together.append(results[0][1][0])
+    engine.close()
+    assert sizes == [2, 2], sizes  # one row each: [2, 1, 1]
+    alone = ContinuousEngine(backend, slots=1, chunk=3)
+    for row, got in zip(rows, together):
+        _, finished, results = _submit(alone, [row])
+        assert finished.wait(120)
+        assert results[0][1][0] == got and got.tokens == row.max_new_tokens
+    alone.close()
+
+
+def test_a_streams_first_text_comes_from_its_prefill_without_a_one_token_chunk(trained_gpt):
+    """The first token is read from the admission itself (while the first chunk runs), so no
+    chunk of one token is run for it; the streamed pieces join to the non-streamed text."""
+    pre = load_pretrained(trained_gpt[0])
+    backend = PretrainedBackend(pre)
+    backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1000)
+    engine = ContinuousEngine(backend, slots=2, chunk=4)
+    chunks, step = [], engine.runner.step
+    engine.runner.step = lambda stop, start, steps, *a, **k: (chunks.append(int(steps)),
+                                                              step(stop, start, steps, *a, **k))[1]
+    ids = pre.model.prompts.ids(pre.tokenizer, "Le chat", pre.config.data)
+
+    def first_text(seed):  # a row's first token is the same whatever its length
+        _, finished, results = _submit(engine, [Row(ids, 0.8, 0, 1.0, 1, seed)])
+        assert finished.wait(120)
+        return results[0][1][0].text
+    seed = next(s for s in range(20) if first_text(s).strip("\ufffd"))  # a first token with text of its own
+    row, chunks[:] = Row(ids, 0.8, 0, 1.0, 10, seed), []
+    pieces, first_after = [], []
+    _, finished, results = _submit(engine, [row], on_delta=lambda job, delta: (
+        first_after.append(len(chunks)) if not pieces else None, pieces.append(delta[1])))
+    assert finished.wait(120)
+    streamed = results[0][1][0]
+    _, finished, results = _submit(engine, [row])
+    assert finished.wait(120)
+    engine.close()
+    assert 1 not in chunks, chunks  # the old engine ran a 1-token chunk after admitting a stream
+    assert first_after == [1]  # the first text went out while the first chunk ran
+    assert "".join(pieces) == streamed.text == results[0][1][0].text and streamed.tokens == 10

@@ -170,12 +170,23 @@ def admit(variables, state: Slots, tokens, lengths, settings: RowSettings, slots
     return _insert(state, rows, slots, model)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "spec", "source_len"), donate_argnums=(1,))
+def admit_first(variables, state: Slots, tokens, lengths, settings: RowSettings, slots, *, model,
+                spec: LoopSpec, source_len: int):
+    """``admit``, also returning the rows' first tokens (B,): the host reads them as soon as
+    the prefill is done (a stream's first text), not with the next chunk's progress."""
+    rows = _prefilled(*model.slot_prefill(variables, tokens, lengths, source_len), settings.params(), spec)
+    return _insert(state, rows, slots, model), rows.first
+
+
 @functools.partial(jax.jit, static_argnames=("model", "spec", "width", "memory"), donate_argnums=(1,))
-def decode_chunk(variables, state: Slots, stop, start, steps, *, model, spec: LoopSpec, width: int,
+def decode_chunk(variables, state: Slots, stop, start, steps, finish=1, *, model, spec: LoopSpec, width: int,
                  memory: int = 0):
     """Up to ``steps`` (a runtime count < ``width``) tokens for every live slot; ``stop`` (S,)
     ends rows first (a stop string or a cancelled request, seen by the host). The loop also
-    ends once a row finishes. Returns the state and its ``progress`` from ``start`` (S,).
+    ends once ``finish`` (a runtime count >= 1) rows have finished in it: their slots can then
+    take waiting requests, several in one prefill when ``finish`` > 1 (a finished row's slot
+    idles until then). Returns the state and its ``progress`` from ``start`` (S,).
 
     ``memory`` > 0: the steps read only the first ``memory`` positions of the slots' memory
     (``model.slot_memory`` of the widest prompt among the live slots; the positions past a
@@ -185,16 +196,16 @@ def decode_chunk(variables, state: Slots, stop, start, steps, *, model, spec: Lo
     entered = state.done
     if memory:
         narrow = _steps(variables, state.replace(cache=model.slot_narrow(state.cache, memory)), entered, steps,
-                        model, spec)
+                        finish, model, spec)
         state = narrow.replace(cache=model.slot_widen(state.cache, narrow.cache))
     else:
-        state = _steps(variables, state, entered, steps, model, spec)
+        state = _steps(variables, state, entered, steps, finish, model, spec)
     return state, progress(state, start, width)
 
 
-def _steps(variables, state: Slots, entered, steps, model, spec: LoopSpec) -> Slots:
-    """The chunk's loop: one token a live slot per step, until ``steps``, no slot live, or a
-    row not ``entered`` done finishing."""
+def _steps(variables, state: Slots, entered, steps, finish, model, spec: LoopSpec) -> Slots:
+    """The chunk's loop: one token a live slot per step, until ``steps``, no slot live, or
+    ``finish`` rows not ``entered`` done finishing."""
     rows = jnp.arange(state.last.shape[0])
 
     def body(carry):
@@ -213,7 +224,7 @@ def _steps(variables, state: Slots, entered, steps, model, spec: LoopSpec) -> Sl
 
     def cond(carry):
         i, s = carry
-        return (i < steps) & ~jnp.all(s.done) & ~jnp.any(s.done & ~entered)
+        return (i < steps) & ~jnp.all(s.done) & (jnp.sum(s.done & ~entered) < finish)
 
     return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]
 

@@ -37,6 +37,9 @@ LONG_CHUNK = 4  # a chunk's length while every slot is taken, in --chunk units
 # the most rows one prefill program takes (more are prefilled in several): bounds the batch
 # buckets, so the programs compiled at start-up (``warm_up``), whatever --slots
 ADMIT_ROWS = 8
+# while every slot is taken and requests wait, a chunk runs on until this many rows have finished
+# (at most as many as wait), so that their slots are refilled by one prefill instead of one each
+ADMIT_BATCH = 2
 
 
 class SlotRunner:
@@ -58,10 +61,11 @@ class SlotRunner:
         # maximum bounds the memory every live slot reads (``model.slot_memory``)
         self.widths = np.zeros(self.slots, np.int64)
 
-    def prefill(self, rows: list[Row], slot_ids: list[int]) -> None:
-        """Prefills ``rows`` into ``slot_ids`` without waiting for the device (their first
-        tokens come with the next ``step``'s progress). Rows go in one batch per prompt bucket,
-        so the width a prompt is prefilled at depends on its own length only.
+    def prefill(self, rows: list[Row], slot_ids: list[int]) -> list:
+        """Prefills ``rows`` into ``slot_ids`` without waiting for the device. Returns their first
+        tokens as ``(device array (B,), row indices)`` per prefill program (``firsts`` reads
+        them). Rows go in one batch per prompt bucket, so the width a prompt is prefilled at
+        depends on its own length only.
 
         Hook point (prefix cache): rows' prompt ids are ``r.ids``; what this must leave is
         ``self.state`` with each row's cache, first token and settings in its slot, as
@@ -69,10 +73,21 @@ class SlotRunner:
         groups: dict[int, list[int]] = {}
         for k, r in enumerate(rows):
             groups.setdefault(self._width(len(r.ids)), []).append(k)
+        firsts = []
         for width, members in groups.items():
             for first in range(0, len(members), ADMIT_ROWS):
                 part = members[first: first + ADMIT_ROWS]
-                self._prefill_group([rows[k] for k in part], [slot_ids[k] for k in part], width)
+                tokens = self._prefill_group([rows[k] for k in part], [slot_ids[k] for k in part], width)
+                firsts.append((tokens, part))
+        return firsts
+
+    @staticmethod
+    def firsts(pending: list, n: int) -> np.ndarray:
+        """The first tokens of ``prefill``'s ``n`` rows (a wait for those prefills only)."""
+        out = np.zeros(n, np.int64)
+        for tokens, part in pending:
+            out[part] = np.asarray(tokens)[: len(part)]
+        return out
 
     def _width(self, length: int) -> int:
         p = min(bucket(length, self.data_cfg.bucket_multiple), self.source_len)
@@ -99,7 +114,8 @@ class SlotRunner:
         self.reset()
         return runs
 
-    def _prefill_group(self, rows: list[Row], slot_ids: list[int], p: int, through_cache: bool = True) -> None:
+    def _prefill_group(self, rows: list[Row], slot_ids: list[int], p: int, through_cache: bool = True):
+        """One prefill program's rows into their slots; returns their first tokens (device, (B,))."""
         n, b = len(rows), batch_bucket(len(rows))
         tokens, lengths = np.full((b, p), PAD_ID, np.int32), np.ones((b,), np.int32)
         for i, r in enumerate(rows):
@@ -115,13 +131,15 @@ class SlotRunner:
         self.widths[slot_ids] = p
         static = {"model": self.model, "spec": self.spec, "source_len": self.source_len}
         if self.prefix_cache is None:
-            self.state = self.device.admit(self.variables, self.state, tokens, lengths, settings, where, **static)
-            return
+            self.state, first = self.device.admit_first(self.variables, self.state, tokens, lengths, settings, where,
+                                                        **static)
+            return first
         if through_cache:
             out = self._prefill(tokens, lengths, n, settings)
         else:  # the programs of a miss, nothing kept
             out = self.device.prefill_rows(self.variables, tokens, lengths, settings, **static)
         self.state = self.device.insert_rows(self.state, out, where, model=self.model)
+        return out.first
 
     def _prefill(self, tokens: np.ndarray, lengths: np.ndarray, n: int, settings):
         """``device.prefill_rows``, through the prefix cache when the model has one."""
@@ -133,13 +151,13 @@ class SlotRunner:
         return through_cache(self.prefix_cache, self.model, tokens, lengths, n, run, run_from,
                              self.data_cfg.bucket_multiple, width=self.source_len)
 
-    def step(self, stop: np.ndarray, start: np.ndarray, steps: int, width: int):
-        """Starts one chunk of at most ``steps`` < ``width`` tokens (it ends early when a row
-        finishes) without waiting for it; ``progress`` reads what it returns."""
+    def step(self, stop: np.ndarray, start: np.ndarray, steps: int, width: int, finish: int = 1):
+        """Starts one chunk of at most ``steps`` < ``width`` tokens (it ends early once ``finish``
+        rows have finished) without waiting for it; ``progress`` reads what it returns."""
         memory = self.model.slot_memory(int(self.widths.max()), self.source_len)
         self.state, out = self.device.decode_chunk(self.variables, self.state, stop, np.asarray(start, np.int32),
-                                                   np.int32(steps), model=self.model, spec=self.spec, width=width,
-                                                   memory=memory)
+                                                   np.int32(steps), np.int32(finish), model=self.model,
+                                                   spec=self.spec, width=width, memory=memory)
         return out
 
     @staticmethod
@@ -165,8 +183,9 @@ class _Seat:
 
 class ContinuousEngine(Worker):
     def __init__(self, backend, slots: int = 32, chunk: int = 8, queue_size: int = 64, metrics=None,
-                 stream_interval_ms: float = 0.0):
+                 stream_interval_ms: float = 0.0, admit_batch: int = ADMIT_BATCH):
         self.runner, self.max_batch, self.chunk = SlotRunner(backend, slots), slots, chunk
+        self.admit_batch, self.long_chunk = admit_batch, LONG_CHUNK
         self.width = chunk * LONG_CHUNK + 1  # the most tokens one chunk can bring a row (its first too)
         given = backend.max_tokens_asked
         self.max_tokens = given or self.runner.room
@@ -177,7 +196,6 @@ class ContinuousEngine(Worker):
         self.seats: list[Optional[_Seat]] = [None] * slots
 
         self.stop = np.zeros(slots, bool)  # rows the host ended since the last chunk
-        self.streamed = False  # a streamed request was admitted since the last chunk
         self.reads: list[tuple[_Seat, bool]] = []  # rows whose text the host reads next (and done)
         self._carry: Optional[Job] = None
         super().__init__(backend, queue_size, metrics, stream_interval_ms)
@@ -200,14 +218,16 @@ class ContinuousEngine(Worker):
     # -- the worker -----------------------------------------------------------------------------
     def _work(self) -> None:
         while not self._stop.is_set():
-            admitted = []
+            admitted, seated = [], []
             try:
                 admitted = self._take(block=not any(self.seats) and not self.reads)
                 if admitted:
-                    self._prefill(admitted)
+                    seated = self._prefill(admitted)
                 chunk = self._dispatch() if any(self.seats) else None
+                if seated:
+                    self._first(*seated)  # the admitted rows' first tokens, while the device runs the chunk
                 with self._burst():  # the clients' thread woken once, when all is read
-                    self._read()  # the last chunk's text, while the device runs this one
+                    self._read()  # the last chunk's text and the first tokens, while the device runs this one
                 if chunk is not None:
                     self._collect(*chunk)
             except Exception as e:  # never let one chunk take the server down
@@ -236,30 +256,43 @@ class ContinuousEngine(Worker):
             taken.append(job)
             free -= len(job.rows)
 
-    def _prefill(self, jobs: list[Job]) -> None:
+    def _prefill(self, jobs: list[Job]):
+        """Seats the rows of ``jobs`` in free slots; returns (their seats, their first tokens as
+        ``SlotRunner.prefill`` returns them)."""
         free = [s for s, seat in enumerate(self.seats) if seat is None]
         rows = [(job, i, r) for job in jobs for i, r in enumerate(job.rows)]
         slot_ids = free[: len(rows)]
-        self.runner.prefill([r for _, _, r in rows], slot_ids)
+        pending = self.runner.prefill([r for _, _, r in rows], slot_ids)
         if self.metrics:
             self.metrics.batch_size.observe(len(rows))
         requests = {id(j): _Request(j, _RowState(self.backend.tokenizer, [(j, i, r) for i, r in enumerate(j.rows)],
                                                  self.stream_interval), len(j.rows)) for j in jobs}
-        for k, (job, i, _) in enumerate(rows):  # their first tokens come with the next chunk
-            self.seats[slot_ids[k]], self.stop[slot_ids[k]] = _Seat(requests[id(job)], i, []), False
-        self.streamed = self.streamed or any(job.stream for job in jobs)
+        seats = [_Seat(requests[id(job)], i, [PAD_ID]) for job, i, _ in rows]  # [PAD_ID]: the first token, to come
+        for slot, seat in zip(slot_ids, seats):
+            self.seats[slot], self.stop[slot] = seat, False
+        return seats, pending
+
+    def _first(self, seats: list, pending: list) -> None:
+        """Puts the admitted rows' first tokens in place (the chunk already running reads from
+        the second on); a stream's goes out at once."""
+        for seat, token in zip(seats, self.runner.firsts(pending, len(seats)).tolist()):
+            seat.ids[0] = token
+            if seat.request.job.stream:
+                self.reads.append((seat, False))
 
     def _dispatch(self):
         """Starts one chunk on the device (its progress is read by ``_collect``): ``chunk``
         tokens while a slot is free (a request arriving meanwhile waits at most that long), up
-        to ``LONG_CHUNK`` times more while every slot is taken (fewer waits for the device; the
-        chunk still ends when a row finishes and frees its slot), one token after admitting a
-        streamed request (its first text goes out at once)."""
+        to ``LONG_CHUNK`` times more while every slot is taken (fewer waits for the device). The
+        chunk ends when a row finishes and frees its slot, or, while every slot is taken and
+        requests wait, when ``admit_batch`` rows have (at most as many as wait): the next
+        admission then prefills them together."""
         start = np.array([len(seat.ids) if seat else 0 for seat in self.seats], np.int32)
         stop, self.stop = self.stop, np.zeros_like(self.stop)
-        steps = 1 if self.streamed else self.chunk if None in self.seats else self.chunk * LONG_CHUNK
-        self.streamed = False
-        return self.runner.step(stop, start, steps, self.width), start
+        full = None not in self.seats
+        steps = self.chunk * self.long_chunk if full else self.chunk
+        finish = max(1, min(self.admit_batch, self.jobs.qsize() + (self._carry is not None))) if full else 1
+        return self.runner.step(stop, start, steps, self.width, finish), start
 
     def _collect(self, out, start: np.ndarray) -> None:
         """Waits for a chunk; keeps each row's new ids and frees the slots of rows that ended
