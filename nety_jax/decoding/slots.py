@@ -14,10 +14,11 @@ slots are done), its generated ids and its sampling settings. Three pure functio
   speculative decoder would replace it by a chunk that drafts and verifies, keeping the
   same state.
 
-The host never waits for a prefill: a row's first token is read with the next chunk's
-progress, so admitting rows costs dispatches only (each device-to-host read is a wait
-for the device and, in a server, for the interpreter lock as well). Sampling settings go
-in as host arrays (``RowSettings``) and become keys inside the compiled prefill.
+The host dispatches a prefill and the next chunk before it waits for anything: the rows'
+first tokens (``admit_first``) are read once the prefill is done, while the chunk runs
+(each device-to-host read is a wait for the device and, in a server, for the interpreter
+lock as well). Sampling settings go in as host arrays (``RowSettings``) and become keys
+inside the compiled prefill.
 
 A row's token at index i is drawn with its own key folded with i (``sample_rows``), and
 rows never mix in the model, so a row's tokens depend only on its prompt, settings and

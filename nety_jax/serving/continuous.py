@@ -10,10 +10,14 @@ keeps their caches on the device). The worker thread loops:
    ``data.bucket_multiple``: every program is compiled at start-up by ``warm_up``), each row
    written into a free slot (``SlotRunner.prefill``: the one place a prefix cache hooks in);
 3. decode: one compiled chunk of ``--chunk`` tokens over every slot is started; while the
-   device runs it, the host reads the text of the chunk before (streamed rows get their text,
-   stop strings end rows, rows of a cancelled request, a client that went away, stop, finished
-   requests are delivered); then it waits for the chunk: a row that ended there frees its
-   slot at once (its text is read while the next chunk runs).
+   device runs it, the host reads the admitted rows' first tokens (a stream's first text) and
+   the text of the chunk before (streamed rows get their text, stop strings end rows, rows of
+   a cancelled request, a client that went away, stop, finished requests are delivered); then
+   it waits for the chunk: a row that ended there frees its slot at once (its text is read
+   while the next chunk runs). While every slot is taken and requests wait, a chunk ends once
+   ``admit_batch`` rows have finished (at most as many as wait), not at the first: their
+   slots idle until then, and the waiting requests are prefilled together (one program's
+   fixed cost instead of one each, and fewer chunks).
 
 A request's rows finish independently; its reply is delivered when the last one ends.
 ``max_tokens`` is bounded by the model's room after the prompt (its context less the
