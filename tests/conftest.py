@@ -48,7 +48,7 @@ RNN_LM = str(CONFIGS / "rnn_lm.yaml")
 QUIET = {"progress": False, "log": lambda *_: None}
 # The tiny hybrid with one layer of each kind (encoder, decoder, head; the head keeps its 2
 # BatchNorms), for tests whose property does not depend on depth (the sums of several devices or
-# micro-batches): a train step traces and compiles in less time with fewer layers
+# micro-batches, a resume): a train step traces and compiles in less time with fewer layers
 # (docs/PERFORMANCE.md, "The test suite")
 ONE_LAYER = ["model.enc_layers=1", "model.dec_layers=1", "model.head_dims=[16]"]
 
@@ -116,17 +116,17 @@ def trained_rnn_lm(tmp_path_factory):
 # tests in SOLO, which are units of their own (they use no module-scoped fixture: each starts its own
 # processes). The units go out costliest first, each worker taking the next when it is about free,
 # so no long test starts last and runs alone while the other worker idles. COSTS: seconds a unit
-# took in CI (its `--durations`: solo tests as the CI of c54b668 timed them, kill -9 as estimated
-# after its 2026-12-05 cut; whole files without their solo tests: estimates); a unit not listed
+# took in CI (its `--durations`: solo tests as the CI of fb8693b timed them, the SIGTERM test as
+# estimated after its ONE_LAYER cut; whole files without their solo tests: estimates); a unit not listed
 # costs 0 and keeps its place after them
 # (docs/PERFORMANCE.md, "The test suite"; `make test` ends with each worker's seconds and tail).
 SOLO = {
-    "test_multihost.py::test_two_processes_equal_one_process_resume_after_kill_and_across": 136,
-    "test_cli.py::test_bench_script_runs_end_to_end_at_tiny_size": 134,
-    "test_reliability.py::test_kill_minus_9_at_random_moments_resumes_exactly": 82,
-    "test_gpu_check.py::test_the_gpu_check_runs_end_to_end_on_the_cpu": 80,
-    "test_multihost.py::test_two_processes_on_prepared_shards_equal_one_process": 64,
-    "test_training.py::test_sigterm_saves_and_resume_is_exact": 57,
+    "test_multihost.py::test_two_processes_equal_one_process_resume_after_kill_and_across": 141,
+    "test_cli.py::test_bench_script_runs_end_to_end_at_tiny_size": 133,
+    "test_gpu_check.py::test_the_gpu_check_runs_end_to_end_on_the_cpu": 71,
+    "test_reliability.py::test_kill_minus_9_at_random_moments_resumes_exactly": 64,
+    "test_multihost.py::test_two_processes_on_prepared_shards_equal_one_process": 54,
+    "test_training.py::test_sigterm_saves_and_resume_is_exact": 40,
     "test_mesh_restore.py::test_issue_meshes_on_8_devices_train_the_one_device_parameters_in_shards": 40,
     "test_mesh_restore.py::test_a_2_process_fsdp_job_killed_resumes_exactly_and_generates_in_one_process": 36,
 }

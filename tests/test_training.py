@@ -100,7 +100,8 @@ def _cli(workdir, steps, extra=()):
     return [sys.executable, "-m", "nety_jax.cli", "train", "--config", TINY, "--workdir", str(workdir),
             "--steps", str(steps), "--no-progress", "--set", "train.log_every=1",
             "--set", "train.checkpoint_every=1000", "--set", "train.eval_every=1000",
-            "--set", "data.vocab_size=120", "--set", "model.dropout=0.1", *extra]
+            "--set", "data.vocab_size=120", "--set", "model.dropout=0.1",
+            *[a for o in ONE_LAYER for a in ("--set", o)], *extra]
 
 
 def _params(workdir):
