@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nety_jax.runs.checkpoints import steps_on_disk
-from conftest import ROOT, TEST_XLA_FLAGS, TINY, run_main
+from conftest import ONE_LAYER, ROOT, TEST_XLA_FLAGS, TINY, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,8 @@ def _args(workdir, steps, extra=()):
             "--steps", str(steps), "--no-progress", "--parallel", "shard_map", "--set", "train.batch_size=16",
             "--set", "train.log_every=1", "--set", "train.checkpoint_every=2", "--set", "train.eval_every=1000",
             "--set", "data.vocab_size=120", "--set", "train.warmup_steps=1", "--set", "model.dropout=0.1",
-            "--set", "train.optimizer=adam", "--set", "train.eps=1e-6", "--set", "train.bleu_samples=0", *extra]
+            "--set", "train.optimizer=adam", "--set", "train.eps=1e-6", "--set", "train.bleu_samples=0",
+            *[a for o in ONE_LAYER for a in ("--set", o)], *extra]
 
 
 def _env(devices: int, process: int = None, port: int = None) -> dict:
