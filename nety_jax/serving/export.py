@@ -38,7 +38,7 @@ from nety_jax.errors import CheckpointError, NetyError
 from nety_jax.runs import guard
 from nety_jax.runs.manifest import sha256, verify
 from nety_jax.tasks import task_of_signature
-from nety_jax.serving.settings import (RUNTIME, check_bool, check_int, check_num_samples, check_texts, chunks,
+from nety_jax.serving.settings import (RUNTIME, check_bool, check_int, check_num_samples, check_texts,
                                        in_parts, per_sample, resolve, seeds_per_row)
 
 ARTIFACT = "generate.bin"
@@ -220,6 +220,11 @@ class ExportedModel:
         (tokens (B, N), lengths (B,), scores (B,)) numpy. Settings are per-row values or scalars;
         with one seed, row i draws from fold_in(PRNGKey(seed), first_row + i)."""
         first_row = check_int("first_row", first_row, 0)
+        tokens, lengths = self._check_ids(tokens, lengths)
+        unknown = sorted(set(settings) - set(RUNTIME))
+        if unknown:
+            raise NetyError(f"{unknown[0]}: not a setting this export takes at run time (it takes "
+                            f"{', '.join(self.info['options']) or 'nothing'})")
         b = tokens.shape[0]
         defaults = self.info.get("defaults", {})
         value = lambda k, dtype: np.broadcast_to(np.asarray(settings.get(k, defaults.get(k, 0)), dtype), (b,))
@@ -229,6 +234,31 @@ class ExportedModel:
                                  value("top_p", np.float32), value("max_new_tokens", np.int32),
                                  jnp.asarray(keys, jnp.uint32))
         return tuple(np.asarray(x) for x in out)
+
+    def _check_ids(self, tokens, lengths) -> tuple[np.ndarray, np.ndarray]:
+        """``call_ids``' id batch as int32 arrays, or a NetyError naming the argument (JAX's shape
+        errors, or ids past the vocabulary clamped silently, otherwise)."""
+        arrays = []
+        for name, value, rank in (("tokens", tokens, 2), ("lengths", lengths, 1)):
+            try:
+                value = np.asarray(value)
+            except (TypeError, ValueError) as e:
+                raise NetyError(f"{name}: not an array ({e})") from None
+            if value.dtype.kind not in "iu" or value.ndim != rank or not value.size:
+                raise NetyError(f"{name} must be a non-empty array of integers of rank {rank}, got "
+                                f"{value.dtype}{list(value.shape)}")
+            arrays.append(value)
+        tokens, lengths = arrays
+        b, t = tokens.shape
+        vocab, fixed = self.config.model.vocab_size, self.info.get("batch")
+        if isinstance(fixed, int) and fixed > 0 and b != fixed:
+            raise NetyError(f"tokens: this export takes batches of {fixed}; got {b} rows")
+        if lengths.shape != (b,) or lengths.min() < 1 or lengths.max() > t:
+            raise NetyError(f"lengths must be {b} values in [1, {t}] (tokens is {b} x {t}), got "
+                            f"{lengths.dtype}{list(lengths.shape)}")
+        if tokens.min() < 0 or tokens.max() >= vocab:
+            raise NetyError(f"tokens holds ids outside [0, {vocab})")
+        return tokens.astype(np.int32), lengths.astype(np.int32)
 
     def generate_ids(self, texts, *args, **settings):
         """``generate_ids(texts, seed=0, num_samples=1, **settings)``, as ``Pretrained.generate_ids``:
@@ -245,9 +275,9 @@ class ExportedModel:
         num_samples = self._check_request(settings, num_samples)
         if not texts:
             raise NetyError("texts: no prompt given")
-        parts = [self._run(part, part_seed, num_samples, part_settings, first_row)[1]
-                 for first_row, part, part_seed, part_settings
-                 in chunks(texts, seed, num_samples, self._part_size(None), settings)]
+        part = lambda texts, seed, settings, first_row, samples: [
+            self._run(texts, seed, samples, settings, first_row, num_samples)[1]]
+        parts = in_parts(part, texts, seed, num_samples, self._part_size(None), settings, flat=True)
         return {k: np.concatenate([part[i] for part in parts]) for i, k in enumerate(("tokens", "lengths", "scores"))}
 
     def generate(self, texts: Sequence[str], seed=0, num_samples: int = 1, with_prompt: bool = False,
@@ -257,8 +287,8 @@ class ExportedModel:
             texts = [texts]
         num_samples = self._check_request(settings, num_samples)
         with_prompt = check_bool("with_prompt", with_prompt)
-        part = lambda texts, seed, settings, first_row: self._generate(texts, seed, num_samples, with_prompt,
-                                                                       settings, first_row)
+        part = lambda texts, seed, settings, first_row, samples: self._generate(
+            texts, seed, samples, with_prompt, settings, first_row, num_samples)
         return in_parts(part, texts, seed, num_samples, self._part_size(batch_size), settings)
 
     def _check_request(self, settings: dict, num_samples) -> int:
@@ -282,13 +312,16 @@ class ExportedModel:
         return batch_size
 
     def _generate(self, texts: Sequence[str], seed, num_samples: int, with_prompt: bool, settings: dict,
-                  first_row: int) -> list[list[str]]:
-        batch, (tokens, _, _) = self._run(texts, seed, num_samples, settings, first_row)
+                  first_row: int, of: int) -> list[list[str]]:
+        """``num_samples`` replies per text from row ``first_row``, of ``of`` per text in all (fewer:
+        a share of one text's samples, ``in_parts``)."""
+        batch, (tokens, _, _) = self._run(texts, seed, num_samples, settings, first_row, of)
         replies = decode_replies(self.tokenizer, tokens, len(texts) * num_samples, batch if with_prompt else None)
         return [replies[i * num_samples: (i + 1) * num_samples] for i in range(len(texts))]
 
-    def _run(self, texts: Sequence[str], seed, num_samples: int, settings: dict, first_row: int):
-        """(the prompt batch, ``call_ids``' outputs cut to the rows asked) for ``num_samples`` rows a text."""
+    def _run(self, texts: Sequence[str], seed, num_samples: int, settings: dict, first_row: int, of: int):
+        """(the prompt batch, ``call_ids``' outputs cut to the rows asked) for ``num_samples`` rows a
+        text, of ``of`` in all (a cut prompt is named once, by its first share)."""
         n = len(texts) * num_samples
         base = self.config.decode
         rows = {k: per_sample(v, num_samples) for k, v in settings.items() if k in RUNTIME}
@@ -298,8 +331,8 @@ class ExportedModel:
         repeated = [t for t in texts for _ in range(num_samples)]
         batch = encode_prompts(self.prompts, self.tokenizer, repeated, self.config.data,
                                self.info["max_new_tokens"], fixed_batch=fixed if isinstance(fixed, int) else 0)
-        for i in sorted({i // num_samples for i in batch.cut}):  # as Pretrained warns, with the export's limit
-            self.warn(f"warning: prompt {first_row // num_samples + i + 1} was cut to {batch.tokens.shape[1]} "
+        for i in sorted({i // num_samples for i in batch.cut} if first_row % of == 0 else ()):  # as Pretrained's
+            self.warn(f"warning: prompt {first_row // of + i + 1} was cut to {batch.tokens.shape[1]} "
                       f"tokens (the longest this {self._prompt_limit()})")
         b = batch.tokens.shape[0]
         rows = {k: v + [v[0]] * (b - len(v)) for k, v in req.rows.items()}

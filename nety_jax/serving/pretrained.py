@@ -84,19 +84,22 @@ class Pretrained:
         beam_size, length_penalty, min_new_tokens, no_repeat_ngram; ``seed``: one for the
         batch or one per text."""
         num_samples, with_prompt = check_num_samples(num_samples), check_bool("with_prompt", with_prompt)
-        part = lambda texts, seed, settings, first_row: self._generate(texts, seed, num_samples, with_prompt,
-                                                                       settings, first_row)
-        return in_parts(part, texts, seed, num_samples, batch_size, settings)
+        part = lambda texts, seed, settings, first_row, samples: self._generate(
+            texts, seed, samples, with_prompt, settings, first_row, num_samples)
+        return in_parts(part, texts, seed, num_samples, batch_size, settings,
+                        split_samples=_beam_size(settings, self.config) <= 1)
 
     def _generate(self, texts: Sequence[str], seed, num_samples: int, with_prompt: bool, settings: dict,
-                  first_row: int) -> list[list[str]]:
+                  first_row: int, of: int) -> list[list[str]]:
+        """``num_samples`` rows per text from row ``first_row``, of ``of`` samples per text in
+        all (fewer: a share of one text's samples, ``in_parts``)."""
         beam = _beam_size(settings, self.config)
         if num_samples > 1 and beam > 1:
             return self._n_best(texts, seed, num_samples, beam, with_prompt, settings)
-        req, batch, params = self._prepare(texts, seed, num_samples, settings, first_row)
-        if first_row == 0 and num_samples > 1 and all(t == 0 or k == 1 for t, k in zip(req.rows["temperature"], req.rows["top_k"])):
-            self.warn(f"warning: num_samples={num_samples} with greedy decoding (temperature 0) gives "
-                      f"{num_samples} identical replies; set a temperature > 0, or a beam size for its best")
+        req, batch, params = self._prepare(texts, seed, num_samples, settings, first_row, of)
+        if first_row == 0 and of > 1 and all(t == 0 or k == 1 for t, k in zip(req.rows["temperature"], req.rows["top_k"])):
+            self.warn(f"warning: num_samples={of} with greedy decoding (temperature 0) gives "
+                      f"{of} identical replies; set a temperature > 0, or a beam size for its best")
         if self.prefix_cache is not None:  # the same loop, after a prefill through the cache
             from nety_jax.decoding.generation import continue_stream, stream_result
             state = continue_stream(self.variables, self._start(req, batch, params), req.spec.max_new_tokens,
@@ -123,8 +126,11 @@ class Pretrained:
                                  repeat_rows(batch, n) if with_prompt else None)
         return [replies[i * n: (i + 1) * n] for i in range(len(texts))]
 
-    def _prepare(self, texts: Sequence[str], seed, num_samples: int, settings: dict, first_row: int = 0):
-        """(request, prompt batch, sampling params) for ``num_samples`` rows per text."""
+    def _prepare(self, texts: Sequence[str], seed, num_samples: int, settings: dict, first_row: int = 0,
+                 of: Optional[int] = None):
+        """(request, prompt batch, sampling params) for ``num_samples`` rows per text (of ``of`` in
+        all: a cut prompt is named once, by its first share)."""
+        of = of or num_samples
         n = len(texts) * num_samples
         req = resolve(self.config.decode, self.model.prompts, n,
                       {k: per_sample(v, num_samples) for k, v in settings.items()})
@@ -132,8 +138,8 @@ class Pretrained:
         batch = encode_prompts(self.model.prompts, self.tokenizer, repeated, self.config.data,
                                max(req.rows["max_new_tokens"]))  # cut for what is asked, not the compiled maximum
         req = fit_prompts(req, batch.tokens.shape[1], self.model.prompts)
-        for i in sorted({i // num_samples for i in batch.cut}):
-            self.warn(f"warning: prompt {first_row // num_samples + i + 1} was cut to {batch.tokens.shape[1]} tokens "
+        for i in sorted({i // num_samples for i in batch.cut} if first_row % of == 0 else ()):
+            self.warn(f"warning: prompt {first_row // of + i + 1} was cut to {batch.tokens.shape[1]} tokens "
                       "(the longest this model takes)")
         b = batch.tokens.shape[0]
         fill = lambda v: v + [v[0]] * (b - len(v))

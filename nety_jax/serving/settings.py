@@ -179,13 +179,30 @@ def check_texts(texts) -> list:
 
 
 def in_parts(generate_part, texts: Sequence[str], seed, num_samples: int, batch_size: Optional[int],
-             settings: dict) -> list:
-    """Replies of ``generate_part(texts, seed, settings, first_row)`` over the parts ``chunks``
-    cuts, joined; the prompts are checked first, numbered as given. No prompts, no replies."""
+             settings: dict, split_samples: bool = True, flat: bool = False) -> list:
+    """Replies of ``generate_part(texts, seed, settings, first_row, samples)`` over the parts
+    ``chunks`` cuts, joined; the prompts are checked first, numbered as given. No prompts, no
+    replies. A text whose ``num_samples`` rows alone are more than ``batch_size`` goes in shares of
+    at most ``batch_size`` samples (``samples`` rows each, from its row ``first_row``; a per-text
+    seed moved on so that sample j still draws from seed + j): the same replies as one call. Not
+    with ``split_samples`` False (beam search's N best replies are one search). ``flat``: the
+    parts' results in a list as they come (whatever ``generate_part`` returns in a one-item list)."""
     texts = check_texts(texts)
     replies = []
     for first_row, part, part_seed, part_settings in chunks(texts, seed, num_samples, batch_size, settings):
-        replies += generate_part(part, part_seed, part_settings, first_row)
+        if not split_samples or batch_size is None or num_samples <= batch_size:
+            replies += generate_part(part, part_seed, part_settings, first_row, num_samples)
+            continue
+        if not flat:
+            replies.append([])  # chunks gives such a text alone: its replies, share by share
+        for j in range(0, num_samples, batch_size):
+            share_seed = [_check_seed(_check_seed(part_seed[0]) + j)] if isinstance(
+                part_seed, (list, tuple, np.ndarray)) else part_seed
+            got = generate_part(part, share_seed, part_settings, first_row + j, min(batch_size, num_samples - j))
+            if flat:
+                replies += got
+            else:
+                replies[-1] += got[0]
     return replies
 
 
