@@ -17,7 +17,7 @@ import pytest
 
 from nety_jax.runs.checkpoints import steps_on_disk
 from nety_jax.training.metrics import read_metrics
-from conftest import QUIET, ROOT, TINY, run_main
+from conftest import ONE_LAYER, QUIET, ROOT, TINY, run_main
 
 CLI = [sys.executable, "-m", "nety_jax.cli"]
 # `nety-jax` in this process where the process itself is not what is tested (a kill, a lock held
@@ -97,7 +97,8 @@ def test_kill_minus_9_at_random_moments_resumes_exactly(tmp_path):
     steps, rng = 200, random.Random(20261122)
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     # with BPE-dropout, as in the shipped configs: every batch's segmentation is sampled too
-    bpe = ("--set", "data.spm_model_type=bpe", "--set", "data.subword_alpha=0.1")
+    bpe = ("--set", "data.spm_model_type=bpe", "--set", "data.subword_alpha=0.1",
+           *[a for o in ONE_LAYER for a in ("--set", o)])  # depth does not change a resume
     # runs with no kill to come write their checkpoint at the end only: an Orbax write costs more than
     # the tiny steps between two (docs/PERFORMANCE.md, "The test suite"), and where a run saves must
     # not change what it computes (the bit-for-bit check below says so too)
