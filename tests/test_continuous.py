@@ -207,3 +207,31 @@ def test_a_streams_first_text_comes_from_its_prefill_without_a_one_token_chunk(t
     assert 1 not in chunks, chunks  # the old engine ran a 1-token chunk after admitting a stream
     assert first_after == [1]  # the first text went out while the first chunk ran
     assert "".join(pieces) == streamed.text == results[0][1][0].text and streamed.tokens == 10
+
+
+def test_where_programs_run_in_the_engines_thread_a_streams_first_text_goes_out_before_the_chunk(trained_gpt):
+    """``nety-jax serve`` on a CPU runs each program in the calling thread (async dispatch off:
+    ``runtime.keep_host_memory``): a dispatched chunk has run when the call returns, so the
+    engine hands out the first tokens and text before starting the chunk, not after it."""
+    pre = load_pretrained(trained_gpt[0])
+    backend = PretrainedBackend(pre)
+    backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1000)
+    engine = ContinuousEngine(backend, slots=2, chunk=4)
+    engine.overlap = False  # as with async dispatch off (fixed when JAX starts: not switchable in a test)
+    chunks, step = [], engine.runner.step
+    engine.runner.step = lambda *a, **k: (chunks.append(1), step(*a, **k))[1]
+    ids = pre.model.prompts.ids(pre.tokenizer, "Le chat", pre.config.data)
+
+    def first_text(seed):
+        _, finished, results = _submit(engine, [Row(ids, 0.8, 0, 1.0, 1, seed)])
+        assert finished.wait(120)
+        return results[0][1][0].text
+    seed = next(s for s in range(20) if first_text(s).strip("\ufffd"))
+    chunks[:] = []
+    pieces, first_after = [], []
+    _, finished, results = _submit(engine, [Row(ids, 0.8, 0, 1.0, 10, seed)], on_delta=lambda job, delta: (
+        first_after.append(len(chunks)) if not pieces else None, pieces.append(delta[1])))
+    assert finished.wait(120)
+    engine.close()
+    assert first_after == [0], first_after  # after the first chunk (or two) on the old engine
+    assert "".join(pieces) == results[0][1][0].text

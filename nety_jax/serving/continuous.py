@@ -171,6 +171,16 @@ class SlotRunner:
         return out[:, 0], out[:, 1].astype(bool), out[:, 2:]
 
 
+def _programs_overlap() -> bool:
+    """Whether a program runs while the host goes on after dispatching it: not on JAX's CPU
+    backend with async dispatch off (``runtime.keep_host_memory``, set by every ``nety-jax``
+    command), where it runs in the calling thread; the engine then hands out text before it
+    starts a chunk, not after (nothing runs meanwhile either way, and the text goes out a
+    chunk sooner)."""
+    import jax
+    return jax.default_backend() != "cpu" or bool(jax.config.values.get("jax_cpu_enable_async_dispatch", True))
+
+
 @dataclasses.dataclass(eq=False)  # compared by identity
 class _Request:
     job: Job
@@ -202,6 +212,7 @@ class ContinuousEngine(Worker):
         self.stop = np.zeros(slots, bool)  # rows the host ended since the last chunk
         self.reads: list[tuple[_Seat, bool]] = []  # rows whose text the host reads next (and done)
         self._carry: Optional[Job] = None
+        self.overlap = _programs_overlap()
         super().__init__(backend, queue_size, metrics, stream_interval_ms)
 
     def warm_up(self, lengths=None) -> int:
@@ -227,17 +238,25 @@ class ContinuousEngine(Worker):
                 admitted = self._take(block=not any(self.seats) and not self.reads)
                 if admitted:
                     seated = self._prefill(admitted)
+                if not self.overlap:  # the chunk would run in this thread: the text goes out first
+                    self._hand_out(seated)
                 chunk = self._dispatch() if any(self.seats) else None
-                if seated:
-                    self._first(*seated)  # the admitted rows' first tokens, while the device runs the chunk
-                with self._burst():  # the clients' thread woken once, when all is read
-                    self._read()  # the last chunk's text and the first tokens, while the device runs this one
+                if self.overlap:  # while the device runs the chunk
+                    self._hand_out(seated)
                 if chunk is not None:
                     self._collect(*chunk)
             except Exception as e:  # never let one chunk take the server down
                 self._fail(admitted, e)
             if self.metrics:
                 self.metrics.queue_depth.set(self.jobs.qsize())
+
+    def _hand_out(self, seated) -> None:
+        """The admitted rows' first tokens, then the text of the rows read next (the last
+        chunk's and those first tokens), the clients' thread woken once, when all is read."""
+        if seated:
+            self._first(*seated)
+        with self._burst():
+            self._read()
 
     def _next(self, block: bool) -> Optional[Job]:
         try:
