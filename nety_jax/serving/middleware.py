@@ -111,6 +111,9 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         param, message = _first_param(exc)
+        kind = request.headers.get("content-type", "")
+        if param is None and "json" not in kind.lower():  # FastAPI reads only a JSON-typed body as JSON
+            message = f"body: send it as JSON with the header Content-Type: application/json (got {kind or 'none'})"
         return JSONResponse(error_body(message, param), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)

@@ -359,8 +359,7 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
     name = name or os.path.basename(os.path.abspath(checkpoint or exported))
     app = create_app(backend, name, max_batch, window_ms, queue_size, chunk, batching, slots, stream_interval_ms)
     engine = app.state.server.engine
-    how = (f"continuous batching, {slots} slots, chunk {chunk}" if engine.__class__.__name__ == "ContinuousEngine"
-           else f"dynamic batching, max batch {max_batch}, window {window_ms:g} ms")
+    how = batching_line(engine, slots, chunk, window_ms)
     if getattr(backend.model, "prefix_cache", None) is not None:
         how += f", prefix cache {prefix_cache_mb:g} MB"
     if mesh_tensor > 1:
@@ -374,6 +373,14 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
     settle()
     http_server(app).run(sockets=[sock])
     return 0
+
+
+def batching_line(engine, slots: int, chunk: int, window_ms: float) -> str:
+    """How the server batches, for its start-up line: the engine's own maximum batch, which a
+    fixed-batch export bounds below ``--max-batch``."""
+    if engine.__class__.__name__ == "ContinuousEngine":
+        return f"continuous batching, {slots} slots, chunk {chunk}"
+    return f"dynamic batching, max batch {engine.max_batch}, window {window_ms:g} ms"
 
 
 def warm(engine) -> None:
