@@ -133,6 +133,16 @@ def checkpoint_for(model: str, given: str) -> str:
 
 # -- the server (a child process running this file with --child) --------------------------------
 
+def as_the_command_runs() -> None:
+    """What the served tree's ``nety-jax`` command does before JAX starts (its ``cli.main``):
+    ``runtime.keep_host_memory`` (glibc's malloc settings and, on the CPU, programs run in the
+    calling thread: async dispatch off), so every server runs as ``nety-jax serve`` runs it.
+    $NETY_JAX_HOST_MALLOC (``default``: neither) reaches the children as it reaches the command."""
+    from nety_jax import runtime
+    if hasattr(runtime, "keep_host_memory"):
+        runtime.keep_host_memory()
+
+
 def child(args) -> int:
     """Serves ``--checkpoint`` with <eos> disabled, so replies have the length clients ask. The
     code served is the tree on PYTHONPATH (this one, or another's for ``--against`` and
@@ -865,6 +875,7 @@ def main() -> int:
     p = parser()
     args = p.parse_args()
     if args.child:
+        as_the_command_runs()
         return child(args)
     if check_args(args):
         p.error(check_args(args))

@@ -85,3 +85,16 @@ def test_run_view_leaves_out_only_the_named_training_fields(tmp_path):
 def test_only_an_unknown_train_field_is_left_out(error, field):
     found = B.UNKNOWN_FIELD.search(error)
     assert (found.group(2) if found else None) == field
+
+
+def test_a_server_child_runs_as_the_command_does(monkeypatch):
+    """`nety-jax serve` calls runtime.keep_host_memory before JAX starts (malloc settings, and on
+    the CPU programs run in the calling thread); the bench's servers did not, so they measured
+    another dispatch mode than the shipped server's. The child now does it first."""
+    from nety_jax import runtime
+    calls = []
+    monkeypatch.setattr(runtime, "keep_host_memory", lambda mode=None: calls.append("malloc"))
+    monkeypatch.setattr(B, "child", lambda args: calls.append("serve") or 0)
+    monkeypatch.setattr(sys, "argv", ["bench_serve.py", "--child", "--checkpoint", "run", "--batching",
+                                      "dynamic", "--port", "1"])
+    assert B.main() == 0 and calls == ["malloc", "serve"]
