@@ -272,6 +272,7 @@ class ContinuousEngine(Worker):
             if job is None:
                 return taken
             if job.cancelled.is_set():
+                self.forget(job)
                 continue
             if len(job.rows) > free:
                 self._carry = job

@@ -91,7 +91,9 @@ class Worker:
             try:
                 self.jobs.put_nowait(job)
             except queue.Full:
-                raise QueueFull() from None
+                if not self._drop_cancelled():
+                    raise QueueFull() from None
+                self.jobs.put_nowait(job)  # room now: only this thread (under the lock) puts
             self._live[id(job)] = job
             deliver = job.deliver
 
@@ -102,6 +104,29 @@ class Worker:
             job.deliver = answered
         if self.metrics:
             self.metrics.queue_depth.set(self.jobs.qsize())
+
+    def _drop_cancelled(self) -> int:
+        """Takes the waiting requests whose clients went away out of the queue (they held places
+        a live request was refused for, 429); returns how many."""
+        with self.jobs.mutex:
+            gone = [j for j in self.jobs.queue if j.cancelled.is_set()]
+            if gone:
+                kept = [j for j in self.jobs.queue if not j.cancelled.is_set()]
+                self.jobs.queue.clear()
+                self.jobs.queue.extend(kept)
+                self.jobs.not_full.notify(len(gone))
+        for job in gone:
+            self.forget(job)
+        return len(gone)
+
+    def forget(self, job: Job) -> None:
+        """A request dropped unanswered (its client went away before it ran) is no longer live."""
+        self._live.pop(id(job), None)
+
+    def waiting(self) -> int:
+        """Requests waiting in the queue whose clients are still there."""
+        with self.jobs.mutex:
+            return sum(not j.cancelled.is_set() for j in self.jobs.queue)
 
     def _serve(self) -> None:
         """The thread's body. ``_work`` survives a failed batch; if it dies itself (a failure
@@ -175,6 +200,9 @@ class Engine(Worker):
                 break
             jobs.append(job)
             rows += len(job.rows)
+        for job in jobs:
+            if job.cancelled.is_set():
+                self.forget(job)
         return [j for j in jobs if not j.cancelled.is_set()]
 
     def _requeue(self, job: Job) -> None:

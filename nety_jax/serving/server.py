@@ -324,7 +324,7 @@ def _add_status_routes(app: FastAPI, name: str, engine: Worker, metrics: Metrics
     async def health():
         if engine.failure is not None:  # a load balancer takes a server whose engine died out of service
             return JSONResponse({"status": "failed", "model": name, "error": engine.failure}, status_code=503)
-        return {"status": "ok", "model": name, "queue": engine.jobs.qsize(),
+        return {"status": "ok", "model": name, "queue": engine.waiting(),
                 "max_batch": engine.max_batch, "max_tokens": engine.max_tokens,
                 "batching": "continuous" if engine.__class__.__name__ == "ContinuousEngine" else "dynamic"}
 
