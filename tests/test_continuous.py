@@ -185,6 +185,9 @@ def test_a_streams_first_text_comes_from_its_prefill_without_a_one_token_chunk(t
     backend = PretrainedBackend(pre)
     backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1000)
     engine = ContinuousEngine(backend, slots=2, chunk=4)
+    # as where programs run while the host goes on (async dispatch on, a GPU): another test in this
+    # process may have turned the dispatch setting off (`nety-jax`'s main), which the engine reads
+    engine.overlap = True
     chunks, step = [], engine.runner.step
     engine.runner.step = lambda stop, start, steps, *a, **k: (chunks.append(int(steps)),
                                                               step(stop, start, steps, *a, **k))[1]
