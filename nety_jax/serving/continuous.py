@@ -199,7 +199,7 @@ class ContinuousEngine(Worker):
     def __init__(self, backend, slots: int = 32, chunk: int = 8, queue_size: int = 64, metrics=None,
                  stream_interval_ms: float = 0.0, admit_batch: int = ADMIT_BATCH):
         self.runner, self.max_batch, self.chunk = SlotRunner(backend, slots), slots, chunk
-        self.admit_batch, self.long_chunk = admit_batch, LONG_CHUNK
+        self.admit_batch = admit_batch
         self.width = chunk * LONG_CHUNK + 1  # the most tokens one chunk can bring a row (its first too)
         given = backend.max_tokens_asked
         self.max_tokens = given or self.runner.room
@@ -314,7 +314,7 @@ class ContinuousEngine(Worker):
         start = np.array([len(seat.ids) if seat else 0 for seat in self.seats], np.int32)
         stop, self.stop = self.stop, np.zeros_like(self.stop)
         full = None not in self.seats
-        steps = self.chunk * self.long_chunk if full else self.chunk
+        steps = self.chunk * LONG_CHUNK if full else self.chunk
         finish = max(1, min(self.admit_batch, self.jobs.qsize() + (self._carry is not None))) if full else 1
         return self.runner.step(stop, start, steps, self.width, finish), start
 
