@@ -23,17 +23,17 @@ import jax.numpy as jnp
 from nety_jax.config.sections import PAD_ID
 from nety_jax.layers.linear import Linear
 
-# A source token's copy probability is added to this floor before the log: every word keeps a
-# finite log-probability (the vocabulary side is positive anyway), and gradients stay finite.
+# A memory position's copy probability is added to this floor before the log: a position the
+# pointer cannot read (padding, the pooled vector) has 0, and its log and gradients stay finite.
 TINY = 1e-12
 
 
-def scatter_to_vocab(weights: jax.Array, ids: jax.Array, vocab: int) -> jax.Array:
-    """(B, T, M) weights of memory positions with ids (B, M) -> (B, T, V) sums per id."""
-    b, t, _ = weights.shape
-    rows = jnp.arange(b)[:, None, None]
-    steps = jnp.arange(t)[None, :, None]
-    return jnp.zeros((b, t, vocab), weights.dtype).at[rows, steps, ids[:, None, :]].add(weights)
+def copy_at_positions(weights: jax.Array, ids: jax.Array) -> jax.Array:
+    """(B, T, M) weights of memory positions with ids (B, M) -> (B, T, M): at each position, the
+    summed weight of every position carrying its id (what a scatter into the vocabulary would
+    hold at that id, read back without building the (B, T, V) array)."""
+    same = (ids[:, :, None] == ids[:, None, :]).astype(weights.dtype)
+    return jnp.einsum("btm,bmn->btn", weights, same)
 
 
 class CopyHead(nn.Module):
@@ -66,6 +66,13 @@ class CopyHead(nn.Module):
         can_copy = jnp.any(pre["mask"], axis=-1)[:, None, None]
         gate = jnp.where(can_copy, gate, 1e4)  # nothing to copy: the vocabulary alone
         vocab_logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1) + jax.nn.log_sigmoid(gate)
-        copy_p = scatter_to_vocab(attn, pre["ids"], self.vocab_size)
-        copy_logp = jnp.log(copy_p + TINY) + jax.nn.log_sigmoid(-gate)
-        return jnp.logaddexp(vocab_logp, copy_logp)
+        # Only the ids of the memory's positions get a copy term: the mixture is computed at
+        # those M positions and written over the vocabulary side there, instead of a (B, T, V)
+        # scatter and two passes of logarithms over the whole vocabulary (a decode step's
+        # largest cost after the output head). Positions of one id get the same value.
+        ids = jnp.broadcast_to(pre["ids"][:, None, :], attn.shape)
+        vocab_at = jnp.take_along_axis(vocab_logp, ids, axis=-1)
+        copy_logp = jnp.log(copy_at_positions(attn, pre["ids"]) + TINY) + jax.nn.log_sigmoid(-gate)
+        rows = jnp.arange(ids.shape[0])[:, None, None]
+        steps = jnp.arange(ids.shape[1])[None, :, None]
+        return vocab_logp.at[rows, steps, ids].set(jnp.logaddexp(vocab_at, copy_logp))
