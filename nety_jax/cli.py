@@ -264,7 +264,7 @@ def cmd_serve(args) -> int:
     return serve(args.checkpoint, args.exported, args.host, args.port, args.max_batch, args.batch_window_ms,
                  args.queue_size, args.max_tokens, args.chunk, args.name, args.batching, args.slots,
                  _prefix_cache_mb(args), args.mesh_tensor, args.speculate, args.draft_tokens, args.warm_up,
-                 args.stream_interval_ms)
+                 args.stream_interval_ms, args.admit_batch)
 
 
 def cmd_quantize(args) -> int:
@@ -383,6 +383,10 @@ def _add_export_and_serve_commands(sub) -> None:
                    help="the most max_tokens a request may ask (continuous default: the model's room "
                         "after the prompt; dynamic: the compiled maximum, default the run's)")
     p.add_argument("--chunk", type=int, default=8, help="tokens per decode chunk (between stream updates)")
+    p.add_argument("--admit-batch", type=int,
+                   help="continuous: while every slot is taken and requests wait, a chunk runs on until this "
+                        "many rows have finished (at most as many as wait), so one prefill refills their slots "
+                        "(1 to --slots; default 2, or --slots if fewer)")
     p.add_argument("--stream-interval-ms", type=float,
                    help="the least time between two pieces of a streamed reply (default 20; its first text "
                         "and its end go at once; 0: a piece every chunk)")

@@ -42,7 +42,8 @@ LONG_CHUNK = 4  # a chunk's length while every slot is taken, in --chunk units
 # buckets, so the programs compiled at start-up (``warm_up``), whatever --slots
 ADMIT_ROWS = 8
 # while every slot is taken and requests wait, a chunk runs on until this many rows have finished
-# (at most as many as wait), so that their slots are refilled by one prefill instead of one each
+# (at most as many as wait), so that their slots are refilled by one prefill instead of one each:
+# the default of ``--admit-batch``
 ADMIT_BATCH = 2
 
 
@@ -197,9 +198,10 @@ class _Seat:
 
 class ContinuousEngine(Worker):
     def __init__(self, backend, slots: int = 32, chunk: int = 8, queue_size: int = 64, metrics=None,
-                 stream_interval_ms: float = 0.0, admit_batch: int = ADMIT_BATCH):
+                 stream_interval_ms: float = 0.0, admit_batch: Optional[int] = None):
         self.runner, self.max_batch, self.chunk = SlotRunner(backend, slots), slots, chunk
-        self.admit_batch = admit_batch
+        # rows a chunk waits for while every slot is taken (``--admit-batch``; never more than run)
+        self.admit_batch = min(ADMIT_BATCH, slots) if admit_batch is None else admit_batch
         self.width = chunk * LONG_CHUNK + 1  # the most tokens one chunk can bring a row (its first too)
         given = backend.max_tokens_asked
         self.max_tokens = given or self.runner.room

@@ -17,6 +17,9 @@ SPECULATE_NEEDS_DYNAMIC = ("--speculate needs --batching dynamic: continuous bat
 CONTINUOUS_NEEDS_CHECKPOINT = ("--batching continuous needs --checkpoint: an exported artifact runs its compiled "
                                "loop to the end, so it batches dynamically")
 MESH_NEEDS_CHECKPOINT = "--mesh-tensor needs --checkpoint: an export holds its weights whole"
+ADMIT_BATCH_NEEDS_CONTINUOUS = ("--admit-batch needs continuous batching (--checkpoint, without --speculate or "
+                                "--batching dynamic): dynamic batching runs a batch to its end and admits nothing "
+                                "meanwhile")
 
 
 def check_source(checkpoint, exported) -> None:
@@ -26,7 +29,7 @@ def check_source(checkpoint, exported) -> None:
 
 
 def check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching=None, slots=32,
-                  stream_interval_ms=0.0) -> None:
+                  stream_interval_ms=0.0, admit_batch: Optional[int] = None) -> None:
     """Every option in its range, before anything loads: one line naming the flag."""
     if batching not in (None, "dynamic", "continuous"):
         raise NetyError(f"--batching={batching!r} must be dynamic or continuous")
@@ -38,6 +41,22 @@ def check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching=
     check_int("--chunk", chunk, 1, MAX_POSITIONS)
     if max_tokens is not None:
         check_int("--max-tokens", max_tokens, 1, MAX_POSITIONS)
+    check_admit_batch(admit_batch, slots, batching)
+
+
+def check_admit_batch(admit_batch: Optional[int], slots: int, batching: Optional[str], exported=None,
+                      speculate: str = "none") -> None:
+    """``--admit-batch`` (None: not given) in [1, --slots], and only where the server batches
+    continuously: not with ``--batching dynamic``, nor where that is the default (an exported
+    artifact, ``--speculate``)."""
+    if admit_batch is None:
+        return
+    if batching == "dynamic" or (batching is None and (exported or speculate != "none")):
+        raise NetyError(ADMIT_BATCH_NEEDS_CONTINUOUS)
+    check_int("--admit-batch", admit_batch, 1)
+    if admit_batch > slots:
+        raise NetyError(f"--admit-batch={admit_batch} must be at most --slots ({slots}): it counts rows "
+                        f"finished in a chunk, and only --slots rows run at once")
 
 
 def check_speculation(speculate: str, draft_tokens: int, batching: Optional[str], exported) -> None:

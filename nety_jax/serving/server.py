@@ -24,8 +24,9 @@ from nety_jax.serving.api import MAX_PROMPT_CHARS, ApiError, ChatRequest, Comple
 from nety_jax.serving.engine import Engine, EngineDown, Job, QueueFull, Row, Worker, random_seed
 from nety_jax.serving.metrics import Metrics, metrics_for
 from nety_jax.serving.middleware import MAX_BODY_BYTES, BodyLimit, CountRequests, add_error_handlers
-from nety_jax.serving.options import (CONTINUOUS_NEEDS_CHECKPOINT, SPECULATE_NEEDS_DYNAMIC, check_exported,
-                                      check_options, check_source, check_speculation, listen_socket)
+from nety_jax.serving.options import (ADMIT_BATCH_NEEDS_CONTINUOUS, CONTINUOUS_NEEDS_CHECKPOINT,
+                                      SPECULATE_NEEDS_DYNAMIC, check_admit_batch, check_exported, check_options,
+                                      check_source, check_speculation, listen_socket)
 from nety_jax.serving.settings import MAX_SEED
 
 # the least time between two pieces of a stream (its first text and its end go at once): faster
@@ -252,12 +253,16 @@ def _usage(prompt_tokens: int, results) -> dict:
 
 
 def make_engine(backend, batching: Optional[str], max_batch: int, window_ms: float, queue_size: int,
-                chunk: int, slots: int, metrics=None, stream_interval_ms: float = 0.0) -> Worker:
+                chunk: int, slots: int, metrics=None, stream_interval_ms: float = 0.0,
+                admit_batch: Optional[int] = None) -> Worker:
     """The engine ``batching`` names; by default continuous batching where the backend can
-    pause its loop (a run directory), dynamic batching otherwise (an exported artifact)."""
+    pause its loop (a run directory), dynamic batching otherwise (an exported artifact).
+    ``admit_batch``: continuous batching's (None: its default); refused with dynamic batching."""
     from nety_jax.errors import NetyError
     can = getattr(backend, "continuous", False)
     batching = batching or ("continuous" if can else "dynamic")
+    if batching == "dynamic" and admit_batch is not None:
+        raise NetyError(ADMIT_BATCH_NEEDS_CONTINUOUS)
     if batching == "continuous":
         if getattr(getattr(backend, "spec", None), "speculative", False):
             raise NetyError(SPECULATE_NEEDS_DYNAMIC)
@@ -265,19 +270,19 @@ def make_engine(backend, batching: Optional[str], max_batch: int, window_ms: flo
             raise NetyError(CONTINUOUS_NEEDS_CHECKPOINT)
         from nety_jax.serving.continuous import ContinuousEngine
         return ContinuousEngine(backend, slots=slots, chunk=chunk, queue_size=queue_size, metrics=metrics,
-                                stream_interval_ms=stream_interval_ms)
+                                stream_interval_ms=stream_interval_ms, admit_batch=admit_batch)
     return Engine(backend, max_batch=max_batch, window_ms=window_ms, queue_size=queue_size, chunk=chunk,
                   metrics=metrics, stream_interval_ms=stream_interval_ms)
 
 
 def create_app(backend, name: str, max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64,
                chunk: int = 8, batching: Optional[str] = None, slots: int = 32,
-               stream_interval_ms: float = STREAM_INTERVAL_MS) -> FastAPI:
+               stream_interval_ms: float = STREAM_INTERVAL_MS, admit_batch: Optional[int] = None) -> FastAPI:
     check_options(max_batch, window_ms, queue_size, None, chunk, batching, slots,
-                  stream_interval_ms)  # without `serve` too
+                  stream_interval_ms, admit_batch)  # without `serve` too
     metrics = metrics_for(backend)
     engine = make_engine(backend, batching, max_batch, window_ms, queue_size, chunk, slots, metrics,
-                         stream_interval_ms)
+                         stream_interval_ms, admit_batch)
     server = Server(backend, name, engine, metrics)
     app = FastAPI(title="nety-jax", version="1")
     app.state.server = server
@@ -337,14 +342,17 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
           max_batch: int = 32, window_ms: float = 5.0, queue_size: int = 64, max_tokens: Optional[int] = None,
           chunk: int = 8, name: Optional[str] = None, batching: Optional[str] = None, slots: int = 32,
           prefix_cache_mb: float = 0, mesh_tensor: int = 1, speculate: str = "none",
-          draft_tokens: int = 4, warm_up: bool = True, stream_interval_ms: Optional[float] = None) -> int:
+          draft_tokens: int = 4, warm_up: bool = True, stream_interval_ms: Optional[float] = None,
+          admit_batch: Optional[int] = None) -> int:
     import os
 
     from nety_jax.serving.engine import ExportedBackend, PretrainedBackend
     check_source(checkpoint, exported)
     stream_interval_ms = STREAM_INTERVAL_MS if stream_interval_ms is None else stream_interval_ms
-    check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching, slots, stream_interval_ms)
+    check_options(max_batch, window_ms, queue_size, max_tokens, chunk, batching, slots, stream_interval_ms,
+                  admit_batch)
     check_speculation(speculate, draft_tokens, batching, exported)
+    check_admit_batch(admit_batch, slots, batching, exported, speculate)
     check_exported(exported, batching, mesh_tensor)
     sock = listen_socket(host, port)  # before the model loads: a taken port fails at once
     port = sock.getsockname()[1]
@@ -357,7 +365,8 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
                                                    mesh_tensor=mesh_tensor), max_tokens,
                                     speculate, draft_tokens)
     name = name or os.path.basename(os.path.abspath(checkpoint or exported))
-    app = create_app(backend, name, max_batch, window_ms, queue_size, chunk, batching, slots, stream_interval_ms)
+    app = create_app(backend, name, max_batch, window_ms, queue_size, chunk, batching, slots, stream_interval_ms,
+                     admit_batch)
     engine = app.state.server.engine
     how = batching_line(engine, slots, chunk, window_ms)
     if getattr(backend.model, "prefix_cache", None) is not None:
@@ -377,9 +386,10 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
 
 def batching_line(engine, slots: int, chunk: int, window_ms: float) -> str:
     """How the server batches, for its start-up line: the engine's own maximum batch, which a
-    fixed-batch export bounds below ``--max-batch``."""
+    fixed-batch export bounds below ``--max-batch``, and its admit batch (its default when
+    ``--admit-batch`` is not given)."""
     if engine.__class__.__name__ == "ContinuousEngine":
-        return f"continuous batching, {slots} slots, chunk {chunk}"
+        return f"continuous batching, {slots} slots, chunk {chunk}, admit batch {engine.admit_batch}"
     return f"dynamic batching, max batch {engine.max_batch}, window {window_ms:g} ms"
 
 
