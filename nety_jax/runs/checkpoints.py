@@ -58,11 +58,22 @@ def save(manager: ocp.CheckpointManager, step: int, state, meta: dict,
 
 
 def steps_on_disk(workdir: str) -> list[int]:
-    """Complete steps (Orbax renames a step folder into place only once it is written)."""
+    """Complete steps (Orbax renames a step folder into place only once it is written). A
+    ``checkpoints`` that is there but not a folder (a file, a dangling link) is refused: read as
+    "no checkpoint", it made ``train`` start again from step 0 and fail at its first save."""
     d = checkpoint_dir(workdir)
     if not os.path.isdir(d):
+        if os.path.lexists(d):
+            raise CheckpointError(f"{d}: is not a directory ({_what_is(d)}); a run keeps its "
+                                  "checkpoints in a folder of that name: move it away")
         return []
     return sorted(int(n) for n in os.listdir(d) if n.isdigit() and os.path.isdir(os.path.join(d, n)))
+
+
+def _what_is(path: str) -> str:
+    if os.path.islink(path):
+        return f"a link to {os.readlink(path)!r}" + ("" if os.path.exists(path) else ", which does not exist")
+    return "a regular file" if os.path.isfile(path) else "not a regular file or folder"
 
 
 def latest_step(workdir: str) -> Optional[int]:
