@@ -143,17 +143,24 @@ def _gated_engine(backend, **kwargs):
     return Gated(backend, **kwargs), gate
 
 
-def _prefill_sizes(engine) -> list:
-    """A list that records the rows of each prefill program the engine runs."""
-    sizes, group = [], engine.runner._prefill_group
-    engine.runner._prefill_group = lambda rows, *a, **k: (sizes.append(len(rows)), group(rows, *a, **k))[1]
+def _prefill_sizes(engine, threads: list = None) -> list:
+    """A list that records the rows of each prefill program the engine runs (and ``threads``
+    the name of the thread that ran it)."""
+    sizes, part = [], engine.runner._prefill_part
+
+    def recorded(rows, *a, **k):
+        sizes.append(len(rows))
+        threads is None or threads.append(threading.current_thread().name)
+        return part(rows, *a, **k)
+    engine.runner._prefill_part = recorded
     return sizes
 
 
 def test_rows_that_finish_while_requests_wait_are_refilled_by_one_prefill(trained_gpt):
-    """Two slots full, two requests waiting: the chunk runs on until both rows have finished
-    (not just the first), and the two waiting requests are prefilled together; every reply is
-    the one the request gets alone (greedy and seeded rows)."""
+    """Two slots full, two requests waiting: the two waiting requests are prefilled together, in
+    the prefill thread while the engine's thread runs the chunk, which runs on until both rows
+    have finished (not just the first) and they take the freed slots; every reply is the one the
+    request gets alone (greedy and seeded rows)."""
     pre = load_pretrained(trained_gpt[0])
     backend = PretrainedBackend(pre)
     backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1000)  # no <eos>: rows end at their length
@@ -161,7 +168,8 @@ def test_rows_that_finish_while_requests_wait_are_refilled_by_one_prefill(traine
     rows = [Row(ids, 0.0, 0, 1.0, 3, 0), Row(ids, 0.9, 0, 1.0, 9, 1), Row(ids, 0.8, 5, 0.9, 4, 2),
             Row(ids, 0.0, 0, 1.0, 5, 3)]
     engine, gate = _gated_engine(backend, slots=2, chunk=3, admit_batch=2)
-    sizes = _prefill_sizes(engine)
+    threads = []
+    sizes = _prefill_sizes(engine, threads)
     submitted = [_submit(engine, [r]) for r in rows]
     gate.set()
     together = []
@@ -170,6 +178,7 @@ def test_rows_that_finish_while_requests_wait_are_refilled_by_one_prefill(traine
         together.append(results[0][1][0])
     engine.close()
     assert sizes == [2, 2], sizes  # one row each: [2, 1, 1]
+    assert threads == ["nety-engine", threads[1]] and threads[1].startswith("nety-prefill"), threads
     alone = ContinuousEngine(backend, slots=1, chunk=3)
     for row, got in zip(rows, together):
         _, finished, results = _submit(alone, [row])

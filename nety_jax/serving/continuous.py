@@ -8,7 +8,8 @@ keeps their caches on the device). The worker thread loops:
 2. prefill: the admitted rows in batches of one prompt bucket and at most ``ADMIT_ROWS``
    rows (the size rounded up to a power of two, the prompt length to
    ``data.bucket_multiple``: every program is compiled at start-up by ``warm_up``), each row
-   written into a free slot (``SlotRunner.prefill``: the one place a prefix cache hooks in);
+   written into a free slot (``SlotRunner.prefill_apart``, the one place a prefix cache hooks
+   in, then ``SlotRunner.insert``);
 3. decode: one compiled chunk of ``--chunk`` tokens over every slot is started; while the
    device runs it, the host reads the admitted rows' first tokens (a stream's first text) and
    the text of the chunk before (streamed rows get their text, stop strings end rows, rows of
@@ -17,7 +18,10 @@ keeps their caches on the device). The worker thread loops:
    while the next chunk runs). While every slot is taken and requests wait, a chunk ends once
    ``admit_batch`` rows have finished (at most as many as wait), not at the first: their
    slots idle until then, and the waiting requests are prefilled together (one program's
-   fixed cost instead of one each, and fewer chunks).
+   fixed cost instead of one each, and fewer chunks). That prefill runs AHEAD, in a thread of
+   its own while the chunk runs (as JetStream separates prefill from generation): when the
+   chunk ends, the engine's thread only inserts the prefilled rows into the freed slots
+   (``_start_ahead``, ``_place_ahead``), instead of stopping decoding for a whole prefill.
 
 A request's rows finish independently; its reply is delivered when the last one ends.
 ``max_tokens`` is bounded by the model's room after the prompt (its context less the
@@ -26,6 +30,7 @@ prompt), or ``--max-tokens`` when given. Replies never depend on the batch: see
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import queue
@@ -67,24 +72,49 @@ class SlotRunner:
         self.widths = np.zeros(self.slots, np.int64)
 
     def prefill(self, rows: list[Row], slot_ids: list[int]) -> list:
-        """Prefills ``rows`` into ``slot_ids`` without waiting for the device. Returns their first
-        tokens as ``(device array (B,), row indices)`` per prefill program (``firsts`` reads
-        them). Rows go in one batch per prompt bucket, so the width a prompt is prefilled at
-        depends on its own length only.
+        """Prefills ``rows`` into ``slot_ids`` without waiting for the device (``prefill_apart``,
+        then ``insert``). Returns their first tokens as ``(device array (B,), row indices)`` per
+        prefill program (``firsts`` reads them)."""
+        pending = self.prefill_apart(rows)
+        self.insert(pending, dict(enumerate(slot_ids)))
+        return self.first_tokens(pending)
 
-        Hook point (prefix cache): rows' prompt ids are ``r.ids``; what this must leave is
-        ``self.state`` with each row's cache, first token and settings in its slot, as
-        ``device.prefill_rows`` + ``device.insert_rows`` do."""
+    def prefill_apart(self, rows: list[Row]) -> list:
+        """The prefill programs of ``rows``, one per prompt bucket and at most ``ADMIT_ROWS``
+        rows (the width a prompt is prefilled at depends on its own length only), the slots
+        left untouched: ``[(device.Prefilled, row indices, prompt width)]`` for ``insert``. It
+        reads only the variables (and the prefix cache, which has its own lock), so it may run in
+        another thread while a chunk runs.
+
+        Hook point (prefix cache): rows' prompt ids are ``r.ids``; what this must return is
+        what ``device.prefill_rows`` returns for them."""
         groups: dict[int, list[int]] = {}
         for k, r in enumerate(rows):
             groups.setdefault(self._width(len(r.ids)), []).append(k)
-        firsts = []
+        pending = []
         for width, members in groups.items():
             for first in range(0, len(members), ADMIT_ROWS):
                 part = members[first: first + ADMIT_ROWS]
-                tokens = self._prefill_group([rows[k] for k in part], [slot_ids[k] for k in part], width)
-                firsts.append((tokens, part))
-        return firsts
+                pending.append((self._prefill_part([rows[k] for k in part], width), part, width))
+        return pending
+
+    def insert(self, pending: list, slot_of: dict) -> None:
+        """``prefill_apart``'s rows into slots: ``slot_of`` maps a row index to its slot (rows
+        not in it are left out: they may go in later, from the same ``pending``)."""
+        for rows, part, width in pending:
+            placed = [(i, slot_of[k]) for i, k in enumerate(part) if k in slot_of]
+            if not placed:
+                continue
+            where = np.full((rows.first.shape[0],), self.slots, np.int32)  # padding rows land nowhere
+            for i, slot in placed:
+                where[i] = slot
+                self.widths[slot] = width
+            self.state = self.device.insert_rows(self.state, rows, where, model=self.model)
+
+    @staticmethod
+    def first_tokens(pending: list) -> list:
+        """``prefill_apart``'s first tokens in the form ``firsts`` reads."""
+        return [(rows.first, part) for rows, part, _ in pending]
 
     @staticmethod
     def firsts(pending: list, n: int) -> np.ndarray:
@@ -113,14 +143,16 @@ class SlotRunner:
             b = 1
             while b <= batch_bucket(min(self.slots, ADMIT_ROWS)):
                 rows = [Row([EOS_ID + 2] * n, 0.0, 0, 1.0, 2, i) for i in range(min(b, self.slots))]
-                self._prefill_group(rows, list(range(len(rows))), prompt_width, through_cache=False)
+                out = self._prefill_part(rows, prompt_width, through_cache=False)
+                self.insert([(out, list(range(len(rows))), prompt_width)], {i: i for i in range(len(rows))})
                 runs, b = runs + 1, 2 * b
             self.progress(self.step(stop, start, 1, width))  # the chunk reading this width's memory
         self.reset()
         return runs
 
-    def _prefill_group(self, rows: list[Row], slot_ids: list[int], p: int, through_cache: bool = True):
-        """One prefill program's rows into their slots; returns their first tokens (device, (B,))."""
+    def _prefill_part(self, rows: list[Row], p: int, through_cache: bool = True):
+        """One prefill program's rows at prompt width ``p`` -> ``device.Prefilled`` (its batch
+        rounded up to a power of two: the rows past ``len(rows)`` are padding)."""
         n, b = len(rows), batch_bucket(len(rows))
         tokens, lengths = np.full((b, p), PAD_ID, np.int32), np.ones((b,), np.int32)
         for i, r in enumerate(rows):
@@ -131,20 +163,10 @@ class SlotRunner:
             fill([r.temperature for r in rows], 0.0), fill([r.top_k for r in rows], 0),
             fill([r.top_p for r in rows], 1.0), fill([r.max_new_tokens for r in rows], 0),
             fill([r.seed for r in rows], 0))
-        where = np.full((b,), self.slots, np.int32)  # padding rows land nowhere
-        where[:n] = slot_ids
-        self.widths[slot_ids] = p
-        static = {"model": self.model, "spec": self.spec, "source_len": self.source_len}
-        if self.prefix_cache is None:
-            self.state, first = self.device.admit_first(self.variables, self.state, tokens, lengths, settings, where,
-                                                        **static)
-            return first
-        if through_cache:
-            out = self._prefill(tokens, lengths, n, settings)
-        else:  # the programs of a miss, nothing kept
-            out = self.device.prefill_rows(self.variables, tokens, lengths, settings, **static)
-        self.state = self.device.insert_rows(self.state, out, where, model=self.model)
-        return out.first
+        if self.prefix_cache is not None and through_cache:
+            return self._prefill(tokens, lengths, n, settings)
+        return self.device.prefill_rows(self.variables, tokens, lengths, settings, model=self.model, spec=self.spec,
+                                        source_len=self.source_len)
 
     def _prefill(self, tokens: np.ndarray, lengths: np.ndarray, n: int, settings):
         """``device.prefill_rows``, through the prefix cache when the model has one."""
@@ -190,6 +212,15 @@ class _Request:
 
 
 @dataclasses.dataclass(eq=False)
+class _Ahead:
+    """Waiting requests prefilled in the background while a chunk runs (every slot was taken):
+    their rows go into slots as slots free, in order."""
+    seats: list  # one per row, in order
+    future: concurrent.futures.Future  # -> ``SlotRunner.prefill_apart`` of their rows
+    placed: int = 0  # rows already in slots (the first ``placed``)
+
+
+@dataclasses.dataclass(eq=False)
 class _Seat:
     request: _Request
     index: int  # the row's index in its request
@@ -215,6 +246,9 @@ class ContinuousEngine(Worker):
         self.reads: list[tuple[_Seat, bool]] = []  # rows whose text the host reads next (and done)
         self._carry: Optional[Job] = None
         self.overlap = _programs_overlap()
+        self._ahead: Optional[_Ahead] = None
+        # prefills of waiting requests run here while the engine's thread runs a chunk
+        self._prefiller = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nety-prefill")
         super().__init__(backend, queue_size, metrics, stream_interval_ms)
 
     def warm_up(self, lengths=None) -> int:
@@ -237,9 +271,13 @@ class ContinuousEngine(Worker):
         while not self._stop.is_set():
             admitted, seated = [], []
             try:
-                admitted = self._take(block=not any(self.seats) and not self.reads)
+                self._place_ahead()
+                if self._ahead is None:  # first come, first served: none is waiting ahead
+                    admitted = self._take(block=not any(self.seats) and not self.reads)
                 if admitted:
                     seated = self._prefill(admitted)
+                if self._ahead is None and None not in self.seats:
+                    self._start_ahead()
                 if not self.overlap:  # the chunk would run in this thread: the text goes out first
                     self._hand_out(seated)
                 chunk = self._dispatch() if any(self.seats) else None
@@ -251,6 +289,7 @@ class ContinuousEngine(Worker):
                 self._fail(admitted, e)
             if self.metrics:
                 self.metrics.queue_depth.set(self.jobs.qsize())
+        self._prefiller.shutdown(wait=False)
 
     def _hand_out(self, seated) -> None:
         """The admitted rows' first tokens, then the text of the rows read next (the last
@@ -286,17 +325,68 @@ class ContinuousEngine(Worker):
         """Seats the rows of ``jobs`` in free slots; returns (their seats, their first tokens as
         ``SlotRunner.prefill`` returns them)."""
         free = [s for s, seat in enumerate(self.seats) if seat is None]
-        rows = [(job, i, r) for job in jobs for i, r in enumerate(job.rows)]
-        slot_ids = free[: len(rows)]
-        pending = self.runner.prefill([r for _, _, r in rows], slot_ids)
-        if self.metrics:
-            self.metrics.batch_size.observe(len(rows))
-        requests = {id(j): _Request(j, _RowState(self.backend.tokenizer, [(j, i, r) for i, r in enumerate(j.rows)],
-                                                 self.stream_interval), len(j.rows)) for j in jobs}
-        seats = [_Seat(requests[id(job)], i, [PAD_ID]) for job, i, _ in rows]  # [PAD_ID]: the first token, to come
+        seats = self._seats_for(jobs)
+        slot_ids = free[: len(seats)]
+        pending = self.runner.prefill([s.request.job.rows[s.index] for s in seats], slot_ids)
         for slot, seat in zip(slot_ids, seats):
             self.seats[slot], self.stop[slot] = seat, False
         return seats, pending
+
+    def _seats_for(self, jobs: list[Job]) -> list[_Seat]:
+        """One seat per row of ``jobs``, in order (a request's rows share its state)."""
+        if self.metrics:
+            self.metrics.batch_size.observe(sum(len(j.rows) for j in jobs))
+        seats = []
+        for job in jobs:
+            request = _Request(job, _RowState(self.backend.tokenizer, [(job, i, r) for i, r in enumerate(job.rows)],
+                                              self.stream_interval), len(job.rows))
+            seats += [_Seat(request, i, [PAD_ID]) for i in range(len(job.rows))]  # [PAD_ID]: the first token, to come
+        return seats
+
+    def _start_ahead(self) -> None:
+        """While every slot is taken: the next waiting requests (up to ``admit_batch`` rows, or
+        the first request alone if it has more) are prefilled in the prefill thread while this
+        thread runs the chunk; ``_place_ahead`` puts their rows into the slots that frees.
+        An admission then costs the engine's thread an insertion, not a prefill."""
+        taken, rows = [], 0
+        while rows < self.admit_batch:
+            job, self._carry = self._carry or self._next(False), None
+            if job is None:
+                break
+            if job.cancelled.is_set():
+                self.forget(job)
+                continue
+            if taken and rows + len(job.rows) > self.admit_batch:
+                self._carry = job
+                break
+            taken.append(job)
+            rows += len(job.rows)
+        if taken:
+            seats = self._seats_for(taken)
+            rows_of = [s.request.job.rows[s.index] for s in seats]
+            self._ahead = _Ahead(seats, self._prefiller.submit(self.runner.prefill_apart, rows_of))
+
+    def _place_ahead(self) -> None:
+        """Rows prefilled ahead into free slots, in order (a wait for their prefill, normally
+        done by now); their first tokens in place, a stream's read next."""
+        ahead, free = self._ahead, [s for s, seat in enumerate(self.seats) if seat is None]
+        if ahead is None or not free:
+            return
+        pending = ahead.future.result()
+        slot_of = {}
+        for k, slot in zip(range(ahead.placed, len(ahead.seats)), free):
+            slot_of[k] = slot
+            self.seats[slot], self.stop[slot] = ahead.seats[k], False
+        self.runner.insert(pending, slot_of)
+        firsts = self.runner.firsts(self.runner.first_tokens(pending), len(ahead.seats))
+        for k in slot_of:
+            seat = ahead.seats[k]
+            seat.ids[0] = int(firsts[k])
+            if seat.request.job.stream:
+                self.reads.append((seat, False))
+        ahead.placed += len(slot_of)
+        if ahead.placed == len(ahead.seats):
+            self._ahead = None
 
     def _first(self, seats: list, pending: list) -> None:
         """Puts the admitted rows' first tokens in place (the chunk already running reads from
@@ -317,7 +407,12 @@ class ContinuousEngine(Worker):
         stop, self.stop = self.stop, np.zeros_like(self.stop)
         full = None not in self.seats
         steps = self.chunk * LONG_CHUNK if full else self.chunk
-        finish = max(1, min(self.admit_batch, self.jobs.qsize() + (self._carry is not None))) if full else 1
+        if not full:
+            finish = 1
+        elif self._ahead is not None:  # the rows prefilled ahead wait for that many slots
+            finish = len(self._ahead.seats) - self._ahead.placed
+        else:
+            finish = max(1, min(self.admit_batch, self.jobs.qsize() + (self._carry is not None)))
         return self.runner.step(stop, start, steps, self.width, finish), start
 
     def _collect(self, out, start: np.ndarray) -> None:
@@ -366,6 +461,9 @@ class ContinuousEngine(Worker):
     def _fail(self, admitted: list[Job], error: Exception) -> None:
         """A failed prefill or chunk: every request in flight gets the error; the slots restart."""
         seats = [s for s in self.seats if s is not None] + [s for s, _ in self.reads]
+        if self._ahead is not None:
+            seats += self._ahead.seats[self._ahead.placed:]
+            self._ahead = None
         jobs = {id(s.request.job): s.request.job for s in seats if s.request.left > 0}
         jobs.update({id(j): j for j in admitted})
         for job in jobs.values():
