@@ -17,14 +17,21 @@ from nety_jax.models import get_model
 from tests.conftest import GPT_TINY, RNN_LM, TINY
 
 
-def test_ngram_draft_copies_what_followed_the_latest_longest_match():
+def _draft(history, end, k: int):
+    """``ngram_lookup``'s continuation as the k ids it drafts, whether there was one, and the ids matched."""
+    cont, matched = speculative.ngram_lookup(history, end)
+    return jax.lax.dynamic_slice_in_dim(history, jnp.maximum(cont, 0), k), cont >= 0, matched
+
+
+def test_ngram_lookup_finds_what_followed_the_latest_longest_match():
     h = jnp.asarray([7, 8, 9, 5, 7, 8, 6, 4, 9, 5, 7, 8, 0, 0, 0, 0], jnp.int32)
-    draft, found = speculative.ngram_draft(h, jnp.asarray(12), 3)  # ends ... 9 5 7 8: the 3-gram 5 7 8
+    draft, found, matched = _draft(h, jnp.asarray(12), 3)  # ends ... 9 5 7 8: the 3-gram 5 7 8
     assert bool(found) and np.asarray(draft).tolist() == [6, 4, 9]  # after 5 7 8 at 3..5, not 7 8 at 0
-    draft, found = speculative.ngram_draft(h, jnp.asarray(6), 2)  # ends 7 8: earlier 7 8 at 0
-    assert bool(found) and np.asarray(draft).tolist() == [9, 5]
-    _, found = speculative.ngram_draft(h, jnp.asarray(3), 2)  # 7 8 9: nothing repeats
-    assert not bool(found)
+    assert int(matched) == 3
+    draft, found, matched = _draft(h, jnp.asarray(6), 2)  # ends 7 8: earlier 7 8 at 0
+    assert bool(found) and np.asarray(draft).tolist() == [9, 5] and int(matched) == 2
+    _, found, matched = _draft(h, jnp.asarray(3), 2)  # 7 8 9: nothing repeats
+    assert not bool(found) and int(matched) == 0
 
 
 def _draft_reference(history: list, end: int, k: int):
@@ -36,19 +43,19 @@ def _draft_reference(history: list, end: int, k: int):
         found = [j for j in range(end - n) if history[j:j + n] == suffix]
         if found:
             cont = found[-1] + n
-            return (history + [0] * k)[cont:cont + k], True
-    return None, False
+            return (history + [0] * k)[cont:cont + k], True, n
+    return None, False, 0
 
 
-def test_ngram_draft_equals_a_plain_search_on_random_histories():
+def test_ngram_lookup_equals_a_plain_search_on_random_histories():
     rng = np.random.default_rng(0)
-    lookup = jax.jit(jax.vmap(lambda h, e: speculative.ngram_draft(h, e, 4)))
+    lookup = jax.jit(jax.vmap(lambda h, e: _draft(h, e, 4)))
     histories = rng.integers(4, 8, size=(64, 24)).astype(np.int32)  # few ids: many matches of each size
     ends = rng.integers(0, 21, size=64).astype(np.int32)
-    drafts, found = (np.asarray(x) for x in lookup(jnp.asarray(histories), jnp.asarray(ends)))
-    for h, e, d, f in zip(histories.tolist(), ends.tolist(), drafts, found):
-        want, want_found = _draft_reference(h, e, 4)
-        assert bool(f) == want_found, (h, e)
+    drafts, found, matched = (np.asarray(x) for x in lookup(jnp.asarray(histories), jnp.asarray(ends)))
+    for h, e, d, f, m in zip(histories.tolist(), ends.tolist(), drafts, found, matched):
+        want, want_found, want_matched = _draft_reference(h, e, 4)
+        assert bool(f) == want_found and int(m) == want_matched, (h, e)
         if want_found:
             assert d.tolist() == want, (h, e)
 
@@ -200,8 +207,8 @@ def test_draft_lengths_follow_the_heuristic_schedule():
     spec = LoopSpec(max_new_tokens=8, speculate="ngram", draft_tokens=7)
     state, _, _ = _fake(spec, [3, 4, 5], 6)
     assert np.asarray(state.draft_len).tolist() == [2]  # rows start short
-    state = state.replace(draft_len=jnp.asarray([2, 6, 4, 2, 5]), wait=jnp.zeros(5, jnp.int32),
-                          backoff=jnp.ones(5, jnp.int32))
+    state = jax.tree_util.tree_map(lambda x: jnp.repeat(x, 5, axis=0) if x.ndim else x, state)
+    state = state.replace(draft_len=jnp.asarray([2, 6, 4, 2, 5]))
     looked = jnp.asarray([True, True, True, True, False])
     kept, length = jnp.asarray([2, 6, 1, 0, 0]), jnp.asarray([2, 6, 3, 2, 0])
     after = speculative._pace(state, looked, kept, length, spec)
@@ -213,9 +220,14 @@ def test_a_draft_cut_where_the_text_ends_verifies_at_a_narrower_width():
     spec = LoopSpec(max_new_tokens=8, speculate="ngram", draft_tokens=7)
     assert speculative.widths(7) == (4, 7) and speculative.widths(4) == (4,) and speculative.widths(2) == (2,)
     state, steps, keep = _fake(spec, [5, 6, 5], 6)  # 5 6 5 6: "5 6" again, 2 ids written after it
-    state = state.replace(draft_len=jnp.asarray([7]))
+    state = speculative._look(_trusting(state).replace(draft_len=jnp.asarray([7])), spec)
     after = speculative.run(steps, keep, state, spec, until=2)  # one verification (its draft refused)
     assert np.asarray(after.drafted).tolist() == [4] and int(after.count[0]) == 2  # width 4, not 7
+
+
+def _trusting(state):
+    """``state`` with counts that say every drafted token was kept (a row that verifies any draft)."""
+    return state.replace(counts=jnp.full_like(state.counts, 100.0))
 
 
 def test_drafts_grow_while_they_are_kept_whole():
@@ -224,7 +236,57 @@ def test_drafts_grow_while_they_are_kept_whole():
     state = jax.jit(lambda s: speculative.run(steps, keep, s, spec))(state)
     assert np.asarray(speculative.reply(state, spec))[0].tolist() == [3 + (1 + i) % 7 for i in range(19)]
     # every draft kept whole: 1 + 5 x 3 + 3 tokens in 4 calls, and the row's draft length at the most
-    assert np.asarray(state.draft_len).tolist() == [4] and int(state.calls) == 4
+    # (the first lookup matched 2 ids, "3 4": one plain step, its shadow kept, then drafts: 5 calls)
+    assert np.asarray(state.draft_len).tolist() == [4] and int(state.calls) == 5
+
+
+# -- which drafts are verified: the expected kept tokens against the verification's extra cost ------
+
+def test_a_match_of_three_ids_verifies_at_once_one_of_two_waits_for_its_shadow():
+    spec = LoopSpec(max_new_tokens=6, speculate="ngram", draft_tokens=4, ignore_eos=True)
+    three, _, _ = _fake(spec, [9, 3, 4, 5, 6, 7, 8, 9, 3], 4)  # ... 9 3 | 4: "9 3 4" matched
+    two, _, _ = _fake(spec, [3, 4, 5, 6, 7, 8, 9, 3], 4)  # ... 3 | 4: "3 4" matched
+    assert np.asarray(three.length).tolist() == [2] and np.asarray(two.length).tolist() == [0]
+    expected = [float(speculative._expected_kept(two.counts, two.after_kept, jnp.asarray([m]), jnp.asarray([4]),
+                                                 spec)[0]) for m in (2, 3)]
+    assert expected[0] < speculative.GAIN <= expected[1]  # 4 tokens of a 2-id and a 3-id match
+
+
+def test_drafts_that_are_refused_are_never_verified_drafts_that_are_kept_are():
+    """A model whose replies repeat pairs of ids but never what followed them (3 4 x, 3 4 y, ...):
+    every draft is a 2-id match whose shadows are refused, so none is verified (the old back-off
+    verified one after 1, 2, 4, ... tokens); a model that continues what it was shown keeps its drafts."""
+    spec = LoopSpec(max_new_tokens=30, speculate="ngram", draft_tokens=4, ignore_eos=True)
+    reply = [x for i in range(10) for x in (3, 4, 10 + i)]  # 3 4 10 3 4 11 3 4 12 ...
+    table = jnp.asarray(np.where(np.arange(24)[None, :] == np.asarray(reply + [0])[:, None], 5.0, -5.0), jnp.float32)
+    steps = lambda fed, position: (table[position + jnp.arange(fed.shape[1])][None], position)  # ignores the ids
+    keep = lambda position, n: position + n[0]
+    tokens, lengths = jnp.asarray([[3, 4, 9]], jnp.int32), jnp.asarray([3], jnp.int32)
+    state = speculative.start(table[0][None], jnp.asarray(1), tokens, lengths,
+                              SamplingParams.create(1, temperature=0.0), spec)
+    after = jax.jit(lambda s: speculative.run(steps, keep, s, spec))(state)
+    assert np.asarray(speculative.reply(after, spec))[0].tolist() == reply  # the same reply as plain decoding
+    assert int(after.drafted[0]) == 0 and int(after.calls) == 29  # every token a plain step
+    state, steps, keep = _fake(spec, [3, 4, 5, 6, 7, 8, 9, 3], 4)
+    copier = jax.jit(lambda s: speculative.run(steps, keep, s, spec))(state)
+    assert int(copier.accepted[0]) > 20 and int(copier.calls) <= 8  # the copier verifies and keeps its drafts
+
+
+def test_a_rows_counts_learn_from_verified_and_shadow_drafts():
+    spec = LoopSpec(max_new_tokens=8, speculate="ngram", draft_tokens=4)
+    state, _, _ = _fake(spec, [3, 4, 5], 6)
+    state = jax.tree_util.tree_map(lambda x: jnp.repeat(x, 3, axis=0) if x.ndim else x, state)
+    state = state.replace(after_kept=jnp.asarray([False, True, False]))
+    seen = jnp.asarray([True, True, False])
+    # row 0: a draft whose first 3 tokens were kept, the 4th not; row 1: its first token refused
+    after = speculative._observe(state, seen, jnp.asarray([True, False, True]), jnp.asarray([3, 0, 5]),
+                                 jnp.asarray([2, 0, 5]))
+    d = speculative.DECAY  # [checked, kept] first of a draft, [checked, kept] after a kept one
+    np.testing.assert_allclose(np.asarray(after.counts), [[1, 1, 3, 2], [0, 0, 1, 0], [0, 0, 0, 0]], rtol=1e-6)
+    again = speculative._observe(after, seen, jnp.asarray([True, True, True]), jnp.zeros(3, jnp.int32),
+                                 jnp.zeros(3, jnp.int32))  # row 0's first token again, kept; row 1's after a kept one
+    np.testing.assert_allclose(np.asarray(again.counts), [[d + 1, d + 1, 3, 2], [0, 0, d + 1, 1], [0, 0, 0, 0]],
+                               rtol=1e-6)
 
 
 def test_config_checks_the_speculation_fields():

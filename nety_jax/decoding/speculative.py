@@ -6,12 +6,24 @@ followed them (prompt lookup: summaries, edits and chat histories repeat their c
 feeds the last token and the draft to the model in one forward (``Model.decode_steps``),
 and keeps the longest accepted prefix of the draft plus one token of the model's own.
 Rows accept different counts; each row's cache keeps exactly its accepted tokens
-(``Model.keep_steps``). A row whose verified draft has none of its tokens kept waits
-before looking again (1, 2, 4, ... up to MAX_WAIT iterations; a kept draft resets
-it). Tokens for which no row has a draft to verify come from an inner loop of the model's own
-one-token step (``decode_step``) and plain sampling, so text that does not repeat pays only the
-lookup; a verification of greedy rows only compares the argmax with the
-draft (the distributions below are built only when some row samples).
+(``Model.keep_steps``). Tokens for which no row verifies a draft come from an inner loop of the
+model's own one-token step (``decode_step``) and plain sampling, so text that does not repeat pays
+only the lookup; a verification of greedy rows only compares the argmax with the draft (the
+distributions below are built only when some row samples).
+
+A draft is verified only when its expected kept tokens repay what a verification costs more than
+the plain step it replaces (``GAIN`` plain steps; the costs: docs/PERFORMANCE.md). Each row
+estimates the chance that a drafted token is kept, in two contexts (the first token of a draft,
+after a token that was not predicted; a token after a kept one), from discounted counts of what
+happened to its drafts: the verified ones, and the ones it did not verify, checked for free
+against the tokens its plain steps then chose ("shadow" drafts: for a sampled row the chance
+that the chosen token is the drafted one is exactly the chance that a verification keeps it).
+The counts start from a conservative prior that trusts a match of 3 ids more than one of 2 (a
+reply that starts copying verifies at its first 3-id match; one that shares only pairs of ids
+with its prompt waits for its shadows to be kept). The expected kept tokens of an n-token draft
+are a1 (1 + q + ... + q^(n-1)), a1 the first-token chance in the row's context, q the chance after
+a kept token. Which drafts are verified depends only on the row's past tokens, so every emitted
+token is still drawn exactly as below.
 
 Draft lengths adapt per row (the "heuristic" schedule of Hugging Face's assisted generation):
 a row starts at DRAFT_START tokens (at most ``draft_tokens``), drafts 2 more after a draft kept
@@ -47,7 +59,11 @@ from nety_jax.decoding.sampling import SamplingParams, draw_from, probabilities,
 from nety_jax.decoding.spec import LoopSpec
 
 NGRAMS = (3, 2)  # lookup sizes, the longest match first (a match of one id drafts too poorly to pay)
-MAX_WAIT = 32  # iterations without looking for a draft, at most, after misses
+GAIN = 0.75  # expected kept drafted tokens that repay a verification (its cost less one plain step)
+FIRST_PRIOR = {2: 0.3, 3: 0.5}  # the prior chance that a draft's first token is kept, by ids matched
+NEXT_PRIOR = 0.5  # the prior chance that a drafted token after a kept one is kept
+PRIOR_WEIGHT = 2.0  # the prior counts as this many observations
+DECAY = 0.9  # each update discounts a row's earlier observations by this factor
 DRAFT_START = 2  # a row's first and shortest draft (at most ``draft_tokens``); the schedule moves it
 # (B, T) tokens, cache -> ((B, T, V) logits, pending); (pending, (B,) kept counts) -> cache
 Steps = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
@@ -67,9 +83,12 @@ class SpecState:
     calls: jax.Array  # () int32: model calls made by the loop
     drafted: jax.Array  # (B,) int32: tokens drafted and verified
     accepted: jax.Array  # (B,) int32: drafted tokens kept
-    wait: jax.Array  # (B,) int32: iterations before the row looks for a draft again
-    backoff: jax.Array  # (B,) int32: the wait after its next miss
     draft_len: jax.Array  # (B,) int32: the length of the row's next draft (1..draft_tokens)
+    counts: jax.Array  # (B, 4) float32, discounted drafted tokens: [checked, kept] as the first of a
+    # draft (or after a token no draft predicted), then [checked, kept] after a kept one
+    after_kept: jax.Array  # (B,) bool: the row's last token was a drafted (or shadow-drafted) token kept
+    cont: jax.Array  # (B,) int32: where the draft for the row's next token starts in ``history``; -1 none
+    length: jax.Array  # (B,) int32: the draft the row verifies next; 0: it takes a plain step
 
     @property
     def pos(self) -> jax.Array:
@@ -77,17 +96,23 @@ class SpecState:
         return jnp.min(jnp.where(self.done, self.history.shape[1], self.count))
 
 
-def ngram_lookup(history: jax.Array, end: jax.Array) -> jax.Array:
-    """One row: (H,) ids of which ``end`` are written -> () int32: where the continuation of the
-    latest earlier occurrence of the row's last n ids starts, n as long as NGRAMS allows; -1 if
-    none.
+def ngram_lookup(history: jax.Array, end: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One row: (H,) ids of which ``end`` are written -> (() int32: where the continuation of the
+    latest earlier occurrence of the row's last n ids starts, n as long as NGRAMS allows, -1 if
+    none; () int32: that n, 0 if none)."""
+    return _decoded(_lookup_score(history, end), history.shape[0])
+
+
+def _lookup_score(history: jax.Array, end: jax.Array) -> jax.Array:
+    """``ngram_lookup`` as one score: -1, or the band of n shifted above the continuation's bits.
 
     ``match`` says, for every candidate j (the last id of an earlier occurrence), whether the ids
     at j, j - 1, ... equal the row's last ids; each n in NGRAMS scores its matches j + 1 in its own
     band (longer n above), so ONE max over the history picks the longest n, then the latest j:
-    the lookup runs at every token without a draft (the inner loop's condition), as one fusion.
+    the lookup runs after every token, as one fusion.
     Candidates end before the row's last id, so the draft starts in the written part."""
     h = history.shape[0]
+    bits = _bits(h)
     tail = history[jnp.maximum(end - 1 - jnp.arange(max(NGRAMS)), 0)]  # the last id first
     j = jnp.arange(h)
     match = j + 1 < end
@@ -96,17 +121,23 @@ def ngram_lookup(history: jax.Array, end: jax.Array) -> jax.Array:
         earlier = jnp.pad(history[:h - i], (i, 0))  # earlier[j] = history[j - i]
         match = match & (earlier == tail[i]) & (j >= i) & (end > i)
         if i + 1 in NGRAMS:
-            band = sorted(NGRAMS).index(i + 1) * (h + 1)
+            band = sorted(NGRAMS).index(i + 1) << bits
             score = jnp.maximum(score, jnp.where(match, j + 1 + band, -1))
-    best = jnp.max(score)
-    return jnp.where(best >= 0, best % (h + 1), -1).astype(jnp.int32)
+    return jnp.max(score)
 
 
-def ngram_draft(history: jax.Array, end: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """One row: (H,) ids of which ``end`` are written -> (the k ids from ``ngram_lookup``'s
-    continuation, whether there was one)."""
-    cont = ngram_lookup(history, end)
-    return jax.lax.dynamic_slice_in_dim(history, jnp.maximum(cont, 0), k), cont >= 0
+def _bits(h: int) -> int:
+    """Bits that hold a continuation in a history of ``h`` ids (shifts and masks, where a division
+    is an operation XLA does not fuse)."""
+    return max(h, 1).bit_length()
+
+
+def _decoded(score: jax.Array, h: int) -> tuple[jax.Array, jax.Array]:
+    """A ``_lookup_score`` -> (the continuation or -1, the ids matched or 0), elementwise."""
+    band = jnp.right_shift(jnp.maximum(score, 0), _bits(h))
+    matched = sum(jnp.where(band == i, n, 0) for i, n in enumerate(sorted(NGRAMS)))
+    cont = jnp.bitwise_and(score, (1 << _bits(h)) - 1)
+    return jnp.where(score >= 0, cont, -1).astype(jnp.int32), jnp.where(score >= 0, matched, 0).astype(jnp.int32)
 
 
 def widths(draft_tokens: int) -> tuple[int, ...]:
@@ -191,21 +222,59 @@ def _emit(s: SpecState, out, kept, scores, spec: LoopSpec) -> SpecState:
     return s.replace(history=write(s.history, out, s.start + s.count), count=count,
                      done=s.done | ended | (count >= limit),
                      logprob=s.logprob + jnp.sum(jnp.where(idx < n[:, None], scores, 0.0), axis=1),
-                     accepted=s.accepted + jnp.minimum(kept, n), calls=s.calls + 1)
+                     accepted=s.accepted + jnp.where(s.length > 0, jnp.minimum(kept, n), 0), calls=s.calls + 1)
+
+
+def _observe(s: SpecState, seen, first_kept, more_seen, more_kept) -> SpecState:
+    """Adds what a row's draft (verified or shadow) showed to its discounted counts: ``seen`` (B,)
+    bool, whether its first token was checked, in the row's context; ``first_kept`` whether it was
+    kept; ``more_seen`` / ``more_kept`` (B,) the tokens checked / kept after a kept one."""
+    col = jnp.arange(4)[None, :]
+    first_col = jnp.where(s.after_kept, 2, 0)[:, None]  # the context of the draft's first token
+    first = (col // 2 * 2 == first_col) & seen[:, None]
+    add = (jnp.where(first, jnp.where(col % 2 == 0, 1.0, first_kept[:, None].astype(jnp.float32)), 0.0)
+           + jnp.where(seen[:, None] & (col >= 2), jnp.where(col == 2, more_seen[:, None], more_kept[:, None]),
+                       0).astype(jnp.float32))
+    checked = jnp.where(col < 2, add[:, :1], add[:, 2:3])  # each context's tokens checked
+    return s.replace(counts=DECAY ** checked * s.counts + add)  # discounted once per token checked
+
+
+def _expected_kept(counts, after_kept, matched, n, spec: LoopSpec) -> jax.Array:
+    """(B,) the tokens a row expects to keep of an ``n``-token draft (``n`` (B,) int32) from its
+    ``counts`` and the prior (``FIRST_PRIOR`` by the ``matched`` ids, ``NEXT_PRIOR``)."""
+    first_prior = jnp.asarray([FIRST_PRIOR.get(i, 0.0) for i in range(max(NGRAMS) + 1)], jnp.float32)[matched]
+    first_rate = (counts[:, 1] + PRIOR_WEIGHT * first_prior) / (counts[:, 0] + PRIOR_WEIGHT)
+    next_rate = (counts[:, 3] + PRIOR_WEIGHT * NEXT_PRIOR) / (counts[:, 2] + PRIOR_WEIGHT)
+    more = sum(jnp.where(i < n, next_rate ** i, 0.0) for i in range(spec.draft_tokens))
+    return jnp.where(after_kept, next_rate, first_rate) * more
+
+
+def _width(length: jax.Array, spec: LoopSpec) -> jax.Array:
+    """(B,) draft lengths -> the narrowest compiled width that holds each."""
+    ws = widths(spec.draft_tokens)
+    width = jnp.full_like(length, ws[-1])
+    for w in ws[-2::-1]:
+        width = jnp.where(length <= w, w, width)
+    return width
+
+
+def _look(s: SpecState, spec: LoopSpec) -> SpecState:
+    """Each row's draft for its next token, and whether it is worth verifying (``length`` > 0):
+    its expected kept tokens reach ``GAIN``."""
+    end = s.start + s.count
+    cont, matched = _decoded(jax.vmap(_lookup_score)(s.history, end), s.history.shape[1])
+    length = jnp.minimum(s.draft_len, end - cont)  # a draft stops where the row's text does
+    n = jnp.minimum(_width(length, spec), end - cont)
+    worth = _expected_kept(s.counts, s.after_kept, matched, n, spec) >= GAIN
+    return s.replace(cont=cont, length=jnp.where((cont >= 0) & ~s.done & worth, length, 0))
 
 
 def _pace(s: SpecState, looked, kept, length, spec: LoopSpec) -> SpecState:
-    """A row whose draft was kept looks again at once; one whose verified draft was refused
-    whole waits, twice as long as last time (up to MAX_WAIT): where text does not repeat,
-    verifying drafts would only cost time. The next draft of a row that verified is 2 tokens
-    longer if this one (``length`` tokens) was kept whole, else 1 shorter."""
-    hit = kept > 0
-    missed = looked & ~hit
-    wait = jnp.where(hit, 0, jnp.where(missed, s.backoff, jnp.maximum(s.wait - 1, 0)))
-    backoff = jnp.where(hit, 1, jnp.where(missed, jnp.minimum(2 * s.backoff, MAX_WAIT), s.backoff))
+    """The next draft of a row that verified is 2 tokens longer if this one (``length`` tokens)
+    was kept whole, else 1 shorter."""
     grown = jnp.where(kept >= length, s.draft_len + 2, s.draft_len - 1)
-    draft_len = jnp.where(looked, jnp.clip(grown, min(DRAFT_START, spec.draft_tokens), spec.draft_tokens), s.draft_len)
-    return s.replace(wait=wait, backoff=backoff, draft_len=draft_len)
+    return s.replace(draft_len=jnp.where(looked, jnp.clip(grown, min(DRAFT_START, spec.draft_tokens),
+                                                             spec.draft_tokens), s.draft_len))
 
 
 def _last(s: SpecState) -> jax.Array:
@@ -217,34 +286,44 @@ def _greedy(s: SpecState) -> jax.Array:
     return jnp.all((s.params.temperature <= 0) | (s.params.top_k == 1) | s.done)
 
 
-def _verify(steps: Steps, keep: Keep, spec: LoopSpec, draft, looked, length, s: SpecState) -> SpecState:
+def _verify(steps: Steps, keep: Keep, spec: LoopSpec, draft, s: SpecState) -> SpecState:
     """Verifies each row's draft (B, W) in one call and emits what is kept (a row may keep more
-    than its own ``length`` where another row's draft set the width: those tokens are exact too)."""
+    than its own ``length`` where another row's draft set the width: those tokens are exact too).
+    Every row with a draft learns from it, verifying or not: its kept prefix is what the row's
+    tokens are."""
     logits, pending = steps(jnp.concatenate([_last(s), draft], axis=1), s.cache)
     logits = _adjusted(logits, s, spec)
     out, kept = jax.lax.cond(_greedy(s), lambda: accept_greedy(logits, draft),
                              lambda: accept_sampled(logits, draft, s.params, s.count, spec))
+    looked, length, w = s.length > 0, s.length, draft.shape[1]
+    had = (s.cont >= 0) & ~s.done
+    s = _observe(s, had, kept > 0, jnp.maximum(kept - 1, 0) + (kept < w) * (kept > 0), jnp.maximum(kept - 1, 0))
+    s = s.replace(after_kept=had & (kept >= w))
     s = _emit(s.replace(cache=keep(pending, kept + 1)), out, kept, _scores(logits, out), spec)
-    return _pace(s.replace(drafted=s.drafted + jnp.where(looked, draft.shape[1], 0)), looked, kept, length, spec)
+    s = _pace(s.replace(drafted=s.drafted + jnp.where(looked, w, 0)), looked, kept, length, spec)
+    return _look(s, spec)
 
 
-def _verify_at(steps: Steps, keep: Keep, spec: LoopSpec, lookups, w: int):
+def _verify_at(steps: Steps, keep: Keep, spec: LoopSpec, w: int):
     """The verification of every row's draft of at most ``w`` ids, as a loop body."""
     def verify(s: SpecState) -> SpecState:
-        cont, looked, length = lookups(s)
-        draft = jax.vmap(lambda h, c: jax.lax.dynamic_slice_in_dim(h, jnp.maximum(c, 0), w))(s.history, cont)
-        return _verify(steps, keep, spec, draft, looked, length, s)
+        draft = jax.vmap(lambda h, c: jax.lax.dynamic_slice_in_dim(h, jnp.maximum(c, 0), w))(s.history, s.cont)
+        return _verify(steps, keep, spec, draft, s)
     return verify
 
 
 def _plain(step: Step, spec: LoopSpec, s: SpecState) -> SpecState:
-    """One token per row through the model's one-token step, as plain sampling draws it (a row
-    that found no draft looks again at the next token: the lookup costs little)."""
+    """One token per row through the model's one-token step, as plain sampling draws it; a row
+    with a draft it did not verify checks the draft's first token against it (its shadow)."""
     logits, cache = step(_last(s)[:, 0], s.cache)
     logits = adjust_logits(logits.astype(jnp.float32), None, s.count, spec)
     nxt = sample_rows(logits, s.params, s.count, spec.top_k_max)
     score = _scores(logits[:, None], nxt[:, None])[:, 0]
-    return _emit_one(s.replace(cache=cache, wait=jnp.maximum(s.wait - 1, 0)), nxt, score, spec)
+    had = (s.cont >= 0) & ~s.done
+    hit = had & (nxt == jnp.take_along_axis(s.history, jnp.maximum(s.cont, 0)[:, None], axis=1)[:, 0])
+    zero = jnp.zeros_like(s.count)
+    s = _observe(s, had, hit, zero, zero).replace(after_kept=hit)
+    return _look(_emit_one(s.replace(cache=cache), nxt, score, spec), spec)
 
 
 def _emit_one(s: SpecState, nxt, score, spec: LoopSpec) -> SpecState:
@@ -276,17 +355,17 @@ def start(first_logits, cache, prompt, lengths, params: SamplingParams, spec: Lo
     history = jnp.zeros((b, s_len + spec.max_new_tokens + k + 1), jnp.int32)
     history = history.at[:, :s_len].set(jnp.where(jnp.arange(s_len)[None, :] < lengths[:, None],
                                                   prompt, PAD_ID))
-    state = SpecState(history=history, start=lengths.astype(jnp.int32), cache=cache,
-                      count=jnp.zeros((b,), jnp.int32), done=params.max_new_tokens <= 0,
-                      logprob=jnp.zeros((b,), jnp.float32), params=params,
-                      calls=jnp.zeros((), jnp.int32), drafted=jnp.zeros((b,), jnp.int32),
-                      accepted=jnp.zeros((b,), jnp.int32), wait=jnp.zeros((b,), jnp.int32),
-                      backoff=jnp.ones((b,), jnp.int32),
-                      draft_len=jnp.full((b,), min(DRAFT_START, k), jnp.int32))
+    zeros = jnp.zeros((b,), jnp.int32)
+    state = SpecState(history=history, start=lengths.astype(jnp.int32), cache=cache, count=zeros,
+                      done=params.max_new_tokens <= 0, logprob=jnp.zeros((b,), jnp.float32), params=params,
+                      calls=jnp.zeros((), jnp.int32), drafted=zeros, accepted=zeros,
+                      draft_len=jnp.full((b,), min(DRAFT_START, k), jnp.int32),
+                      counts=jnp.zeros((b, 4), jnp.float32), after_kept=jnp.zeros((b,), bool), cont=zeros - 1,
+                      length=zeros)
     first = adjust_logits(first_logits.astype(jnp.float32), None, jnp.zeros((), jnp.int32), spec)
     nxt = sample_rows(first, params, jnp.zeros((), jnp.int32), spec.top_k_max)
     scores = _scores(first[:, None], nxt[:, None])[:, 0]
-    return _emit_one(state, nxt, scores, spec).replace(calls=jnp.zeros((), jnp.int32))
+    return _look(_emit_one(state, nxt, scores, spec).replace(calls=jnp.zeros((), jnp.int32)), spec)
 
 
 def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None,
@@ -295,32 +374,25 @@ def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None,
     the model's one-token step (``decode_step``), run by the iterations where no row verifies
     (by default made of ``steps`` and ``keep``).
 
-    Plain steps run in an inner ``while_loop`` whose condition is the lookup (no row has a draft
-    to verify): a loop condition is a point where the host waits for the device anyway, so a
-    token without a draft costs what a plain step costs plus the lookup. Then one ``while_loop``
-    per compiled width verifies while the longest draft (``draft_len`` cut where the row's text
-    ends) needs that width, usually once or not at all. Loops, not ``lax.cond`` / ``switch``: a
-    loop updates its carry (the cache, the history) in place, where XLA copies a conditional's
-    operands into its result, at every call."""
+    Plain steps run in an inner ``while_loop`` while no row has a draft worth verifying (each
+    step looks up the next drafts: the condition only reads ``length``): a loop condition is a
+    point where the host waits for the device anyway. Then one ``while_loop`` per compiled width
+    verifies while the longest draft needs that width, usually once or not at all. Loops, not
+    ``lax.cond`` / ``switch``: a loop updates its carry (the cache, the history) in place, where
+    XLA copies a conditional's operands into its result, at every call."""
     step = step or _one_step(steps, keep)
 
     def live(s: SpecState):
         return jnp.any(~s.done if until is None else ~s.done & (s.count < until))
 
-    def lookups(s: SpecState):
-        end = s.start + s.count
-        cont = jax.vmap(ngram_lookup)(s.history, end)
-        looked = (cont >= 0) & (s.wait == 0) & ~s.done
-        return cont, looked, jnp.where(looked, jnp.minimum(s.draft_len, end - cont), 0)
-
     def needs(low: int, high: int):
-        return lambda s: live(s) & (low < (need := jnp.max(lookups(s)[2]))) & (need <= high)
+        return lambda s: live(s) & (low < (need := jnp.max(s.length))) & (need <= high)
 
     def body(s: SpecState):
-        s = jax.lax.while_loop(lambda s: live(s) & ~jnp.any(lookups(s)[1]), functools.partial(_plain, step, spec), s)
+        s = jax.lax.while_loop(lambda s: live(s) & ~jnp.any(s.length > 0), functools.partial(_plain, step, spec), s)
         ws = widths(spec.draft_tokens)
         for low, w in zip((0,) + ws[:-1], ws):
-            s = jax.lax.while_loop(needs(low, w), _verify_at(steps, keep, spec, lookups, w), s)
+            s = jax.lax.while_loop(needs(low, w), _verify_at(steps, keep, spec, w), s)
         return s
 
     return jax.lax.while_loop(live, body, state)
