@@ -115,8 +115,10 @@ def hybrid_config(args, name: str, dtype: str):
             "train.learning_rate=1e-4", "train.schedule=constant", "train.warmup_steps=0", "train.clip_norm=0",
             "train.label_smoothing=0", f"train.batch_size={args.batch}"]
     if args.tiny:
+        # bench.py --tiny's sizes (bench_parts.TINY_SIZES): two layers of each kind
         sets += ["model.d_model=32", "model.enc_hidden=16", "model.dec_heads=4", "model.enc_heads=2",
-                 "model.d_ff=64", "model.head_dims=[16, 8]", "model.max_len=128"]
+                 "model.d_ff=64", "model.head_dims=[16, 8]", "model.max_len=128", "model.enc_layers=2",
+                 "model.dec_layers=2"]
     return load_config(os.path.join(ROOT, "configs", name), sets)
 
 

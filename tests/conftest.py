@@ -116,18 +116,18 @@ def trained_rnn_lm(tmp_path_factory):
 # tests in SOLO, which are units of their own (they use no module-scoped fixture: each starts its own
 # processes). The units go out costliest first, each worker taking the next when it is about free,
 # so no long test starts last and runs alone while the other worker idles. COSTS: seconds a unit
-# took in CI (its `--durations`: solo tests as the CI of fb8693b timed them, the SIGTERM, kill -9
-# and multihost tests as estimated after their ONE_LAYER cut; whole files without their solo tests:
+# took in CI (its `--durations`: solo tests as the CI of e138ffd timed them, bench.py --tiny and the
+# GPU check as estimated after their two-layer smoke sizes; whole files without their solo tests:
 # estimates); a unit not listed costs 0 and keeps its place after them
 # (docs/PERFORMANCE.md, "The test suite"; `make test` ends with each worker's seconds and tail).
 SOLO = {
-    "test_cli.py::test_bench_script_runs_end_to_end_at_tiny_size": 133,
-    "test_multihost.py::test_two_processes_equal_one_process_resume_after_kill_and_across": 103,
-    "test_gpu_check.py::test_the_gpu_check_runs_end_to_end_on_the_cpu": 71,
-    "test_reliability.py::test_kill_minus_9_at_random_moments_resumes_exactly": 47,
-    "test_multihost.py::test_two_processes_on_prepared_shards_equal_one_process": 43,
-    "test_training.py::test_sigterm_saves_and_resume_is_exact": 40,
-    "test_mesh_restore.py::test_issue_meshes_on_8_devices_train_the_one_device_parameters_in_shards": 40,
+    "test_multihost.py::test_two_processes_equal_one_process_resume_after_kill_and_across": 129,
+    "test_cli.py::test_bench_script_runs_end_to_end_at_tiny_size": 100,
+    "test_reliability.py::test_kill_minus_9_at_random_moments_resumes_exactly": 65,
+    "test_gpu_check.py::test_the_gpu_check_runs_end_to_end_on_the_cpu": 55,
+    "test_training.py::test_sigterm_saves_and_resume_is_exact": 46,
+    "test_mesh_restore.py::test_issue_meshes_on_8_devices_train_the_one_device_parameters_in_shards": 46,
+    "test_multihost.py::test_two_processes_on_prepared_shards_equal_one_process": 42,
     "test_mesh_restore.py::test_a_2_process_fsdp_job_killed_resumes_exactly_and_generates_in_one_process": 36,
 }
 COSTS = {**SOLO, "test_reliability.py": 150, "test_hf.py": 120, "test_mesh.py": 90, "test_training.py": 90,
