@@ -4,6 +4,7 @@
     python scripts/bench_serve.py --model gpt   # a GPT (gpt_tiny widened to a 320-token context)
     python scripts/bench_serve.py --model demo --flood 10000 --only-flood
     python scripts/bench_serve.py --model demo --mix loguniform   # many short replies, few long
+    python scripts/bench_serve.py --model gpt --slots 8 --admit-batch 4   # the continuous servers' --admit-batch
     python scripts/bench_serve.py --model demo --against DIR      # this tree's server against DIR's
     python scripts/bench_serve.py --model gpt --against DIR --against-engine dynamic
     python scripts/bench_serve.py --model gpt --slots 8 --old-dynamic DIR   # + DIR's dynamic server
@@ -70,6 +71,7 @@ import httpx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from bench_util import cpu_seconds, status_mb, timed  # noqa: E402
 PROMPTS = ["Bonjour !", "Salut !", "Merci beaucoup !", "Ça va ?", "Bonne nuit !", "À demain !", "Je suis là.",
            "Il pleut."]  # short: one prompt bucket, so warming up compiles every program a window meets
 CACHE = os.path.join(tempfile.gettempdir(), "nety-bench-serve-cache")  # compiled programs, across runs
@@ -158,8 +160,11 @@ def child(args) -> int:
     room = pre.model.prompts.max_new_tokens()
     backend = PretrainedBackend(pre, min(room, 256) if args.batching == "dynamic" else None)  # 256: the longest draw
     backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1 << 20)
+    admit = os.environ.get("NETY_BENCH_ADMIT_BATCH")  # --admit-batch, for a tree that has it
+    extra = ({"admit_batch": int(admit)} if admit and args.batching == "continuous"
+             and "admit_batch" in inspect.signature(server.create_app).parameters else {})
     app = server.create_app(backend, "bench", max_batch=args.slots, window_ms=5.0, queue_size=args.queue,
-                            chunk=8, batching=args.batching, slots=args.slots)
+                            chunk=8, batching=args.batching, slots=args.slots, **extra)
     compile_all(app.state.server.engine, pre)
     getattr(server, "settle", lambda: None)()  # as `nety-jax serve` does before it listens
     if os.environ.get("NETY_BENCH_TRACE"):
@@ -302,14 +307,14 @@ def trace(engine, path: str, name: str) -> None:
     def timed_submit(job):
         deliver, seen = job.deliver, {}
 
-        def timed(kind, payload):
+        def first_noted(kind, payload):
             if kind in ("delta", "done") and "first" not in seen:
                 seen["first"] = time.perf_counter() - job.created
                 if seen["first"] > 0.03:
                     say(f"slow first {1000 * seen['first']:.0f} ms (waited {1000 * seen.get('admit', -1):.0f} "
                         f"ms to be admitted; stream {job.stream})")
             deliver(kind, payload)
-        job.deliver, job.seen = timed, seen
+        job.deliver, job.seen = first_noted, seen
         submit(job)
 
     def timed_take(jobs):
@@ -371,13 +376,6 @@ def metric(url: str, name: str) -> float:
     return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M))
 
 
-def cpu_seconds(pid: int) -> float:
-    """The process's user + system CPU time: on a shared machine, work per token is steadier
-    than tokens per second."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def thread_cpu(pid: int) -> tuple:
     """(CPU seconds of the process's threads the interpreter made: the HTTP thread, the engine
     thread, JAX's own; of the others: XLA's and the compiler's pools), from /proc per thread
@@ -387,18 +385,13 @@ def thread_cpu(pid: int) -> tuple:
     python = other = 0.0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            name = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
-            fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            seconds = cpu_seconds(pid, tid)
         except OSError:
             continue
-        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         python, other = (python + seconds, other) if name.startswith("python") else (python, other + seconds)
     return python, other
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
 
 
 # -- the load generator: one thread, asyncio, keep-alive HTTP/1.1 ----------------------------------
@@ -778,7 +771,7 @@ def flood(checkpoint: str, n: int, clients: int = 128) -> dict:
     proc, url = start_server(checkpoint, "continuous", slots=16, queue=16)
     try:
         before = metric(url, "nety_generated_tokens_total")
-        codes, ids, tokens, rss = {}, [], [0], [rss_mb(proc.pid)]
+        codes, ids, tokens, rss = {}, [], [0], [status_mb("VmRSS", proc.pid)]
         counter = iter(range(n))
 
         async def client_loop():
@@ -790,14 +783,12 @@ def flood(checkpoint: str, n: int, clients: int = 128) -> dict:
                     ids.append(r.get("id"))
                     tokens[0] += r["tokens"]
                 if sum(codes.values()) % 1000 == 0:
-                    rss.append(rss_mb(proc.pid))
+                    rss.append(status_mb("VmRSS", proc.pid))
             client.close()
 
         async def clients_loop():
             await asyncio.gather(*(client_loop() for _ in range(clients)))
-        start = time.perf_counter()
-        asyncio.run(clients_loop())
-        elapsed = time.perf_counter() - start
+        elapsed = timed(lambda: asyncio.run(clients_loop()))
         generated = metric(url, "nety_generated_tokens_total") - before
     finally:
         proc.terminate()
@@ -853,6 +844,8 @@ def parser() -> argparse.ArgumentParser:
                    help="a third server in the default comparison: the dynamic server of another tree (e.g. "
                    "the issue-day commit: git archive 8f4c995 | tar -x -C DIR), in the same rounds; ratios "
                    "against both dynamic servers, half load at half DIR's capacity")
+    p.add_argument("--admit-batch", type=int, default=0,
+                   help="the continuous servers' --admit-batch (0: their default; a tree without it ignores it)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batching", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -864,6 +857,9 @@ def check_args(args) -> str:
     """A one-line error for options that do not go together or a tree that is none; "" if fine."""
     if args.old_dynamic and (args.against or args.sweep or args.only_flood):
         return "--old-dynamic adds a server to the default comparison: not with --against, --sweep or --only-flood"
+    slots = min([args.slots] + [int(n) for n in args.sweep.split(",") if n.strip().isdigit()])
+    if not 0 <= args.admit_batch <= slots:
+        return f"--admit-batch={args.admit_batch} must be between 0 (the servers' default) and the fewest slots ({slots})"
     for flag, tree in (("--old-dynamic", args.old_dynamic), ("--against", args.against)):
         if tree and not os.path.isfile(os.path.join(tree, "nety_jax", "serving", "server.py")):
             return (f"{flag}={tree}: not a nety-jax tree (no nety_jax/serving/server.py); make one with "
@@ -882,6 +878,8 @@ def main() -> int:
     checkpoint = checkpoint_for(args.model, args.checkpoint)
     if args.trace:
         os.environ["NETY_BENCH_TRACE"] = os.path.abspath(args.trace)
+    if args.admit_batch:
+        os.environ["NETY_BENCH_ADMIT_BATCH"] = str(args.admit_batch)
     if args.against:
         ab = against(checkpoint, args.against, args.seconds, args.slots, args.rounds, args.mix, args.against_engine)
         print(f"\n{args.model} ({checkpoint}), {args.against_engine} servers, {args.seconds:g} s closed-loop windows, "

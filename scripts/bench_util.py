@@ -23,9 +23,10 @@ def status_mb(field: str, pid: str = "self") -> float:
         return [int(line.split()[1]) for line in f if line.startswith(field)][0] / 1024
 
 
-def cpu_seconds(pid: int) -> float:
-    """A process's user + system CPU time so far, from ``/proc/PID/stat``."""
-    with open(f"/proc/{pid}/stat") as f:
+def cpu_seconds(pid: int, tid: Optional[int] = None) -> float:
+    """A process's user + system CPU time so far, from ``/proc/PID/stat`` (with ``tid``: one of
+    its threads', from ``/proc/PID/task/TID/stat``, which has the same fields)."""
+    with open(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()  # after the command's name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

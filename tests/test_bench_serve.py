@@ -98,3 +98,17 @@ def test_a_server_child_runs_as_the_command_does(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench_serve.py", "--child", "--checkpoint", "run", "--batching",
                                       "dynamic", "--port", "1"])
     assert B.main() == 0 and calls == ["malloc", "serve"]
+
+
+def test_admit_batch_reaches_the_continuous_servers_and_is_checked(monkeypatch):
+    """``--admit-batch N``: at most the fewest slots a server gets (a child refused it and never
+    started); passed to the children through their environment."""
+    ok = B.parser().parse_args(["--slots", "8", "--admit-batch", "4"])
+    assert B.check_args(ok) == ""
+    for argv, fewest in ((["--slots", "4", "--admit-batch", "5"], 4),
+                         (["--sweep", "8,2", "--admit-batch", "4"], 2), (["--admit-batch", "-1"], 32)):
+        message = B.check_args(B.parser().parse_args(argv))
+        assert message.startswith("--admit-batch=") and f"fewest slots ({fewest})" in message, message
+    monkeypatch.setenv("NETY_BENCH_ADMIT_BATCH", "4")
+    argv, env, _ = B.server_command("runs/demo", "continuous", 1234, 8, 8)
+    assert env["NETY_BENCH_ADMIT_BATCH"] == "4"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import logging
 import threading
 import time
 import uuid
@@ -28,6 +27,8 @@ from nety_jax.serving.options import (ADMIT_BATCH_NEEDS_CONTINUOUS, CONTINUOUS_N
                                       SPECULATE_NEEDS_DYNAMIC, check_admit_batch, check_exported, check_options,
                                       check_source, check_speculation, listen_socket)
 from nety_jax.serving.settings import MAX_SEED
+from nety_jax.serving.transport import _OneWrite as _OneWrite  # where tests/test_server_writes.py takes it
+from nety_jax.serving.transport import http_server
 
 # the least time between two pieces of a stream (its first text and its end go at once): faster
 # than a reader reads, while each piece costs both server threads and a write that wakes the client
@@ -46,7 +47,6 @@ def _rows(backend, engine, prompts: list[str], req, continues: bool = False) -> 
     if asked is not None and asked > engine.max_tokens:
         raise ApiError(400, f"{field}={asked} is more than {engine.max_tokens_why}", field)
     rows, prompt_tokens = [], 0
-    base_seed = req.seed if req.seed is not None else None
     for p, text in enumerate(prompts):
         ids = backend.prompts.ids(backend.tokenizer, text.strip(), backend.data_cfg)
         if not ids:
@@ -61,7 +61,7 @@ def _rows(backend, engine, prompts: list[str], req, continues: bool = False) -> 
         max_new = asked or min(d.max_new_tokens, room)
         prompt_tokens += len(ids)  # OpenAI counts a prompt once, whatever n
         for j in range(req.n):
-            seed = (base_seed + p * req.n + j) % (MAX_SEED + 1) if base_seed is not None else random_seed()
+            seed = (req.seed + p * req.n + j) % (MAX_SEED + 1) if req.seed is not None else random_seed()
             rows.append(Row(ids, d.temperature if req.temperature is None else req.temperature,
                             d.top_k if req.top_k is None else req.top_k,
                             d.top_p if req.top_p is None else req.top_p, max_new, seed, tuple(req.stop or ()),
@@ -213,7 +213,7 @@ class Server:
 
 class _EventStream(StreamingResponse):
     """A stream whose status line and headers wait for its first events, so that both go out in
-    one write (``_OneWrite``); a client sees the first text at the same time either way."""
+    one write (``transport._OneWrite``); a client sees the first text at the same time either way."""
 
     async def stream_response(self, send) -> None:
         pieces = self.body_iterator.__aiter__()
@@ -249,7 +249,6 @@ def _usage(prompt_tokens: int, results) -> dict:
     completion = sum(r.tokens for r in results)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
             "total_tokens": prompt_tokens + completion}
-
 
 
 def make_engine(backend, batching: Optional[str], max_batch: int, window_ms: float, queue_size: int,
@@ -402,67 +401,6 @@ def warm(engine) -> None:
     runs = engine.warm_up()
     print(f"warmed up: {runs} admission shapes in {time.perf_counter() - start:.1f} s "
           f"({time.process_time() - cpu:.1f} s of CPU)", flush=True)
-
-
-SHUTDOWN_GRACE_S = 30.0  # as Kubernetes' default grace period before its SIGKILL
-
-
-def http_server(app: FastAPI, grace_s: float = SHUTDOWN_GRACE_S):
-    """uvicorn over ``app``. On SIGTERM / Ctrl-C it stops accepting, lets the requests it holds
-    finish for ``grace_s`` seconds and then cancels what is left: without that bound one client
-    that sent half a request (or stops reading its stream) kept the server from stopping. Each
-    connection's writes made in one turn of the event loop go out as one (``_OneWrite``)."""
-    import uvicorn
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=grace_s, http=_one_write_protocol())
-    logging.getLogger("uvicorn.error").addFilter(_no_cancelled_traceback)  # after Config sets logging up
-    return uvicorn.Server(config)
-
-
-class _OneWrite:
-    """A connection's transport whose writes made in one turn of the event loop go out as ONE
-    write, at the end of the turn. uvicorn writes a response's status line and headers, each
-    piece of its body and a chunked body's end marker separately, each a system call that on a
-    local connection also runs the receiver's side of TCP, holding the interpreter lock the
-    engine thread needs: the HTTP thread's largest cost at saturation. A whole JSON reply is
-    written in one turn, so it becomes one write; so are a stream's last events and its end."""
-
-    def __init__(self, transport, loop):
-        self._transport, self._loop, self._pending = transport, loop, []
-
-    def write(self, data) -> None:
-        if not data:
-            return
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(data)
-
-    def _flush(self) -> None:
-        pending, self._pending = self._pending, []
-        if pending and not self._transport.is_closing():
-            self._transport.write(b"".join(pending))
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def __getattr__(self, name):  # everything else as the transport's own
-        return getattr(self._transport, name)
-
-
-def _one_write_protocol():
-    """uvicorn's HTTP protocol (the one ``http="auto"`` picks) over ``_OneWrite`` transports."""
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
-    class OneWriteProtocol(AutoHTTPProtocol):
-        def connection_made(self, transport) -> None:
-            super().connection_made(_OneWrite(transport, self.loop))
-    return OneWriteProtocol
-
-
-def _no_cancelled_traceback(record: logging.LogRecord) -> bool:
-    """uvicorn logs each request it cancels at the end of the grace period with a traceback; its
-    one line "Cancel N running task(s)" says it."""
-    return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
 
 
 def settle() -> None:
