@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import queue
 from typing import Optional
 
@@ -40,7 +39,7 @@ import numpy as np
 
 from nety_jax.config.sections import EOS_ID, PAD_ID
 from nety_jax.data.prompts import batch_bucket, bucket
-from nety_jax.serving.engine import Job, Row, Worker, _RowState
+from nety_jax.serving.engine import Job, Row, Worker, _RowState, padded_prompts, padded_settings
 
 LONG_CHUNK = 4  # a chunk's length while every slot is taken, in --chunk units
 # the most rows one prefill program takes (more are prefilled in several): bounds the batch
@@ -63,6 +62,7 @@ class SlotRunner:
         self.room = self.prompts.max_new_tokens()
         self.source_len = self.prompts.limit(self.data_cfg, 1)  # the longest prompt the model takes
         self.prefix_cache = getattr(backend.model, "prefix_cache", None)
+        self.static = {"model": self.model, "spec": self.spec, "source_len": self.source_len}  # prefill's
         self.reset()
 
     def reset(self) -> None:
@@ -153,28 +153,19 @@ class SlotRunner:
     def _prefill_part(self, rows: list[Row], p: int, through_cache: bool = True):
         """One prefill program's rows at prompt width ``p`` -> ``device.Prefilled`` (its batch
         rounded up to a power of two: the rows past ``len(rows)`` are padding)."""
-        n, b = len(rows), batch_bucket(len(rows))
-        tokens, lengths = np.full((b, p), PAD_ID, np.int32), np.ones((b,), np.int32)
-        for i, r in enumerate(rows):
-            tokens[i, : len(r.ids)], lengths[i] = r.ids, len(r.ids)
-        tokens[n:, 0] = rows[0].ids[0]
-        fill = lambda values, pad: values + [pad] * (b - n)
-        settings = self.device.RowSettings.create(
-            fill([r.temperature for r in rows], 0.0), fill([r.top_k for r in rows], 0),
-            fill([r.top_p for r in rows], 1.0), fill([r.max_new_tokens for r in rows], 0),
-            fill([r.seed for r in rows], 0))
+        b = batch_bucket(len(rows))
+        tokens, lengths = padded_prompts(rows, b, p)
+        settings = self.device.RowSettings.create(**padded_settings(rows, b))
         if self.prefix_cache is not None and through_cache:
-            return self._prefill(tokens, lengths, n, settings)
-        return self.device.prefill_rows(self.variables, tokens, lengths, settings, model=self.model, spec=self.spec,
-                                        source_len=self.source_len)
+            return self._prefill(tokens, lengths, len(rows), settings)
+        return self.device.prefill_rows(self.variables, tokens, lengths, settings, **self.static)
 
     def _prefill(self, tokens: np.ndarray, lengths: np.ndarray, n: int, settings):
         """``device.prefill_rows``, through the prefix cache when the model has one."""
         from nety_jax.serving.prefix_cache import through_cache
-        static = {"model": self.model, "spec": self.spec, "source_len": self.source_len}
-        run = lambda t, m: self.device.prefill_rows(self.variables, t, m, settings, **static)
+        run = lambda t, m: self.device.prefill_rows(self.variables, t, m, settings, **self.static)
         run_from = lambda states, t, m: self.device.prefill_rows_from(self.variables, states, t, m, settings,
-                                                                      **static)
+                                                                      **self.static)
         return through_cache(self.prefix_cache, self.model, tokens, lengths, n, run, run_from,
                              self.data_cfg.bucket_multiple, width=self.source_len)
 
@@ -208,7 +199,11 @@ def _programs_overlap() -> bool:
 class _Request:
     job: Job
     state: _RowState
-    left: int  # rows still running
+
+    @property
+    def left(self) -> int:
+        """Rows still running (not yet ended by a read)."""
+        return self.state.finish.count(None)
 
 
 @dataclasses.dataclass(eq=False)
@@ -244,7 +239,6 @@ class ContinuousEngine(Worker):
 
         self.stop = np.zeros(slots, bool)  # rows the host ended since the last chunk
         self.reads: list[tuple[_Seat, bool]] = []  # rows whose text the host reads next (and done)
-        self._carry: Optional[Job] = None
         self.overlap = _programs_overlap()
         self._ahead: Optional[_Ahead] = None
         # prefills of waiting requests run here while the engine's thread runs a chunk
@@ -255,16 +249,13 @@ class ContinuousEngine(Worker):
         """``SlotRunner.warm_up`` (before the server takes requests)."""
         return self.runner.warm_up(self.width, lengths)
 
-    @functools.lru_cache(maxsize=4096)
     def reply_room(self, prompt_len: int) -> int:
-        """The largest reply the prompts' limit allows after ``prompt_len`` tokens (a bisection:
-        the limit only shrinks as the reply grows), at most ``max_tokens``."""
-        limit = lambda n: self.runner.prompts.limit(self.runner.data_cfg, n)
-        low, high = 0, self.max_tokens
-        while low < high:
-            mid = (low + high + 1) // 2
-            low, high = (mid, high) if limit(mid) >= prompt_len else (low, mid - 1)
-        return low if prompt_len <= self.longest_prompt else 0
+        """The most new tokens a row may ask for after a prompt of ``prompt_len`` (0: the prompt
+        is too long): the room it leaves in the model's context (the prompts' ``reply_room``),
+        at most ``max_tokens``."""
+        if prompt_len > self.longest_prompt:
+            return 0
+        return min(self.max_tokens, self.runner.prompts.reply_room(prompt_len))
 
     # -- the worker -----------------------------------------------------------------------------
     def _work(self) -> None:
@@ -339,7 +330,7 @@ class ContinuousEngine(Worker):
         seats = []
         for job in jobs:
             request = _Request(job, _RowState(self.backend.tokenizer, [(job, i, r) for i, r in enumerate(job.rows)],
-                                              self.stream_interval), len(job.rows))
+                                              self.stream_interval))
             seats += [_Seat(request, i, [PAD_ID]) for i in range(len(job.rows))]  # [PAD_ID]: the first token, to come
         return seats
 
@@ -451,7 +442,6 @@ class ContinuousEngine(Worker):
         if not done:  # the device still runs it: end it with the next chunk
             slot = self.seats.index(seat)
             self.seats[slot], self.stop[slot] = None, True
-        request.left -= 1
         if request.left == 0:
             results = [request.state.result(job, k) for k in range(len(job.rows))]
             if self.metrics:

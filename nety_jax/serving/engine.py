@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import queue
 import threading
@@ -66,6 +65,25 @@ class RowResult:
     finish_reason: str  # stop | length
 
 
+def padded_prompts(rows: list[Row], b: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows``' prompts as (b, width) int32 ids (PAD after each) and (b,) lengths; the ``b -
+    len(rows)`` padding rows are one token, the first row's first (a valid prompt)."""
+    tokens, lengths = np.full((b, width), PAD_ID, np.int32), np.ones((b,), np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r.ids)], lengths[i] = r.ids, len(r.ids)
+    tokens[len(rows):, 0] = rows[0].ids[0]
+    return tokens, lengths
+
+
+def padded_settings(rows: list[Row], b: int) -> dict:
+    """``rows``' sampling settings, each a list of ``b`` (the padding rows greedy, with no new
+    tokens, seed 0), by the names ``SamplingParams.create`` takes."""
+    fill = lambda values, pad: values + [pad] * (b - len(rows))
+    return {"temperature": fill([r.temperature for r in rows], 0.0), "top_k": fill([r.top_k for r in rows], 0),
+            "top_p": fill([r.top_p for r in rows], 1.0),
+            "max_new_tokens": fill([r.max_new_tokens for r in rows], 0), "seed": fill([r.seed for r in rows], 0)}
+
+
 class Worker:
     """The bounded queue and the thread both engines share; a subclass sets ``max_batch`` (the
     most rows one request may have), ``max_tokens`` and ``longest_prompt`` and runs ``_work``."""
@@ -81,6 +99,7 @@ class Worker:
         self.failure: Optional[str] = None  # why the thread stopped, if it died
         self._live: dict[int, Job] = {}  # requests submitted and not yet answered
         self._lock = threading.Lock()
+        self._carry: Optional[Job] = None  # a request taken that did not fit: it leads the next admission
         self.thread = threading.Thread(target=self._serve, name="nety-engine", daemon=True)
         self.thread.start()
 
@@ -131,16 +150,17 @@ class Worker:
     def _serve(self) -> None:
         """The thread's body. ``_work`` survives a failed batch; if it dies itself (a failure
         in its own error handling, a BaseException), every request waiting or running gets an
-        error and later ones a refusal, so no client waits for a thread that is gone."""
+        error and later ones a refusal, so no client waits for a thread that is gone; the
+        failure then ends the thread as it would have (``threading.excepthook`` reports it)."""
         try:
             self._work()
-        except BaseException as e:  # noqa: B036 - the thread is gone either way; answer everyone
-            logging.getLogger("nety_jax.serving").exception("the engine stopped")
+        except BaseException as e:
             with self._lock:
                 self.failure = f"{type(e).__name__}: {str(e)[:300]}"
                 waiting = list(self._live.values())
             for job in waiting:
                 job.deliver("error", f"the engine stopped ({self.failure}); restart the server")
+            raise
 
     def close(self) -> None:
         self._stop.set()
@@ -196,21 +216,19 @@ class Engine(Worker):
             except queue.Empty:
                 break
             if rows + len(job.rows) > self.max_batch:
-                self._requeue(job)
+                self._carry = job  # it leads the next batch
                 break
             jobs.append(job)
             rows += len(job.rows)
-        for job in jobs:
+        live = []
+        for job in jobs:  # one look at each: a request cancelled meanwhile is either run or forgotten
             if job.cancelled.is_set():
                 self.forget(job)
-        return [j for j in jobs if not j.cancelled.is_set()]
-
-    def _requeue(self, job: Job) -> None:
-        """A request that does not fit this batch leads the next one."""
-        self._carry = job
+            else:
+                live.append(job)
+        return live
 
     def _work(self) -> None:
-        self._carry = None
         while not self._stop.is_set():
             if self._carry is not None:
                 jobs, self._carry = [self._carry], None
@@ -274,13 +292,7 @@ class Engine(Worker):
         # new tokens: a padded prompt needs the positions of a real one
         s = min(bucket(max(len(r.ids) for r in rows), self.backend.data_cfg.bucket_multiple),
                 self.backend.prompt_limit)
-        tokens = np.full((b, s), PAD_ID, np.int32)
-        lengths = np.ones((b,), np.int32)
-        for i, r in enumerate(rows):
-            tokens[i, : len(r.ids)] = r.ids
-            lengths[i] = len(r.ids)
-        tokens[len(rows):, 0] = rows[0].ids[0]
-        return PromptBatch(tokens, lengths, len(rows), [])
+        return PromptBatch(*padded_prompts(rows, b, s), len(rows), [])
 
 
 class _StopFirstRowLater:
@@ -456,12 +468,7 @@ class PretrainedBackend:
         from nety_jax.decoding import SamplingParams, continue_stream
         from nety_jax.decoding.generation import stream_result, stream_tokens
         from nety_jax.serving.prefix_cache import prefill
-        b = batch.tokens.shape[0]
-        fill = lambda values, pad: np.asarray(values + [pad] * (b - len(values)))
-        params = SamplingParams.create(
-            b, temperature=fill([r.temperature for r in rows], 0.0), top_k=fill([r.top_k for r in rows], 0),
-            top_p=fill([r.top_p for r in rows], 1.0), max_new_tokens=fill([r.max_new_tokens for r in rows], 0),
-            seed=list(fill([r.seed for r in rows], 0)))
+        params = SamplingParams.create(batch.tokens.shape[0], **padded_settings(rows, batch.tokens.shape[0]))
         variables, model, spec = self.model.variables, self.model.model, self.spec
         state = prefill(getattr(self.model, "prefix_cache", None), model, variables, batch.tokens, batch.lengths,
                         len(rows), params, spec, self.data_cfg.bucket_multiple)
@@ -498,10 +505,6 @@ class ExportedBackend:
         self.fixed_batch = exported.info.get("batch") if isinstance(exported.info.get("batch"), int) else 0
 
     def run(self, batch: PromptBatch, rows: list[Row], on_chunk, chunk: int):
-        b = batch.tokens.shape[0]
-        fill = lambda values, pad: values + [pad] * (b - len(values))
-        tokens, lengths, _ = self.model.generate_ids(
-            batch.tokens, batch.lengths, fill([r.seed for r in rows], 0),
-            temperature=fill([r.temperature for r in rows], 0.0), top_k=fill([r.top_k for r in rows], 0),
-            top_p=fill([r.top_p for r in rows], 1.0), max_new_tokens=fill([r.max_new_tokens for r in rows], 0))
+        settings = padded_settings(rows, batch.tokens.shape[0])
+        tokens, lengths, _ = self.model.generate_ids(batch.tokens, batch.lengths, settings.pop("seed"), **settings)
         return tokens[: len(rows)], lengths[: len(rows)]
