@@ -33,3 +33,20 @@ def test_a_checkpoints_that_is_not_a_folder_is_refused_at_start(trained_run, tmp
     assert _files(run) == before
     r = run_main("generate", "--checkpoint", run, "--prompt", "Bonjour")
     assert r.returncode == 2 and "is not a directory" in r.stderr, r.stderr
+
+
+def test_a_damaged_that_is_not_a_folder_is_refused_at_start(trained_run, tmp_path):
+    """The same for `damaged/`, where training moves a damaged newest checkpoint: a regular file
+    there failed only after the data was read, with "cannot write (File exists); the newest
+    complete checkpoint is step 40", naming as complete the step it had just found damaged."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns(".lock"))
+    (run / "damaged").write_text("notes\n")
+    newest = max(int(n) for n in os.listdir(run / "checkpoints") if n.isdigit())
+    (run / "checkpoints" / str(newest) / "state" / "_METADATA").unlink()
+    before = _files(run)
+    r = run_main("train", "--config", run / "config.yaml", "--workdir", run, "--steps", "44", "--no-progress")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"{run / 'damaged'}: is not a directory (a regular file)" in r.stderr
+    assert "Traceback" not in r.stderr and "data:" not in r.stdout
+    assert _files(run) == before and str(newest) in os.listdir(run / "checkpoints")

@@ -63,11 +63,16 @@ def steps_on_disk(workdir: str) -> list[int]:
     "no checkpoint", it made ``train`` start again from step 0 and fail at its first save."""
     d = checkpoint_dir(workdir)
     if not os.path.isdir(d):
-        if os.path.lexists(d):
-            raise CheckpointError(f"{d}: is not a directory ({_what_is(d)}); a run keeps its "
-                                  "checkpoints in a folder of that name: move it away")
+        check_folder(d)
         return []
     return sorted(int(n) for n in os.listdir(d) if n.isdigit() and os.path.isdir(os.path.join(d, n)))
+
+
+def check_folder(path: str) -> None:
+    """``path``, one of a run's folders (``checkpoints``, ``damaged``), is a folder or absent."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise CheckpointError(f"{path}: is not a directory ({_what_is(path)}); a run's "
+                              f"{os.path.basename(path)} must be a folder: move it away")
 
 
 def _what_is(path: str) -> str:
@@ -83,6 +88,7 @@ def latest_step(workdir: str) -> Optional[int]:
 
 def move_aside(workdir: str, step: int) -> str:
     """Moves a damaged step out of the checkpoint folder (kept for inspection, never deleted)."""
+    check_folder(os.path.join(os.path.abspath(workdir), DAMAGED))
     target = os.path.join(os.path.abspath(workdir), DAMAGED, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.move(os.path.join(checkpoint_dir(workdir), str(step)), target)

@@ -27,7 +27,7 @@ from nety_jax.models import get_model
 from nety_jax.runs import checkpoints as ckpt
 from nety_jax.runs import guard
 from nety_jax.runs.compat import RUNTIME_MODEL_FIELDS, check_fits, describe_differences, model_differences
-from nety_jax.runs.files import CONFIG_FILE, checkpoint_dir, load_run_tokenizer, read_run_config
+from nety_jax.runs.files import CONFIG_FILE, DAMAGED, checkpoint_dir, load_run_tokenizer, read_run_config
 from nety_jax.runs.weights import split_variables
 from nety_jax.tasks import DataSplit
 from nety_jax.data.prefetch import Prefetcher
@@ -185,6 +185,7 @@ def _existing_run(workdir: str) -> tuple[Optional[Config], bool]:
     without their config cannot be resumed."""
     saved_cfg = read_run_config(workdir) if os.path.isfile(os.path.join(workdir, CONFIG_FILE)) else None
     has_checkpoint = bool(ckpt.steps_on_disk(workdir))
+    ckpt.check_folder(os.path.join(os.path.abspath(workdir), DAMAGED))  # where damaged steps go
     if has_checkpoint and saved_cfg is None:
         raise CheckpointError(f"{workdir}: holds checkpoints but no {CONFIG_FILE}; "
                               "restore it or use another --workdir")
