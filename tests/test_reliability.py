@@ -47,6 +47,9 @@ def train_args(workdir, steps, *extra):
             "--set", "data.vocab_size=120", "--set", "model.dropout=0.1", "--set", "train.warmup_steps=2", *extra]
 
 
+ONE_LAYER_SETS = [a for o in ONE_LAYER for a in ("--set", o)]
+
+
 def tensorboard_steps(workdir, tag="train/loss"):
     """Steps of a scalar as TensorBoard shows them (it drops events purged by a restart)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -98,7 +101,7 @@ def test_kill_minus_9_at_random_moments_resumes_exactly(tmp_path):
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     # with BPE-dropout, as in the shipped configs: every batch's segmentation is sampled too
     bpe = ("--set", "data.spm_model_type=bpe", "--set", "data.subword_alpha=0.1",
-           *[a for o in ONE_LAYER for a in ("--set", o)])  # depth does not change a resume
+           *ONE_LAYER_SETS)  # depth does not change a resume
     # runs with no kill to come write their checkpoint at the end only: an Orbax write costs more than
     # the tiny steps between two (docs/PERFORMANCE.md, "The test suite"), and where a run saves must
     # not change what it computes (the bit-for-bit check below says so too)
@@ -131,8 +134,10 @@ def two_checkpoints(tmp_path_factory):
     from nety_jax.config import load_config
     from nety_jax.training.loop import train
     workdir = tmp_path_factory.mktemp("two") / "run"
+    # one layer of each kind: which step a damaged run falls back to, and which fields a refusal
+    # names, do not depend on depth; the model's tracing and compiling in every command do
     cfg = load_config(TINY, ["train.steps=20", "train.checkpoint_every=10", "train.eval_every=1000",
-                             "data.vocab_size=120", "train.keep_latest=3"])
+                             "data.vocab_size=120", "train.keep_latest=3", *ONE_LAYER])
     train(cfg, str(workdir), **QUIET)
     assert steps_on_disk(str(workdir)) == [10, 20]
     return workdir
@@ -184,7 +189,7 @@ def test_damaged_checkpoints_fall_back_to_the_newest_intact_step(two_checkpoints
         assert gen.returncode == 0 and "Traceback" not in gen.stderr, gen.stderr
         assert len(gen.stderr.strip().splitlines()) == (damaged is not None), gen.stderr
         assert cli("export", "--checkpoint", str(run), "--out", str(tmp_path / "export")).returncode == 0
-    resumed = cli(*train_args(run, 24, "--set", "train.keep_latest=3"))
+    resumed = cli(*train_args(run, 24, "--set", "train.keep_latest=3", *ONE_LAYER_SETS))
     assert resumed.returncode == 0, resumed.stderr
     assert f"at step {intact}" in resumed.stdout
     if damaged:  # moved aside for inspection, never deleted
@@ -202,14 +207,14 @@ def test_no_intact_checkpoint_is_one_clear_error(two_checkpoints, tmp_path):
             f.truncate(10)
     for args in (["generate", "--checkpoint", str(run), "--prompt", "x"],
                  ["export", "--checkpoint", str(run), "--out", str(tmp_path / "e")],
-                 train_args(run, 30)):
+                 train_args(run, 30, *ONE_LAYER_SETS)):
         one_line_error(cli(*args), "no intact checkpoint (damaged: 20")
     assert sorted(os.listdir(run / "checkpoints")) == ["10", "20"]  # nothing deleted or moved
 
 
 @pytest.mark.parametrize("change, field", [
     ("model.d_model: 32", "model.d_model: checkpoint 32, requested 48"),
-    ("model.enc_layers: 2", "model.enc_layers: checkpoint 2, requested 3"),
+    ("model.enc_layers: 1", "model.enc_layers: checkpoint 1, requested 3"),
     ("model.memory: sequence", "model.memory: checkpoint 'sequence', requested 'pooled'"),
     ("model.vocab_size", "model.vocab_size: checkpoint"),
     ("arch", "model.arch: checkpoint 'hybrid', requested 'gpt'"),
