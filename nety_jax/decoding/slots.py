@@ -15,10 +15,11 @@ slots are done), its generated ids and its sampling settings. Three pure functio
   same state.
 
 The host dispatches a prefill and the next chunk before it waits for anything: the rows'
-first tokens (``Prefilled.first``) are read once the prefill is done, while the chunk runs
+first tokens (``admit_first``) are read once the prefill is done, while the chunk runs
 (each device-to-host read is a wait for the device and, in a server, for the interpreter
-lock as well); a prefill may also run in another thread while a chunk runs, its rows
-inserted when slots free (it reads only the variables). Sampling settings go in as host arrays (``RowSettings``) and become keys
+lock as well). A prefill may also run in another thread while a chunk runs
+(``prefill_rows``: it reads only the variables), its rows inserted when slots free
+(``insert_rows``). Sampling settings go in as host arrays (``RowSettings``) and become keys
 inside the compiled prefill.
 
 A row's token at index i is drawn with its own key folded with i (``sample_rows``), and
@@ -170,6 +171,15 @@ def admit(variables, state: Slots, tokens, lengths, settings: RowSettings, slots
     prefix cache needs the prefilled rows on their own)."""
     rows = _prefilled(*model.slot_prefill(variables, tokens, lengths, source_len), settings.params(), spec)
     return _insert(state, rows, slots, model)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "spec", "source_len"), donate_argnums=(1,))
+def admit_first(variables, state: Slots, tokens, lengths, settings: RowSettings, slots, *, model,
+                spec: LoopSpec, source_len: int):
+    """``admit``, also returning the rows' first tokens (B,): the host reads them as soon as
+    the prefill is done (a stream's first text), not with the next chunk's progress."""
+    rows = _prefilled(*model.slot_prefill(variables, tokens, lengths, source_len), settings.params(), spec)
+    return _insert(state, rows, slots, model), rows.first
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "width", "memory"), donate_argnums=(1,))

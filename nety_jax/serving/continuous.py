@@ -72,12 +72,38 @@ class SlotRunner:
         self.widths = np.zeros(self.slots, np.int64)
 
     def prefill(self, rows: list[Row], slot_ids: list[int]) -> list:
-        """Prefills ``rows`` into ``slot_ids`` without waiting for the device (``prefill_apart``,
-        then ``insert``). Returns their first tokens as ``(device array (B,), row indices)`` per
-        prefill program (``firsts`` reads them)."""
-        pending = self.prefill_apart(rows)
-        self.insert(pending, dict(enumerate(slot_ids)))
-        return self.first_tokens(pending)
+        """Prefills ``rows`` into ``slot_ids`` without waiting for the device: one program per
+        group (``_groups``) that prefills and inserts (through the prefix cache, if any:
+        ``prefill_apart``'s programs, then ``insert``). Returns their first tokens as ``(device
+        array (B,), row indices)`` per program (``firsts`` reads them)."""
+        firsts = []
+        for width, part in self._groups(rows):
+            firsts.append((self._admit([rows[k] for k in part], [slot_ids[k] for k in part], width), part))
+        return firsts
+
+    def _groups(self, rows: list[Row]):
+        """(prompt width, row indices) per prefill program: one per prompt bucket (the width a
+        prompt is prefilled at depends on its own length only), at most ``ADMIT_ROWS`` rows."""
+        groups: dict[int, list[int]] = {}
+        for k, r in enumerate(rows):
+            groups.setdefault(self._width(len(r.ids)), []).append(k)
+        for width, members in groups.items():
+            for first in range(0, len(members), ADMIT_ROWS):
+                yield width, members[first: first + ADMIT_ROWS]
+
+    def _admit(self, rows: list[Row], slot_ids: list[int], p: int, through_cache: bool = True):
+        """One program's rows into their slots; returns their first tokens (device, (B,))."""
+        if self.prefix_cache is not None:
+            out = self._prefill_part(rows, p, through_cache)
+            self.insert([(out, list(range(len(rows))), p)], dict(enumerate(slot_ids)))
+            return out.first
+        tokens, lengths, settings = self._inputs(rows, p)
+        where = np.full((tokens.shape[0],), self.slots, np.int32)  # padding rows land nowhere
+        where[: len(rows)] = slot_ids
+        self.widths[slot_ids] = p
+        self.state, first = self.device.admit_first(self.variables, self.state, tokens, lengths, settings, where,
+                                                    **self.static)
+        return first
 
     def prefill_apart(self, rows: list[Row]) -> list:
         """The prefill programs of ``rows``, one per prompt bucket and at most ``ADMIT_ROWS``
@@ -88,15 +114,8 @@ class SlotRunner:
 
         Hook point (prefix cache): rows' prompt ids are ``r.ids``; what this must return is
         what ``device.prefill_rows`` returns for them."""
-        groups: dict[int, list[int]] = {}
-        for k, r in enumerate(rows):
-            groups.setdefault(self._width(len(r.ids)), []).append(k)
-        pending = []
-        for width, members in groups.items():
-            for first in range(0, len(members), ADMIT_ROWS):
-                part = members[first: first + ADMIT_ROWS]
-                pending.append((self._prefill_part([rows[k] for k in part], width), part, width))
-        return pending
+        return [(self._prefill_part([rows[k] for k in part], width), part, width)
+                for width, part in self._groups(rows)]
 
     def insert(self, pending: list, slot_of: dict) -> None:
         """``prefill_apart``'s rows into slots: ``slot_of`` maps a row index to its slot (rows
@@ -128,11 +147,12 @@ class SlotRunner:
         p = min(bucket(length, self.data_cfg.bucket_multiple), self.source_len)
         return self.model.slot_prompt_length(p, self.source_len)
 
-    def warm_up(self, width: int, lengths=None) -> int:
+    def warm_up(self, width: int, lengths=None, ahead_rows: int = 0) -> int:
         """Runs every program an admission can meet once, on throwaway slots, so that a live
         server never compiles under load (as JetStream warms its prefill buckets): the
-        prefill + insert of each prompt width x batch bucket, and the decode chunk of ``width``
-        tokens (``ContinuousEngine.width``). ``lengths``:
+        prefill + insert of each prompt width x batch bucket, the prefill apart and the insert
+        of those of up to ``ahead_rows`` rows (``ContinuousEngine._start_ahead``), and the decode
+        chunk of ``width`` tokens (``ContinuousEngine.width``). ``lengths``:
         the prompt lengths to cover (default: every length the model takes). A prefix cache
         is bypassed (its programs for a miss are warmed; a hit's, from a kept prefix of some
         width, compile on first use). Returns how many admissions it ran."""
@@ -143,8 +163,10 @@ class SlotRunner:
             b = 1
             while b <= batch_bucket(min(self.slots, ADMIT_ROWS)):
                 rows = [Row([EOS_ID + 2] * n, 0.0, 0, 1.0, 2, i) for i in range(min(b, self.slots))]
-                out = self._prefill_part(rows, prompt_width, through_cache=False)
-                self.insert([(out, list(range(len(rows))), prompt_width)], {i: i for i in range(len(rows))})
+                self._admit(rows, list(range(len(rows))), prompt_width, through_cache=False)
+                if self.prefix_cache is None and b <= batch_bucket(min(ahead_rows, self.slots, ADMIT_ROWS)):
+                    out = self._prefill_part(rows, prompt_width)
+                    self.insert([(out, list(range(len(rows))), prompt_width)], dict(enumerate(range(len(rows)))))
                 runs, b = runs + 1, 2 * b
             self.progress(self.step(stop, start, 1, width))  # the chunk reading this width's memory
         self.reset()
@@ -153,12 +175,17 @@ class SlotRunner:
     def _prefill_part(self, rows: list[Row], p: int, through_cache: bool = True):
         """One prefill program's rows at prompt width ``p`` -> ``device.Prefilled`` (its batch
         rounded up to a power of two: the rows past ``len(rows)`` are padding)."""
-        b = batch_bucket(len(rows))
-        tokens, lengths = padded_prompts(rows, b, p)
-        settings = self.device.RowSettings.create(**padded_settings(rows, b))
+        tokens, lengths, settings = self._inputs(rows, p)
         if self.prefix_cache is not None and through_cache:
             return self._prefill(tokens, lengths, len(rows), settings)
         return self.device.prefill_rows(self.variables, tokens, lengths, settings, **self.static)
+
+    def _inputs(self, rows: list[Row], p: int):
+        """A prefill program's (tokens, lengths, settings): ``rows`` at width ``p``, the batch
+        rounded up to a power of two with padding rows."""
+        b = batch_bucket(len(rows))
+        tokens, lengths = padded_prompts(rows, b, p)
+        return tokens, lengths, self.device.RowSettings.create(**padded_settings(rows, b))
 
     def _prefill(self, tokens: np.ndarray, lengths: np.ndarray, n: int, settings):
         """``device.prefill_rows``, through the prefix cache when the model has one."""
@@ -247,7 +274,7 @@ class ContinuousEngine(Worker):
 
     def warm_up(self, lengths=None) -> int:
         """``SlotRunner.warm_up`` (before the server takes requests)."""
-        return self.runner.warm_up(self.width, lengths)
+        return self.runner.warm_up(self.width, lengths, self.admit_batch)
 
     def reply_room(self, prompt_len: int) -> int:
         """The most new tokens a row may ask for after a prompt of ``prompt_len`` (0: the prompt
@@ -335,10 +362,16 @@ class ContinuousEngine(Worker):
         return seats
 
     def _start_ahead(self) -> None:
-        """While every slot is taken: the next waiting requests (up to ``admit_batch`` rows, or
-        the first request alone if it has more) are prefilled in the prefill thread while this
-        thread runs the chunk; ``_place_ahead`` puts their rows into the slots that frees.
-        An admission then costs the engine's thread an insertion, not a prefill."""
+        """While every slot is taken: the next waiting requests (up to ``admit_batch`` rows) are
+        prefilled in the prefill thread while this thread runs the chunk; ``_place_ahead`` puts
+        their rows into the slots that frees. An admission then costs the engine's thread an
+        insertion, not a prefill. Only where the chunk will run long enough to hide a prefill:
+        until the rows it waits for have finished, at least ``--chunk`` tokens (short replies:
+        the rows are prefilled when slots free, one program that also inserts them)."""
+        wanted = min(self.admit_batch, self.jobs.qsize() + (self._carry is not None))
+        left = sorted(s.request.job.rows[s.index].max_new_tokens - len(s.ids) for s in self.seats if s is not None)
+        if not wanted or left[wanted - 1] < self.chunk:
+            return
         taken, rows = [], 0
         while rows < self.admit_batch:
             job, self._carry = self._carry or self._next(False), None
@@ -347,7 +380,7 @@ class ContinuousEngine(Worker):
             if job.cancelled.is_set():
                 self.forget(job)
                 continue
-            if taken and rows + len(job.rows) > self.admit_batch:
+            if rows + len(job.rows) > self.admit_batch:  # (a request of more rows: prefilled when slots free)
                 self._carry = job
                 break
             taken.append(job)
@@ -359,7 +392,8 @@ class ContinuousEngine(Worker):
 
     def _place_ahead(self) -> None:
         """Rows prefilled ahead into free slots, in order (a wait for their prefill, normally
-        done by now); their first tokens in place, a stream's read next."""
+        done by now, and never longer than running it here); their first tokens in place, a
+        stream's read next."""
         ahead, free = self._ahead, [s for s, seat in enumerate(self.seats) if seat is None]
         if ahead is None or not free:
             return
