@@ -146,13 +146,13 @@ def _gated_engine(backend, **kwargs):
 def _prefill_sizes(engine, threads: list = None) -> list:
     """A list that records the rows of each prefill program the engine runs (and ``threads``
     the name of the thread that ran it)."""
-    sizes, part = [], engine.runner._prefill_part
+    sizes, inputs = [], engine.runner._inputs  # every prefill program's inputs, made once
 
     def recorded(rows, *a, **k):
         sizes.append(len(rows))
         threads is None or threads.append(threading.current_thread().name)
-        return part(rows, *a, **k)
-    engine.runner._prefill_part = recorded
+        return inputs(rows, *a, **k)
+    engine.runner._inputs = recorded
     return sizes
 
 
