@@ -323,9 +323,9 @@ class ContinuousEngine(Worker):
         except queue.Empty:
             return None
 
-    def _take(self, block: bool) -> list[Job]:
-        """Waiting requests whose rows fit the free slots, in arrival order."""
-        free, taken = self.seats.count(None), []
+    def _take(self, block: bool, rows: Optional[int] = None) -> list[Job]:
+        """Waiting requests whose rows fit the free slots (or ``rows``), in arrival order."""
+        free, taken = self.seats.count(None) if rows is None else rows, []
         while True:
             job, self._carry = self._carry or self._next(block and not taken), None
             if job is None:
@@ -372,19 +372,7 @@ class ContinuousEngine(Worker):
         left = sorted(s.request.job.rows[s.index].max_new_tokens - len(s.ids) for s in self.seats if s is not None)
         if not wanted or left[wanted - 1] < self.chunk:
             return
-        taken, rows = [], 0
-        while rows < self.admit_batch:
-            job, self._carry = self._carry or self._next(False), None
-            if job is None:
-                break
-            if job.cancelled.is_set():
-                self.forget(job)
-                continue
-            if rows + len(job.rows) > self.admit_batch:  # (a request of more rows: prefilled when slots free)
-                self._carry = job
-                break
-            taken.append(job)
-            rows += len(job.rows)
+        taken = self._take(False, self.admit_batch)  # (a request of more rows: prefilled when slots free)
         if taken:
             seats = self._seats_for(taken)
             rows_of = [s.request.job.rows[s.index] for s in seats]
