@@ -235,6 +235,12 @@ def test_an_exports_max_tokens_is_at_most_its_compiled_maximum(trained_gpt):
         ExportedBackend(exported, 30)
     backend = ExportedBackend(exported, 8)
     assert backend.max_new_tokens == 8 and backend.prompt_limit == model.model.prompts.limit(model.config.data, 24)
+    # a max_tokens past the compiled maximum: the 400 says to re-export, not to raise --max-tokens
+    from nety_jax.serving.engine import Engine
+    engine = Engine(ExportedBackend(exported))
+    assert "re-export with --set decode.max_new_tokens" in engine.max_tokens_why, engine.max_tokens_why
+    assert "--max-tokens" not in engine.max_tokens_why
+    engine.close()
 
 
 def test_create_app_checks_its_options_too(tokenizer):

@@ -319,6 +319,26 @@ def test_complete_and_stream_speculating_give_the_plain_replies(trained_gpt, cap
     np.testing.assert_array_equal(chunks[-1], want)
 
 
+
+def test_speculating_rows_sample_as_alone_whatever_else_is_in_the_batch(trained_gpt):
+    """Seeded sampled rows with speculation give the tokens they give alone (README: a batch cut
+    in parts gives what it gives whole): a row with a draft verifies it at its own width, and a
+    row without one takes its token as the plain step would (QA round 6: a row without a draft
+    was verified against the start of its prompt, with another draw)."""
+    from nety_jax.serving.pretrained import load_pretrained
+    model = load_pretrained(trained_gpt[0], warn=lambda *_: None)
+    prompts = ["Le chat mange", "Le matin, le chat mange du pain. Le matin, le chat", REPEATS]
+    settings = dict(temperature=0.8, max_new_tokens=12, speculate="ngram")
+    seeds = [4, 5, 6, 7, 8, 9]
+    rows = [p for p in prompts for _ in range(2)]
+    together = model.generate_ids(rows, seed=seeds, **settings)
+    for i, (prompt, seed) in enumerate(zip(rows, seeds)):
+        alone = model.generate_ids([prompt], seed=[seed], **settings)
+        n = int(alone["lengths"][0])
+        assert int(together["lengths"][i]) == n, (prompt, seed)
+        np.testing.assert_array_equal(together["tokens"][i][:n], alone["tokens"][0][:n], err_msg=f"{prompt!r} {seed}")
+
+
 # -- the server: the dynamic engine speculates for every request, with the same greedy replies --
 
 SERVED = ["Manon va à la pharmacie pour acheter des médicaments. Manon va à la pharmacie",  # replies that

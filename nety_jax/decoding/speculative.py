@@ -126,10 +126,11 @@ def _lookup_score(history: jax.Array, end: jax.Array) -> jax.Array:
     return jnp.max(score)
 
 
-def _bits(h: int) -> int:
+def _bits(h) -> int:
     """Bits that hold a continuation in a history of ``h`` ids (shifts and masks, where a division
-    is an operation XLA does not fuse)."""
-    return max(h, 1).bit_length()
+    is an operation XLA does not fuse). A symbolic ``h`` (an export's prompt length) gets the most
+    an int32 score leaves room for beside its band."""
+    return max(h, 1).bit_length() if isinstance(h, int) else 24
 
 
 def _decoded(score: jax.Array, h: int) -> tuple[jax.Array, jax.Array]:
@@ -192,8 +193,8 @@ def accept(probs: jax.Array, draft: jax.Array, params: SamplingParams, count: ja
     k = t - 1
     positions = count[:, None] + jnp.arange(k)[None, :]
     uniform = jax.vmap(lambda steps: row_uniforms(params.key, steps), in_axes=1, out_axes=1)(positions)
-    p_draft = jnp.take_along_axis(probs[:, :k], draft[..., None], axis=-1)[..., 0]
-    kept = _leading(uniform < p_draft)
+    p_draft = jnp.take_along_axis(probs[:, :k], jnp.maximum(draft, 0)[..., None], axis=-1)[..., 0]
+    kept = _leading(uniform < jnp.where(draft >= 0, p_draft, 0.0))  # a negative id: no draft there
     p_next = jnp.take_along_axis(probs, kept[:, None, None], axis=1)[:, 0]
     if k > 0:
         rejected = jnp.take_along_axis(draft, jnp.minimum(kept, k - 1)[:, None], axis=1)
@@ -287,20 +288,29 @@ def _greedy(s: SpecState) -> jax.Array:
 
 
 def _verify(steps: Steps, keep: Keep, spec: LoopSpec, draft, s: SpecState) -> SpecState:
-    """Verifies each row's draft (B, W) in one call and emits what is kept (a row may keep more
-    than its own ``length`` where another row's draft set the width: those tokens are exact too).
-    Every row with a draft learns from it, verifying or not: its kept prefix is what the row's
-    tokens are."""
+    """Verifies each row's draft (B, W) in one call and emits what is kept. A row's tokens are
+    the ones it gets alone, whatever the other rows: a row verifies only its draft at the width
+    it would have alone (the rest of the call's width is masked), and a row that does not verify
+    takes its token as the plain step draws it, and learns from its draft as that step does
+    (``_plain``)."""
     logits, pending = steps(jnp.concatenate([_last(s), draft], axis=1), s.cache)
     logits = _adjusted(logits, s, spec)
+    looked, length, w = s.length > 0, s.length, draft.shape[1]
+    own = jnp.where(looked, jnp.minimum(_width(length, spec), w), 0)
+    draft = jnp.where(jnp.arange(w)[None, :] < own[:, None], draft, -1)  # -1: never kept
     out, kept = jax.lax.cond(_greedy(s), lambda: accept_greedy(logits, draft),
                              lambda: accept_sampled(logits, draft, s.params, s.count, spec))
-    looked, length, w = s.length > 0, s.length, draft.shape[1]
+    plain = sample_rows(logits[:, 0], s.params, s.count, spec.top_k_max)
+    out = jnp.where(looked[:, None], out, jnp.pad(plain[:, None], ((0, 0), (0, w)), constant_values=PAD_ID))
     had = (s.cont >= 0) & ~s.done
-    s = _observe(s, had, kept > 0, jnp.maximum(kept - 1, 0) + (kept < w) * (kept > 0), jnp.maximum(kept - 1, 0))
-    s = s.replace(after_kept=had & (kept >= w))
+    shadow = had & (plain == jnp.take_along_axis(s.history, jnp.maximum(s.cont, 0)[:, None], axis=1)[:, 0])
+    zero = jnp.zeros_like(kept)
+    s = _observe(s, had, jnp.where(looked, kept > 0, shadow),
+                 jnp.where(looked, jnp.maximum(kept - 1, 0) + (kept < own) * (kept > 0), zero),
+                 jnp.where(looked, jnp.maximum(kept - 1, 0), zero))
+    s = s.replace(after_kept=jnp.where(looked, had & (kept >= own), shadow))
     s = _emit(s.replace(cache=keep(pending, kept + 1)), out, kept, _scores(logits, out), spec)
-    s = _pace(s.replace(drafted=s.drafted + jnp.where(looked, w, 0)), looked, kept, length, spec)
+    s = _pace(s.replace(drafted=s.drafted + own), looked, kept, length, spec)
     return _look(s, spec)
 
 

@@ -199,7 +199,8 @@ class Engine(Worker):
         self.chunk = chunk
         # the compiled maximum of new tokens fixes both bounds
         self.max_tokens, self.longest_prompt = backend.max_new_tokens, backend.prompt_limit
-        self.max_tokens_why = f"this server's maximum of {backend.max_new_tokens} (nety-jax serve --max-tokens)"
+        self.max_tokens_why = getattr(backend, "max_tokens_why", None) or \
+            f"this server's maximum of {backend.max_new_tokens} (nety-jax serve --max-tokens)"
         super().__init__(backend, queue_size, metrics, stream_interval_ms)
 
     # -- the worker -----------------------------------------------------------------------------
@@ -501,6 +502,10 @@ class ExportedBackend:
             raise NetyError(f"--max-tokens={max_new_tokens} is more than the export's compiled maximum of "
                             f"{compiled} (re-export with --set decode.max_new_tokens=N)")
         self.max_new_tokens = max_new_tokens or compiled
+        # what bounds a request's max_tokens, for its 400: --max-tokens can only lower the export's
+        self.max_tokens_why = (f"this server's maximum of {max_new_tokens} (nety-jax serve --max-tokens)"
+                               if max_new_tokens else f"this export's compiled maximum of {compiled} (re-export "
+                                                      f"with --set decode.max_new_tokens=N to raise it)")
         self.prompt_limit = self.prompts.limit(self.data_cfg, compiled)  # the artifact's constraint
         self.fixed_batch = exported.info.get("batch") if isinstance(exported.info.get("batch"), int) else 0
 
