@@ -339,6 +339,22 @@ def test_speculating_rows_sample_as_alone_whatever_else_is_in_the_batch(trained_
         np.testing.assert_array_equal(together["tokens"][i][:n], alone["tokens"][0][:n], err_msg=f"{prompt!r} {seed}")
 
 
+
+def test_an_export_speculates_as_the_checkpoint_does(trained_gpt, tmp_path, capsys):
+    """export --set decode.speculate=ngram (what `complete --exported ... --speculate` tells users to
+    run) builds and gives the checkpoint's greedy reply (QA round 6: a traceback, the lookup's score
+    width taken from the export's symbolic prompt length)."""
+    from nety_jax.cli import main
+    out = str(tmp_path / "exported")
+    assert main(["export", "--checkpoint", trained_gpt[0], "--out", out, "--set", "decode.speculate=ngram"]) == 0
+    capsys.readouterr()
+    ask = ["--prompt", REPEATS, "--max-new-tokens", "12", "--temperature", "0"]
+    assert main(["complete", "--exported", out] + ask) == 0
+    exported = capsys.readouterr().out
+    assert main(["complete", "--checkpoint", trained_gpt[0]] + ask) == 0
+    assert exported == capsys.readouterr().out
+
+
 # -- the server: the dynamic engine speculates for every request, with the same greedy replies --
 
 SERVED = ["Manon va à la pharmacie pour acheter des médicaments. Manon va à la pharmacie",  # replies that
