@@ -264,7 +264,8 @@ def test_init_from_continues_from_the_source_loss(kind, hf_dirs, trained_run, tm
     source_dir, data = (hf_dirs["untied"], [str(text)]) if kind == "hf" else (trained_run, None)
     source = load_source(source_dir)
     sets = ["train.steps=1", "train.log_every=1", "train.batch_size=4", "model.dropout=0.0", "train.warmup_steps=0",
-            "model.attention_dropout=0.0", "train.eval_every=1", "train.checkpoint_every=1"]
+            "model.attention_dropout=0.0", "train.eval_every=1", "train.checkpoint_every=1",
+            "train.bleu_samples=0"]  # the evaluation, not its sampled replies: nothing here reads them
     sets += ["data.seq_len=16"] if kind == "hf" else []
     cfg = finetune_config(source, None, sets)
     assert cfg.model.replace(dropout=0.0, attention_dropout=0.0) == \
