@@ -68,8 +68,8 @@ class CopyHead(nn.Module):
         vocab_logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1) + jax.nn.log_sigmoid(gate)
         # Only the ids of the memory's positions get a copy term: the mixture is computed at
         # those M positions and written over the vocabulary side there, instead of a (B, T, V)
-        # scatter and two passes of logarithms over the whole vocabulary (a decode step's
-        # largest cost after the output head). Positions of one id get the same value.
+        # scatter and two passes of logarithms over the whole vocabulary (docs/PERFORMANCE.md).
+        # Positions of one id get the same value.
         ids = jnp.broadcast_to(pre["ids"][:, None, :], attn.shape)
         vocab_at = jnp.take_along_axis(vocab_logp, ids, axis=-1)
         copy_logp = jnp.log(copy_at_positions(attn, pre["ids"]) + TINY) + jax.nn.log_sigmoid(-gate)
