@@ -286,5 +286,19 @@ def open_prepared(cfg: Config, directory: str, run_tokenizer=None, run_where: st
     _check_config(cfg, task, directory, manifest)
     if run_tokenizer is not None:
         _same_tokenizer(directory, run_tokenizer, run_where, manifest)
+    tokenizer = _own_tokenizer(directory, manifest)
     data: DataSplit = task.open_prepared(cfg, directory, manifest, shards.Damage() if skip_bad else None)
-    return load_tokenizer(directory), data
+    return tokenizer, data
+
+
+def _own_tokenizer(directory: str, manifest: dict):
+    """The directory's tokenizer, refused unless it is the one its shards were encoded with (the
+    digest ``prepared.json`` recorded): another tokenizer put in its place would read the shards'
+    ids as other pieces, ids past its vocabulary included, and train on them without a word."""
+    tokenizer = load_tokenizer(directory)  # a missing or malformed file: one line naming it
+    if shards.tokenizer_digest(directory) != manifest.get("tokenizer"):
+        info = os.path.join(directory, "tokenizer.json")
+        raise DataError(f"{directory}: its tokenizer ({info} and the file it names) is not the one its "
+                        f"shards were encoded with (changed after `nety-jax prepare` wrote it: the digest "
+                        f"in {shards.MANIFEST} differs); prepare the data again")
+    return tokenizer

@@ -314,6 +314,23 @@ def _base_config(config_path: Optional[str], overrides: Sequence[str], warn) -> 
                                 where="--set")
 
 
+def _check_overrides(overrides: Sequence[str], cfg: Config, where: str) -> None:
+    """A ``--set`` of a field the state dict fixes (its shapes, NETY's architecture and text
+    handling) must say what the import writes: ``--set model.d_model=64`` over a 32-wide NETY was
+    replaced by 32 without a word."""
+    fixed = {"model": set(PARITY_FIELDS) | {"vocab_size", "d_model", "enc_hidden", "enc_layers",
+                                            "bidirectional", "head_dims", "dec_layers", "d_ff", "max_len"},
+             "data": {"tokenizer", "lowercase", "src_eos"}}
+    given = config_lib.apply_overrides({}, list(overrides))
+    for section, names in fixed.items():
+        for name, value in (given.get(section) or {}).items():
+            kept = getattr(getattr(cfg, section), name, None)
+            if name in names and value != (list(kept) if isinstance(kept, tuple) else kept):
+                raise ConfigError(f"--set {section}.{name}={value!r} contradicts {where}, whose "
+                                  f"{section}.{name} is {kept!r}: NETY's state dict fixes the architecture "
+                                  f"and text handling (remove the --set)")
+
+
 def import_torch(state_dict_path: str, vocab_path: str, out: str, config_path: Optional[str] = None,
                  overrides: Sequence[str] = (), warn=print, overwrite: bool = False) -> str:
     """Writes a run directory (config, word tokenizer, step-0 weights) from NETY's files, through
@@ -333,6 +350,7 @@ def _import_into(state_dict_path: str, vocab_path: str, out: str, config_path: O
     base = base.replace(data=dataclasses.replace(base.data, tokenizer="word", lowercase=True,
                                                  src_eos=False))
     cfg = infer_config(sd, base, state_dict_path)
+    _check_overrides(overrides, cfg, state_dict_path)
     layout = state_dict_layout(cfg)
     pe_shape = tuple(sd["transformer_decoder.pos_encoding.pe"].shape)
     check_layout(sd, layout, expected_shapes(cfg, pe_shape), state_dict_path)
