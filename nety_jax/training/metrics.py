@@ -7,6 +7,7 @@ kept as they were), and TensorBoard is told to purge events after S
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -60,8 +61,38 @@ class MetricsWriter:
         self.tb.flush()  # on disk at every log line: a kill -9 loses nothing already logged
 
     def close(self) -> None:
-        self.file.close()
-        self.tb.close()
+        """Closes both logs, each even if the other fails (a full disk); the first failure is
+        raised. TensorBoard's writer is closed for good either way: left open after a failed flush,
+        its exit handler and worker thread printed two tracebacks after the run's one-line error."""
+        failures = []
+        for closer in (self.file.close, lambda: _close_tensorboard(self.tb)):
+            try:
+                closer()
+            except OSError as e:
+                failures.append(e)
+        if failures:
+            raise failures[0]
+
+
+def _close_tensorboard(tb) -> None:
+    """``tb.close()``; when its final flush fails, each event file is still shut: its worker thread
+    stopped, its queue and file closed and the writer marked closed, so that tensorboardX's exit
+    handler has nothing left to flush."""
+    try:
+        tb.close()
+    except OSError:
+        for file_writer in list(getattr(tb, "all_writers", {}).values()):
+            events = getattr(file_writer, "event_writer", None)
+            if events is None or getattr(events, "_closed", True):
+                continue
+            events._closed = True
+            with contextlib.suppress(Exception):
+                events._worker.stop()
+            with contextlib.suppress(Exception):
+                events._ev_writer.close()
+            with contextlib.suppress(Exception):
+                events._event_queue.close()
+        raise
 
 
 class NullWriter:
