@@ -187,6 +187,37 @@ def test_rows_that_finish_while_requests_wait_are_refilled_by_one_prefill(traine
     alone.close()
 
 
+def test_rows_prefilled_ahead_take_freed_slots_inside_the_chunk(model):
+    """Three slots, eight waiting requests of different lengths (greedy and seeded, streamed and
+    not): the rows prefilled ahead are a chunk's queue and take the slots that free INSIDE it
+    (the hybrid's too, whose chunk reads a narrowed memory), so no program inserts rows between
+    chunks and a chunk places queued rows; every reply is the one the request gets alone."""
+    backend = PretrainedBackend(model)
+    backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1000)  # no <eos>: rows end at their length
+    prompts = [model.model.prompts.ids(model.tokenizer, p, model.config.data) for p in PROMPTS]
+    rows = [Row(prompts[i % len(prompts)], *SETTINGS[i % len(SETTINGS)][:3], n, i)
+            for i, n in enumerate([3, 9, 5, 2, 7, 4, 6, 3])]
+    engine, gate = _gated_engine(backend, slots=3, chunk=2)
+    inserts, aheads, insert, apart = [], [], engine.runner.insert, engine.runner.prefill_apart
+    engine.runner.insert = lambda *a, **k: (inserts.append(1), insert(*a, **k))[1]
+    engine.runner.prefill_apart = lambda *a, **k: (aheads.append(1), apart(*a, **k))[1]
+    submitted = [_submit(engine, [r], on_delta=(lambda *a: None) if i % 2 else None) for i, r in enumerate(rows)]
+    gate.set()
+    together = []
+    for _, finished, results in submitted:
+        assert finished.wait(120)
+        together.append(results[0][1][0])
+    engine.close()
+    assert aheads and not inserts, (aheads, inserts)  # the old engine inserted them between chunks
+    alone = ContinuousEngine(backend, slots=1, chunk=2)
+    for row, got in zip(rows, together):
+        _, finished, results = _submit(alone, [row])
+        assert finished.wait(120)
+        assert (results[0][1][0].text, results[0][1][0].tokens) == (got.text, got.tokens) == \
+            (got.text, row.max_new_tokens)
+    alone.close()
+
+
 def test_a_streams_first_text_comes_from_its_prefill_without_a_one_token_chunk(trained_gpt):
     """The first token is read from the admission itself (while the first chunk runs), so no
     chunk of one token is run for it; the streamed pieces join to the non-streamed text."""

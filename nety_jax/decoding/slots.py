@@ -10,8 +10,11 @@ slots are done), its generated ids and its sampling settings. Three pure functio
 - ``insert_rows``: those rows into free slots (a row's slot is its only link to them);
 - ``decode_chunk``: up to ``steps`` tokens for every live slot in one compiled loop that
   stops early when no slot is live or a row has just finished (its slot can take the next
-  request at once), returning what the host reads in ONE array (``Progress``); a
-  speculative decoder would replace it by a chunk that drafts and verifies, keeping the
+  request at once), returning what the host reads in ONE array (its report). Given a queue
+  of rows prefilled ahead, the loop itself inserts them into the slots that free, between two
+  of its steps, so that a slot never idles until the chunk ends (as vLLM's scheduler refills
+  a finished sequence's place at the next step) and no program runs between chunks for them;
+  a speculative decoder would replace it by a chunk that drafts and verifies, keeping the
   same state.
 
 The host dispatches a prefill and the next chunk before it waits for anything: the rows'
@@ -30,7 +33,7 @@ request: the prefill compiles once per (batch, prompt) bucket, the rest once.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -183,36 +186,65 @@ def admit_first(variables, state: Slots, tokens, lengths, settings: RowSettings,
 
 
 @functools.partial(jax.jit, static_argnames=("model", "spec", "width", "memory"), donate_argnums=(1,))
-def decode_chunk(variables, state: Slots, stop, start, steps, finish=1, *, model, spec: LoopSpec, width: int,
-                 memory: int = 0):
+def decode_chunk(variables, state: Slots, stop, start, steps, finish=1, queue: Optional[Prefilled] = None,
+                 queue_from=0, queue_to=0, *, model, spec: LoopSpec, width: int, memory: int = 0):
     """Up to ``steps`` (a runtime count < ``width``) tokens for every live slot; ``stop`` (S,)
     ends rows first (a stop string or a cancelled request, seen by the host). The loop also
-    ends once ``finish`` (a runtime count >= 1) rows have finished in it: their slots can then
-    take waiting requests, several in one prefill when ``finish`` > 1 (a finished row's slot
-    idles until then). Returns the state and its ``progress`` from ``start`` (S,).
+    ends once ``finish`` (a runtime count >= 1) rows have finished in it that no queued row
+    can take the place of: their slots can then take waiting requests, several in one prefill
+    when ``finish`` > 1 (a finished row's slot idles until then).
+
+    ``queue``: rows prefilled ahead (Q rows, of which ``queue_from`` to ``queue_to`` wait): each
+    takes the first slot that is free before a step, inside the loop (a slot freed by a row that
+    finished at step i decodes a queued row from step i + 1 on), instead of after the chunk, in
+    a program of its own. ``start`` (S,): each slot's first index to report.
+
+    Returns the state and its report, an (S + Q, 4 + ``width``) int32 array the host reads in
+    one wait: a row per slot for its row at the end (count, done, origin: -1 the row it had at
+    the start, else its queue index; the slot; ``width`` tokens from ``start``, or from 1 for a
+    queued row: its first token came from its prefill), then a row per queued row j for the
+    row whose slot j took (all -1 where j was not placed), in the same form.
 
     ``memory`` > 0: the steps read only the first ``memory`` positions of the slots' memory
-    (``model.slot_memory`` of the widest prompt among the live slots; the positions past a
-    row's own are masked, so its tokens are the same): the slot layout pads every memory to the
-    longest source the model takes, and the cross-attention and copy head read all of it."""
+    (``model.slot_memory`` of the widest prompt among the live slots and the queue; the
+    positions past a row's own are masked, so its tokens are the same): the slot layout pads
+    every memory to the longest source the model takes, and the cross-attention and copy head
+    read all of it."""
     state = state.replace(done=state.done | stop)
     entered = state.done
+    begin, origin = start.astype(jnp.int32), jnp.full(start.shape, -1, jnp.int32)
     if memory:
-        narrow = _steps(variables, state.replace(cache=model.slot_narrow(state.cache, memory)), entered, steps,
-                        finish, model, spec)
-        state = narrow.replace(cache=model.slot_widen(state.cache, narrow.cache))
+        narrow_queue = None if queue is None else queue.replace(cache=model.slot_narrow(queue.cache, memory))
+        narrow, begin, origin, retired = _steps(variables, state.replace(cache=model.slot_narrow(state.cache, memory)),
+                                                entered, steps, finish, model, spec, begin, origin, width,
+                                                narrow_queue, queue_from, queue_to)
+        full = state.cache
+        if queue is not None:  # the queued rows' memory, which the narrow cache does not hold
+            full = model.slot_insert(full, queue.cache, _slot_of_queued(origin, queue.first.shape[0]))
+        state = narrow.replace(cache=model.slot_widen(full, narrow.cache))
     else:
-        state = _steps(variables, state, entered, steps, finish, model, spec)
-    return state, progress(state, start, width)
+        state, begin, origin, retired = _steps(variables, state, entered, steps, finish, model, spec, begin, origin,
+                                               width, queue, queue_from, queue_to)
+    report = _report(state, begin, origin, width)
+    return state, report if retired is None else jnp.concatenate([report, retired])
 
 
-def _steps(variables, state: Slots, entered, steps, finish, model, spec: LoopSpec) -> Slots:
-    """The chunk's loop: one token a live slot per step, until ``steps``, no slot live, or
-    ``finish`` rows not ``entered`` done finishing."""
+def _slot_of_queued(origin, q: int):
+    """(Q,): the slot each queued row holds at the end (S: none)."""
+    slots = origin.shape[0]
+    return jnp.full((q,), slots, jnp.int32).at[jnp.where(origin >= 0, origin, q)].set(
+        jnp.arange(slots, dtype=jnp.int32), mode="drop")
+
+
+def _steps(variables, state: Slots, entered, steps, finish, model, spec: LoopSpec, begin, origin, width: int,
+           queue: Optional[Prefilled] = None, queue_from=0, queue_to=0):
+    """The chunk's loop: one token a live slot per step, until ``steps``, no slot live (nor
+    queued), or ``finish`` rows not ``entered`` done finishing that no queued row will replace.
+    Returns the state, each slot's ``begin`` and ``origin`` and the queue's report rows
+    (``decode_chunk``; None without a queue)."""
     rows = jnp.arange(state.last.shape[0])
 
-    def body(carry):
-        i, s = carry
+    def step(s: Slots) -> Slots:
         live = ~s.done
         logits, cache = model.slot_step(variables, s.last, s.cache, live)
         # a row that is not live samples as a greedy one: its token is dropped, and it must not
@@ -222,20 +254,54 @@ def _steps(variables, state: Slots, entered, steps, finish, model, spec: LoopSpe
         tokens = s.tokens.at[rows, jnp.where(live, s.count, s.tokens.shape[1])].set(nxt, mode="drop")
         count = s.count + live
         done = s.done | (live & _finished(nxt, count, s.params, spec))
-        return i + 1, s.replace(cache=cache, last=jnp.where(live, nxt, s.last), count=count, done=done,
-                                tokens=tokens)
+        return s.replace(cache=cache, last=jnp.where(live, nxt, s.last), count=count, done=done, tokens=tokens)
+
+    if queue is None:
+        def body(carry):
+            i, s = carry
+            return i + 1, step(s)
+
+        def cond(carry):
+            i, s = carry
+            return (i < steps) & ~jnp.all(s.done) & (jnp.sum(s.done & ~entered) < finish)
+
+        return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1], begin, origin, None
+
+    q = queue.first.shape[0]
+
+    def refill(c):
+        """Queued rows into the slots free now, in order."""
+        s, entered, next_q, begin, origin, retired = c
+        rank = jnp.cumsum(s.done) - 1
+        take = s.done & (next_q + rank < queue_to)
+        index = jnp.where(take, next_q + rank, q)  # each slot's queued row (q: none)
+        target = jnp.full((q,), rows.shape[0], jnp.int32).at[index].set(rows.astype(jnp.int32), mode="drop")
+        retired = retired.at[index].set(_report(s, begin, origin, width), mode="drop")
+        return (_insert(s, queue, target, model), entered & ~take, next_q + jnp.sum(take),
+                jnp.where(take, 1, begin), jnp.where(take, index, origin), retired)
+
+    def body(carry):
+        i, c = carry
+        s, entered, next_q, begin, origin, retired = jax.lax.cond((c[2] < queue_to) & jnp.any(c[0].done), refill,
+                                                                  lambda c: c, c)
+        return i + 1, (step(s), entered, next_q, begin, origin, retired)
 
     def cond(carry):
-        i, s = carry
-        return (i < steps) & ~jnp.all(s.done) & (jnp.sum(s.done & ~entered) < finish)
+        i, (s, entered, next_q, _, _, _) = carry
+        waiting = queue_to - next_q  # queued rows that will take finished rows' slots
+        return (i < steps) & (~jnp.all(s.done) | (waiting > 0)) & (jnp.sum(s.done & ~entered) - waiting < finish)
 
-    return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]
+    retired = jnp.full((q, 4 + width), -1, jnp.int32)
+    carry = (state, entered, jnp.asarray(queue_from, jnp.int32), begin, origin, retired)
+    _, (state, _, _, begin, origin, retired) = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), carry))
+    return state, begin, origin, retired
 
 
-def progress(state: Slots, start, width: int):
-    """What the host reads after a chunk, in one (S, 2 + width) int32 array: each slot's
-    count, done flag, and ``width`` tokens from index ``start`` (S,) on (the host keeps the
-    ``count - start`` that are new)."""
-    index = jnp.minimum(start[:, None] + jnp.arange(width)[None, :], state.tokens.shape[1] - 1)
+def _report(state: Slots, begin, origin, width: int):
+    """(S, 4 + width) int32: each slot's count, done flag, origin, index, and ``width`` tokens
+    from index ``begin`` (S,) on (the host keeps the ``count - begin`` that are new)."""
+    index = jnp.minimum(begin[:, None] + jnp.arange(width)[None, :], state.tokens.shape[1] - 1)
     window = jnp.take_along_axis(state.tokens, index, axis=1)
-    return jnp.concatenate([state.count[:, None], state.done[:, None].astype(jnp.int32), window], axis=1)
+    slots = jnp.arange(state.count.shape[0], dtype=jnp.int32)
+    return jnp.concatenate([jnp.stack([state.count, state.done.astype(jnp.int32), origin, slots], axis=1), window],
+                           axis=1)

@@ -16,12 +16,16 @@ keeps their caches on the device). The worker thread loops:
    a cancelled request, a client that went away, stop, finished requests are delivered); then
    it waits for the chunk: a row that ended there frees its slot at once (its text is read
    while the next chunk runs). While every slot is taken and requests wait, a chunk ends once
-   ``admit_batch`` rows have finished (at most as many as wait), not at the first: their
-   slots idle until then, and the waiting requests are prefilled together (one program's
-   fixed cost instead of one each, and fewer chunks). That prefill runs AHEAD, in a thread of
-   its own while the chunk runs (as JetStream separates prefill from generation): when the
-   chunk ends, the engine's thread only inserts the prefilled rows into the freed slots
-   (``_start_ahead``, ``_place_ahead``), instead of stopping decoding for a whole prefill.
+   ``admit_batch`` rows have finished (at most as many as wait), not at the first, and the
+   waiting requests are prefilled together (one program's fixed cost instead of one each,
+   and fewer chunks). That prefill runs AHEAD, in a thread of its own while a chunk runs (as
+   JetStream separates prefill from generation), up to ``ahead_rows`` rows of one prompt
+   width at a time, two batches in flight (``_start_ahead``): the next chunk takes the
+   prefilled rows as its QUEUE and puts each into the first slot that frees, inside its loop
+   (``decoding/slots.py``), so a finished row's slot decodes a waiting row from the next step
+   on and the engine's thread runs no program for it; only the finished rows no queued row
+   replaces end the chunk early. Rows the chunk cannot take as a queue (a prefix cache's
+   rows of several programs) go into freed slots between chunks (``_place_ahead``).
 
 A request's rows finish independently; its reply is delivered when the last one ends.
 ``max_tokens`` is bounded by the model's room after the prompt (its context less the
@@ -49,14 +53,18 @@ ADMIT_ROWS = 8
 # (at most as many as wait), so that their slots are refilled by one prefill instead of one each:
 # the default of ``--admit-batch``
 ADMIT_BATCH = 2
+# requests prefilled ahead at a time: one a chunk takes as its queue, the next one prefilling
+AHEADS = 2
 
 
 class SlotRunner:
     """The device side of a ``PretrainedBackend``'s slots: prefill + insert, and chunks."""
 
-    def __init__(self, backend, slots: int):
+    def __init__(self, backend, slots: int, ahead_rows: int = 0):
         from nety_jax.decoding import slots as device
         self.device, self.slots = device, slots
+        # a chunk's queue of rows prefilled ahead: one program's rows, padded to this batch
+        self.queue_size = batch_bucket(ahead_rows) if ahead_rows else 0
         self.variables, self.model, self.spec = backend.model.variables, backend.model.model, backend.spec
         self.data_cfg, self.prompts = backend.data_cfg, backend.prompts
         self.room = self.prompts.max_new_tokens()
@@ -86,7 +94,7 @@ class SlotRunner:
         prompt is prefilled at depends on its own length only), at most ``ADMIT_ROWS`` rows."""
         groups: dict[int, list[int]] = {}
         for k, r in enumerate(rows):
-            groups.setdefault(self._width(len(r.ids)), []).append(k)
+            groups.setdefault(self.prompt_width(len(r.ids)), []).append(k)
         for width, members in groups.items():
             for first in range(0, len(members), ADMIT_ROWS):
                 yield width, members[first: first + ADMIT_ROWS]
@@ -105,7 +113,7 @@ class SlotRunner:
                                                     **self.static)
         return first
 
-    def prefill_apart(self, rows: list[Row]) -> list:
+    def prefill_apart(self, rows: list[Row], batch: int = 0) -> list:
         """The prefill programs of ``rows``, one per prompt bucket and at most ``ADMIT_ROWS``
         rows (the width a prompt is prefilled at depends on its own length only), the slots
         left untouched: ``[(device.Prefilled, row indices, prompt width)]`` for ``insert``. It
@@ -114,7 +122,7 @@ class SlotRunner:
 
         Hook point (prefix cache): rows' prompt ids are ``r.ids``; what this must return is
         what ``device.prefill_rows`` returns for them."""
-        return [(self._prefill_part([rows[k] for k in part], width), part, width)
+        return [(self._prefill_part([rows[k] for k in part], width, batch=batch), part, width)
                 for width, part in self._groups(rows)]
 
     def insert(self, pending: list, slot_of: dict) -> None:
@@ -143,7 +151,8 @@ class SlotRunner:
             out[part] = np.asarray(tokens)[: len(part)]
         return out
 
-    def _width(self, length: int) -> int:
+    def prompt_width(self, length: int) -> int:
+        """The width a prompt of ``length`` tokens is prefilled at."""
         p = min(bucket(length, self.data_cfg.bucket_multiple), self.source_len)
         return self.model.slot_prompt_length(p, self.source_len)
 
@@ -152,11 +161,12 @@ class SlotRunner:
         server never compiles under load (as JetStream warms its prefill buckets): the
         prefill + insert of each prompt width x batch bucket, the prefill apart and the insert
         of those of up to ``ahead_rows`` rows (``ContinuousEngine._start_ahead``), and the decode
-        chunk of ``width`` tokens (``ContinuousEngine.width``). ``lengths``:
+        chunk of ``width`` tokens (``ContinuousEngine.width``), without and with a queue of
+        rows prefilled ahead. ``lengths``:
         the prompt lengths to cover (default: every length the model takes). A prefix cache
         is bypassed (its programs for a miss are warmed; a hit's, from a kept prefix of some
         width, compile on first use). Returns how many admissions it ran."""
-        width_of = {self._width(n): n for n in (lengths or range(1, self.source_len + 1))}
+        width_of = {self.prompt_width(n): n for n in (lengths or range(1, self.source_len + 1))}
         runs = 0
         stop, start = np.zeros(self.slots, bool), np.zeros(self.slots, np.int32)
         for prompt_width, n in sorted(width_of.items()):
@@ -168,22 +178,27 @@ class SlotRunner:
                     out = self._prefill_part(rows, prompt_width)
                     self.insert([(out, list(range(len(rows))), prompt_width)], dict(enumerate(range(len(rows)))))
                 runs, b = runs + 1, 2 * b
-            self.progress(self.step(stop, start, 1, width))  # the chunk reading this width's memory
+            self.report(self.step(stop, start, 1, width))  # the chunk reading this width's memory
+            if self.queue_size:  # and the chunk taking a queue of rows of this width
+                rows = [Row([EOS_ID + 2] * n, 0.0, 0, 1.0, 2, i) for i in range(min(ahead_rows, self.slots))]
+                queued = self._prefill_part(rows, prompt_width, through_cache=False, batch=self.queue_size)
+                self.report(self.step(stop, start, 1, width, queue=(queued, 0, 0, prompt_width)))
         self.reset()
         return runs
 
-    def _prefill_part(self, rows: list[Row], p: int, through_cache: bool = True):
+    def _prefill_part(self, rows: list[Row], p: int, through_cache: bool = True, batch: int = 0):
         """One prefill program's rows at prompt width ``p`` -> ``device.Prefilled`` (its batch
-        rounded up to a power of two: the rows past ``len(rows)`` are padding)."""
-        tokens, lengths, settings = self._inputs(rows, p)
+        rounded up to a power of two, at least ``batch``: the rows past ``len(rows)`` are
+        padding)."""
+        tokens, lengths, settings = self._inputs(rows, p, batch)
         if self.prefix_cache is not None and through_cache:
             return self._prefill(tokens, lengths, len(rows), settings)
         return self.device.prefill_rows(self.variables, tokens, lengths, settings, **self.static)
 
-    def _inputs(self, rows: list[Row], p: int):
+    def _inputs(self, rows: list[Row], p: int, batch: int = 0):
         """A prefill program's (tokens, lengths, settings): ``rows`` at width ``p``, the batch
-        rounded up to a power of two with padding rows."""
-        b = batch_bucket(len(rows))
+        rounded up to a power of two (at least ``batch``) with padding rows."""
+        b = max(batch_bucket(len(rows)), batch)
         tokens, lengths = padded_prompts(rows, b, p)
         return tokens, lengths, self.device.RowSettings.create(**padded_settings(rows, b))
 
@@ -196,20 +211,33 @@ class SlotRunner:
         return through_cache(self.prefix_cache, self.model, tokens, lengths, n, run, run_from,
                              self.data_cfg.bucket_multiple, width=self.source_len)
 
-    def step(self, stop: np.ndarray, start: np.ndarray, steps: int, width: int, finish: int = 1):
+    def step(self, stop: np.ndarray, start: np.ndarray, steps: int, width: int, finish: int = 1, queue=None):
         """Starts one chunk of at most ``steps`` < ``width`` tokens (it ends early once ``finish``
-        rows have finished) without waiting for it; ``progress`` reads what it returns."""
-        memory = self.model.slot_memory(int(self.widths.max()), self.source_len)
+        rows have finished that no queued row replaces) without waiting for it; ``report`` reads
+        what it returns. ``queue``: ``(device.Prefilled, first, end, prompt width)``, rows
+        ``first`` to ``end`` of a ``prefill_apart`` group, inserted as slots free inside the
+        chunk (``device.decode_chunk``)."""
+        widest = int(self.widths.max()) if queue is None else max(int(self.widths.max()), queue[3])
+        memory = self.model.slot_memory(widest, self.source_len)
+        rows, first, end = (None, 0, 0) if queue is None else queue[:3]
         self.state, out = self.device.decode_chunk(self.variables, self.state, stop, np.asarray(start, np.int32),
-                                                   np.int32(steps), np.int32(finish), model=self.model,
-                                                   spec=self.spec, width=width, memory=memory)
+                                                   np.int32(steps), np.int32(finish), rows, np.int32(first),
+                                                   np.int32(end), model=self.model, spec=self.spec, width=width,
+                                                   memory=memory)
         return out
 
     @staticmethod
-    def progress(out):
-        """A chunk's counts (S,), done (S,) and (S, width) tokens from its ``start`` on."""
-        out = np.asarray(out)  # the chunk's one wait for the device
-        return out[:, 0], out[:, 1].astype(bool), out[:, 2:]
+    def report(out) -> np.ndarray:
+        """A chunk's report (``device.decode_chunk``): (S + Q, 4 + width), the chunk's one wait
+        for the device."""
+        return np.asarray(out)
+
+    def queue_rows(self, pending: list) -> Optional[int]:
+        """The prompt width of ``prefill_apart``'s rows if a chunk can take them as its queue
+        (one program's rows, its batch the queue's size the chunk compiles for), else None."""
+        if len(pending) != 1 or pending[0][0].first.shape[0] != self.queue_size or not self.queue_size:
+            return None
+        return pending[0][2]
 
 
 def _programs_overlap() -> bool:
@@ -236,10 +264,17 @@ class _Request:
 @dataclasses.dataclass(eq=False)
 class _Ahead:
     """Waiting requests prefilled in the background while a chunk runs (every slot was taken):
-    their rows go into slots as slots free, in order."""
+    their rows go into slots as slots free, in order: inside a chunk, as its queue, where they
+    are one program's rows (``SlotRunner.queue_rows``), else between chunks."""
     seats: list  # one per row, in order
     future: concurrent.futures.Future  # -> ``SlotRunner.prefill_apart`` of their rows
     placed: int = 0  # rows already in slots (the first ``placed``)
+    pending: Optional[list] = None  # the prefill's result, once read (the first tokens in place)
+    queue_width: Optional[int] = None  # their prompt width where a chunk can take them as its queue
+
+    @property
+    def left(self) -> int:
+        return len(self.seats) - self.placed
 
 
 @dataclasses.dataclass(eq=False)
@@ -252,9 +287,11 @@ class _Seat:
 class ContinuousEngine(Worker):
     def __init__(self, backend, slots: int = 32, chunk: int = 8, queue_size: int = 64, metrics=None,
                  stream_interval_ms: float = 0.0, admit_batch: Optional[int] = None):
-        self.runner, self.max_batch, self.chunk = SlotRunner(backend, slots), slots, chunk
         # rows a chunk waits for while every slot is taken (``--admit-batch``; never more than run)
         self.admit_batch = min(ADMIT_BATCH, slots) if admit_batch is None else admit_batch
+        # rows prefilled ahead at a time: about as many as finish in a long chunk
+        self.ahead_rows = min(slots, ADMIT_ROWS, max(self.admit_batch, slots // 2))
+        self.runner, self.max_batch, self.chunk = SlotRunner(backend, slots, self.ahead_rows), slots, chunk
         self.width = chunk * LONG_CHUNK + 1  # the most tokens one chunk can bring a row (its first too)
         given = backend.max_tokens_asked
         self.max_tokens = given or self.runner.room
@@ -267,14 +304,14 @@ class ContinuousEngine(Worker):
         self.stop = np.zeros(slots, bool)  # rows the host ended since the last chunk
         self.reads: list[tuple[_Seat, bool]] = []  # rows whose text the host reads next (and done)
         self.overlap = _programs_overlap()
-        self._ahead: Optional[_Ahead] = None
+        self._aheads: list[_Ahead] = []  # in arrival order; at most AHEADS
         # prefills of waiting requests run here while the engine's thread runs a chunk
         self._prefiller = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nety-prefill")
         super().__init__(backend, queue_size, metrics, stream_interval_ms)
 
     def warm_up(self, lengths=None) -> int:
         """``SlotRunner.warm_up`` (before the server takes requests)."""
-        return self.runner.warm_up(self.width, lengths, self.admit_batch)
+        return self.runner.warm_up(self.width, lengths, self.ahead_rows)
 
     def reply_room(self, prompt_len: int) -> int:
         """The most new tokens a row may ask for after a prompt of ``prompt_len`` (0: the prompt
@@ -290,15 +327,15 @@ class ContinuousEngine(Worker):
             admitted, seated = [], []
             try:
                 self._place_ahead()
-                if self._ahead is None:  # first come, first served: none is waiting ahead
+                if not self._aheads:  # first come, first served: none is waiting ahead
                     admitted = self._take(block=not any(self.seats) and not self.reads)
                 if admitted:
                     seated = self._prefill(admitted)
-                if self._ahead is None and None not in self.seats:
-                    self._start_ahead()
+                self._start_ahead()
                 if not self.overlap:  # the chunk would run in this thread: the text goes out first
                     self._hand_out(seated)
-                chunk = self._dispatch() if any(self.seats) else None
+                queue = self._queue()
+                chunk = self._dispatch(queue) if any(self.seats) or queue is not None else None
                 if self.overlap:  # while the device runs the chunk
                     self._hand_out(seated)
                 if chunk is not None:
@@ -323,9 +360,11 @@ class ContinuousEngine(Worker):
         except queue.Empty:
             return None
 
-    def _take(self, block: bool, rows: Optional[int] = None) -> list[Job]:
-        """Waiting requests whose rows fit the free slots (or ``rows``), in arrival order."""
-        free, taken = self.seats.count(None) if rows is None else rows, []
+    def _take(self, block: bool, rows: Optional[int] = None, one_width: bool = False) -> list[Job]:
+        """Waiting requests whose rows fit the free slots (or ``rows``), in arrival order;
+        ``one_width``: only while their prompts are prefilled at the first one's width (one
+        program's rows: a chunk's queue)."""
+        free, taken, widths = self.seats.count(None) if rows is None else rows, [], set()
         while True:
             job, self._carry = self._carry or self._next(block and not taken), None
             if job is None:
@@ -333,7 +372,9 @@ class ContinuousEngine(Worker):
             if job.cancelled.is_set():
                 self.forget(job)
                 continue
-            if len(job.rows) > free:
+            if one_width:
+                widths |= {self.runner.prompt_width(len(r.ids)) for r in job.rows}
+            if len(job.rows) > free or (taken and len(widths) > 1):
                 self._carry = job
                 return taken
             taken.append(job)
@@ -362,44 +403,65 @@ class ContinuousEngine(Worker):
         return seats
 
     def _start_ahead(self) -> None:
-        """While every slot is taken: the next waiting requests (up to ``admit_batch`` rows) are
-        prefilled in the prefill thread while this thread runs the chunk; ``_place_ahead`` puts
-        their rows into the slots that frees. An admission then costs the engine's thread an
-        insertion, not a prefill. Only where the chunk will run long enough to hide a prefill:
-        until the rows it waits for have finished, at least ``--chunk`` tokens (short replies:
-        the rows are prefilled when slots free, one program that also inserts them)."""
-        wanted = min(self.admit_batch, self.jobs.qsize() + (self._carry is not None))
-        left = sorted(s.request.job.rows[s.index].max_new_tokens - len(s.ids) for s in self.seats if s is not None)
-        if not wanted or left[wanted - 1] < self.chunk:
+        """While every slot is taken (or rows prefilled ahead wait already: first come, first
+        served): the next waiting requests (up to ``ahead_rows`` rows of one prompt width) are
+        prefilled in the prefill thread while this thread runs the chunk; the next chunk takes
+        them as its queue (or ``_place_ahead`` puts them into the slots that free). An
+        admission then costs the engine's thread nothing, not a prefill. Two at a time: one
+        being placed, the next one prefilling."""
+        if len(self._aheads) >= AHEADS or (None in self.seats and not self._aheads):
             return
-        taken = self._take(False, self.admit_batch)  # (a request of more rows: prefilled when slots free)
+        if not self.jobs.qsize() and self._carry is None:
+            return
+        taken = self._take(False, self.ahead_rows, one_width=True)
         if taken:
             seats = self._seats_for(taken)
             rows_of = [s.request.job.rows[s.index] for s in seats]
-            self._ahead = _Ahead(seats, self._prefiller.submit(self.runner.prefill_apart, rows_of))
+            future = self._prefiller.submit(self.runner.prefill_apart, rows_of, self.runner.queue_size)
+            self._aheads.append(_Ahead(seats, future))
 
-    def _place_ahead(self) -> None:
-        """Rows prefilled ahead into free slots, in order (a wait for their prefill, normally
-        done by now, and never longer than running it here); their first tokens in place, a
-        stream's read next."""
-        ahead, free = self._ahead, [s for s, seat in enumerate(self.seats) if seat is None]
-        if ahead is None or not free:
+    def _ready(self, ahead: _Ahead) -> None:
+        """Waits for ``ahead``'s prefill (normally done by now, and never longer than running it
+        here) and puts its rows' first tokens in place."""
+        if ahead.pending is not None:
             return
         pending = ahead.future.result()
-        slot_of = {}
-        for k, slot in zip(range(ahead.placed, len(ahead.seats)), free):
-            slot_of[k] = slot
-            self.seats[slot], self.stop[slot] = ahead.seats[k], False
-        self.runner.insert(pending, slot_of)
         firsts = self.runner.firsts(self.runner.first_tokens(pending), len(ahead.seats))
-        for k in slot_of:
-            seat = ahead.seats[k]
-            seat.ids[0] = int(firsts[k])
-            if seat.request.job.stream:
-                self.reads.append((seat, False))
-        ahead.placed += len(slot_of)
-        if ahead.placed == len(ahead.seats):
-            self._ahead = None
+        for seat, token in zip(ahead.seats, firsts.tolist()):
+            seat.ids[0] = token
+        ahead.pending, ahead.queue_width = pending, self.runner.queue_rows(pending)
+
+    def _queue(self) -> Optional[_Ahead]:
+        """The rows the next chunk takes as its queue: the first ones prefilled ahead, if their
+        prefill is done (or slots are free: it is waited for) and a chunk can take them."""
+        if not self._aheads:
+            return None
+        head = self._aheads[0]
+        if head.pending is None and not head.future.done() and None not in self.seats:
+            return None
+        self._ready(head)
+        return head if head.queue_width is not None else None
+
+    def _place_ahead(self) -> None:
+        """Rows prefilled ahead that no chunk can take as its queue into free slots, in order,
+        between chunks; their first tokens in place, a stream's read next."""
+        while self._aheads and None in self.seats:
+            ahead = self._aheads[0]
+            self._ready(ahead)
+            if ahead.queue_width is not None:
+                return  # the next chunk takes them as its queue
+            free = [s for s, seat in enumerate(self.seats) if seat is None]
+            slot_of = {}
+            for k, slot in zip(range(ahead.placed, len(ahead.seats)), free):
+                slot_of[k] = slot
+                self.seats[slot], self.stop[slot] = ahead.seats[k], False
+            self.runner.insert(ahead.pending, slot_of)
+            for k in slot_of:
+                if ahead.seats[k].request.job.stream:
+                    self.reads.append((ahead.seats[k], False))
+            ahead.placed += len(slot_of)
+            if not ahead.left:
+                self._aheads.pop(0)
 
     def _first(self, seats: list, pending: list) -> None:
         """Puts the admitted rows' first tokens in place (the chunk already running reads from
@@ -409,37 +471,52 @@ class ContinuousEngine(Worker):
             if seat.request.job.stream:
                 self.reads.append((seat, False))
 
-    def _dispatch(self):
-        """Starts one chunk on the device (its progress is read by ``_collect``): ``chunk``
-        tokens while a slot is free (a request arriving meanwhile waits at most that long), up
-        to ``LONG_CHUNK`` times more while every slot is taken (fewer waits for the device). The
-        chunk ends when a row finishes and frees its slot, or, while every slot is taken and
-        requests wait, when ``admit_batch`` rows have (at most as many as wait): the next
+    def _dispatch(self, queue: Optional[_Ahead]):
+        """Starts one chunk on the device (its report is read by ``_collect``), with ``queue``'s
+        rows taking slots as they free: ``chunk`` tokens while a slot is free (a request
+        arriving meanwhile waits at most that long), up to ``LONG_CHUNK`` times more while every
+        slot is taken (fewer waits for the device). The chunk ends when a row finishes and frees
+        its slot, or, while every slot is taken and requests wait, when ``admit_batch`` rows have
+        finished that the queue cannot replace (at most as many as wait beyond it): the next
         admission then prefills them together."""
         start = np.array([len(seat.ids) if seat else 0 for seat in self.seats], np.int32)
         stop, self.stop = self.stop, np.zeros_like(self.stop)
-        full = None not in self.seats
+        full = self.seats.count(None) <= (queue.left if queue else 0)
         steps = self.chunk * LONG_CHUNK if full else self.chunk
-        if not full:
-            finish = 1
-        elif self._ahead is not None:  # the rows prefilled ahead wait for that many slots
-            finish = len(self._ahead.seats) - self._ahead.placed
-        else:
-            finish = max(1, min(self.admit_batch, self.jobs.qsize() + (self._carry is not None)))
-        return self.runner.step(stop, start, steps, self.width, finish), start
+        later = self._aheads[1:] if queue is not None else self._aheads
+        waiting = sum(a.left for a in later) + self.jobs.qsize() + (self._carry is not None)
+        finish = max(1, min(self.admit_batch, waiting)) if full else 1
+        rows = None if queue is None else (queue.pending[0][0], queue.placed, len(queue.seats), queue.queue_width)
+        return self.runner.step(stop, start, steps, self.width, finish, rows), queue
 
-    def _collect(self, out, start: np.ndarray) -> None:
+    def _collect(self, out, queue: Optional[_Ahead]) -> None:
         """Waits for a chunk; keeps each row's new ids and frees the slots of rows that ended
-        at once (the next chunk can take requests there). The text is read later (``_read``),
-        while the device runs the next chunk: only rows that have ended, have text to check
-        (stop strings, cancelled) or a stream due a piece (``--stream-interval-ms``) are read."""
-        count, done, window = self.runner.progress(out)
-        for slot, seat in enumerate(self.seats):
+        at once (the next chunk can take requests there); the queued rows it placed take their
+        slots. The text is read later (``_read``), while the device runs the next chunk: only
+        rows that have ended, have text to check (stop strings, cancelled) or a stream due a
+        piece (``--stream-interval-ms``) are read."""
+        report = self.runner.report(out)
+        slots, before = len(self.seats), list(self.seats)
+        occupant = lambda slot, origin: before[slot] if origin < 0 else queue.seats[origin]
+        for j, (count, _, origin, slot) in enumerate(report[slots:, :4].tolist()):
+            if count < 0:
+                continue  # queued row j was not placed
+            queue.placed = j + 1
+            # a stop the host set meanwhile was for the row that left (a read while the chunk ran)
+            self.runner.widths[slot], self.stop[slot] = queue.queue_width, False
+            seat = occupant(slot, origin)  # the row whose slot j took: it finished
+            if seat is not None:
+                seat.ids += report[slots + j, 4: 4 + count - len(seat.ids)].tolist()
+                self.reads.append((seat, True))
+        if queue is not None and not queue.left:
+            self._aheads.remove(queue)
+        for slot, (count, done, origin, _) in enumerate(report[:slots, :4].tolist()):
+            seat = self.seats[slot] = occupant(slot, origin)
             if seat is None:
                 continue
-            seat.ids += window[slot, : count[slot] - start[slot]].tolist()
+            seat.ids += report[slot, 4: 4 + count - len(seat.ids)].tolist()
             job = seat.request.job
-            if done[slot]:
+            if done:
                 self.seats[slot] = None
                 self.reads.append((seat, True))
             elif (job.stream and seat.request.state.due(seat.index)) or job.rows[seat.index].stop \
@@ -473,9 +550,9 @@ class ContinuousEngine(Worker):
     def _fail(self, admitted: list[Job], error: Exception) -> None:
         """A failed prefill or chunk: every request in flight gets the error; the slots restart."""
         seats = [s for s in self.seats if s is not None] + [s for s, _ in self.reads]
-        if self._ahead is not None:
-            seats += self._ahead.seats[self._ahead.placed:]
-            self._ahead = None
+        for ahead in self._aheads:
+            seats += ahead.seats[ahead.placed:]
+        self._aheads = []
         jobs = {id(s.request.job): s.request.job for s in seats if s.request.left > 0}
         jobs.update({id(j): j for j in admitted})
         for job in jobs.values():
