@@ -14,6 +14,8 @@ from nety_jax.errors import ConfigError
 PAD_ID, SOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 MAX_POSITIONS = 1 << 16  # position tables and caches beyond this are a typo, not a model
 MAX_VOCAB = 1 << 22
+MAX_SEED = 2 ** 63 - 1  # what a PRNG key takes (and the server's and the API's seeds)
+INT32_MAX = 2 ** 31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +162,7 @@ class TrainConfig:
                    "bleu_samples", "keep_best", "seed", "peak_tflops", "memory_limit_gb",
                    allow_zero=True)
         F.at_most(s, self, "batch_size", 1 << 20, "batches that large do not fit")
+        F.at_most(s, self, "seed", MAX_SEED, "a PRNG seed is a 64-bit signed integer")
         F.choice(s, "optimizer", self.optimizer, ("adamw", "adam"))
         F.choice(s, "schedule", self.schedule, ("constant", "linear", "warmup_cosine", "warmup_rsqrt"))
         F.choice(s, "parallel", self.parallel, ("none", "pmap", "shard_map", "mesh"))
@@ -167,6 +170,10 @@ class TrainConfig:
         F.choice(s, "remat_scan", self.remat_scan, ("layer", "step"))
         self._validate_mesh()
         F.probability(s, self, "label_smoothing", "end_lr_fraction", "b1", "b2")
+        for name in ("b1", "b2"):  # Adam divides by 1 - b ** step: b = 1 is NaN at the first step
+            if getattr(self, name) == 1.0:
+                raise ConfigError(f"train.{name}=1.0 must be < 1 (Adam's moment estimates divide by "
+                                  f"1 - {name} ** step)")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"train.batch_size={self.batch_size} is not divisible by "
                               f"train.grad_accum={self.grad_accum}")
@@ -212,6 +219,8 @@ class DecodeConfig:
         F.at_most(s, self, "max_new_tokens", MAX_POSITIONS, "more positions than any model has")
         F.at_most(s, self, "beam_size", 256, "beams that wide do not fit")
         F.at_most(s, self, "temperature", 100.0, "a higher temperature is uniform noise")
+        F.at_most(s, self, "top_k", INT32_MAX, "each row's top-k is an int32; a cut past the vocabulary "
+                  "keeps every token, as 0 does")
         F.choice(s, "speculate", self.speculate, ("none", "ngram"))
         F.positive(s, self, "draft_tokens")
         F.at_most(s, self, "draft_tokens", 16, "longer drafts are rarely all accepted")
