@@ -149,6 +149,12 @@ def create_sharded_state(model, tcfg: TrainConfig, rng, shardings, abstract_stat
 
 
 def abstract_train_state(model, tcfg: TrainConfig, rng):
+    """The train state's shapes and dtypes (kept per configuration: the same tree again)."""
+    return _abstract_train_state(model, tcfg, jax.ShapeDtypeStruct(np.shape(rng), rng.dtype))
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_train_state(model, tcfg: TrainConfig, rng: jax.ShapeDtypeStruct):
     return jax.eval_shape(functools.partial(create_train_state, model, tcfg), rng)
 
 

@@ -1,6 +1,8 @@
 """Optax optimizer and learning-rate schedules from the train config."""
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import optax
 
@@ -31,7 +33,11 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
     return rsqrt
 
 
+@functools.lru_cache(maxsize=16)
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """The optimizer of ``cfg``: the same object for an equal config, so that the train states of
+    equal configs have the same structure (it is a static field of TrainState) and a step jitted
+    for one serves the other."""
     schedule = make_schedule(cfg)
     if cfg.optimizer == "adamw":
         opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import types
 
 import jax
 import numpy as np
@@ -119,6 +120,45 @@ def check_layout(cfg: Config, backend: str | None = None) -> None:
             f"train.grad_accum = {jax.process_count()} x {devices} x {t.grad_accum}")
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled(model, tcfg, backend: str, devices: tuple) -> types.SimpleNamespace:
+    """The jitted steps of one (model, train config, backend) on these devices, kept for the
+    process: a later ``train()`` of the same configuration (a resume, a second run) finds its
+    traced and compiled programs in jit's caches instead of tracing them again (the optimizer,
+    a static field of the train state, is kept alike: ``make_optimizer``)."""
+    common = {"model": model, "tcfg": tcfg}
+    if backend == "mesh":
+        return _compiled_mesh(model, tcfg, common)
+    if backend == "none":
+        return types.SimpleNamespace(train=jax.jit(functools.partial(train_step, **common), donate_argnums=0),
+                                     eval=jax.jit(functools.partial(eval_step, **common)))
+    step = functools.partial(train_step, **common, axis_name=AXIS)
+    evaluate = functools.partial(eval_step, **common, axis_name=AXIS)
+    if backend == "pmap":
+        return types.SimpleNamespace(
+            train=jax.pmap(step, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None)),
+            eval=jax.pmap(evaluate, axis_name=AXIS, in_axes=(None, 0), out_axes=None))
+    # shard_map (check_layout refused any other name)
+    mesh = Mesh(np.asarray(devices), (AXIS,))
+    wrap = lambda fn, out: jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=out)
+    return types.SimpleNamespace(train=jax.jit(wrap(step, (P(), P())), donate_argnums=0),
+                                 eval=jax.jit(wrap(evaluate, P())), mesh=mesh)
+
+
+def _compiled_mesh(model, t, common: dict) -> types.SimpleNamespace:
+    mesh, rules = meshlib.make_mesh(t), meshlib.rules_of(t)
+    batch_sharding = meshlib.batch_sharding(mesh, rules)
+    abstract_state = meshlib.abstract_train_state(model, t, jax.random.PRNGKey(t.seed))
+    state_shardings = meshlib.state_shardings(model, abstract_state, mesh, rules)
+    replicated = NamedSharding(mesh, P())
+    train = jax.jit(functools.partial(train_step, **common), donate_argnums=0,
+                    in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated))
+    evaluate = jax.jit(functools.partial(eval_step, **common), in_shardings=(state_shardings, batch_sharding),
+                       out_shardings=replicated)
+    return types.SimpleNamespace(train=train, eval=evaluate, mesh=mesh, rules=rules, batch_sharding=batch_sharding,
+                                 abstract_state=abstract_state, state_shardings=state_shardings)
+
+
 class Runner:
     """Compiled ``train(state, batch)`` and ``evaluate(state, batch)`` for one backend."""
 
@@ -128,41 +168,11 @@ class Runner:
         # the compiled steps' model: train.remat changes what the backward pass keeps, not the parameters
         model = self.model = dataclasses.replace(model, remat=Remat(cfg.train.remat, cfg.train.remat_scan))
         self.num_devices = 1 if self.backend == "none" else jax.local_device_count()
-        if self.backend == "mesh":
-            self._init_mesh(cfg, model)
-            return
-        common = {"model": model, "tcfg": cfg.train}
-        if self.backend == "none":
-            self._train = jax.jit(functools.partial(train_step, **common), donate_argnums=0)
-            self._eval = jax.jit(functools.partial(eval_step, **common))
-            return
-        step = functools.partial(train_step, **common, axis_name=AXIS)
-        evaluate = functools.partial(eval_step, **common, axis_name=AXIS)
-        if self.backend == "pmap":
-            self._train = jax.pmap(step, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, None))
-            self._eval = jax.pmap(evaluate, axis_name=AXIS, in_axes=(None, 0), out_axes=None)
-        else:  # shard_map (check_layout refused any other name)
-            self.mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
-            wrap = lambda fn, out: jax.shard_map(fn, mesh=self.mesh, in_specs=(P(), P(AXIS)),
-                                                 out_specs=out)
-            self._train = jax.jit(wrap(step, (P(), P())), donate_argnums=0)
-            self._eval = jax.jit(wrap(evaluate, P()))
-
-    def _init_mesh(self, cfg: Config, model) -> None:
-        t = cfg.train
-        self.mesh = meshlib.make_mesh(t)
-        self.rules = meshlib.rules_of(t)
-        self.batch_sharding = meshlib.batch_sharding(self.mesh, self.rules)
-        self.abstract_state = meshlib.abstract_train_state(model, t, jax.random.PRNGKey(t.seed))
-        self.state_shardings = meshlib.state_shardings(model, self.abstract_state, self.mesh, self.rules)
-        replicated = NamedSharding(self.mesh, P())
-        common = {"model": model, "tcfg": t}
-        self._train = jax.jit(functools.partial(train_step, **common), donate_argnums=0,
-                              in_shardings=(self.state_shardings, self.batch_sharding),
-                              out_shardings=(self.state_shardings, replicated))
-        self._eval = jax.jit(functools.partial(eval_step, **common),
-                             in_shardings=(self.state_shardings, self.batch_sharding),
-                             out_shardings=replicated)
+        compiled = _compiled(model, cfg.train, self.backend, tuple(jax.devices()))
+        self._train, self._eval = compiled.train, compiled.eval
+        for name in ("mesh", "rules", "batch_sharding", "abstract_state", "state_shardings"):
+            if hasattr(compiled, name):
+                setattr(self, name, getattr(compiled, name))
 
     def describe(self) -> str:
         """For the log: the backend and its devices (a mesh's axes and sizes)."""

@@ -7,6 +7,7 @@ The model adapter is a static argument: the steps never name an architecture.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import jax
@@ -41,12 +42,18 @@ def create_train_state(model, tcfg: TrainConfig, rng: jax.Array,
                        variables: Optional[dict] = None) -> TrainState:
     init_rng, dropout_rng = jax.random.split(rng)
     if variables is None:
-        variables = model.init(init_rng)
+        variables = _init_of(model)(init_rng)
     tx = make_optimizer(tcfg)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       mutables={k: v for k, v in variables.items() if k != "params"},
                       opt_state=tx.init(params), rng=dropout_rng, tx=tx)
+
+
+@functools.lru_cache(maxsize=16)
+def _init_of(model):
+    """``model.init`` jitted once per model: a later train state of the same model is not traced again."""
+    return jax.jit(model.init)
 
 
 def _tree_add(a, b):
