@@ -248,9 +248,12 @@ def _first_batch_losses(cfg, source, text, tmp_path):
     run = prepare(cfg, str(tmp_path / "probe"), text, False, lambda *_: None, source)
     batch = next(run.iterator)
     run.manager.close()
+    # one program for both (op by op, the loss compiled each of its operations on its own)
+    loss_sums = jax.jit(lambda variables: run.model.loss_sums(variables, batch, train=True,
+                                                              rng=jax.random.PRNGKey(0))[0])
     losses = []
     for variables in (source.variables, run.model.init(jax.random.PRNGKey(0))):
-        sums, _ = run.model.loss_sums(variables, batch, train=True, rng=jax.random.PRNGKey(0))
+        sums = loss_sums(variables)
         losses.append(float(sums["nll_sum"]) / float(sums["tokens"]))
     return losses
 
