@@ -118,7 +118,8 @@ def trained_rnn_lm(tmp_path_factory):
 # so no long test starts last and runs alone while the other worker idles. COSTS: seconds a unit
 # took in CI (its `--durations`: solo tests as the CI of e138ffd timed them, bench.py --tiny and the
 # GPU check as estimated after their two-layer smoke sizes; whole files without their solo tests:
-# estimates); a unit not listed costs 0 and keeps its place after them
+# estimates, from their longest tests in the last CIs: test_speculative.py, unlisted, ran last and one
+# worker idled 38-49 s); a unit not listed costs 0 and keeps its place after them
 # (docs/PERFORMANCE.md, "The test suite"; `make test` ends with each worker's seconds and tail).
 SOLO = {
     "test_multihost.py::test_two_processes_equal_one_process_resume_after_kill_and_across": 129,
@@ -132,7 +133,9 @@ SOLO = {
 }
 COSTS = {**SOLO, "test_reliability.py": 150, "test_hf.py": 120, "test_mesh.py": 90, "test_training.py": 90,
          "test_cli.py": 80, "test_mesh_restore.py": 60, "test_writers.py": 60, "test_readme.py": 50,
-         "test_language_models.py": 50, "test_generate.py": 45, "test_learning.py": 30}
+         "test_language_models.py": 50, "test_generate.py": 45, "test_speculative.py": 45, "test_learning.py": 30,
+         "test_continuous_hybrid.py": 30, "test_torch_io.py": 30, "test_continuous_warmup.py": 25,
+         "test_prefix_cache.py": 25, "test_remat.py": 25, "test_accelerator.py": 20, "test_continuous.py": 20}
 
 
 def _unit(nodeid: str) -> str:

@@ -37,7 +37,7 @@ from nety_jax.data.batching import LocalBatch
 from nety_jax.errors import ConfigError
 from nety_jax.layers.remat import Remat
 from nety_jax.training import mesh as meshlib
-from nety_jax.training.steps import create_train_state, eval_step, train_step
+from nety_jax.training.steps import create_train_state, eval_step, trace_settings, train_step
 
 AXIS = "batch"
 
@@ -121,11 +121,12 @@ def check_layout(cfg: Config, backend: str | None = None) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(model, tcfg, backend: str, devices: tuple) -> types.SimpleNamespace:
+def _compiled(model, tcfg, backend: str, devices: tuple, settings: tuple) -> types.SimpleNamespace:
     """The jitted steps of one (model, train config, backend) on these devices, kept for the
     process: a later ``train()`` of the same configuration (a resume, a second run) finds its
     traced and compiled programs in jit's caches instead of tracing them again (the optimizer,
-    a static field of the train state, is kept alike: ``make_optimizer``)."""
+    a static field of the train state, is kept alike: ``make_optimizer``). ``settings``: the
+    environment tracing reads (``steps.trace_settings``): another setting, other programs."""
     common = {"model": model, "tcfg": tcfg}
     if backend == "mesh":
         return _compiled_mesh(model, tcfg, common)
@@ -168,7 +169,7 @@ class Runner:
         # the compiled steps' model: train.remat changes what the backward pass keeps, not the parameters
         model = self.model = dataclasses.replace(model, remat=Remat(cfg.train.remat, cfg.train.remat_scan))
         self.num_devices = 1 if self.backend == "none" else jax.local_device_count()
-        compiled = _compiled(model, cfg.train, self.backend, tuple(jax.devices()))
+        compiled = _compiled(model, cfg.train, self.backend, tuple(jax.devices()), trace_settings())
         self._train, self._eval = compiled.train, compiled.eval
         for name in ("mesh", "rules", "batch_sharding", "abstract_state", "state_shardings"):
             if hasattr(compiled, name):

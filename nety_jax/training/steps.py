@@ -8,6 +8,7 @@ The model adapter is a static argument: the steps never name an architecture.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Optional
 
 import jax
@@ -50,9 +51,20 @@ def create_train_state(model, tcfg: TrainConfig, rng: jax.Array,
                       opt_state=tx.init(params), rng=dropout_rng, tx=tx)
 
 
-@functools.lru_cache(maxsize=16)
+def trace_settings() -> tuple:
+    """The ``NETY_JAX_*`` environment, which tracing may read (the GPU fast paths, the CPU kernels):
+    part of the key of every traced program kept across calls, so that a changed setting traces anew."""
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("NETY_JAX_")))
+
+
 def _init_of(model):
-    """``model.init`` jitted once per model: a later train state of the same model is not traced again."""
+    """``model.init`` jitted once per model (and settings): a later train state of the same model
+    is not traced again."""
+    return _jitted_init(model, trace_settings())
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model, settings: tuple):
     return jax.jit(model.init)
 
 
