@@ -11,7 +11,7 @@ from nety_jax.cli import main
 from nety_jax.errors import NetyError
 from nety_jax.serving.chat import chat
 from nety_jax.serving.pretrained import load_pretrained
-from conftest import ROOT, TINY, run_main
+from conftest import ONE_LAYER, ROOT, TINY, run_main
 
 
 def run_cli(*args, stdin=None):
@@ -137,7 +137,7 @@ def test_skip_bad_trains_and_logs_the_count(tmp_path):
     data.write_text("\n".join(lines) + "\n", encoding="utf-8")
     done = run_main("train", "--config", TINY, "--workdir", str(tmp_path / "w"), "--data", str(data),
                     "--skip-bad", "--steps", "12", "--no-progress", "--set", "data.vocab_size=60",
-                    "--set", "train.batch_size=8")
+                    "--set", "train.batch_size=8", *[a for o in ONE_LAYER for a in ("--set", o)])  # depth: no matter
     assert done.returncode == 0, done.stderr
     assert "skipped 2 bad lines" in done.stdout and "pairs.jsonl:4: invalid JSON" in done.stdout
 
