@@ -44,6 +44,16 @@ def _check_pair(path, lineno, inp, tgt, keys) -> tuple[str, str]:
     return inp.strip(), tgt.strip()
 
 
+def _given_twice(line: str, keys) -> Optional[str]:
+    """The first of ``keys`` the line's object names twice, or None. ``json.loads`` keeps the last
+    value silently; a line can only name a key twice if its text holds the key twice (or a
+    ``\\u`` escape spells it), so other lines are not parsed again."""
+    if "\\u" not in line and all(line.count(k) < 2 for k in keys):
+        return None
+    names = [name for name, _ in json.loads(line, object_pairs_hook=lambda pairs: pairs)]
+    return next((k for k in keys if names.count(k) > 1), None)
+
+
 def _parse_line(path, lineno, line, fmt, keys):
     if fmt == "jsonl":
         try:
@@ -58,6 +68,10 @@ def _parse_line(path, lineno, line, fmt, keys):
         if missing:
             found = ", ".join(map(repr, list(record)[:5])) or "none"
             raise DataError(f"{path}:{lineno}: missing key {missing[0]!r} (found {found})")
+        twice = _given_twice(line, keys)
+        if twice is not None:
+            raise DataError(f"{path}:{lineno}: key {twice!r} is given twice (a JSON reader keeps only "
+                            "the last, silently)")
         return _check_pair(path, lineno, record[keys[0]], record[keys[1]], keys)
     fields = line.split("\t")
     if len(fields) != 2:
