@@ -39,11 +39,18 @@ def model(request, trained_run, trained_gpt, trained_rnn_lm):
 
 
 def test_rows_give_the_tokens_they_give_alone_and_reuse_freed_slots(model):
-    """Five requests through two slots: rows join as others finish, and each row's reply equals
-    ``generate`` on that row alone (greedy and seeded sampling)."""
-    engine = ContinuousEngine(PretrainedBackend(model), slots=2, chunk=3)
+    """Five requests through two slots, all waiting at the start: rows join as others finish, and
+    each row's reply equals ``generate`` on that row alone (greedy and seeded sampling). The
+    waiting rows are prefilled ahead and a chunk takes them as its queue: they go into the slots
+    that free INSIDE it (the hybrid's chunk reads a narrowed memory), so no program inserts rows
+    between chunks."""
+    engine, gate = _gated_engine(PretrainedBackend(model), slots=2, chunk=3)
+    inserts, aheads, insert, apart = [], [], engine.runner.insert, engine.runner.prefill_apart
+    engine.runner.insert = lambda *a, **k: (inserts.append(1), insert(*a, **k))[1]
+    engine.runner.prefill_apart = lambda *a, **k: (aheads.append(1), apart(*a, **k))[1]
     rows = [Row(model.model.prompts.ids(model.tokenizer, p, model.config.data), *s) for p, s in zip(PROMPTS, SETTINGS)]
-    submitted = [_submit(engine, [r]) for r in rows]
+    submitted = [_submit(engine, [r], on_delta=(lambda *a: None) if i % 2 else None) for i, r in enumerate(rows)]
+    gate.set()
     for (_, finished, results), (t, k, p, n, seed), prompt in zip(submitted, SETTINGS, PROMPTS):
         assert finished.wait(120)
         kind, (got,) = results[0]
@@ -55,6 +62,7 @@ def test_rows_give_the_tokens_they_give_alone_and_reuse_freed_slots(model):
         assert got.finish_reason == ("stop" if ended else "length")
     assert engine.seats == [None, None]
     engine.close()
+    assert aheads and not inserts, (aheads, inserts)  # the old engine inserted them between chunks
 
 
 def test_a_cancelled_row_frees_its_slot_for_the_next_request(trained_gpt):
@@ -184,37 +192,6 @@ def test_rows_that_finish_while_requests_wait_are_refilled_by_one_prefill(traine
         _, finished, results = _submit(alone, [row])
         assert finished.wait(120)
         assert results[0][1][0] == got and got.tokens == row.max_new_tokens
-    alone.close()
-
-
-def test_rows_prefilled_ahead_take_freed_slots_inside_the_chunk(model):
-    """Three slots, eight waiting requests of different lengths (greedy and seeded, streamed and
-    not): the rows prefilled ahead are a chunk's queue and take the slots that free INSIDE it
-    (the hybrid's too, whose chunk reads a narrowed memory), so no program inserts rows between
-    chunks and a chunk places queued rows; every reply is the one the request gets alone."""
-    backend = PretrainedBackend(model)
-    backend.spec = dataclasses.replace(backend.spec, min_new_tokens=1000)  # no <eos>: rows end at their length
-    prompts = [model.model.prompts.ids(model.tokenizer, p, model.config.data) for p in PROMPTS]
-    rows = [Row(prompts[i % len(prompts)], *SETTINGS[i % len(SETTINGS)][:3], n, i)
-            for i, n in enumerate([3, 9, 5, 2, 7, 4, 6, 3])]
-    engine, gate = _gated_engine(backend, slots=3, chunk=2)
-    inserts, aheads, insert, apart = [], [], engine.runner.insert, engine.runner.prefill_apart
-    engine.runner.insert = lambda *a, **k: (inserts.append(1), insert(*a, **k))[1]
-    engine.runner.prefill_apart = lambda *a, **k: (aheads.append(1), apart(*a, **k))[1]
-    submitted = [_submit(engine, [r], on_delta=(lambda *a: None) if i % 2 else None) for i, r in enumerate(rows)]
-    gate.set()
-    together = []
-    for _, finished, results in submitted:
-        assert finished.wait(120)
-        together.append(results[0][1][0])
-    engine.close()
-    assert aheads and not inserts, (aheads, inserts)  # the old engine inserted them between chunks
-    alone = ContinuousEngine(backend, slots=1, chunk=2)
-    for row, got in zip(rows, together):
-        _, finished, results = _submit(alone, [row])
-        assert finished.wait(120)
-        assert (results[0][1][0].text, results[0][1][0].tokens) == (got.text, got.tokens) == \
-            (got.text, row.max_new_tokens)
     alone.close()
 
 
