@@ -8,7 +8,7 @@ and keeps the longest accepted prefix of the draft plus one token of the model's
 Rows accept different counts; each row's cache keeps exactly its accepted tokens
 (``Model.keep_steps``). Tokens for which no row verifies a draft come from an inner loop of the
 model's own one-token step (``decode_step``) and plain sampling, so text that does not repeat pays
-only the history's write and the lookup (``run``); a verification of greedy rows only compares the argmax with the draft (the
+only the lookup; a verification of greedy rows only compares the argmax with the draft (the
 distributions below are built only when some row samples).
 
 A draft is verified only when its expected kept tokens repay what a verification costs more than
@@ -89,7 +89,6 @@ class SpecState:
     after_kept: jax.Array  # (B,) bool: the row's last token was a drafted (or shadow-drafted) token kept
     cont: jax.Array  # (B,) int32: where the draft for the row's next token starts in ``history``; -1 none
     length: jax.Array  # (B,) int32: the draft the row verifies next; 0: it takes a plain step
-    tail: jax.Array  # (B, max(NGRAMS)) int32: the row's last ids, the last first (what its lookup matches)
 
     @property
     def pos(self) -> jax.Array:
@@ -101,27 +100,20 @@ def ngram_lookup(history: jax.Array, end: jax.Array) -> tuple[jax.Array, jax.Arr
     """One row: (H,) ids of which ``end`` are written -> (() int32: where the continuation of the
     latest earlier occurrence of the row's last n ids starts, n as long as NGRAMS allows, -1 if
     none; () int32: that n, 0 if none)."""
-    return _decoded(_lookup_score(history, end, _tail(history, end)), history.shape[0])
+    return _decoded(_lookup_score(history, end), history.shape[0])
 
 
-def _tail(history: jax.Array, end: jax.Array) -> jax.Array:
-    """(..., H) ids of which ``end`` (...) are written -> (..., max(NGRAMS)) the last ids, the last first."""
-    at = jnp.maximum(end[..., None] - 1 - jnp.arange(max(NGRAMS)), 0)
-    return jnp.take_along_axis(history, at, axis=-1)
-
-
-def _lookup_score(history: jax.Array, end: jax.Array, tail: jax.Array) -> jax.Array:
+def _lookup_score(history: jax.Array, end: jax.Array) -> jax.Array:
     """``ngram_lookup`` as one score: -1, or the band of n shifted above the continuation's bits.
 
     ``match`` says, for every candidate j (the last id of an earlier occurrence), whether the ids
-    at j, j - 1, ... equal the row's last ids ``tail`` (the last first); each n in NGRAMS scores
-    its matches j + 1 in its own band (longer n above), so ONE max over the history picks the
-    longest n, then the latest j: the lookup runs after every token, as one fusion.
-    Candidates end before the row's last id, so the draft starts in the written part, and only
-    ids before ``end - 1`` are read: ``history`` may still lack the last id (which is ``tail[0]``),
-    so that the plain step's lookup need not wait for the history's write."""
+    at j, j - 1, ... equal the row's last ids; each n in NGRAMS scores its matches j + 1 in its own
+    band (longer n above), so ONE max over the history picks the longest n, then the latest j:
+    the lookup runs after every token, as one fusion.
+    Candidates end before the row's last id, so the draft starts in the written part."""
     h = history.shape[0]
     bits = _bits(h)
+    tail = history[jnp.maximum(end - 1 - jnp.arange(max(NGRAMS)), 0)]  # the last id first
     j = jnp.arange(h)
     match = j + 1 < end
     score = jnp.full((h,), -1, jnp.int32)
@@ -163,11 +155,9 @@ def _adjusted(logits, s: SpecState, spec: LoopSpec):
 
 
 def _scores(logits, ids):
-    """(B, T, V) logits, (B, T) ids -> (B, T) the log-probabilities of those ids, with the float
-    operations of plain decoding's ``chosen_log_prob`` (the same scores, and no (B, T, V) log-softmax)."""
-    top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    total = jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
-    return (jnp.take_along_axis(logits, ids[..., None], axis=-1) - top)[..., 0] - total
+    """(B, T, V) logits, (B, T) ids -> (B, T) the log-probabilities of those ids."""
+    picked = jnp.take_along_axis(logits, ids[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def accept_greedy(logits: jax.Array, draft: jax.Array):
@@ -272,14 +262,8 @@ def _width(length: jax.Array, spec: LoopSpec) -> jax.Array:
 def _look(s: SpecState, spec: LoopSpec) -> SpecState:
     """Each row's draft for its next token, and whether it is worth verifying (``length`` > 0):
     its expected kept tokens reach ``GAIN``."""
-    tail = _tail(s.history, s.start + s.count)
-    return _gate(s.replace(tail=tail), jax.vmap(_lookup_score)(s.history, s.start + s.count, tail), spec)
-
-
-def _gate(s: SpecState, score: jax.Array, spec: LoopSpec) -> SpecState:
-    """``_look`` from the rows' lookup scores (B,)."""
     end = s.start + s.count
-    cont, matched = _decoded(score, s.history.shape[1])
+    cont, matched = _decoded(jax.vmap(_lookup_score)(s.history, end), s.history.shape[1])
     length = jnp.minimum(s.draft_len, end - cont)  # a draft stops where the row's text does
     n = jnp.minimum(_width(length, spec), end - cont)
     worth = _expected_kept(s.counts, s.after_kept, matched, n, spec) >= GAIN
@@ -295,7 +279,7 @@ def _pace(s: SpecState, looked, kept, length, spec: LoopSpec) -> SpecState:
 
 
 def _last(s: SpecState) -> jax.Array:
-    return s.tail[:, :1]
+    return jnp.take_along_axis(s.history, (s.start + s.count)[:, None] - 1, axis=1)
 
 
 def _greedy(s: SpecState) -> jax.Array:
@@ -338,33 +322,18 @@ def _verify_at(steps: Steps, keep: Keep, spec: LoopSpec, w: int):
     return verify
 
 
-def _plain(step: Step, spec: LoopSpec, s: SpecState, shadow: bool = True) -> SpecState:
+def _plain(step: Step, spec: LoopSpec, s: SpecState) -> SpecState:
     """One token per row through the model's one-token step, as plain sampling draws it; a row
-    with a draft it did not verify checks the draft's first token against it (its shadow).
-    ``shadow=False``: the step of a batch where no row has a draft (``cont`` -1 everywhere), which
-    has nothing to check or learn: only the step, the write and the next lookup.
-
-    Everything that reads the state as it was (the shadow's drafted id, the next lookup, which
-    reads the history before this token's write: ``_lookup_score``) is computed first, and only
-    then is anything written (``optimization_barrier``): XLA can then update the carried arrays
-    in place instead of copying them at each token."""
-    logits, cache = step(s.tail[:, 0], s.cache)
+    with a draft it did not verify checks the draft's first token against it (its shadow)."""
+    logits, cache = step(_last(s)[:, 0], s.cache)
     logits = adjust_logits(logits.astype(jnp.float32), None, s.count, spec)
     nxt = sample_rows(logits, s.params, s.count, spec.top_k_max)
     score = _scores(logits[:, None], nxt[:, None])[:, 0]
-    write = ~s.done & (s.count < jnp.minimum(s.params.max_new_tokens, spec.max_new_tokens))
-    tail = jnp.where(write[:, None], jnp.concatenate([nxt[:, None], s.tail[:, :-1]], axis=1), s.tail)
-    found = jax.vmap(_lookup_score)(s.history, s.start + s.count + write, tail)
-    if shadow:
-        had = (s.cont >= 0) & ~s.done
-        hit = had & (nxt == jnp.take_along_axis(s.history, jnp.maximum(s.cont, 0)[:, None], axis=1)[:, 0])
-        nxt, score, had, hit, tail, found = jax.lax.optimization_barrier((nxt, score, had, hit, tail, found))
-        zero = jnp.zeros_like(s.count)
-        s = _observe(s, had, hit, zero, zero).replace(after_kept=hit)
-    else:
-        nxt, score, tail, found = jax.lax.optimization_barrier((nxt, score, tail, found))
-        s = s.replace(after_kept=jnp.zeros_like(s.after_kept))
-    return _gate(_emit_one(s.replace(cache=cache), nxt, score, spec).replace(tail=tail), found, spec)
+    had = (s.cont >= 0) & ~s.done
+    hit = had & (nxt == jnp.take_along_axis(s.history, jnp.maximum(s.cont, 0)[:, None], axis=1)[:, 0])
+    zero = jnp.zeros_like(s.count)
+    s = _observe(s, had, hit, zero, zero).replace(after_kept=hit)
+    return _look(_emit_one(s.replace(cache=cache), nxt, score, spec), spec)
 
 
 def _emit_one(s: SpecState, nxt, score, spec: LoopSpec) -> SpecState:
@@ -402,7 +371,7 @@ def start(first_logits, cache, prompt, lengths, params: SamplingParams, spec: Lo
                       calls=jnp.zeros((), jnp.int32), drafted=zeros, accepted=zeros,
                       draft_len=jnp.full((b,), min(DRAFT_START, k), jnp.int32),
                       counts=jnp.zeros((b, 4), jnp.float32), after_kept=jnp.zeros((b,), bool), cont=zeros - 1,
-                      length=zeros, tail=jnp.zeros((b, max(NGRAMS)), jnp.int32))
+                      length=zeros)
     first = adjust_logits(first_logits.astype(jnp.float32), None, jnp.zeros((), jnp.int32), spec)
     nxt = sample_rows(first, params, jnp.zeros((), jnp.int32), spec.top_k_max)
     scores = _scores(first[:, None], nxt[:, None])[:, 0]
@@ -415,12 +384,9 @@ def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None,
     the model's one-token step (``decode_step``), run by the iterations where no row verifies
     (by default made of ``steps`` and ``keep``).
 
-    Plain steps run in inner ``while_loop`` s while no row has a draft worth verifying (each
-    step looks up the next drafts: the conditions only read ``length`` and ``cont``): a loop
-    condition is a point where the host waits for the device anyway. While no row has a draft at
-    all, the steps skip the shadow check and the counts (nothing to learn: ``_plain`` with
-    ``shadow=False``), so text that does not repeat pays only the history's write and the lookup;
-    while some row has one it does not verify, they check it. Then one ``while_loop`` per compiled width
+    Plain steps run in an inner ``while_loop`` while no row has a draft worth verifying (each
+    step looks up the next drafts: the condition only reads ``length``): a loop condition is a
+    point where the host waits for the device anyway. Then one ``while_loop`` per compiled width
     verifies while the longest draft needs that width, usually once or not at all. Loops, not
     ``lax.cond`` / ``switch``: a loop updates its carry (the cache, the history) in place, where
     XLA copies a conditional's operands into its result, at every call."""
@@ -432,14 +398,8 @@ def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None,
     def needs(low: int, high: int):
         return lambda s: live(s) & (low < (need := jnp.max(s.length))) & (need <= high)
 
-    def quiet(s: SpecState):  # no row verifies a draft
-        return live(s) & ~jnp.any(s.length > 0)
-
     def body(s: SpecState):
-        s = jax.lax.while_loop(lambda s: quiet(s) & ~jnp.any((s.cont >= 0) & ~s.done),
-                               functools.partial(_plain, step, spec, shadow=False), s)
-        s = jax.lax.while_loop(lambda s: quiet(s) & jnp.any((s.cont >= 0) & ~s.done),
-                               functools.partial(_plain, step, spec), s)
+        s = jax.lax.while_loop(lambda s: live(s) & ~jnp.any(s.length > 0), functools.partial(_plain, step, spec), s)
         ws = widths(spec.draft_tokens)
         for low, w in zip((0,) + ws[:-1], ws):
             s = jax.lax.while_loop(needs(low, w), _verify_at(steps, keep, spec, w), s)
