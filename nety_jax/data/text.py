@@ -9,6 +9,7 @@ window crosses from training into validation text.
 from __future__ import annotations
 
 import dataclasses
+import os
 from importlib import resources
 from typing import Iterator, Optional, Sequence
 
@@ -35,6 +36,7 @@ class TextReport:
 def iter_text(paths: Sequence[str], skip_bad: bool, skips: Skips) -> Iterator[str]:
     """The non-empty lines of one or many UTF-8 (or gzip) text files, in order, read as they
     are consumed; a bad line raises (or, with ``skip_bad``, is counted in ``skips``)."""
+    _distinct(paths)
     for path in paths:
         for _, line, error in read_lines(path, "text file"):
             if error:
@@ -43,6 +45,18 @@ def iter_text(paths: Sequence[str], skip_bad: bool, skips: Skips) -> Iterator[st
                 skips.add(error)
             elif line.strip():
                 yield line.strip()
+
+
+def _distinct(paths: Sequence[str]) -> None:
+    """A file given twice (``--text a.txt a.txt``, ``./a.txt``, a link to it) is refused: its lines
+    would be trained on twice and, since the validation split is the last lines of all the files
+    together, the held-out copy's lines trained on too (a flattered validation loss)."""
+    seen: dict = {}
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:
+            raise DataError(f"{path}: given twice (also as {seen[real]}); each text file is read once")
+        seen[real] = path
 
 
 def no_text(paths: Sequence[str]) -> DataError:

@@ -201,6 +201,11 @@ class WordTokenizer(Tokenizer):
         ids = sorted(w2i.values())
         if ids != list(range(len(ids))):
             raise DataError(f"{path}: ids in 'word_to_idx' must be 0..{len(ids) - 1} without gaps")
+        by_id = {v: k for k, v in w2i.items()}
+        for i, special in enumerate(SPECIALS):  # the model's fixed ids: another word there is read as one
+            if by_id.get(i) != special:
+                raise DataError(f"{path}: id {i} must be {special!r} (ids 0-3 are {', '.join(SPECIALS)}, as in "
+                                f"NETY's vocabulary), found {by_id.get(i)!r}")
         return cls(w2i, split)
 
     @classmethod
