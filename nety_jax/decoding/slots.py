@@ -280,11 +280,19 @@ def _steps(variables, state: Slots, entered, steps, finish, model, spec: LoopSpe
         return (_insert(s, queue, target, model), entered & ~take, next_q + jnp.sum(take),
                 jnp.where(take, 1, begin), jnp.where(take, index, origin), retired)
 
-    def body(carry):
+    def segment(carry):
+        """Queued rows into the free slots, then plain steps until a row finishes (as many
+        steps as the loop without a queue: the refill costs nothing at the other steps)."""
         i, c = carry
         s, entered, next_q, begin, origin, retired = jax.lax.cond((c[2] < queue_to) & jnp.any(c[0].done), refill,
                                                                   lambda c: c, c)
-        return i + 1, (step(s), entered, next_q, begin, origin, retired)
+        running = ~s.done
+
+        def plain(inner):
+            i, s = inner
+            return (i < steps) & ~jnp.all(s.done) & ~jnp.any(s.done & running)
+        i, s = jax.lax.while_loop(plain, lambda inner: (inner[0] + 1, step(inner[1])), (i, s))
+        return i, (s, entered, next_q, begin, origin, retired)
 
     def cond(carry):
         i, (s, entered, next_q, _, _, _) = carry
@@ -293,7 +301,7 @@ def _steps(variables, state: Slots, entered, steps, finish, model, spec: LoopSpe
 
     retired = jnp.full((q, 4 + width), -1, jnp.int32)
     carry = (state, entered, jnp.asarray(queue_from, jnp.int32), begin, origin, retired)
-    _, (state, _, _, begin, origin, retired) = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), carry))
+    _, (state, _, _, begin, origin, retired) = jax.lax.while_loop(cond, segment, (jnp.zeros((), jnp.int32), carry))
     return state, begin, origin, retired
 
 

@@ -508,6 +508,7 @@ class ExportedBackend:
                                                       f"with --set decode.max_new_tokens=N to raise it)")
         self.prompt_limit = self.prompts.limit(self.data_cfg, compiled)  # the artifact's constraint
         self.fixed_batch = exported.info.get("batch") if isinstance(exported.info.get("batch"), int) else 0
+        self.runtime_options = list(exported.info.get("options", ()))  # what a request may set (server._rows)
 
     def run(self, batch: PromptBatch, rows: list[Row], on_chunk, chunk: int):
         settings = padded_settings(rows, batch.tokens.shape[0])

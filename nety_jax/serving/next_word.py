@@ -48,6 +48,9 @@ def predict_next(pretrained, text: str, top_k: int = 5) -> list[tuple[str, float
     width = min(vocab, max(4 * top_k, 16))
     batch = encode_prompts(model.prompts, tok, [text] * width, pretrained.config.data, MAX_PIECES + 1,
                            pad_batch=False)
+    if batch.cut:  # as generate/complete say it (README: a prompt too long is cut with a warning)
+        pretrained.warn(f"warning: the text was cut to {batch.tokens.shape[1]} tokens (the longest this model "
+                        "takes with room for the next word)")
     probs, cache = _prefill(variables, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
                             model=model, max_new=MAX_PIECES + 1)
     first = np.asarray(probs[0])

@@ -42,6 +42,7 @@ def _rows(backend, engine, prompts: list[str], req, continues: bool = False) -> 
     ``max_tokens`` it is the run's ``decode.max_new_tokens``, or that room if less. ``continues``:
     the text continues the prompt (a language model's completion), decoded after its last ids."""
     d = backend.decode
+    _check_runtime(backend, req)
     field = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
     asked = getattr(req, field)
     if asked is not None and asked > engine.max_tokens:
@@ -67,6 +68,23 @@ def _rows(backend, engine, prompts: list[str], req, continues: bool = False) -> 
                             d.top_p if req.top_p is None else req.top_p, max_new, seed, tuple(req.stop or ()),
                             tuple(ids[-CONTEXT_IDS:]) if continues else ()))
     return rows, prompt_tokens
+
+
+def _check_runtime(backend, req) -> None:
+    """A request's sampling fields, where the backend takes only some at run time (an export
+    takes what it was compiled to take: a beam search none), or a 400 naming the field: never a
+    reply that silently ignored them."""
+    options = getattr(backend, "runtime_options", None)
+    if options is None:
+        return
+    for name in ("temperature", "top_k", "top_p", "seed"):
+        if getattr(req, name, None) is not None and name not in options:
+            raise ApiError(400, f"{name}: this export does not take it at run time (it takes: "
+                                f"{', '.join(options) or 'nothing'}; re-export, or serve the run with "
+                                f"--checkpoint)", name)
+    if req.n > 1 and backend.decode.beam_size > 1:
+        raise ApiError(400, f"n={req.n}: this export runs beam search and returns one reply per prompt; the n best "
+                            "replies need the run directory (--checkpoint)", "n")
 
 
 def _choice(kind: str, index: int, text: Optional[str], finish: Optional[str], delta: bool) -> dict:
