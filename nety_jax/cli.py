@@ -264,7 +264,12 @@ def cmd_serve(args) -> int:
     return serve(args.checkpoint, args.exported, args.host, args.port, args.max_batch, args.batch_window_ms,
                  args.queue_size, args.max_tokens, args.chunk, args.name, args.batching, args.slots,
                  _prefix_cache_mb(args), args.mesh_tensor, args.speculate, args.draft_tokens, args.warm_up,
-                 args.stream_interval_ms, args.admit_batch)
+                 args.stream_interval_ms, args.admit_batch,
+                 [f"--{k.replace('_', '-')}" for k, v in SERVE_DEFAULTS.items() if getattr(args, k) != v])
+
+
+# serve's flags whose use the server checks against the model it serves (serving.options.check_exported)
+SERVE_DEFAULTS = {"slots": 32, "chunk": 8, "prefix_cache_mb": 256}
 
 
 def cmd_quantize(args) -> int:
@@ -375,14 +380,15 @@ def _add_export_and_serve_commands(sub) -> None:
     p.add_argument("--batching", choices=("continuous", "dynamic"),
                    help="continuous (default with --checkpoint): rows join and leave a running batch; "
                         "dynamic (with --exported): gather for --batch-window-ms, run to the end")
-    p.add_argument("--slots", type=int, default=32, help="continuous: rows decoded at once")
+    p.add_argument("--slots", type=int, default=SERVE_DEFAULTS["slots"], help="continuous: rows decoded at once")
     p.add_argument("--max-batch", type=int, default=32, help="dynamic: rows per compiled batch")
     p.add_argument("--batch-window-ms", type=float, default=5.0, help="dynamic: how long to gather a batch")
     p.add_argument("--queue-size", type=int, default=64, help="waiting requests before 429")
     p.add_argument("--max-tokens", type=int,
                    help="the most max_tokens a request may ask (continuous default: the model's room "
                         "after the prompt; dynamic: the compiled maximum, default the run's)")
-    p.add_argument("--chunk", type=int, default=8, help="tokens per decode chunk (between stream updates)")
+    p.add_argument("--chunk", type=int, default=SERVE_DEFAULTS["chunk"],
+                   help="tokens per decode chunk (between stream updates)")
     p.add_argument("--admit-batch", type=int,
                    help="continuous: while every slot is taken and requests wait, a chunk runs on until this "
                         "many rows have finished (at most as many as wait), so one prefill refills their slots "
@@ -391,7 +397,7 @@ def _add_export_and_serve_commands(sub) -> None:
                    help="the least time between two pieces of a streamed reply (default 20; its first text "
                         "and its end go at once; 0: a piece every chunk)")
     p.add_argument("--name", help="the model id clients see (default: the directory name)")
-    p.add_argument("--prefix-cache-mb", type=float, default=256,
+    p.add_argument("--prefix-cache-mb", type=float, default=SERVE_DEFAULTS["prefix_cache_mb"],
                    help="keep the prefill of recent prompts up to this size for prompts sharing their start; 0: off")
     _mesh_arg(p)
     p.add_argument("--speculate", choices=("none", "ngram"), default="none",

@@ -18,7 +18,14 @@ MAX_PROMPT_CHARS = 100_000
 # Types are strict, as OpenAI's API is: "seed": "3", "max_tokens": 5.0, "stream": "yes", "n": true are
 # 400s naming the field, never coerced (pydantic's lax mode read "stream": "yes" as true and "temperature":
 # true as 1.0, so a client's mistake got a reply it did not ask for). An integer is a valid float.
+# A field the server does not know is refused too (OpenAI answers "Unrecognized request argument"):
+# vLLM's sampling extensions (min_tokens, repetition_penalty, ignore_eos, stop_token_ids) or a typo
+# (max_new_tokens) would otherwise get a reply that ignored them. Fields that do not change a reply
+# (HARMLESS) are accepted.
 STRICT = ConfigDict(extra="ignore", strict=True)
+REQUEST = ConfigDict(extra="forbid", strict=True)
+HARMLESS = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
+            "safety_identifier")
 
 OFF_VALUES = {"logprobs": (False,), "top_logprobs": (0,), "echo": (False,), "suffix": ("",),
               "best_of": (1,), "logit_bias": ({},), "presence_penalty": (0,), "frequency_penalty": (0,),
@@ -46,11 +53,11 @@ class StreamOptions(BaseModel):
     include_usage: bool = False  # one more chunk before [DONE]: the whole request's usage
 
 
-_Unimplemented = create_model("_Unimplemented", **{name: (Any, None) for name in OFF_VALUES})
+_Unimplemented = create_model("_Unimplemented", **{name: (Any, None) for name in (*OFF_VALUES, *HARMLESS)})
 
 
 class _Sampling(_Unimplemented):
-    model_config = STRICT
+    model_config = REQUEST
 
     model: Optional[str] = None
     max_tokens: Optional[int] = Field(None, ge=1)
@@ -85,6 +92,9 @@ class _Sampling(_Unimplemented):
         stops = [value] if isinstance(value, str) else (value or [])
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
+        for stop in stops:
+            if unencodable(stop):
+                raise ValueError(f"a stop sequence {unencodable(stop)}")
         return stops
 
 

@@ -3,7 +3,7 @@ that can honour it, or a one-line error naming the flag; and the listening socke
 model loads so that a taken port fails at once."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from nety_jax.config.sections import MAX_POSITIONS
 from nety_jax.errors import NetyError
@@ -72,12 +72,25 @@ def check_speculation(speculate: str, draft_tokens: int, batching: Optional[str]
         raise NetyError(SPECULATE_NEEDS_DYNAMIC)
 
 
-def check_exported(exported, batching: Optional[str], mesh_tensor: int) -> None:
-    """What an exported artifact cannot do: pause its compiled loop, or be split over devices."""
+def check_exported(exported, batching: Optional[str], mesh_tensor: int, changed: Sequence[str] = ()) -> None:
+    """What an exported artifact cannot do: pause its compiled loop, be split over devices, or
+    use the flags of a run directory's engines (``changed``: the flags given a value other than
+    their default), which it would otherwise ignore without a word."""
     if batching == "continuous" and exported:
         raise NetyError(f"{CONTINUOUS_NEEDS_CHECKPOINT} (--batching dynamic)")
     if exported and mesh_tensor != 1:
         raise NetyError(MESH_NEEDS_CHECKPOINT)
+    unused = [flag for flag in changed if flag in CHECKPOINT_ONLY]
+    if exported and unused:
+        raise NetyError(f"{unused[0]} needs --checkpoint: {CHECKPOINT_ONLY[unused[0]]}")
+
+
+# serve's flags an exported artifact has no use for, and why
+CHECKPOINT_ONLY = {
+    "--slots": "an export runs whole batches (--batching dynamic, --max-batch), not decode slots",
+    "--chunk": "an export's compiled loop runs each batch to its end in one call",
+    "--prefix-cache-mb": "an export's compiled loop prefills every prompt itself",
+}
 
 
 def listen_socket(host: str, port: int):

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 import uuid
-from typing import Optional
+from typing import Optional, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -360,7 +360,8 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
           chunk: int = 8, name: Optional[str] = None, batching: Optional[str] = None, slots: int = 32,
           prefix_cache_mb: float = 0, mesh_tensor: int = 1, speculate: str = "none",
           draft_tokens: int = 4, warm_up: bool = True, stream_interval_ms: Optional[float] = None,
-          admit_batch: Optional[int] = None) -> int:
+          admit_batch: Optional[int] = None, changed: Sequence[str] = ()) -> int:
+    """``nety-jax serve``; ``changed``: the flags given a value other than their default."""
     import os
 
     from nety_jax.serving.engine import ExportedBackend, PretrainedBackend
@@ -370,7 +371,7 @@ def serve(checkpoint: Optional[str], exported: Optional[str], host: str = "127.0
                   admit_batch)
     check_speculation(speculate, draft_tokens, batching, exported)
     check_admit_batch(admit_batch, slots, batching, exported, speculate)
-    check_exported(exported, batching, mesh_tensor)
+    check_exported(exported, batching, mesh_tensor, changed)
     sock = listen_socket(host, port)  # before the model loads: a taken port fails at once
     port = sock.getsockname()[1]
     if exported:
