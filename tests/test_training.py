@@ -72,10 +72,13 @@ def test_gradient_accumulation_equals_one_big_step():
     accum = load_config(TINY, common + ["train.grad_accum=4"])
     batches = [_batch(b=16, seed=i) for i in range(2)]
     ref_state, ref_losses, ref_norms = _run(base, "none", batches)
-    state, losses, norms = _run(accum, "none", batches)
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    np.testing.assert_allclose(norms, ref_norms, rtol=1e-5)  # the gradients, not only Adam's steps
-    assert _max_diff(state.params, ref_state.params) < 1e-5
+    # on devices too: inside shard_map the accumulation's carry had other types than its body's
+    # outputs (a TypeError traceback from `train --set train.parallel=shard_map --set train.grad_accum=2`)
+    for backend in ("none", "pmap", "shard_map"):
+        state, losses, norms = _run(accum, backend, batches)
+        np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+        np.testing.assert_allclose(norms, ref_norms, rtol=1e-5)  # the gradients, not only Adam's steps
+        assert _max_diff(state.params, ref_state.params) < 1e-5
 
 
 def test_loss_falls_on_the_embedded_corpus(tmp_path):

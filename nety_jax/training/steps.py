@@ -85,10 +85,14 @@ def _accumulated(grad_fn, params, mutables, batch: dict, rng, k: int):
         g, (s, stats) = grad_fn(params, stats, mb, jax.random.fold_in(rng, i))
         return (_tree_add(g_acc, g), _tree_add(s_acc, s), stats), None
 
-    zeros_g = jax.tree_util.tree_map(jnp.zeros_like, params)
-    zeros_s = {name: jnp.zeros((), jnp.float32) for name in ("loss_sum", "nll_sum", "correct", "tokens")}
-    (grads, sums, mutables), _ = jax.lax.scan(accumulate, (zeros_g, zeros_s, mutables),
-                                              (_micro_batches(batch, k), jnp.arange(k)))
+    # the first micro-batch's outputs start the sums (not zeros): inside shard_map the carry must
+    # have the types the body gives (device-varying or not, per leaf), which zeros and the
+    # incoming mutables do not; 0 + g is g, so the sums are the same
+    micro = _micro_batches(batch, k)
+    grads, (sums, mutables) = grad_fn(params, mutables, jax.tree_util.tree_map(lambda x: x[0], micro),
+                                      jax.random.fold_in(rng, 0))
+    (grads, sums, mutables), _ = jax.lax.scan(accumulate, (grads, sums, mutables),
+                                              (jax.tree_util.tree_map(lambda x: x[1:], micro), jnp.arange(1, k)))
     return grads, sums, mutables
 
 
