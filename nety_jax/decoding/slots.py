@@ -180,7 +180,7 @@ def admit(variables, state: Slots, tokens, lengths, settings: RowSettings, slots
 def admit_first(variables, state: Slots, tokens, lengths, settings: RowSettings, slots, *, model,
                 spec: LoopSpec, source_len: int):
     """``admit``, also returning the rows' first tokens (B,): the host reads them as soon as
-    the prefill is done (a stream's first text), not with the next chunk's progress."""
+    the prefill is done (a stream's first text), not with the next chunk's report."""
     rows = _prefilled(*model.slot_prefill(variables, tokens, lengths, source_len), settings.params(), spec)
     return _insert(state, rows, slots, model), rows.first
 

@@ -176,7 +176,7 @@ class SlotRunner:
                 self._admit(rows, list(range(len(rows))), prompt_width, through_cache=False)
                 if self.prefix_cache is None and b <= batch_bucket(min(ahead_rows, self.slots, ADMIT_ROWS)):
                     out = self._prefill_part(rows, prompt_width)
-                    self.insert([(out, list(range(len(rows))), prompt_width)], dict(enumerate(range(len(rows)))))
+                    self.insert([(out, list(range(len(rows))), prompt_width)], {k: k for k in range(len(rows))})
                 runs, b = runs + 1, 2 * b
             self.report(self.step(stop, start, 1, width))  # the chunk reading this width's memory
             if self.queue_size:  # and the chunk taking a queue of rows of this width
