@@ -3,7 +3,7 @@ import yaml
 
 from nety_jax.config import Config, apply_overrides, from_dict, load_config
 from nety_jax.errors import ConfigError
-from conftest import PARITY, TINY
+from conftest import GPT_TINY, PARITY, TINY
 
 
 def test_parity_config_loads_and_round_trips(tmp_path):
@@ -37,6 +37,19 @@ def test_invalid_values_name_the_field(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override] + extra)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.nope=1", "--set 'model.nope=1': unknown field model.nope (arch hybrid)"),
+    ("model.enc_heads=2", "--set 'model.enc_heads=2': unknown field model.enc_heads (arch gpt)"),
+    ("nosection.x=1", "--set 'nosection.x=1': unknown section 'nosection' (expected model, data, train, decode)"),
+])
+def test_an_unknown_override_is_blamed_on_the_set_not_the_file(override, message):
+    """QA r7: ``--set model.nope=1`` over a config file said the FILE had an unknown field."""
+    path = GPT_TINY if "enc_heads" in override else TINY
+    with pytest.raises(ConfigError) as err:
+        load_config(path, [override])
+    assert str(err.value) == message
 
 
 def test_dec_heads_divisibility_message():

@@ -106,7 +106,28 @@ def apply_overrides(raw, overrides: list[str]) -> dict:
         if not isinstance(section, dict):
             raise ConfigError(f"--set {item!r}: section {parts[0]!r} is not a mapping")
         section[parts[1]] = value
+    for item in overrides or []:
+        _check_name(raw, item)
     return raw
+
+
+def _check_name(raw: dict, item: str) -> None:
+    """An override naming no section or field is blamed on the ``--set`` that named it (from_dict
+    would blame the config file it was merged into)."""
+    from nety_jax.models.registry import ARCHITECTURES, DEFAULT_ARCH, config_class
+    section, name = item.split("=", 1)[0].strip().split(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"--set {item!r}: unknown section {section!r} (expected {', '.join(SECTIONS)})")
+    if section == "model":
+        arch = raw["model"].get("arch", DEFAULT_ARCH)
+        if arch not in ARCHITECTURES:
+            return  # from_dict names the arch
+        cls = config_class(arch)
+    else:
+        cls = _CLASSES[section]
+    if name not in {f.name for f in dataclasses.fields(cls)}:
+        arch_note = f" (arch {arch})" if section == "model" else ""
+        raise ConfigError(f"--set {item!r}: unknown field {section}.{name}{arch_note}")
 
 
 class _DuplicateKey(yaml.YAMLError):
