@@ -193,9 +193,46 @@ def pytest_runtest_makereport(item, call):
     started = item.stash.get(_CPU_START, None)
     if started is not None and started[0] == call.when:
         outcome.get_result().user_properties.append(("cpu_s", _cpu_seconds() - started[1]))
+    if call.when == "teardown":
+        outcome.get_result().user_properties.append(("maps", _memory_maps()))
 
 
 _CPU_START = pytest.StashKey[tuple]()
+
+
+def _memory_maps() -> int:
+    """This process's memory mappings (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+def _max_maps() -> int:
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compiled_programs_bounded(request):
+    """After each file, past half the kernel's limit on memory mappings, drops the compiled programs
+    JAX's caches keep. Every program XLA compiles for the CPU lives in mappings of its own (its
+    code, constants and data: about 9 for a small one) for as long as a cache holds it, and a
+    worker keeps every program of every file it ran: at ``vm.max_map_count`` (65,530) the next
+    compile fails ("Failed to materialize symbols") and the worker dies with a segmentation fault
+    while the error unwinds (the CI of 36fd795: 65,112 mappings in the core). The programs a later
+    file needs again come back from the persistent cache. The per-worker peak is in the summary."""
+    yield
+    limit = _max_maps()
+    if limit and _memory_maps() > limit // 2:
+        import gc
+        import jax
+        jax.clear_caches()
+        gc.collect()
 
 
 def _note_cpu_start(item, when: str) -> None:
@@ -221,6 +258,7 @@ def pytest_runtest_teardown(item):
 # took and when its last one finished; the gap between the workers' finishes is the tail in
 # which one core idled (printed by the controller, after --durations)
 _WORKERS: dict = {}
+_PEAK_MAPS: dict = {}  # per worker, the most memory mappings after a test (see _compiled_programs_bounded)
 _STARTED = [None]
 
 
@@ -241,6 +279,9 @@ def pytest_runtest_logreport(report):
         return
     import time
     worker = node.gateway.id
+    for name, value in report.user_properties:
+        if name == "maps":
+            _PEAK_MAPS[worker] = max(_PEAK_MAPS.get(worker, 0), value)
     busy, _, units = _WORKERS.get(worker, (0.0, 0.0, []))
     unit = _unit(report.nodeid)
     if report.when == "setup" and (not units or units[-1] != unit):
@@ -262,5 +303,6 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_sep("=", "xdist workers (conftest.COSTS orders the units)")
     for worker, (busy, done, units) in sorted(_WORKERS.items()):
         terminalreporter.write_line(f"{worker}: tests {busy:.1f} s, last done at {done:.1f} s, {len(units)} units, "
-                                    f"the last: {', '.join(units[-3:])}")
+                                    f"the last: {', '.join(units[-3:])}; at most {_PEAK_MAPS.get(worker, 0):,} "
+                                    f"memory mappings (the limit: {_max_maps():,})")
     terminalreporter.write_line(f"tail (one worker idle): {max(finishes) - min(finishes):.1f} s")
