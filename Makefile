@@ -39,7 +39,7 @@ demo: install
 	@echo "loss curves: $(DEMO_DIR)/loss.png   chat: $(BIN)/nety-jax chat --checkpoint $(DEMO_DIR)"
 
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=40 --cpu-durations=40 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --max-worker-restart=0 --durations=40 --cpu-durations=40 tests
 
 # the suite's version-sensitive files on another Python (default: the oldest found, with the oldest
 # jax we support), no torch: the models, the encoder, the GPU paths' CPU checks, the CPU kernels, exact
@@ -58,7 +58,7 @@ test-smoke:
 	$(SMOKE_VENV)/bin/pip install -q --upgrade pip
 	$(SMOKE_VENV)/bin/pip install -q -e . pytest pytest-xdist hypothesis
 	$(SMOKE_VENV)/bin/python -c 'import jax, sys; print("smoke:", sys.version.split()[0], "jax", jax.__version__)'
-	$(SMOKE_VENV)/bin/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder $(SMOKE_TESTS)
+	$(SMOKE_VENV)/bin/python -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --max-worker-restart=0 $(SMOKE_TESTS)
 
 # CI (.ci/run): the whole suite on the newest Python found (3.12: the jax `make install` gives users),
 # the smoke on the oldest (3.11, jax 0.10.2), when both are there (README "Two commands")
