@@ -150,7 +150,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "::" in _unit(item.nodeid):  # on another worker than its file, a module fixture runs twice
             defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-            shared = [name for name, d in defs.items() if d and d[-1].scope in ("module", "class", "package")]
+            shared = [name for name, d in defs.items() if d and d[-1].scope in ("module", "class", "package")
+                      and name != "_compiled_programs_bounded"]  # harmless twice
             if shared:
                 raise pytest.UsageError(f"conftest.SOLO: {item.nodeid} uses the module fixture(s) {shared}")
     cost = lambda item: COSTS.get(_unit(item.nodeid), 0)
