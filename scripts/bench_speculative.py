@@ -2,6 +2,7 @@
 
     python scripts/bench_speculative.py [--demo runs/demo] [--gpt RUN] [--copy RUN] [--copy-base RUN]
                                         [--draft-tokens 4] [--rounds 3] [--trained gpt,demo,copy] [--json FILE]
+                                        [--malloc keep|keep-arenas|default]
     python scripts/bench_speculative.py --prepare [--copy RUN] [--copy-base RUN]   # make the copy GPT only
 
 Three trained models: the demo (the hybrid of ``make demo``), a tiny GPT (configs/gpt_tiny.yaml;
@@ -21,7 +22,9 @@ what ``Pretrained.generate`` calls), greedy, plain and with ``speculate=ngram``,
 round by round (the machine is shared: only the ratio of the two, measured in the same run,
 means anything); per prompt the median of the rounds, summed over the prompts. The replies are
 checked identical; tokens per model call and the share of drafted tokens kept come from the
-same loop run with its counters. Prints a table and one JSON object.
+same loop run with its counters. The process runs as `nety-jax` runs (glibc's malloc and JAX's CPU
+dispatch set by ``runtime.keep_host_memory``; ``--malloc default`` leaves them alone, as this script
+did before 2026-12-06). Prints a table and one JSON object.
 """
 from __future__ import annotations
 
@@ -401,7 +404,12 @@ def main() -> int:
     p.add_argument("--costs", default=",".join(COST_MODELS),
                    help=f"random-weight models whose step costs to measure ({', '.join(COST_MODELS)}; '' for none)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--malloc", default="keep", choices=("keep", "keep-arenas", "default"),
+                   help="glibc's malloc and JAX's CPU dispatch as `nety-jax` sets them (runtime.keep_host_memory: "
+                        "'keep', the default) or left alone ('default')")
     args = p.parse_args()
+    from nety_jax.runtime import keep_host_memory
+    keep_host_memory(args.malloc)  # before JAX runs anything: `nety-jax generate --speculate` runs so
     if args.prepare:
         train_copy(args.copy, args.copy_base)
         return 0
