@@ -221,12 +221,12 @@ def _max_maps() -> int:
 @pytest.fixture(autouse=True, scope="module")
 def _compiled_programs_bounded(request):
     """After each file, past half the kernel's limit on memory mappings, drops the compiled programs
-    JAX's caches keep. Every program XLA compiles for the CPU lives in mappings of its own (its
-    code, constants and data: about 9 for a small one) for as long as a cache holds it, and a
-    worker keeps every program of every file it ran: at ``vm.max_map_count`` (65,530) the next
-    compile fails ("Failed to materialize symbols") and the worker dies with a segmentation fault
-    while the error unwinds (the CI of 36fd795: 65,112 mappings in the core). The programs a later
-    file needs again come back from the persistent cache. The per-worker peak is in the summary."""
+    JAX's caches keep. Every program XLA compiles for the CPU lives in mappings of its own for as
+    long as a cache holds it, and a worker keeps every program of every file it ran: at
+    ``vm.max_map_count`` the next compile fails ("Failed to materialize symbols") and the worker
+    dies with a segmentation fault while the error unwinds (docs/PERFORMANCE.md, "A worker's
+    compiled programs and the kernel's limit on memory mappings"). The programs a later file needs
+    again come back from the persistent cache. The per-worker peak is in the summary."""
     yield
     limit = _max_maps()
     if limit and _memory_maps() > limit // 2:
