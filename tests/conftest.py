@@ -219,7 +219,7 @@ def _max_maps() -> int:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _compiled_programs_bounded(request):
+def _compiled_programs_bounded():
     """After each file, past half the kernel's limit on memory mappings, drops the compiled programs
     JAX's caches keep. Every program XLA compiles for the CPU lives in mappings of its own for as
     long as a cache holds it, and a worker keeps every program of every file it ran: at

@@ -89,6 +89,7 @@ def apply_overrides(raw, overrides: list[str]) -> dict:
     if raw is not None and not isinstance(raw, dict):
         return raw  # from_dict names the problem
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in (raw or {}).items()}
+    named = []
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected section.key=value")
@@ -106,16 +107,16 @@ def apply_overrides(raw, overrides: list[str]) -> dict:
         if not isinstance(section, dict):
             raise ConfigError(f"--set {item!r}: section {parts[0]!r} is not a mapping")
         section[parts[1]] = value
-    for item in overrides or []:
-        _check_name(raw, item)
+        named.append((item, *parts))
+    for item, section, name in named:  # after all of them: a later model.arch decides the fields
+        _check_name(raw, item, section, name)
     return raw
 
 
-def _check_name(raw: dict, item: str) -> None:
+def _check_name(raw: dict, item: str, section: str, name: str) -> None:
     """An override naming no section or field is blamed on the ``--set`` that named it (from_dict
     would blame the config file it was merged into)."""
     from nety_jax.models.registry import ARCHITECTURES, DEFAULT_ARCH, config_class
-    section, name = item.split("=", 1)[0].strip().split(".")
     if section not in SECTIONS:
         raise ConfigError(f"--set {item!r}: unknown section {section!r} (expected {', '.join(SECTIONS)})")
     if section == "model":
