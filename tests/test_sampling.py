@@ -73,6 +73,20 @@ def test_top_k_one_and_tiny_p_are_greedy():
     np.testing.assert_array_equal(run(SamplingParams.create(B, temperature=1.0, top_p=1e-6, seed=3)), greedy)
 
 
+@pytest.mark.parametrize("top_k_max", [4, 64])  # candidates fewer than the vocabulary, and all of it
+def test_a_greedy_batch_takes_what_a_greedy_row_takes_among_sampled_ones(top_k_max):
+    """A batch of greedy rows takes each row's first candidate alone (no draw, no sorted
+    candidates); the id is the one a greedy row gets in a batch that samples: the largest logit,
+    the lowest id among equal ones."""
+    logits = np.random.default_rng(5).normal(size=(3, V)).astype(np.float32)
+    logits[0, [4, 9]] = logits[1, [2, 3]] = 9.0  # tied maxima
+    logits = jnp.asarray(logits)
+    greedy = sample_rows(logits, SamplingParams.create(3, temperature=0.0), jnp.asarray(0), top_k_max)
+    np.testing.assert_array_equal(np.asarray(greedy), [4, 2, int(np.argmax(np.asarray(logits[2])))])
+    mixed = SamplingParams.create(3, seed=[1, 2, 3], temperature=[0.0, 0.0, 1.0], top_k=[0, 0, 0])
+    np.testing.assert_array_equal(np.asarray(sample_rows(logits, mixed, jnp.asarray(0), top_k_max))[:2], [4, 2])
+
+
 CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46}
 
 

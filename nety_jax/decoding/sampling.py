@@ -102,10 +102,11 @@ def row_uniforms(keys: jax.Array, steps: jax.Array, stream: int = 0) -> jax.Arra
     return jax.vmap(one)(keys, steps)
 
 
-def _on_candidates(logits, params: SamplingParams, top_k_max: int, fn):
+def _on_candidates(logits, params: SamplingParams, top_k_max: int, fn, first=None):
     """``fn(values, indices, greedy)`` on each row's sorted candidates, scaled by its temperature
     (greedy rows: raw logits): the top ``top_k_max`` ids, or the whole sorted vocabulary when a
-    sampled row asks for more."""
+    sampled row asks for more. ``first(indices)``, when given, is what ``fn`` gives when every
+    row is greedy, from each row's first candidate alone: such a batch sorts no candidates."""
     vocab = logits.shape[-1]
     greedy = (params.temperature <= 0) | (params.top_k == 1)
     # a greedy row keeps its raw logits: the first of its sorted candidates is the argmax
@@ -122,17 +123,20 @@ def _on_candidates(logits, params: SamplingParams, top_k_max: int, fn):
 
     needs_full = (params.top_k <= 0) | (params.top_k > width)
     logits = logits.astype(jnp.float32)
-    if width == vocab:
-        return path(vocab)(logits)
-    return jax.lax.cond(jnp.any(needs_full & ~greedy), path(vocab), path(width), logits)
+    branches = [path(vocab)] + ([path(width)] if width < vocab else [])
+    index = jnp.where(jnp.any(needs_full & ~greedy), 0, len(branches) - 1)
+    if first is not None:  # the first candidate as top_k orders them (ties: the lowest id)
+        branches.append(lambda x: first(kernels.top_k(x, 1)[1]))
+        index = jnp.where(jnp.all(greedy), len(branches) - 1, index)
+    return branches[0](logits) if len(branches) == 1 else jax.lax.switch(index, branches, logits)
 
 
 def sample_rows(logits: jax.Array, params: SamplingParams, step: jax.Array, top_k_max: int) -> jax.Array:
-    """(B, V) logits -> (B,) int32 ids, each row with its own settings and key."""
-    uniform = row_uniforms(params.key, step)
+    """(B, V) logits -> (B,) int32 ids, each row with its own settings and key (drawn only
+    where a row samples: a greedy batch takes its argmax and nothing else)."""
     choose = lambda values, indices, greedy: _choose(values, indices, params.top_k, params.top_p,
-                                                     uniform, greedy)
-    return _on_candidates(logits, params, top_k_max, choose).astype(jnp.int32)
+                                                     row_uniforms(params.key, step), greedy)
+    return _on_candidates(logits, params, top_k_max, choose, lambda indices: indices[:, 0]).astype(jnp.int32)
 
 
 def probabilities(logits: jax.Array, params: SamplingParams, top_k_max: int) -> jax.Array:
