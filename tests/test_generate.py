@@ -104,6 +104,9 @@ def test_trained_model_rows_equal_rows_alone(trained_run):
     together = model.generate(prompts, temperature=0.0)
     alone = [model.generate([p], temperature=0.0)[0] for p in prompts]
     assert together == alone
+    # greedy calls compile without the sampler; the generic program (one row samples) agrees
+    mixed = model.generate(prompts + ["Bonjour !"], temperature=[0.0] * 4 + [0.9])
+    assert mixed[:4] == together
     beams = model.generate(prompts, beam_size=3)
     assert len(beams) == 4 and all(isinstance(r[0], str) for r in beams)
     n_best = model.generate(prompts, beam_size=3, num_samples=3)  # one search per prompt, its 3 best
@@ -123,6 +126,15 @@ def test_greedy_samples_are_flagged_and_num_samples_is_checked(trained_run):
     for bad in (0, -1, 2.0):
         with pytest.raises(NetyError, match=f"num_samples={bad!r} must be (an integer|>= 1)"):
             model.generate(["Bonjour !"], num_samples=bad)
+
+
+def test_only_a_call_of_greedy_rows_compiles_without_the_sampler(trained_run):
+    model = load_pretrained(trained_run)
+    spec = lambda **settings: model._prepare(["Bonjour !", "Salut"], 0, 1, settings)[0].spec
+    assert spec(temperature=0.0).greedy_only and spec(temperature=[0.0, 1.0], top_k=[0, 1]).greedy_only
+    assert not spec(temperature=[0.0, 0.9]).greedy_only and not spec(temperature=0.0, beam_size=2).greedy_only
+    with pytest.raises(NetyError, match="unknown decode setting 'greedy_only'"):  # derived, never asked for
+        model.generate(["Bonjour !"], greedy_only=True)
 
 
 def test_chunks_cut_texts_and_their_own_values_and_count_rows():

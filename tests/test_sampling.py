@@ -85,6 +85,16 @@ def test_a_greedy_batch_takes_what_a_greedy_row_takes_among_sampled_ones(top_k_m
     np.testing.assert_array_equal(np.asarray(greedy), [4, 2, int(np.argmax(np.asarray(logits[2])))])
     mixed = SamplingParams.create(3, seed=[1, 2, 3], temperature=[0.0, 0.0, 1.0], top_k=[0, 0, 0])
     np.testing.assert_array_equal(np.asarray(sample_rows(logits, mixed, jnp.asarray(0), top_k_max))[:2], [4, 2])
+    # a program compiled for greedy rows only (``LoopSpec.greedy_only``) holds that argmax alone
+    only = sample_rows(logits, SamplingParams.create(3, temperature=0.0), jnp.asarray(0), top_k_max, True)
+    np.testing.assert_array_equal(np.asarray(only), np.asarray(greedy))
+
+
+def test_a_greedy_only_loop_gives_the_greedy_rows_of_the_generic_one():
+    generic = run(SamplingParams.create(B, seed=[1, 2, 3], temperature=[0.0, 0.0, 1.0]))
+    only = run(SamplingParams.create(B, temperature=0.0), LoopSpec(max_new_tokens=N, greedy_only=True))
+    np.testing.assert_array_equal(only[:2], generic[:2])
+    np.testing.assert_array_equal(only, TABLE.argmax(-1).T)
 
 
 CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46}

@@ -30,6 +30,7 @@ def test_rows_with_their_own_settings_equal_rows_alone_and_never_recompile(train
         assert (alone[0][n:] == 0).all() and (together[i][n:] == 0).all()
     assert (together[3][3:] == 0).all()  # its own max_new_tokens
     model.generate(prompts, temperature=0.5, seed=0, max_new_tokens=7)  # compiles this batch shape once
+    model.generate(prompts, temperature=0.0, max_new_tokens=7)  # and once for greedy rows only (no sampler)
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, *a, **k: compiles.append(event) if event == "/jax/core/compile/backend_compile_duration" else None)

@@ -100,6 +100,10 @@ def test_speculative_greedy_equals_plain_greedy(arch):
     # drafts were kept (fewer model calls than tokens), so the accepting path is what was compared
     assert int(np.asarray(state.accepted).sum()) > 0
     assert int(state.calls) < int(np.asarray(want["lengths"]).max()) - 1
+    # the program compiled for greedy rows only (no sampler, no sampled acceptance) agrees
+    only = generate_jit(variables, tokens, lengths, params, model=model,
+                        spec=dataclasses.replace(spec, greedy_only=True))
+    np.testing.assert_array_equal(np.asarray(only["tokens"]), np.asarray(want["tokens"]))
 
 
 # -- sampled replies follow plain sampling's distribution exactly (fake logits, tiny vocabulary) --

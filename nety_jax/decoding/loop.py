@@ -53,7 +53,7 @@ def chosen_log_prob(logits, ids):
 def _emit(s: SampleState, logits, spec: LoopSpec) -> SampleState:
     """Chooses, writes and scores the token at ``s.pos`` for every row."""
     logits = adjust_logits(logits.astype(jnp.float32), s.tokens, s.pos, spec)
-    nxt = sample_rows(logits, s.params, s.pos, spec.top_k_max)
+    nxt = sample_rows(logits, s.params, s.pos, spec.top_k_max, spec.greedy_only)
     logp = chosen_log_prob(logits, nxt)
     nxt = jnp.where(s.done, PAD_ID, nxt)
     count = s.pos + 1

@@ -131,9 +131,14 @@ def _on_candidates(logits, params: SamplingParams, top_k_max: int, fn, first=Non
     return branches[0](logits) if len(branches) == 1 else jax.lax.switch(index, branches, logits)
 
 
-def sample_rows(logits: jax.Array, params: SamplingParams, step: jax.Array, top_k_max: int) -> jax.Array:
+def sample_rows(logits: jax.Array, params: SamplingParams, step: jax.Array, top_k_max: int,
+                greedy_only: bool = False) -> jax.Array:
     """(B, V) logits -> (B,) int32 ids, each row with its own settings and key (drawn only
-    where a row samples: a greedy batch takes its argmax and nothing else)."""
+    where a row samples: a greedy batch takes its argmax and nothing else). ``greedy_only``:
+    the caller knows every row is greedy, so the program holds that argmax alone (the same id:
+    the first candidate, the lowest id among equal logits), not the sampler's branches."""
+    if greedy_only:
+        return kernels.top_k(logits.astype(jnp.float32), 1)[1][:, 0].astype(jnp.int32)
     choose = lambda values, indices, greedy: _choose(values, indices, params.top_k, params.top_p,
                                                      row_uniforms(params.key, step), greedy)
     return _on_candidates(logits, params, top_k_max, choose, lambda indices: indices[:, 0]).astype(jnp.int32)

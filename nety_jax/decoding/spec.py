@@ -6,6 +6,9 @@ import dataclasses
 from nety_jax.config.sections import DecodeConfig
 
 
+DERIVED = ("greedy_only",)  # set from a call's rows, not a decode setting
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopSpec:
     """The static part of decoding (it shapes the compiled program)."""
@@ -19,6 +22,9 @@ class LoopSpec:
     ignore_eos: bool = False
     speculate: str = "none"  # none | ngram (decoding.speculative)
     draft_tokens: int = 4
+    # every row of the call is greedy (temperature 0 or top_k 1): the program holds the argmax and
+    # no sampler (set by a caller that knows its rows, ``Pretrained``; a server's rows vary)
+    greedy_only: bool = False
 
     @property
     def speculative(self) -> bool:
@@ -28,4 +34,4 @@ class LoopSpec:
     @classmethod
     def from_config(cls, dcfg: DecodeConfig) -> "LoopSpec":
         """The loop's static settings as a run's ``decode`` section sets them."""
-        return cls(**{f.name: getattr(dcfg, f.name) for f in dataclasses.fields(cls)})
+        return cls(**{f.name: getattr(dcfg, f.name) for f in dataclasses.fields(cls) if f.name not in DERIVED})

@@ -298,9 +298,12 @@ def _verify(steps: Steps, keep: Keep, spec: LoopSpec, draft, s: SpecState) -> Sp
     looked, length, w = s.length > 0, s.length, draft.shape[1]
     own = jnp.where(looked, jnp.minimum(_width(length, spec), w), 0)
     draft = jnp.where(jnp.arange(w)[None, :] < own[:, None], draft, -1)  # -1: never kept
-    out, kept = jax.lax.cond(_greedy(s), lambda: accept_greedy(logits, draft),
-                             lambda: accept_sampled(logits, draft, s.params, s.count, spec))
-    plain = sample_rows(logits[:, 0], s.params, s.count, spec.top_k_max)
+    if spec.greedy_only:
+        out, kept = accept_greedy(logits, draft)
+    else:
+        out, kept = jax.lax.cond(_greedy(s), lambda: accept_greedy(logits, draft),
+                                 lambda: accept_sampled(logits, draft, s.params, s.count, spec))
+    plain = sample_rows(logits[:, 0], s.params, s.count, spec.top_k_max, spec.greedy_only)
     out = jnp.where(looked[:, None], out, jnp.pad(plain[:, None], ((0, 0), (0, w)), constant_values=PAD_ID))
     had = (s.cont >= 0) & ~s.done
     shadow = had & (plain == jnp.take_along_axis(s.history, jnp.maximum(s.cont, 0)[:, None], axis=1)[:, 0])
@@ -327,7 +330,7 @@ def _plain(step: Step, spec: LoopSpec, s: SpecState) -> SpecState:
     with a draft it did not verify checks the draft's first token against it (its shadow)."""
     logits, cache = step(_last(s)[:, 0], s.cache)
     logits = adjust_logits(logits.astype(jnp.float32), None, s.count, spec)
-    nxt = sample_rows(logits, s.params, s.count, spec.top_k_max)
+    nxt = sample_rows(logits, s.params, s.count, spec.top_k_max, spec.greedy_only)
     score = _scores(logits[:, None], nxt[:, None])[:, 0]
     had = (s.cont >= 0) & ~s.done
     hit = had & (nxt == jnp.take_along_axis(s.history, jnp.maximum(s.cont, 0)[:, None], axis=1)[:, 0])
@@ -373,7 +376,7 @@ def start(first_logits, cache, prompt, lengths, params: SamplingParams, spec: Lo
                       counts=jnp.zeros((b, 4), jnp.float32), after_kept=jnp.zeros((b,), bool), cont=zeros - 1,
                       length=zeros)
     first = adjust_logits(first_logits.astype(jnp.float32), None, jnp.zeros((), jnp.int32), spec)
-    nxt = sample_rows(first, params, jnp.zeros((), jnp.int32), spec.top_k_max)
+    nxt = sample_rows(first, params, jnp.zeros((), jnp.int32), spec.top_k_max, spec.greedy_only)
     scores = _scores(first[:, None], nxt[:, None])[:, 0]
     return _look(_emit_one(state, nxt, scores, spec).replace(calls=jnp.zeros((), jnp.int32)), spec)
 

@@ -1,7 +1,8 @@
 """An interactive chat loop for a person at a terminal.
 
 Settings (/temp, /topk, /topp, /max, /seed) are runtime values of the compiled
-generate function: changing them never recompiles. Replies stream in chunks, so
+generate function: changing them never recompiles (greedy turns, /temp 0, run their own program,
+compiled once: it holds no sampler). Replies stream in chunks, so
 Ctrl-C stops a long one within a few tokens. At a terminal, readline gives line
 editing and history (kept in ~/.nety_jax_history).
 """

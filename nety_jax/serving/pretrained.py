@@ -22,7 +22,7 @@ from nety_jax.models import get_model
 from nety_jax.runs.files import load_run_tokenizer, read_run_config
 from nety_jax.runs.weights import restore_inference_variables
 from nety_jax.serving.settings import (check_batch, check_bool, check_int, check_num_samples, check_texts,
-                                       fit_prompts, in_parts, per_sample, resolve, seeds_per_row)
+                                       fit_prompts, for_these_rows, in_parts, per_sample, resolve, seeds_per_row)
 
 
 def _stderr(message: str) -> None:
@@ -97,7 +97,7 @@ class Pretrained:
         if num_samples > 1 and beam > 1:
             return self._n_best(texts, seed, num_samples, beam, with_prompt, settings)
         req, batch, params = self._prepare(texts, seed, num_samples, settings, first_row, of)
-        if first_row == 0 and of > 1 and all(t == 0 or k == 1 for t, k in zip(req.rows["temperature"], req.rows["top_k"])):
+        if first_row == 0 and of > 1 and req.spec.greedy_only:
             self.warn(f"warning: num_samples={of} with greedy decoding (temperature 0) gives "
                       f"{of} identical replies; set a temperature > 0, or a beam size for its best")
         if self.prefix_cache is not None:  # the same loop, after a prefill through the cache
@@ -137,7 +137,7 @@ class Pretrained:
         repeated = [t for t in texts for _ in range(num_samples)]
         batch = encode_prompts(self.model.prompts, self.tokenizer, repeated, self.config.data,
                                max(req.rows["max_new_tokens"]))  # cut for what is asked, not the compiled maximum
-        req = fit_prompts(req, batch.tokens.shape[1], self.model.prompts)
+        req = for_these_rows(fit_prompts(req, batch.tokens.shape[1], self.model.prompts))
         for i in sorted({i // num_samples for i in batch.cut} if first_row % of == 0 else ()):
             self.warn(f"warning: prompt {first_row // of + i + 1} was cut to {batch.tokens.shape[1]} tokens "
                       "(the longest this model takes)")

@@ -3,7 +3,8 @@
 Runtime (per row, never a recompile): temperature, top_k, top_p, max_new_tokens
 (up to the compiled maximum) and the seed. Static: the compiled maximum of new
 tokens, top_k_max, beam_size, length_penalty, min_new_tokens, no_repeat_ngram,
-ignore_eos. Every value is validated with the field's name.
+ignore_eos. Every value is validated with the field's name. ``for_these_rows`` marks a call whose
+rows are all greedy (``LoopSpec.greedy_only``): its program holds no sampler, compiled once.
 """
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import numpy as np
 
 from nety_jax.config.sections import DecodeConfig
 from nety_jax.data.prompts import check_prompt
-from nety_jax.decoding.spec import LoopSpec
+from nety_jax.decoding.spec import DERIVED, LoopSpec
 from nety_jax.errors import ConfigError, NetyError
 
 RUNTIME = ("temperature", "top_k", "top_p", "max_new_tokens")
 MAX_SEED = 2 ** 63 - 1  # as the server's field says; every bit of it reaches the key (decoding.keys.seed_keys)
-STATIC = tuple(f.name for f in dataclasses.fields(LoopSpec) if f.name != "max_new_tokens")
+STATIC = tuple(f.name for f in dataclasses.fields(LoopSpec) if f.name != "max_new_tokens" and f.name not in DERIVED)
 
 
 def _pow2(n: int) -> int:
@@ -89,6 +90,16 @@ def fit_prompts(req: Request, width: int, policy) -> Request:
     if req.spec.max_new_tokens <= room:
         return req
     return dataclasses.replace(req, spec=dataclasses.replace(req.spec, max_new_tokens=room))
+
+
+def for_these_rows(req: Request) -> Request:
+    """``req`` with ``greedy_only`` set when every row is greedy (temperature 0 or top_k 1): the
+    program then holds the argmax and no sampler. Only for a call that runs exactly these rows
+    (``Pretrained``), not for a server's spec, which rows yet to come share."""
+    greedy = all(t == 0 or k == 1 for t, k in zip(req.rows["temperature"], req.rows["top_k"]))
+    if not greedy or req.spec.beam_size > 1:
+        return req
+    return dataclasses.replace(req, spec=dataclasses.replace(req.spec, greedy_only=True))
 
 
 def per_sample(value, num_samples: int):
