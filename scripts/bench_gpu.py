@@ -1,6 +1,6 @@
 """Speed on one accelerator, in ONE process: nety-jax against PyTorch on the same device, same run.
 
-    python scripts/bench_gpu.py --out DIR [--tiny] [--budget SECONDS] [--repeats N]
+    python scripts/bench_gpu.py --out DIR [--tiny] [--budget SECONDS] [--repeats N] [--parts a,b] [--tag T]
 
 Run by scripts/gpu_check.sh (which sets the platform, the compilation cache and the wheels); on
 its own it measures whatever device JAX and PyTorch see ("cuda" when PyTorch has one). Writes
@@ -21,6 +21,12 @@ DIR/bench-results.json and DIR/bench-gpu.md (the tables for docs/PERFORMANCE.md)
   only: on a CPU it needs minutes of C++ builds), and top-k generation at batch 1, 64 and 256
   against HF ``generate``.
 
+- profile: one GPT-2 train step, one hybrid train step and one generation call of each under
+  ``jax.profiler`` (a Perfetto trace, read here): each device line's busy time, its share by
+  kind of kernel (matmul, attention, rnn, fusion, copy, reduce) and its heaviest kernels.
+
+``--parts`` picks and orders parts (the machine always runs); ``--tag`` names a second run's
+files (gpu_check.sh runs GPT-2's step again under other XLA flags, which hold for a process).
 Medians over ``--repeats`` rounds after a warm-up; device work is synchronized before each clock
 read. A part that would start after ``--budget`` seconds is skipped and says so in the results.
 """
@@ -52,6 +58,9 @@ DATASHEET_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "L40S": 36
 SRC_LEN = 32
 TOKENS = {"gen": 64}  # tokens generated per row (8 with --tiny)
 FAST_ENV = "NETY_JAX_GPU_FAST_PATHS"
+# $NETY_JAX_GPU_FAST_PATHS values timed against the default (all on), and their rows' labels
+FAST_LABELS = {"off": "ours, fast paths off", "attention": "ours, cuDNN attention only",
+               "lstm": "ours, cuDNN LSTM only"}
 
 
 def sync(torch=None):
@@ -102,10 +111,33 @@ def part_machine(args) -> dict:
     datasheet = next((v for k, v in DATASHEET_BF16.items() if k.lower() in kind.lower()), None)
     if device.platform == "cpu":
         datasheet = None
-    return {"platform": device.platform, "device": kind, "devices": jax.device_count(),
-            "datasheet_bf16_flops": datasheet, "matmul_bf16_flops": matmul_peak(jnp.bfloat16, n, args.repeats),
-            "matmul_f32_flops": matmul_peak(jnp.float32, n, args.repeats), "matmul_n": n,
-            "jax": jax.__version__, "fast_paths": os.environ.get(FAST_ENV, "on")}
+    out = {"platform": device.platform, "device": kind, "devices": jax.device_count(),
+           "datasheet_bf16_flops": datasheet, "matmul_bf16_flops": matmul_peak(jnp.bfloat16, n, args.repeats),
+           "matmul_f32_flops": matmul_peak(jnp.float32, n, args.repeats), "matmul_n": n,
+           "jax": jax.__version__, "fast_paths": os.environ.get(FAST_ENV, "on"),
+           "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    # the same products through PyTorch (cuBLAS): on an H100 JAX 0.11.2 measured 401 TFLOP/s where
+    # PyTorch had measured 798 on such a card, so the "measured" MFU is taken against the faster
+    out["matmul_bf16_flops_torch"] = torch_matmul_peak(n, args.repeats)
+    out["matmul_peak_flops"] = max(out["matmul_bf16_flops"], out["matmul_bf16_flops_torch"] or 0.0)
+    return out
+
+
+def torch_matmul_peak(n: int, repeats: int):
+    torch, device = torch_device()
+    if torch is None:
+        return None
+    g = torch.Generator(device=device).manual_seed(0)
+    a = (torch.randn(n, n, generator=g, device=device) / n ** 0.5).to(torch.bfloat16)
+
+    def chain():
+        x = a
+        for _ in range(4):
+            x = x @ a
+        return x
+    chain()
+    best = min(timed(chain, torch) for _ in range(max(repeats, 3)))
+    return 4 * 2 * n ** 3 / best
 
 
 # -- hybrid training -------------------------------------------------------------------------------
@@ -183,7 +215,7 @@ def _rate(seconds: float, flops: float, tokens: int, machine: dict) -> dict:
     peak = machine["datasheet_bf16_flops"]
     return {"s_per_step": seconds, "tokens_per_s": tokens / seconds, "tflops": flops / seconds / 1e12,
             "mfu_datasheet": flops / seconds / peak if peak else None,
-            "mfu_measured": flops / seconds / machine["matmul_bf16_flops"]}
+            "mfu_measured": flops / seconds / machine["matmul_peak_flops"]}
 
 
 def train_row(args, machine, name: str, dtype: str, b: int, n: int) -> dict:
@@ -194,7 +226,10 @@ def train_row(args, machine, name: str, dtype: str, b: int, n: int) -> dict:
     batch = train_batch(cfg.model.vocab_size, b, n)
     contenders = {"ours": JaxTrainer(cfg, batch)}
     if dtype == "bfloat16" and machine["platform"] == "gpu":
-        contenders["ours, fast paths off"] = JaxTrainer(cfg, batch, fast="off")
+        # off measured faster than on (H100, 2026-12-06): each path alone says which one costs
+        variants = ("off", "attention", "lstm") if name == "nety_parity.yaml" else ("off",)
+        for fast in variants:
+            contenders[FAST_LABELS[fast]] = JaxTrainer(cfg, batch, fast=fast)
     if torch is not None and name == "nety_parity.yaml":
         contenders["NETY PyTorch"] = TorchTrainer(cfg, batch, torch, device)
     times = {k: [] for k in contenders}
@@ -208,6 +243,9 @@ def train_row(args, machine, name: str, dtype: str, b: int, n: int) -> dict:
         row[key] = _rate(statistics.median(ts), flops, b * n, machine)
     if "NETY PyTorch" in row:
         row["ratio_vs_torch"] = row["NETY PyTorch"]["s_per_step"] / row["ours"]["s_per_step"]
+    for fast, label in FAST_LABELS.items():
+        if label in row:
+            row[f"speedup_vs_{fast}"] = row[label]["s_per_step"] / row["ours"]["s_per_step"]
     if "ours, fast paths off" in row:
         row["fast_paths_speedup"] = row["ours, fast paths off"]["s_per_step"] / row["ours"]["s_per_step"]
     return row
@@ -216,8 +254,10 @@ def train_row(args, machine, name: str, dtype: str, b: int, n: int) -> dict:
 def part_train(args, machine, budget) -> dict:
     b, n = (4, 8) if args.tiny else (args.batch, 32)
     # tiny: each config and each dtype once (a smoke run of every code path)
+    # the targets' rows (NETY's own model against its PyTorch step) first, should time run out
     plan = [("nety_parity.yaml", "float32"), ("base.yaml", "bfloat16")] if args.tiny else \
-        [(name, dtype) for name in ("nety_parity.yaml", "base.yaml") for dtype in ("float32", "bfloat16")]
+        [("nety_parity.yaml", "bfloat16"), ("nety_parity.yaml", "float32"), ("base.yaml", "bfloat16"),
+         ("base.yaml", "float32")]
     rows = []
     for name, dtype in plan:
         label = f"{name.split('.')[0]} {dtype}"
@@ -271,14 +311,14 @@ def part_generate(args, machine, budget) -> dict:
     torch, device = torch_device()
     batches = (1, 4) if args.tiny else (1, 64, 256)
     rows = []
-    for dtype in ("bfloat16",) if args.tiny else ("float32", "bfloat16"):
+    for dtype in ("bfloat16",) if args.tiny else ("bfloat16", "float32"):
         if not budget.allows(f"generate {dtype}", 30):
             continue
         cfg = hybrid_config(args, "nety_parity.yaml", dtype)
         from nety_jax.models import get_model
         variables = get_model(cfg.model).init(jax.random.PRNGKey(0))
         gens = {"ours": JaxGenerator(cfg, variables)}
-        if machine["platform"] == "gpu":
+        if machine["platform"] == "gpu" and dtype == "bfloat16":
             gens["ours, fast paths off"] = JaxGenerator(cfg, variables, fast="off")
         hf = None
         if torch is not None and not args.skip_hf:
@@ -362,13 +402,125 @@ def part_gpt(args, machine, budget) -> dict:
         bench_gpt.THREADS = 1
     cfg = bench_gpt.gpt_config(args.tiny, "bfloat16", ["model.dropout=0.0", "model.attention_dropout=0.0"])
     out = {"config": "gpt2_124m.yaml" + (" (tiny sizes)" if args.tiny else ""), "dtype": "bfloat16"}
-    if budget.allows("gpt train", 60):
+    if "train" in args.gpt_parts and budget.allows("gpt train", 60):
         b, n = (4, 16) if args.tiny else (16, 1024)
         out["train"] = gpt_train(args, machine, bench_gpt, cfg, b, n)
         print(f"[bench_gpu] gpt train: {out['train']['ours']['s_per_step'] * 1e3:.1f} ms/step", flush=True)
-    if budget.allows("gpt generate", 30):
+    if "generate" in args.gpt_parts and budget.allows("gpt generate", 30):
         out["generate"] = gpt_generate(args, machine, bench_gpt, cfg, (1, 4) if args.tiny else (1, 64, 256))
     return out
+
+
+# -- where the time goes: device traces -------------------------------------------------------------
+# kernel name fragments -> a category (first match wins: cuDNN's RNN kernels before its attention)
+CATEGORIES = (("rnn", ("rnn", "lstm")), ("attention", ("fmha", "flash", "sdpa", "attention")),
+              ("matmul", ("gemm", "cublas", "cutlass", "matmul", "xmma", "dot")),
+              ("copy", ("copy", "memcpy", "memset", "transpose", "dynamic-update-slice", "dynamic_update_slice")),
+              ("reduce", ("reduce",)), ("fusion", ("fusion", "loop_", "input_", "triton")))
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    return next((c for c, keys in CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def read_trace(folder: str) -> list:
+    """(process name, thread name, event name, microseconds) of every complete event of the
+    Perfetto trace that ``jax.profiler.trace(create_perfetto_trace=True)`` wrote under ``folder``."""
+    import glob
+    import gzip
+    paths = glob.glob(os.path.join(folder, "**", "perfetto_trace.json.gz"), recursive=True)
+    if not paths:
+        raise RuntimeError(f"no perfetto_trace.json.gz under {folder}")
+    with gzip.open(paths[0], "rt", encoding="utf-8") as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    procs = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    return [(procs.get(e["pid"], str(e["pid"])), threads.get((e["pid"], e.get("tid")), str(e.get("tid"))),
+             e.get("name", ""), float(e.get("dur", 0.0))) for e in events if e.get("ph") == "X"]
+
+
+def summarize_trace(events: list, wall_s: float, top: int = 8) -> dict:
+    """The device's lines (the host's when there is no device: a CPU smoke run), each with its
+    busy time, its categories' shares and its heaviest event names."""
+    device = [e for e in events if "device:" in e[0].lower() or "gpu" in e[0].lower()]
+    chosen = device or [e for e in events if not e[2].startswith("$")]
+    lines = {}
+    for proc, thread, name, dur in chosen:
+        line = lines.setdefault(f"{proc} {thread}", {"busy_us": 0.0, "events": 0, "names": {}, "categories": {}})
+        line["busy_us"] += dur
+        line["events"] += 1
+        line["names"][name[:80]] = line["names"].get(name[:80], 0.0) + dur
+        cat = category(name)
+        line["categories"][cat] = line["categories"].get(cat, 0.0) + dur
+    out = {"wall_ms": wall_s * 1e3, "on_device": bool(device), "lines": {}}
+    for key, line in sorted(lines.items(), key=lambda kv: -kv[1]["busy_us"])[:4]:
+        busy = line["busy_us"] or 1.0
+        out["lines"][key] = {
+            "busy_ms": line["busy_us"] / 1e3, "events": line["events"],
+            "categories": {c: v / busy for c, v in sorted(line["categories"].items(), key=lambda kv: -kv[1])},
+            "top": [[n, v / 1e3, v / busy] for n, v in sorted(line["names"].items(), key=lambda kv: -kv[1])[:top]]}
+    return out
+
+
+def device_profile(fn) -> dict:
+    """``fn`` (already compiled) once under the profiler: where its device time goes."""
+    import shutil
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="nety-trace-")
+    try:
+        with jax.profiler.trace(folder, create_perfetto_trace=True):
+            start = time.perf_counter()
+            fn()
+            wall = time.perf_counter() - start
+        return summarize_trace(read_trace(folder), wall)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def part_profile(args, machine, budget) -> dict:
+    """One GPT-2 train step, one hybrid train step (bfloat16, parity config) and one hybrid and
+    one GPT generation call (batch 64; 4 with --tiny) under the profiler."""
+    import bench_gpt
+    out = {}
+    b = 4 if args.tiny else 64
+    if budget.allows("profile gpt train", 30):
+        cfg = bench_gpt.gpt_config(args.tiny, "bfloat16", ["model.dropout=0.0", "model.attention_dropout=0.0"])
+        bt, n = (4, 16) if args.tiny else (16, 1024)
+        trainer = bench_gpt.OurTrainer(cfg, bench_gpt.token_batch(cfg.model.vocab_size, bt, n))
+        trainer.steps(2)
+        out["gpt train step"] = device_profile(lambda: trainer.steps(1))
+        gen = bench_gpt.OurGenerator(cfg, TOKENS["gen"], 8)
+        gen.call(b, "topk")
+        out[f"gpt generate, batch {b}"] = device_profile(lambda: gen.call(b, "topk"))
+    if budget.allows("profile hybrid", 30):
+        cfg = hybrid_config(args, "nety_parity.yaml", "bfloat16")
+        bt, n = (4, 8) if args.tiny else (args.batch, 32)
+        trainer = JaxTrainer(cfg, train_batch(cfg.model.vocab_size, bt, n))
+        out["hybrid train step (parity, bfloat16)"] = device_profile(lambda: trainer.steps(1))
+        from nety_jax.models import get_model
+        gen = JaxGenerator(cfg, get_model(cfg.model).init(jax.random.PRNGKey(0)))
+        src = jnp.asarray(np.random.default_rng(b).integers(4, cfg.model.vocab_size, (b, SRC_LEN)).astype(np.int32))
+        gen.call(src)
+        out[f"hybrid generate, batch {b} (bfloat16)"] = device_profile(lambda: gen.call(src))
+    return out
+
+
+def profile_tables(p: dict) -> list:
+    lines = []
+    for label, prof in p.items():
+        if not isinstance(prof, dict) or "lines" not in prof:
+            continue
+        lines += ["", f"Profile: {label}, {prof['wall_ms']:.2f} ms wall"
+                  + ("" if prof["on_device"] else " (no device lines: the host's)"),
+                  "| line | busy ms | events | categories | heaviest |", "|---|---|---|---|---|"]
+        for key, line in prof["lines"].items():
+            cats = ", ".join(f"{c} {100 * v:.0f}%" for c, v in list(line["categories"].items())[:4])
+            heavy = ", ".join(f"`{n[:40]}` {100 * v:.0f}%" for n, _, v in line["top"][:3])
+            lines.append(f"| {key} | {line['busy_ms']:.2f} | {line['events']} | {cats} | {heavy} |")
+    return lines
 
 
 # -- tables ----------------------------------------------------------------------------------------
@@ -382,18 +534,23 @@ def _pct(x):
 
 def tables(r: dict) -> str:
     m = r["machine"]
+    torch_peak = m.get("matmul_bf16_flops_torch")
     lines = [f"Device: {m['device']} ({m['platform']}, jax {m['jax']}); bf16 peak by datasheet "
              f"{_f(m['datasheet_bf16_flops'] and m['datasheet_bf16_flops'] / 1e12, '.0f')} TFLOP/s; measured now "
              f"through JAX ({m['matmul_n']}^3 products): bf16 {m['matmul_bf16_flops'] / 1e12:.1f} TFLOP/s, "
-             f"float32 {m['matmul_f32_flops'] / 1e12:.1f} TFLOP/s.", "",
+             f"float32 (default precision) {m['matmul_f32_flops'] / 1e12:.1f} TFLOP/s; through PyTorch: bf16 "
+             f"{_f(torch_peak and torch_peak / 1e12, '.1f')} TFLOP/s. MFU 'measured' is against the faster bf16 "
+             f"figure." + (f" XLA_FLAGS: `{m['xla_flags']}`." if m.get("xla_flags") else ""), "",
              "| hybrid train step | ours ms/step | tok/s | MFU (datasheet / measured) | NETY PyTorch ms/step | "
-             "ratio | fast paths off ms/step |", "|---|---|---|---|---|---|---|"]
+             "ratio | fast paths off / cuDNN attention only / cuDNN LSTM only ms/step |",
+             "|---|---|---|---|---|---|---|"]
     for row in r["train"].get("rows", []):
-        o, t, off = row["ours"], row.get("NETY PyTorch"), row.get("ours, fast paths off")
+        o, t = row["ours"], row.get("NETY PyTorch")
+        fast = " / ".join(_f(row.get(label) and row[label]["s_per_step"] * 1e3, ".2f") for label in FAST_LABELS.values())
         lines.append(f"| {row['config'].split('.')[0]} {row['dtype']}, B={row['batch']} L={row['len']} | "
                      f"{o['s_per_step'] * 1e3:.2f} | {_f(o['tokens_per_s'])} | {_pct(o['mfu_datasheet'])} / "
                      f"{_pct(o['mfu_measured'])} | {_f(t and t['s_per_step'] * 1e3, '.2f')} | "
-                     f"**{_f(row.get('ratio_vs_torch'), '.2f')}x** | {_f(off and off['s_per_step'] * 1e3, '.2f')} |")
+                     f"**{_f(row.get('ratio_vs_torch'), '.2f')}x** | {fast} |")
     lines += ["", f"| hybrid generate {TOKENS['gen']} tokens | ours tok/s | MFU (datasheet / measured) | "
               "HF BART generate tok/s | ratio | fast paths off tok/s |", "|---|---|---|---|---|---|"]
     for row in r["generate"].get("rows", []):
@@ -402,8 +559,12 @@ def tables(r: dict) -> str:
                      f"{_pct(o['mfu_measured'])} | {_f(h and h['tokens_per_s'])} | "
                      f"**{_f(row.get('ratio_vs_hf'), '.2f')}x** | {_f(off and off['tokens_per_s'])} |")
     lines += gpt_tables(r.get("gpt", {}))
+    lines += profile_tables(r.get("profile", {}))
     if r["skipped"]:
         lines += ["", f"Skipped (time budget): {', '.join(r['skipped'])}."]
+    errors = [f"{k}: {r[k]['error']}" for k in PARTS if "error" in r.get(k, {})]
+    if errors:
+        lines += ["", "Failed: " + "; ".join(errors)]
     return "\n".join(lines)
 
 
@@ -439,27 +600,57 @@ def main() -> int:
     p.add_argument("--budget", type=float, default=float(os.environ.get("NETY_GPU_BUDGET", 330)),
                    help="seconds after which no part starts ($NETY_GPU_BUDGET)")
     p.add_argument("--skip-hf", action="store_true", help="no HuggingFace references")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"comma list, run in this order (default: {','.join(PARTS)}); the machine always")
+    p.add_argument("--gpt-parts", default="train,generate", help="GPT-2's rows: train, generate or both")
+    p.add_argument("--tag", default="", help="suffix of the result files' names (a second run beside the first)")
     args = p.parse_args()
+    args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    args.gpt_parts = {x.strip() for x in args.gpt_parts.split(",") if x.strip()}
+    unknown = [x for x in args.parts if x not in PARTS] + sorted(args.gpt_parts - {"train", "generate"})
+    if unknown:
+        p.error(f"unknown part(s): {', '.join(unknown)}; known: {', '.join(PARTS)} (--gpt-parts: train, generate)")
     if args.tiny:  # a smoke run of every code path, as short as it goes
         args.repeats, TOKENS["gen"] = 1, 8
     from nety_jax.runtime import enable_compilation_cache
     enable_compilation_cache()  # $NETY_JAX_COMPILE_CACHE: gpu_check.sh names the folder
     os.makedirs(args.out, exist_ok=True)
     budget = Budget(args.budget)
-    results = {"machine": part_machine(args)}
+    results = {"machine": part_machine(args), **{k: {} for k in PARTS}, "skipped": budget.skipped, "seconds": {}}
     print(f"[bench_gpu] machine: {results['machine']}", flush=True)
-    # the GPT-2 rows first: the issue's headline targets, should the time budget run out
-    results["gpt"] = part_gpt(args, results["machine"], budget)
-    results["train"] = part_train(args, results["machine"], budget)
-    results["generate"] = part_generate(args, results["machine"], budget)
-    results["skipped"] = budget.skipped
-    text = tables(results)
-    with open(os.path.join(args.out, "bench-results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(args.out, "bench-gpu.md"), "w", encoding="utf-8") as f:
-        f.write(text + "\n")
+    # in PARTS' order should the time budget run out; the files are rewritten after each part, so a run stopped from outside keeps what it measured
+    failed, text = [], ""
+    for name in args.parts:
+        start = time.monotonic()
+        try:
+            results[name] = PARTS[name](args, results["machine"], budget)
+        except Exception as e:  # noqa: BLE001 - a GPU hour is rare: one part's failure keeps the others
+            import traceback
+            traceback.print_exc()
+            results[name] = {"error": f"{type(e).__name__}: {e}"}
+            failed.append(name)
+        results["seconds"][name] = round(time.monotonic() - start, 1)
+        print(f"[bench_gpu] {name}: {results['seconds'][name]} s", flush=True)
+        text = write_results(args.out, results, args.tag)
     print(text)
-    return 0
+    if failed:
+        print(f"[bench_gpu] failed parts: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# the order they run in: GPT-2 (the headline targets), the hybrid's generation (never measured on a
+# GPU before 2026-12-06's run ran out of time), the profiles, then the hybrid's training
+PARTS = {"gpt": part_gpt, "generate": part_generate, "profile": part_profile, "train": part_train}
+
+
+def write_results(out: str, results: dict, tag: str = "") -> str:
+    text = tables(results)
+    suffix = f"-{tag}" if tag else ""
+    with open(os.path.join(out, f"bench-results{suffix}.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(out, f"bench-gpu{suffix}.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    return text
 
 
 if __name__ == "__main__":

@@ -25,8 +25,10 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     done = _run([str(out), "--platform", "cpu", "--tiny"], tmp_path, NETY_GPU_BUDGET="100000",
                 NETY_GPU_CHECK_TESTS="-k backend_is_the_expected")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert sorted(os.listdir(out)) == ["bench-gpu.md", "bench-results.json", "gpu_check.log", "tests.txt",
-                                       "versions.txt"]
+    assert sorted(os.listdir(out)) == ["bench-gpu-xla-cublas.md", "bench-gpu.md", "bench-results-xla-cublas.json",
+                                       "bench-results.json", "gpu_check.log", "tests.txt", "versions.txt"]
+    variant = json.loads((out / "bench-results-xla-cublas.json").read_text())
+    assert "train" in variant["gpt"] and "generate" not in variant["gpt"] and variant["generate"] == {}
     versions = (out / "versions.txt").read_text()
     assert "jax_backend        cpu" in versions and "flax" in versions and "torch" in versions
     assert "1 passed" in (out / "tests.txt").read_text()
@@ -40,9 +42,12 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert [r["batch"] for r in results["generate"]["rows"]] == [1, 4]
     gpt = results["gpt"]
     assert gpt["train"]["ratio_vs_eager"] > 0 and [r["batch"] for r in gpt["generate"]] == [1, 4]
+    assert set(results["profile"]) == {"gpt train step", "gpt generate, batch 4", "hybrid train step (parity, bfloat16)",
+                                       "hybrid generate, batch 4 (bfloat16)"}
+    assert all(p["lines"] and p["wall_ms"] > 0 for p in results["profile"].values())
     table = (out / "bench-gpu.md").read_text()
     for header in ("| hybrid train step |", "| hybrid generate 8 tokens |", "| GPT-2 124M train step",
-                   "| GPT-2 124M generate 8 tokens"):
+                   "| GPT-2 124M generate 8 tokens", "Profile: gpt train step"):
         assert header in table, header
 
 
