@@ -35,16 +35,20 @@ def faults(mode, calls):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_xla_temporaries_are_reused_without_page_faults():
+    import importlib.metadata
     applied, plain = faults("default", 4)
     assert applied is False
-    # glibc's default hands XLA's freed temporaries back to the kernel: every call faults them in again
-    assert min(plain[1:]) > 40_000, plain
+    jaxlib = tuple(int(p) for p in importlib.metadata.version("jaxlib").split(".")[:3] if p.isdigit())
+    if jaxlib < (0, 12, 1):
+        # glibc's default hands XLA's freed temporaries back to the kernel: every call faults them
+        # in again (from jaxlib 0.12.1 XLA keeps them itself: 0-1,500 faults a call, seen)
+        assert min(plain[1:]) > 40_000, plain
     applied, kept = faults("keep", 12)
     assert applied is True
     # the heap grows while it settles (to hold as many blocks as are ever live at once); after
-    # that most calls fault (almost) nothing
+    # that most calls fault (almost) nothing: one 64 MB temporary faulted in again is 16,384
     late = sorted(kept[4:])
-    assert late[len(late) // 2] < min(plain[1:]) // 20, (plain, kept)
+    assert late[len(late) // 2] < 2_000, (plain, kept)
 
 
 # a heap whose top holds more than 2 GB freed (a large train step's temporaries): glibc trims

@@ -55,6 +55,10 @@ def maybe_initialize_distributed() -> None:
                           "integers too (one command per host, process ids 0..N-1)") from None
     if os.environ.get("JAX_PLATFORMS", "cpu").startswith("cpu") or not os.environ.get("JAX_PLATFORMS"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # jax 0.12.1: a multi-process CPU program read back from the persistent compilation
+        # cache hangs in its first gloo all-reduce (every process waiting; compiled afresh it
+        # runs), so such a job compiles its programs itself
+        jax.config.update("jax_enable_compilation_cache", False)
     jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=index)
 
 
