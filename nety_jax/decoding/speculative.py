@@ -333,10 +333,12 @@ def _plain(step: Step, spec: LoopSpec, s: SpecState) -> SpecState:
     nxt = sample_rows(logits, s.params, s.count, spec.top_k_max, spec.greedy_only)
     score = _scores(logits[:, None], nxt[:, None])[:, 0]
     had = (s.cont >= 0) & ~s.done
+    s = _emit_one(s.replace(cache=cache), nxt, score, spec)
+    # the shadow's id read after the write (it lies before it): the old history then has no
+    # reader left once the new token is written, and XLA updates it in place (no copy a step)
     hit = had & (nxt == jnp.take_along_axis(s.history, jnp.maximum(s.cont, 0)[:, None], axis=1)[:, 0])
     zero = jnp.zeros_like(s.count)
-    s = _observe(s, had, hit, zero, zero).replace(after_kept=hit)
-    return _look(_emit_one(s.replace(cache=cache), nxt, score, spec), spec)
+    return _look(_observe(s, had, hit, zero, zero).replace(after_kept=hit), spec)
 
 
 def _emit_one(s: SpecState, nxt, score, spec: LoopSpec) -> SpecState:
