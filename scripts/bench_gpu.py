@@ -104,6 +104,16 @@ def matmul_peak(dtype, n: int, repeats: int) -> float:
     return 4 * 2 * n ** 3 / best
 
 
+def single_matmul_peak(n: int, repeats: int) -> float:
+    """FLOP/s of ONE n x n bfloat16 product accumulated in float32 (``preferred_element_type``):
+    beside the chain, it tells a slow product from a slow chain."""
+    a = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.bfloat16)
+    mm = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+    jax.block_until_ready(mm(a, a))
+    best = min(timed(lambda: jax.block_until_ready(mm(a, a))) for _ in range(max(repeats, 3)))
+    return 2 * n ** 3 / best
+
+
 def part_machine(args) -> dict:
     device = jax.devices()[0]
     n = 512 if args.tiny else 8192
@@ -114,6 +124,7 @@ def part_machine(args) -> dict:
     out = {"platform": device.platform, "device": kind, "devices": jax.device_count(),
            "datasheet_bf16_flops": datasheet, "matmul_bf16_flops": matmul_peak(jnp.bfloat16, n, args.repeats),
            "matmul_f32_flops": matmul_peak(jnp.float32, n, args.repeats), "matmul_n": n,
+           "matmul_bf16_single_flops": single_matmul_peak(n, args.repeats),
            "jax": jax.__version__, "fast_paths": os.environ.get(FAST_ENV, "on"),
            "xla_flags": os.environ.get("XLA_FLAGS", "")}
     # the same products through PyTorch (cuBLAS): on an H100 JAX 0.11.2 measured 401 TFLOP/s where
@@ -538,7 +549,9 @@ def tables(r: dict) -> str:
     lines = [f"Device: {m['device']} ({m['platform']}, jax {m['jax']}); bf16 peak by datasheet "
              f"{_f(m['datasheet_bf16_flops'] and m['datasheet_bf16_flops'] / 1e12, '.0f')} TFLOP/s; measured now "
              f"through JAX ({m['matmul_n']}^3 products): bf16 {m['matmul_bf16_flops'] / 1e12:.1f} TFLOP/s, "
-             f"float32 (default precision) {m['matmul_f32_flops'] / 1e12:.1f} TFLOP/s; through PyTorch: bf16 "
+             f"float32 (default precision) {m['matmul_f32_flops'] / 1e12:.1f} TFLOP/s, one bf16 product into float32 "
+             f"{_f(m.get('matmul_bf16_single_flops') and m['matmul_bf16_single_flops'] / 1e12, '.1f')} TFLOP/s; "
+             f"through PyTorch: bf16 "
              f"{_f(torch_peak and torch_peak / 1e12, '.1f')} TFLOP/s. MFU 'measured' is against the faster bf16 "
              f"figure." + (f" XLA_FLAGS: `{m['xla_flags']}`." if m.get("xla_flags") else ""), "",
              "| hybrid train step | ours ms/step | tok/s | MFU (datasheet / measured) | NETY PyTorch ms/step | "
