@@ -54,7 +54,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from nety_jax.config.sections import EOS_ID, PAD_ID
-from nety_jax.decoding.loop import adjust_logits, finish
+from nety_jax.decoding.loop import adjust_logits, chosen_log_prob, finish
 from nety_jax.decoding.sampling import SamplingParams, draw_from, probabilities, row_uniforms, sample_rows
 from nety_jax.decoding.spec import LoopSpec
 
@@ -331,7 +331,7 @@ def _plain(step: Step, spec: LoopSpec, s: SpecState) -> SpecState:
     logits, cache = step(_last(s)[:, 0], s.cache)
     logits = adjust_logits(logits.astype(jnp.float32), None, s.count, spec)
     nxt = sample_rows(logits, s.params, s.count, spec.top_k_max, spec.greedy_only)
-    score = _scores(logits[:, None], nxt[:, None])[:, 0]
+    score = chosen_log_prob(logits, nxt)  # plain decoding's own float operations (fewer than _scores')
     had = (s.cont >= 0) & ~s.done
     s = _emit_one(s.replace(cache=cache), nxt, score, spec)
     # the shadow's id read after the write (it lies before it): the old history then has no
@@ -379,7 +379,7 @@ def start(first_logits, cache, prompt, lengths, params: SamplingParams, spec: Lo
                       length=zeros)
     first = adjust_logits(first_logits.astype(jnp.float32), None, jnp.zeros((), jnp.int32), spec)
     nxt = sample_rows(first, params, jnp.zeros((), jnp.int32), spec.top_k_max, spec.greedy_only)
-    scores = _scores(first[:, None], nxt[:, None])[:, 0]
+    scores = chosen_log_prob(first, nxt)
     return _look(_emit_one(state, nxt, scores, spec).replace(calls=jnp.zeros((), jnp.int32)), spec)
 
 
