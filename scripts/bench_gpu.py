@@ -127,8 +127,8 @@ def part_machine(args) -> dict:
            "matmul_bf16_single_flops": single_matmul_peak(n, args.repeats),
            "jax": jax.__version__, "fast_paths": os.environ.get(FAST_ENV, "on"),
            "xla_flags": os.environ.get("XLA_FLAGS", "")}
-    # the same products through PyTorch (cuBLAS): on an H100 JAX 0.11.2 measured 401 TFLOP/s where
-    # PyTorch had measured 798 on such a card, so the "measured" MFU is taken against the faster
+    # the same products through PyTorch (cuBLAS), since JAX's may run slower than the card can
+    # (docs/PERFORMANCE.md, "On a GPU"): the "measured" MFU is taken against the faster
     out["matmul_bf16_flops_torch"] = torch_matmul_peak(n, args.repeats)
     out["matmul_peak_flops"] = max(out["matmul_bf16_flops"], out["matmul_bf16_flops_torch"] or 0.0)
     return out
@@ -237,7 +237,7 @@ def train_row(args, machine, name: str, dtype: str, b: int, n: int) -> dict:
     batch = train_batch(cfg.model.vocab_size, b, n)
     contenders = {"ours": JaxTrainer(cfg, batch)}
     if dtype == "bfloat16" and machine["platform"] == "gpu":
-        # off measured faster than on (H100, 2026-12-06): each path alone says which one costs
+        # both paths together can cost (docs/PERFORMANCE.md, "On a GPU"): each alone says which
         variants = ("off", "attention", "lstm") if name == "nety_parity.yaml" else ("off",)
         for fast in variants:
             contenders[FAST_LABELS[fast]] = JaxTrainer(cfg, batch, fast=fast)

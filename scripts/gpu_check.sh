@@ -77,8 +77,8 @@ FAILED=()
 
 CURRENT="GPT-2's train step with cuBLAS for every product (scripts/bench_gpu.py --tag xla-cublas)"
 step "$CURRENT"
-# XLA's flags hold for a whole process: a second, short one. On an H100 (jax 0.11.2) JAX's bf16
-# products ran at 401 TFLOP/s where PyTorch's had run at 798: is it XLA's Triton GEMMs?
+# XLA's flags hold for a whole process: a second, short one, to tell whether XLA's Triton GEMMs
+# are why JAX's bf16 products ran slower than PyTorch's (docs/PERFORMANCE.md, "On a GPU")
 EXTRA_FLAGS=""
 [ "$PLATFORM" = gpu ] && EXTRA_FLAGS="--xla_gpu_enable_triton_gemm=false"
 XLA_FLAGS="${XLA_FLAGS:-} $EXTRA_FLAGS" timeout 150 "$PY" "$ROOT/scripts/bench_gpu.py" --out "$OUT" --parts gpt \

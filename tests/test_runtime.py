@@ -41,7 +41,7 @@ def test_xla_temporaries_are_reused_without_page_faults():
     jaxlib = tuple(int(p) for p in importlib.metadata.version("jaxlib").split(".")[:3] if p.isdigit())
     if jaxlib < (0, 12, 1):
         # glibc's default hands XLA's freed temporaries back to the kernel: every call faults them
-        # in again (from jaxlib 0.12.1 XLA keeps them itself: 0-1,500 faults a call, seen)
+        # in again (from jaxlib 0.12.1 XLA keeps them itself: docs/PERFORMANCE.md, "jax 0.12.1")
         assert min(plain[1:]) > 40_000, plain
     applied, kept = faults("keep", 12)
     assert applied is True
