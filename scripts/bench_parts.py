@@ -7,8 +7,10 @@ object of every part's results.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,6 +48,7 @@ def fresh_cache() -> str:
     """A new persistent compilation cache: the first compile is cold, a later one loads it."""
     from jax.experimental.compilation_cache import compilation_cache
     path = tempfile.mkdtemp(prefix="bench-jax-cache-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)  # each part's cache goes with the process
     compilation_cache.reset_cache()  # a process running several parts (bench.py --tiny) switches caches
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -22,7 +22,12 @@ TEST_XLA_FLAGS = "" if os.environ["JAX_PLATFORMS"] != "cpu" or "xla_backend_opti
     os.environ.get("XLA_FLAGS", "") else "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            f" --xla_force_host_platform_device_count=4 {TEST_XLA_FLAGS}").strip()
-os.environ.setdefault("NETY_JAX_COMPILE_CACHE", tempfile.mkdtemp(prefix="nety-jax-test-cache-"))
+# The cache this run made (not one the caller named) is removed when the run ends
+# (pytest_unconfigure): 700 runs had left 3 GB in /tmp. xdist's workers inherit the variable, so
+# only the controller, which made it, removes it.
+_OWN_CACHE = None if "NETY_JAX_COMPILE_CACHE" in os.environ else tempfile.mkdtemp(prefix="nety-jax-test-cache-")
+if _OWN_CACHE:
+    os.environ["NETY_JAX_COMPILE_CACHE"] = _OWN_CACHE
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["NETY_JAX_COMPILE_CACHE"])
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.05")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
@@ -307,3 +312,9 @@ def pytest_terminal_summary(terminalreporter, config):
                                     f"the last: {', '.join(units[-3:])}; at most {_PEAK_MAPS.get(worker, 0):,} "
                                     f"memory mappings (the limit: {_max_maps():,})")
     terminalreporter.write_line(f"tail (one worker idle): {max(finishes) - min(finishes):.1f} s")
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        import shutil
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
