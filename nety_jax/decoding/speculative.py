@@ -396,6 +396,7 @@ def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None,
     ``lax.cond`` / ``switch``: a loop updates its carry (the cache, the history) in place, where
     XLA copies a conditional's operands into its result, at every call."""
     step = step or _one_step(steps, keep)
+    packed = lambda f: lambda c: _pack(f(_unpack(c)))  # noqa: E731
 
     def live(s: SpecState):
         return jnp.any(~s.done if until is None else ~s.done & (s.count < until))
@@ -403,14 +404,34 @@ def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None,
     def needs(low: int, high: int):
         return lambda s: live(s) & (low < (need := jnp.max(s.length))) & (need <= high)
 
-    def body(s: SpecState):
-        s = jax.lax.while_loop(lambda s: live(s) & ~jnp.any(s.length > 0), functools.partial(_plain, step, spec), s)
+    def body(c):
+        c = jax.lax.while_loop(packed(lambda s: live(s) & ~jnp.any(s.length > 0)),
+                               packed(functools.partial(_plain, step, spec)), c)
         ws = widths(spec.draft_tokens)
         for low, w in zip((0,) + ws[:-1], ws):
-            s = jax.lax.while_loop(needs(low, w), _verify_at(steps, keep, spec, w), s)
-        return s
+            c = jax.lax.while_loop(packed(needs(low, w)), packed(_verify_at(steps, keep, spec, w)), c)
+        return c
 
-    return jax.lax.while_loop(live, body, state)
+    return _unpack(jax.lax.while_loop(packed(live), body, _pack(state)))
+
+
+_PACKED = ("count", "done", "after_kept", "cont", "length")  # (B,) values every step rewrites
+
+
+def _pack(s):
+    """The loops' carry: the (B,) values every step rewrites in ONE (B, 5) int32 array. XLA copies
+    a loop-carried value whose old contents are read after its new ones exist; one array is one
+    copy a step (or none), where five values were five (docs/PERFORMANCE.md)."""
+    if not isinstance(s, SpecState):
+        return s  # a loop condition's value
+    meta = jnp.stack([getattr(s, f).astype(jnp.int32) for f in _PACKED], axis=1)
+    return s.replace(**{f: None for f in _PACKED}), meta
+
+
+def _unpack(c) -> SpecState:
+    s, meta = c
+    return s.replace(count=meta[:, 0], done=meta[:, 1] > 0, after_kept=meta[:, 2] > 0, cont=meta[:, 3],
+                     length=meta[:, 4])
 
 
 def speculative_loop(steps: Steps, keep: Keep, first_logits, cache, prompt, lengths,
