@@ -51,6 +51,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from nety_jax.config.sections import EOS_ID, PAD_ID
@@ -114,7 +115,7 @@ def _lookup_score(history: jax.Array, end: jax.Array) -> jax.Array:
     h = history.shape[0]
     bits = _bits(h)
     tail = history[jnp.maximum(end - 1 - jnp.arange(max(NGRAMS)), 0)]  # the last id first
-    j = jnp.arange(h)
+    j = _positions(h)
     match = j + 1 < end
     score = jnp.full((h,), -1, jnp.int32)
     for i in range(max(NGRAMS)):
@@ -122,8 +123,17 @@ def _lookup_score(history: jax.Array, end: jax.Array) -> jax.Array:
         match = match & (earlier == tail[i]) & (j >= i) & (end > i)
         if i + 1 in NGRAMS:
             band = sorted(NGRAMS).index(i + 1) << bits
-            score = jnp.maximum(score, jnp.where(match, j + 1 + band, -1))
+            score = jnp.maximum(score, jnp.where(match, j + (1 + band), -1))
     return jnp.max(score)
+
+
+def _positions(h):
+    """(h,) int32 0..h-1 as a constant where ``h`` is static. XLA hoists an iota's loop-invariant
+    uses (j >= i, j + 1 + band) out of the decoding loops as operations with no inputs, ready when
+    a call starts; once more than 8 are ready at a time, XLA's CPU runtime hands half of them to
+    another thread, and a small model's call then waits on it (docs/PERFORMANCE.md). A constant's
+    uses are folded at compile time. A symbolic ``h`` (an export) gets the iota."""
+    return jnp.asarray(np.arange(h, dtype=np.int32)) if isinstance(h, int) else jnp.arange(h, dtype=jnp.int32)
 
 
 def _bits(h) -> int:
@@ -230,9 +240,9 @@ def _observe(s: SpecState, seen, first_kept, more_seen, more_kept) -> SpecState:
     """Adds what a row's draft (verified or shadow) showed to its discounted counts: ``seen`` (B,)
     bool, whether its first token was checked, in the row's context; ``first_kept`` whether it was
     kept; ``more_seen`` / ``more_kept`` (B,) the tokens checked / kept after a kept one."""
-    col = jnp.arange(4)[None, :]
-    first_col = jnp.where(s.after_kept, 2, 0)[:, None]  # the context of the draft's first token
-    first = (col // 2 * 2 == first_col) & seen[:, None]
+    col = np.arange(4)[None, :]  # numpy: the masks below are constants, not hoisted operations (_positions)
+    # the context of the draft's first token: columns 0-1 after a token no draft predicted, else 2-3
+    first = ((col < 2) != s.after_kept[:, None]) & seen[:, None]
     add = (jnp.where(first, jnp.where(col % 2 == 0, 1.0, first_kept[:, None].astype(jnp.float32)), 0.0)
            + jnp.where(seen[:, None] & (col >= 2), jnp.where(col == 2, more_seen[:, None], more_kept[:, None]),
                        0).astype(jnp.float32))
