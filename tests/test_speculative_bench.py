@@ -185,3 +185,26 @@ def test_timing_refuses_a_copy_run_that_is_not_finished_and_never_trains_it(tmp_
         assert why in err and "--prepare" in err and len(err.strip().splitlines()) == 1
     assert trained == []
     assert B.unfinished_copy(_run(tmp_path / "done", 400, 400)) is None
+
+
+def test_ab_script_times_versions_of_the_loop_and_checks_their_replies(trained_gpt, tmp_path, capsys, monkeypatch):
+    """scripts/ab_speculative.py: the working tree's loop and a copy of it (a file path as a version)
+    against plain decoding in one process; a version that replies differently is refused."""
+    import ab_speculative as AB
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    copy = tmp_path / "copy.py"
+    copy.write_text(open(os.path.join(root, AB.MODULE), encoding="utf-8").read())
+    argv = ["ab_speculative.py", "--run", trained_gpt[0], "--prompts", "Le chat|Bonjour", "--rounds", "2",
+            "--new-tokens", "4", "WORKTREE", str(copy)]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert AB.main() == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("all prompts")
+    ratios = [float(x) for x in lines[-1].split("WORKTREE: ")[1].split(f"   {copy}: ")]
+    assert all(0 < r < 100 for r in ratios)
+    # a loop that emits another token is caught before any timing
+    plain_step = "nxt = sample_rows(logits, s.params"
+    copy.write_text(copy.read_text().replace(plain_step, plain_step.replace("= ", "= 1 + ")))
+    monkeypatch.setattr(sys, "argv", argv[:-2] + [str(copy)])
+    assert AB.main() == 1
+    assert "replies differently" in capsys.readouterr().err
