@@ -23,8 +23,8 @@ TEST_XLA_FLAGS = "" if os.environ["JAX_PLATFORMS"] != "cpu" or "xla_backend_opti
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            f" --xla_force_host_platform_device_count=4 {TEST_XLA_FLAGS}").strip()
 # The cache this run made (not one the caller named) is removed when the run ends
-# (pytest_unconfigure): 700 runs had left 3 GB in /tmp. xdist's workers inherit the variable, so
-# only the controller, which made it, removes it.
+# (pytest_unconfigure), or every run would leave one in /tmp. xdist's workers inherit the variable,
+# so only the controller, which made it, removes it.
 _OWN_CACHE = None if "NETY_JAX_COMPILE_CACHE" in os.environ else tempfile.mkdtemp(prefix="nety-jax-test-cache-")
 if _OWN_CACHE:
     os.environ["NETY_JAX_COMPILE_CACHE"] = _OWN_CACHE
