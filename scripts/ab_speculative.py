@@ -17,11 +17,9 @@ import argparse
 import dataclasses
 import importlib.util
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -66,7 +64,7 @@ def main() -> int:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from bench_speculative import PROMPTS
+    from bench_speculative import PROMPTS, _interleaved
     from nety_jax.decoding import generation
     from nety_jax.serving.pretrained import load_pretrained
 
@@ -98,14 +96,7 @@ def main() -> int:
             if not np.array_equal(reply, replies["plain"]):
                 print(f"ab_speculative.py: {k} replies differently from plain decoding to {text!r}", file=sys.stderr)
                 return 1
-        times: dict = {k: [] for k in calls}
-        order = list(calls)
-        for r in range(args.rounds):
-            for k in (order if r % 2 == 0 else order[::-1]):
-                start = time.perf_counter()
-                calls[k]()
-                times[k].append(time.perf_counter() - start)
-        medians = {k: statistics.median(v) for k, v in times.items()}
+        medians = _interleaved(calls, args.rounds)
         for k, v in medians.items():
             totals[k] = totals.get(k, 0.0) + v
         print(f"{text[:32]!r:36} plain {medians['plain'] * 1e6:7.0f} us   "

@@ -406,7 +406,11 @@ def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None,
     ``lax.cond`` / ``switch``: a loop updates its carry (the cache, the history) in place, where
     XLA copies a conditional's operands into its result, at every call."""
     step = step or _one_step(steps, keep)
-    packed = lambda f: lambda c: _pack(f(_unpack(c)))  # noqa: E731
+    def packed(f):  # a loop body on the packed carry
+        return lambda c: _pack(f(_unpack(c)))
+
+    def reads(f):  # a loop condition on the packed carry
+        return lambda c: f(_unpack(c))
 
     def live(s: SpecState):
         return jnp.any(~s.done if until is None else ~s.done & (s.count < until))
@@ -415,25 +419,23 @@ def run(steps: Steps, keep: Keep, state: SpecState, spec: LoopSpec, until=None,
         return lambda s: live(s) & (low < (need := jnp.max(s.length))) & (need <= high)
 
     def body(c):
-        c = jax.lax.while_loop(packed(lambda s: live(s) & ~jnp.any(s.length > 0)),
+        c = jax.lax.while_loop(reads(lambda s: live(s) & ~jnp.any(s.length > 0)),
                                packed(functools.partial(_plain, step, spec)), c)
         ws = widths(spec.draft_tokens)
         for low, w in zip((0,) + ws[:-1], ws):
-            c = jax.lax.while_loop(packed(needs(low, w)), packed(_verify_at(steps, keep, spec, w)), c)
+            c = jax.lax.while_loop(reads(needs(low, w)), packed(_verify_at(steps, keep, spec, w)), c)
         return c
 
-    return _unpack(jax.lax.while_loop(packed(live), body, _pack(state)))
+    return _unpack(jax.lax.while_loop(reads(live), body, _pack(state)))
 
 
 _PACKED = ("count", "done", "after_kept", "cont", "length")  # (B,) values every step rewrites
 
 
-def _pack(s):
+def _pack(s: SpecState):
     """The loops' carry: the (B,) values every step rewrites in ONE (B, 5) int32 array. XLA copies
     a loop-carried value whose old contents are read after its new ones exist; one array is one
     copy a step (or none), where five values were five (docs/PERFORMANCE.md)."""
-    if not isinstance(s, SpecState):
-        return s  # a loop condition's value
     meta = jnp.stack([getattr(s, f).astype(jnp.int32) for f in _PACKED], axis=1)
     return s.replace(**{f: None for f in _PACKED}), meta
 
